@@ -1,0 +1,205 @@
+//! The incremental index the formula reads: node facts, GPUs used per node, lease holds.
+//!
+//! Pod events update one node's usage in O(1), so an event on a 100,000-pod cluster costs a
+//! hash update and the recompute of the offers that select that node, never a pass over pods.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::facts::{LeaseFacts, NodeFacts, PodFacts};
+
+/// Node facts, per-node GPU usage by bound pods, and ComputeLeases.
+#[derive(Default, Debug, Clone)]
+pub struct Inventory {
+    nodes: HashMap<String, NodeFacts>,
+    /// node → resource → GPUs requested by bound, non-terminal pods. Kept for nodes not seen yet
+    /// too: pod and node watches are not ordered with respect to each other.
+    used: HashMap<String, BTreeMap<String, u32>>,
+    /// "namespace/name" → the pod's facts.
+    pods: HashMap<String, PodFacts>,
+    /// lease name → bound pods carrying its label.
+    bound_lease_pods: HashMap<String, u32>,
+    leases: HashMap<String, LeaseFacts>,
+}
+
+impl Inventory {
+    pub fn upsert_node(&mut self, facts: NodeFacts) {
+        self.nodes.insert(facts.name.clone(), facts);
+    }
+
+    pub fn remove_node(&mut self, name: &str) {
+        self.nodes.remove(name);
+    }
+
+    /// Replaces every node, as after a watch re-list.
+    pub fn replace_nodes(&mut self, nodes: impl IntoIterator<Item = NodeFacts>) {
+        self.nodes = nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
+    }
+
+    /// Records a pod's current state; `None` facts mean it holds nothing (unbound or terminal).
+    /// Returns the nodes whose usage changed.
+    pub fn upsert_pod(&mut self, key: &str, facts: Option<PodFacts>) -> Vec<String> {
+        let mut touched = Vec::with_capacity(2);
+        if let Some(old) = self.pods.remove(key) {
+            self.release(&old);
+            touched.push(old.node);
+        }
+        if let Some(new) = facts {
+            self.hold(&new);
+            if !touched.contains(&new.node) {
+                touched.push(new.node.clone());
+            }
+            self.pods.insert(key.to_string(), new);
+        }
+        touched
+    }
+
+    /// Forgets a pod. Returns the node whose usage changed.
+    pub fn remove_pod(&mut self, key: &str) -> Option<String> {
+        let old = self.pods.remove(key)?;
+        self.release(&old);
+        Some(old.node)
+    }
+
+    /// Replaces every pod, as after a watch re-list.
+    pub fn replace_pods(&mut self, pods: impl IntoIterator<Item = (String, PodFacts)>) {
+        self.pods.clear();
+        self.used.clear();
+        self.bound_lease_pods.clear();
+        for (key, facts) in pods {
+            self.hold(&facts);
+            self.pods.insert(key, facts);
+        }
+    }
+
+    pub fn upsert_lease(&mut self, facts: LeaseFacts) {
+        self.leases.insert(facts.name.clone(), facts);
+    }
+
+    pub fn remove_lease(&mut self, name: &str) -> Option<LeaseFacts> {
+        self.leases.remove(name)
+    }
+
+    /// Replaces every lease, as after a watch re-list.
+    pub fn replace_leases(&mut self, leases: impl IntoIterator<Item = LeaseFacts>) {
+        self.leases = leases.into_iter().map(|l| (l.name.clone(), l)).collect();
+    }
+
+    fn hold(&mut self, pod: &PodFacts) {
+        let used = self.used.entry(pod.node.clone()).or_default();
+        for (resource, n) in &pod.requests {
+            let slot = used.entry(resource.clone()).or_default();
+            *slot = slot.saturating_add(*n);
+        }
+        if let Some(lease) = &pod.lease {
+            *self.bound_lease_pods.entry(lease.clone()).or_default() += 1;
+        }
+    }
+
+    fn release(&mut self, pod: &PodFacts) {
+        if let Some(used) = self.used.get_mut(&pod.node) {
+            for (resource, n) in &pod.requests {
+                if let Some(slot) = used.get_mut(resource) {
+                    *slot = slot.saturating_sub(*n);
+                    if *slot == 0 {
+                        used.remove(resource);
+                    }
+                }
+            }
+            if used.is_empty() {
+                self.used.remove(&pod.node);
+            }
+        }
+        if let Some(lease) = &pod.lease
+            && let Some(count) = self.bound_lease_pods.get_mut(lease)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.bound_lease_pods.remove(lease);
+            }
+        }
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeFacts> {
+        self.nodes.values()
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeFacts> {
+        self.nodes.get(name)
+    }
+
+    /// GPUs of `resource` requested on `node` by bound, non-terminal pods.
+    pub fn used(&self, node: &str, resource: &str) -> u32 {
+        self.used
+            .get(node)
+            .and_then(|u| u.get(resource))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn leases(&self) -> impl Iterator<Item = &LeaseFacts> {
+        self.leases.values()
+    }
+
+    pub fn lease(&self, name: &str) -> Option<&LeaseFacts> {
+        self.leases.get(name)
+    }
+
+    /// True when a bound, non-terminal pod runs this lease: its GPUs are counted on its node.
+    pub fn has_bound_pod(&self, lease: &str) -> bool {
+        self.bound_lease_pods.contains_key(lease)
+    }
+
+    pub fn pod_count(&self) -> usize {
+        self.pods.len()
+    }
+
+    pub fn pod_node(&self, key: &str) -> Option<&str> {
+        self.pods.get(key).map(|p| p.node.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GPU: &str = "nvidia.com/gpu";
+
+    fn pod(node: &str, gpus: u32, lease: Option<&str>) -> PodFacts {
+        PodFacts {
+            node: node.into(),
+            requests: BTreeMap::from([(GPU.to_string(), gpus)]),
+            lease: lease.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn pod_moves_and_deletes_keep_usage_exact() {
+        let mut inv = Inventory::default();
+        assert_eq!(inv.upsert_pod("ns/a", Some(pod("n1", 2, None))), vec!["n1"]);
+        inv.upsert_pod("ns/b", Some(pod("n1", 3, Some("l1"))));
+        assert_eq!(inv.used("n1", GPU), 5);
+        assert!(inv.has_bound_pod("l1"));
+        // The same pod seen again is not counted twice.
+        inv.upsert_pod("ns/b", Some(pod("n1", 3, Some("l1"))));
+        assert_eq!(inv.used("n1", GPU), 5);
+        // Terminal: it holds nothing any more.
+        assert_eq!(inv.upsert_pod("ns/b", None), vec!["n1"]);
+        assert_eq!(inv.used("n1", GPU), 2);
+        assert!(!inv.has_bound_pod("l1"));
+        assert_eq!(inv.remove_pod("ns/a").as_deref(), Some("n1"));
+        assert_eq!(inv.used("n1", GPU), 0);
+        assert_eq!(inv.remove_pod("ns/a"), None);
+        assert_eq!(inv.pod_count(), 0);
+    }
+
+    #[test]
+    fn relist_replaces_everything() {
+        let mut inv = Inventory::default();
+        inv.upsert_pod("ns/a", Some(pod("n1", 2, Some("l1"))));
+        inv.replace_pods([("ns/c".to_string(), pod("n2", 1, None))]);
+        assert_eq!(inv.used("n1", GPU), 0);
+        assert_eq!(inv.used("n2", GPU), 1);
+        assert!(!inv.has_bound_pod("l1"));
+        assert_eq!(inv.pod_node("ns/c"), Some("n2"));
+    }
+}

@@ -1,0 +1,127 @@
+//! Whole-device counts from Kubernetes quantities.
+//!
+//! GPUs are extended resources, which the apiserver only admits as whole numbers, but a quantity
+//! may still be spelled "8", "8000m" or "1k". Every count here is an integer: nothing is ever
+//! rounded through a float or a percentage.
+
+/// Which way a fractional quantity is rounded to a whole count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rounding {
+    /// For capacity: never claim a device that is not wholly there.
+    Down,
+    /// For requests: never count less than what was asked for.
+    Up,
+}
+
+/// Parses a Kubernetes quantity into a whole count, or `None` when it is not a valid quantity or
+/// is negative or too large to be a device count.
+pub fn parse_count(quantity: &str, rounding: Rounding) -> Option<u32> {
+    let q = quantity.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let number = number.strip_prefix('+').unwrap_or(number);
+    if number.is_empty() || number.starts_with('-') {
+        return None;
+    }
+    let (int_part, frac_part) = match number.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (number, ""),
+    };
+    if !int_part.chars().all(|c| c.is_ascii_digit())
+        || !frac_part.chars().all(|c| c.is_ascii_digit())
+    {
+        return None;
+    }
+    if int_part.is_empty() && frac_part.is_empty() {
+        return None;
+    }
+    // value = digits / 10^scale * multiplier, carried exactly as (numerator, denominator).
+    let digits = format!("{int_part}{frac_part}");
+    let digits = digits.trim_start_matches('0');
+    if digits.len() > 30 {
+        return None;
+    }
+    let mut numerator: u128 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().ok()?
+    };
+    let mut denominator: u128 = 10u128.checked_pow(frac_part.len() as u32)?;
+    match suffix {
+        "" => {}
+        "n" => denominator = denominator.checked_mul(1_000_000_000)?,
+        "u" => denominator = denominator.checked_mul(1_000_000)?,
+        "m" => denominator = denominator.checked_mul(1_000)?,
+        "k" => numerator = numerator.checked_mul(1_000)?,
+        "M" => numerator = numerator.checked_mul(1_000_000)?,
+        "G" => numerator = numerator.checked_mul(1_000_000_000)?,
+        "Ki" => numerator = numerator.checked_mul(1 << 10)?,
+        "Mi" => numerator = numerator.checked_mul(1 << 20)?,
+        "Gi" => numerator = numerator.checked_mul(1 << 30)?,
+        s if s.starts_with(['e', 'E']) => {
+            let exponent: i32 = s[1..].parse().ok()?;
+            if exponent >= 0 {
+                numerator = numerator.checked_mul(10u128.checked_pow(exponent as u32)?)?;
+            } else {
+                denominator = denominator.checked_mul(10u128.checked_pow((-exponent) as u32)?)?;
+            }
+        }
+        _ => return None,
+    }
+    let whole = match rounding {
+        Rounding::Down => numerator / denominator,
+        Rounding::Up => numerator.div_ceil(denominator),
+    };
+    u32::try_from(whole).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_numbers_in_every_spelling() {
+        for (q, want) in [
+            ("0", 0),
+            ("8", 8),
+            ("+8", 8),
+            ("8000m", 8),
+            ("1k", 1000),
+            ("8e0", 8),
+            ("80e-1", 8),
+            ("1Ki", 1024),
+            ("007", 7),
+        ] {
+            assert_eq!(parse_count(q, Rounding::Down), Some(want), "{q}");
+            assert_eq!(parse_count(q, Rounding::Up), Some(want), "{q}");
+        }
+    }
+
+    #[test]
+    fn fractions_round_the_safe_way() {
+        assert_eq!(parse_count("1500m", Rounding::Down), Some(1));
+        assert_eq!(parse_count("1500m", Rounding::Up), Some(2));
+        assert_eq!(parse_count("0.5", Rounding::Down), Some(0));
+        assert_eq!(parse_count("0.5", Rounding::Up), Some(1));
+        assert_eq!(parse_count("1n", Rounding::Up), Some(1));
+    }
+
+    #[test]
+    fn garbage_and_negative_are_rejected() {
+        for q in [
+            "",
+            "-1",
+            "abc",
+            "1x",
+            "1.2.3",
+            ".",
+            "1e",
+            "99999999999999",
+            "1Ti",
+        ] {
+            assert_eq!(parse_count(q, Rounding::Down), None, "{q}");
+        }
+    }
+}

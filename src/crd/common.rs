@@ -1,0 +1,33 @@
+//! Types shared by both resources.
+
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+/// The resource name an offer sells when it does not say otherwise.
+pub const DEFAULT_GPU_RESOURCE: &str = "nvidia.com/gpu";
+
+/// Resource names a GPU offer may sell: the device plugin's whole GPUs or its MIG slices.
+pub const GPU_RESOURCE_PATTERN: &str = r"^nvidia\.com/(gpu|mig-[1-7]g\.[0-9]+gb(\.[a-z0-9]+)?)$";
+
+/// A price per GPU-hour. The amount is a decimal string so that no float ever rounds money.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Price {
+    /// Amount per GPU-hour as a decimal string with at most 18 fractional digits, for example "2.40".
+    /// Must be greater than zero.
+    #[schemars(regex(pattern = r"^[0-9]{1,18}(\.[0-9]{1,18})?$"))]
+    #[x_kube(validation = Rule::new("self.matches('[1-9]')").message("price.amount must be greater than zero"))]
+    pub amount: String,
+    /// Denomination the amount is counted in, for example "USDC".
+    #[schemars(regex(pattern = r"^[A-Za-z][A-Za-z0-9]{1,15}$"))]
+    pub denomination: String,
+}
+
+/// Label GPU feature discovery puts on nodes with the GPU's product name.
+pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
+
+/// Label on every object the operator creates for a lease, with the ComputeLease's name as value.
+pub const LEASE_LABEL: &str = "gpubridge.dev/lease";
+
+/// The field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "gpubridge-operator";

@@ -1,0 +1,261 @@
+//! `GpuOffer`: these nodes' spare GPUs are for sale, on these terms.
+
+use k8s_openapi::api::core::v1::Toleration;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{DEFAULT_GPU_RESOURCE, Price};
+
+/// Spec of a GpuOffer.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "gpubridge.dev",
+    doc = "A set of nodes whose spare GPUs are for sale on the network, and the terms of sale.",
+    version = "v1alpha1",
+    kind = "GpuOffer",
+    plural = "gpuoffers",
+    shortname = "gpuo",
+    category = "gpubridge",
+    status = "GpuOfferStatus",
+    printcolumn(name = "Model", type_ = "string", json_path = ".status.model"),
+    printcolumn(name = "Idle", type_ = "integer", json_path = ".status.idleGpus"),
+    printcolumn(
+        name = "Advertised",
+        type_ = "integer",
+        json_path = ".status.advertisedGpus"
+    ),
+    printcolumn(name = "Leased", type_ = "integer", json_path = ".status.leasedGpus"),
+    printcolumn(name = "Price", type_ = "string", json_path = ".spec.price.amount"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.reserveGpus <= self.maxGpus").message("spec.reserveGpus must not exceed spec.maxGpus"))]
+#[x_kube(validation = Rule::new("self.lease.maxGpusPerLease <= self.maxGpus").message("spec.lease.maxGpusPerLease must not exceed spec.maxGpus"))]
+pub struct GpuOfferSpec {
+    /// Nodes whose GPUs this offer sells. A node matched by two offers selling the same resource
+    /// belongs to the older offer; the newer one reports Degraded.
+    pub node_selector: LabelSelector,
+    /// Extended resource that counts the GPUs: "nvidia.com/gpu" for whole GPUs, or a MIG slice
+    /// such as "nvidia.com/mig-1g.10gb".
+    #[serde(default = "default_resource_name")]
+    #[schemars(regex(pattern = r"^nvidia\.com/(gpu|mig-[1-7]g\.[0-9]+gb(\.[a-z0-9]+)?)$"))]
+    pub resource_name: String,
+    /// Most GPUs this offer may have leased out at once.
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_gpus: u32,
+    /// GPUs kept back for the enterprise's own workloads; never advertised.
+    #[serde(default)]
+    #[schemars(range(max = 100000))]
+    pub reserve_gpus: u32,
+    /// Price per GPU-hour.
+    pub price: Price,
+    /// Bounds every lease under this offer must keep.
+    pub lease: LeaseBounds,
+    /// What lease workloads may run and how they are confined.
+    #[serde(default)]
+    pub workload: WorkloadPolicy,
+    /// Tolerations lease pods get, so that they can land on GPU nodes tainted for dedicated use.
+    /// A node tainted against lease pods (a NoSchedule or NoExecute taint not tolerated here)
+    /// contributes nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// When true, nothing is advertised and no new lease is taken; running leases go on.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_resource_name() -> String {
+    DEFAULT_GPU_RESOURCE.to_string()
+}
+
+/// Duration and size bounds of a lease.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minDurationSeconds <= self.maxDurationSeconds").message("spec.lease.minDurationSeconds must not exceed spec.lease.maxDurationSeconds"))]
+pub struct LeaseBounds {
+    /// Shortest lease accepted, in seconds.
+    #[schemars(range(min = 60, max = 31536000))]
+    pub min_duration_seconds: u64,
+    /// Longest lease accepted, in seconds (at most one year).
+    #[schemars(range(min = 60, max = 31536000))]
+    pub max_duration_seconds: u64,
+    /// Most GPUs one lease may take. A lease always lands on one node.
+    #[schemars(range(min = 1, max = 64))]
+    pub max_gpus_per_lease: u32,
+}
+
+/// Policy for what lease workloads may run, and the box they run in.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadPolicy {
+    /// Registries lease images may come from, as host names with an optional path prefix
+    /// (for example "ghcr.io/acme" or "nvcr.io"). Empty allows none: every lease is refused.
+    #[serde(default)]
+    #[schemars(
+        length(max = 64),
+        inner(regex(pattern = r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9._-]+)*$"))
+    )]
+    pub allowed_registries: Vec<String>,
+    /// RuntimeClass lease pods run with, for example a gVisor or Kata class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_class_name: Option<String>,
+    /// PriorityClass of lease pods. Use a class below the enterprise's own workloads so that they
+    /// preempt leases, never the reverse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Outbound network access of lease pods.
+    #[serde(default)]
+    pub egress: EgressPolicy,
+    /// Pod Security Standard enforced in lease namespaces.
+    #[serde(default)]
+    pub pod_security_level: PodSecurityLevel,
+}
+
+/// Outbound network access of lease pods.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum EgressPolicy {
+    /// Public internet and cluster DNS; never private, link-local or metadata addresses.
+    #[default]
+    Internet,
+    /// No outbound traffic at all.
+    None,
+}
+
+/// Pod Security Standard level of lease namespaces. Privileged is not offered.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PodSecurityLevel {
+    /// The restricted profile: non-root, no privilege escalation, all capabilities dropped.
+    #[default]
+    Restricted,
+    /// The baseline profile, for images that cannot run as non-root.
+    Baseline,
+}
+
+impl PodSecurityLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodSecurityLevel::Restricted => "restricted",
+            PodSecurityLevel::Baseline => "baseline",
+        }
+    }
+}
+
+/// What the operator last observed and advertised for an offer.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuOfferStatus {
+    /// The spec generation this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// GPU models the offer's contributing nodes carry, comma-separated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// GPUs free on the offer's nodes now, before the reserve and caps.
+    #[serde(default)]
+    pub idle_gpus: u32,
+    /// GPUs advertised to the network: idle minus reserve, capped by maxGpus minus leased.
+    #[serde(default)]
+    pub advertised_gpus: u32,
+    /// GPUs held by this offer's leases that have not ended.
+    #[serde(default)]
+    pub leased_gpus: u32,
+    /// Most advertised GPUs on a single node: the largest lease that fits now.
+    #[serde(default)]
+    pub largest_block: u32,
+    /// Capacity per GPU model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelCapacity>,
+    /// Per-node breakdown, contributing nodes first, at most 256 entries (see nodesOmitted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeCapacity>,
+    /// Nodes left out of `nodes` to keep the status small.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub nodes_omitted: u32,
+    /// The network's id for this offer, once published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer_id: Option<String>,
+    /// When the offer was last published to the network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_advertised: Option<Time>,
+    /// Ready, Advertised and Degraded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Capacity of one GPU model within an offer.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelCapacity {
+    /// GPU product name from the node label nvidia.com/gpu.product.
+    pub model: String,
+    /// GPUs of this model free now.
+    pub idle_gpus: u32,
+    /// GPUs of this model advertised.
+    pub advertised_gpus: u32,
+    /// Most advertised GPUs of this model on one node.
+    pub largest_block: u32,
+}
+
+/// One node's contribution to an offer.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCapacity {
+    /// Node name.
+    pub name: String,
+    /// GPU product name, when the node is labelled with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Allocatable GPUs of the offer's resource.
+    pub allocatable: u32,
+    /// GPUs free: allocatable minus pod requests minus pending lease holds.
+    pub free: u32,
+    /// GPUs of this node advertised.
+    pub advertised: u32,
+    /// Why this node advertises nothing; absent when it advertises GPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<NodeExclusion>,
+}
+
+/// Why a node advertises no GPU for an offer.
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+pub enum NodeExclusion {
+    /// The node's Ready condition is not True.
+    NotReady,
+    /// The node is cordoned (spec.unschedulable).
+    Cordoned,
+    /// The node has a NoSchedule or NoExecute taint the offer does not tolerate.
+    Tainted,
+    /// The node has the offer's GPU resource but the offer's nodeSelector does not match it.
+    OutsideSelector,
+    /// An older offer selling the same resource selects this node.
+    ClaimedByOtherOffer,
+    /// The node has none of the offer's GPU resource allocatable.
+    NoGpus,
+    /// Every GPU of the node is requested by pods or held by admitted leases.
+    FullyUsed,
+    /// The node's free GPUs are kept back by the offer's reserveGpus.
+    Reserved,
+    /// The offer's maxGpus, minus what is leased, is already advertised on other nodes.
+    CapReached,
+    /// The offer is paused.
+    Paused,
+}

@@ -1,0 +1,8 @@
+//! gpubridge: puts a Kubernetes cluster's idle GPUs on a decentralized compute network and runs
+//! the network's leases on them, boxed, metered and attested.
+//!
+//! Decisions live in pure modules (`capacity`, `admission`, `lifecycle`, `workload`); the
+//! `controller` module only reads state, calls them and writes the results.
+
+pub mod capacity;
+pub mod crd;

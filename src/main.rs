@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", gpubridge::crd::all_as_yaml_stream().unwrap());
+}
