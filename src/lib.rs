@@ -4,5 +4,8 @@
 //! Decisions live in pure modules (`capacity`, `admission`, `lifecycle`, `workload`); the
 //! `controller` module only reads state, calls them and writes the results.
 
+pub mod admission;
 pub mod capacity;
 pub mod crd;
+pub mod identity;
+pub mod workload;

@@ -31,3 +31,65 @@ pub const LEASE_LABEL: &str = "gpubridge.dev/lease";
 
 /// The field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "gpubridge-operator";
+
+/// Fractional digits a price amount may carry; amounts are compared in units of 10^-18.
+pub const PRICE_DECIMALS: u32 = 18;
+
+impl Price {
+    /// The amount as an exact integer of 10^-18 units, or `None` when it is not a decimal of at
+    /// most 18 integer and 18 fractional digits (the schema's pattern).
+    pub fn atto_units(&self) -> Option<u128> {
+        let (int_part, frac_part) = self.amount.split_once('.').unwrap_or((&self.amount, ""));
+        let digits_only = |s: &str| s.chars().all(|c| c.is_ascii_digit());
+        if int_part.is_empty()
+            || int_part.len() > 18
+            || frac_part.len() > PRICE_DECIMALS as usize
+            || !digits_only(int_part)
+            || !digits_only(frac_part)
+            || (self.amount.contains('.') && frac_part.is_empty())
+        {
+            return None;
+        }
+        let int: u128 = int_part.parse().ok()?;
+        let frac: u128 = if frac_part.is_empty() {
+            0
+        } else {
+            frac_part.parse().ok()?
+        };
+        let frac_scale = 10u128.pow(PRICE_DECIMALS - frac_part.len() as u32);
+        Some(int * 10u128.pow(PRICE_DECIMALS) + frac * frac_scale)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn price(amount: &str) -> Price {
+        Price {
+            amount: amount.into(),
+            denomination: "USDC".into(),
+        }
+    }
+
+    #[test]
+    fn amounts_are_exact_integers() {
+        assert_eq!(price("2.40").atto_units(), Some(2_400_000_000_000_000_000));
+        assert_eq!(price("2.4").atto_units(), price("2.400").atto_units());
+        assert_eq!(price("0.000000000000000001").atto_units(), Some(1));
+        assert_eq!(price("7").atto_units(), Some(7 * 10u128.pow(18)));
+        assert!(price("0.1").atto_units() < price("0.10000000000000001").atto_units());
+        for bad in [
+            "",
+            "-1",
+            "1.",
+            ".5",
+            "1.2.3",
+            "1e3",
+            "0.0000000000000000001",
+            "1234567890123456789",
+        ] {
+            assert_eq!(price(bad).atto_units(), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The lease pod: the buyer's container and two native sidecars, boxed in.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, NodeAffinity,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSecurityContext, PodSpec,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Toleration, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use super::secret::IDENTITY_SECRET;
+use super::{LeaseBox, stamped};
+use crate::crd::PodSecurityLevel;
+
+pub const POD_NAME: &str = "workload";
+pub const WORKLOAD_CONTAINER: &str = "workload";
+pub const METER_CONTAINER: &str = "meter";
+pub const ATTEST_CONTAINER: &str = "attest";
+
+/// The unprivileged user sidecars (and restricted workloads) run as.
+const NONROOT_UID: i64 = 65532;
+const IDENTITY_DIR: &str = "/var/run/gpubridge/identity";
+const RECEIPTS_DIR: &str = "/var/lib/gpubridge/receipts";
+/// How long a lease pod stays on a node that stopped answering before it is evicted, so that a
+/// lost node ends the lease promptly instead of after the default five minutes.
+const NODE_LOSS_TOLERATION_SECONDS: i64 = 60;
+
+pub fn pod(b: &LeaseBox) -> Pod {
+    let restricted = b.policy.pod_security_level == PodSecurityLevel::Restricted;
+    let mut tolerations: Vec<Toleration> = b.tolerations.to_vec();
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        tolerations.push(Toleration {
+            key: Some(key.to_string()),
+            operator: Some("Exists".to_string()),
+            effect: Some("NoExecute".to_string()),
+            toleration_seconds: Some(NODE_LOSS_TOLERATION_SECONDS),
+            value: None,
+        });
+    }
+    let mut metadata = b.metadata(POD_NAME);
+    metadata.annotations = Some(BTreeMap::from([(
+        "kubectl.kubernetes.io/default-container".to_string(),
+        WORKLOAD_CONTAINER.to_string(),
+    )]));
+    stamped(Pod {
+        metadata,
+        spec: Some(PodSpec {
+            // A stranger's code gets no credentials to this cluster's API.
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            host_network: Some(false),
+            host_pid: Some(false),
+            host_ipc: Some(false),
+            restart_policy: Some("Never".to_string()),
+            // Backstop for the controller's own expiry: the kubelet kills the pod even if the
+            // operator is down. The clock starts when the pod does, so scheduling time is added.
+            active_deadline_seconds: Some(
+                (b.spec.duration_seconds + b.scheduling_timeout_seconds) as i64,
+            ),
+            termination_grace_period_seconds: Some(30),
+            runtime_class_name: b.policy.runtime_class_name.clone(),
+            priority_class_name: b.policy.priority_class_name.clone(),
+            tolerations: Some(tolerations),
+            affinity: Some(Affinity {
+                node_affinity: Some(NodeAffinity {
+                    required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                        node_selector_terms: vec![NodeSelectorTerm {
+                            match_fields: Some(vec![NodeSelectorRequirement {
+                                key: "metadata.name".to_string(),
+                                operator: "In".to_string(),
+                                values: Some(b.eligible_nodes.to_vec()),
+                            }]),
+                            match_expressions: None,
+                        }],
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: restricted.then_some(true),
+                run_as_user: restricted.then_some(NONROOT_UID),
+                run_as_group: restricted.then_some(NONROOT_UID),
+                fs_group: Some(NONROOT_UID),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".to_string(),
+                    localhost_profile: None,
+                }),
+                ..Default::default()
+            }),
+            init_containers: Some(vec![
+                sidecar(b, METER_CONTAINER, "50m", "64Mi"),
+                sidecar(b, ATTEST_CONTAINER, "20m", "32Mi"),
+            ]),
+            containers: vec![workload_container(b)],
+            volumes: Some(vec![
+                Volume {
+                    name: "identity".to_string(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(IDENTITY_SECRET.to_string()),
+                        default_mode: Some(0o440),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                Volume {
+                    name: "receipts".to_string(),
+                    empty_dir: Some(EmptyDirVolumeSource {
+                        size_limit: Some(Quantity("64Mi".to_string())),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+fn workload_container(b: &LeaseBox) -> Container {
+    let w = &b.spec.workload;
+    let resources = BTreeMap::from([
+        ("cpu".to_string(), Quantity(w.cpu.clone())),
+        ("memory".to_string(), Quantity(w.memory.clone())),
+        (
+            b.spec.resource_name.clone(),
+            Quantity(b.spec.gpus.to_string()),
+        ),
+    ]);
+    let mut env: Vec<EnvVar> = w
+        .env
+        .iter()
+        .map(|e| EnvVar {
+            name: e.name.clone(),
+            value: Some(e.value.clone()),
+            value_from: None,
+        })
+        .collect();
+    env.push(EnvVar {
+        name: "GPUBRIDGE_LEASE_ID".to_string(),
+        value: Some(b.spec.lease_id.clone()),
+        value_from: None,
+    });
+    Container {
+        name: WORKLOAD_CONTAINER.to_string(),
+        image: Some(w.image.clone()),
+        image_pull_policy: Some("IfNotPresent".to_string()),
+        command: (!w.command.is_empty()).then(|| w.command.clone()),
+        args: (!w.args.is_empty()).then(|| w.args.clone()),
+        env: Some(env),
+        ports: (!w.ports.is_empty()).then(|| {
+            w.ports
+                .iter()
+                .map(|p| ContainerPort {
+                    name: p.name.clone(),
+                    container_port: i32::from(p.container_port),
+                    protocol: Some(format!("{:?}", p.protocol)),
+                    ..Default::default()
+                })
+                .collect()
+        }),
+        // Requests equal limits: the pod is Guaranteed and the quota sees exactly what was leased.
+        resources: Some(ResourceRequirements {
+            requests: Some(resources.clone()),
+            limits: Some(resources),
+            ..Default::default()
+        }),
+        security_context: Some(confined(false)),
+        ..Default::default()
+    }
+}
+
+/// A native sidecar (an init container that restarts always) running the operator's binary.
+fn sidecar(b: &LeaseBox, subcommand: &str, cpu: &str, memory: &str) -> Container {
+    let resources = BTreeMap::from([
+        ("cpu".to_string(), Quantity(cpu.to_string())),
+        ("memory".to_string(), Quantity(memory.to_string())),
+    ]);
+    Container {
+        name: subcommand.to_string(),
+        image: Some(b.sidecar_image.to_string()),
+        image_pull_policy: Some("IfNotPresent".to_string()),
+        restart_policy: Some("Always".to_string()),
+        args: Some(vec![
+            subcommand.to_string(),
+            format!("--lease-id={}", b.spec.lease_id),
+            format!("--identity-dir={IDENTITY_DIR}"),
+            format!("--receipts-dir={RECEIPTS_DIR}"),
+        ]),
+        env: Some(vec![
+            field_env("GPUBRIDGE_POD_UID", "metadata.uid"),
+            field_env("GPUBRIDGE_NODE_NAME", "spec.nodeName"),
+        ]),
+        resources: Some(ResourceRequirements {
+            requests: Some(resources.clone()),
+            limits: Some(resources),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(NONROOT_UID),
+            ..confined(true)
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "identity".to_string(),
+                mount_path: IDENTITY_DIR.to_string(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "receipts".to_string(),
+                mount_path: RECEIPTS_DIR.to_string(),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: None,
+        value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
+            field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
+                field_path: path.to_string(),
+                api_version: None,
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// No privilege, no escalation, no capabilities.
+fn confined(read_only_root: bool) -> SecurityContext {
+    SecurityContext {
+        privileged: Some(false),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(read_only_root),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            add: None,
+        }),
+        ..Default::default()
+    }
+}

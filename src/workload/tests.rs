@@ -1,0 +1,328 @@
+//! The builders, from YAML fixtures: targeted assertions on what keeps a lease boxed in, and
+//! golden files that show any change to what is built (`UPDATE_GOLDEN=1 cargo test` rewrites).
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+use super::*;
+use crate::crd::{ComputeLeaseSpec, EgressPolicy, GpuOfferSpec, PodSecurityLevel};
+
+fn offer() -> GpuOfferSpec {
+    serde_yaml::from_str(include_str!("../../tests/fixtures/offer-spec.yaml")).unwrap()
+}
+
+fn lease() -> ComputeLeaseSpec {
+    serde_yaml::from_str(include_str!("../../tests/fixtures/lease-spec.yaml")).unwrap()
+}
+
+fn owner() -> OwnerReference {
+    OwnerReference {
+        api_version: "gpubridge.dev/v1alpha1".into(),
+        kind: "ComputeLease".into(),
+        name: "l-01hzx4".into(),
+        uid: "6f1c2d4e-0000-4000-8000-000000000001".into(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+const NODES: &[&str] = &["gpu-h100-0", "gpu-h100-1"];
+
+fn with_box<R>(
+    offer: &GpuOfferSpec,
+    lease: &ComputeLeaseSpec,
+    f: impl FnOnce(&LeaseBox) -> R,
+) -> R {
+    let nodes: Vec<String> = NODES.iter().map(|s| s.to_string()).collect();
+    let b = LeaseBox {
+        lease_name: "l-01hzx4",
+        spec: lease,
+        owner: owner(),
+        policy: &offer.workload,
+        tolerations: &offer.tolerations,
+        eligible_nodes: &nodes,
+        sidecar_image: "ghcr.io/gpubridge/gpubridge:0.1.0",
+        scheduling_timeout_seconds: 600,
+    };
+    f(&b)
+}
+
+fn identity() -> LeaseIdentity {
+    LeaseIdentity {
+        lease_key: vec![7; 32],
+        certificate: vec![1, 2, 3],
+        provider_public_key: "ProviderKey".into(),
+    }
+}
+
+fn golden<T: serde::Serialize>(name: &str, object: &T) {
+    let path = format!(
+        "{}/tests/fixtures/golden/{name}.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let actual = serde_yaml::to_string(object).unwrap();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(std::path::Path::new(&path).parent().unwrap()).unwrap();
+        std::fs::write(&path, &actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(
+        actual, expected,
+        "{path} differs; rerun with UPDATE_GOLDEN=1 if the change is intended"
+    );
+}
+
+#[test]
+fn golden_objects() {
+    let (o, l) = (offer(), lease());
+    with_box(&o, &l, |b| {
+        golden("namespace", &namespace(b));
+        golden("network-policy", &network_policy(b));
+        golden("resource-quota", &resource_quota(b));
+        golden("limit-range", &limit_range(b));
+        golden("pod", &pod(b));
+    });
+}
+
+#[test]
+fn every_object_is_owned_by_the_lease_and_labelled() {
+    let (o, l) = (offer(), lease());
+    with_box(&o, &l, |b| {
+        let metas = [
+            namespace(b).metadata,
+            network_policy(b).metadata,
+            resource_quota(b).metadata,
+            limit_range(b).metadata,
+            secret(b, &identity()).metadata,
+            pod(b).metadata,
+        ];
+        for m in metas {
+            assert_eq!(m.owner_references, Some(vec![owner()]), "{:?}", m.name);
+            assert_eq!(m.labels.unwrap()[crate::crd::LEASE_LABEL], "l-01hzx4");
+            if m.name.as_deref() != Some("lease-l-01hzx4") {
+                assert_eq!(m.namespace.as_deref(), Some("lease-l-01hzx4"));
+            }
+        }
+    });
+}
+
+#[test]
+fn namespace_enforces_the_offers_pod_security_level() {
+    let mut o = offer();
+    for level in [PodSecurityLevel::Restricted, PodSecurityLevel::Baseline] {
+        o.workload.pod_security_level = level;
+        let ns = with_box(&o, &lease(), namespace);
+        let labels = ns.metadata.labels.unwrap();
+        assert_eq!(labels["pod-security.kubernetes.io/enforce"], level.as_str());
+        assert_eq!(labels["pod-security.kubernetes.io/warn"], level.as_str());
+    }
+}
+
+#[test]
+fn pod_is_boxed_in() {
+    let (o, l) = (offer(), lease());
+    let p: Pod = with_box(&o, &l, pod);
+    let spec = p.spec.unwrap();
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    assert_eq!(spec.enable_service_links, Some(false));
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(spec.active_deadline_seconds, Some(3600 + 600));
+    assert_eq!(spec.runtime_class_name.as_deref(), Some("gvisor"));
+    assert_eq!(spec.priority_class_name.as_deref(), Some("gpubridge-lease"));
+    assert!(
+        spec.host_network != Some(true)
+            && spec.host_pid != Some(true)
+            && spec.host_ipc != Some(true)
+    );
+    let tolerations = spec.tolerations.unwrap();
+    assert!(
+        tolerations
+            .iter()
+            .any(|t| t.key.as_deref() == Some("nvidia.com/gpu"))
+    );
+    assert!(tolerations.iter().any(
+        |t| t.key.as_deref() == Some("node.kubernetes.io/unreachable")
+            && t.toleration_seconds == Some(60)
+    ));
+
+    let term = &spec
+        .affinity
+        .unwrap()
+        .node_affinity
+        .unwrap()
+        .required_during_scheduling_ignored_during_execution
+        .unwrap()
+        .node_selector_terms[0];
+    let fields = term.match_fields.as_ref().unwrap();
+    assert_eq!(fields[0].key, "metadata.name");
+    assert_eq!(
+        fields[0].values.as_deref(),
+        Some(&["gpu-h100-0".to_string(), "gpu-h100-1".to_string()][..])
+    );
+
+    for v in spec.volumes.iter().flatten() {
+        assert!(
+            v.host_path.is_none() && v.persistent_volume_claim.is_none(),
+            "{}",
+            v.name
+        );
+    }
+
+    let workload = &spec.containers[0];
+    assert_eq!(spec.containers.len(), 1);
+    let resources = workload.resources.as_ref().unwrap();
+    assert_eq!(
+        resources.requests, resources.limits,
+        "Guaranteed: requests equal limits"
+    );
+    assert_eq!(resources.limits.as_ref().unwrap()["nvidia.com/gpu"].0, "2");
+    assert!(
+        workload.volume_mounts.is_none(),
+        "the workload never sees the lease key"
+    );
+    assert!(
+        workload
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|e| e.value_from.is_none())
+    );
+
+    let sidecars = spec.init_containers.unwrap();
+    assert_eq!(
+        sidecars.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        [METER_CONTAINER, ATTEST_CONTAINER]
+    );
+    for c in sidecars.iter().chain(std::iter::once(workload)) {
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.privileged, Some(false), "{}", c.name);
+        assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_string()][..])
+        );
+        assert!(sc.capabilities.as_ref().unwrap().add.is_none());
+    }
+    for s in &sidecars {
+        assert_eq!(
+            s.restart_policy.as_deref(),
+            Some("Always"),
+            "native sidecar"
+        );
+        assert_eq!(
+            s.image.as_deref(),
+            Some("ghcr.io/gpubridge/gpubridge:0.1.0")
+        );
+        assert_eq!(
+            s.args.as_ref().unwrap()[0],
+            s.name,
+            "runs `gpubridge {}`",
+            s.name
+        );
+        let r = s.resources.as_ref().unwrap();
+        assert!(r.limits.as_ref().unwrap().get("nvidia.com/gpu").is_none());
+    }
+    let psc = spec.security_context.unwrap();
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+}
+
+#[test]
+fn baseline_workloads_may_run_as_root_but_sidecars_never() {
+    let mut o = offer();
+    o.workload.pod_security_level = PodSecurityLevel::Baseline;
+    let spec = with_box(&o, &lease(), pod).spec.unwrap();
+    assert_eq!(spec.security_context.unwrap().run_as_non_root, None);
+    for s in spec.init_containers.unwrap() {
+        assert_eq!(s.security_context.unwrap().run_as_non_root, Some(true));
+    }
+}
+
+#[test]
+fn network_policy_denies_ingress_and_private_egress() {
+    let (o, l) = (offer(), lease());
+    let spec = with_box(&o, &l, network_policy).spec.unwrap();
+    assert_eq!(
+        spec.pod_selector,
+        Some(Default::default()),
+        "selects every pod"
+    );
+    assert_eq!(spec.policy_types.unwrap(), ["Ingress", "Egress"]);
+    assert_eq!(spec.ingress, Some(vec![]), "no ingress at all");
+    let egress = spec.egress.unwrap();
+    let blocks: Vec<_> = egress
+        .iter()
+        .flat_map(|r| r.to.iter().flatten())
+        .filter_map(|p| p.ip_block.as_ref())
+        .collect();
+    let v4 = blocks.iter().find(|b| b.cidr == "0.0.0.0/0").unwrap();
+    for private in [
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "169.254.0.0/16",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+    ] {
+        assert!(
+            v4.except.as_ref().unwrap().iter().any(|e| e == private),
+            "{private}"
+        );
+    }
+    let v6 = blocks.iter().find(|b| b.cidr == "::/0").unwrap();
+    assert!(v6.except.as_ref().unwrap().iter().any(|e| e == "fe80::/10"));
+    // DNS is the only in-cluster destination, on port 53 only.
+    let dns = egress.iter().find(|r| r.ports.is_some()).unwrap();
+    assert!(dns.ports.as_ref().unwrap().iter().all(
+        |p| p.port == Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(53))
+    ));
+
+    let mut closed = offer();
+    closed.workload.egress = EgressPolicy::None;
+    let spec = with_box(&closed, &l, network_policy).spec.unwrap();
+    assert_eq!(spec.egress, Some(vec![]), "no egress at all");
+}
+
+#[test]
+fn quota_holds_one_pod_and_the_leased_gpus() {
+    let (o, l) = (offer(), lease());
+    let hard = with_box(&o, &l, resource_quota).spec.unwrap().hard.unwrap();
+    assert_eq!(hard["pods"].0, "1");
+    assert_eq!(hard["requests.nvidia.com/gpu"].0, "2");
+    assert_eq!(hard["services"].0, "0");
+    assert_eq!(hard["persistentvolumeclaims"].0, "0");
+    let limits = with_box(&o, &l, limit_range).spec.unwrap().limits;
+    assert_eq!(limits[0].max.as_ref().unwrap()["memory"].0, "64Gi");
+}
+
+#[test]
+fn secret_is_immutable_and_holds_only_the_lease_identity() {
+    let (o, l) = (offer(), lease());
+    let s = with_box(&o, &l, |b| secret(b, &identity()));
+    assert_eq!(s.immutable, Some(true));
+    let data = s.data.unwrap();
+    assert_eq!(
+        data.keys().collect::<Vec<_>>(),
+        ["lease.crt", "lease.key", "provider.pub"]
+    );
+    assert!(
+        s.metadata.annotations.is_none(),
+        "no digest of key material is published"
+    );
+}
+
+#[test]
+fn spec_hash_changes_with_the_desired_state() {
+    let (o, l) = (offer(), lease());
+    let a = with_box(&o, &l, resource_quota);
+    let mut l2 = lease();
+    l2.gpus = 4;
+    let b = with_box(&o, &l2, resource_quota);
+    assert!(spec_hash_of(&a).is_some());
+    assert_ne!(spec_hash_of(&a), spec_hash_of(&b));
+    assert_eq!(
+        spec_hash_of(&a),
+        spec_hash_of(&with_box(&o, &l, resource_quota))
+    );
+}
