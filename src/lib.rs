@@ -8,4 +8,5 @@ pub mod admission;
 pub mod capacity;
 pub mod crd;
 pub mod identity;
+pub mod lifecycle;
 pub mod workload;
