@@ -1,12 +1,18 @@
 //! gpubridge: puts a Kubernetes cluster's idle GPUs on a decentralized compute network and runs
 //! the network's leases on them, boxed, metered and attested.
 //!
-//! Decisions live in pure modules (`capacity`, `admission`, `lifecycle`, `workload`); the
-//! `controller` module only reads state, calls them and writes the results.
+//! Decisions live in pure modules (`capacity`, `admission`, `lifecycle`, `workload`,
+//! `identity`); `controller` only reads state, calls them and writes the results.
 
 pub mod admission;
 pub mod capacity;
+pub mod cli;
+pub mod controller;
 pub mod crd;
+pub mod http;
 pub mod identity;
 pub mod lifecycle;
+pub mod metrics;
+pub mod operator;
+pub mod telemetry;
 pub mod workload;

@@ -11,7 +11,7 @@ use kube::core::{Selector, SelectorExt};
 
 use super::quantity::{Rounding, parse_count};
 use super::requests::effective_request;
-use crate::crd::{ComputeLease, GPU_PRODUCT_LABEL, GpuOffer, LEASE_LABEL};
+use crate::crd::{ComputeLease, GPU_PRODUCT_LABEL, GpuOffer, LEASE_LABEL, LeasePhase};
 
 /// Extended resources an offer may sell all share this prefix; others are not tracked.
 const GPU_RESOURCE_PREFIX: &str = "nvidia.com/";
@@ -131,8 +131,7 @@ pub struct LeaseFacts {
     pub offer: String,
     pub resource: String,
     pub gpus: u32,
-    /// Not yet Succeeded, Failed, Expired or Terminated.
-    pub active: bool,
+    pub phase: LeasePhase,
 }
 
 impl LeaseFacts {
@@ -142,8 +141,13 @@ impl LeaseFacts {
             offer: lease.spec.offer_name.clone(),
             resource: lease.spec.resource_name.clone(),
             gpus: lease.spec.gpus,
-            active: !lease.phase().is_terminal(),
+            phase: lease.phase(),
         }
+    }
+
+    /// Not yet Succeeded, Failed, Expired or Terminated: it holds its GPUs.
+    pub fn active(&self) -> bool {
+        !self.phase.is_terminal()
     }
 }
 

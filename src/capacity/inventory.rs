@@ -36,8 +36,11 @@ impl Inventory {
     }
 
     /// Records a pod's current state; `None` facts mean it holds nothing (unbound or terminal).
-    /// Returns the nodes whose usage changed.
+    /// Returns the nodes whose usage changed: none when the pod holds what it held.
     pub fn upsert_pod(&mut self, key: &str, facts: Option<PodFacts>) -> Vec<String> {
+        if self.pods.get(key) == facts.as_ref() {
+            return Vec::new();
+        }
         let mut touched = Vec::with_capacity(2);
         if let Some(old) = self.pods.remove(key) {
             self.release(&old);
@@ -179,8 +182,11 @@ mod tests {
         inv.upsert_pod("ns/b", Some(pod("n1", 3, Some("l1"))));
         assert_eq!(inv.used("n1", GPU), 5);
         assert!(inv.has_bound_pod("l1"));
-        // The same pod seen again is not counted twice.
-        inv.upsert_pod("ns/b", Some(pod("n1", 3, Some("l1"))));
+        // The same pod seen again is not counted twice, and changes nothing.
+        assert!(
+            inv.upsert_pod("ns/b", Some(pod("n1", 3, Some("l1"))))
+                .is_empty()
+        );
         assert_eq!(inv.used("n1", GPU), 5);
         // Terminal: it holds nothing any more.
         assert_eq!(inv.upsert_pod("ns/b", None), vec!["n1"]);

@@ -128,7 +128,7 @@ pub fn compute(inventory: &Inventory, offer: &OfferFacts, offers: &[OfferFacts])
     let mut holds: Vec<u32> = Vec::new();
     for lease in inventory
         .leases()
-        .filter(|l| l.active && l.offer == offer.name)
+        .filter(|l| l.active() && l.offer == offer.name)
     {
         out.leased = out.leased.saturating_add(lease.gpus);
         if lease.resource == resource && !inventory.has_bound_pod(&lease.name) {

@@ -8,7 +8,7 @@ use kube::core::Selector;
 use proptest::prelude::*;
 
 use super::*;
-use crate::crd::NodeExclusion;
+use crate::crd::{LeasePhase, NodeExclusion};
 
 const GPU: &str = "nvidia.com/gpu";
 const MIG: &str = "nvidia.com/mig-1g.10gb";
@@ -54,7 +54,11 @@ fn lease(name: &str, offer: &str, gpus: u32, active: bool) -> LeaseFacts {
         offer: offer.into(),
         resource: GPU.into(),
         gpus,
-        active,
+        phase: if active {
+            LeasePhase::Running
+        } else {
+            LeasePhase::Succeeded
+        },
     }
 }
 

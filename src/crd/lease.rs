@@ -1,5 +1,8 @@
 //! `ComputeLease`: one lease from the network, running here.
 
+// Each printcolumn(...) repeats `type_ = ...`, which clippy takes for a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;

@@ -1,5 +1,8 @@
 //! `GpuOffer`: these nodes' spare GPUs are for sale, on these terms.
 
+// Each printcolumn(...) repeats `type_ = ...`, which clippy takes for a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::api::core::v1::Toleration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};

@@ -1,0 +1,59 @@
+//! The `gpubridge` command line: one binary, one subcommand per role.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::operator::OperatorArgs;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gpubridge",
+    version,
+    about = "Bridges a Kubernetes cluster's idle GPUs into a compute network"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the operator: offers from idle GPUs, leases as boxed GPU pods.
+    Operator(OperatorArgs),
+    /// Print the CustomResourceDefinitions as YAML, or write one file each into a folder.
+    Crdgen {
+        /// Folder to write `<plural>.<group>.yaml` files into; standard output when absent.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CrdgenError {
+    #[error("cannot render CRD YAML: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// `gpubridge crdgen`.
+pub fn crdgen(out_dir: Option<PathBuf>) -> Result<(), CrdgenError> {
+    let Some(dir) = out_dir else {
+        print!("{}", crate::crd::all_as_yaml_stream()?);
+        return Ok(());
+    };
+    std::fs::create_dir_all(&dir).map_err(|source| CrdgenError::Write {
+        path: dir.clone(),
+        source,
+    })?;
+    for (file, crd) in crate::crd::all() {
+        let path = dir.join(file);
+        std::fs::write(&path, crate::crd::to_yaml(&crd)?)
+            .map_err(|source| CrdgenError::Write { path, source })?;
+    }
+    Ok(())
+}

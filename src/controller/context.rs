@@ -1,0 +1,47 @@
+//! What every reconcile shares: the client, the caches, the settings, metrics and events.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use kube::Client;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::Store;
+
+use super::backoff::Backoff;
+use crate::capacity::{Inventory, OfferFacts};
+use crate::crd::GpuOffer;
+use crate::metrics::Metrics;
+
+/// Settings of the controllers, from the operator's flags.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Image of the operator, whose binary lease sidecars run.
+    pub sidecar_image: String,
+    /// How long a lease pod may take to run before the lease fails.
+    pub scheduling_timeout: Duration,
+    /// How often an offer is recomputed when nothing triggers it.
+    pub offer_resync: Duration,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub inventory: Arc<RwLock<Inventory>>,
+    pub offers: Store<GpuOffer>,
+    pub settings: Settings,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    pub backoff: Backoff,
+    pub provider_key: SigningKey,
+}
+
+impl Context {
+    /// Facts of every cached offer, for the formula's overlap rule.
+    pub fn offer_facts(&self) -> Vec<OfferFacts> {
+        self.offers
+            .state()
+            .iter()
+            .map(|o| OfferFacts::from_offer(o))
+            .collect()
+    }
+}

@@ -1,0 +1,136 @@
+//! Reconcilers. They read state, call the pure modules, and write the results.
+//!
+//! - `offer`: GpuOffer → status from the capacity formula;
+//! - `lease`: ComputeLease → its namespace, policies, secret and pod, and its phases;
+//! - `watch`: Node, Pod and ComputeLease watches feeding the capacity inventory;
+//! - `leader`: leader election, so that only one replica writes.
+
+pub mod backoff;
+pub mod conditions;
+pub mod context;
+pub mod error;
+pub mod leader;
+pub mod lease;
+pub mod offer;
+pub mod watch;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::controller::{Action, Config};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Resource, ResourceExt};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+pub use context::{Context, Settings};
+pub use error::Error;
+
+use crate::crd::{ComputeLease, GpuOffer, LEASE_LABEL};
+
+/// Offer recomputes triggered by many pod events in a burst are merged over this window.
+const OFFER_DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// Runs both controllers until `shutdown` resolves; in-flight reconciles finish first.
+pub async fn run(
+    ctx: Arc<Context>,
+    offer_triggers: mpsc::UnboundedReceiver<ObjectRef<GpuOffer>>,
+    concurrency: u16,
+    shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
+    let client = ctx.client.clone();
+    let offers = Controller::new(
+        Api::<GpuOffer>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(
+        Config::default()
+            .concurrency(concurrency)
+            .debounce(OFFER_DEBOUNCE),
+    )
+    .reconcile_on(tokio_stream_of(offer_triggers))
+    .graceful_shutdown_on(shutdown.clone())
+    .run(
+        |offer, ctx| instrumented("offer", offer, ctx, offer::reconcile),
+        error_policy::<GpuOffer>("offer"),
+        ctx.clone(),
+    )
+    .for_each(|_| async {});
+    let leases = Controller::new(
+        Api::<ComputeLease>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<Pod>::all(client),
+        watcher::Config::default().labels(LEASE_LABEL),
+    )
+    .with_config(Config::default().concurrency(concurrency))
+    .graceful_shutdown_on(shutdown)
+    .run(
+        |lease, ctx| instrumented("lease", lease, ctx, lease::reconcile),
+        error_policy::<ComputeLease>("lease"),
+        ctx,
+    )
+    .for_each(|_| async {});
+    tokio::join!(offers, leases);
+}
+
+fn tokio_stream_of<T: Send + 'static>(
+    mut rx: mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Times and counts a reconcile, and clears the object's backoff when it succeeds.
+async fn instrumented<K, F, Fut>(
+    controller: &'static str,
+    obj: Arc<K>,
+    ctx: Arc<Context>,
+    reconcile: F,
+) -> Result<Action, Error>
+where
+    K: Resource,
+    F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
+    Fut: Future<Output = Result<Action, Error>>,
+{
+    let key = format!("{controller}/{}", obj.name_any());
+    let started = Instant::now();
+    let result = reconcile(obj, ctx.clone()).await;
+    ctx.metrics
+        .reconciles
+        .with_label_values(&[controller])
+        .inc();
+    ctx.metrics
+        .reconcile_duration
+        .with_label_values(&[controller])
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.backoff.reset(&key);
+    }
+    result
+}
+
+/// Waits are polled at their own pace; failures back off per object and are counted.
+fn error_policy<K: Resource>(
+    controller: &'static str,
+) -> impl Fn(Arc<K>, &Error, Arc<Context>) -> Action {
+    move |obj, error, ctx| {
+        if let Some(retry_after) = error.waiting_for() {
+            debug!(%error, "{controller} {} waits", obj.name_any());
+            return Action::requeue(retry_after);
+        }
+        ctx.metrics
+            .reconcile_errors
+            .with_label_values(&[controller, error.metric_label()])
+            .inc();
+        let delay = ctx
+            .backoff
+            .next_delay(&format!("{controller}/{}", obj.name_any()));
+        warn!(%error, retry_in = ?delay, "{controller} {} failed", obj.name_any());
+        Action::requeue(delay)
+    }
+}

@@ -1,0 +1,400 @@
+//! Watches of Nodes, Pods and ComputeLeases that feed the capacity inventory, and the triggers
+//! they send to the offer controller: each change recomputes only the offers it touches.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::capacity::{Inventory, LeaseFacts, NodeFacts, OfferFacts, PodFacts};
+use crate::crd::{ComputeLease, GpuOffer};
+
+/// Only pods that hold GPUs matter: bound to a node and not finished. The apiserver filters the
+/// rest out, and a pod that finishes leaves the watch as a deletion.
+pub const POD_FIELD_SELECTOR: &str = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed";
+
+/// Which offers a change touches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touched {
+    Nothing,
+    /// Offers selecting any of these nodes.
+    Nodes(Vec<String>),
+    /// One offer by name.
+    Offer(String),
+    /// Every offer (a node's labels or a re-list may change which offers select what).
+    All,
+}
+
+/// Offers a change touches, by name.
+pub fn touched_offers(
+    touched: &Touched,
+    inventory: &Inventory,
+    offers: &[OfferFacts],
+) -> Vec<String> {
+    match touched {
+        Touched::Nothing => vec![],
+        Touched::Offer(name) => vec![name.clone()],
+        Touched::All => offers.iter().map(|o| o.name.clone()).collect(),
+        Touched::Nodes(nodes) => offers
+            .iter()
+            .filter(|o| {
+                nodes
+                    .iter()
+                    .any(|n| inventory.node(n).is_some_and(|n| o.selects(n)))
+            })
+            .map(|o| o.name.clone())
+            .collect(),
+    }
+}
+
+/// Applies one node watch event to the inventory.
+pub fn on_node_event(
+    inventory: &mut Inventory,
+    relist: &mut Option<Vec<NodeFacts>>,
+    event: watcher::Event<Node>,
+) -> Touched {
+    match event {
+        watcher::Event::Init => {
+            *relist = Some(Vec::new());
+            Touched::Nothing
+        }
+        watcher::Event::InitApply(node) => {
+            relist
+                .get_or_insert_with(Vec::new)
+                .push(NodeFacts::from_node(&node));
+            Touched::Nothing
+        }
+        watcher::Event::InitDone => {
+            inventory.replace_nodes(relist.take().unwrap_or_default());
+            Touched::All
+        }
+        watcher::Event::Apply(node) => {
+            let facts = NodeFacts::from_node(&node);
+            match inventory.node(&facts.name) {
+                // Heartbeats and other changes the formula does not read touch nothing.
+                Some(old) if *old == facts => Touched::Nothing,
+                Some(old) if old.labels != facts.labels => {
+                    inventory.upsert_node(facts);
+                    Touched::All
+                }
+                _ => {
+                    let name = facts.name.clone();
+                    inventory.upsert_node(facts);
+                    Touched::Nodes(vec![name])
+                }
+            }
+        }
+        watcher::Event::Delete(node) => {
+            inventory.remove_node(&node.name_any());
+            Touched::All
+        }
+    }
+}
+
+/// Applies one pod watch event to the inventory.
+pub fn on_pod_event(
+    inventory: &mut Inventory,
+    relist: &mut Option<Vec<(String, PodFacts)>>,
+    event: watcher::Event<Pod>,
+) -> Touched {
+    let key = |pod: &Pod| format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+    match event {
+        watcher::Event::Init => {
+            *relist = Some(Vec::new());
+            Touched::Nothing
+        }
+        watcher::Event::InitApply(pod) => {
+            if let Some(facts) = PodFacts::from_pod(&pod) {
+                relist.get_or_insert_with(Vec::new).push((key(&pod), facts));
+            }
+            Touched::Nothing
+        }
+        watcher::Event::InitDone => {
+            inventory.replace_pods(relist.take().unwrap_or_default());
+            Touched::All
+        }
+        watcher::Event::Apply(pod) => {
+            let touched = inventory.upsert_pod(&key(&pod), PodFacts::from_pod(&pod));
+            if touched.is_empty() {
+                Touched::Nothing
+            } else {
+                Touched::Nodes(touched)
+            }
+        }
+        watcher::Event::Delete(pod) => match inventory.remove_pod(&key(&pod)) {
+            Some(node) => Touched::Nodes(vec![node]),
+            None => Touched::Nothing,
+        },
+    }
+}
+
+/// Applies one ComputeLease watch event to the inventory.
+pub fn on_lease_event(
+    inventory: &mut Inventory,
+    relist: &mut Option<Vec<LeaseFacts>>,
+    event: watcher::Event<ComputeLease>,
+) -> Touched {
+    match event {
+        watcher::Event::Init => {
+            *relist = Some(Vec::new());
+            Touched::Nothing
+        }
+        watcher::Event::InitApply(lease) => {
+            relist
+                .get_or_insert_with(Vec::new)
+                .push(LeaseFacts::from_lease(&lease));
+            Touched::Nothing
+        }
+        watcher::Event::InitDone => {
+            inventory.replace_leases(relist.take().unwrap_or_default());
+            Touched::All
+        }
+        watcher::Event::Apply(lease) => {
+            let facts = LeaseFacts::from_lease(&lease);
+            if inventory.lease(&facts.name) == Some(&facts) {
+                return Touched::Nothing;
+            }
+            let offer = facts.offer.clone();
+            inventory.upsert_lease(facts);
+            Touched::Offer(offer)
+        }
+        watcher::Event::Delete(lease) => match inventory.remove_lease(&lease.name_any()) {
+            Some(facts) => Touched::Offer(facts.offer),
+            None => Touched::Nothing,
+        },
+    }
+}
+
+/// Set once every watch has listed its objects: the inventory is complete.
+#[derive(Clone, Default)]
+pub struct Synced {
+    nodes: Arc<AtomicBool>,
+    pods: Arc<AtomicBool>,
+    leases: Arc<AtomicBool>,
+}
+
+impl Synced {
+    pub fn all(&self) -> bool {
+        [&self.nodes, &self.pods, &self.leases]
+            .iter()
+            .all(|f| f.load(Ordering::Relaxed))
+    }
+}
+
+/// Runs the three watches until the process ends, keeping `inventory` current and sending the
+/// offers each change touches to `triggers`.
+pub async fn run(
+    client: Client,
+    inventory: Arc<RwLock<Inventory>>,
+    offers: Store<GpuOffer>,
+    triggers: mpsc::UnboundedSender<ObjectRef<GpuOffer>>,
+    synced: Synced,
+) {
+    let nodes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default());
+    let pods = watcher(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().fields(POD_FIELD_SELECTOR),
+    );
+    let leases = watcher(Api::<ComputeLease>::all(client), watcher::Config::default());
+    let shared = || (inventory.clone(), offers.clone(), triggers.clone());
+    tokio::join!(
+        drive(nodes, on_node_event, synced.nodes.clone(), shared()),
+        drive(pods, on_pod_event, synced.pods.clone(), shared()),
+        drive(leases, on_lease_event, synced.leases.clone(), shared()),
+    );
+}
+
+type Handler<K, F> = fn(&mut Inventory, &mut Option<Vec<F>>, watcher::Event<K>) -> Touched;
+
+type Shared = (
+    Arc<RwLock<Inventory>>,
+    Store<GpuOffer>,
+    mpsc::UnboundedSender<ObjectRef<GpuOffer>>,
+);
+
+async fn drive<K, F>(
+    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    handler: Handler<K, F>,
+    synced: Arc<AtomicBool>,
+    (inventory, offers, triggers): Shared,
+) {
+    let mut relist = None;
+    let mut stream = std::pin::pin!(stream.default_backoff());
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                warn!(error = %e, "watch failed; retrying with backoff");
+                continue;
+            }
+        };
+        let done = matches!(event, watcher::Event::InitDone);
+        let names = {
+            let mut inventory = inventory.write().expect("inventory lock poisoned");
+            let touched = handler(&mut inventory, &mut relist, event);
+            let offer_facts: Vec<OfferFacts> = offers
+                .state()
+                .iter()
+                .map(|o| OfferFacts::from_offer(o))
+                .collect();
+            touched_offers(&touched, &inventory, &offer_facts)
+        };
+        if done {
+            synced.store(true, Ordering::Relaxed);
+        }
+        for name in names {
+            // The receiver lives as long as the offer controller; when it is gone, so is the process.
+            let _ = triggers.send(ObjectRef::new(&name));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, pool: &str, gpus: u32, heartbeat: &str) -> Node {
+        serde_yaml::from_str(&format!(
+            r#"
+metadata: {{name: {name}, labels: {{pool: {pool}}}}}
+status:
+  allocatable: {{nvidia.com/gpu: "{gpus}"}}
+  conditions: [{{type: Ready, status: "True", lastHeartbeatTime: "{heartbeat}"}}]
+"#
+        ))
+        .unwrap()
+    }
+
+    fn pod(name: &str, node: &str, gpus: u32) -> Pod {
+        serde_yaml::from_str(&format!(
+            r#"
+metadata: {{name: {name}, namespace: ns}}
+spec: {{nodeName: {node}, containers: [{{name: a, resources: {{limits: {{nvidia.com/gpu: "{gpus}"}}}}}}]}}
+status: {{phase: Running}}
+"#
+        ))
+        .unwrap()
+    }
+
+    fn offer(name: &str, pool: &str) -> OfferFacts {
+        OfferFacts {
+            name: name.into(),
+            age_rank: (0, name.into()),
+            selector: Ok(kube::core::Selector::from_iter([(
+                "pool".to_string(),
+                pool.to_string(),
+            )])),
+            resource: "nvidia.com/gpu".into(),
+            max_gpus: 100,
+            reserve_gpus: 0,
+            paused: false,
+            tolerations: vec![],
+        }
+    }
+
+    #[test]
+    fn relist_replaces_and_touches_everything() {
+        let mut inv = Inventory::default();
+        let mut relist = None;
+        assert_eq!(
+            on_node_event(&mut inv, &mut relist, watcher::Event::Init),
+            Touched::Nothing
+        );
+        on_node_event(
+            &mut inv,
+            &mut relist,
+            watcher::Event::InitApply(node("n1", "a", 8, "2027-01-01T00:00:00Z")),
+        );
+        assert!(
+            inv.node("n1").is_none(),
+            "not visible before the list is complete"
+        );
+        assert_eq!(
+            on_node_event(&mut inv, &mut relist, watcher::Event::InitDone),
+            Touched::All
+        );
+        assert_eq!(inv.node("n1").unwrap().allocatable("nvidia.com/gpu"), 8);
+    }
+
+    #[test]
+    fn node_heartbeats_touch_nothing_but_capacity_changes_do() {
+        let mut inv = Inventory::default();
+        let mut relist = None;
+        on_node_event(
+            &mut inv,
+            &mut relist,
+            watcher::Event::Apply(node("n1", "a", 8, "2027-01-01T00:00:00Z")),
+        );
+        assert_eq!(
+            on_node_event(
+                &mut inv,
+                &mut relist,
+                watcher::Event::Apply(node("n1", "a", 8, "2027-01-01T00:00:10Z"))
+            ),
+            Touched::Nothing
+        );
+        assert_eq!(
+            on_node_event(
+                &mut inv,
+                &mut relist,
+                watcher::Event::Apply(node("n1", "a", 4, "2027-01-01T00:00:20Z"))
+            ),
+            Touched::Nodes(vec!["n1".into()])
+        );
+        assert_eq!(
+            on_node_event(
+                &mut inv,
+                &mut relist,
+                watcher::Event::Apply(node("n1", "b", 4, "2027-01-01T00:00:20Z"))
+            ),
+            Touched::All
+        );
+    }
+
+    #[test]
+    fn pod_events_touch_only_offers_selecting_their_node() {
+        let mut inv = Inventory::default();
+        let mut nodes = None;
+        on_node_event(
+            &mut inv,
+            &mut nodes,
+            watcher::Event::Apply(node("n1", "a", 8, "2027-01-01T00:00:00Z")),
+        );
+        on_node_event(
+            &mut inv,
+            &mut nodes,
+            watcher::Event::Apply(node("n2", "b", 8, "2027-01-01T00:00:00Z")),
+        );
+        let offers = vec![offer("offer-a", "a"), offer("offer-b", "b")];
+        let mut pods = None;
+        let touched = on_pod_event(
+            &mut inv,
+            &mut pods,
+            watcher::Event::Apply(pod("p", "n1", 2)),
+        );
+        assert_eq!(touched_offers(&touched, &inv, &offers), vec!["offer-a"]);
+        assert_eq!(inv.used("n1", "nvidia.com/gpu"), 2);
+        // The same pod again (a status update) touches nothing.
+        assert_eq!(
+            on_pod_event(
+                &mut inv,
+                &mut pods,
+                watcher::Event::Apply(pod("p", "n1", 2))
+            ),
+            Touched::Nothing
+        );
+        let touched = on_pod_event(
+            &mut inv,
+            &mut pods,
+            watcher::Event::Delete(pod("p", "n1", 2)),
+        );
+        assert_eq!(touched_offers(&touched, &inv, &offers), vec!["offer-a"]);
+        assert_eq!(inv.used("n1", "nvidia.com/gpu"), 0);
+    }
+}

@@ -1,0 +1,355 @@
+//! `gpubridge operator`: assembles the process — caches, controllers, leader election, the
+//! HTTP endpoint — and shuts it down gracefully on SIGTERM.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::PostParams;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio::sync::mpsc;
+use tracing::{error, info};
+
+use crate::capacity::Inventory;
+use crate::controller::backoff::Backoff;
+use crate::controller::leader::{self, ElectionSettings};
+use crate::controller::watch::{self, Synced};
+use crate::controller::{self, Context, Settings};
+use crate::crd::GpuOffer;
+use crate::http::{self, Probe};
+use crate::identity::{generate_key, public_key_base58, signing_key_from_bytes};
+use crate::metrics::Metrics;
+use crate::telemetry::LogFormat;
+
+const PROVIDER_KEY_FIELD: &str = "provider.key";
+const PROVIDER_PUBLIC_KEY_FIELD: &str = "provider.pub";
+
+/// Flags of `gpubridge operator`; each can also come from the environment.
+#[derive(clap::Args, Debug, Clone)]
+pub struct OperatorArgs {
+    /// Namespace the operator runs in: its provider key Secret and leader Lease live there.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "gpubridge-system")]
+    pub namespace: String,
+    /// Address of the /metrics, /livez and /readyz endpoint.
+    #[arg(long, env = "GPUBRIDGE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "GPUBRIDGE_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+    /// Most reconciles of one controller running at once.
+    #[arg(long, env = "GPUBRIDGE_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+    /// Elect a leader among replicas; only the leader writes. Disable only for a single replica.
+    #[arg(long, env = "GPUBRIDGE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Name of the coordination.k8s.io Lease used for leader election.
+    #[arg(
+        long,
+        env = "GPUBRIDGE_LEADER_LEASE",
+        default_value = "gpubridge-operator"
+    )]
+    pub leader_lease_name: String,
+    /// This replica's identity in leader election; the pod name in a cluster.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Image lease sidecars run: the operator's own image.
+    #[arg(long, env = "GPUBRIDGE_SIDECAR_IMAGE")]
+    pub sidecar_image: String,
+    /// Seconds a lease pod may take to run before the lease fails.
+    #[arg(
+        long,
+        env = "GPUBRIDGE_SCHEDULING_TIMEOUT_SECONDS",
+        default_value_t = 600
+    )]
+    pub scheduling_timeout_seconds: u64,
+    /// Seconds between recomputes of an offer that nothing triggered.
+    #[arg(long, env = "GPUBRIDGE_OFFER_RESYNC_SECONDS", default_value_t = 300)]
+    pub offer_resync_seconds: u64,
+    /// Secret holding the provider key; created on first start when absent.
+    #[arg(
+        long,
+        env = "GPUBRIDGE_PROVIDER_KEY_SECRET",
+        default_value = "gpubridge-provider-key"
+    )]
+    pub provider_key_secret: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Client(#[source] kube::Error),
+    #[error("provider key Secret {namespace}/{name}: {reason}")]
+    ProviderKey {
+        namespace: String,
+        name: String,
+        reason: String,
+    },
+    #[error("cannot serve HTTP on {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("leadership was lost; exiting so that only the new leader writes")]
+    LeadershipLost,
+}
+
+pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
+    let client = Client::try_default().await.map_err(OperatorError::Client)?;
+    let provider_key =
+        load_or_create_provider_key(&client, &args.namespace, &args.provider_key_secret).await?;
+    info!(provider = %public_key_base58(&provider_key.verifying_key()), "provider identity");
+
+    let shutdown = Shutdown::on_signals();
+    let (offers, offers_writer) = reflector::store::<GpuOffer>();
+    let offers_watch = watcher(
+        Api::<GpuOffer>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(offers_writer)
+    .for_each(|_| async {});
+    let inventory = Arc::new(RwLock::new(Inventory::default()));
+    let synced = Synced::default();
+    let (triggers, trigger_rx) = mpsc::unbounded_channel();
+    let watches = watch::run(
+        client.clone(),
+        inventory.clone(),
+        offers.clone(),
+        triggers,
+        synced.clone(),
+    );
+    tokio::spawn(offers_watch);
+    tokio::spawn(watches);
+
+    let metrics = Metrics::new();
+    let probe = Arc::new(OperatorProbe::new(
+        offers.clone(),
+        inventory.clone(),
+        synced,
+        metrics.clone(),
+    ));
+    let http = http::serve(args.http_addr, probe, shutdown.signalled());
+    let http_addr = args.http_addr;
+    let http = tokio::spawn(async move {
+        http.await.map_err(|source| OperatorError::Http {
+            addr: http_addr,
+            source,
+        })
+    });
+
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("gpubridge-{}", std::process::id()));
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        inventory,
+        offers,
+        settings: Settings {
+            sidecar_image: args.sidecar_image.clone(),
+            scheduling_timeout: Duration::from_secs(args.scheduling_timeout_seconds),
+            offer_resync: Duration::from_secs(args.offer_resync_seconds),
+        },
+        metrics,
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "gpubridge-operator".into(),
+                instance: Some(identity.clone()),
+            },
+        ),
+        backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
+        provider_key,
+    });
+    let controllers = controller::run(ctx, trigger_rx, args.concurrency, shutdown.signalled());
+
+    let result = if args.leader_election {
+        let election = ElectionSettings {
+            namespace: args.namespace.clone(),
+            lease_name: args.leader_lease_name.clone(),
+            identity,
+            lease_duration: Duration::from_secs(15),
+            renew_period: Duration::from_secs(2),
+        };
+        let leases: Api<Lease> = Api::namespaced(client, &args.namespace);
+        tokio::select! {
+            _ = shutdown.signalled() => return Ok(()),
+            acquired = leader::acquire(&leases, &election) => acquired.map_err(OperatorError::Client)?,
+        }
+        tokio::select! {
+            _ = controllers => Ok(()),
+            _ = leader::hold(&leases, &election) => Err(OperatorError::LeadershipLost),
+        }
+    } else {
+        controllers.await;
+        Ok(())
+    };
+    shutdown.trigger();
+    if let Ok(Err(e)) = http.await {
+        error!(error = %e, "HTTP endpoint failed");
+    }
+    result
+}
+
+/// Reads the provider key, or creates it on first start. Two replicas starting together both
+/// end up with whichever key was created first.
+async fn load_or_create_provider_key(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<SigningKey, OperatorError> {
+    let fail = |reason: String| OperatorError::ProviderKey {
+        namespace: namespace.into(),
+        name: name.into(),
+        reason,
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret = match secrets
+        .get_opt(name)
+        .await
+        .map_err(|e| fail(e.to_string()))?
+    {
+        Some(secret) => secret,
+        None => {
+            let key = generate_key();
+            let secret = Secret {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    namespace: Some(namespace.into()),
+                    labels: Some(BTreeMap::from([(
+                        "app.kubernetes.io/part-of".to_string(),
+                        "gpubridge".to_string(),
+                    )])),
+                    ..Default::default()
+                },
+                immutable: Some(true),
+                type_: Some("Opaque".into()),
+                data: Some(BTreeMap::from([
+                    (
+                        PROVIDER_KEY_FIELD.to_string(),
+                        ByteString(key.to_bytes().to_vec()),
+                    ),
+                    (
+                        PROVIDER_PUBLIC_KEY_FIELD.to_string(),
+                        ByteString(public_key_base58(&key.verifying_key()).into_bytes()),
+                    ),
+                ])),
+                ..Default::default()
+            };
+            match secrets.create(&PostParams::default(), &secret).await {
+                Ok(created) => {
+                    info!(%namespace, %name, "created the provider key");
+                    created
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    secrets.get(name).await.map_err(|e| fail(e.to_string()))?
+                }
+                Err(e) => return Err(fail(e.to_string())),
+            }
+        }
+    };
+    let seed = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(PROVIDER_KEY_FIELD))
+        .ok_or_else(|| fail(format!("has no {PROVIDER_KEY_FIELD} entry")))?;
+    signing_key_from_bytes(&seed.0).map_err(|e| fail(format!("{PROVIDER_KEY_FIELD}: {e}")))
+}
+
+/// Readiness and metrics from the caches.
+struct OperatorProbe {
+    offers: Store<GpuOffer>,
+    offers_synced: Arc<AtomicBool>,
+    inventory: Arc<RwLock<Inventory>>,
+    synced: Synced,
+    metrics: Metrics,
+}
+
+impl OperatorProbe {
+    fn new(
+        offers: Store<GpuOffer>,
+        inventory: Arc<RwLock<Inventory>>,
+        synced: Synced,
+        metrics: Metrics,
+    ) -> Self {
+        let offers_synced = Arc::new(AtomicBool::new(false));
+        let (flag, store) = (offers_synced.clone(), offers.clone());
+        tokio::spawn(async move {
+            if store.wait_until_ready().await.is_ok() {
+                flag.store(true, Ordering::Relaxed);
+            }
+        });
+        OperatorProbe {
+            offers,
+            offers_synced,
+            inventory,
+            synced,
+            metrics,
+        }
+    }
+}
+
+impl Probe for OperatorProbe {
+    fn ready(&self) -> bool {
+        self.offers_synced.load(Ordering::Relaxed) && self.synced.all()
+    }
+
+    fn metrics(&self) -> String {
+        let offers = self.offers.state();
+        let phases: Vec<_> = {
+            let inventory = self.inventory.read().expect("inventory lock poisoned");
+            inventory.leases().map(|l| l.phase).collect()
+        };
+        self.metrics
+            .refresh(offers.iter().map(|o| o.as_ref()), phases);
+        self.metrics.render()
+    }
+}
+
+/// Resolves every `signalled()` future once SIGTERM or Ctrl-C arrives, or `trigger` is called.
+#[derive(Clone)]
+struct Shutdown(tokio::sync::watch::Sender<bool>);
+
+impl Shutdown {
+    fn on_signals() -> Shutdown {
+        let (tx, _) = tokio::sync::watch::channel(false);
+        let shutdown = Shutdown(tx);
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler installs");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+            info!("shutting down");
+            s.trigger();
+        });
+        shutdown
+    }
+
+    fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+
+    fn signalled(&self) -> impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static {
+        let rx = self.0.subscribe();
+        let wait = async move {
+            let mut rx = rx;
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        };
+        futures::FutureExt::shared(Box::pin(wait))
+    }
+}
