@@ -1,0 +1,631 @@
+//! The reconcilers against a mocked Kubernetes API (the tower-test pattern of kube-rs'
+//! controller-rs): every request a reconcile makes is checked, in order, against a script.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use gpubridge::capacity::{Inventory, NodeFacts};
+use gpubridge::controller::backoff::Backoff;
+use gpubridge::controller::{Context, Error, Settings, lease, offer};
+use gpubridge::crd::{ComputeLease, GpuOffer, LeasePhase, TerminationReason};
+use gpubridge::identity::generate_key;
+use gpubridge::metrics::Metrics;
+use http::{Method, Request, Response};
+use k8s_openapi::api::core::v1::Node;
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector;
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use serde_json::{Value, json};
+
+/// One expected request and the answer to it.
+struct Step {
+    method: Method,
+    /// The request path (query string excluded) must end with this.
+    path: String,
+    reply: Reply,
+}
+
+enum Reply {
+    /// 200 with the request body sent back, as the apiserver returns the written object.
+    Echo,
+    Json(Value),
+    Error(u16, &'static str),
+}
+
+fn step(method: Method, path: &str, reply: Reply) -> Step {
+    Step {
+        method,
+        path: path.to_string(),
+        reply,
+    }
+}
+
+/// What the script saw: every request's method, path and JSON body.
+type Seen = Arc<RwLock<Vec<(Method, String, Value)>>>;
+
+fn mock(script: Vec<Step>) -> (Client, Seen, tokio::task::JoinHandle<()>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let seen: Seen = Arc::default();
+    let record = seen.clone();
+    let server = tokio::spawn(async move {
+        for expected in script {
+            let (request, send) = handle
+                .next_request()
+                .await
+                .expect("the reconcile made the expected request");
+            let method = request.method().clone();
+            let path = request.uri().path().to_string();
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            assert_eq!(
+                (&method, path.ends_with(&expected.path)),
+                (&expected.method, true),
+                "request {method} {path}, expected {} …{}",
+                expected.method,
+                expected.path
+            );
+            record.write().unwrap().push((method, path, body.clone()));
+            let response = match expected.reply {
+                Reply::Echo => Response::builder()
+                    .status(200)
+                    .body(Body::from(serde_json::to_vec(&body).unwrap())),
+                Reply::Json(v) => Response::builder()
+                    .status(200)
+                    .body(Body::from(serde_json::to_vec(&v).unwrap())),
+                Reply::Error(code, reason) => Response::builder().status(code).body(Body::from(
+                    serde_json::to_vec(&json!({
+                        "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "reason": reason, "message": reason, "code": code
+                    }))
+                    .unwrap(),
+                )),
+            };
+            send.send_response(response.unwrap());
+        }
+    });
+    (Client::new(service, "default"), seen, server)
+}
+
+/// Waits for the script to be played out, and fails on any request beyond it.
+async fn finish(server: tokio::task::JoinHandle<()>) {
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the script was played out")
+        .expect("every request matched the script");
+}
+
+fn fixture<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+fn offer_object() -> GpuOffer {
+    let mut o = GpuOffer::new(
+        "h100-public",
+        fixture(include_str!("fixtures/offer-spec.yaml")),
+    );
+    o.metadata.uid = Some("offer-uid".into());
+    o.metadata.generation = Some(1);
+    o.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2027-01-01T00:00:00Z".parse().unwrap(),
+    ));
+    o
+}
+
+fn lease_object(finalized: bool) -> ComputeLease {
+    let mut l = ComputeLease::new(
+        "l-01hzx4",
+        fixture(include_str!("fixtures/lease-spec.yaml")),
+    );
+    l.metadata.uid = Some("lease-uid".into());
+    l.metadata.resource_version = Some("100".into());
+    l.metadata.generation = Some(1);
+    if finalized {
+        l.metadata.finalizers = Some(vec![lease::FINALIZER.to_string()]);
+    }
+    l
+}
+
+fn gpu_node(name: &str) -> NodeFacts {
+    let node: Node = fixture(&format!(
+        r#"
+metadata: {{name: {name}, labels: {{gpubridge.dev/pool: public, nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}}}}
+status:
+  allocatable: {{nvidia.com/gpu: "8"}}
+  conditions: [{{type: Ready, status: "True"}}]
+"#
+    ));
+    NodeFacts::from_node(&node)
+}
+
+fn context(client: Client, offers: Vec<GpuOffer>) -> Arc<Context> {
+    let (reader, mut writer) = reflector::store::<GpuOffer>();
+    for o in offers {
+        writer.apply_watcher_event(&watcher::Event::Apply(o));
+    }
+    let mut inventory = Inventory::default();
+    inventory.upsert_node(gpu_node("gpu-h100-0"));
+    inventory.upsert_node(gpu_node("gpu-h100-1"));
+    Arc::new(Context {
+        client: client.clone(),
+        inventory: Arc::new(RwLock::new(inventory)),
+        offers: reader,
+        settings: Settings {
+            sidecar_image: "ghcr.io/gpubridge/gpubridge:test".into(),
+            scheduling_timeout: Duration::from_secs(600),
+            offer_resync: Duration::from_secs(300),
+        },
+        metrics: Metrics::new(),
+        recorder: Recorder::new(
+            client,
+            Reporter {
+                controller: "gpubridge-test".into(),
+                instance: None,
+            },
+        ),
+        backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+        provider_key: generate_key(),
+    })
+}
+
+const LEASE: &str = "/apis/gpubridge.dev/v1alpha1/computeleases/l-01hzx4";
+const NS: &str = "/api/v1/namespaces/lease-l-01hzx4";
+const POD: &str = "/api/v1/namespaces/lease-l-01hzx4/pods/workload";
+const NETPOL: &str =
+    "/apis/networking.k8s.io/v1/namespaces/lease-l-01hzx4/networkpolicies/lease-box";
+const QUOTA: &str = "/api/v1/namespaces/lease-l-01hzx4/resourcequotas/lease-quota";
+const LIMITS: &str = "/api/v1/namespaces/lease-l-01hzx4/limitranges/lease-limits";
+const SECRET: &str = "/api/v1/namespaces/lease-l-01hzx4/secrets/lease-identity";
+
+fn not_found() -> Reply {
+    Reply::Error(404, "NotFound")
+}
+
+#[tokio::test]
+async fn first_reconcile_adds_the_finalizer() {
+    let (client, seen, server) = mock(vec![step(
+        Method::PATCH,
+        LEASE,
+        Reply::Json(serde_json::to_value(lease_object(true)).unwrap()),
+    )]);
+    let ctx = context(client, vec![offer_object()]);
+    lease::reconcile(Arc::new(lease_object(false)), ctx)
+        .await
+        .unwrap();
+    finish(server).await;
+    let body = &seen.read().unwrap()[0].2;
+    assert!(body.to_string().contains(lease::FINALIZER), "{body}");
+}
+
+#[tokio::test]
+async fn new_lease_creates_its_box_in_order_then_writes_status() {
+    let (client, seen, server) = mock(vec![
+        step(Method::GET, POD, not_found()),
+        step(Method::GET, NS, not_found()),
+        step(Method::PATCH, NS, Reply::Echo),
+        step(Method::GET, NETPOL, not_found()),
+        step(Method::PATCH, NETPOL, Reply::Echo),
+        step(Method::GET, QUOTA, not_found()),
+        step(Method::PATCH, QUOTA, Reply::Echo),
+        step(Method::GET, LIMITS, not_found()),
+        step(Method::PATCH, LIMITS, Reply::Echo),
+        step(Method::GET, SECRET, not_found()),
+        step(
+            Method::POST,
+            "/api/v1/namespaces/lease-l-01hzx4/secrets",
+            Reply::Echo,
+        ),
+        step(
+            Method::POST,
+            "/api/v1/namespaces/lease-l-01hzx4/pods",
+            Reply::Echo,
+        ),
+        step(
+            Method::PATCH,
+            &format!("{LEASE}/status"),
+            Reply::Json(serde_json::to_value(lease_object(true)).unwrap()),
+        ),
+        step(
+            Method::POST,
+            "/events",
+            Reply::Json(
+                json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e"}, "eventTime": null}),
+            ),
+        ),
+    ]);
+    let ctx = context(client, vec![offer_object()]);
+    let action = lease::reconcile(Arc::new(lease_object(true)), ctx)
+        .await
+        .unwrap();
+    finish(server).await;
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(Duration::from_secs(600))
+    );
+
+    let seen = seen.read().unwrap();
+    let pod = &seen[11].2;
+    assert_eq!(pod["spec"]["automountServiceAccountToken"], json!(false));
+    assert_eq!(
+        pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            [0]["matchFields"][0]["values"],
+        json!(["gpu-h100-0", "gpu-h100-1"])
+    );
+    let secret = &seen[10].2;
+    assert_eq!(secret["immutable"], json!(true));
+    let status = &seen[12].2;
+    assert_eq!(status["status"]["phase"], json!("Scheduling"));
+    assert_eq!(status["status"]["namespace"], json!("lease-l-01hzx4"));
+    assert_eq!(
+        status["metadata"]["resourceVersion"],
+        json!("100"),
+        "written over the version it was decided from"
+    );
+    assert_eq!(status["status"]["conditions"][0]["type"], json!("Ready"));
+}
+
+/// The lease as the first reconcile left it, and the objects it created, as the API returns them.
+fn created_state() -> (ComputeLease, Vec<(String, Value)>) {
+    let mut lease = lease_object(true);
+    lease.status = Some(gpubridge::crd::ComputeLeaseStatus {
+        phase: LeasePhase::Scheduling,
+        namespace: Some("lease-l-01hzx4".into()),
+        pod: Some("workload".into()),
+        conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: "Ready".into(),
+            status: "False".into(),
+            reason: "Scheduling".into(),
+            message: String::new(),
+            observed_generation: Some(1),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::now(),
+            ),
+        }],
+        ..Default::default()
+    });
+    let offer = offer_object();
+    let owner = lease.controller_owner_ref(&()).unwrap();
+    let nodes = vec!["gpu-h100-0".to_string(), "gpu-h100-1".to_string()];
+    let b = gpubridge::workload::LeaseBox {
+        lease_name: "l-01hzx4",
+        spec: &lease.spec,
+        owner,
+        policy: &offer.spec.workload,
+        tolerations: &offer.spec.tolerations,
+        eligible_nodes: &nodes,
+        sidecar_image: "ghcr.io/gpubridge/gpubridge:test",
+        scheduling_timeout_seconds: 600,
+    };
+    let mut pod = serde_json::to_value(gpubridge::workload::pod(&b)).unwrap();
+    pod["metadata"]["creationTimestamp"] = json!(jiff::Timestamp::now().to_string());
+    pod["status"] = json!({"phase": "Pending"});
+    let objects = vec![
+        (POD.to_string(), pod),
+        (
+            NS.to_string(),
+            serde_json::to_value(gpubridge::workload::namespace(&b)).unwrap(),
+        ),
+        (
+            NETPOL.to_string(),
+            serde_json::to_value(gpubridge::workload::network_policy(&b)).unwrap(),
+        ),
+        (
+            QUOTA.to_string(),
+            serde_json::to_value(gpubridge::workload::resource_quota(&b)).unwrap(),
+        ),
+        (
+            LIMITS.to_string(),
+            serde_json::to_value(gpubridge::workload::limit_range(&b)).unwrap(),
+        ),
+    ];
+    (lease, objects)
+}
+
+#[tokio::test]
+async fn second_reconcile_of_the_same_state_writes_nothing() {
+    let (lease, objects) = created_state();
+    let script = objects
+        .into_iter()
+        .map(|(path, object)| step(Method::GET, &path, Reply::Json(object)))
+        .collect();
+    let (client, seen, server) = mock(script);
+    let ctx = context(client, vec![offer_object()]);
+    lease::reconcile(Arc::new(lease), ctx).await.unwrap();
+    finish(server).await;
+    assert!(
+        seen.read()
+            .unwrap()
+            .iter()
+            .all(|(m, _, _)| m == Method::GET),
+        "only reads"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_policy_is_put_back() {
+    let (lease, mut objects) = created_state();
+    objects[2].1["metadata"]["annotations"]["gpubridge.dev/spec-hash"] = json!("edited-by-someone");
+    let mut script: Vec<Step> = Vec::new();
+    for (i, (path, object)) in objects.into_iter().enumerate() {
+        script.push(step(Method::GET, &path, Reply::Json(object)));
+        if i == 2 {
+            script.push(step(Method::PATCH, &path, Reply::Echo));
+        }
+    }
+    let (client, _seen, server) = mock(script);
+    lease::reconcile(Arc::new(lease), context(client, vec![offer_object()]))
+        .await
+        .unwrap();
+    finish(server).await;
+}
+
+#[tokio::test]
+async fn a_status_conflict_is_retried_on_a_fresh_read() {
+    let mut lease = lease_object(true);
+    lease.status = Some(gpubridge::crd::ComputeLeaseStatus {
+        phase: LeasePhase::Running,
+        started_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2020-01-01T00:00:00Z".parse().unwrap(),
+        )),
+        ..Default::default()
+    });
+    let (_, objects) = created_state();
+    let mut running_pod = objects[0].1.clone();
+    running_pod["status"] = json!({"phase": "Running"});
+    let mut fresh = lease.clone();
+    fresh.metadata.resource_version = Some("101".into());
+    let (client, seen, server) = mock(vec![
+        step(Method::GET, POD, Reply::Json(running_pod)),
+        step(
+            Method::PATCH,
+            &format!("{LEASE}/status"),
+            Reply::Error(409, "Conflict"),
+        ),
+        step(
+            Method::GET,
+            LEASE,
+            Reply::Json(serde_json::to_value(&fresh).unwrap()),
+        ),
+        step(
+            Method::PATCH,
+            &format!("{LEASE}/status"),
+            Reply::Json(serde_json::to_value(&fresh).unwrap()),
+        ),
+        step(
+            Method::POST,
+            "/events",
+            Reply::Json(
+                json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e"}, "eventTime": null}),
+            ),
+        ),
+        step(
+            Method::DELETE,
+            POD,
+            Reply::Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
+        ),
+    ]);
+    lease::reconcile(Arc::new(lease), context(client, vec![offer_object()]))
+        .await
+        .unwrap();
+    finish(server).await;
+    let seen = seen.read().unwrap();
+    assert_eq!(
+        seen[3].2["metadata"]["resourceVersion"],
+        json!("101"),
+        "the retry writes over the fresh version"
+    );
+    assert_eq!(seen[3].2["status"]["phase"], json!("Expired"));
+}
+
+#[tokio::test]
+async fn a_lease_outside_its_offers_terms_fails_with_a_reason_and_creates_nothing() {
+    let mut lease = lease_object(true);
+    lease.spec.workload.image = "docker.io/evil/miner:1".into();
+    let (client, seen, server) = mock(vec![
+        step(Method::GET, POD, not_found()),
+        step(
+            Method::PATCH,
+            &format!("{LEASE}/status"),
+            Reply::Json(serde_json::to_value(lease_object(true)).unwrap()),
+        ),
+        step(
+            Method::POST,
+            "/events",
+            Reply::Json(
+                json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e"}, "eventTime": null}),
+            ),
+        ),
+    ]);
+    let action = lease::reconcile(Arc::new(lease), context(client, vec![offer_object()]))
+        .await
+        .unwrap();
+    finish(server).await;
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::await_change(),
+        "no retry storm"
+    );
+    let status = &seen.read().unwrap()[1].2["status"];
+    assert_eq!(status["phase"], json!("Failed"));
+    assert_eq!(
+        status["termination"]["reason"],
+        json!(TerminationReason::TermsViolated.as_str())
+    );
+    assert_eq!(status["termination"]["fault"], json!("Network"));
+    assert!(
+        status["termination"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.workload.image")
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_live_lease_ends_it_stops_the_pod_and_waits() {
+    let (mut lease, objects) = created_state();
+    lease.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        jiff::Timestamp::now(),
+    ));
+    let (client, seen, server) = mock(vec![
+        step(
+            Method::PATCH,
+            &format!("{LEASE}/status"),
+            Reply::Json(serde_json::to_value(lease_object(true)).unwrap()),
+        ),
+        step(
+            Method::POST,
+            "/events",
+            Reply::Json(
+                json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e"}, "eventTime": null}),
+            ),
+        ),
+        step(Method::GET, POD, Reply::Json(objects[0].1.clone())),
+        step(
+            Method::DELETE,
+            POD,
+            Reply::Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
+        ),
+    ]);
+    let err = lease::reconcile(Arc::new(lease), context(client, vec![offer_object()]))
+        .await
+        .unwrap_err();
+    finish(server).await;
+    assert!(
+        err.waiting_for().is_some(),
+        "the finalizer stays until the pod is gone: {err}"
+    );
+    let status = &seen.read().unwrap()[0].2["status"];
+    assert_eq!(status["phase"], json!("Terminated"));
+    assert_eq!(status["termination"]["reason"], json!("DeletedByProvider"));
+}
+
+#[tokio::test]
+async fn once_the_pod_is_gone_cleanup_removes_the_namespace_and_the_finalizer() {
+    let (mut lease, _) = created_state();
+    lease.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        jiff::Timestamp::now(),
+    ));
+    let status = lease.status.as_mut().unwrap();
+    status.phase = LeasePhase::Terminated;
+    let (client, seen, server) = mock(vec![
+        step(Method::GET, POD, not_found()),
+        step(
+            Method::DELETE,
+            NS,
+            Reply::Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
+        ),
+        step(
+            Method::PATCH,
+            LEASE,
+            Reply::Json(serde_json::to_value(lease_object(false)).unwrap()),
+        ),
+    ]);
+    lease::reconcile(Arc::new(lease), context(client, vec![offer_object()]))
+        .await
+        .unwrap();
+    finish(server).await;
+    let patch = &seen.read().unwrap()[2].2;
+    assert!(
+        patch.to_string().contains("remove"),
+        "finalizer removed: {patch}"
+    );
+}
+
+#[tokio::test]
+async fn offer_status_is_written_once_and_not_rewritten() {
+    let (client, seen, server) = mock(vec![step(
+        Method::PATCH,
+        "/apis/gpubridge.dev/v1alpha1/gpuoffers/h100-public/status",
+        Reply::Json(serde_json::to_value(offer_object()).unwrap()),
+    )]);
+    let ctx = context(client, vec![offer_object()]);
+    offer::reconcile(Arc::new(offer_object()), ctx.clone())
+        .await
+        .unwrap();
+    finish(server).await;
+    let written = seen.read().unwrap()[0].2.clone();
+    let status = &written["status"];
+    assert_eq!(status["idleGpus"], json!(16));
+    assert_eq!(
+        status["advertisedGpus"],
+        json!(14),
+        "16 idle minus 2 reserved"
+    );
+    assert_eq!(status["largestBlock"], json!(8));
+    assert_eq!(status["model"], json!("NVIDIA-H100-80GB-HBM3"));
+    assert!(
+        status.get("offerId").is_none(),
+        "fields of the network session are left alone"
+    );
+
+    // The offer as the API now returns it: reconciling it again writes nothing.
+    let mut offer = offer_object();
+    offer.status = Some(serde_json::from_value(status.clone()).unwrap());
+    let (client, seen, server) = mock(vec![]);
+    let ctx = Arc::new(Context {
+        client,
+        ..Arc::try_unwrap(ctx).ok().expect("sole owner")
+    });
+    offer::reconcile(Arc::new(offer), ctx).await.unwrap();
+    finish(server).await;
+    assert!(seen.read().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_offer_with_a_bad_selector_gets_a_condition_not_an_error() {
+    let mut bad = offer_object();
+    bad.spec.node_selector.match_expressions = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+            key: "pool".into(),
+            operator: "Near".into(),
+            values: None,
+        },
+    ]);
+    let (client, seen, server) = mock(vec![step(
+        Method::PATCH,
+        "/apis/gpubridge.dev/v1alpha1/gpuoffers/h100-public/status",
+        Reply::Json(serde_json::to_value(offer_object()).unwrap()),
+    )]);
+    let result = offer::reconcile(Arc::new(bad.clone()), context(client, vec![bad])).await;
+    finish(server).await;
+    assert!(
+        result.is_ok(),
+        "a permanent spec error is reported, not retried: {result:?}"
+    );
+    let conditions = seen.read().unwrap()[0].2["status"]["conditions"].clone();
+    let ready = conditions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["status"], json!("False"));
+    assert_eq!(ready["reason"], json!("InvalidSpec"));
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.nodeSelector")
+    );
+}
+
+#[tokio::test]
+async fn api_failures_back_off_per_object() {
+    let (client, _seen, server) = mock(vec![step(
+        Method::GET,
+        POD,
+        Reply::Error(500, "InternalError"),
+    )]);
+    let ctx = context(client, vec![offer_object()]);
+    let err = lease::reconcile(Arc::new(lease_object(true)), ctx.clone())
+        .await
+        .unwrap_err();
+    finish(server).await;
+    assert!(matches!(&err, Error::Finalizer(_)));
+    assert!(err.waiting_for().is_none());
+    assert_eq!(err.metric_label(), "kube");
+    let first = ctx.backoff.next_delay("lease/l-01hzx4");
+    let second = ctx.backoff.next_delay("lease/l-01hzx4");
+    assert!(second > first);
+}
