@@ -22,20 +22,20 @@ fn node(i: usize) -> NodeFacts {
             ("pool".to_string(), format!("p{}", i % POOLS)),
             (
                 "nvidia.com/gpu.product".to_string(),
-                if i % 3 == 0 { "A100" } else { "H100" }.to_string(),
+                if i.is_multiple_of(3) { "A100" } else { "H100" }.to_string(),
             ),
             ("kubernetes.io/hostname".to_string(), format!("gpu-{i:05}")),
         ]),
         allocatable: BTreeMap::from([(GPU.to_string(), 8)]),
-        ready: i % 97 != 0,
-        unschedulable: i % 101 == 0,
+        ready: !i.is_multiple_of(97),
+        unschedulable: i.is_multiple_of(101),
         taints: vec![],
     }
 }
 
 /// Pod `i`: a fifth of pods hold one GPU, the rest none (system and CPU pods).
 fn pod(i: usize) -> (String, PodFacts) {
-    let requests = if i % 5 == 0 {
+    let requests = if i.is_multiple_of(5) {
         BTreeMap::from([(GPU.to_string(), 1)])
     } else {
         BTreeMap::new()
