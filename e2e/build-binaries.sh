@@ -6,9 +6,9 @@
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-1.37.2}"
-ETCD_VERSION="${ETCD_VERSION:-3.6.7}"
+ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-0.8.0}"
-HELM_VERSION="${HELM_VERSION:-3.19.2}"
+HELM_VERSION="${HELM_VERSION:-4.3.1}"
 CACHE="${GPUBRIDGE_CACHE:-$HOME/.cache/gpubridge}"
 BIN="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION"
 export GOFLAGS="${GOFLAGS:--mod=mod}" CGO_ENABLED=0
@@ -55,5 +55,31 @@ LDFLAGS="-X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base
   build_module kubernetes "$k8s_dir" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+
+# Modules without replace directives install straight from the proxy, each with its own
+# dependency versions.
+install_tool() { # name, package@version, binary
+  if [ -x "$BIN/$3" ]; then say "$1: cached"; return; fi
+  say "$1: building $2"
+  local start=$SECONDS
+  GOBIN="$BIN" go install -trimpath -ldflags "${LDFLAGS:-} -s -w" "$2"
+  say "$1: built in $((SECONDS - start))s"
+}
+# etcd's server module carries replace directives, so it is built from a small module of ours
+# whose main is etcd's own entry point.
+etcd_dir="$CACHE/src/etcd-$ETCD_VERSION"
+if [ ! -f "$etcd_dir/go.sum" ]; then
+  say "etcd v$ETCD_VERSION: resolving modules"
+  mkdir -p "$etcd_dir/etcd"
+  printf 'module gpubridge.dev/e2e/etcd-tools\n\ngo 1.24\n' > "$etcd_dir/go.mod"
+  printf 'package main\n\nimport (\n\t"os"\n\n\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\nfunc main() { etcdmain.Main(os.Args) }\n' > "$etcd_dir/etcd/main.go"
+  (cd "$etcd_dir" && go get "go.etcd.io/etcd/server/v3@v$ETCD_VERSION" && go mod tidy)
+fi
+LDFLAGS="" build_module etcd "$etcd_dir" ./etcd
+LDFLAGS="-X sigs.k8s.io/kwok/pkg/consts.Version=v$KWOK_VERSION -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=v$K8S_VERSION" \
+  install_tool kwok "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION" kwok
+LDFLAGS="-X sigs.k8s.io/kwok/pkg/consts.Version=v$KWOK_VERSION -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=v$K8S_VERSION" \
+  install_tool kwokctl "sigs.k8s.io/kwok/cmd/kwokctl@v$KWOK_VERSION" kwokctl
+install_tool helm "helm.sh/helm/v${HELM_VERSION%%.*}/cmd/helm@v$HELM_VERSION" helm
 
 echo "$BIN"
