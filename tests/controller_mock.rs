@@ -247,11 +247,10 @@ async fn new_lease_creates_its_box_in_order_then_writes_status() {
     let seen = seen.read().unwrap();
     let pod = &seen[11].2;
     assert_eq!(pod["spec"]["automountServiceAccountToken"], json!(false));
-    assert_eq!(
-        pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-            [0]["matchFields"][0]["values"],
-        json!(["gpu-h100-0", "gpu-h100-1"])
-    );
+    let terms = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"];
+    assert_eq!(terms[0]["matchFields"][0]["values"], json!(["gpu-h100-0"]));
+    assert_eq!(terms[1]["matchFields"][0]["values"], json!(["gpu-h100-1"]));
     let secret = &seen[10].2;
     assert_eq!(secret["immutable"], json!(true));
     let status = &seen[12].2;

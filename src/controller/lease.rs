@@ -36,6 +36,8 @@ pub const FINALIZER: &str = "gpubridge.dev/lease-cleanup";
 const STATUS_WRITE_ATTEMPTS: usize = 3;
 /// How often cleanup looks again while the lease pod terminates.
 const CLEANUP_POLL: Duration = Duration::from_secs(2);
+/// How often a lease that no node can take looks again.
+const NO_NODE_POLL: Duration = Duration::from_secs(10);
 /// A lease certificate outlives its lease by this much, for the final receipt.
 const CERTIFICATE_GRACE_SECONDS: i64 = 3600;
 
@@ -69,13 +71,17 @@ async fn apply(lease: &ComputeLease, ctx: &Context) -> Result<Action> {
             status: &status,
             pod: observed_pod.as_ref(),
             admissible: admissible(&current, offer.as_deref()),
+            created_at: current.metadata.creation_timestamp.as_ref().map(|t| t.0),
             now: Timestamp::now(),
             scheduling_timeout: ctx.settings.scheduling_timeout,
         });
         let mut next = decision.status;
         if decision.create {
             let offer = offer.as_deref().ok_or(Error::MissingField("offer"))?;
-            ensure_box(&current, offer, ctx, true).await?;
+            if let Err(e) = ensure_box(&current, offer, ctx, true).await {
+                report_rejection(ctx, &current, &e).await;
+                return Err(e);
+            }
             next.namespace = Some(namespace.clone());
             next.pod = Some(POD_NAME.to_string());
         } else if !next.phase.is_terminal()
@@ -109,6 +115,37 @@ async fn apply(lease: &ComputeLease, ctx: &Context) -> Result<Action> {
             .unwrap_or_else(Action::await_change));
     }
     unreachable!("the loop returns on its last attempt")
+}
+
+/// When the API refuses part of the lease's box (a missing PriorityClass or RuntimeClass, a
+/// quota, an admission policy), says so on the lease, so that the cause is visible with kubectl
+/// while the reconcile backs off and retries until the scheduling deadline.
+async fn report_rejection(ctx: &Context, lease: &ComputeLease, error: &Error) {
+    let Error::Kube(kube::Error::Api(status)) = error else {
+        return;
+    };
+    if !(400..500).contains(&status.code) || status.code == 409 || status.code == 429 {
+        return;
+    }
+    let mut next = lease.status.clone().unwrap_or_default();
+    let previous = next.conditions.clone();
+    let rejected = condition(
+        &previous,
+        "Ready",
+        false,
+        "BoxRejected",
+        status.message.clone(),
+        lease.metadata.generation,
+        Timestamp::now(),
+    );
+    next.conditions = previous
+        .into_iter()
+        .filter(|c| c.type_ != "Ready")
+        .collect();
+    next.conditions.insert(0, rejected);
+    if let Err(e) = write_status(ctx, lease, &next).await {
+        warn!(error = %e, "could not report the rejection on the lease");
+    }
 }
 
 /// Whether the lease may start: its offer exists and its terms are within the offer's.
@@ -193,7 +230,16 @@ async fn ensure_box(
         create_ignoring_existing(&secrets, &workload::secret(&b, &identity)).await?;
     }
     if eligible.is_empty() {
-        warn!(lease = %name, "no node can take this lease now; its pod waits for one");
+        // A pod pinned to no node could never run, even once a node frees up: wait instead,
+        // until the scheduling deadline ends the lease.
+        return Err(Error::Waiting {
+            reason: format!(
+                "no node of offer {} can take {} GPUs now",
+                offer.name_any(),
+                lease.spec.gpus
+            ),
+            retry_after: NO_NODE_POLL,
+        });
     }
     create_ignoring_existing(
         &Api::<Pod>::namespaced(client(), &namespace),

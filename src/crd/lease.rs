@@ -26,7 +26,7 @@ use super::common::Price;
     printcolumn(name = "GPUs", type_ = "integer", json_path = ".spec.gpus"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Node", type_ = "string", json_path = ".status.node"),
-    printcolumn(name = "Ends", type_ = "date", json_path = ".status.endsAt"),
+    printcolumn(name = "Ends", type_ = "string", json_path = ".status.endsAt"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.termination.reason", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]

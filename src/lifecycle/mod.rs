@@ -79,6 +79,9 @@ pub struct Observation<'a> {
     pub pod: Option<&'a PodObservation>,
     /// `Err` when the lease cannot start: its offer is gone or its terms are outside the offer's.
     pub admissible: Result<(), (TerminationReason, String)>,
+    /// When the ComputeLease was created: a lease whose pod cannot even be created fails at
+    /// the scheduling deadline too.
+    pub created_at: Option<Timestamp>,
     pub now: Timestamp,
     /// How long a pod may take to run before the lease fails.
     pub scheduling_timeout: Duration,
@@ -125,6 +128,15 @@ pub fn decide(o: &Observation) -> Decision {
         return match status.phase {
             LeasePhase::Pending => match &o.admissible {
                 Err((reason, message)) => end(status, *reason, message.clone(), o.now),
+                Ok(()) if o.now >= deadline(o.created_at, o) => end(
+                    status,
+                    TerminationReason::SchedulingTimeout,
+                    format!(
+                        "the lease pod could not be created within {}s",
+                        o.scheduling_timeout.as_secs()
+                    ),
+                    o.now,
+                ),
                 Ok(()) => {
                     status.phase = LeasePhase::Scheduling;
                     Decision {
@@ -267,6 +279,12 @@ fn pod_ended(
         )),
         _ => None,
     }
+}
+
+/// The scheduling timeout after `since` (or now, when unknown).
+fn deadline(since: Option<Timestamp>, o: &Observation) -> Timestamp {
+    since.unwrap_or(o.now)
+        + SignedDuration::try_from(o.scheduling_timeout).unwrap_or(SignedDuration::MAX)
 }
 
 fn is_pod_terminal(pod: &PodObservation) -> bool {

@@ -30,6 +30,7 @@ fn decide_at(
         status,
         pod,
         admissible: Ok(()),
+        created_at: Some(t(0)),
         now,
         scheduling_timeout: TIMEOUT,
     })
@@ -81,6 +82,7 @@ fn inadmissible_lease_ends_before_anything_is_created() {
         status: &st,
         pod: None,
         admissible: Err((TerminationReason::OfferGone, "offer h100 not found".into())),
+        created_at: Some(t(0)),
         now: t(0),
         scheduling_timeout: TIMEOUT,
     });
@@ -219,8 +221,20 @@ fn pod_outcomes_map_to_typed_reasons_and_faults() {
 }
 
 #[test]
+fn a_lease_whose_pod_cannot_be_created_fails_at_the_deadline() {
+    let d = decide_at(&status(LeasePhase::Pending), None, t(599));
+    assert!(d.create, "still trying");
+    let d = decide_at(&status(LeasePhase::Pending), None, t(600));
+    assert!(!d.create);
+    assert_eq!(reason(&d), Some(TerminationReason::SchedulingTimeout));
+    assert_eq!(d.status.termination.unwrap().fault, Fault::Provider);
+}
+
+#[test]
 fn vanished_pod_is_the_providers_fault() {
-    let d = decide_at(&running_since(0), None, t(10));
+    let mut running = running_since(0);
+    running.pod = Some("workload".into());
+    let d = decide_at(&running, None, t(10));
     assert_eq!(reason(&d), Some(TerminationReason::PodLost));
     assert!(!d.create, "a lost pod is never silently recreated");
 }

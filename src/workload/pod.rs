@@ -68,15 +68,21 @@ pub fn pod(b: &LeaseBox) -> Pod {
             tolerations: Some(tolerations),
             affinity: Some(Affinity {
                 node_affinity: Some(NodeAffinity {
+                    // A field selector on metadata.name takes one value, so one term per node;
+                    // terms are ORed.
                     required_during_scheduling_ignored_during_execution: Some(NodeSelector {
-                        node_selector_terms: vec![NodeSelectorTerm {
-                            match_fields: Some(vec![NodeSelectorRequirement {
-                                key: "metadata.name".to_string(),
-                                operator: "In".to_string(),
-                                values: Some(b.eligible_nodes.to_vec()),
-                            }]),
-                            match_expressions: None,
-                        }],
+                        node_selector_terms: b
+                            .eligible_nodes
+                            .iter()
+                            .map(|node| NodeSelectorTerm {
+                                match_fields: Some(vec![NodeSelectorRequirement {
+                                    key: "metadata.name".to_string(),
+                                    operator: "In".to_string(),
+                                    values: Some(vec![node.clone()]),
+                                }]),
+                                match_expressions: None,
+                            })
+                            .collect(),
                     }),
                     ..Default::default()
                 }),

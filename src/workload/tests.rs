@@ -145,19 +145,33 @@ fn pod_is_boxed_in() {
             && t.toleration_seconds == Some(60)
     ));
 
-    let term = &spec
+    let terms = spec
         .affinity
         .unwrap()
         .node_affinity
         .unwrap()
         .required_during_scheduling_ignored_during_execution
         .unwrap()
-        .node_selector_terms[0];
-    let fields = term.match_fields.as_ref().unwrap();
-    assert_eq!(fields[0].key, "metadata.name");
+        .node_selector_terms;
+    let pinned: Vec<Vec<String>> = terms
+        .iter()
+        .map(|t| {
+            let fields = t.match_fields.as_ref().unwrap();
+            assert_eq!(fields.len(), 1);
+            assert_eq!(
+                (fields[0].key.as_str(), fields[0].operator.as_str()),
+                ("metadata.name", "In")
+            );
+            fields[0].values.clone().unwrap()
+        })
+        .collect();
+    // The apiserver allows one value per metadata.name field selector: one term per node.
     assert_eq!(
-        fields[0].values.as_deref(),
-        Some(&["gpu-h100-0".to_string(), "gpu-h100-1".to_string()][..])
+        pinned,
+        [
+            vec!["gpu-h100-0".to_string()],
+            vec!["gpu-h100-1".to_string()]
+        ]
     );
 
     for v in spec.volumes.iter().flatten() {
