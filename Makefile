@@ -3,16 +3,29 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: build test unit lint fmt crds bench
+.PHONY: build test unit e2e lint fmt crds bench cluster-up cluster-down
 
 build:
 	$(CARGO) build --locked --release --bin gpubridge
 
-## test: everything CI runs: lint, then every unit, fixture and mocked-API test.
-test: lint unit
+## test: everything CI runs: lint, every unit, fixture and mocked-API test, then end to end.
+test: lint unit e2e
 
 unit:
 	$(CARGO) test --locked --all-targets
+
+## e2e: the end-to-end suite on a real control plane, brought up and down around it.
+e2e:
+	bash e2e/cluster.sh up
+	GPUBRIDGE_E2E_REQUIRED=1 $(CARGO) test --locked --features e2e --test e2e -- --test-threads=1 --nocapture; \
+	  status=$$?; bash e2e/cluster.sh down; exit $$status
+
+## cluster-up / cluster-down: the e2e control plane alone, for running the operator by hand.
+cluster-up:
+	bash e2e/cluster.sh up
+
+cluster-down:
+	bash e2e/cluster.sh down
 
 ## lint: formatting and clippy, warnings as errors.
 lint:

@@ -2,7 +2,9 @@
 //! kinds, phases, GPU models and offer names (offers are few and declared by the platform team),
 //! never a lease or pod name.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use crate::crd::{GpuOffer, LeasePhase};
 
@@ -16,6 +18,7 @@ pub struct Metrics {
     pub model_gpus: IntGaugeVec,
     pub leases: IntGaugeVec,
     pub lease_ends: IntCounterVec,
+    pub leader: IntGauge,
 }
 
 impl Default for Metrics {
@@ -81,6 +84,11 @@ impl Metrics {
             &["reason", "fault"],
         )
         .unwrap();
+        let leader = IntGauge::new(
+            "gpubridge_leader",
+            "1 while this replica leads and writes, else 0",
+        )
+        .unwrap();
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_errors.clone()),
@@ -89,6 +97,7 @@ impl Metrics {
             Box::new(model_gpus.clone()),
             Box::new(leases.clone()),
             Box::new(lease_ends.clone()),
+            Box::new(leader.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -101,6 +110,7 @@ impl Metrics {
             model_gpus,
             leases,
             lease_ends,
+            leader,
         }
     }
 

@@ -8,7 +8,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
@@ -16,7 +15,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::mpsc;
 use tracing::{error, info};
@@ -112,34 +110,31 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
 
     let shutdown = Shutdown::on_signals();
     let (offers, offers_writer) = reflector::store::<GpuOffer>();
-    let offers_watch = watcher(
-        Api::<GpuOffer>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(offers_writer)
-    .for_each(|_| async {});
     let inventory = Arc::new(RwLock::new(Inventory::default()));
     let synced = Synced::default();
     let (triggers, trigger_rx) = mpsc::unbounded_channel();
-    let watches = watch::run(
+    tokio::spawn(watch::run_offers(
+        client.clone(),
+        offers_writer,
+        triggers.clone(),
+    ));
+    tokio::spawn(watch::run(
         client.clone(),
         inventory.clone(),
         offers.clone(),
         triggers,
         synced.clone(),
-    );
-    tokio::spawn(offers_watch);
-    tokio::spawn(watches);
+    ));
 
     let metrics = Metrics::new();
+    let leading = metrics.leader.clone();
     let probe = Arc::new(OperatorProbe::new(
         offers.clone(),
         inventory.clone(),
         synced,
         metrics.clone(),
     ));
-    let http = http::serve(args.http_addr, probe, shutdown.signalled());
+    let http = http::serve(args.http_addr, probe.clone(), shutdown.signalled());
     let http_addr = args.http_addr;
     let http = tokio::spawn(async move {
         http.await.map_err(|source| OperatorError::Http {
@@ -172,6 +167,17 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
         provider_key,
     });
+    // Nothing is decided from a partial picture: the controllers start once every cache has
+    // listed its objects.
+    let caches_synced = async {
+        while !probe.ready() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        _ = shutdown.signalled() => return Ok(()),
+        _ = caches_synced => info!("caches synced"),
+    }
     let controllers = controller::run(ctx, trigger_rx, args.concurrency, shutdown.signalled());
 
     let result = if args.leader_election {
@@ -187,10 +193,17 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
             _ = shutdown.signalled() => return Ok(()),
             acquired = leader::acquire(&leases, &election) => acquired.map_err(OperatorError::Client)?,
         }
-        tokio::select! {
+        leading.set(1);
+        let result = tokio::select! {
             _ = controllers => Ok(()),
             _ = leader::hold(&leases, &election) => Err(OperatorError::LeadershipLost),
+        };
+        leading.set(0);
+        if result.is_ok() {
+            // A clean stop hands leadership over at once instead of after the lease duration.
+            leader::release(&leases, &election).await;
         }
+        result
     } else {
         controllers.await;
         Ok(())

@@ -127,6 +127,28 @@ pub async fn hold(api: &Api<Lease>, settings: &ElectionSettings) {
     }
 }
 
+/// Gives the Lease up, so that another replica takes over without waiting for it to expire.
+pub async fn release(api: &Api<Lease>, s: &ElectionSettings) {
+    let result = async {
+        let mut lease = api.get(&s.lease_name).await?;
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        if spec.holder_identity.as_deref() != Some(s.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        api.replace(&s.lease_name, &PostParams::default(), &lease)
+            .await
+            .map(|_| ())
+    }
+    .await;
+    match result {
+        Ok(()) => info!(identity = %s.identity, "released leadership"),
+        Err(e) => warn!(error = %e, "could not release leadership; it expires on its own"),
+    }
+}
+
 /// One round: `Ok(None)` when we hold the Lease afterwards, `Ok(Some(holder))` when another does.
 async fn try_once(
     api: &Api<Lease>,

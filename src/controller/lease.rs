@@ -16,7 +16,7 @@ use prost::Message;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::conditions::condition;
 use super::context::Context;
@@ -75,6 +75,7 @@ async fn apply(lease: &ComputeLease, ctx: &Context) -> Result<Action> {
             now: Timestamp::now(),
             scheduling_timeout: ctx.settings.scheduling_timeout,
         });
+        debug!(lease = %name, pod = ?observed_pod.as_ref().map(|p| &p.phase), ?decision, "decided");
         let mut next = decision.status;
         if decision.create {
             let offer = offer.as_deref().ok_or(Error::MissingField("offer"))?;

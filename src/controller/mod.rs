@@ -64,9 +64,16 @@ pub async fn run(
         Api::<ComputeLease>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(
+    // Not `owns`: it maps a pod to its owner within the pod's namespace, and a cluster-scoped
+    // lease reached through two references would be reconciled twice at once.
+    .watches(
         Api::<Pod>::all(client),
         watcher::Config::default().labels(LEASE_LABEL),
+        |pod| {
+            pod.labels()
+                .get(LEASE_LABEL)
+                .map(|lease| ObjectRef::<ComputeLease>::new(lease))
+        },
     )
     .with_config(Config::default().concurrency(concurrency))
     .graceful_shutdown_on(shutdown)

@@ -1,12 +1,13 @@
 //! Watches of Nodes, Pods and ComputeLeases that feed the capacity inventory, and the triggers
 //! they send to the offer controller: each change recomputes only the offers it touches.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
@@ -171,6 +172,56 @@ pub fn on_lease_event(
     }
 }
 
+/// Whether an offer event may change what other offers own: a new offer, a changed spec (its
+/// generation moves; status writes do not) or a deleted one. Overlap between offers is decided
+/// by age, so every offer is then recomputed.
+pub fn offer_event_moves_ownership(
+    generations: &mut HashMap<String, Option<i64>>,
+    event: &watcher::Event<GpuOffer>,
+) -> bool {
+    match event {
+        watcher::Event::Apply(offer) | watcher::Event::InitApply(offer) => {
+            let generation = offer.metadata.generation;
+            generations.insert(offer.name_any(), generation) != Some(generation)
+        }
+        watcher::Event::Delete(offer) => {
+            generations.remove(&offer.name_any());
+            true
+        }
+        watcher::Event::Init => false,
+        watcher::Event::InitDone => true,
+    }
+}
+
+/// Watches GpuOffers into `writer`'s store, and triggers every offer when one of them changes
+/// what the others may own.
+pub async fn run_offers(
+    client: Client,
+    mut writer: Writer<GpuOffer>,
+    triggers: mpsc::UnboundedSender<ObjectRef<GpuOffer>>,
+) {
+    let reader = writer.as_reader();
+    let mut generations = HashMap::new();
+    let mut stream = std::pin::pin!(
+        watcher(Api::<GpuOffer>::all(client), watcher::Config::default()).default_backoff()
+    );
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                warn!(error = %e, "offer watch failed; retrying with backoff");
+                continue;
+            }
+        };
+        writer.apply_watcher_event(&event);
+        if offer_event_moves_ownership(&mut generations, &event) {
+            for offer in reader.state() {
+                let _ = triggers.send(ObjectRef::from_obj(offer.as_ref()));
+            }
+        }
+    }
+}
+
 /// Set once every watch has listed its objects: the inventory is complete.
 #[derive(Clone, Default)]
 pub struct Synced {
@@ -296,6 +347,36 @@ status: {{phase: Running}}
             paused: false,
             tolerations: vec![],
         }
+    }
+
+    #[test]
+    fn only_spec_changes_and_deletions_of_offers_move_ownership() {
+        let offer = |generation: i64| -> GpuOffer {
+            let mut o = GpuOffer::new(
+                "a",
+                serde_yaml::from_str(include_str!("../../tests/fixtures/offer-spec.yaml")).unwrap(),
+            );
+            o.metadata.generation = Some(generation);
+            o
+        };
+        let mut generations = HashMap::new();
+        assert!(
+            offer_event_moves_ownership(&mut generations, &watcher::Event::Apply(offer(1))),
+            "new"
+        );
+        assert!(
+            !offer_event_moves_ownership(&mut generations, &watcher::Event::Apply(offer(1))),
+            "status write"
+        );
+        assert!(
+            offer_event_moves_ownership(&mut generations, &watcher::Event::Apply(offer(2))),
+            "spec change"
+        );
+        assert!(
+            offer_event_moves_ownership(&mut generations, &watcher::Event::Delete(offer(2))),
+            "deleted"
+        );
+        assert!(generations.is_empty());
     }
 
     #[test]

@@ -1,0 +1,272 @@
+//! What the e2e tests share: the cluster's client, the operator as a child process, applying
+//! YAML with server-side apply, and waiting for conditions.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kube::api::{DynamicObject, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::GroupVersionKind;
+use kube::discovery::{ApiCapabilities, ApiResource, Scope, pinned_kind};
+use kube::{Api, Client, Config, ResourceExt};
+use tokio::sync::{Mutex, MutexGuard};
+
+pub const FIELD_MANAGER: &str = "gpubridge-e2e";
+
+/// Tests share one control plane; each holds this lock so that they run one at a time whatever
+/// the test harness's thread count.
+static CLUSTER_LOCK: Mutex<()> = Mutex::const_new(());
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn kubeconfig_path() -> PathBuf {
+    std::env::var_os("GPUBRIDGE_E2E_KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME is set");
+            Path::new(&home).join(".cache/gpubridge/e2e/kubeconfig")
+        })
+}
+
+pub struct Cluster {
+    pub client: Client,
+    pub kubeconfig: PathBuf,
+    _guard: MutexGuard<'static, ()>,
+}
+
+/// The e2e cluster, or `None` with a message when none is running (start one with
+/// `make cluster-up`). With GPUBRIDGE_E2E_REQUIRED set, as `make e2e` sets it, a missing
+/// cluster fails the test instead.
+pub async fn cluster(test: &str) -> Option<Cluster> {
+    let guard = CLUSTER_LOCK.lock().await;
+    let path = kubeconfig_path();
+    let required = std::env::var_os("GPUBRIDGE_E2E_REQUIRED").is_some();
+    let skip = |why: String| {
+        assert!(!required, "{test}: no e2e cluster: {why}");
+        eprintln!(
+            "SKIPPED {test}: no e2e cluster ({why}); run `make e2e`, or `make cluster-up` first"
+        );
+        None
+    };
+    let Ok(kubeconfig) = Kubeconfig::read_from(&path) else {
+        return skip(format!("no kubeconfig at {}", path.display()));
+    };
+    let config =
+        match Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await {
+            Ok(c) => c,
+            Err(e) => return skip(format!("kubeconfig {}: {e}", path.display())),
+        };
+    let client = Client::try_from(config).expect("client from kubeconfig");
+    if let Err(e) = client.apiserver_version().await {
+        return skip(format!("apiserver does not answer: {e}"));
+    }
+    Some(Cluster {
+        client,
+        kubeconfig: path,
+        _guard: guard,
+    })
+}
+
+/// Server-side applies every document of a YAML file or string; returns the applied objects.
+pub async fn apply_yaml(client: &Client, yaml: &str) -> Vec<DynamicObject> {
+    let mut applied = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("YAML document");
+        if value.is_null() {
+            continue;
+        }
+        let object: DynamicObject = serde_json::from_value(value).expect("a Kubernetes object");
+        let (api, name) = dynamic_api(client, &object).await;
+        let patched = api
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&object),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("apply {name}: {e}"));
+        applied.push(patched);
+    }
+    applied
+}
+
+pub async fn dynamic_api(client: &Client, object: &DynamicObject) -> (Api<DynamicObject>, String) {
+    let types = object
+        .types
+        .as_ref()
+        .expect("object has apiVersion and kind");
+    let gvk = GroupVersionKind::try_from(types).expect("valid apiVersion");
+    let (resource, caps): (ApiResource, ApiCapabilities) = pinned_kind(client, &gvk)
+        .await
+        .unwrap_or_else(|e| panic!("discover {gvk:?}: {e}"));
+    let api = match (caps.scope, object.namespace()) {
+        (Scope::Namespaced, ns) => Api::namespaced_with(
+            client.clone(),
+            ns.as_deref().unwrap_or("default"),
+            &resource,
+        ),
+        (Scope::Cluster, _) => Api::all_with(client.clone(), &resource),
+    };
+    (api, object.name_any())
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let started = Instant::now();
+    loop {
+        let why = match check().await {
+            Ok(value) => return value,
+            Err(why) => why,
+        };
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}: {why}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The operator, run as a process against the e2e cluster; killed when dropped.
+pub struct Operator {
+    /// `None` once killed.
+    child: Option<Child>,
+    pub http: String,
+}
+
+impl Operator {
+    pub fn start(cluster: &Cluster, identity: &str) -> Operator {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(
+            std::env::temp_dir().join(format!("gpubridge-e2e-{identity}.log")),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gpubridge"))
+            .arg("operator")
+            .args(["--log-format", "text", "--namespace", "gpubridge-system"])
+            .args(["--sidecar-image", "ghcr.io/gpubridge/gpubridge:e2e"])
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .args(["--identity", identity, "--offer-resync-seconds", "30"])
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the operator starts");
+        Operator {
+            child: Some(child),
+            http: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Kills the process at once, as a crash would (SIGKILL).
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits until this replica leads, as its metrics say.
+    pub async fn wait_leader(&self) {
+        let url = format!("{}/metrics", self.http);
+        eventually(
+            "the operator to lead",
+            60 * Duration::from_secs(1),
+            || async {
+                let (_, body) = http_get(&url).await?;
+                if body.lines().any(|l| l == "gpubridge_leader 1") {
+                    Ok(())
+                } else {
+                    Err("not leading".into())
+                }
+            },
+        )
+        .await
+    }
+
+    /// Waits until the caches are synced and this replica leads.
+    pub async fn wait_ready(&self) {
+        let url = format!("{}/readyz", self.http);
+        eventually(
+            "the operator to be ready",
+            Duration::from_secs(30),
+            || async {
+                match http_get(&url).await {
+                    Ok((200, _)) => Ok(()),
+                    Ok((code, body)) => Err(format!("{code} {body}")),
+                    Err(e) => Err(e),
+                }
+            },
+        )
+        .await;
+        self.wait_leader().await;
+    }
+}
+
+impl Drop for Operator {
+    /// Stops it as Kubernetes would (SIGTERM), so that it releases leadership; kills it if it
+    /// has not exited within ten seconds.
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+/// A plain HTTP/1.1 GET on loopback: status code and body.
+pub async fn http_get(url: &str) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").ok_or("only http://")?;
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut stream = tokio::net::TcpStream::connect(host)
+        .await
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or("no status line")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
