@@ -3,7 +3,11 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: build test unit e2e lint fmt crds bench cluster-up cluster-down
+.PHONY: demo build test unit e2e lint fmt crds bench cluster-up cluster-down
+
+## demo: the main job — a real control plane, the operator, offers, a lease from start to end.
+demo:
+	bash e2e/demo.sh
 
 build:
 	$(CARGO) build --locked --release --bin gpubridge

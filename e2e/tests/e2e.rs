@@ -84,19 +84,9 @@ async fn idle_of(client: &Client, offer: &str) -> Result<u32, String> {
 }
 
 /// The offer leases in these tests run under: the RTX 4090 workstation node, one-minute leases.
-const WORKSTATION_OFFER: &str = r#"
-apiVersion: gpubridge.dev/v1alpha1
-kind: GpuOffer
-metadata: {name: e2e-workstation}
-spec:
-  nodeSelector: {matchLabels: {gpubridge.dev/pool: workstation}}
-  maxGpus: 2
-  price: {amount: "0.90", denomination: USDC}
-  lease: {minDurationSeconds: 60, maxDurationSeconds: 3600, maxGpusPerLease: 2}
-  workload:
-    allowedRegistries: [ghcr.io]
-    priorityClassName: gpubridge-lease
-"#;
+fn workstation_offer() -> String {
+    std::fs::read_to_string(repo().join("manifests/samples/rtx-workstation.yaml")).unwrap()
+}
 
 fn lease_yaml(name: &str, duration_seconds: u64) -> String {
     format!(
@@ -106,7 +96,7 @@ kind: ComputeLease
 metadata: {{name: {name}}}
 spec:
   leaseId: {name}
-  offerName: e2e-workstation
+  offerName: rtx-workstation
   buyerPublicKey: 7Np41oeYqPefeNQEHSv1UDhYrehxin3NStELsSKCT4K2
   gpus: 1
   resourceName: nvidia.com/gpu
@@ -458,10 +448,10 @@ async fn a_lease_gets_its_box_runs_on_an_offered_node_expires_and_is_cleaned_up(
     };
     install_crds(&c.client).await;
     let operator = Operator::start(&c, "lease");
-    apply_yaml(&c.client, WORKSTATION_OFFER).await;
+    apply_yaml(&c.client, &workstation_offer()).await;
     operator.wait_ready().await;
     eventually("the workstation offer", 30 * SECOND, || async {
-        idle_of(&c.client, "e2e-workstation").await
+        idle_of(&c.client, "rtx-workstation").await
     })
     .await;
 
@@ -541,7 +531,7 @@ async fn a_lease_gets_its_box_runs_on_an_offered_node_expires_and_is_cleaned_up(
         "the leased GPU to be taken from idle",
         10 * SECOND,
         || async {
-            let s = offer_status(client, "e2e-workstation").await?;
+            let s = offer_status(client, "rtx-workstation").await?;
             if (s.idle_gpus, s.leased_gpus) == (1, 1) {
                 Ok(())
             } else {
@@ -555,7 +545,7 @@ async fn a_lease_gets_its_box_runs_on_an_offered_node_expires_and_is_cleaned_up(
     let termination = expired.status.unwrap().termination.unwrap();
     assert_eq!(termination.reason, TerminationReason::Expired);
     eventually("the GPU to be free again", 30 * SECOND, || async {
-        match idle_of(client, "e2e-workstation").await? {
+        match idle_of(client, "rtx-workstation").await? {
             2 => Ok(()),
             n => Err(format!("idle {n}")),
         }
@@ -572,7 +562,7 @@ async fn an_operator_killed_mid_lease_creates_no_second_pod_and_loses_no_status(
     };
     install_crds(&c.client).await;
     let first = Operator::start(&c, "restart-1");
-    apply_yaml(&c.client, WORKSTATION_OFFER).await;
+    apply_yaml(&c.client, &workstation_offer()).await;
     first.wait_ready().await;
     apply_yaml(&c.client, &lease_yaml("e2e-restart", 600)).await;
     let before = wait_phase(&c.client, "e2e-restart", LeasePhase::Running, 60 * SECOND)
@@ -612,7 +602,7 @@ async fn a_preempted_lease_and_a_lease_on_a_lost_node_end_with_provider_faults()
     };
     install_crds(&c.client).await;
     let operator = Operator::start(&c, "faults");
-    apply_yaml(&c.client, WORKSTATION_OFFER).await;
+    apply_yaml(&c.client, &workstation_offer()).await;
     operator.wait_ready().await;
 
     // Preemption: the enterprise's own job needs the whole node.
