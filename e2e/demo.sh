@@ -56,6 +56,7 @@ echo "Its box, in namespace lease-render-7f3a:"
 kubectl get namespace lease-render-7f3a --show-labels
 kubectl get networkpolicy,resourcequota,limitrange,secret,pod -n lease-render-7f3a -o wide
 echo
+sleep 1
 kubectl get gpuoffer rtx-workstation
 
 step "waiting for the lease to reach its end"

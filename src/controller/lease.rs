@@ -24,7 +24,7 @@ use super::error::{Error, Result, is_conflict, is_not_found};
 use crate::admission::check_terms;
 use crate::capacity::{self, OfferFacts};
 use crate::crd::{
-    ComputeLease, ComputeLeaseStatus, FIELD_MANAGER, GpuOffer, LeasePhase, TerminationReason,
+    ComputeLease, ComputeLeaseStatus, FIELD_MANAGER, Fault, GpuOffer, LeasePhase, TerminationReason,
 };
 use crate::identity::{generate_key, issue_lease_certificate, public_key_base58};
 use crate::lifecycle::{self, Observation, PodObservation};
@@ -409,15 +409,16 @@ async fn record_transition(
                 .lease_ends
                 .with_label_values(&[t.reason.as_str(), &format!("{:?}", t.fault)])
                 .inc();
-            let type_ = if t.fault == crate::crd::Fault::None {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            };
-            (
-                type_,
-                format!("{} ({:?} fault): {}", t.reason.as_str(), t.fault, t.message),
-            )
+            match t.fault {
+                Fault::None => (
+                    EventType::Normal,
+                    format!("{}: {}", t.reason.as_str(), t.message),
+                ),
+                fault => (
+                    EventType::Warning,
+                    format!("{} ({fault:?} fault): {}", t.reason.as_str(), t.message),
+                ),
+            }
         }
         _ => (
             EventType::Normal,
