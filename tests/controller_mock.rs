@@ -182,6 +182,26 @@ fn not_found() -> Reply {
     Reply::Error(404, "NotFound")
 }
 
+/// The lease's status written (the reply is the lease as the API returns it).
+fn status_write() -> Step {
+    step(
+        Method::PATCH,
+        &format!("{LEASE}/status"),
+        Reply::Json(serde_json::to_value(lease_object(true)).unwrap()),
+    )
+}
+
+/// A Kubernetes Event recorded for the lease.
+fn event_recorded() -> Step {
+    step(
+        Method::POST,
+        "/events",
+        Reply::Json(
+            json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e"}, "eventTime": null}),
+        ),
+    )
+}
+
 #[tokio::test]
 async fn first_reconcile_adds_the_finalizer() {
     let (client, seen, server) = mock(vec![step(
@@ -221,18 +241,8 @@ async fn new_lease_creates_its_box_in_order_then_writes_status() {
             "/api/v1/namespaces/lease-l-01hzx4/pods",
             Reply::Echo,
         ),
-        step(
-            Method::PATCH,
-            &format!("{LEASE}/status"),
-            Reply::Json(serde_json::to_value(lease_object(true)).unwrap()),
-        ),
-        step(
-            Method::POST,
-            "/events",
-            Reply::Json(
-                json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e"}, "eventTime": null}),
-            ),
-        ),
+        status_write(),
+        event_recorded(),
     ]);
     let ctx = context(client, vec![offer_object()]);
     let action = lease::reconcile(Arc::new(lease_object(true)), ctx)
@@ -391,13 +401,7 @@ async fn a_status_conflict_is_retried_on_a_fresh_read() {
             &format!("{LEASE}/status"),
             Reply::Json(serde_json::to_value(&fresh).unwrap()),
         ),
-        step(
-            Method::POST,
-            "/events",
-            Reply::Json(
-                json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e"}, "eventTime": null}),
-            ),
-        ),
+        event_recorded(),
         step(
             Method::DELETE,
             POD,
@@ -423,18 +427,8 @@ async fn a_lease_outside_its_offers_terms_fails_with_a_reason_and_creates_nothin
     lease.spec.workload.image = "docker.io/evil/miner:1".into();
     let (client, seen, server) = mock(vec![
         step(Method::GET, POD, not_found()),
-        step(
-            Method::PATCH,
-            &format!("{LEASE}/status"),
-            Reply::Json(serde_json::to_value(lease_object(true)).unwrap()),
-        ),
-        step(
-            Method::POST,
-            "/events",
-            Reply::Json(
-                json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e"}, "eventTime": null}),
-            ),
-        ),
+        status_write(),
+        event_recorded(),
     ]);
     let action = lease::reconcile(Arc::new(lease), context(client, vec![offer_object()]))
         .await
@@ -467,18 +461,8 @@ async fn deleting_a_live_lease_ends_it_stops_the_pod_and_waits() {
         jiff::Timestamp::now(),
     ));
     let (client, seen, server) = mock(vec![
-        step(
-            Method::PATCH,
-            &format!("{LEASE}/status"),
-            Reply::Json(serde_json::to_value(lease_object(true)).unwrap()),
-        ),
-        step(
-            Method::POST,
-            "/events",
-            Reply::Json(
-                json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e"}, "eventTime": null}),
-            ),
-        ),
+        status_write(),
+        event_recorded(),
         step(Method::GET, POD, Reply::Json(objects[0].1.clone())),
         step(
             Method::DELETE,

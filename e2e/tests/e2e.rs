@@ -184,6 +184,25 @@ async fn crds_install_and_the_apiserver_rejects_invalid_objects() {
     let Some(c) = cluster("crds").await else {
         return;
     };
+    // What a person would run first: `gpubridge crdgen | kubectl apply --dry-run=client -f -`.
+    let crdgen = std::process::Command::new(env!("CARGO_BIN_EXE_gpubridge"))
+        .arg("crdgen")
+        .output()
+        .unwrap();
+    assert!(crdgen.status.success());
+    let dry_run = kubectl(
+        &c,
+        &["apply", "--dry-run=client", "-f", "-"],
+        &crdgen.stdout,
+    );
+    assert!(
+        dry_run.contains("gpuoffers.gpubridge.dev created (dry run)"),
+        "{dry_run}"
+    );
+    assert!(
+        dry_run.contains("computeleases.gpubridge.dev created (dry run)"),
+        "{dry_run}"
+    );
     install_crds(&c.client).await;
     let dir = repo().join("tests/fixtures/crd/invalid");
     let mut checked = 0;
@@ -342,13 +361,34 @@ spec:
         .unwrap();
 
     // The printer columns a person sees.
-    let table = std::process::Command::new(format!("{}/kubectl", support_bin()))
-        .args(["get", "gpuoffers", "--kubeconfig"])
-        .arg(&c.kubeconfig)
-        .output();
-    if let Ok(out) = table {
-        println!("{}", String::from_utf8_lossy(&out.stdout));
-    }
+    let table = kubectl(&c, &["get", "gpuoffers"], b"");
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "MODEL",
+            "IDLE",
+            "ADVERTISED",
+            "LEASED",
+            "PRICE",
+            "READY",
+            "AGE"
+        ],
+        "{table}"
+    );
+    assert!(
+        table.lines().any(|l| l.starts_with("h100-public")
+            && l.contains("NVIDIA-H100-80GB-HBM3")
+            && l.contains("True")),
+        "{table}"
+    );
+    println!("{table}");
 }
 
 #[tokio::test]
@@ -456,23 +496,15 @@ async fn a_lease_gets_its_box_runs_on_an_offered_node_expires_and_is_cleaned_up(
     .await;
 
     // Created with kubectl, as a person would.
-    let kubectl = std::process::Command::new(format!("{}/kubectl", support_bin()))
-        .args(["apply", "-f", "-", "--kubeconfig"])
-        .arg(&c.kubeconfig)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(lease_yaml("e2e-expiry", 60).as_bytes())?;
-            child.wait_with_output()
-        })
-        .expect("kubectl runs");
-    assert!(kubectl.status.success(), "kubectl apply: {kubectl:?}");
+    let applied = kubectl(
+        &c,
+        &["apply", "-f", "-"],
+        lease_yaml("e2e-expiry", 60).as_bytes(),
+    );
+    assert!(
+        applied.contains("computelease.gpubridge.dev/e2e-expiry created"),
+        "{applied}"
+    );
 
     let running = wait_phase(&c.client, "e2e-expiry", LeasePhase::Running, 60 * SECOND).await;
     let status = running.status.unwrap();
@@ -705,17 +737,33 @@ async fn a_preempted_lease_and_a_lease_on_a_lost_node_end_with_provider_faults()
     .await;
 }
 
-/// The folder of the e2e binaries (kubectl among them), from `e2e/cluster.sh bin`.
-fn support_bin() -> String {
-    let out = std::process::Command::new("bash")
+/// Runs the e2e kubectl (from `e2e/cluster.sh bin`) against the cluster with `stdin`; returns
+/// what it printed, and fails the test when it fails.
+fn kubectl(c: &support::Cluster, args: &[&str], stdin: &[u8]) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let bin = Command::new("bash")
         .arg(repo().join("e2e/cluster.sh"))
         .arg("bin")
-        .stderr(std::process::Stdio::null())
+        .stderr(Stdio::null())
         .output()
-        .expect("e2e/cluster.sh runs");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .trim_end_matches('/')
-        .to_string()
+        .unwrap();
+    let bin = String::from_utf8(bin.stdout).unwrap();
+    let mut child = Command::new(format!("{}/kubectl", bin.trim().trim_end_matches('/')))
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }

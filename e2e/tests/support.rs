@@ -24,13 +24,19 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Where `e2e/cluster.sh` writes the kubeconfig: $GPUBRIDGE_E2E_KUBECONFIG, else
+/// $GPUBRIDGE_CACHE/e2e/kubeconfig, the cache defaulting to ~/.cache/gpubridge.
 pub fn kubeconfig_path() -> PathBuf {
-    std::env::var_os("GPUBRIDGE_E2E_KUBECONFIG")
+    if let Some(path) = std::env::var_os("GPUBRIDGE_E2E_KUBECONFIG") {
+        return PathBuf::from(path);
+    }
+    let cache = std::env::var_os("GPUBRIDGE_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             let home = std::env::var_os("HOME").expect("HOME is set");
-            Path::new(&home).join(".cache/gpubridge/e2e/kubeconfig")
-        })
+            Path::new(&home).join(".cache/gpubridge")
+        });
+    cache.join("e2e/kubeconfig")
 }
 
 pub struct Cluster {
