@@ -65,6 +65,47 @@ async fn install_crds(client: &Client) {
         .unwrap();
 }
 
+/// Deletes the CRDs and waits until they are gone, clearing lease finalizers first.
+async fn uninstall_crds(client: &Client) {
+    let leases: Api<ComputeLease> = Api::all(client.clone());
+    if let Ok(list) = leases.list(&ListParams::default()).await {
+        for l in list {
+            let clear = json!({"metadata": {"finalizers": null}});
+            let _ = leases
+                .patch(
+                    &l.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&clear),
+                )
+                .await;
+        }
+    }
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (_, crd) in gpubridge::crd::all() {
+        let _ = crds.delete(&crd.name_any(), &DeleteParams::default()).await;
+    }
+    eventually("the CRDs to be gone", 60 * SECOND, || async {
+        let left = crds
+            .list(&ListParams::default().fields("metadata.name=gpuoffers.gpubridge.dev"))
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .len()
+            + crds
+                .list(&ListParams::default().fields("metadata.name=computeleases.gpubridge.dev"))
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .len();
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(format!("{left} left"))
+        }
+    })
+    .await;
+}
+
 async fn offer_status(
     client: &Client,
     name: &str,
@@ -184,7 +225,10 @@ async fn crds_install_and_the_apiserver_rejects_invalid_objects() {
     let Some(c) = cluster("crds").await else {
         return;
     };
-    // What a person would run first: `gpubridge crdgen | kubectl apply --dry-run=client -f -`.
+    // What a person runs first, on a cluster without the CRDs:
+    // `gpubridge crdgen | kubectl apply --dry-run=client -f -`. Earlier tests installed them, so
+    // they go first (with whatever instances are left; no operator runs to finalize leases).
+    uninstall_crds(&c.client).await;
     let crdgen = std::process::Command::new(env!("CARGO_BIN_EXE_gpubridge"))
         .arg("crdgen")
         .output()
