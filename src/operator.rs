@@ -16,13 +16,12 @@ use kube::api::PostParams;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::{Api, Client};
-use tokio::sync::mpsc;
 use tracing::{error, info};
 
 use crate::capacity::Inventory;
 use crate::controller::backoff::Backoff;
 use crate::controller::leader::{self, ElectionSettings};
-use crate::controller::watch::{self, Synced};
+use crate::controller::watch::{self, OfferTriggers, Synced};
 use crate::controller::{self, Context, Settings};
 use crate::crd::GpuOffer;
 use crate::http::{self, Probe};
@@ -112,7 +111,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     let (offers, offers_writer) = reflector::store::<GpuOffer>();
     let inventory = Arc::new(RwLock::new(Inventory::default()));
     let synced = Synced::default();
-    let (triggers, trigger_rx) = mpsc::unbounded_channel();
+    let triggers = OfferTriggers::default();
     tokio::spawn(watch::run_offers(
         client.clone(),
         offers_writer,
@@ -122,7 +121,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         client.clone(),
         inventory.clone(),
         offers.clone(),
-        triggers,
+        triggers.clone(),
         synced.clone(),
     ));
 
@@ -178,7 +177,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         _ = shutdown.signalled() => return Ok(()),
         _ = caches_synced => info!("caches synced"),
     }
-    let controllers = controller::run(ctx, trigger_rx, args.concurrency, shutdown.signalled());
+    let controllers = controller::run(ctx, triggers, args.concurrency, shutdown.signalled());
 
     let result = if args.leader_election {
         let election = ElectionSettings {

@@ -19,6 +19,9 @@ pub struct Inventory {
     /// lease name → bound pods carrying its label.
     bound_lease_pods: HashMap<String, u32>,
     leases: HashMap<String, LeaseFacts>,
+    /// lease name → DisruptionTarget reason last seen on its pod. Kept here because the same pod
+    /// watch sees it, and a preempted pod can be gone before the lease controller reads it.
+    lease_disruptions: HashMap<String, String>,
 }
 
 impl Inventory {
@@ -79,7 +82,18 @@ impl Inventory {
     }
 
     pub fn remove_lease(&mut self, name: &str) -> Option<LeaseFacts> {
+        self.lease_disruptions.remove(name);
         self.leases.remove(name)
+    }
+
+    pub fn record_disruption(&mut self, lease: &str, reason: &str) {
+        self.lease_disruptions
+            .insert(lease.to_string(), reason.to_string());
+    }
+
+    /// The DisruptionTarget reason last seen on the lease's pod.
+    pub fn last_disruption(&self, lease: &str) -> Option<&str> {
+        self.lease_disruptions.get(lease).map(String::as_str)
     }
 
     /// Replaces every lease, as after a watch re-list.

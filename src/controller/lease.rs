@@ -63,6 +63,12 @@ async fn apply(lease: &ComputeLease, ctx: &Context) -> Result<Action> {
         &lease.spec.offer_name,
     ));
 
+    let last_disruption = ctx
+        .inventory
+        .read()
+        .expect("inventory lock poisoned")
+        .last_disruption(&name)
+        .map(str::to_string);
     let mut current = lease.clone();
     for attempt in 1..=STATUS_WRITE_ATTEMPTS {
         let status = current.status.clone().unwrap_or_default();
@@ -74,6 +80,7 @@ async fn apply(lease: &ComputeLease, ctx: &Context) -> Result<Action> {
             created_at: current.metadata.creation_timestamp.as_ref().map(|t| t.0),
             now: Timestamp::now(),
             scheduling_timeout: ctx.settings.scheduling_timeout,
+            last_disruption: last_disruption.as_deref(),
         });
         debug!(lease = %name, pod = ?observed_pod.as_ref().map(|p| &p.phase), ?decision, "decided");
         let mut next = decision.status;

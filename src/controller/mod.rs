@@ -24,7 +24,6 @@ use kube::runtime::controller::{Action, Config};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Resource, ResourceExt};
-use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 pub use context::{Context, Settings};
@@ -38,7 +37,7 @@ const OFFER_DEBOUNCE: Duration = Duration::from_millis(500);
 /// Runs both controllers until `shutdown` resolves; in-flight reconciles finish first.
 pub async fn run(
     ctx: Arc<Context>,
-    offer_triggers: mpsc::UnboundedReceiver<ObjectRef<GpuOffer>>,
+    offer_triggers: watch::OfferTriggers,
     concurrency: u16,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
@@ -52,7 +51,7 @@ pub async fn run(
             .concurrency(concurrency)
             .debounce(OFFER_DEBOUNCE),
     )
-    .reconcile_on(tokio_stream_of(offer_triggers))
+    .reconcile_on(offer_triggers.stream())
     .graceful_shutdown_on(shutdown.clone())
     .run(
         |offer, ctx| instrumented("offer", offer, ctx, offer::reconcile),
@@ -84,12 +83,6 @@ pub async fn run(
     )
     .for_each(|_| async {});
     tokio::join!(offers, leases);
-}
-
-fn tokio_stream_of<T: Send + 'static>(
-    mut rx: mpsc::UnboundedReceiver<T>,
-) -> impl futures::Stream<Item = T> + Send {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// Times and counts a reconcile, and clears the object's backoff when it succeeds.

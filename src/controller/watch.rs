@@ -1,20 +1,21 @@
 //! Watches of Nodes, Pods and ComputeLeases that feed the capacity inventory, and the triggers
 //! they send to the offer controller: each change recomputes only the offers it touches.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tracing::warn;
 
 use crate::capacity::{Inventory, LeaseFacts, NodeFacts, OfferFacts, PodFacts};
-use crate::crd::{ComputeLease, GpuOffer};
+use crate::crd::{ComputeLease, GpuOffer, LEASE_LABEL};
+use crate::lifecycle::PodObservation;
 
 /// Only pods that hold GPUs matter: bound to a node and not finished. The apiserver filters the
 /// rest out, and a pod that finishes leaves the watch as a deletion.
@@ -105,6 +106,13 @@ pub fn on_pod_event(
     event: watcher::Event<Pod>,
 ) -> Touched {
     let key = |pod: &Pod| format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+    if let watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) | watcher::Event::Delete(pod) =
+        &event
+        && let Some(lease) = pod.labels().get(LEASE_LABEL)
+        && let Some(disruption) = PodObservation::from_pod(pod).disruption
+    {
+        inventory.record_disruption(lease, &disruption);
+    }
     match event {
         watcher::Event::Init => {
             *relist = Some(Vec::new());
@@ -172,6 +180,42 @@ pub fn on_lease_event(
     }
 }
 
+/// Offers waiting to be recomputed. A set, not a queue: however many events arrive before the
+/// offer controller drains it (or while this replica waits to lead, and nothing drains it), it
+/// holds each offer at most once.
+#[derive(Clone, Default)]
+pub struct OfferTriggers {
+    pending: Arc<Mutex<BTreeSet<String>>>,
+    notify: Arc<Notify>,
+}
+
+impl OfferTriggers {
+    pub fn touch(&self, offer: String) {
+        self.pending
+            .lock()
+            .expect("trigger lock poisoned")
+            .insert(offer);
+        // Stores a permit when nobody waits, so a touch is never lost.
+        self.notify.notify_one();
+    }
+
+    /// The pending offers as the offer controller's `reconcile_on` stream.
+    pub fn stream(self) -> impl Stream<Item = ObjectRef<GpuOffer>> + Send {
+        futures::stream::unfold(self, |triggers| async move {
+            loop {
+                let drained =
+                    std::mem::take(&mut *triggers.pending.lock().expect("trigger lock poisoned"));
+                if !drained.is_empty() {
+                    let refs = drained.into_iter().map(|name| ObjectRef::new(&name));
+                    return Some((futures::stream::iter(refs), triggers));
+                }
+                triggers.notify.notified().await;
+            }
+        })
+        .flatten()
+    }
+}
+
 /// Whether an offer event may change what other offers own: a new offer, a changed spec (its
 /// generation moves; status writes do not) or a deleted one. Overlap between offers is decided
 /// by age, so every offer is then recomputed.
@@ -195,11 +239,7 @@ pub fn offer_event_moves_ownership(
 
 /// Watches GpuOffers into `writer`'s store, and triggers every offer when one of them changes
 /// what the others may own.
-pub async fn run_offers(
-    client: Client,
-    mut writer: Writer<GpuOffer>,
-    triggers: mpsc::UnboundedSender<ObjectRef<GpuOffer>>,
-) {
+pub async fn run_offers(client: Client, mut writer: Writer<GpuOffer>, triggers: OfferTriggers) {
     let reader = writer.as_reader();
     let mut generations = HashMap::new();
     let mut stream = std::pin::pin!(
@@ -216,7 +256,7 @@ pub async fn run_offers(
         writer.apply_watcher_event(&event);
         if offer_event_moves_ownership(&mut generations, &event) {
             for offer in reader.state() {
-                let _ = triggers.send(ObjectRef::from_obj(offer.as_ref()));
+                triggers.touch(offer.name_any());
             }
         }
     }
@@ -244,7 +284,7 @@ pub async fn run(
     client: Client,
     inventory: Arc<RwLock<Inventory>>,
     offers: Store<GpuOffer>,
-    triggers: mpsc::UnboundedSender<ObjectRef<GpuOffer>>,
+    triggers: OfferTriggers,
     synced: Synced,
 ) {
     let nodes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default());
@@ -263,11 +303,7 @@ pub async fn run(
 
 type Handler<K, F> = fn(&mut Inventory, &mut Option<Vec<F>>, watcher::Event<K>) -> Touched;
 
-type Shared = (
-    Arc<RwLock<Inventory>>,
-    Store<GpuOffer>,
-    mpsc::UnboundedSender<ObjectRef<GpuOffer>>,
-);
+type Shared = (Arc<RwLock<Inventory>>, Store<GpuOffer>, OfferTriggers);
 
 async fn drive<K, F>(
     stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
@@ -300,8 +336,7 @@ async fn drive<K, F>(
             synced.store(true, Ordering::Relaxed);
         }
         for name in names {
-            // The receiver lives as long as the offer controller; when it is gone, so is the process.
-            let _ = triggers.send(ObjectRef::new(&name));
+            triggers.touch(name);
         }
     }
 }
@@ -347,6 +382,45 @@ status: {{phase: Running}}
             paused: false,
             tolerations: vec![],
         }
+    }
+
+    #[test]
+    fn a_disruption_seen_on_a_lease_pod_is_remembered_after_the_pod_is_gone() {
+        let pod: Pod = serde_yaml::from_str(
+            r#"
+metadata: {name: workload, namespace: lease-a, labels: {gpubridge.dev/lease: a}}
+spec: {nodeName: n1, containers: [{name: workload}]}
+status:
+  phase: Running
+  conditions: [{type: DisruptionTarget, status: "True", reason: PreemptionByScheduler}]
+"#,
+        )
+        .unwrap();
+        let mut inv = Inventory::default();
+        on_pod_event(&mut inv, &mut None, watcher::Event::Delete(pod));
+        assert_eq!(inv.last_disruption("a"), Some("PreemptionByScheduler"));
+        assert_eq!(inv.last_disruption("b"), None);
+    }
+
+    #[tokio::test]
+    async fn triggers_coalesce_per_offer() {
+        let triggers = OfferTriggers::default();
+        for _ in 0..1000 {
+            triggers.touch("a".into());
+        }
+        triggers.touch("b".into());
+        let mut stream = std::pin::pin!(triggers.clone().stream());
+        let first: Vec<String> = vec![
+            stream.next().await.unwrap().name,
+            stream.next().await.unwrap().name,
+        ];
+        assert_eq!(first, ["a", "b"], "1001 touches, two recomputes");
+        triggers.touch("a".into());
+        assert_eq!(
+            stream.next().await.unwrap().name,
+            "a",
+            "a later touch wakes the stream"
+        );
     }
 
     #[test]

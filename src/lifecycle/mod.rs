@@ -85,6 +85,9 @@ pub struct Observation<'a> {
     pub now: Timestamp,
     /// How long a pod may take to run before the lease fails.
     pub scheduling_timeout: Duration,
+    /// The DisruptionTarget reason last seen on the lease pod by the pod watch: a pod that is
+    /// preempted or evicted can be gone before a reconcile reads it.
+    pub last_disruption: Option<&'a str>,
 }
 
 /// What to do, and the status to write once it is done.
@@ -147,12 +150,20 @@ pub fn decide(o: &Observation) -> Decision {
                     }
                 }
             },
-            _ => end(
-                status,
-                TerminationReason::PodLost,
-                "the lease pod disappeared".into(),
-                o.now,
-            ),
+            _ => match o.last_disruption {
+                Some(disruption) => end(
+                    status,
+                    disruption_reason(disruption),
+                    format!("pod disrupted ({disruption})"),
+                    o.now,
+                ),
+                None => end(
+                    status,
+                    TerminationReason::PodLost,
+                    "the lease pod disappeared".into(),
+                    o.now,
+                ),
+            },
         };
     };
 
@@ -229,6 +240,15 @@ pub fn decide(o: &Observation) -> Decision {
 }
 
 /// Whether and why the pod has ended the lease on its own.
+/// The lease's end for a pod's DisruptionTarget reason.
+fn disruption_reason(disruption: &str) -> TerminationReason {
+    match disruption {
+        "PreemptionByScheduler" | "PreemptionByKubeScheduler" => TerminationReason::Preempted,
+        "DeletionByTaintManager" | "DeletionByPodGC" => TerminationReason::NodeLost,
+        _ => TerminationReason::PodLost,
+    }
+}
+
 fn pod_ended(
     pod: &PodObservation,
     status: &ComputeLeaseStatus,
@@ -239,12 +259,10 @@ fn pod_ended(
     };
     // Someone else is taking the pod away: the provider's doing, whatever the pod phase says.
     if let Some(disruption) = pod.disruption.as_deref() {
-        let reason = match disruption {
-            "PreemptionByScheduler" | "PreemptionByKubeScheduler" => TerminationReason::Preempted,
-            "DeletionByTaintManager" | "DeletionByPodGC" => TerminationReason::NodeLost,
-            _ => TerminationReason::PodLost,
-        };
-        return Some((reason, detail(&format!("pod disrupted ({disruption})"))));
+        return Some((
+            disruption_reason(disruption),
+            detail(&format!("pod disrupted ({disruption})")),
+        ));
     }
     match pod.phase.as_str() {
         "Succeeded" => Some((

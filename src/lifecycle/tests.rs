@@ -33,6 +33,7 @@ fn decide_at(
         created_at: Some(t(0)),
         now,
         scheduling_timeout: TIMEOUT,
+        last_disruption: None,
     })
 }
 
@@ -85,6 +86,7 @@ fn inadmissible_lease_ends_before_anything_is_created() {
         created_at: Some(t(0)),
         now: t(0),
         scheduling_timeout: TIMEOUT,
+        last_disruption: None,
     });
     assert!(!d.create);
     assert_eq!(d.status.phase, LeasePhase::Failed);
@@ -237,6 +239,25 @@ fn vanished_pod_is_the_providers_fault() {
     let d = decide_at(&running, None, t(10));
     assert_eq!(reason(&d), Some(TerminationReason::PodLost));
     assert!(!d.create, "a lost pod is never silently recreated");
+}
+
+#[test]
+fn a_pod_gone_after_a_disruption_was_seen_ends_with_that_reason() {
+    let spec = spec();
+    let mut running = running_since(0);
+    running.pod = Some("workload".into());
+    let d = decide(&Observation {
+        spec: &spec,
+        status: &running,
+        pod: None,
+        admissible: Ok(()),
+        created_at: Some(t(0)),
+        now: t(10),
+        scheduling_timeout: TIMEOUT,
+        last_disruption: Some("PreemptionByScheduler"),
+    });
+    assert_eq!(reason(&d), Some(TerminationReason::Preempted));
+    assert_eq!(d.status.termination.unwrap().fault, Fault::Provider);
 }
 
 #[test]
