@@ -55,28 +55,50 @@ pub fn touched_offers(
     }
 }
 
+/// A watch event with re-lists buffered: a re-list reaches the inventory whole, at its end, so the
+/// inventory never holds half of one.
+enum Change<K, F> {
+    Buffered,
+    Relisted(Vec<F>),
+    Apply(K),
+    Delete(K),
+}
+
+fn buffer_relist<K, F>(
+    relist: &mut Option<Vec<F>>,
+    event: watcher::Event<K>,
+    facts: impl FnOnce(&K) -> Option<F>,
+) -> Change<K, F> {
+    match event {
+        watcher::Event::Init => {
+            *relist = Some(Vec::new());
+            Change::Buffered
+        }
+        watcher::Event::InitApply(object) => {
+            if let Some(f) = facts(&object) {
+                relist.get_or_insert_with(Vec::new).push(f);
+            }
+            Change::Buffered
+        }
+        watcher::Event::InitDone => Change::Relisted(relist.take().unwrap_or_default()),
+        watcher::Event::Apply(object) => Change::Apply(object),
+        watcher::Event::Delete(object) => Change::Delete(object),
+    }
+}
+
 /// Applies one node watch event to the inventory.
 pub fn on_node_event(
     inventory: &mut Inventory,
     relist: &mut Option<Vec<NodeFacts>>,
     event: watcher::Event<Node>,
 ) -> Touched {
-    match event {
-        watcher::Event::Init => {
-            *relist = Some(Vec::new());
-            Touched::Nothing
-        }
-        watcher::Event::InitApply(node) => {
-            relist
-                .get_or_insert_with(Vec::new)
-                .push(NodeFacts::from_node(&node));
-            Touched::Nothing
-        }
-        watcher::Event::InitDone => {
-            inventory.replace_nodes(relist.take().unwrap_or_default());
+    match buffer_relist(relist, event, |node| Some(NodeFacts::from_node(node))) {
+        Change::Buffered => Touched::Nothing,
+        Change::Relisted(nodes) => {
+            inventory.replace_nodes(nodes);
             Touched::All
         }
-        watcher::Event::Apply(node) => {
+        Change::Apply(node) => {
             let facts = NodeFacts::from_node(&node);
             match inventory.node(&facts.name) {
                 // Heartbeats and other changes the formula does not read touch nothing.
@@ -92,7 +114,7 @@ pub fn on_node_event(
                 }
             }
         }
-        watcher::Event::Delete(node) => {
+        Change::Delete(node) => {
             inventory.remove_node(&node.name_any());
             Touched::All
         }
@@ -113,22 +135,15 @@ pub fn on_pod_event(
     {
         inventory.record_disruption(lease, &disruption);
     }
-    match event {
-        watcher::Event::Init => {
-            *relist = Some(Vec::new());
-            Touched::Nothing
-        }
-        watcher::Event::InitApply(pod) => {
-            if let Some(facts) = PodFacts::from_pod(&pod) {
-                relist.get_or_insert_with(Vec::new).push((key(&pod), facts));
-            }
-            Touched::Nothing
-        }
-        watcher::Event::InitDone => {
-            inventory.replace_pods(relist.take().unwrap_or_default());
+    match buffer_relist(relist, event, |pod| {
+        PodFacts::from_pod(pod).map(|f| (key(pod), f))
+    }) {
+        Change::Buffered => Touched::Nothing,
+        Change::Relisted(pods) => {
+            inventory.replace_pods(pods);
             Touched::All
         }
-        watcher::Event::Apply(pod) => {
+        Change::Apply(pod) => {
             let touched = inventory.upsert_pod(&key(&pod), PodFacts::from_pod(&pod));
             if touched.is_empty() {
                 Touched::Nothing
@@ -136,7 +151,7 @@ pub fn on_pod_event(
                 Touched::Nodes(touched)
             }
         }
-        watcher::Event::Delete(pod) => match inventory.remove_pod(&key(&pod)) {
+        Change::Delete(pod) => match inventory.remove_pod(&key(&pod)) {
             Some(node) => Touched::Nodes(vec![node]),
             None => Touched::Nothing,
         },
@@ -149,22 +164,13 @@ pub fn on_lease_event(
     relist: &mut Option<Vec<LeaseFacts>>,
     event: watcher::Event<ComputeLease>,
 ) -> Touched {
-    match event {
-        watcher::Event::Init => {
-            *relist = Some(Vec::new());
-            Touched::Nothing
-        }
-        watcher::Event::InitApply(lease) => {
-            relist
-                .get_or_insert_with(Vec::new)
-                .push(LeaseFacts::from_lease(&lease));
-            Touched::Nothing
-        }
-        watcher::Event::InitDone => {
-            inventory.replace_leases(relist.take().unwrap_or_default());
+    match buffer_relist(relist, event, |lease| Some(LeaseFacts::from_lease(lease))) {
+        Change::Buffered => Touched::Nothing,
+        Change::Relisted(leases) => {
+            inventory.replace_leases(leases);
             Touched::All
         }
-        watcher::Event::Apply(lease) => {
+        Change::Apply(lease) => {
             let facts = LeaseFacts::from_lease(&lease);
             if inventory.lease(&facts.name) == Some(&facts) {
                 return Touched::Nothing;
@@ -173,7 +179,7 @@ pub fn on_lease_event(
             inventory.upsert_lease(facts);
             Touched::Offer(offer)
         }
-        watcher::Event::Delete(lease) => match inventory.remove_lease(&lease.name_any()) {
+        Change::Delete(lease) => match inventory.remove_lease(&lease.name_any()) {
             Some(facts) => Touched::Offer(facts.offer),
             None => Touched::Nothing,
         },
