@@ -1,22 +1,32 @@
+use std::future::Future;
 use std::process::ExitCode;
 
 use clap::Parser;
-use gpubridge::cli::{Cli, Command, crdgen};
-use gpubridge::{operator, telemetry};
+use gpubridge::cli::{Cli, Command, crdgen, keygen, order};
+use gpubridge::{hub, operator, telemetry};
+
+fn block_on<F: Future>(work: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts")
+        .block_on(work)
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Crdgen { out_dir } => crdgen(out_dir).map_err(Into::into),
+        Command::Keygen { out } => keygen(&out).map_err(Into::into),
         Command::Operator(args) => {
             telemetry::init(args.log_format);
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime starts")
-                .block_on(operator::run(args))
-                .map_err(Into::into)
+            block_on(operator::run(args)).map_err(Into::into)
         }
+        Command::Network(args) => {
+            telemetry::init(args.log_format);
+            block_on(hub::run(args)).map_err(Into::into)
+        }
+        Command::Order(args) => block_on(order::run(args)).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

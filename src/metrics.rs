@@ -19,6 +19,8 @@ pub struct Metrics {
     pub leases: IntGaugeVec,
     pub lease_ends: IntCounterVec,
     pub leader: IntGauge,
+    pub network_session_up: IntGauge,
+    pub intake: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -89,6 +91,19 @@ impl Metrics {
             "1 while this replica leads and writes, else 0",
         )
         .unwrap();
+        let network_session_up = IntGauge::new(
+            "gpubridge_network_session_up",
+            "1 while the outbound session with the network is established, else 0",
+        )
+        .unwrap();
+        let intake = IntCounterVec::new(
+            Opts::new(
+                "gpubridge_intake_leases_total",
+                "Leases the network sent, by decision (accepted, rejected) and reason kind",
+            ),
+            &["decision", "reason"],
+        )
+        .unwrap();
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_errors.clone()),
@@ -98,6 +113,8 @@ impl Metrics {
             Box::new(leases.clone()),
             Box::new(lease_ends.clone()),
             Box::new(leader.clone()),
+            Box::new(network_session_up.clone()),
+            Box::new(intake.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -111,6 +128,8 @@ impl Metrics {
             leases,
             lease_ends,
             leader,
+            network_session_up,
+            intake,
         }
     }
 

@@ -25,8 +25,12 @@ use crate::controller::watch::{self, OfferTriggers, Synced};
 use crate::controller::{self, Context, Settings};
 use crate::crd::GpuOffer;
 use crate::http::{self, Probe};
-use crate::identity::{generate_key, public_key_base58, signing_key_from_bytes};
+use crate::identity::{
+    generate_key, public_key_base58, public_key_from_base58, signing_key_from_bytes,
+};
 use crate::metrics::Metrics;
+use crate::network::client::Target;
+use crate::network::session::{self, SessionSettings};
 use crate::telemetry::LogFormat;
 
 const PROVIDER_KEY_FIELD: &str = "provider.key";
@@ -80,6 +84,22 @@ pub struct OperatorArgs {
         default_value = "gpubridge-provider-key"
     )]
     pub provider_key_secret: String,
+    /// The network node's gateway, `http://host:port` or `https://host:port`. Without it the
+    /// operator computes and shows offers but publishes them nowhere.
+    #[arg(long, env = "GPUBRIDGE_NETWORK_URL")]
+    pub network_url: Option<String>,
+    /// The network's public key, base58. When set, a network presenting another key is refused.
+    #[arg(long, env = "GPUBRIDGE_NETWORK_KEY")]
+    pub network_key: Option<String>,
+    /// PEM CA bundle that signs the network's TLS certificate; the system roots when absent.
+    #[arg(long, env = "GPUBRIDGE_NETWORK_CA_FILE")]
+    pub network_ca_file: Option<std::path::PathBuf>,
+    /// This provider's display name on the network.
+    #[arg(long, env = "GPUBRIDGE_PROVIDER_NAME", default_value = "gpubridge")]
+    pub provider_name: String,
+    /// Region this cluster's GPUs are in, as buyers filter by it; empty for none.
+    #[arg(long, env = "GPUBRIDGE_REGION", default_value = "")]
+    pub region: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,11 +117,14 @@ pub enum OperatorError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("--network-key: {0}")]
+    NetworkKey(String),
     #[error("leadership was lost; exiting so that only the new leader writes")]
     LeadershipLost,
 }
 
 pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
+    let session_settings = session_settings(&args)?;
     let client = Client::try_default().await.map_err(OperatorError::Client)?;
     let provider_key =
         load_or_create_provider_key(&client, &args.namespace, &args.provider_key_secret).await?;
@@ -177,7 +200,19 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         _ = shutdown.signalled() => return Ok(()),
         _ = caches_synced => info!("caches synced"),
     }
-    let controllers = controller::run(ctx, triggers, args.concurrency, shutdown.signalled());
+    let session = {
+        let (ctx, stop) = (ctx.clone(), shutdown.signalled());
+        async move {
+            match session_settings {
+                Some(settings) => session::run(ctx, settings, stop).await,
+                None => info!("no --network-url: offers are computed but not published"),
+            }
+        }
+    };
+    let controllers = futures::future::join(
+        controller::run(ctx, triggers, args.concurrency, shutdown.signalled()),
+        session,
+    );
 
     let result = if args.leader_election {
         let election = ElectionSettings {
@@ -212,6 +247,27 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         error!(error = %e, "HTTP endpoint failed");
     }
     result
+}
+
+fn session_settings(args: &OperatorArgs) -> Result<Option<SessionSettings>, OperatorError> {
+    let Some(url) = &args.network_url else {
+        return Ok(None);
+    };
+    let pinned_key = args
+        .network_key
+        .as_deref()
+        .map(public_key_from_base58)
+        .transpose()
+        .map_err(|e| OperatorError::NetworkKey(e.to_string()))?;
+    Ok(Some(SessionSettings {
+        target: Target {
+            url: url.clone(),
+            ca_file: args.network_ca_file.clone(),
+        },
+        pinned_key,
+        provider_name: args.provider_name.clone(),
+        region: args.region.clone(),
+    }))
 }
 
 /// Reads the provider key, or creates it on first start. Two replicas starting together both

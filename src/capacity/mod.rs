@@ -4,6 +4,7 @@
 //! - [`inventory::Inventory`] indexes them incrementally;
 //! - [`offer::compute`] applies the formula to one offer.
 
+pub mod blocks;
 pub mod facts;
 pub mod inventory;
 pub mod offer;

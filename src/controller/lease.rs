@@ -331,7 +331,9 @@ async fn write_status(
     }
     let mut status = serde_json::to_value(next).expect("status serializes");
     if let Some(map) = status.as_object_mut() {
-        // Usage and attestation belong to the collector, under its own field manager.
+        // Usage and attestation belong to the collector, and reportedAt to the network session,
+        // each under its own field manager.
+        map.remove("reportedAt");
         map.remove("usage");
         map.remove("attestation");
         map.remove("gpuIds");

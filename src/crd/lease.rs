@@ -140,13 +140,14 @@ pub enum PortProtocol {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SignedOrder {
-    /// The signed order body, base64.
-    #[schemars(length(max = 65536))]
+    /// The lease as the network signed it (protobuf `LeaseBody`, which carries the buyer's
+    /// signed order), base64.
+    #[schemars(length(max = 131072))]
     pub body: String,
-    /// The buyer's ed25519 signature over the body, base58.
+    /// The buyer's ed25519 signature over the order inside the body, base58.
     #[schemars(length(max = 128))]
     pub buyer_signature: String,
-    /// The network's ed25519 signature over the lease, base58.
+    /// The network's ed25519 signature over the body, base58.
     #[schemars(length(max = 128))]
     pub network_signature: String,
 }
@@ -386,6 +387,9 @@ pub struct ComputeLeaseStatus {
     /// Attestation of where the lease runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attestation: Option<LeaseAttestation>,
+    /// When the end of the lease was reported to the network, which settles its escrow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_at: Option<Time>,
     /// Ready and Degraded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

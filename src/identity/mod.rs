@@ -4,6 +4,7 @@
 //! message can never be replayed as another. Public keys are printed base58.
 
 mod certificate;
+pub mod keyfile;
 mod keys;
 
 pub use certificate::{

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::hub::NetworkArgs;
 use crate::operator::OperatorArgs;
+
+pub mod order;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -21,6 +24,16 @@ pub struct Cli {
 pub enum Command {
     /// Run the operator: offers from idle GPUs, leases as boxed GPU pods.
     Operator(OperatorArgs),
+    /// Run the reference network node: offer book, matching, escrow, settlement.
+    Network(NetworkArgs),
+    /// Buy GPU time on a network: keys, deposits, orders.
+    Order(order::OrderArgs),
+    /// Create an ed25519 key file (mode 0600) and print its public key, base58.
+    Keygen {
+        /// Where to write the key; an existing file is never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print the CustomResourceDefinitions as YAML, or write one file each into a folder.
     Crdgen {
         /// Folder to write `<plural>.<group>.yaml` files into; standard output when absent.
@@ -55,5 +68,15 @@ pub fn crdgen(out_dir: Option<PathBuf>) -> Result<(), CrdgenError> {
         std::fs::write(&path, crate::crd::to_yaml(&crd)?)
             .map_err(|source| CrdgenError::Write { path, source })?;
     }
+    Ok(())
+}
+
+/// `gpubridge keygen`.
+pub fn keygen(out: &std::path::Path) -> Result<(), crate::identity::keyfile::KeyFileError> {
+    let key = crate::identity::keyfile::create(out)?;
+    println!(
+        "{}",
+        crate::identity::public_key_base58(&key.verifying_key())
+    );
     Ok(())
 }

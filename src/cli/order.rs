@@ -1,0 +1,410 @@
+//! `gpubridge order`: the buyer's command line — a key, deposits, orders — with readable tables
+//! by default and `-o json` for scripts.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+
+use crate::identity::keyfile;
+use crate::identity::public_key_base58;
+use crate::network::amount::{from_decimal_units, to_decimal_units};
+use crate::network::client::{self, NetworkClient, Target};
+use crate::network::proto::{
+    Attribute, BalanceReply, EnvVar, OfferView, OrderBody, OrderState, OrderView, Workload,
+};
+
+#[derive(Args, Debug)]
+pub struct OrderArgs {
+    /// The network node's gateway.
+    #[arg(
+        long,
+        env = "GPUBRIDGE_NETWORK_URL",
+        default_value = "http://127.0.0.1:7300",
+        global = true
+    )]
+    pub network: String,
+    /// PEM CA bundle for an https network.
+    #[arg(long, env = "GPUBRIDGE_NETWORK_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// The buyer's key file.
+    #[arg(
+        long,
+        env = "GPUBRIDGE_BUYER_KEY",
+        default_value = "buyer.key",
+        global = true
+    )]
+    pub key: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: OrderCommand,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OrderCommand {
+    /// Create the buyer key (mode 0600) and print its public key.
+    Keygen,
+    /// Credit the buyer's account, in whole units such as 100 or 2.5.
+    Deposit {
+        amount: String,
+        #[arg(long, default_value = "USDC")]
+        denomination: String,
+    },
+    /// Submit an order; it is matched at once or rejected with the reason.
+    Submit(Box<SubmitArgs>),
+    /// The buyer's orders, newest first.
+    List,
+    /// One order.
+    Status { order_id: String },
+    /// Cancel an order no provider has accepted yet.
+    Cancel { order_id: String },
+    /// The buyer's balances.
+    Balance,
+    /// The offer book.
+    Offers,
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// GPUs, all on one node.
+    #[arg(long)]
+    pub gpus: u32,
+    /// GPU model, as in the offer book; any when absent.
+    #[arg(long, default_value = "")]
+    pub model: String,
+    /// Lease length in hours, such as 1 or 0.5.
+    #[arg(long, conflicts_with = "seconds")]
+    pub hours: Option<f64>,
+    /// Lease length in seconds.
+    #[arg(long)]
+    pub seconds: Option<u64>,
+    /// Highest price per GPU-hour, in whole units such as 3.2.
+    #[arg(long)]
+    pub max_price: String,
+    #[arg(long, default_value = "USDC")]
+    pub denomination: String,
+    /// Container image, with its registry host.
+    #[arg(long)]
+    pub image: String,
+    /// CPU and memory for the workload container.
+    #[arg(long, default_value = "4")]
+    pub cpu: String,
+    #[arg(long, default_value = "16Gi")]
+    pub memory: String,
+    /// Environment variable NAME=VALUE; repeatable.
+    #[arg(long = "env", value_parser = parse_pair)]
+    pub env: Vec<(String, String)>,
+    /// Required region.
+    #[arg(long, default_value = "")]
+    pub region: String,
+    /// Required offer attribute KEY=VALUE; repeatable.
+    #[arg(long = "attribute", value_parser = parse_pair)]
+    pub attributes: Vec<(String, String)>,
+    /// Entrypoint and arguments, after `--`.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    #[error(transparent)]
+    Key(#[from] keyfile::KeyFileError),
+    #[error(transparent)]
+    Connect(#[from] client::ConnectError),
+    #[error("the network refused: {}", .0.message())]
+    Refused(#[from] tonic::Status),
+    #[error("{0}")]
+    Usage(String),
+}
+
+pub async fn run(args: OrderArgs) -> Result<(), OrderError> {
+    if let OrderCommand::Keygen = args.command {
+        let key = keyfile::create(&args.key)?;
+        println!("{}", public_key_base58(&key.verifying_key()));
+        return Ok(());
+    }
+    let target = Target {
+        url: args.network.clone(),
+        ca_file: args.ca_file.clone(),
+    };
+    let channel = client::channel(&target)?;
+    if let OrderCommand::Offers = args.command {
+        let client = NetworkClient::new(channel, crate::identity::generate_key());
+        let offers = client.list_offers().await?;
+        print_offers(&offers, args.output);
+        return Ok(());
+    }
+    let key = keyfile::load(&args.key)?;
+    let client = NetworkClient::new(channel, key);
+    match args.command {
+        OrderCommand::Keygen | OrderCommand::Offers => unreachable!("handled above"),
+        OrderCommand::Deposit {
+            amount,
+            denomination,
+        } => {
+            let atto = from_decimal_units("amount", &amount)
+                .map_err(|e| OrderError::Usage(e.to_string()))?;
+            print_balances(&client.deposit(atto, &denomination).await?, args.output);
+        }
+        OrderCommand::Submit(submit) => {
+            let body = order_body(*submit)?;
+            print_orders(&[client.submit(body).await?], args.output);
+        }
+        OrderCommand::List => print_orders(&client.list_orders().await?, args.output),
+        OrderCommand::Status { order_id } => {
+            print_orders(&[client.order_status(&order_id).await?], args.output)
+        }
+        OrderCommand::Cancel { order_id } => {
+            print_orders(&[client.cancel(&order_id).await?], args.output)
+        }
+        OrderCommand::Balance => print_balances(&client.balance().await?, args.output),
+    }
+    Ok(())
+}
+
+fn order_body(args: SubmitArgs) -> Result<OrderBody, OrderError> {
+    let duration_seconds = match (args.hours, args.seconds) {
+        (_, Some(s)) => s,
+        (Some(h), None) if h.is_finite() && h > 0.0 => (h * 3600.0).round() as u64,
+        _ => {
+            return Err(OrderError::Usage(
+                "--hours or --seconds: give a positive lease length".into(),
+            ));
+        }
+    };
+    let max_price = from_decimal_units("--max-price", &args.max_price)
+        .map_err(|e| OrderError::Usage(e.to_string()))?;
+    let (command, rest) = match args.command.split_first() {
+        Some((first, rest)) => (vec![first.clone()], rest.to_vec()),
+        None => (vec![], vec![]),
+    };
+    Ok(OrderBody {
+        header: None,
+        gpus: args.gpus,
+        model: args.model,
+        duration_seconds,
+        max_price_per_gpu_hour: max_price.to_string(),
+        denomination: args.denomination,
+        region: args.region,
+        attributes: args
+            .attributes
+            .into_iter()
+            .map(|(key, value)| Attribute { key, value })
+            .collect(),
+        workload: Some(Workload {
+            image: args.image,
+            command,
+            args: rest,
+            env: args
+                .env
+                .into_iter()
+                .map(|(name, value)| EnvVar { name, value })
+                .collect(),
+            cpu: args.cpu,
+            memory: args.memory,
+        }),
+    })
+}
+
+fn units(atto: &str) -> String {
+    atto.parse::<u128>()
+        .map_or_else(|_| atto.to_string(), to_decimal_units)
+}
+
+fn state(order: &OrderView) -> &'static str {
+    OrderState::try_from(order.state)
+        .unwrap_or(OrderState::Unspecified)
+        .label()
+}
+
+/// Prints rows under a header, each column as wide as its widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+fn print_orders(orders: &[OrderView], output: Output) {
+    if output == Output::Json {
+        let list: Vec<_> = orders
+            .iter()
+            .map(|o| {
+                json!({
+                    "orderId": o.order_id, "state": state(o), "reason": o.reason,
+                    "gpus": o.gpus, "model": o.model, "durationSeconds": o.duration_seconds,
+                    "maxPricePerGpuHour": units(&o.max_price_per_gpu_hour),
+                    "pricePerGpuHour": units(&o.price_per_gpu_hour), "denomination": o.denomination,
+                    "leaseId": o.lease_id, "offerId": o.offer_id, "image": o.image,
+                    "held": units(&o.held), "charged": units(&o.charged), "refunded": units(&o.refunded),
+                    "createdAt": o.created_at, "updatedAt": o.updated_at,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).expect("JSON renders")
+        );
+        return;
+    }
+    let rows: Vec<Vec<String>> = orders
+        .iter()
+        .map(|o| {
+            vec![
+                o.order_id.clone(),
+                state(o).to_string(),
+                o.gpus.to_string(),
+                if o.model.is_empty() {
+                    "any".into()
+                } else {
+                    o.model.clone()
+                },
+                format!("{}s", o.duration_seconds),
+                if o.price_per_gpu_hour.is_empty() {
+                    "-".into()
+                } else {
+                    format!("{} {}", units(&o.price_per_gpu_hour), o.denomination)
+                },
+                if o.lease_id.is_empty() {
+                    "-".into()
+                } else {
+                    o.lease_id.clone()
+                },
+                units(&o.charged),
+                o.reason.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ORDER",
+            "STATE",
+            "GPUS",
+            "MODEL",
+            "DURATION",
+            "PRICE/GPU-H",
+            "LEASE",
+            "CHARGED",
+            "REASON",
+        ],
+        &rows,
+    );
+}
+
+fn print_balances(reply: &BalanceReply, output: Output) {
+    if output == Output::Json {
+        let list: Vec<_> = reply
+            .balances
+            .iter()
+            .map(|b| json!({"denomination": b.denomination, "available": units(&b.available), "held": units(&b.held), "earned": units(&b.earned)}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).expect("JSON renders")
+        );
+        return;
+    }
+    let rows: Vec<Vec<String>> = reply
+        .balances
+        .iter()
+        .map(|b| {
+            vec![
+                b.denomination.clone(),
+                units(&b.available),
+                units(&b.held),
+                units(&b.earned),
+            ]
+        })
+        .collect();
+    table(&["DENOMINATION", "AVAILABLE", "HELD", "EARNED"], &rows);
+}
+
+fn print_offers(offers: &[OfferView], output: Output) {
+    if output == Output::Json {
+        let list: Vec<_> = offers
+            .iter()
+            .map(|o| {
+                json!({
+                    "offerId": o.offer_id, "provider": o.provider_name, "model": o.model,
+                    "availableGpus": o.available_gpus, "largestBlock": o.largest_block,
+                    "pricePerGpuHour": units(&o.price_per_gpu_hour), "denomination": o.denomination,
+                    "minDurationSeconds": o.min_duration_seconds, "maxDurationSeconds": o.max_duration_seconds,
+                    "region": o.region, "expiresAt": o.expires_at,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).expect("JSON renders")
+        );
+        return;
+    }
+    let rows: Vec<Vec<String>> = offers
+        .iter()
+        .map(|o| {
+            vec![
+                o.offer_id
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+                o.provider_name.clone(),
+                if o.model.is_empty() {
+                    "mixed".into()
+                } else {
+                    o.model.clone()
+                },
+                o.available_gpus.to_string(),
+                o.largest_block.to_string(),
+                format!("{} {}", units(&o.price_per_gpu_hour), o.denomination),
+                format!("{}-{}s", o.min_duration_seconds, o.max_duration_seconds),
+                if o.region.is_empty() {
+                    "-".into()
+                } else {
+                    o.region.clone()
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "OFFER",
+            "PROVIDER",
+            "MODEL",
+            "GPUS",
+            "LARGEST",
+            "PRICE/GPU-H",
+            "DURATION",
+            "REGION",
+        ],
+        &rows,
+    );
+}

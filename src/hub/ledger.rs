@@ -1,0 +1,147 @@
+//! The escrow ledger (DESIGN §6): double-entry postings of integer atto amounts. Every posting
+//! moves one amount from one account to another, so all balances always sum to zero and each
+//! balance is the sum of its postings. Pure: the store persists postings and balances together.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// An account of one denomination.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Account {
+    /// Where deposits come from and withdrawals go: its balance is minus all money inside.
+    External,
+    /// A buyer's spendable funds, by public key.
+    Buyer(String),
+    /// Funds held for one order until its lease settles.
+    Escrow(String),
+    /// A provider's earnings, by public key.
+    Provider(String),
+}
+
+impl Account {
+    /// The account's key in the store: kind, owner, then denomination, so one owner's
+    /// accounts are one key range.
+    pub fn key(&self, denomination: &str) -> String {
+        match self {
+            Account::External => format!("external/{denomination}"),
+            Account::Buyer(k) => format!("buyer/{k}/{denomination}"),
+            Account::Escrow(o) => format!("escrow/{o}/{denomination}"),
+            Account::Provider(k) => format!("provider/{k}/{denomination}"),
+        }
+    }
+}
+
+/// One movement of money: `amount` leaves `from` and enters `to`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Posting {
+    pub seq: u64,
+    pub at: i64,
+    pub from: Account,
+    pub to: Account,
+    /// Atto units, as a decimal string so JSON keeps all 128 bits.
+    pub amount: String,
+    pub denomination: String,
+    /// What it is for: "deposit", "hold", "charge", "refund", with the order id.
+    pub memo: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    #[error("{0} overflows 128 bits")]
+    Overflow(&'static str),
+}
+
+/// Escrow held at match: price × GPUs × duration, rounded up to a whole atto unit.
+pub fn hold_amount(
+    price_per_gpu_hour: u128,
+    gpus: u32,
+    duration_seconds: u64,
+) -> Result<u128, LedgerError> {
+    let total = price_per_gpu_hour
+        .checked_mul(u128::from(gpus))
+        .and_then(|v| v.checked_mul(u128::from(duration_seconds)))
+        .ok_or(LedgerError::Overflow("the hold (price × GPUs × seconds)"))?;
+    Ok(total.div_ceil(3600))
+}
+
+/// What a lease that served `gpu_seconds` costs, rounded down, never above its hold; and what
+/// the buyer gets back.
+pub fn settle(hold: u128, price_per_gpu_hour: u128, gpu_seconds: u64) -> (u128, u128) {
+    let charge = price_per_gpu_hour
+        .checked_mul(u128::from(gpu_seconds))
+        .map_or(hold, |v| (v / 3600).min(hold));
+    (charge, hold - charge)
+}
+
+/// Balances implied by `postings`, by account key: credits minus debits.
+pub fn balances_from<'a>(
+    postings: impl IntoIterator<Item = &'a Posting>,
+) -> BTreeMap<String, i128> {
+    let mut balances = BTreeMap::new();
+    for p in postings {
+        let amount = p.amount.parse::<u128>().map_or(i128::MAX, |a| a as i128);
+        *balances.entry(p.from.key(&p.denomination)).or_insert(0i128) -= amount;
+        *balances.entry(p.to.key(&p.denomination)).or_insert(0i128) += amount;
+    }
+    balances
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_round_up_and_charges_round_down() {
+        // 1 atto per GPU-hour for one GPU-second is 1/3600 of an atto.
+        assert_eq!(hold_amount(1, 1, 1), Ok(1));
+        assert_eq!(hold_amount(3600, 2, 3600), Ok(7200));
+        assert_eq!(settle(7200, 3600, 3599), (3599, 3601));
+        assert_eq!(settle(7200, 3600, 7200), (7200, 0));
+        // A report of more GPU-seconds than were held is capped at the hold.
+        assert_eq!(settle(7200, 3600, 1_000_000), (7200, 0));
+        assert_eq!(settle(10, u128::MAX, 2), (10, 0));
+        assert_eq!(settle(1, 1, 1), (0, 1));
+        assert!(hold_amount(u128::MAX, 2, 1).is_err());
+    }
+
+    #[test]
+    fn postings_balance_to_zero() {
+        let post = |seq, from, to, amount: u128| Posting {
+            seq,
+            at: 0,
+            from,
+            to,
+            amount: amount.to_string(),
+            denomination: "USDC".into(),
+            memo: String::new(),
+        };
+        let postings = vec![
+            post(1, Account::External, Account::Buyer("b".into()), 100),
+            post(
+                2,
+                Account::Buyer("b".into()),
+                Account::Escrow("o".into()),
+                60,
+            ),
+            post(
+                3,
+                Account::Escrow("o".into()),
+                Account::Provider("p".into()),
+                45,
+            ),
+            post(
+                4,
+                Account::Escrow("o".into()),
+                Account::Buyer("b".into()),
+                15,
+            ),
+        ];
+        let balances = balances_from(&postings);
+        assert_eq!(balances["buyer/b/USDC"], 55);
+        assert_eq!(balances["escrow/o/USDC"], 0);
+        assert_eq!(balances["provider/p/USDC"], 45);
+        assert_eq!(balances["external/USDC"], -100);
+        assert_eq!(balances.values().sum::<i128>(), 0);
+    }
+}

@@ -1,0 +1,68 @@
+//! Why a network message was refused: one typed reason, readable by the party that sent it, and
+//! its gRPC status.
+
+use tonic::{Code, Status};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// A field is malformed or out of range.
+    #[error("{field}: {rule}")]
+    Invalid { field: String, rule: String },
+    /// The signature or key does not verify.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The signer may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// A replayed nonce or a duplicate object.
+    #[error("{0}")]
+    Duplicate(String),
+    /// Stale, expired, unfunded, or in the wrong state.
+    #[error("{0}")]
+    Precondition(String),
+    /// Larger than the protocol allows.
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+impl Rejection {
+    pub fn invalid(field: &str, rule: &str) -> Rejection {
+        Rejection::Invalid {
+            field: field.to_string(),
+            rule: rule.to_string(),
+        }
+    }
+
+    /// A bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rejection::Invalid { .. } => "invalid",
+            Rejection::Unauthenticated(_) => "unauthenticated",
+            Rejection::PermissionDenied(_) => "permission_denied",
+            Rejection::NotFound(_) => "not_found",
+            Rejection::Duplicate(_) => "duplicate",
+            Rejection::Precondition(_) => "precondition",
+            Rejection::TooLarge(_) => "too_large",
+        }
+    }
+
+    fn code(&self) -> Code {
+        match self {
+            Rejection::Invalid { .. } => Code::InvalidArgument,
+            Rejection::Unauthenticated(_) => Code::Unauthenticated,
+            Rejection::PermissionDenied(_) => Code::PermissionDenied,
+            Rejection::NotFound(_) => Code::NotFound,
+            Rejection::Duplicate(_) => Code::AlreadyExists,
+            Rejection::Precondition(_) => Code::FailedPrecondition,
+            Rejection::TooLarge(_) => Code::ResourceExhausted,
+        }
+    }
+}
+
+impl From<Rejection> for Status {
+    fn from(rejection: Rejection) -> Status {
+        Status::new(rejection.code(), rejection.to_string())
+    }
+}

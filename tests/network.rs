@@ -1,0 +1,801 @@
+//! The network node over gRPC: a lease from order to settlement, matching and escrow, and a
+//! corpus of forged, malformed, replayed, expired, oversized and out-of-terms messages, each
+//! refused with its reason while nothing is created and the node keeps serving.
+
+mod support;
+
+use ed25519_dalek::SigningKey;
+use gpubridge::identity::{generate_key, public_key_base58};
+use gpubridge::network::envelope::{header, seal, sign_body};
+use gpubridge::network::intake::verify_lease;
+use gpubridge::network::proto::{
+    CancelBody, DepositBody, HeartbeatBody, InfoRequest, LeaseDecisionBody, LeaseEndBody,
+    OrderBody, OrderState, QueryBody, RegisterBody, Signed, lease_event,
+};
+use gpubridge::network::{domain, envelope::verifying_key};
+use support::network::{Node, UNIT, now, offer, order};
+use tonic::Code;
+
+struct World {
+    node: Node,
+    provider: SigningKey,
+    buyer: SigningKey,
+}
+
+/// A node with one provider (offer "h100", blocks 8 and 4) and a buyer holding 100 USDC.
+/// Providers have 10 s to answer a lease and 30 s between heartbeats.
+async fn world() -> World {
+    let node = Node::start_with(gpubridge::hub::HubSettings {
+        answer_seconds: 10,
+        ..Default::default()
+    })
+    .await;
+    let provider = generate_key();
+    let buyer = generate_key();
+    let p = node.client(provider.clone());
+    p.register("acme", "eu-west").await.unwrap();
+    p.publish(offer("h100", &[8, 4])).await.unwrap();
+    node.client(buyer.clone())
+        .deposit(100 * UNIT, "USDC")
+        .await
+        .unwrap();
+    World {
+        node,
+        provider,
+        buyer,
+    }
+}
+
+fn available(reply: &gpubridge::network::proto::BalanceReply, field: &str) -> u128 {
+    let b = &reply.balances[0];
+    let text = match field {
+        "available" => &b.available,
+        "held" => &b.held,
+        _ => &b.earned,
+    };
+    text.parse().unwrap()
+}
+
+#[tokio::test]
+async fn an_order_is_matched_leased_and_settled_exactly() {
+    let w = world().await;
+    let provider = w.node.client(w.provider.clone());
+    let buyer = w.node.client(w.buyer.clone());
+    let mut stream = provider.leases().await.unwrap();
+
+    let placed = buyer.submit(order(4)).await.unwrap();
+    assert_eq!(placed.state(), OrderState::Matched, "{}", placed.reason);
+    // 4 GPUs × 1 h × 2.5 = 10 USDC held.
+    assert_eq!(placed.held, (10 * UNIT).to_string());
+    assert_eq!(placed.price_per_gpu_hour, (5 * UNIT / 2).to_string());
+    let balance = buyer.balance().await.unwrap();
+    assert_eq!(available(&balance, "available"), 90 * UNIT);
+    assert_eq!(available(&balance, "held"), 10 * UNIT);
+
+    // The provider gets the lease, signed by the network, and verifies it.
+    let event = stream.message().await.unwrap().unwrap();
+    let Some(lease_event::Event::Lease(signed)) = event.event else {
+        panic!("expected a lease");
+    };
+    let network_key = verifying_key("k", &provider.info().await.unwrap().network_key).unwrap();
+    let lease = verify_lease(&signed, &network_key, &w.provider.verifying_key(), now()).unwrap();
+    assert_eq!(lease.lease.lease_id, placed.lease_id);
+    assert_eq!(lease.buyer, w.buyer.verifying_key());
+    provider.decide(&placed.lease_id, true, "").await.unwrap();
+    // Answering twice is idempotent.
+    provider.decide(&placed.lease_id, true, "").await.unwrap();
+    assert_eq!(
+        buyer.order_status(&placed.order_id).await.unwrap().state(),
+        OrderState::Leased
+    );
+    // The block of 4 was taken (best fit), so an order for 8 still fits and another 4 does not
+    // fit twice.
+    let offers = buyer.list_offers().await.unwrap();
+    assert_eq!((offers[0].available_gpus, offers[0].largest_block), (8, 8));
+
+    // Half the hour served: 5 USDC to the provider, 5 back to the buyer.
+    let end = LeaseEndBody {
+        header: None,
+        lease_id: placed.lease_id.clone(),
+        phase: "Succeeded".into(),
+        reason: "Completed".into(),
+        fault: "none".into(),
+        started_at: now() - 1800,
+        ended_at: now(),
+        gpu_seconds: 4 * 1800,
+    };
+    let settled = provider.report_end(end.clone()).await.unwrap();
+    assert_eq!(settled.charged, (5 * UNIT).to_string());
+    assert_eq!(settled.refunded, (5 * UNIT).to_string());
+    // Reported again (a provider retrying after a lost reply): same answer, nothing moves.
+    let again = provider.report_end(end).await.unwrap();
+    assert_eq!(again, settled);
+    let balance = buyer.balance().await.unwrap();
+    assert_eq!(available(&balance, "available"), 95 * UNIT);
+    assert_eq!(available(&balance, "held"), 0);
+    let earned = provider.balance().await.unwrap();
+    assert_eq!(available(&earned, "earned"), 5 * UNIT);
+    let ended = buyer.order_status(&placed.order_id).await.unwrap();
+    assert_eq!(ended.state(), OrderState::Ended);
+    assert!(ended.reason.contains("Succeeded"), "{}", ended.reason);
+    // The GPUs are for sale again.
+    let offers = buyer.list_offers().await.unwrap();
+    assert_eq!(offers[0].available_gpus, 12);
+    let audit = w.node.store.audit().unwrap();
+    assert_eq!(audit.postings, 4, "deposit, hold, charge, refund");
+}
+
+#[tokio::test]
+async fn rejection_lapse_cancel_and_silence_refund_and_free_the_gpus() {
+    let w = world().await;
+    let provider = w.node.client(w.provider.clone());
+    let buyer = w.node.client(w.buyer.clone());
+
+    let rejected = buyer.submit(order(8)).await.unwrap();
+    provider
+        .decide(&rejected.lease_id, false, "maintenance window")
+        .await
+        .unwrap();
+    let view = buyer.order_status(&rejected.order_id).await.unwrap();
+    assert_eq!(view.state(), OrderState::Rejected);
+    assert!(
+        view.reason.contains("maintenance window"),
+        "{}",
+        view.reason
+    );
+    assert_eq!(view.refunded, view.held);
+
+    let cancelled = buyer.submit(order(8)).await.unwrap();
+    let view = buyer.cancel(&cancelled.order_id).await.unwrap();
+    assert_eq!(view.state(), OrderState::Cancelled);
+    // The provider answers too late: refused, with the reason.
+    let late = provider
+        .decide(&cancelled.lease_id, true, "")
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), Code::FailedPrecondition);
+    assert!(late.message().contains("cancelled"), "{}", late.message());
+
+    let unanswered = buyer.submit(order(8)).await.unwrap();
+    let lapsed = w.node.store.sweep(now() + 11).unwrap();
+    assert_eq!(lapsed, vec![unanswered.lease_id.clone()]);
+    let view = buyer.order_status(&unanswered.order_id).await.unwrap();
+    assert_eq!(view.state(), OrderState::Rejected);
+    assert!(view.reason.contains("did not answer"), "{}", view.reason);
+
+    let balance = buyer.balance().await.unwrap();
+    assert_eq!(available(&balance, "available"), 100 * UNIT);
+    assert_eq!(available(&balance, "held"), 0);
+    // Every GPU is for sale again.
+    assert_eq!(buyer.list_offers().await.unwrap()[0].available_gpus, 12);
+
+    // A provider that stops heartbeating loses its offers.
+    w.node.store.sweep(now() + 31).unwrap();
+    assert!(buyer.list_offers().await.unwrap().is_empty());
+    let view = buyer.submit(order(1)).await.unwrap();
+    assert_eq!(view.state(), OrderState::Rejected);
+    assert_eq!(view.reason, "no offer matches: the offer book is empty");
+    w.node.store.audit().unwrap();
+}
+
+#[tokio::test]
+async fn matching_takes_constraints_then_price_then_time() {
+    let node = Node::start().await;
+    let (cheap, dear, late) = (generate_key(), generate_key(), generate_key());
+    for (key, name, price, blocks) in [
+        (&dear, "dear", 28 * UNIT / 10, vec![8]),
+        (&cheap, "cheap", 2 * UNIT, vec![2]),
+        (&late, "late", 28 * UNIT / 10, vec![8]),
+    ] {
+        let c = node.client(key.clone());
+        c.register(name, "").await.unwrap();
+        let mut body = offer(name, &blocks);
+        body.price_per_gpu_hour = price.to_string();
+        c.publish(body).await.unwrap();
+    }
+    let buyer_key = generate_key();
+    let buyer = node.client(buyer_key);
+    buyer.deposit(1000 * UNIT, "USDC").await.unwrap();
+    // Fits the cheap offer: cheapest wins.
+    let small = buyer.submit(order(2)).await.unwrap();
+    assert!(small.offer_id.ends_with("/cheap"), "{}", small.offer_id);
+    // Does not fit the cheap offer any more: of two equal prices, the earlier published wins.
+    let big = buyer.submit(order(4)).await.unwrap();
+    assert!(big.offer_id.ends_with("/dear"), "{}", big.offer_id);
+    // Over every offer's maximum price: rejected, with why per offer.
+    let mut stingy = order(1);
+    stingy.max_price_per_gpu_hour = UNIT.to_string();
+    let view = buyer.submit(stingy).await.unwrap();
+    assert_eq!(view.state(), OrderState::Rejected);
+    assert_eq!(
+        view.reason,
+        "no offer matches: of 3 offers 1 have no node with that many free GPUs, 2 cost more than the order's maximum price"
+    );
+}
+
+/// One hand-made request to one call.
+enum Call {
+    Register(Signed),
+    Publish(Signed),
+    Heartbeat(Signed),
+    Decide(Signed),
+    End(Signed),
+    Deposit(Signed),
+    Submit(Signed),
+    Cancel(Signed),
+    Status(Signed),
+}
+
+struct Case {
+    name: &'static str,
+    call: Call,
+    code: Code,
+    says: &'static str,
+}
+
+async fn send(node: &Node, call: Call) -> Result<(), tonic::Status> {
+    let mut raw = node.raw();
+    match call {
+        Call::Register(s) => raw.register(s).await.map(drop),
+        Call::Publish(s) => raw.publish_offer(s).await.map(drop),
+        Call::Heartbeat(s) => raw.heartbeat(s).await.map(drop),
+        Call::Decide(s) => raw.decide_lease(s).await.map(drop),
+        Call::End(s) => raw.report_lease_end(s).await.map(drop),
+        Call::Deposit(s) => raw.deposit(s).await.map(drop),
+        Call::Submit(s) => raw.submit_order(s).await.map(drop),
+        Call::Cancel(s) => raw.cancel_order(s).await.map(drop),
+        Call::Status(s) => raw.order_status(s).await.map(drop),
+    }
+}
+
+fn order_with(edit: impl FnOnce(&mut OrderBody)) -> OrderBody {
+    let mut body = order(2);
+    edit(&mut body);
+    body
+}
+
+fn signed_order(key: &SigningKey, edit: impl FnOnce(&mut OrderBody)) -> Signed {
+    seal(key, domain::ORDER, order_with(edit), now())
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_its_reason_and_changes_nothing() {
+    let w = world().await;
+    let (buyer, provider) = (&w.buyer, &w.provider);
+    let stranger = generate_key();
+    let provider_client = w.node.client(provider.clone());
+    let buyer_client = w.node.client(buyer.clone());
+    // One lease in the book, offered to the provider and not answered, for the lease cases.
+    let pending = buyer_client.submit(order(1)).await.unwrap();
+    assert_eq!(pending.state(), OrderState::Matched);
+    let lease_id = pending.lease_id.clone();
+    let end = |edit: &dyn Fn(&mut LeaseEndBody)| {
+        let mut body = LeaseEndBody {
+            header: None,
+            lease_id: lease_id.clone(),
+            phase: "Succeeded".into(),
+            reason: "Completed".into(),
+            fault: "none".into(),
+            started_at: now() - 10,
+            ended_at: now(),
+            gpu_seconds: 10,
+        };
+        edit(&mut body);
+        seal(provider, domain::LEASE_END, body, now())
+    };
+    let replayed_heartbeat = seal(provider, domain::HEARTBEAT, HeartbeatBody::default(), now());
+    send(&w.node, Call::Heartbeat(replayed_heartbeat.clone()))
+        .await
+        .unwrap();
+    let replayed_order = signed_order(buyer, |_| {});
+    send(&w.node, Call::Submit(replayed_order.clone()))
+        .await
+        .unwrap();
+    let replayed_deposit = seal(
+        buyer,
+        domain::DEPOSIT,
+        DepositBody {
+            header: None,
+            amount: UNIT.to_string(),
+            denomination: "USDC".into(),
+        },
+        now(),
+    );
+    send(&w.node, Call::Deposit(replayed_deposit.clone()))
+        .await
+        .unwrap();
+
+    let good = signed_order(buyer, |_| {});
+    let mut flipped = good.clone();
+    let last = flipped.body.len() - 1;
+    flipped.body[last] ^= 0x01;
+    let mut short_sig = good.clone();
+    short_sig.signature.truncate(63);
+    let forged = Signed {
+        body: good.body.clone(),
+        signature: sign_body(&stranger, domain::ORDER, &order(2)).signature,
+    };
+    let mut other_domain = good.clone();
+    other_domain.signature = gpubridge::identity::sign(buyer, domain::DEPOSIT, &good.body)
+        .to_bytes()
+        .to_vec();
+    let stale = {
+        let mut body = order(2);
+        body.header = Some(header(buyer, now() - 600));
+        sign_body(buyer, domain::ORDER, &body)
+    };
+    let future = {
+        let mut body = order(2);
+        body.header = Some(header(buyer, now() + 600));
+        sign_body(buyer, domain::ORDER, &body)
+    };
+    let headerless = sign_body(buyer, domain::ORDER, &order(2));
+    let short_signer = {
+        let mut body = order(2);
+        let mut h = header(buyer, now());
+        h.signer.truncate(31);
+        body.header = Some(h);
+        sign_body(buyer, domain::ORDER, &body)
+    };
+    let short_nonce = {
+        let mut body = order(2);
+        let mut h = header(buyer, now());
+        h.nonce.truncate(4);
+        body.header = Some(h);
+        sign_body(buyer, domain::ORDER, &body)
+    };
+    let huge_env = signed_order(buyer, |o| {
+        let w = o.workload.as_mut().unwrap();
+        w.env = (0..3)
+            .map(|i| gpubridge::network::proto::EnvVar {
+                name: format!("V{i}"),
+                value: "x".repeat(30_000),
+            })
+            .collect();
+    });
+    let over_grpc_limit = Signed {
+        body: vec![0; 300 * 1024],
+        signature: vec![0; 64],
+    };
+    let garbage = Signed {
+        body: vec![0xff; 40],
+        signature: good.signature.clone(),
+    };
+    let deposit = |amount: &str| {
+        seal(
+            buyer,
+            domain::DEPOSIT,
+            DepositBody {
+                header: None,
+                amount: amount.into(),
+                denomination: "USDC".into(),
+            },
+            now(),
+        )
+    };
+    let decide = |key: &SigningKey, id: &str, accept: bool, reason: &str| {
+        seal(
+            key,
+            domain::LEASE_DECISION,
+            LeaseDecisionBody {
+                header: None,
+                lease_id: id.into(),
+                accept,
+                reason: reason.into(),
+            },
+            now(),
+        )
+    };
+    let publish = |key: &SigningKey, edit: &dyn Fn(&mut gpubridge::network::proto::OfferBody)| {
+        let mut body = offer("h100", &[8, 4]);
+        edit(&mut body);
+        seal(key, domain::OFFER, body, now())
+    };
+    let cancel = |key: &SigningKey, id: &str| {
+        seal(
+            key,
+            domain::CANCEL,
+            CancelBody {
+                header: None,
+                order_id: id.into(),
+            },
+            now(),
+        )
+    };
+
+    let cases = vec![
+        Case {
+            name: "forged signature",
+            call: Call::Submit(forged),
+            code: Code::Unauthenticated,
+            says: "signature",
+        },
+        Case {
+            name: "signature from another domain",
+            call: Call::Submit(other_domain),
+            code: Code::Unauthenticated,
+            says: "domain gpubridge/v1/order",
+        },
+        Case {
+            name: "body changed after signing",
+            call: Call::Submit(flipped),
+            code: Code::Unauthenticated,
+            says: "signature",
+        },
+        Case {
+            name: "signature of 63 bytes",
+            call: Call::Submit(short_sig),
+            code: Code::InvalidArgument,
+            says: "signature: must be 64 bytes",
+        },
+        Case {
+            name: "replayed order",
+            call: Call::Submit(replayed_order),
+            code: Code::AlreadyExists,
+            says: "replay",
+        },
+        Case {
+            name: "replayed heartbeat",
+            call: Call::Heartbeat(replayed_heartbeat),
+            code: Code::AlreadyExists,
+            says: "replay",
+        },
+        Case {
+            name: "replayed deposit",
+            call: Call::Deposit(replayed_deposit),
+            code: Code::AlreadyExists,
+            says: "replay",
+        },
+        Case {
+            name: "issued 10 minutes ago",
+            call: Call::Submit(stale),
+            code: Code::FailedPrecondition,
+            says: "header.issued_at",
+        },
+        Case {
+            name: "issued 10 minutes ahead",
+            call: Call::Submit(future),
+            code: Code::FailedPrecondition,
+            says: "header.issued_at",
+        },
+        Case {
+            name: "no header",
+            call: Call::Submit(headerless),
+            code: Code::InvalidArgument,
+            says: "header: is required",
+        },
+        Case {
+            name: "signer of 31 bytes",
+            call: Call::Submit(short_signer),
+            code: Code::InvalidArgument,
+            says: "header.signer",
+        },
+        Case {
+            name: "nonce of 4 bytes",
+            call: Call::Submit(short_nonce),
+            code: Code::InvalidArgument,
+            says: "header.nonce",
+        },
+        Case {
+            name: "body over 64 KiB",
+            call: Call::Submit(huge_env),
+            code: Code::ResourceExhausted,
+            says: "over the limit",
+        },
+        Case {
+            name: "message over the gRPC limit",
+            call: Call::Submit(over_grpc_limit),
+            code: Code::OutOfRange,
+            says: "",
+        },
+        Case {
+            name: "body that is not protobuf",
+            call: Call::Submit(garbage),
+            code: Code::InvalidArgument,
+            says: "body: is not a valid message",
+        },
+        Case {
+            name: "zero GPUs",
+            call: Call::Submit(signed_order(buyer, |o| o.gpus = 0)),
+            code: Code::InvalidArgument,
+            says: "order.gpus",
+        },
+        Case {
+            name: "65 GPUs",
+            call: Call::Submit(signed_order(buyer, |o| o.gpus = 65)),
+            code: Code::InvalidArgument,
+            says: "order.gpus",
+        },
+        Case {
+            name: "10-second lease",
+            call: Call::Submit(signed_order(buyer, |o| o.duration_seconds = 10)),
+            code: Code::InvalidArgument,
+            says: "order.durationSeconds",
+        },
+        Case {
+            name: "price that is not a number",
+            call: Call::Submit(signed_order(buyer, |o| {
+                o.max_price_per_gpu_hour = "abc".into()
+            })),
+            code: Code::InvalidArgument,
+            says: "order.maxPricePerGpuHour",
+        },
+        Case {
+            name: "price of 40 digits",
+            call: Call::Submit(signed_order(buyer, |o| {
+                o.max_price_per_gpu_hour = "9".repeat(40)
+            })),
+            code: Code::InvalidArgument,
+            says: "39 digits",
+        },
+        Case {
+            name: "image without registry",
+            call: Call::Submit(signed_order(buyer, |o| {
+                o.workload.as_mut().unwrap().image = "ubuntu".into()
+            })),
+            code: Code::InvalidArgument,
+            says: "order.workload.image",
+        },
+        Case {
+            name: "env name that is not an identifier",
+            call: Call::Submit(signed_order(buyer, |o| {
+                o.workload.as_mut().unwrap().env[0].name = "1BAD".into()
+            })),
+            code: Code::InvalidArgument,
+            says: "order.workload.env[0].name",
+        },
+        Case {
+            name: "memory that is not a quantity",
+            call: Call::Submit(signed_order(buyer, |o| {
+                o.workload.as_mut().unwrap().memory = "lots".into()
+            })),
+            code: Code::InvalidArgument,
+            says: "order.workload.memory",
+        },
+        Case {
+            name: "no workload",
+            call: Call::Submit(signed_order(buyer, |o| o.workload = None)),
+            code: Code::InvalidArgument,
+            says: "order.workload: is required",
+        },
+        Case {
+            name: "empty denomination",
+            call: Call::Submit(signed_order(buyer, |o| o.denomination.clear())),
+            code: Code::InvalidArgument,
+            says: "order.denomination",
+        },
+        Case {
+            name: "order beyond the buyer's funds",
+            call: Call::Submit(signed_order(&stranger, |_| {})),
+            code: Code::FailedPrecondition,
+            says: "insufficient funds",
+        },
+        Case {
+            name: "deposit of zero",
+            call: Call::Deposit(deposit("0")),
+            code: Code::InvalidArgument,
+            says: "deposit.amount: must be greater than zero",
+        },
+        Case {
+            name: "negative deposit",
+            call: Call::Deposit(deposit("-5")),
+            code: Code::InvalidArgument,
+            says: "deposit.amount",
+        },
+        Case {
+            name: "fractional atto deposit",
+            call: Call::Deposit(deposit("1.5")),
+            code: Code::InvalidArgument,
+            says: "deposit.amount",
+        },
+        Case {
+            name: "cancel of another buyer's order",
+            call: Call::Cancel(cancel(&stranger, &pending.order_id)),
+            code: Code::NotFound,
+            says: "does not exist",
+        },
+        Case {
+            name: "cancel with a malformed id",
+            call: Call::Cancel(cancel(buyer, "ZZ")),
+            code: Code::InvalidArgument,
+            says: "cancel.orderId",
+        },
+        Case {
+            name: "status of another buyer's order",
+            call: Call::Status(seal(
+                &stranger,
+                domain::QUERY,
+                QueryBody {
+                    header: None,
+                    order_id: pending.order_id.clone(),
+                },
+                now(),
+            )),
+            code: Code::NotFound,
+            says: "does not exist",
+        },
+        Case {
+            name: "offer from an unregistered provider",
+            call: Call::Publish(publish(&stranger, &|_| {})),
+            code: Code::PermissionDenied,
+            says: "not registered",
+        },
+        Case {
+            name: "offer that expired",
+            call: Call::Publish(publish(provider, &|o| o.expires_at = now() - 1)),
+            code: Code::InvalidArgument,
+            says: "offer.expiresAt",
+        },
+        Case {
+            name: "offer at price zero",
+            call: Call::Publish(publish(provider, &|o| o.price_per_gpu_hour = "0".into())),
+            code: Code::InvalidArgument,
+            says: "offer.pricePerGpuHour",
+        },
+        Case {
+            name: "offer with 5000 blocks",
+            call: Call::Publish(publish(provider, &|o| o.free_blocks = vec![1; 5000])),
+            code: Code::InvalidArgument,
+            says: "offer.freeBlocks",
+        },
+        Case {
+            name: "offer with min above max duration",
+            call: Call::Publish(publish(provider, &|o| o.min_duration_seconds = 90_000)),
+            code: Code::InvalidArgument,
+            says: "offer.m",
+        },
+        Case {
+            name: "register with a control character",
+            call: Call::Register(seal(
+                provider,
+                domain::REGISTER,
+                RegisterBody {
+                    header: None,
+                    name: "acme\u{7}".into(),
+                    region: String::new(),
+                },
+                now(),
+            )),
+            code: Code::InvalidArgument,
+            says: "register.name",
+        },
+        Case {
+            name: "answer to another provider's lease",
+            call: Call::Decide(decide(&stranger, &lease_id, true, "")),
+            code: Code::PermissionDenied,
+            says: "another provider",
+        },
+        Case {
+            name: "answer to an unknown lease",
+            call: Call::Decide(decide(provider, "feedfeed", true, "")),
+            code: Code::NotFound,
+            says: "does not exist",
+        },
+        Case {
+            name: "rejection without a reason",
+            call: Call::Decide(decide(provider, &lease_id, false, "")),
+            code: Code::InvalidArgument,
+            says: "decision.reason",
+        },
+        Case {
+            name: "end with an unknown phase",
+            call: Call::End(end(&|b| b.phase = "Bogus".into())),
+            code: Code::InvalidArgument,
+            says: "end.phase",
+        },
+        Case {
+            name: "end before its start",
+            call: Call::End(end(&|b| b.ended_at = b.started_at - 1)),
+            code: Code::InvalidArgument,
+            says: "end.endedAt",
+        },
+        Case {
+            name: "end of a lease never accepted",
+            call: Call::End(end(&|_| {})),
+            code: Code::FailedPrecondition,
+            says: "only an accepted lease can end",
+        },
+    ];
+    assert!(cases.len() >= 30, "the corpus has {} cases", cases.len());
+
+    let before_orders = w.node.store.orders().unwrap();
+    let before_leases = w.node.store.leases().unwrap();
+    let before_balance = buyer_client.balance().await.unwrap();
+    for case in cases {
+        let refused = send(&w.node, case.call).await.expect_err(case.name);
+        assert_eq!(
+            refused.code(),
+            case.code,
+            "{}: {}",
+            case.name,
+            refused.message()
+        );
+        assert!(
+            refused.message().contains(case.says),
+            "{}: {:?} does not say {:?}",
+            case.name,
+            refused.message(),
+            case.says
+        );
+        // The node keeps serving.
+        w.node.raw().info(InfoRequest {}).await.unwrap();
+    }
+    assert_eq!(
+        w.node.store.orders().unwrap(),
+        before_orders,
+        "no order was created or changed"
+    );
+    assert_eq!(
+        w.node.store.leases().unwrap(),
+        before_leases,
+        "no lease was created or changed"
+    );
+    assert_eq!(
+        buyer_client.balance().await.unwrap(),
+        before_balance,
+        "no money moved"
+    );
+    let _ = provider_client;
+    w.node.store.audit().unwrap();
+}
+
+#[tokio::test]
+async fn out_of_terms_orders_are_rejected_with_the_reason_and_hold_nothing() {
+    let w = world().await;
+    let buyer = w.node.client(w.buyer.clone());
+    let cases: Vec<(&str, OrderBody, &str)> = vec![
+        (
+            "registry the offer does not allow",
+            order_with(|o| o.workload.as_mut().unwrap().image = "docker.io/x/miner:1".into()),
+            "do not allow the image's registry",
+        ),
+        (
+            "longer than the offer allows",
+            order_with(|o| o.duration_seconds = 100_000),
+            "do not allow this duration",
+        ),
+        (
+            "more GPUs than any node has",
+            order_with(|o| o.gpus = 16),
+            "allow fewer GPUs per lease",
+        ),
+        (
+            "below the offer's price",
+            order_with(|o| o.max_price_per_gpu_hour = UNIT.to_string()),
+            "cost more than the order's maximum price",
+        ),
+        (
+            "another GPU model",
+            order_with(|o| o.model = "NVIDIA-A100-SXM4-80GB".into()),
+            "offer another GPU model",
+        ),
+        (
+            "another region",
+            order_with(|o| o.region = "us-east".into()),
+            "are in another region",
+        ),
+        (
+            "another denomination",
+            order_with(|o| o.denomination = "EUR".into()),
+            "sell in another denomination",
+        ),
+    ];
+    for (name, body, says) in cases {
+        let view = buyer.submit(body).await.unwrap();
+        assert_eq!(view.state(), OrderState::Rejected, "{name}");
+        assert!(view.reason.contains(says), "{name}: {}", view.reason);
+        assert_eq!(view.held, "0", "{name}");
+    }
+    assert!(w.node.store.leases().unwrap().is_empty());
+    let balance = buyer.balance().await.unwrap();
+    assert_eq!(available(&balance, "available"), 100 * UNIT);
+    assert_eq!(
+        public_key_base58(&w.buyer.verifying_key()),
+        balance_owner(&buyer).await
+    );
+}
+
+async fn balance_owner(client: &gpubridge::network::client::NetworkClient) -> String {
+    let orders = client.list_orders().await.unwrap();
+    orders[0].buyer.clone()
+}

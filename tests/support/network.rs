@@ -1,0 +1,120 @@
+//! A network node served in-process on a loopback port, with helpers for providers and buyers.
+
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use gpubridge::hub::service::GatewayService;
+use gpubridge::hub::{HubSettings, MAX_MESSAGE_BYTES, Store};
+use gpubridge::identity::generate_key;
+use gpubridge::network::client::{NetworkClient, Target, channel};
+use gpubridge::network::proto::gateway_client::GatewayClient;
+use gpubridge::network::proto::gateway_server::GatewayServer;
+use gpubridge::network::proto::{Attribute, EnvVar, OfferBody, OrderBody, Workload};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Channel;
+
+pub const UNIT: u128 = 1_000_000_000_000_000_000;
+
+pub struct Node {
+    pub store: Arc<Store>,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    pub async fn start() -> Node {
+        Node::start_with(HubSettings::default()).await
+    }
+
+    pub async fn start_with(settings: HubSettings) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            Store::open(&dir.path().join("network.redb"), generate_key(), settings).unwrap(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let service = GatewayServer::new(GatewayService::new(store.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        Node {
+            store,
+            url,
+            _dir: dir,
+        }
+    }
+
+    pub fn client(&self, key: SigningKey) -> NetworkClient {
+        let target = Target {
+            url: self.url.clone(),
+            ca_file: None,
+        };
+        NetworkClient::new(channel(&target).unwrap(), key)
+    }
+
+    /// The raw generated client, for sending hand-made envelopes.
+    pub fn raw(&self) -> GatewayClient<Channel> {
+        let target = Target {
+            url: self.url.clone(),
+            ca_file: None,
+        };
+        GatewayClient::new(channel(&target).unwrap())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(4 * MAX_MESSAGE_BYTES)
+    }
+}
+
+pub fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+/// An offer of H100s at 2.5 USDC per GPU-hour, 60 s to 1 day, images from ghcr.io only.
+pub fn offer(name: &str, blocks: &[u32]) -> OfferBody {
+    OfferBody {
+        header: None,
+        offer_name: name.into(),
+        model: "NVIDIA-H100-80GB-HBM3".into(),
+        resource_name: "nvidia.com/gpu".into(),
+        free_blocks: blocks.to_vec(),
+        price_per_gpu_hour: (5 * UNIT / 2).to_string(),
+        denomination: "USDC".into(),
+        min_duration_seconds: 60,
+        max_duration_seconds: 86_400,
+        max_gpus_per_lease: 8,
+        allowed_registries: vec!["ghcr.io".into()],
+        region: "eu-west".into(),
+        attributes: vec![Attribute {
+            key: "egress".into(),
+            value: "internet".into(),
+        }],
+        expires_at: now() + 100,
+    }
+}
+
+/// An order for `gpus` H100s for an hour at up to 3 USDC per GPU-hour.
+pub fn order(gpus: u32) -> OrderBody {
+    OrderBody {
+        header: None,
+        gpus,
+        model: "NVIDIA-H100-80GB-HBM3".into(),
+        duration_seconds: 3600,
+        max_price_per_gpu_hour: (3 * UNIT).to_string(),
+        denomination: "USDC".into(),
+        region: String::new(),
+        attributes: vec![],
+        workload: Some(Workload {
+            image: "ghcr.io/acme/train:1".into(),
+            command: vec!["python".into(), "train.py".into()],
+            args: vec![],
+            env: vec![EnvVar {
+                name: "EPOCHS".into(),
+                value: "3".into(),
+            }],
+            cpu: "4".into(),
+            memory: "16Gi".into(),
+        }),
+    }
+}
