@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make demo`: a real control plane with fake GPU nodes, the operator, the sample offers, and a
-# lease that runs on an offered node and ends. Leaves the cluster up with KEEP=1.
+# `make demo`: a real control plane with fake GPU nodes, the reference network node, the operator
+# connected to it, the sample offers published, a buyer's order leased, run on an offered node,
+# ended and settled. Leaves everything up with KEEP=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,12 +19,25 @@ OPERATOR=target/debug/gpubridge
 step "starting kube-apiserver, etcd, controller-manager, scheduler and kwok on loopback"
 bash e2e/cluster.sh up
 operator_pid=""
+network_pid=""
 cleanup() {
   [ -n "$operator_pid" ] && kill "$operator_pid" 2>/dev/null && wait "$operator_pid" 2>/dev/null || true
+  [ -n "$network_pid" ] && kill "$network_pid" 2>/dev/null && wait "$network_pid" 2>/dev/null || true
   if [ -z "${KEEP:-}" ]; then bash e2e/cluster.sh down; else echo "cluster kept: KUBECONFIG=$KUBECONFIG"; fi
 }
 trap cleanup EXIT
 kubectl get nodes -L nvidia.com/gpu.product,nvidia.com/gpu.count,gpubridge.dev/pool
+
+step "starting the reference network node (its key pinned by the operator)"
+NET="$CACHE/e2e/network"
+rm -rf "$NET" && mkdir -p "$NET"
+NETWORK_KEY=$("$OPERATOR" keygen --out "$NET/network.key")
+"$OPERATOR" network --listen 127.0.0.1:17300 --data-dir "$NET" >"$NET/network.log" 2>&1 &
+network_pid=$!
+export GPUBRIDGE_NETWORK_URL=http://127.0.0.1:17300 GPUBRIDGE_BUYER_KEY="$NET/buyer.key"
+order() { "$OPERATOR" order "$@"; }
+for _ in $(seq 1 50); do order offers >/dev/null 2>&1 && break; sleep 0.2; done
+echo "network node running (pid $network_pid, key $NETWORK_KEY, log $NET/network.log)"
 
 step "installing the CRDs (server-side apply) and starting the operator"
 "$OPERATOR" crdgen | kubectl apply --server-side -f -
@@ -31,7 +45,9 @@ kubectl create namespace gpubridge-system --dry-run=client -o yaml | kubectl app
 kubectl wait --for=condition=Established crd/gpuoffers.gpubridge.dev crd/computeleases.gpubridge.dev --timeout=30s >/dev/null
 log="$CACHE/e2e/operator.log"
 "$OPERATOR" operator --log-format text --namespace gpubridge-system \
-  --sidecar-image ghcr.io/gpubridge/gpubridge:demo --http-addr 127.0.0.1:18080 >"$log" 2>&1 &
+  --sidecar-image ghcr.io/gpubridge/gpubridge:demo --http-addr 127.0.0.1:18080 \
+  --network-url "$GPUBRIDGE_NETWORK_URL" --network-key "$NETWORK_KEY" \
+  --provider-name "acme-gpu-farm" --region eu-west >"$log" 2>&1 &
 operator_pid=$!
 for _ in $(seq 1 100); do
   curl -fs 127.0.0.1:18080/metrics 2>/dev/null | grep -q '^gpubridge_leader 1' && break
@@ -47,30 +63,54 @@ echo
 echo "Why each H100 node does or does not count:"
 kubectl get gpuoffer h100-public -o jsonpath='{range .status.nodes[*]}  {.name}{"\t"}free {.free}/{.allocatable}{"\t"}advertised {.advertised}{"\t"}{.reason}{"\n"}{end}'
 
-step "a lease arrives: one RTX 4090 for 60 seconds"
-kubectl apply -f manifests/samples/computelease-render.yaml
-kubectl wait computelease/render-7f3a --for=jsonpath='{.status.phase}'=Running --timeout=60s >/dev/null
+step "the operator publishes the idle capacity; the network's offer book"
+for _ in $(seq 1 50); do [ "$(order offers -o json | grep -c offerId)" -ge 3 ] && break; sleep 0.2; done
+order offers
+
+step "a buyer: a key, a deposit of 100 USDC, and an order for one RTX 4090 for 60 seconds"
+order keygen
+order deposit 100
+order submit --gpus 1 --model NVIDIA-GeForce-RTX-4090 --seconds 60 --max-price 1.20 \
+  --image ghcr.io/acme/render:2 --cpu 4 --memory 16Gi --env SCENE=city.blend -- blender --render
+LEASE=$(order list -o json | sed -n 's/.*"leaseId": "\([a-z0-9]*\)".*/\1/p' | head -1)
+[ -n "$LEASE" ] || { echo "the order was not matched"; order list; exit 1; }
+echo "matched: lease $LEASE"
+
+step "intake verified the lease and created ComputeLease $LEASE; it runs"
+kubectl wait "computelease/$LEASE" --for=jsonpath='{.status.phase}'=Running --timeout=60s >/dev/null
 kubectl get computeleases
+order list
 echo
-echo "Its box, in namespace lease-render-7f3a:"
-kubectl get namespace lease-render-7f3a --show-labels
-kubectl get networkpolicy,resourcequota,limitrange,secret,pod -n lease-render-7f3a -o wide
+echo "Its box, in namespace lease-$LEASE:"
+kubectl get namespace "lease-$LEASE" --show-labels
+kubectl get networkpolicy,resourcequota,limitrange,secret,pod -n "lease-$LEASE" -o wide
 echo
 sleep 1
 kubectl get gpuoffer rtx-workstation
 
-step "waiting for the lease to reach its end"
-kubectl wait computelease/render-7f3a --for=jsonpath='{.status.phase}'=Expired --timeout=120s >/dev/null
+step "waiting for the lease to reach its end; the end is reported and escrow settles"
+kubectl wait "computelease/$LEASE" --for=jsonpath='{.status.phase}'=Expired --timeout=120s >/dev/null
+for _ in $(seq 1 60); do order status "$(order list -o json | sed -n 's/.*"orderId": "\([a-f0-9]*\)".*/\1/p' | head -1)" | grep -q ended && break; sleep 0.5; done
 kubectl get computeleases -o wide
 kubectl get events -A --field-selector involvedObject.kind=ComputeLease
 
 step "deleting the lease: its namespace goes with it"
-kubectl delete computelease render-7f3a --wait=true --timeout=60s
-kubectl wait --for=delete namespace/lease-render-7f3a --timeout=60s 2>/dev/null || true
+kubectl delete computelease "$LEASE" --wait=true --timeout=60s
+kubectl wait --for=delete "namespace/lease-$LEASE" --timeout=60s 2>/dev/null || true
 
 step "summary"
+echo "Offers (cluster):"
 kubectl get gpuoffers
 echo
-curl -fs 127.0.0.1:18080/metrics | grep -E '^gpubridge_(offer_gpus|leases|lease_ends_total)' | grep -v ' 0$' || true
+echo "Offers (network):"
+order offers
 echo
-echo "Not in this demo yet: the network node, buyer orders, metering and settlement (later issues)."
+echo "Orders and leases (network):"
+order list
+echo
+echo "Buyer balance (network; the charge is the provider's earnings):"
+order balance
+echo
+curl -fs 127.0.0.1:18080/metrics | grep -E '^gpubridge_(offer_gpus|leases|lease_ends_total|network_session_up|intake_leases_total)' | grep -v ' 0$' || true
+echo
+echo "Not in this demo yet: metering and attestation sidecars (a later issue)."

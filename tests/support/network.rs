@@ -1,3 +1,5 @@
+#![allow(dead_code)] // shared by several test crates; each uses a part
+
 //! A network node served in-process on a loopback port, with helpers for providers and buyers.
 
 use std::sync::Arc;
