@@ -78,7 +78,9 @@ async fn kill_9_mid_traffic_loses_no_acknowledged_order_lease_or_entry() {
         let accepting = {
             let p = p.clone();
             tokio::spawn(async move {
-                let Ok(mut stream) = p.leases().await else { return };
+                let Ok(mut stream) = p.leases().await else {
+                    return;
+                };
                 while let Ok(Some(event)) = stream.message().await {
                     if let Some(lease_event::Event::Lease(signed)) = event.event {
                         let lease: gpubridge::network::proto::LeaseBody =
@@ -99,7 +101,12 @@ async fn kill_9_mid_traffic_loses_no_acknowledged_order_lease_or_entry() {
                     if c.deposit(10 * UNIT, "USDC").await.is_err() {
                         return;
                     }
-                    *acked.lock().unwrap().deposits.entry(who.clone()).or_default() += 10 * UNIT;
+                    *acked
+                        .lock()
+                        .unwrap()
+                        .deposits
+                        .entry(who.clone())
+                        .or_default() += 10 * UNIT;
                     match c.submit(order(1)).await {
                         Ok(view) => {
                             let state = view.state();
@@ -121,8 +128,12 @@ async fn kill_9_mid_traffic_loses_no_acknowledged_order_lease_or_entry() {
 
         // The node is dead: read its database directly and compare with every reply.
         let key = keyfile::load(&dir.path().join("network.key")).unwrap();
-        let store = Store::open(&dir.path().join("network.redb"), key, HubSettings::default())
-            .expect("the database opens after kill -9");
+        let store = Store::open(
+            &dir.path().join("network.redb"),
+            key,
+            HubSettings::default(),
+        )
+        .expect("the database opens after kill -9");
         let stored: BTreeMap<String, OrderState> = store
             .orders()
             .unwrap()
@@ -136,7 +147,10 @@ async fn kill_9_mid_traffic_loses_no_acknowledged_order_lease_or_entry() {
             .map(|l| (l.order_id.clone(), l))
             .collect();
         let acked_now = acked.lock().unwrap();
-        assert!(!acked_now.orders.is_empty(), "round {round}: traffic flowed");
+        assert!(
+            !acked_now.orders.is_empty(),
+            "round {round}: traffic flowed"
+        );
         for (order_id, told) in &acked_now.orders {
             let now = stored
                 .get(order_id)
@@ -147,7 +161,10 @@ async fn kill_9_mid_traffic_loses_no_acknowledged_order_lease_or_entry() {
                         matches!(now, OrderState::Matched | OrderState::Leased),
                         "round {round}: order {order_id} was {told:?}, is {now:?}"
                     );
-                    assert!(leases.contains_key(order_id), "round {round}: lease of {order_id} lost");
+                    assert!(
+                        leases.contains_key(order_id),
+                        "round {round}: lease of {order_id} lost"
+                    );
                 }
                 other => assert_eq!(now, other, "round {round}: order {order_id}"),
             }
@@ -167,7 +184,9 @@ async fn kill_9_mid_traffic_loses_no_acknowledged_order_lease_or_entry() {
                 "round {round}: buyer {who} was told {told} deposited, the books hold {total}"
             );
         }
-        let audit = store.audit().unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let audit = store
+            .audit()
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
         println!(
             "round {round}: killed after {run_for} ms; {} orders acknowledged, {} stored, {} postings, books balance",
             acked_now.orders.len(),

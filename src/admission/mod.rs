@@ -8,5 +8,5 @@
 mod reservation;
 mod terms;
 
-pub use reservation::{Reservations, Shortfall};
+pub use reservation::{NodeBlock, Reservations, Shortfall, free_after};
 pub use terms::{TermsViolation, check_terms, image_registry_allowed};

@@ -1,14 +1,15 @@
-//! The reservation ledger: GPUs intake has promised by creating a ComputeLease that the
-//! inventory does not show yet. Intake is the one writer (one task, on the leader only), so a
-//! decision made against "advertised per node minus what is pending" can never promise a GPU
-//! twice, however fast leases arrive. Pure.
+//! The reservation ledger: GPUs intake has promised, on a chosen node, by creating a
+//! ComputeLease that the inventory does not count yet. Intake is the one writer (one task, on the
+//! leader only), so a decision made against "advertised per node minus what is pending there"
+//! can never promise a GPU twice, however fast leases arrive. Pure.
 
-use crate::capacity::blocks::{best_fit, place_all};
+use crate::capacity::blocks::best_fit;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Reservation {
     lease: String,
     offer: String,
+    node: String,
     gpus: u32,
 }
 
@@ -24,7 +25,14 @@ pub struct Shortfall {
     pub pending: u32,
 }
 
-/// Pending reservations in the order they were made, which is the order they are placed in.
+/// Free GPUs on one node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeBlock {
+    pub node: String,
+    pub free: u32,
+}
+
+/// Pending reservations, in the order they were made.
 #[derive(Clone, Debug, Default)]
 pub struct Reservations {
     pending: Vec<Reservation>,
@@ -38,49 +46,52 @@ impl Reservations {
 
     /// GPUs pending for `offer`.
     pub fn pending(&self, offer: &str) -> u32 {
-        self.pending_leases(offer).sum()
+        self.pending_for(offer).iter().map(|b| b.free).sum()
     }
 
-    /// GPUs of each pending lease of `offer`, in the order they were reserved.
-    pub fn pending_for(&self, offer: &str) -> Vec<u32> {
-        self.pending_leases(offer).collect()
-    }
-
-    fn pending_leases<'a>(&'a self, offer: &'a str) -> impl Iterator<Item = u32> + 'a {
+    /// What is pending for `offer`, per node.
+    pub fn pending_for(&self, offer: &str) -> Vec<NodeBlock> {
         self.pending
             .iter()
-            .filter(move |r| r.offer == offer)
-            .map(|r| r.gpus)
+            .filter(|r| r.offer == offer)
+            .map(|r| NodeBlock {
+                node: r.node.clone(),
+                free: r.gpus,
+            })
+            .collect()
     }
 
-    /// Reserves `gpus` of `offer` for `lease` when they fit on one node of `blocks` (advertised
-    /// GPUs per node, from the inventory) after every pending reservation of the offer. A lease
-    /// already reserved is not counted twice.
+    /// Reserves `gpus` of `offer` for `lease` on the node whose block fits it best, among
+    /// `blocks` (advertised GPUs per node, from the inventory) less what is pending there, and
+    /// returns that node. A lease already reserved keeps its node.
     pub fn reserve(
         &mut self,
         lease: &str,
         offer: &str,
-        blocks: &[u32],
+        blocks: &[NodeBlock],
         gpus: u32,
-    ) -> Result<(), Shortfall> {
-        if self.pending.iter().any(|r| r.lease == lease) {
-            return Ok(());
+    ) -> Result<String, Shortfall> {
+        if let Some(r) = self.pending.iter().find(|r| r.lease == lease) {
+            return Ok(r.node.clone());
         }
-        let left = place_all(blocks, self.pending_leases(offer)).unwrap_or_default();
-        if best_fit(&left, gpus).is_none() {
+        let left = free_after(blocks, &self.pending_for(offer));
+        let free: Vec<u32> = left.iter().map(|b| b.free).collect();
+        let Some(i) = best_fit(&free, gpus) else {
             return Err(Shortfall {
                 offer: offer.to_string(),
                 gpus,
-                largest_block: left.iter().copied().max().unwrap_or(0),
+                largest_block: free.iter().copied().max().unwrap_or(0),
                 pending: self.pending(offer),
             });
-        }
+        };
+        let node = left[i].node.clone();
         self.pending.push(Reservation {
             lease: lease.to_string(),
             offer: offer.to_string(),
+            node: node.clone(),
             gpus,
         });
-        Ok(())
+        Ok(node)
     }
 
     /// Drops a reservation whose lease was not created after all.
@@ -89,51 +100,78 @@ impl Reservations {
     }
 }
 
+/// `blocks` less `pending` on the same nodes.
+pub fn free_after(blocks: &[NodeBlock], pending: &[NodeBlock]) -> Vec<NodeBlock> {
+    blocks
+        .iter()
+        .map(|b| NodeBlock {
+            node: b.node.clone(),
+            free: pending
+                .iter()
+                .filter(|p| p.node == b.node)
+                .fold(b.free, |free, p| free.saturating_sub(p.free)),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn blocks(free: &[u32]) -> Vec<NodeBlock> {
+        free.iter()
+            .enumerate()
+            .map(|(i, f)| NodeBlock {
+                node: format!("n{i}"),
+                free: *f,
+            })
+            .collect()
+    }
+
     #[test]
-    fn pending_leases_are_placed_before_the_new_one() {
+    fn each_lease_gets_the_best_fitting_node_after_what_is_pending() {
         let mut r = Reservations::default();
-        r.reserve("a", "o", &[8, 4], 4).unwrap();
-        r.reserve("b", "o", &[8, 4], 8).unwrap();
-        let short = r.reserve("c", "o", &[8, 4], 1).unwrap_err();
+        let nodes = blocks(&[8, 4]);
+        assert_eq!(r.reserve("a", "o", &nodes, 4).unwrap(), "n1");
+        assert_eq!(r.reserve("b", "o", &nodes, 8).unwrap(), "n0");
+        let short = r.reserve("c", "o", &nodes, 1).unwrap_err();
         assert_eq!((short.largest_block, short.pending), (0, 12));
         assert!(short.to_string().contains("needs 1 on one node"), "{short}");
         // Another offer's reservations do not count against this one.
-        r.reserve("d", "other", &[2], 2).unwrap();
-        // Once the inventory counts "a", its GPUs are in the blocks instead.
+        assert_eq!(r.reserve("d", "other", &blocks(&[2]), 2).unwrap(), "n0");
+        // Once the inventory counts "a", its GPUs are out of the blocks instead.
         r.settle(|lease| lease == "a");
-        r.reserve("c", "o", &[8, 4], 0).unwrap();
-        assert_eq!(r.pending("o"), 8);
+        assert_eq!(r.reserve("c", "o", &blocks(&[8, 1]), 1).unwrap(), "n1");
+        assert_eq!(r.pending("o"), 9);
     }
 
     #[test]
     fn reserving_twice_for_one_lease_counts_once() {
         let mut r = Reservations::default();
-        r.reserve("a", "o", &[4], 4).unwrap();
-        r.reserve("a", "o", &[4], 4).unwrap();
+        assert_eq!(r.reserve("a", "o", &blocks(&[4]), 4).unwrap(), "n0");
+        assert_eq!(r.reserve("a", "o", &blocks(&[4]), 4).unwrap(), "n0");
         assert_eq!(r.pending("o"), 4);
         r.release("a");
         assert_eq!(r.pending("o"), 0);
     }
 
     proptest! {
-        /// Whatever arrives, reserved GPUs never exceed the blocks, and each block holds what
-        /// was placed in it.
+        /// Whatever arrives, no node is promised more than it has.
         #[test]
-        fn never_promises_more_than_the_blocks(
-            blocks in proptest::collection::vec(0u32..=8, 0..6),
+        fn never_promises_a_node_more_than_it_has(
+            free in proptest::collection::vec(0u32..=8, 0..6),
             asks in proptest::collection::vec(1u32..=8, 0..40),
         ) {
+            let nodes = blocks(&free);
             let mut r = Reservations::default();
             for (i, gpus) in asks.iter().enumerate() {
-                let _ = r.reserve(&format!("l{i}"), "o", &blocks, *gpus);
+                let _ = r.reserve(&format!("l{i}"), "o", &nodes, *gpus);
             }
-            prop_assert!(r.pending("o") <= blocks.iter().sum::<u32>());
-            prop_assert!(place_all(&blocks, r.pending_leases("o")).is_some());
+            for node in &nodes {
+                let promised: u32 = r.pending_for("o").iter().filter(|p| p.node == node.node).map(|p| p.free).sum();
+                prop_assert!(promised <= node.free, "{} promised {promised} of {}", node.node, node.free);
+            }
         }
     }
 }

@@ -11,7 +11,9 @@ use kube::core::{Selector, SelectorExt};
 
 use super::quantity::{Rounding, parse_count};
 use super::requests::effective_request;
-use crate::crd::{ComputeLease, GPU_PRODUCT_LABEL, GpuOffer, LEASE_LABEL, LeasePhase};
+use crate::crd::{
+    ComputeLease, GPU_PRODUCT_LABEL, GpuOffer, LEASE_LABEL, LeasePhase, NODE_ANNOTATION,
+};
 
 /// Extended resources an offer may sell all share this prefix; others are not tracked.
 const GPU_RESOURCE_PREFIX: &str = "nvidia.com/";
@@ -132,6 +134,8 @@ pub struct LeaseFacts {
     pub resource: String,
     pub gpus: u32,
     pub phase: LeasePhase,
+    /// The node intake promised the GPUs on, when intake placed it.
+    pub node: Option<String>,
 }
 
 impl LeaseFacts {
@@ -142,6 +146,7 @@ impl LeaseFacts {
             resource: lease.spec.resource_name.clone(),
             gpus: lease.spec.gpus,
             phase: lease.phase(),
+            node: lease.annotations().get(NODE_ANNOTATION).cloned(),
         }
     }
 

@@ -132,10 +132,25 @@ pub fn compute(inventory: &Inventory, offer: &OfferFacts, offers: &[OfferFacts])
     {
         out.leased = out.leased.saturating_add(lease.gpus);
         if lease.resource == resource && !inventory.has_bound_pod(&lease.name) {
-            holds.push(lease.gpus);
+            // A lease intake placed holds on its node; only one without a node is placed here.
+            let placed = lease
+                .node
+                .as_deref()
+                .and_then(|n| candidates.iter_mut().find(|c| c.node.name == n))
+                .filter(|c| c.free >= lease.gpus);
+            match placed {
+                Some(c) => {
+                    c.free -= lease.gpus;
+                    out.pending_holds = out.pending_holds.saturating_add(lease.gpus);
+                }
+                None => holds.push(lease.gpus),
+            }
         }
     }
-    out.pending_holds = holds.iter().copied().fold(0, u32::saturating_add);
+    out.pending_holds = holds
+        .iter()
+        .copied()
+        .fold(out.pending_holds, u32::saturating_add);
     place_holds(&mut candidates, holds);
 
     out.idle = candidates

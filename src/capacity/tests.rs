@@ -59,6 +59,7 @@ fn lease(name: &str, offer: &str, gpus: u32, active: bool) -> LeaseFacts {
         } else {
             LeasePhase::Succeeded
         },
+        node: None,
     }
 }
 
@@ -332,6 +333,26 @@ fn admitted_lease_without_a_bound_pod_holds_its_gpus() {
     let cap = compute(&inv, &o, std::slice::from_ref(&o));
     assert_eq!(cap.pending_holds, 0);
     assert_eq!(cap.idle, 8);
+}
+
+#[test]
+fn a_lease_placed_by_intake_holds_on_its_node() {
+    let mut inv = inventory(vec![node("n1", "H100", 8), node("n2", "H100", 4)], vec![]);
+    inv.upsert_lease(LeaseFacts {
+        node: Some("n1".into()),
+        ..lease("l1", "a", 4, true)
+    });
+    let o = offer("a", 1);
+    let cap = compute(&inv, &o, std::slice::from_ref(&o));
+    assert_eq!((cap.pending_holds, cap.idle), (4, 8));
+    assert_eq!(cap.largest_block, 4, "the hold is on n1, where its pod will be pinned");
+    // A node that cannot take it (gone, or too full) falls back to best fit.
+    inv.upsert_lease(LeaseFacts {
+        node: Some("gone".into()),
+        ..lease("l1", "a", 4, true)
+    });
+    let cap = compute(&inv, &o, std::slice::from_ref(&o));
+    assert_eq!((cap.pending_holds, cap.largest_block), (4, 8));
 }
 
 #[test]

@@ -24,7 +24,8 @@ use super::error::{Error, Result, is_conflict, is_not_found};
 use crate::admission::check_terms;
 use crate::capacity::{self, OfferFacts};
 use crate::crd::{
-    ComputeLease, ComputeLeaseStatus, FIELD_MANAGER, Fault, GpuOffer, LeasePhase, TerminationReason,
+    ComputeLease, ComputeLeaseStatus, FIELD_MANAGER, Fault, GpuOffer, LeasePhase, NODE_ANNOTATION,
+    TerminationReason,
 };
 use crate::identity::{generate_key, issue_lease_certificate, public_key_base58};
 use crate::lifecycle::{self, Observation, PodObservation};
@@ -187,13 +188,14 @@ async fn ensure_box(
     let eligible = if with_pod {
         let offers = ctx.offer_facts();
         let inventory = ctx.inventory.read().expect("inventory lock poisoned");
-        capacity::eligible_nodes(
+        let eligible = capacity::eligible_nodes(
             &inventory,
             &OfferFacts::from_offer(offer),
             &offers,
             lease.spec.gpus,
             lease.spec.gpu_model.as_deref(),
-        )
+        );
+        pinned_to_promised_node(eligible, lease.annotations().get(NODE_ANNOTATION))
     } else {
         Vec::new()
     };
@@ -484,4 +486,32 @@ async fn cleanup(lease: &ComputeLease, ctx: &Context) -> Result<Action> {
     }
     delete_ignoring_absent(&Api::<Namespace>::all(ctx.client.clone()), &namespace).await?;
     Ok(Action::await_change())
+}
+
+/// The pod goes to the node intake promised the GPUs on, while that node can take it; a lease
+/// created without a promise (by hand), or whose node has gone, may go to any eligible node.
+fn pinned_to_promised_node(eligible: Vec<String>, promised: Option<&String>) -> Vec<String> {
+    match promised {
+        Some(node) if eligible.contains(node) => vec![node.clone()],
+        _ => eligible,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pinned_to_promised_node;
+
+    #[test]
+    fn a_promised_node_pins_the_pod_while_it_is_eligible() {
+        let eligible = vec!["a".to_string(), "b".to_string()];
+        assert_eq!(
+            pinned_to_promised_node(eligible.clone(), Some(&"b".to_string())),
+            vec!["b"]
+        );
+        assert_eq!(
+            pinned_to_promised_node(eligible.clone(), Some(&"c".to_string())),
+            eligible
+        );
+        assert_eq!(pinned_to_promised_node(eligible.clone(), None), eligible);
+    }
 }

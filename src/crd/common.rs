@@ -29,6 +29,10 @@ pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
 /// Label on every object the operator creates for a lease, with the ComputeLease's name as value.
 pub const LEASE_LABEL: &str = "gpubridge.dev/lease";
 
+/// Annotation intake puts on a ComputeLease: the node it promised the lease's GPUs on. The
+/// lease pod is pinned there, so the promise and the placement are the same decision.
+pub const NODE_ANNOTATION: &str = "gpubridge.dev/node";
+
 /// The field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "gpubridge-operator";
 

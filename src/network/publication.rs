@@ -3,28 +3,25 @@
 use std::time::Duration;
 
 use super::proto::{Attribute, OfferBody};
+use crate::admission::{NodeBlock, free_after};
 use crate::capacity::OfferCapacity;
-use crate::capacity::blocks::place_all;
 use crate::crd::{EgressPolicy, GpuOffer, PodSecurityLevel};
 
 /// The offer as published, without its header and expiry, to tell a change from a refresh.
 pub fn offer_body(
     offer: &GpuOffer,
     capacity: &OfferCapacity,
-    pending: impl IntoIterator<Item = u32>,
+    pending: &[NodeBlock],
     region: &str,
 ) -> Option<OfferBody> {
     let spec = &offer.spec;
     let price = spec.price.atto_units()?;
-    let blocks: Vec<u32> = capacity
-        .nodes
-        .iter()
-        .filter(|n| n.reason.is_none() && n.advertised > 0)
-        .map(|n| n.advertised)
-        .collect();
     // GPUs promised to leases that are being created are not for sale again.
-    let mut free_blocks = place_all(&blocks, pending).unwrap_or_default();
-    free_blocks.retain(|b| *b > 0);
+    let mut free_blocks: Vec<u32> = free_after(&advertised_blocks(capacity, None), pending)
+        .into_iter()
+        .map(|b| b.free)
+        .filter(|free| *free > 0)
+        .collect();
     free_blocks.sort_unstable_by(|a, b| b.cmp(a));
     let model = match capacity.models.as_slice() {
         [one] => one.model.clone(),
@@ -63,6 +60,20 @@ pub fn offer_body(
         ],
         expires_at: 0,
     })
+}
+
+/// GPUs advertised per contributing node (of `model`, when given).
+pub fn advertised_blocks(capacity: &OfferCapacity, model: Option<&str>) -> Vec<NodeBlock> {
+    capacity
+        .nodes
+        .iter()
+        .filter(|n| n.reason.is_none())
+        .filter(|n| model.is_none_or(|m| n.model.as_deref() == Some(m)))
+        .map(|n| NodeBlock {
+            node: n.name.clone(),
+            free: n.advertised,
+        })
+        .collect()
 }
 
 /// The last publication of an offer.
@@ -120,20 +131,35 @@ mod tests {
             }],
             ..Default::default()
         };
-        let body = offer_body(&offer(), &capacity, [2], "eu-west").unwrap();
+        let pending = [NodeBlock {
+            node: "a".into(),
+            free: 2,
+        }];
+        let body = offer_body(&offer(), &capacity, &pending, "eu-west").unwrap();
         assert_eq!(body.free_blocks, vec![8, 2]);
+        assert_eq!(advertised_blocks(&capacity, Some("A100")), vec![]);
         assert_eq!(body.model, "H100");
         assert_eq!(body.region, "eu-west");
         assert_eq!(body.offer_name, "h100-public");
         assert!(body.price_per_gpu_hour.parse::<u128>().unwrap() > 0);
         // Everything promised: nothing for sale, but the offer is still published.
-        let none = offer_body(&offer(), &capacity, [8, 4], "").unwrap();
+        let all = [
+            NodeBlock {
+                node: "a".into(),
+                free: 4,
+            },
+            NodeBlock {
+                node: "b".into(),
+                free: 8,
+            },
+        ];
+        let none = offer_body(&offer(), &capacity, &all, "").unwrap();
         assert!(none.free_blocks.is_empty());
     }
 
     #[test]
     fn publishes_on_change_and_refreshes_before_expiry() {
-        let body = offer_body(&offer(), &OfferCapacity::default(), [], "").unwrap();
+        let body = offer_body(&offer(), &OfferCapacity::default(), &[], "").unwrap();
         let ttl = Duration::from_secs(120);
         let last = Published {
             body: body.clone(),

@@ -25,11 +25,11 @@ use super::client::{self, NetworkClient, Target};
 use super::envelope::verifying_key;
 use super::intake::{lease_spec, verify_lease};
 use super::proto::{LeaseBody, LeaseEndBody, Signed, lease_event};
-use super::publication::{Published, due, offer_body};
+use super::publication::{Published, advertised_blocks, due, offer_body};
 use crate::admission::{Reservations, check_terms};
 use crate::capacity::{OfferFacts, compute};
 use crate::controller::Context;
-use crate::crd::{ComputeLease, Fault, GpuOffer};
+use crate::crd::{ComputeLease, Fault, GpuOffer, NODE_ANNOTATION};
 use crate::identity::public_key_base58;
 
 /// Field manager of the status fields the session writes (offerId, lastAdvertised, reportedAt).
@@ -279,7 +279,7 @@ async fn intake(
     }
     let spec = lease_spec(&verified, &offer.spec);
     check_terms(&offer.spec, &spec).map_err(|v| ("terms", v.to_string()))?;
-    reserve(
+    let node = reserve(
         ctx,
         reservations,
         &offer,
@@ -291,6 +291,7 @@ async fn intake(
     let lease = ComputeLease {
         metadata: ObjectMeta {
             name: Some(name.clone()),
+            annotations: Some(BTreeMap::from([(NODE_ANNOTATION.to_string(), node)])),
             labels: Some(BTreeMap::from([(
                 "app.kubernetes.io/managed-by".to_string(),
                 "gpubridge".to_string(),
@@ -342,8 +343,8 @@ fn same_lease(existing: &ComputeLease, lease_id: &str) -> Result<(), (&'static s
     }
 }
 
-/// Reserves the lease's GPUs against the offer's advertised blocks (nodes of the requested
-/// model only) minus what intake already promised.
+/// Reserves the lease's GPUs on one node of the offer's advertised blocks (nodes of the
+/// requested model only) minus what intake already promised, and returns the node.
 fn reserve(
     ctx: &Context,
     reservations: &Mutex<Reservations>,
@@ -351,18 +352,12 @@ fn reserve(
     lease: &str,
     gpus: u32,
     model: Option<&str>,
-) -> Result<(), String> {
+) -> Result<String, String> {
     let facts = OfferFacts::from_offer(offer);
     let all = ctx.offer_facts();
     let inventory = ctx.inventory.read().expect("inventory lock poisoned");
     let capacity = compute(&inventory, &facts, &all);
-    let blocks: Vec<u32> = capacity
-        .nodes
-        .iter()
-        .filter(|n| n.reason.is_none())
-        .filter(|n| model.is_none_or(|m| n.model.as_deref() == Some(m)))
-        .map(|n| n.advertised)
-        .collect();
+    let blocks = advertised_blocks(&capacity, model);
     let mut reservations = reservations.lock().expect("reservations lock");
     reservations.settle(|name| inventory.lease(name).is_some());
     reservations
@@ -393,13 +388,13 @@ async fn publish_offers(
                 let inventory = ctx.inventory.read().expect("inventory lock poisoned");
                 compute(&inventory, &facts, &all)
             };
-            let pending: Vec<u32> = {
+            let pending = {
                 let mut r = reservations.lock().expect("reservations lock");
                 let inventory = ctx.inventory.read().expect("inventory lock poisoned");
                 r.settle(|name| inventory.lease(name).is_some());
                 r.pending_for(&facts.name)
             };
-            if let Some(body) = offer_body(&offer, &capacity, pending, &settings.region) {
+            if let Some(body) = offer_body(&offer, &capacity, &pending, &settings.region) {
                 desired.insert(facts.name.clone(), body);
             }
         }
