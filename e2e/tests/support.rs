@@ -150,11 +150,12 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(cluster: &Cluster, identity: &str) -> Operator {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Operator::start_with(cluster, identity, &[])
+    }
+
+    /// Starts it with extra flags, such as those of the network session.
+    pub fn start_with(cluster: &Cluster, identity: &str, extra: &[String]) -> Operator {
+        let port = free_port();
         let log = std::fs::File::create(
             std::env::temp_dir().join(format!("gpubridge-e2e-{identity}.log")),
         )
@@ -165,6 +166,7 @@ impl Operator {
             .args(["--sidecar-image", "ghcr.io/gpubridge/gpubridge:e2e"])
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .args(["--identity", identity, "--offer-resync-seconds", "30"])
+            .args(extra)
             .env("KUBECONFIG", &cluster.kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::null())
@@ -205,6 +207,12 @@ impl Operator {
 
     /// Waits until the caches are synced and this replica leads.
     pub async fn wait_ready(&self) {
+        self.wait_ready_or_standby().await;
+        self.wait_leader().await;
+    }
+
+    /// Waits until the caches are synced, leading or not.
+    pub async fn wait_ready_or_standby(&self) {
         let url = format!("{}/readyz", self.http);
         eventually(
             "the operator to be ready",
@@ -218,7 +226,6 @@ impl Operator {
             },
         )
         .await;
-        self.wait_leader().await;
     }
 }
 
@@ -275,4 +282,92 @@ pub async fn http_get(url: &str) -> Result<(u16, String), String> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((code, body))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The reference network node as a process on a loopback port, with its own data folder; its
+/// key is created first so that operators can pin it. Killed when dropped.
+pub struct NetworkNode {
+    child: Child,
+    pub url: String,
+    /// The network's public key, base58.
+    pub key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl NetworkNode {
+    pub fn start(name: &str) -> NetworkNode {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("network.key");
+        let keygen = Command::new(env!("CARGO_BIN_EXE_gpubridge"))
+            .args(["keygen", "--out"])
+            .arg(&key_file)
+            .output()
+            .unwrap();
+        assert!(keygen.status.success(), "keygen: {keygen:?}");
+        let key = String::from_utf8(keygen.stdout).unwrap().trim().to_string();
+        let port = free_port();
+        let log = std::fs::File::create(
+            std::env::temp_dir().join(format!("gpubridge-e2e-network-{name}.log")),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gpubridge"))
+            .args(["network", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the network node starts");
+        NetworkNode {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            key,
+            _dir: dir,
+        }
+    }
+
+    /// The operator flags that connect it to this node, key pinned.
+    pub fn operator_flags(&self) -> Vec<String> {
+        vec![
+            "--network-url".into(),
+            self.url.clone(),
+            "--network-key".into(),
+            self.key.clone(),
+            "--provider-name".into(),
+            "e2e".into(),
+        ]
+    }
+
+    /// A client signing with `key`, once the node answers.
+    pub async fn client(&self, key: ed25519_dalek::SigningKey) -> gpubridge::network::client::NetworkClient {
+        let target = gpubridge::network::client::Target {
+            url: self.url.clone(),
+            ca_file: None,
+        };
+        let client = gpubridge::network::client::NetworkClient::new(
+            gpubridge::network::client::channel(&target).unwrap(),
+            key,
+        );
+        eventually("the network node to answer", Duration::from_secs(10), || async {
+            client.info().await.map(drop).map_err(|e| e.to_string())
+        })
+        .await;
+        client
+    }
+}
+
+impl Drop for NetworkNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

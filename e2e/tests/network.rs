@@ -1,0 +1,353 @@
+//! The network side end to end: the reference network node as a process, operators connected to
+//! it through their outbound session, buyers ordering through the gateway.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use gpubridge::crd::{ComputeLease, LeasePhase, NODE_ANNOTATION};
+use gpubridge::identity::generate_key;
+use gpubridge::network::proto::{EnvVar, OrderBody, OrderState, OrderView, Workload};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{DeleteParams, ListParams};
+use kube::{Api, Client, ResourceExt};
+
+use crate::support::{NetworkNode, Operator, apply_yaml, cluster, eventually};
+use crate::{SECOND, delete_lease, install_crds, offer_status, wait_phase, workstation_offer};
+
+const UNIT: u128 = 1_000_000_000_000_000_000;
+
+fn order(gpus: u32, model: &str, seconds: u64, max_price: u128) -> OrderBody {
+    OrderBody {
+        header: None,
+        gpus,
+        model: model.into(),
+        duration_seconds: seconds,
+        max_price_per_gpu_hour: max_price.to_string(),
+        denomination: "USDC".into(),
+        region: String::new(),
+        attributes: vec![],
+        workload: Some(Workload {
+            image: "ghcr.io/acme/render:2".into(),
+            command: vec!["blender".into()],
+            args: vec!["--render".into()],
+            env: vec![EnvVar {
+                name: "SCENE".into(),
+                value: "city.blend".into(),
+            }],
+            cpu: "4".into(),
+            memory: "16Gi".into(),
+        }),
+    }
+}
+
+async fn wait_published(
+    buyer: &gpubridge::network::client::NetworkClient,
+    offer: &str,
+    gpus: u32,
+) {
+    eventually(
+        &format!("offer {offer} with {gpus} GPUs in the network's book"),
+        30 * SECOND,
+        || async {
+            let offers = buyer.list_offers().await.map_err(|e| e.to_string())?;
+            match offers.iter().find(|o| o.offer_id.ends_with(&format!("/{offer}"))) {
+                Some(o) if o.available_gpus == gpus => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_buyer_order_becomes_a_lease_that_runs_ends_and_settles_exactly() {
+    let Some(c) = cluster("network-lease").await else {
+        return;
+    };
+    install_crds(&c.client).await;
+    let network = NetworkNode::start("lease");
+    let operator = Operator::start_with(&c, "network-lease", &network.operator_flags());
+    apply_yaml(&c.client, &workstation_offer()).await;
+    operator.wait_ready().await;
+
+    let buyer = network.client(generate_key()).await;
+    wait_published(&buyer, "rtx-workstation", 2).await;
+    eventually("the offer to show its network id", 10 * SECOND, || async {
+        let status = offer_status(&c.client, "rtx-workstation").await?;
+        let advertised = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Advertised" && c.status == "True");
+        match (&status.offer_id, advertised) {
+            (Some(id), true) if id.ends_with("/rtx-workstation") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    buyer.deposit(10 * UNIT, "USDC").await.unwrap();
+    let placed = buyer
+        .submit(order(1, "NVIDIA-GeForce-RTX-4090", 60, 12 * UNIT / 10))
+        .await
+        .unwrap();
+    assert_eq!(placed.state(), OrderState::Matched, "{}", placed.reason);
+
+    // Intake verified it and created the ComputeLease named after the lease id, pinned to a node.
+    let running = wait_phase(&c.client, &placed.lease_id, LeasePhase::Running, 60 * SECOND).await;
+    assert_eq!(
+        running.annotations().get(NODE_ANNOTATION).map(String::as_str),
+        Some("gpu-4090-0")
+    );
+    assert_eq!(running.status.unwrap().node.as_deref(), Some("gpu-4090-0"));
+    assert_eq!(running.spec.price.amount, "0.9");
+    assert!(running.spec.signed_order.is_some());
+    assert_eq!(
+        buyer.order_status(&placed.order_id).await.unwrap().state(),
+        OrderState::Leased
+    );
+    // The leased GPU is no longer for sale.
+    wait_published(&buyer, "rtx-workstation", 1).await;
+
+    wait_phase(&c.client, &placed.lease_id, LeasePhase::Expired, 90 * SECOND).await;
+    let ended = eventually("the end to be settled", 30 * SECOND, || async {
+        let view = buyer
+            .order_status(&placed.order_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        match view.state() {
+            OrderState::Ended => Ok(view),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    // 0.9 USDC per GPU-hour × 1 GPU × 60 s, exactly: 0.015 USDC; the rest of the hold returns.
+    assert_eq!(ended.charged, (15 * UNIT / 1000).to_string());
+    assert_eq!(ended.refunded, "0");
+    let balance = buyer.balance().await.unwrap();
+    assert_eq!(balance.balances[0].available, (10 * UNIT - 15 * UNIT / 1000).to_string());
+    assert_eq!(balance.balances[0].held, "0");
+    let reported = Api::<ComputeLease>::all(c.client.clone())
+        .get(&placed.lease_id)
+        .await
+        .unwrap();
+    assert!(reported.status.unwrap().reported_at.is_some());
+
+    delete_lease(&c.client, &placed.lease_id).await;
+    Api::<gpubridge::crd::GpuOffer>::all(c.client.clone())
+        .delete("rtx-workstation", &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+const BURST_NODES: usize = 5;
+const BURST_MODEL: &str = "NVIDIA-H200";
+
+fn burst_nodes() -> String {
+    (0..BURST_NODES)
+        .map(|i| {
+            format!(
+                r#"---
+apiVersion: v1
+kind: Node
+metadata:
+  name: gpu-burst-{i}
+  annotations: {{kwok.x-k8s.io/node: fake, node.alpha.kubernetes.io/ttl: "0"}}
+  labels:
+    kubernetes.io/hostname: gpu-burst-{i}
+    type: kwok
+    gpubridge.dev/pool: burst
+    nvidia.com/gpu.product: {BURST_MODEL}
+    nvidia.com/gpu.count: "8"
+status:
+  allocatable: {{cpu: "192", memory: 2Ti, pods: "110", nvidia.com/gpu: "8"}}
+  capacity: {{cpu: "192", memory: 2Ti, pods: "110", nvidia.com/gpu: "8"}}
+"#
+            )
+        })
+        .collect()
+}
+
+const BURST_OFFER: &str = r#"
+apiVersion: gpubridge.dev/v1alpha1
+kind: GpuOffer
+metadata: {name: burst}
+spec:
+  nodeSelector: {matchLabels: {gpubridge.dev/pool: burst}}
+  maxGpus: 40
+  price: {amount: "2.00", denomination: USDC}
+  lease: {minDurationSeconds: 60, maxDurationSeconds: 3600, maxGpusPerLease: 8}
+  workload: {allowedRegistries: [ghcr.io]}
+"#;
+
+/// GPUs of the burst offer's leases that are not over, at this instant.
+async fn leased_now(client: &Client) -> u32 {
+    let leases = Api::<ComputeLease>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    leases
+        .items
+        .iter()
+        .filter(|l| l.spec.offer_name == "burst" && !l.phase().is_terminal())
+        .map(|l| l.spec.gpus)
+        .sum()
+}
+
+#[tokio::test]
+async fn two_replicas_and_200_concurrent_orders_never_promise_a_gpu_twice() {
+    let Some(c) = cluster("burst").await else {
+        return;
+    };
+    install_crds(&c.client).await;
+    apply_yaml(&c.client, &burst_nodes()).await;
+    let network = NetworkNode::start("burst");
+    let flags = network.operator_flags();
+    let a = Operator::start_with(&c, "burst-a", &flags);
+    let b = Operator::start_with(&c, "burst-b", &flags);
+    apply_yaml(&c.client, BURST_OFFER).await;
+    a.wait_ready_or_standby().await;
+    b.wait_ready_or_standby().await;
+
+    let buyers: Vec<_> = futures::future::join_all(
+        (0..10).map(|_| network.client(generate_key())),
+    )
+    .await;
+    for buyer in &buyers {
+        buyer.deposit(10_000 * UNIT, "USDC").await.unwrap();
+    }
+    wait_published(&buyers[0], "burst", 40).await;
+
+    // Sample the leased GPUs while the orders land.
+    let (stop, peak, samples) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU32::new(0)),
+        Arc::new(AtomicU32::new(0)),
+    );
+    let sampler = {
+        let (client, stop, peak, samples) =
+            (c.client.clone(), stop.clone(), peak.clone(), samples.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let now = leased_now(&client).await;
+                peak.fetch_max(now, Ordering::Relaxed);
+                samples.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    // 200 orders of 1, 2, 4 or 8 GPUs want ~600 GPUs of the 40; all sent at once.
+    let sizes = [1u32, 2, 4, 8, 3];
+    let sends = (0..200).map(|i| {
+        let buyer = &buyers[i % buyers.len()];
+        let gpus = sizes[(i * 7) % sizes.len()];
+        async move {
+            buyer
+                .submit(order(gpus, BURST_MODEL, 600, 3 * UNIT))
+                .await
+                .unwrap_or_else(|e| panic!("order {i}: {e}"))
+        }
+    });
+    let placed: Vec<OrderView> = futures::future::join_all(sends).await;
+    let wanted: u32 = placed.iter().map(|o| o.gpus).sum();
+    assert!(wanted > 400, "the orders want far more than 40 GPUs: {wanted}");
+
+    // Every order is answered: leased, or rejected with a reason.
+    let answered = eventually("every order to be answered", 90 * SECOND, || async {
+        let mut all = Vec::new();
+        for buyer in &buyers {
+            all.extend(buyer.list_orders().await.map_err(|e| e.to_string())?);
+        }
+        let open = all.iter().filter(|o| o.state() == OrderState::Matched).count();
+        if open == 0 { Ok(all) } else { Err(format!("{open} still waiting")) }
+    })
+    .await;
+    // Every accepted lease runs: its pod is bound where intake promised.
+    let leases = eventually("every accepted lease to run", 60 * SECOND, || async {
+        let leases = Api::<ComputeLease>::all(c.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let burst: Vec<ComputeLease> = leases
+            .items
+            .into_iter()
+            .filter(|l| l.spec.offer_name == "burst")
+            .collect();
+        let waiting = burst.iter().filter(|l| l.phase() != LeasePhase::Running).count();
+        if waiting == 0 { Ok(burst) } else { Err(format!("{waiting} not running")) }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    sampler.await.unwrap();
+
+    let leased: Vec<&OrderView> = answered
+        .iter()
+        .filter(|o| o.state() == OrderState::Leased)
+        .collect();
+    let rejected: Vec<&OrderView> = answered
+        .iter()
+        .filter(|o| o.state() == OrderState::Rejected)
+        .collect();
+    assert_eq!(leased.len() + rejected.len(), 200);
+    let accepted_gpus: u32 = leased.iter().map(|o| o.gpus).sum();
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(accepted_gpus <= 40, "accepted {accepted_gpus} GPUs of 40");
+    assert!(peak <= 40, "at one sampled instant {peak} GPUs were leased");
+    // What was accepted is exactly what runs: one ComputeLease per leased order, none for others.
+    let mut lease_ids: Vec<&str> = leases.iter().map(|l| l.spec.lease_id.as_str()).collect();
+    let mut leased_ids: Vec<&str> = leased.iter().map(|o| o.lease_id.as_str()).collect();
+    lease_ids.sort_unstable();
+    leased_ids.sort_unstable();
+    assert_eq!(lease_ids, leased_ids);
+    // Every pod runs on the node intake promised, and no node holds more than it has.
+    let mut per_node: BTreeMap<String, u32> = BTreeMap::new();
+    for lease in &leases {
+        let node = lease.status.as_ref().and_then(|s| s.node.clone()).unwrap();
+        assert_eq!(lease.annotations().get(NODE_ANNOTATION), Some(&node));
+        *per_node.entry(node).or_default() += lease.spec.gpus;
+    }
+    assert!(per_node.values().all(|g| *g <= 8), "{per_node:?}");
+    // Exactly what fits was accepted: each order rejected for capacity wanted more GPUs than any
+    // node has free now (free only shrank while the orders landed).
+    let largest_free = (0..BURST_NODES)
+        .map(|i| 8 - per_node.get(&format!("gpu-burst-{i}")).copied().unwrap_or(0))
+        .max()
+        .unwrap();
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for order in &rejected {
+        assert!(!order.reason.is_empty(), "order {} rejected without a reason", order.order_id);
+        let capacity = order.reason.contains("no node with that many free GPUs")
+            || order.reason.contains("not enough idle GPUs");
+        assert!(capacity, "order {}: {}", order.order_id, order.reason);
+        assert!(
+            order.gpus > largest_free,
+            "order {} for {} GPUs was rejected ({}) but a node still has {largest_free} free",
+            order.order_id,
+            order.gpus,
+            order.reason
+        );
+        let kind = order.reason.split(':').next().unwrap_or_default().to_string();
+        *reasons.entry(kind).or_default() += 1;
+    }
+    println!(
+        "200 orders wanting {wanted} GPUs: {} accepted ({accepted_gpus} GPUs), {} rejected {reasons:?}; \
+         peak leased {peak} over {} samples; largest free block left {largest_free}",
+        leased.len(),
+        rejected.len(),
+        samples.load(Ordering::Relaxed)
+    );
+
+    for lease in &leases {
+        delete_lease(&c.client, &lease.name_any()).await;
+    }
+    let _ = Api::<gpubridge::crd::GpuOffer>::all(c.client.clone())
+        .delete("burst", &DeleteParams::default())
+        .await;
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    for i in 0..BURST_NODES {
+        let _ = nodes.delete(&format!("gpu-burst-{i}"), &DeleteParams::default()).await;
+    }
+    drop((a, b));
+}
