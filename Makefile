@@ -31,10 +31,11 @@ cluster-up:
 cluster-down:
 	bash e2e/cluster.sh down
 
-## lint: formatting and clippy, warnings as errors.
+## lint: formatting and clippy, warnings as errors; the fuzz targets type-check.
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) check --locked --manifest-path fuzz/Cargo.toml --target-dir target/fuzz-check
 
 fmt:
 	$(CARGO) fmt
@@ -43,6 +44,11 @@ fmt:
 crds:
 	$(CARGO) run --locked --quiet -- crdgen --out-dir crds
 
-## bench: criterion benchmarks; figures print to the terminal.
+## bench: criterion benchmarks (capacity, network matching), then intake latency on the e2e
+## control plane (release build); figures print to the terminal.
 bench:
-	$(CARGO) bench --locked --bench capacity
+	$(CARGO) bench --locked --bench capacity --bench network
+	bash e2e/cluster.sh up
+	GPUBRIDGE_E2E_REQUIRED=1 $(CARGO) test --locked --release --features e2e --test e2e -- \
+	  --ignored --nocapture intake_latency_benchmark; \
+	  status=$$?; bash e2e/cluster.sh down; exit $$status

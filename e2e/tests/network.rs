@@ -42,17 +42,16 @@ fn order(gpus: u32, model: &str, seconds: u64, max_price: u128) -> OrderBody {
     }
 }
 
-async fn wait_published(
-    buyer: &gpubridge::network::client::NetworkClient,
-    offer: &str,
-    gpus: u32,
-) {
+async fn wait_published(buyer: &gpubridge::network::client::NetworkClient, offer: &str, gpus: u32) {
     eventually(
         &format!("offer {offer} with {gpus} GPUs in the network's book"),
         30 * SECOND,
         || async {
             let offers = buyer.list_offers().await.map_err(|e| e.to_string())?;
-            match offers.iter().find(|o| o.offer_id.ends_with(&format!("/{offer}"))) {
+            match offers
+                .iter()
+                .find(|o| o.offer_id.ends_with(&format!("/{offer}")))
+            {
                 Some(o) if o.available_gpus == gpus => Ok(()),
                 other => Err(format!("{other:?}")),
             }
@@ -95,9 +94,18 @@ async fn a_buyer_order_becomes_a_lease_that_runs_ends_and_settles_exactly() {
     assert_eq!(placed.state(), OrderState::Matched, "{}", placed.reason);
 
     // Intake verified it and created the ComputeLease named after the lease id, pinned to a node.
-    let running = wait_phase(&c.client, &placed.lease_id, LeasePhase::Running, 60 * SECOND).await;
+    let running = wait_phase(
+        &c.client,
+        &placed.lease_id,
+        LeasePhase::Running,
+        60 * SECOND,
+    )
+    .await;
     assert_eq!(
-        running.annotations().get(NODE_ANNOTATION).map(String::as_str),
+        running
+            .annotations()
+            .get(NODE_ANNOTATION)
+            .map(String::as_str),
         Some("gpu-4090-0")
     );
     assert_eq!(running.status.unwrap().node.as_deref(), Some("gpu-4090-0"));
@@ -110,7 +118,13 @@ async fn a_buyer_order_becomes_a_lease_that_runs_ends_and_settles_exactly() {
     // The leased GPU is no longer for sale.
     wait_published(&buyer, "rtx-workstation", 1).await;
 
-    wait_phase(&c.client, &placed.lease_id, LeasePhase::Expired, 90 * SECOND).await;
+    wait_phase(
+        &c.client,
+        &placed.lease_id,
+        LeasePhase::Expired,
+        90 * SECOND,
+    )
+    .await;
     let ended = eventually("the end to be settled", 30 * SECOND, || async {
         let view = buyer
             .order_status(&placed.order_id)
@@ -126,7 +140,10 @@ async fn a_buyer_order_becomes_a_lease_that_runs_ends_and_settles_exactly() {
     assert_eq!(ended.charged, (15 * UNIT / 1000).to_string());
     assert_eq!(ended.refunded, "0");
     let balance = buyer.balance().await.unwrap();
-    assert_eq!(balance.balances[0].available, (10 * UNIT - 15 * UNIT / 1000).to_string());
+    assert_eq!(
+        balance.balances[0].available,
+        (10 * UNIT - 15 * UNIT / 1000).to_string()
+    );
     assert_eq!(balance.balances[0].held, "0");
     let reported = Api::<ComputeLease>::all(c.client.clone())
         .get(&placed.lease_id)
@@ -210,10 +227,8 @@ async fn two_replicas_and_200_concurrent_orders_never_promise_a_gpu_twice() {
     a.wait_ready_or_standby().await;
     b.wait_ready_or_standby().await;
 
-    let buyers: Vec<_> = futures::future::join_all(
-        (0..10).map(|_| network.client(generate_key())),
-    )
-    .await;
+    let buyers: Vec<_> =
+        futures::future::join_all((0..10).map(|_| network.client(generate_key()))).await;
     for buyer in &buyers {
         buyer.deposit(10_000 * UNIT, "USDC").await.unwrap();
     }
@@ -226,8 +241,12 @@ async fn two_replicas_and_200_concurrent_orders_never_promise_a_gpu_twice() {
         Arc::new(AtomicU32::new(0)),
     );
     let sampler = {
-        let (client, stop, peak, samples) =
-            (c.client.clone(), stop.clone(), peak.clone(), samples.clone());
+        let (client, stop, peak, samples) = (
+            c.client.clone(),
+            stop.clone(),
+            peak.clone(),
+            samples.clone(),
+        );
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let now = leased_now(&client).await;
@@ -252,7 +271,10 @@ async fn two_replicas_and_200_concurrent_orders_never_promise_a_gpu_twice() {
     });
     let placed: Vec<OrderView> = futures::future::join_all(sends).await;
     let wanted: u32 = placed.iter().map(|o| o.gpus).sum();
-    assert!(wanted > 400, "the orders want far more than 40 GPUs: {wanted}");
+    assert!(
+        wanted > 400,
+        "the orders want far more than 40 GPUs: {wanted}"
+    );
 
     // Every order is answered: leased, or rejected with a reason.
     let answered = eventually("every order to be answered", 90 * SECOND, || async {
@@ -260,8 +282,15 @@ async fn two_replicas_and_200_concurrent_orders_never_promise_a_gpu_twice() {
         for buyer in &buyers {
             all.extend(buyer.list_orders().await.map_err(|e| e.to_string())?);
         }
-        let open = all.iter().filter(|o| o.state() == OrderState::Matched).count();
-        if open == 0 { Ok(all) } else { Err(format!("{open} still waiting")) }
+        let open = all
+            .iter()
+            .filter(|o| o.state() == OrderState::Matched)
+            .count();
+        if open == 0 {
+            Ok(all)
+        } else {
+            Err(format!("{open} still waiting"))
+        }
     })
     .await;
     // Every accepted lease runs: its pod is bound where intake promised.
@@ -275,8 +304,15 @@ async fn two_replicas_and_200_concurrent_orders_never_promise_a_gpu_twice() {
             .into_iter()
             .filter(|l| l.spec.offer_name == "burst")
             .collect();
-        let waiting = burst.iter().filter(|l| l.phase() != LeasePhase::Running).count();
-        if waiting == 0 { Ok(burst) } else { Err(format!("{waiting} not running")) }
+        let waiting = burst
+            .iter()
+            .filter(|l| l.phase() != LeasePhase::Running)
+            .count();
+        if waiting == 0 {
+            Ok(burst)
+        } else {
+            Err(format!("{waiting} not running"))
+        }
     })
     .await;
     stop.store(true, Ordering::Relaxed);
@@ -312,12 +348,21 @@ async fn two_replicas_and_200_concurrent_orders_never_promise_a_gpu_twice() {
     // Exactly what fits was accepted: each order rejected for capacity wanted more GPUs than any
     // node has free now (free only shrank while the orders landed).
     let largest_free = (0..BURST_NODES)
-        .map(|i| 8 - per_node.get(&format!("gpu-burst-{i}")).copied().unwrap_or(0))
+        .map(|i| {
+            8 - per_node
+                .get(&format!("gpu-burst-{i}"))
+                .copied()
+                .unwrap_or(0)
+        })
         .max()
         .unwrap();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     for order in &rejected {
-        assert!(!order.reason.is_empty(), "order {} rejected without a reason", order.order_id);
+        assert!(
+            !order.reason.is_empty(),
+            "order {} rejected without a reason",
+            order.order_id
+        );
         let capacity = order.reason.contains("no node with that many free GPUs")
             || order.reason.contains("not enough idle GPUs");
         assert!(capacity, "order {}: {}", order.order_id, order.reason);
@@ -328,7 +373,12 @@ async fn two_replicas_and_200_concurrent_orders_never_promise_a_gpu_twice() {
             order.gpus,
             order.reason
         );
-        let kind = order.reason.split(':').next().unwrap_or_default().to_string();
+        let kind = order
+            .reason
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         *reasons.entry(kind).or_default() += 1;
     }
     println!(
@@ -347,7 +397,95 @@ async fn two_replicas_and_200_concurrent_orders_never_promise_a_gpu_twice() {
         .await;
     let nodes: Api<Node> = Api::all(c.client.clone());
     for i in 0..BURST_NODES {
-        let _ = nodes.delete(&format!("gpu-burst-{i}"), &DeleteParams::default()).await;
+        let _ = nodes
+            .delete(&format!("gpu-burst-{i}"), &DeleteParams::default())
+            .await;
     }
     drop((a, b));
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Intake latency on the real control plane: from an order submitted to the network, to its
+/// ComputeLease created by intake, to the lease pod bound by the scheduler. Orders are sent one
+/// at a time, so each figure is one lease's path with nothing queued ahead of it.
+#[tokio::test]
+#[ignore = "a benchmark: `make bench` runs it on the e2e control plane"]
+async fn intake_latency_benchmark() {
+    let Some(c) = cluster("intake-latency").await else {
+        return;
+    };
+    install_crds(&c.client).await;
+    apply_yaml(&c.client, &burst_nodes()).await;
+    let network = NetworkNode::start("latency");
+    let operator = Operator::start_with(&c, "latency", &network.operator_flags());
+    apply_yaml(&c.client, BURST_OFFER).await;
+    operator.wait_ready().await;
+    let buyer = network.client(generate_key()).await;
+    buyer.deposit(10_000 * UNIT, "USDC").await.unwrap();
+    wait_published(&buyer, "burst", 40).await;
+
+    let leases: Api<ComputeLease> = Api::all(c.client.clone());
+    let (mut created, mut bound) = (Vec::new(), Vec::new());
+    for i in 0..40 {
+        let started = std::time::Instant::now();
+        let placed = buyer
+            .submit(order(1, BURST_MODEL, 600, 3 * UNIT))
+            .await
+            .unwrap();
+        assert_eq!(
+            placed.state(),
+            OrderState::Matched,
+            "order {i}: {}",
+            placed.reason
+        );
+        let pods: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(c.client.clone(), &format!("lease-{}", placed.lease_id));
+        let mut seen_lease = None;
+        loop {
+            if seen_lease.is_none() && leases.get_opt(&placed.lease_id).await.unwrap().is_some() {
+                seen_lease = Some(started.elapsed());
+            }
+            if seen_lease.is_some()
+                && let Some(pod) = pods.get_opt("workload").await.unwrap()
+                && pod.spec.and_then(|s| s.node_name).is_some()
+            {
+                created.push(seen_lease.unwrap());
+                bound.push(started.elapsed());
+                break;
+            }
+            assert!(
+                started.elapsed() < 30 * SECOND,
+                "order {i} was not bound in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    created.sort();
+    bound.sort();
+    println!(
+        "intake latency over {} orders (polled every 5 ms): submitted → ComputeLease created p50 {:?} p99 {:?}; → pod bound p50 {:?} p99 {:?}",
+        created.len(),
+        percentile(&created, 50.0),
+        percentile(&created, 99.0),
+        percentile(&bound, 50.0),
+        percentile(&bound, 99.0),
+    );
+
+    let all = leases.list(&ListParams::default()).await.unwrap();
+    for lease in all.items.iter().filter(|l| l.spec.offer_name == "burst") {
+        delete_lease(&c.client, &lease.name_any()).await;
+    }
+    let _ = Api::<gpubridge::crd::GpuOffer>::all(c.client.clone())
+        .delete("burst", &DeleteParams::default())
+        .await;
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    for i in 0..BURST_NODES {
+        let _ = nodes
+            .delete(&format!("gpu-burst-{i}"), &DeleteParams::default())
+            .await;
+    }
 }

@@ -348,7 +348,10 @@ impl NetworkNode {
     }
 
     /// A client signing with `key`, once the node answers.
-    pub async fn client(&self, key: ed25519_dalek::SigningKey) -> gpubridge::network::client::NetworkClient {
+    pub async fn client(
+        &self,
+        key: ed25519_dalek::SigningKey,
+    ) -> gpubridge::network::client::NetworkClient {
         let target = gpubridge::network::client::Target {
             url: self.url.clone(),
             ca_file: None,
@@ -357,9 +360,11 @@ impl NetworkNode {
             gpubridge::network::client::channel(&target).unwrap(),
             key,
         );
-        eventually("the network node to answer", Duration::from_secs(10), || async {
-            client.info().await.map(drop).map_err(|e| e.to_string())
-        })
+        eventually(
+            "the network node to answer",
+            Duration::from_secs(10),
+            || async { client.info().await.map(drop).map_err(|e| e.to_string()) },
+        )
         .await;
         client
     }

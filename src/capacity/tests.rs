@@ -345,7 +345,10 @@ fn a_lease_placed_by_intake_holds_on_its_node() {
     let o = offer("a", 1);
     let cap = compute(&inv, &o, std::slice::from_ref(&o));
     assert_eq!((cap.pending_holds, cap.idle), (4, 8));
-    assert_eq!(cap.largest_block, 4, "the hold is on n1, where its pod will be pinned");
+    assert_eq!(
+        cap.largest_block, 4,
+        "the hold is on n1, where its pod will be pinned"
+    );
     // A node that cannot take it (gone, or too full) falls back to best fit.
     inv.upsert_lease(LeaseFacts {
         node: Some("gone".into()),

@@ -4,6 +4,7 @@
 
 pub mod amount;
 pub mod client;
+pub mod decoders;
 pub mod envelope;
 pub mod intake;
 pub mod publication;

@@ -1,0 +1,9 @@
+//! Any bytes as a signed request of every kind: opening never panics, and what opens verified.
+#![no_main]
+
+use gpubridge::network::{decoders, domain};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    decoders::signed_request(data, domain::ORDER);
+});
