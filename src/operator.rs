@@ -177,6 +177,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
             sidecar_image: args.sidecar_image.clone(),
             scheduling_timeout: Duration::from_secs(args.scheduling_timeout_seconds),
             offer_resync: Duration::from_secs(args.offer_resync_seconds),
+            reports_to_network: session_settings.is_some(),
         },
         metrics,
         recorder: Recorder::new(

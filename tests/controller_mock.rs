@@ -155,6 +155,7 @@ fn context(client: Client, offers: Vec<GpuOffer>) -> Arc<Context> {
             sidecar_image: "ghcr.io/gpubridge/gpubridge:test".into(),
             scheduling_timeout: Duration::from_secs(600),
             offer_resync: Duration::from_secs(300),
+            reports_to_network: false,
         },
         metrics: Metrics::new(),
         recorder: Recorder::new(

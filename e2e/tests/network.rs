@@ -489,3 +489,123 @@ async fn intake_latency_benchmark() {
             .await;
     }
 }
+
+async fn in_book(buyer: &gpubridge::network::client::NetworkClient, offer: &str) -> bool {
+    buyer
+        .list_offers()
+        .await
+        .map(|offers| {
+            offers
+                .iter()
+                .any(|o| o.offer_id.ends_with(&format!("/{offer}")))
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn the_session_refuses_a_wrong_network_key_withdraws_paused_offers_and_reconnects() {
+    let Some(c) = cluster("session").await else {
+        return;
+    };
+    install_crds(&c.client).await;
+    let mut network = NetworkNode::start("session");
+    apply_yaml(&c.client, &workstation_offer()).await;
+    let buyer = network.client(generate_key()).await;
+
+    // Pinned to another key: the operator does not talk to this network.
+    let mut wrong = network.operator_flags();
+    wrong[3] = gpubridge::identity::public_key_base58(&generate_key().verifying_key());
+    let impostor = Operator::start_with(&c, "session-wrong-key", &wrong);
+    impostor.wait_ready().await;
+    tokio::time::sleep(3 * SECOND).await;
+    impostor
+        .wait_metric("gpubridge_network_session_up 0", SECOND)
+        .await;
+    assert!(
+        !in_book(&buyer, "rtx-workstation").await,
+        "nothing was published"
+    );
+    drop(impostor);
+
+    let operator = Operator::start_with(&c, "session", &network.operator_flags());
+    operator.wait_ready().await;
+    operator
+        .wait_metric("gpubridge_network_session_up 1", 30 * SECOND)
+        .await;
+    wait_published(&buyer, "rtx-workstation", 2).await;
+
+    // Paused: withdrawn from the book and its network id cleared; unpaused: back.
+    let offers: Api<gpubridge::crd::GpuOffer> = Api::all(c.client.clone());
+    let pause = |paused: bool| {
+        let offers = offers.clone();
+        async move {
+            offers
+                .patch(
+                    "rtx-workstation",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(serde_json::json!({"spec": {"paused": paused}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    pause(true).await;
+    eventually(
+        "the paused offer to leave the book",
+        15 * SECOND,
+        || async {
+            let status = offer_status(&c.client, "rtx-workstation").await?;
+            match (in_book(&buyer, "rtx-workstation").await, status.offer_id) {
+                (false, None) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    pause(false).await;
+    wait_published(&buyer, "rtx-workstation", 2).await;
+
+    // The network node crashes and comes back on the same database: the session reconnects,
+    // republishes, and takes leases again.
+    network.kill();
+    operator
+        .wait_metric("gpubridge_network_session_up 0", 30 * SECOND)
+        .await;
+    network.restart();
+    operator
+        .wait_metric("gpubridge_network_session_up 1", 90 * SECOND)
+        .await;
+    wait_published(&buyer, "rtx-workstation", 2).await;
+    buyer.deposit(10 * UNIT, "USDC").await.unwrap();
+    let placed = buyer
+        .submit(order(2, "NVIDIA-GeForce-RTX-4090", 120, 12 * UNIT / 10))
+        .await
+        .unwrap();
+    assert_eq!(placed.state(), OrderState::Matched, "{}", placed.reason);
+    wait_phase(
+        &c.client,
+        &placed.lease_id,
+        LeasePhase::Running,
+        60 * SECOND,
+    )
+    .await;
+
+    delete_lease(&c.client, &placed.lease_id).await;
+    offers
+        .delete("rtx-workstation", &DeleteParams::default())
+        .await
+        .unwrap();
+    // A deleted offer is withdrawn too.
+    eventually(
+        "the deleted offer to leave the book",
+        15 * SECOND,
+        || async {
+            if in_book(&buyer, "rtx-workstation").await {
+                Err("still published".into())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+}

@@ -187,6 +187,20 @@ impl Operator {
         }
     }
 
+    /// Waits until a metric line of this replica reads exactly `line`.
+    pub async fn wait_metric(&self, line: &str, timeout: Duration) {
+        let url = format!("{}/metrics", self.http);
+        eventually(&format!("metric {line}"), timeout, || async {
+            let (_, body) = http_get(&url).await?;
+            if body.lines().any(|l| l == line) {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        })
+        .await
+    }
+
     /// Waits until this replica leads, as its metrics say.
     pub async fn wait_leader(&self) {
         let url = format!("{}/metrics", self.http);
@@ -296,6 +310,8 @@ pub fn free_port() -> u16 {
 /// key is created first so that operators can pin it. Killed when dropped.
 pub struct NetworkNode {
     child: Child,
+    name: String,
+    port: u16,
     pub url: String,
     /// The network's public key, base58.
     pub key: String,
@@ -314,25 +330,43 @@ impl NetworkNode {
         assert!(keygen.status.success(), "keygen: {keygen:?}");
         let key = String::from_utf8(keygen.stdout).unwrap().trim().to_string();
         let port = free_port();
-        let log = std::fs::File::create(
-            std::env::temp_dir().join(format!("gpubridge-e2e-network-{name}.log")),
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_gpubridge"))
-            .args(["network", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("the network node starts");
         NetworkNode {
-            child,
+            child: Self::spawn(name, port, dir.path()),
+            name: name.to_string(),
+            port,
             url: format!("http://127.0.0.1:{port}"),
             key,
             _dir: dir,
         }
+    }
+
+    fn spawn(name: &str, port: u16, dir: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(std::env::temp_dir().join(format!("gpubridge-e2e-network-{name}.log")))
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_gpubridge"))
+            .args(["network", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the network node starts")
+    }
+
+    /// Kills the node (SIGKILL) and leaves it down.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and database.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(&self.name, self.port, self._dir.path());
     }
 
     /// The operator flags that connect it to this node, key pinned.

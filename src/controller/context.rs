@@ -22,6 +22,9 @@ pub struct Settings {
     pub scheduling_timeout: Duration,
     /// How often an offer is recomputed when nothing triggers it.
     pub offer_resync: Duration,
+    /// Whether a network session reports lease ends; a lease from the network then keeps its
+    /// namespace until its end is reported (or the grace below passes).
+    pub reports_to_network: bool,
 }
 
 pub struct Context {

@@ -484,8 +484,32 @@ async fn cleanup(lease: &ComputeLease, ctx: &Context) -> Result<Action> {
             retry_after: CLEANUP_POLL,
         });
     }
+    if awaiting_end_report(lease, ctx.settings.reports_to_network, Timestamp::now()) {
+        return Err(Error::Waiting {
+            reason: "the lease's end is not reported to the network yet".into(),
+            retry_after: CLEANUP_POLL,
+        });
+    }
     delete_ignoring_absent(&Api::<Namespace>::all(ctx.client.clone()), &namespace).await?;
     Ok(Action::await_change())
+}
+
+/// How long a deleted lease waits for its end to be reported before it goes anyway: a network
+/// that is down must not keep a namespace forever; the network then lapses nothing and the
+/// buyer's hold stays until the network hears of the end some other way.
+const END_REPORT_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// DESIGN §3.4: the end is reported to the network before the namespace goes. Pure.
+fn awaiting_end_report(lease: &ComputeLease, reports_to_network: bool, now: Timestamp) -> bool {
+    let Some(status) = &lease.status else {
+        return false;
+    };
+    let from_network = lease.spec.signed_order.is_some();
+    let within_grace = status
+        .finished_at
+        .as_ref()
+        .is_none_or(|t| now.duration_since(t.0).unsigned_abs() < END_REPORT_GRACE);
+    reports_to_network && from_network && status.reported_at.is_none() && within_grace
 }
 
 /// The pod goes to the node intake promised the GPUs on, while that node can take it; a lease
@@ -499,7 +523,43 @@ fn pinned_to_promised_node(eligible: Vec<String>, promised: Option<&String>) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::pinned_to_promised_node;
+    use super::{awaiting_end_report, pinned_to_promised_node};
+    use crate::crd::{ComputeLease, ComputeLeaseStatus, LeasePhase, SignedOrder};
+    use jiff::{Timestamp, ToSpan};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    #[test]
+    fn a_network_lease_waits_for_its_end_report_within_the_grace() {
+        let spec =
+            serde_yaml::from_str(include_str!("../../tests/fixtures/lease-spec.yaml")).unwrap();
+        let mut lease = ComputeLease::new("l", spec);
+        let now = Timestamp::from_second(1_000_000).unwrap();
+        lease.status = Some(ComputeLeaseStatus {
+            phase: LeasePhase::Expired,
+            finished_at: Some(Time(now - 60.seconds())),
+            ..Default::default()
+        });
+        assert!(
+            !awaiting_end_report(&lease, true, now),
+            "a lease made by hand reports nothing"
+        );
+        lease.spec.signed_order = Some(SignedOrder {
+            body: String::new(),
+            buyer_signature: String::new(),
+            network_signature: String::new(),
+        });
+        assert!(awaiting_end_report(&lease, true, now));
+        assert!(
+            !awaiting_end_report(&lease, false, now),
+            "no session, nobody to report to"
+        );
+        assert!(
+            !awaiting_end_report(&lease, true, now + 600.seconds()),
+            "the grace passed"
+        );
+        lease.status.as_mut().unwrap().reported_at = Some(Time(now));
+        assert!(!awaiting_end_report(&lease, true, now));
+    }
 
     #[test]
     fn a_promised_node_pins_the_pod_while_it_is_eligible() {
