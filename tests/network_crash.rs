@@ -14,18 +14,10 @@ use gpubridge::identity::{generate_key, keyfile, public_key_base58};
 use gpubridge::network::client::NetworkClient;
 use gpubridge::network::proto::{OrderState, lease_event};
 use rand_core::{OsRng, RngCore};
-use support::network::{UNIT, offer, order};
+use support::network::{UNIT, free_port, offer, order};
 
 const BUYERS: usize = 4;
 const ROUNDS: usize = 3;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn start_node(dir: &std::path::Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_gpubridge"))

@@ -1,19 +1,14 @@
 //! The gateway over TLS: a client trusting the node's CA talks to it; one that does not, and a
 //! plaintext client, are refused. The certificate is made here with the openssl command line.
 
+mod support;
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use gpubridge::identity::generate_key;
 use gpubridge::network::client::{NetworkClient, Target, channel};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::network::free_port;
 
 fn client(url: String, ca_file: Option<std::path::PathBuf>) -> NetworkClient {
     NetworkClient::new(channel(&Target { url, ca_file }).unwrap(), generate_key())
@@ -23,81 +18,33 @@ fn client(url: String, ca_file: Option<std::path::PathBuf>) -> NetworkClient {
 async fn the_gateway_serves_tls_to_clients_that_trust_its_ca_only() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name);
-    let openssl = |args: &[&str]| {
+    // openssl with its arguments as one line of words.
+    let openssl = |line: &str| {
         let ok = Command::new("openssl")
-            .args(args)
+            .args(line.split_whitespace())
             .current_dir(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .expect("openssl runs")
             .success();
-        assert!(ok, "openssl {args:?}");
+        assert!(ok, "openssl {line}");
     };
     // A CA, and the node's certificate signed by it for 127.0.0.1.
-    openssl(&[
-        "ecparam",
-        "-name",
-        "prime256v1",
-        "-genkey",
-        "-noout",
-        "-out",
-        "ca.key",
-    ]);
-    openssl(&[
-        "req",
-        "-x509",
-        "-new",
-        "-key",
-        "ca.key",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=test-ca",
-        "-out",
-        "ca.crt",
-    ]);
-    openssl(&[
-        "ecparam",
-        "-name",
-        "prime256v1",
-        "-genkey",
-        "-noout",
-        "-out",
-        "tls.key",
-    ]);
-    openssl(&[
-        "req",
-        "-new",
-        "-key",
-        "tls.key",
-        "-subj",
-        "/CN=gpubridge-network",
-        "-out",
-        "tls.csr",
-    ]);
     std::fs::write(
         path("san.ext"),
         "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
     )
     .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "tls.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "san.ext",
-        "-out",
-        "tls.crt",
-    ]);
+    for line in [
+        "ecparam -name prime256v1 -genkey -noout -out ca.key",
+        "req -x509 -new -key ca.key -days 1 -subj /CN=test-ca -out ca.crt",
+        "ecparam -name prime256v1 -genkey -noout -out tls.key",
+        "req -new -key tls.key -subj /CN=gpubridge-network -out tls.csr",
+        "x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -extfile san.ext -out tls.crt",
+    ] {
+        openssl(line);
+    }
     let (ca, cert, key) = (path("ca.crt"), path("tls.crt"), path("tls.key"));
     let port = free_port();
     let mut node = Command::new(env!("CARGO_BIN_EXE_gpubridge"))

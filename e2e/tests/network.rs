@@ -389,19 +389,28 @@ async fn two_replicas_and_200_concurrent_orders_never_promise_a_gpu_twice() {
         samples.load(Ordering::Relaxed)
     );
 
-    for lease in &leases {
-        delete_lease(&c.client, &lease.name_any()).await;
+    remove_burst_pool(&c.client).await;
+    drop((a, b));
+}
+
+/// Deletes the burst offer's leases, the offer and its nodes.
+async fn remove_burst_pool(client: &Client) {
+    let leases = Api::<ComputeLease>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    for lease in leases.items.iter().filter(|l| l.spec.offer_name == "burst") {
+        delete_lease(client, &lease.name_any()).await;
     }
-    let _ = Api::<gpubridge::crd::GpuOffer>::all(c.client.clone())
+    let _ = Api::<gpubridge::crd::GpuOffer>::all(client.clone())
         .delete("burst", &DeleteParams::default())
         .await;
-    let nodes: Api<Node> = Api::all(c.client.clone());
+    let nodes: Api<Node> = Api::all(client.clone());
     for i in 0..BURST_NODES {
         let _ = nodes
             .delete(&format!("gpu-burst-{i}"), &DeleteParams::default())
             .await;
     }
-    drop((a, b));
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -475,19 +484,7 @@ async fn intake_latency_benchmark() {
         percentile(&bound, 99.0),
     );
 
-    let all = leases.list(&ListParams::default()).await.unwrap();
-    for lease in all.items.iter().filter(|l| l.spec.offer_name == "burst") {
-        delete_lease(&c.client, &lease.name_any()).await;
-    }
-    let _ = Api::<gpubridge::crd::GpuOffer>::all(c.client.clone())
-        .delete("burst", &DeleteParams::default())
-        .await;
-    let nodes: Api<Node> = Api::all(c.client.clone());
-    for i in 0..BURST_NODES {
-        let _ = nodes
-            .delete(&format!("gpu-burst-{i}"), &DeleteParams::default())
-            .await;
-    }
+    remove_burst_pool(&c.client).await;
 }
 
 async fn in_book(buyer: &gpubridge::network::client::NetworkClient, offer: &str) -> bool {

@@ -69,6 +69,14 @@ impl Node {
     }
 }
 
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn now() -> i64 {
     jiff::Timestamp::now().as_second()
 }
