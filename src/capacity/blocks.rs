@@ -11,17 +11,6 @@ pub fn best_fit(blocks: &[u32], gpus: u32) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
-/// Places `leases` one after another, best fit, and returns what is left of `blocks`; `None`
-/// when one of them does not fit.
-pub fn place_all(blocks: &[u32], leases: impl IntoIterator<Item = u32>) -> Option<Vec<u32>> {
-    let mut left = blocks.to_vec();
-    for gpus in leases {
-        let i = best_fit(&left, gpus)?;
-        left[i] -= gpus;
-    }
-    Some(left)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -33,12 +22,5 @@ mod tests {
         assert_eq!(best_fit(&[8, 2, 4], 9), None);
         assert_eq!(best_fit(&[], 1), None);
         assert_eq!(best_fit(&[0, 0], 0), Some(0));
-    }
-
-    #[test]
-    fn placing_in_sequence() {
-        assert_eq!(place_all(&[8, 4], [4, 4, 2]), Some(vec![2, 0]));
-        assert_eq!(place_all(&[8, 4], [8, 4, 1]), None);
-        assert_eq!(place_all(&[3], []), Some(vec![3]));
     }
 }

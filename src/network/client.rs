@@ -1,7 +1,6 @@
 //! A gateway client that signs every request with its key: used by the operator's session, the
 //! buyer CLI and the tests.
 
-use std::path::Path;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
@@ -77,10 +76,6 @@ impl NetworkClient {
                 .max_decoding_message_size(crate::hub::MAX_MESSAGE_BYTES),
             key,
         }
-    }
-
-    pub fn key(&self) -> &SigningKey {
-        &self.key
     }
 
     fn seal<M: prost::Message + HasHeader>(&self, domain: &str, body: M) -> Signed {
@@ -212,9 +207,4 @@ impl NetworkClient {
         let signed = self.seal(domain::QUERY, QueryBody::default());
         Ok(self.inner.clone().balance(signed).await?.into_inner())
     }
-}
-
-/// Reads a key file for a client.
-pub fn key_from_file(path: &Path) -> Result<SigningKey, crate::identity::keyfile::KeyFileError> {
-    crate::identity::keyfile::load(path)
 }

@@ -152,13 +152,18 @@ async fn session(
     let info = client.info().await?;
     let network_key = verifying_key("networkKey", &info.network_key)
         .map_err(|e| SessionError::BadNetworkKey(e.to_string()))?;
-    if let Some(pinned) = &settings.pinned_key
-        && pinned != &network_key
-    {
-        return Err(SessionError::WrongNetworkKey {
-            pinned: public_key_base58(pinned),
-            found: public_key_base58(&network_key),
-        });
+    match &settings.pinned_key {
+        Some(pinned) if pinned != &network_key => {
+            return Err(SessionError::WrongNetworkKey {
+                pinned: public_key_base58(pinned),
+                found: public_key_base58(&network_key),
+            });
+        }
+        Some(_) => {}
+        None => warn!(
+            network = %public_key_base58(&network_key),
+            "no --network-key: trusting the key this network presents; pin it in production"
+        ),
     }
     let registered = client
         .register(&settings.provider_name, &settings.region)
