@@ -27,14 +27,10 @@ pub struct OrderArgs {
     /// PEM CA bundle for an https network.
     #[arg(long, env = "GPUBRIDGE_NETWORK_CA_FILE", global = true)]
     pub ca_file: Option<PathBuf>,
-    /// The buyer's key file.
-    #[arg(
-        long,
-        env = "GPUBRIDGE_BUYER_KEY",
-        default_value = "buyer.key",
-        global = true
-    )]
-    pub key: PathBuf,
+    /// The buyer's key file; `$XDG_CONFIG_HOME/gpubridge/buyer.key` (or under ~/.config) when
+    /// absent.
+    #[arg(long, env = "GPUBRIDGE_BUYER_KEY", global = true)]
+    pub key: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
     pub output: Output,
@@ -133,7 +129,7 @@ pub enum OrderError {
 
 pub async fn run(args: OrderArgs) -> Result<(), OrderError> {
     if let OrderCommand::Keygen = args.command {
-        let key = keyfile::create(&args.key)?;
+        let key = keyfile::create(&buyer_key_path(args.key.as_deref())?)?;
         println!("{}", public_key_base58(&key.verifying_key()));
         return Ok(());
     }
@@ -148,7 +144,7 @@ pub async fn run(args: OrderArgs) -> Result<(), OrderError> {
         print_offers(&offers, args.output);
         return Ok(());
     }
-    let key = keyfile::load(&args.key)?;
+    let key = keyfile::load(&buyer_key_path(args.key.as_deref())?)?;
     let client = NetworkClient::new(channel, key);
     match args.command {
         OrderCommand::Keygen | OrderCommand::Offers => unreachable!("handled above"),
@@ -174,6 +170,20 @@ pub async fn run(args: OrderArgs) -> Result<(), OrderError> {
         OrderCommand::Balance => print_balances(&client.balance().await?, args.output),
     }
     Ok(())
+}
+
+/// `--key`, else the buyer key in the user's configuration folder.
+fn buyer_key_path(given: Option<&std::path::Path>) -> Result<PathBuf, OrderError> {
+    if let Some(path) = given {
+        return Ok(path.to_path_buf());
+    }
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .ok_or_else(|| {
+            OrderError::Usage("--key: give a key file (no HOME to default to)".into())
+        })?;
+    Ok(config.join("gpubridge").join("buyer.key"))
 }
 
 fn order_body(args: SubmitArgs) -> Result<OrderBody, OrderError> {

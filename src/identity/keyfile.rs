@@ -1,7 +1,7 @@
 //! Key files: a base58 ed25519 seed on one line, readable only by its owner (mode 0600).
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
@@ -30,7 +30,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyFileError + '_ {
 pub fn create(path: &Path) -> Result<SigningKey, KeyFileError> {
     let key = generate_key();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io(path))?;
+        // A folder made for a key is private too.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(path))?;
     }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -87,6 +92,8 @@ mod tests {
         let key = create(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        let dir_mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dir_mode, 0o700, "the folder made for the key is private");
         assert_eq!(load(&path).unwrap().to_bytes(), key.to_bytes());
         assert_eq!(load_or_create(&path).unwrap().to_bytes(), key.to_bytes());
         assert!(
