@@ -6,6 +6,7 @@
 //! (or a new leader) picks up where the last one stopped.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -91,10 +92,8 @@ pub async fn run(
         }
         failures = failures.saturating_add(1);
         let delay = reconnect_delay(failures);
-        match result {
-            Err(e) => warn!(error = %e, retry_in = ?delay, "network session lost"),
-            Ok(()) => info!(retry_in = ?delay, "network session ended"),
-        }
+        let Err(e) = result;
+        warn!(error = %e, retry_in = ?delay, "network session lost");
         tokio::select! {
             _ = shutdown.clone() => return,
             _ = tokio::time::sleep(delay) => {}
@@ -146,7 +145,7 @@ async fn session(
     ctx: &Arc<Context>,
     settings: &SessionSettings,
     reservations: &Arc<Mutex<Reservations>>,
-) -> Result<(), SessionError> {
+) -> Result<Infallible, SessionError> {
     let channel = client::channel(&settings.target)?;
     let client = NetworkClient::new(channel, ctx.provider_key.clone());
     let info = client.info().await?;
@@ -185,7 +184,7 @@ async fn session(
     }
 }
 
-async fn keep_alive(client: &NetworkClient, every: Duration) -> Result<(), SessionError> {
+async fn keep_alive(client: &NetworkClient, every: Duration) -> Result<Infallible, SessionError> {
     loop {
         tokio::time::sleep(every).await;
         client.heartbeat().await?;
@@ -198,7 +197,7 @@ async fn take_leases(
     mut stream: tonic::Streaming<super::proto::LeaseEvent>,
     network_key: &VerifyingKey,
     reservations: &Arc<Mutex<Reservations>>,
-) -> Result<(), SessionError> {
+) -> Result<Infallible, SessionError> {
     while let Some(event) = stream.message().await? {
         let Some(lease_event::Event::Lease(signed)) = event.event else {
             continue;
@@ -376,7 +375,7 @@ async fn publish_offers(
     settings: &SessionSettings,
     reservations: &Arc<Mutex<Reservations>>,
     ttl: Duration,
-) -> Result<(), SessionError> {
+) -> Result<Infallible, SessionError> {
     let started = Instant::now();
     let mut published: BTreeMap<String, Published> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -464,7 +463,10 @@ async fn set_offer_advertised(ctx: &Context, name: &str, offer_id: Option<&str>)
 
 /// Reports every ended lease from the network that was not reported yet; level-based, so an end
 /// missed while disconnected is reported after the next connect.
-async fn report_ends(ctx: &Arc<Context>, client: &NetworkClient) -> Result<(), SessionError> {
+async fn report_ends(
+    ctx: &Arc<Context>,
+    client: &NetworkClient,
+) -> Result<Infallible, SessionError> {
     let api: Api<ComputeLease> = Api::all(ctx.client.clone());
     loop {
         let leases = api.list(&ListParams::default()).await?;
