@@ -5,7 +5,7 @@
 //! and reconnects with backoff and jitter; everything it does is level-based, so a reconnect
 //! (or a new leader) picks up where the last one stopped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -462,51 +462,73 @@ async fn set_offer_advertised(ctx: &Context, name: &str, offer_id: Option<&str>)
 }
 
 /// Reports every ended lease from the network that was not reported yet; level-based, so an end
-/// missed while disconnected is reported after the next connect.
+/// missed while disconnected is reported after the next connect. The inventory says which leases
+/// ended (no list of whole objects); each is read once, and remembered as settled until deleted.
 async fn report_ends(
     ctx: &Arc<Context>,
     client: &NetworkClient,
 ) -> Result<Infallible, SessionError> {
     let api: Api<ComputeLease> = Api::all(ctx.client.clone());
+    let mut settled: BTreeSet<String> = BTreeSet::new();
     loop {
-        let leases = api.list(&ListParams::default()).await?;
-        for lease in leases.items {
-            let Some(body) = end_report(&lease) else {
-                continue;
-            };
-            match client.report_end(body).await {
-                Ok(reply) => info!(
-                    lease = %lease.name_any(),
-                    charged = %reply.charged,
-                    refunded = %reply.refunded,
-                    "reported the lease's end"
-                ),
-                Err(s)
-                    if matches!(
-                        s.code(),
-                        Code::FailedPrecondition | Code::NotFound | Code::PermissionDenied
-                    ) =>
-                {
-                    // The network never leased it to us (it lapsed or was cancelled before our
-                    // answer): nothing to settle, and asking again will not change that.
-                    warn!(lease = %lease.name_any(), error = %s, "the network does not settle this lease");
-                }
-                Err(s) => return Err(s.into()),
+        let ended: Vec<String> = {
+            let inventory = ctx.inventory.read().expect("inventory lock poisoned");
+            settled.retain(|name| inventory.lease(name).is_some());
+            inventory
+                .leases()
+                .filter(|l| !l.active() && !settled.contains(&l.name))
+                .map(|l| l.name.clone())
+                .collect()
+        };
+        for name in ended {
+            let body = api.get_opt(&name).await?.as_ref().and_then(end_report);
+            if let Some(body) = body {
+                report_end(client, &api, &name, body).await?;
             }
-            let patch = json!({
-                "apiVersion": "gpubridge.dev/v1alpha1",
-                "kind": "ComputeLease",
-                "status": { "reportedAt": Time(jiff::Timestamp::now()) },
-            });
-            api.patch_status(
-                &lease.name_any(),
-                &PatchParams::apply(SESSION_FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await?;
+            settled.insert(name);
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// Reports one end and records it on the lease (`status.reportedAt`).
+async fn report_end(
+    client: &NetworkClient,
+    api: &Api<ComputeLease>,
+    name: &str,
+    body: LeaseEndBody,
+) -> Result<(), SessionError> {
+    match client.report_end(body).await {
+        Ok(reply) => info!(
+            lease = %name,
+            charged = %reply.charged,
+            refunded = %reply.refunded,
+            "reported the lease's end"
+        ),
+        Err(s)
+            if matches!(
+                s.code(),
+                Code::FailedPrecondition | Code::NotFound | Code::PermissionDenied
+            ) =>
+        {
+            // The network never leased it to us (it lapsed or was cancelled before our answer):
+            // nothing to settle, and asking again will not change that.
+            warn!(lease = %name, error = %s, "the network does not settle this lease");
+        }
+        Err(s) => return Err(s.into()),
+    }
+    let patch = json!({
+        "apiVersion": "gpubridge.dev/v1alpha1",
+        "kind": "ComputeLease",
+        "status": { "reportedAt": Time(jiff::Timestamp::now()) },
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(SESSION_FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
 }
 
 /// The end report of a lease from the network that ended and was not reported yet. Pure.
