@@ -5,7 +5,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,20 +14,21 @@ use gpubridge::identity::{generate_key, keyfile, public_key_base58};
 use gpubridge::network::client::NetworkClient;
 use gpubridge::network::proto::{OrderState, lease_event};
 use rand_core::{OsRng, RngCore};
-use support::network::{UNIT, free_port, offer, order};
+use support::network::{KillOnDrop, UNIT, free_port, offer, order};
 
 const BUYERS: usize = 4;
 const ROUNDS: usize = 3;
 
-fn start_node(dir: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_gpubridge"))
+fn start_node(dir: &std::path::Path, port: u16) -> KillOnDrop {
+    let child = Command::new(env!("CARGO_BIN_EXE_gpubridge"))
         .args(["network", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("the network node starts")
+        .expect("the network node starts");
+    KillOnDrop(child)
 }
 
 async fn client(url: &str, key: ed25519_dalek::SigningKey) -> NetworkClient {
@@ -111,8 +112,7 @@ async fn kill_9_mid_traffic_loses_no_acknowledged_order_lease_or_entry() {
         }
         let run_for = 400 + u64::from(OsRng.next_u32() % 1200);
         tokio::time::sleep(Duration::from_millis(run_for)).await;
-        node.kill().unwrap(); // SIGKILL
-        node.wait().unwrap();
+        node.kill(); // SIGKILL
         for task in traffic {
             task.await.unwrap();
         }

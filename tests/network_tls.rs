@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use gpubridge::identity::generate_key;
 use gpubridge::network::client::{NetworkClient, Target, channel};
-use support::network::free_port;
+use support::network::{KillOnDrop, free_port};
 
 fn client(url: String, ca_file: Option<std::path::PathBuf>) -> NetworkClient {
     NetworkClient::new(channel(&Target { url, ca_file }).unwrap(), generate_key())
@@ -47,18 +47,20 @@ async fn the_gateway_serves_tls_to_clients_that_trust_its_ca_only() {
     }
     let (ca, cert, key) = (path("ca.crt"), path("tls.crt"), path("tls.key"));
     let port = free_port();
-    let mut node = Command::new(env!("CARGO_BIN_EXE_gpubridge"))
-        .args(["network", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--tls-cert")
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let _node = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_gpubridge"))
+            .args(["network", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--tls-cert")
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
 
     let trusting = client(format!("https://127.0.0.1:{port}"), Some(ca));
     let mut answered = Err(tonic::Status::unavailable("not tried"));
@@ -80,7 +82,4 @@ async fn the_gateway_serves_tls_to_clients_that_trust_its_ca_only() {
     );
     let plaintext = client(format!("http://127.0.0.1:{port}"), None);
     assert!(plaintext.info().await.is_err(), "plaintext is refused");
-
-    node.kill().unwrap();
-    node.wait().unwrap();
 }
