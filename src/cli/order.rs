@@ -235,10 +235,16 @@ fn units(atto: &str) -> String {
         .map_or_else(|_| atto.to_string(), to_decimal_units)
 }
 
+/// An order's state as a lowercase word, for tables and JSON.
 fn state(order: &OrderView) -> &'static str {
-    OrderState::try_from(order.state)
-        .unwrap_or(OrderState::Unspecified)
-        .label()
+    match OrderState::try_from(order.state).unwrap_or(OrderState::Unspecified) {
+        OrderState::Unspecified => "unknown",
+        OrderState::Matched => "matched",
+        OrderState::Leased => "leased",
+        OrderState::Ended => "ended",
+        OrderState::Rejected => "rejected",
+        OrderState::Cancelled => "cancelled",
+    }
 }
 
 /// Prints rows under a header, each column as wide as its widest cell.

@@ -26,9 +26,9 @@ use super::records::{
 use crate::identity::public_key_base58;
 use crate::network::envelope::{self, domain, open, sign_body};
 use crate::network::proto::{
-    self, Balance, BalanceReply, CancelBody, DepositBody, HeartbeatBody, LeaseBody,
-    LeaseDecisionBody, LeaseEndBody, LeaseEndReply, LeaseStreamBody, OfferBody, OfferView,
-    OrderBody, OrderView, PublishOfferReply, QueryBody, RegisterBody, Signed, WithdrawBody,
+    Balance, BalanceReply, CancelBody, DepositBody, HeartbeatBody, LeaseBody, LeaseDecisionBody,
+    LeaseEndBody, LeaseEndReply, LeaseStreamBody, OfferBody, OfferView, OrderBody, OrderView,
+    PublishOfferReply, QueryBody, RegisterBody, Signed, WithdrawBody,
 };
 use crate::network::{Opened, Rejection, amount, validate};
 
@@ -453,19 +453,24 @@ impl Store {
         Ok((provider, signed))
     }
 
-    /// Offers that can be matched now: unexpired, from a provider that heartbeats.
-    fn live_offers(&self, txn: &WriteTransaction, now: i64) -> Result<Vec<OfferRecord>> {
-        let providers: Vec<ProviderRecord> = all_json(&txn.open_table(PROVIDERS)?)?;
+    /// Offers that can be matched now, each with its provider: unexpired, from a provider that
+    /// heartbeat within the timeout. The one rule for matching, the book and the sweep.
+    fn live_offers(
+        &self,
+        offers: &impl ReadableTable<&'static str, &'static [u8]>,
+        providers: &impl ReadableTable<&'static str, &'static [u8]>,
+        now: i64,
+    ) -> Result<Vec<(OfferRecord, ProviderRecord)>> {
+        let providers: Vec<ProviderRecord> = all_json(providers)?;
+        let offers: Vec<OfferRecord> = all_json(offers)?;
         let timeout = i64::from(self.settings.heartbeat_timeout_seconds);
-        let live: std::collections::BTreeSet<String> = providers
-            .into_iter()
-            .filter(|p| now - p.last_heartbeat <= timeout)
-            .map(|p| p.key)
-            .collect();
-        let offers: Vec<OfferRecord> = all_json(&txn.open_table(OFFERS)?)?;
         Ok(offers
             .into_iter()
-            .filter(|o| o.expires_at > now && live.contains(&o.provider))
+            .filter(|o| o.expires_at > now)
+            .filter_map(|o| {
+                let provider = providers.iter().find(|p| p.key == o.provider)?;
+                (now - provider.last_heartbeat <= timeout).then(|| (o, provider.clone()))
+            })
             .collect())
     }
 
@@ -512,7 +517,11 @@ impl Store {
                 created_at: now,
                 updated_at: now,
             };
-            let offers = self.live_offers(txn, now)?;
+            let offers: Vec<OfferRecord> = self
+                .live_offers(&txn.open_table(OFFERS)?, &txn.open_table(PROVIDERS)?, now)?
+                .into_iter()
+                .map(|(offer, _)| offer)
+                .collect();
             let book: Vec<_> = offers.iter().map(OfferRecord::to_book).collect();
             let mut lease_out = None;
             match matching::best_offer(&terms, &book) {
@@ -883,16 +892,10 @@ impl Store {
 
     pub fn list_offers(&self, now: i64) -> Result<Vec<OfferView>> {
         let txn = self.read()?;
-        let providers: Vec<ProviderRecord> = all_json(&txn.open_table(PROVIDERS)?)?;
-        let offers: Vec<OfferRecord> = all_json(&txn.open_table(OFFERS)?)?;
-        let timeout = i64::from(self.settings.heartbeat_timeout_seconds);
-        Ok(offers
+        let live = self.live_offers(&txn.open_table(OFFERS)?, &txn.open_table(PROVIDERS)?, now)?;
+        Ok(live
             .iter()
-            .filter(|o| o.expires_at > now)
-            .filter_map(|o| {
-                let provider = providers.iter().find(|p| p.key == o.provider)?;
-                (now - provider.last_heartbeat <= timeout).then(|| o.to_view(&provider.name))
-            })
+            .map(|(offer, provider)| offer.to_view(&provider.name))
             .collect())
     }
 
@@ -900,7 +903,6 @@ impl Store {
     /// and those of silent providers are dropped, nonces past the freshness window are forgotten.
     /// Returns the lapsed lease ids.
     pub fn sweep(&self, now: i64) -> Result<Vec<String>> {
-        let timeout = i64::from(self.settings.heartbeat_timeout_seconds);
         self.write(|txn| {
             let leases: Vec<LeaseRecord> = all_json(&txn.open_table(LEASES)?)?;
             let mut lapsed = Vec::new();
@@ -922,19 +924,14 @@ impl Store {
                 )?;
                 lapsed.push(lease.lease_id);
             }
-            let providers: Vec<ProviderRecord> = all_json(&txn.open_table(PROVIDERS)?)?;
-            let offers: Vec<OfferRecord> = all_json(&txn.open_table(OFFERS)?)?;
-            let mut table = txn.open_table(OFFERS)?;
-            for offer in offers {
-                let silent = providers
-                    .iter()
-                    .find(|p| p.key == offer.provider)
-                    .is_none_or(|p| now - p.last_heartbeat > timeout);
-                if offer.expires_at <= now || silent {
-                    table.remove(offer.offer_id.as_str())?;
-                }
-            }
-            drop(table);
+            let mut offers = txn.open_table(OFFERS)?;
+            let live: std::collections::BTreeSet<String> = self
+                .live_offers(&offers, &txn.open_table(PROVIDERS)?, now)?
+                .into_iter()
+                .map(|(offer, _)| offer.offer_id)
+                .collect();
+            offers.retain(|offer_id, _| live.contains(offer_id))?;
+            drop(offers);
             let horizon = now - 2 * envelope::FRESHNESS_SECONDS;
             txn.open_table(NONCES)?
                 .retain(|_, issued_at| issued_at >= horizon)?;
@@ -1011,19 +1008,5 @@ impl Store {
     pub fn leases(&self) -> Result<Vec<LeaseRecord>> {
         let txn = self.read()?;
         all_json(&txn.open_table(LEASES)?)
-    }
-}
-
-impl proto::OrderState {
-    /// Lowercase name for tables and JSON.
-    pub fn label(self) -> &'static str {
-        match self {
-            proto::OrderState::Unspecified => "unknown",
-            proto::OrderState::Matched => "matched",
-            proto::OrderState::Leased => "leased",
-            proto::OrderState::Ended => "ended",
-            proto::OrderState::Rejected => "rejected",
-            proto::OrderState::Cancelled => "cancelled",
-        }
     }
 }
