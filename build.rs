@@ -7,7 +7,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_protos(&["proto/gpubridge/network/v1/network.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/gpubridge/network/v1/network.proto",
+                "proto/gpubridge/network/v1/collector.proto",
+            ],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -5,16 +5,21 @@
 //! `identity`); `controller` only reads state, calls them and writes the results.
 
 pub mod admission;
+pub mod attestation;
 pub mod capacity;
 pub mod cli;
+pub mod collector;
 pub mod controller;
 pub mod crd;
+pub mod gpu;
 pub mod http;
 pub mod hub;
 pub mod identity;
 pub mod lifecycle;
+pub mod metering;
 pub mod metrics;
 pub mod network;
 pub mod operator;
+pub mod shutdown;
 pub mod telemetry;
 pub mod workload;

@@ -3,10 +3,20 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use gpubridge::cli::{Cli, Command, crdgen, keygen, order};
-use gpubridge::{hub, operator, telemetry};
+use gpubridge::{attestation, hub, metering, operator, telemetry};
 
 fn block_on<F: Future>(work: F) -> F::Output {
     tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts")
+        .block_on(work)
+}
+
+/// Sidecars run on one thread: they sample, sign and send a few messages a second, and every
+/// extra worker thread costs a lease pod memory it did not buy.
+fn block_on_one_thread<F: Future>(work: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime starts")
@@ -21,6 +31,14 @@ fn main() -> ExitCode {
         Command::Operator(args) => {
             telemetry::init(args.log_format);
             block_on(operator::run(args)).map_err(Into::into)
+        }
+        Command::Meter(args) => {
+            telemetry::init(args.log_format);
+            block_on_one_thread(metering::sidecar::run(args)).map_err(Into::into)
+        }
+        Command::Attest(args) => {
+            telemetry::init(args.log_format);
+            block_on_one_thread(attestation::sidecar::run(args)).map_err(Into::into)
         }
         Command::Network(args) => {
             telemetry::init(args.log_format);

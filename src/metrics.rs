@@ -3,7 +3,7 @@
 //! never a lease or pod name.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use crate::crd::{GpuOffer, LeasePhase};
@@ -21,6 +21,9 @@ pub struct Metrics {
     pub leader: IntGauge,
     pub network_session_up: IntGauge,
     pub intake: IntCounterVec,
+    pub receipts_accepted: IntCounter,
+    pub verification_failures: IntCounterVec,
+    pub attestations: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -104,6 +107,27 @@ impl Metrics {
             &["decision", "reason"],
         )
         .unwrap();
+        let receipts_accepted = IntCounter::new(
+            "gpubridge_receipts_accepted_total",
+            "Meter receipts the network accepted through this operator's collector",
+        )
+        .unwrap();
+        let verification_failures = IntCounterVec::new(
+            Opts::new(
+                "gpubridge_verification_failures_total",
+                "Sidecar messages refused, by subject (sidecar, receipt, evidence) and reason kind",
+            ),
+            &["subject", "reason"],
+        )
+        .unwrap();
+        let attestations = IntCounterVec::new(
+            Opts::new(
+                "gpubridge_attestations_total",
+                "Attestation evidence the network accepted, by trust tier",
+            ),
+            &["tier"],
+        )
+        .unwrap();
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_errors.clone()),
@@ -115,6 +139,9 @@ impl Metrics {
             Box::new(leader.clone()),
             Box::new(network_session_up.clone()),
             Box::new(intake.clone()),
+            Box::new(receipts_accepted.clone()),
+            Box::new(verification_failures.clone()),
+            Box::new(attestations.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -130,6 +157,9 @@ impl Metrics {
             leader,
             network_session_up,
             intake,
+            receipts_accepted,
+            verification_failures,
+            attestations,
         }
     }
 

@@ -19,6 +19,7 @@ use kube::{Api, Client};
 use tracing::{error, info};
 
 use crate::capacity::Inventory;
+use crate::collector::{self, CollectorService};
 use crate::controller::backoff::Backoff;
 use crate::controller::leader::{self, ElectionSettings};
 use crate::controller::watch::{self, OfferTriggers, Synced};
@@ -29,8 +30,10 @@ use crate::identity::{
     generate_key, public_key_base58, public_key_from_base58, signing_key_from_bytes,
 };
 use crate::metrics::Metrics;
-use crate::network::client::Target;
+use crate::network::client::{self, NetworkClient, Target};
+use crate::workload::CollectorEndpoint;
 use crate::network::session::{self, SessionSettings};
+use crate::shutdown::Shutdown;
 use crate::telemetry::LogFormat;
 
 const PROVIDER_KEY_FIELD: &str = "provider.key";
@@ -100,6 +103,19 @@ pub struct OperatorArgs {
     /// Region this cluster's GPUs are in, as buyers filter by it; empty for none.
     #[arg(long, env = "GPUBRIDGE_REGION", default_value = "")]
     pub region: String,
+    /// Address the collector serves lease sidecars on.
+    #[arg(long, env = "GPUBRIDGE_COLLECTOR_ADDR", default_value = "0.0.0.0:7400")]
+    pub collector_addr: SocketAddr,
+    /// URL lease sidecars dial the collector at; by default the `gpubridge-collector` Service
+    /// in the operator's namespace, on the collector's port.
+    #[arg(long, env = "GPUBRIDGE_COLLECTOR_URL")]
+    pub collector_url: Option<String>,
+    /// Least seconds between two usage summaries of one lease written into its status.
+    #[arg(long, env = "GPUBRIDGE_COLLECTOR_STATUS_SECONDS", default_value_t = 10)]
+    pub collector_status_seconds: u64,
+    /// Seconds a lease's end report waits for the meter's final receipt.
+    #[arg(long, env = "GPUBRIDGE_FINAL_RECEIPT_GRACE_SECONDS", default_value_t = 120)]
+    pub final_receipt_grace_seconds: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,8 +133,15 @@ pub enum OperatorError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("--network-url: {0}")]
+    NetworkUrl(#[source] client::ConnectError),
     #[error("--network-key: {0}")]
     NetworkKey(String),
+    #[error("cannot serve the collector on {addr}: {source}")]
+    Collector {
+        addr: SocketAddr,
+        source: tonic::transport::Error,
+    },
     #[error("leadership was lost; exiting so that only the new leader writes")]
     LeadershipLost,
 }
@@ -165,6 +188,31 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         })
     });
 
+    // Every replica serves the collector: what it writes is the network's verdict on the
+    // receipts, the same whichever replica forwards them.
+    let collector = {
+        let network = match &session_settings {
+            Some(settings) => Some(NetworkClient::new(
+                client::channel(&settings.target).map_err(OperatorError::NetworkUrl)?,
+                provider_key.clone(),
+            )),
+            None => None,
+        };
+        let service = CollectorService::new(
+            provider_key.verifying_key(),
+            client.clone(),
+            network,
+            metrics.clone(),
+            Duration::from_secs(args.collector_status_seconds),
+        );
+        let addr = args.collector_addr;
+        let stop = shutdown.signalled();
+        tokio::spawn(async move {
+            collector::serve(addr, service, stop)
+                .await
+                .map_err(|source| OperatorError::Collector { addr, source })
+        })
+    };
     let identity = args
         .identity
         .clone()
@@ -178,6 +226,18 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
             scheduling_timeout: Duration::from_secs(args.scheduling_timeout_seconds),
             offer_resync: Duration::from_secs(args.offer_resync_seconds),
             reports_to_network: session_settings.is_some(),
+            final_receipt_grace: Duration::from_secs(args.final_receipt_grace_seconds),
+            collector: CollectorEndpoint {
+                url: args.collector_url.clone().unwrap_or_else(|| {
+                    format!(
+                        "http://gpubridge-collector.{}.svc:{}",
+                        args.namespace,
+                        args.collector_addr.port()
+                    )
+                }),
+                namespace: args.namespace.clone(),
+                port: args.collector_addr.port(),
+            },
         },
         metrics,
         recorder: Recorder::new(
@@ -246,6 +306,9 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     shutdown.trigger();
     if let Ok(Err(e)) = http.await {
         error!(error = %e, "HTTP endpoint failed");
+    }
+    if let Ok(Err(e)) = collector.await {
+        error!(error = %e, "collector failed");
     }
     result
 }
@@ -386,39 +449,3 @@ impl Probe for OperatorProbe {
     }
 }
 
-/// Resolves every `signalled()` future once SIGTERM or Ctrl-C arrives, or `trigger` is called.
-#[derive(Clone)]
-struct Shutdown(tokio::sync::watch::Sender<bool>);
-
-impl Shutdown {
-    fn on_signals() -> Shutdown {
-        let (tx, _) = tokio::sync::watch::channel(false);
-        let shutdown = Shutdown(tx);
-        let s = shutdown.clone();
-        tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler installs");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = term.recv() => {},
-            }
-            info!("shutting down");
-            s.trigger();
-        });
-        shutdown
-    }
-
-    fn trigger(&self) {
-        self.0.send_replace(true);
-    }
-
-    fn signalled(&self) -> impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static {
-        let rx = self.0.subscribe();
-        let wait = async move {
-            let mut rx = rx;
-            let _ = rx.wait_for(|stopped| *stopped).await;
-        };
-        futures::FutureExt::shared(Box::pin(wait))
-    }
-}

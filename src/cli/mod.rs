@@ -24,6 +24,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the operator: offers from idle GPUs, leases as boxed GPU pods.
     Operator(OperatorArgs),
+    /// Lease sidecar: meter the lease's GPUs into signed receipts for the collector.
+    Meter(crate::metering::sidecar::MeterArgs),
+    /// Lease sidecar: answer the network's attestation challenges with signed evidence.
+    Attest(crate::attestation::sidecar::AttestArgs),
     /// Run the reference network node: offer book, matching, escrow, settlement.
     Network(NetworkArgs),
     /// Buy GPU time on a network: keys, deposits, orders.

@@ -25,6 +25,10 @@ pub struct Settings {
     /// Whether a network session reports lease ends; a lease from the network then keeps its
     /// namespace until its end is reported (or the grace below passes).
     pub reports_to_network: bool,
+    /// How long after a lease ends its end report waits for the meter's final receipt.
+    pub final_receipt_grace: Duration,
+    /// Where lease sidecars reach the collector.
+    pub collector: crate::workload::CollectorEndpoint,
 }
 
 pub struct Context {

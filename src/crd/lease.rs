@@ -334,6 +334,15 @@ pub struct LeaseUsage {
     /// Hash of the last accepted receipt, hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain_head: Option<String>,
+    /// End of the last accepted receipt's window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metered_through: Option<Time>,
+    /// Paid to the provider from the buyer's escrow so far, in the smallest unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charged: Option<String>,
+    /// The meter's final receipt was accepted: nothing more will be metered.
+    #[serde(default)]
+    pub final_received: bool,
 }
 
 /// What the attestation sidecar proved about where the lease runs.

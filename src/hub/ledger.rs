@@ -65,13 +65,12 @@ pub fn hold_amount(
     Ok(total.div_ceil(3600))
 }
 
-/// What a lease that served `gpu_seconds` costs, rounded down, never above its hold; and what
-/// the buyer gets back.
-pub fn settle(hold: u128, price_per_gpu_hour: u128, gpu_seconds: u64) -> (u128, u128) {
-    let charge = price_per_gpu_hour
-        .checked_mul(u128::from(gpu_seconds))
-        .map_or(hold, |v| (v / 3600).min(hold));
-    (charge, hold - charge)
+/// What `allocated_gpu_millis` of GPU time is worth at `price_per_gpu_hour`, rounded down,
+/// never above the hold.
+pub fn charge_for(hold: u128, price_per_gpu_hour: u128, allocated_gpu_millis: u64) -> u128 {
+    price_per_gpu_hour
+        .checked_mul(u128::from(allocated_gpu_millis))
+        .map_or(hold, |v| (v / 3_600_000).min(hold))
 }
 
 /// Balances implied by `postings`, by account key: credits minus debits.
@@ -96,12 +95,13 @@ mod tests {
         // 1 atto per GPU-hour for one GPU-second is 1/3600 of an atto.
         assert_eq!(hold_amount(1, 1, 1), Ok(1));
         assert_eq!(hold_amount(3600, 2, 3600), Ok(7200));
-        assert_eq!(settle(7200, 3600, 3599), (3599, 3601));
-        assert_eq!(settle(7200, 3600, 7200), (7200, 0));
-        // A report of more GPU-seconds than were held is capped at the hold.
-        assert_eq!(settle(7200, 3600, 1_000_000), (7200, 0));
-        assert_eq!(settle(10, u128::MAX, 2), (10, 0));
-        assert_eq!(settle(1, 1, 1), (0, 1));
+        assert_eq!(charge_for(7200, 3600, 3_599_000), 3599);
+        assert_eq!(charge_for(7200, 3600, 3_599_999), 3599);
+        assert_eq!(charge_for(7200, 3600, 7_200_000), 7200);
+        // More GPU time than was held is capped at the hold.
+        assert_eq!(charge_for(7200, 3600, 1_000_000_000), 7200);
+        assert_eq!(charge_for(10, u128::MAX, 2), 10);
+        assert_eq!(charge_for(1, 1, 1_000), 0);
         assert!(hold_amount(u128::MAX, 2, 1).is_err());
     }
 

@@ -21,7 +21,8 @@ use crate::identity::{keyfile, public_key_base58};
 use crate::network::proto::gateway_server::GatewayServer;
 pub use store::{HubError, HubSettings, Store};
 
-/// Largest gRPC message the node decodes; signed bodies are capped lower, at 64 KiB.
+/// Largest gRPC message the node decodes; signed bodies are capped lower (64 KiB,
+/// 192 KiB for batches of receipts and evidence).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// Flags of `gpubridge network`.
@@ -59,6 +60,9 @@ pub struct NetworkArgs {
     /// Seconds a provider has to accept or reject a lease.
     #[arg(long, default_value_t = 30)]
     pub answer_seconds: u32,
+    /// Seconds between attestation challenges of a running lease, once the last is answered.
+    #[arg(long, default_value_t = 300)]
+    pub challenge_seconds: u32,
     /// Log format.
     #[arg(long, env = "GPUBRIDGE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: crate::telemetry::LogFormat,
@@ -98,6 +102,7 @@ pub async fn run(args: NetworkArgs) -> Result<(), NetworkError> {
         offer_ttl_seconds: args.offer_ttl_seconds,
         heartbeat_timeout_seconds: args.heartbeat_timeout_seconds,
         answer_seconds: args.answer_seconds,
+        challenge_seconds: args.challenge_seconds,
     };
     let db_path = args.data_dir.join("network.redb");
     let store = Arc::new(tokio::task::block_in_place(|| {

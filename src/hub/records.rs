@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::matching::BookOffer;
+use crate::metering::{ChainHead, Totals};
 use crate::network::proto::{OfferView, OrderState as WireOrderState, OrderView};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,4 +187,36 @@ pub struct LeaseRecord {
     pub matched_at: i64,
     pub answer_by: i64,
     pub end: Option<LeaseEnd>,
+    /// Where the lease's receipt chain stands, and what its accepted receipts add up to.
+    #[serde(default)]
+    pub chain: ChainHead,
+    #[serde(default)]
+    pub totals: Totals,
+    /// Paid to the provider from escrow so far, from accepted receipts, atto units.
+    #[serde(default = "zero")]
+    pub charged: String,
+    /// The outstanding attestation challenge.
+    #[serde(default)]
+    pub challenge: Option<ChallengeRecord>,
+    /// The last evidence accepted.
+    #[serde(default)]
+    pub attestation: Option<AttestationRecord>,
+}
+
+fn zero() -> String {
+    "0".to_string()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChallengeRecord {
+    pub nonce: Vec<u8>,
+    pub issued_at: i64,
+    pub answered: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttestationRecord {
+    pub trust_tier: String,
+    pub digest: Vec<u8>,
+    pub verified_at: i64,
 }

@@ -13,7 +13,7 @@ use super::store::{HubError, Store};
 use crate::network::PROTOCOL;
 use crate::network::proto::gateway_server::Gateway;
 use crate::network::proto::{
-    Ack, BalanceReply, HeartbeatReply, InfoReply, InfoRequest, LeaseEndReply, LeaseEvent,
+    Ack, BalanceReply, ChallengeReply, EvidenceReply, HeartbeatReply, ReceiptsReply, InfoReply, InfoRequest, LeaseEndReply, LeaseEvent,
     ListOffersReply, ListOffersRequest, ListOrdersReply, OrderView, PublishOfferReply,
     RegisterReply, Signed, lease_event,
 };
@@ -79,6 +79,48 @@ impl GatewayService {
 
 #[tonic::async_trait]
 impl Gateway for GatewayService {
+    async fn submit_receipts(
+        &self,
+        request: Request<Signed>,
+    ) -> Result<Response<ReceiptsReply>, Status> {
+        let signed = request.into_inner();
+        let reply = self
+            .blocking("SubmitReceipts", move |s, now| {
+                s.submit_receipts(&signed, now)
+            })
+            .await?;
+        if let Some(r) = &reply.rejection {
+            warn!(kind = %r.kind, sequence = r.sequence, message = %r.message, "receipt refused");
+        }
+        Ok(Response::new(reply))
+    }
+
+    async fn lease_challenge(
+        &self,
+        request: Request<Signed>,
+    ) -> Result<Response<ChallengeReply>, Status> {
+        let signed = request.into_inner();
+        let reply = self
+            .blocking("LeaseChallenge", move |s, now| {
+                s.lease_challenge(&signed, now)
+            })
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn submit_evidence(
+        &self,
+        request: Request<Signed>,
+    ) -> Result<Response<EvidenceReply>, Status> {
+        let signed = request.into_inner();
+        let reply = self
+            .blocking("SubmitEvidence", move |s, now| {
+                s.submit_evidence(&signed, now)
+            })
+            .await?;
+        Ok(Response::new(reply))
+    }
+
     async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoReply>, Status> {
         Ok(Response::new(InfoReply {
             network_key: self.store.network_key().as_bytes().to_vec(),

@@ -8,6 +8,8 @@
 
 use std::path::Path;
 
+use rand_core::{OsRng, RngCore};
+
 use ed25519_dalek::SigningKey;
 use prost::Message;
 use redb::{
@@ -21,14 +23,20 @@ use sha2::{Digest, Sha256};
 use super::ledger::{self, Account, Posting};
 use super::matching::{self, OrderTerms};
 use super::records::{
-    LeaseEnd, LeaseRecord, LeaseState, OfferRecord, OrderRecord, OrderState, ProviderRecord,
+    AttestationRecord, ChallengeRecord, LeaseEnd, LeaseRecord, LeaseState, OfferRecord,
+    OrderRecord, OrderState, ProviderRecord,
 };
-use crate::identity::public_key_base58;
+use crate::attestation::{EvidenceRejection, verify_evidence};
+use crate::identity::{public_key_base58, public_key_from_base58, verify_lease_certificate};
+use crate::metering::chain::MAX_RECEIPTS_PER_BATCH;
+use crate::metering::{ChainHead, LeaseTerms, ReceiptRejection, Step, Totals, check_next};
 use crate::network::envelope::{self, domain, open, sign_body};
 use crate::network::proto::{
-    Balance, BalanceReply, CancelBody, DepositBody, HeartbeatBody, LeaseBody, LeaseDecisionBody,
-    LeaseEndBody, LeaseEndReply, LeaseStreamBody, OfferBody, OfferView, OrderBody, OrderView,
-    PublishOfferReply, QueryBody, RegisterBody, Signed, WithdrawBody,
+    Balance, BalanceReply, CancelBody, ChallengeBody, ChallengeReply, DepositBody, EvidenceReply,
+    EvidenceSubmitBody, HeartbeatBody, LeaseBody, LeaseDecisionBody, LeaseEndBody, LeaseEndReply,
+    LeaseStreamBody, OfferBody, OfferView, OrderBody, OrderView, PublishOfferReply, QueryBody,
+    ReceiptRejection as WireRejection, ReceiptsBody, ReceiptsReply, RegisterBody, Signed,
+    WithdrawBody,
 };
 use crate::network::{Opened, Rejection, amount, validate};
 
@@ -44,6 +52,8 @@ const NONCES: TableDefinition<&str, i64> = TableDefinition::new("nonces");
 const POSTINGS: TableDefinition<u64, &[u8]> = TableDefinition::new("postings");
 const BALANCES: TableDefinition<&str, i128> = TableDefinition::new("balances");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// `<lease id>/<sequence, 20 digits>` → SHA-256 of the accepted receipt's body.
+const RECEIPTS: TableDefinition<&str, &[u8]> = TableDefinition::new("receipts");
 
 const POSTING_SEQ: &str = "posting_seq";
 const OFFER_SEQ: &str = "offer_seq";
@@ -57,6 +67,8 @@ pub struct HubSettings {
     pub heartbeat_timeout_seconds: u32,
     /// How long a provider has to answer a lease.
     pub answer_seconds: u32,
+    /// How often an accepted lease is challenged for fresh attestation evidence.
+    pub challenge_seconds: u32,
 }
 
 impl Default for HubSettings {
@@ -65,6 +77,7 @@ impl Default for HubSettings {
             offer_ttl_seconds: 120,
             heartbeat_timeout_seconds: 30,
             answer_seconds: 30,
+            challenge_seconds: 300,
         }
     }
 }
@@ -293,6 +306,80 @@ fn owned_lease(txn: &WriteTransaction, lease_id: &str, provider: &str) -> Result
         .into());
     }
     Ok(lease)
+}
+
+/// Evidence refusals as protocol errors; the kind leads the message so a forwarder can tell.
+fn evidence_rejection(e: EvidenceRejection) -> HubError {
+    let message = format!("{}: {e}", e.kind());
+    match e {
+        EvidenceRejection::BadSignature => Rejection::Unauthenticated(message),
+        EvidenceRejection::WrongLease { .. } | EvidenceRejection::WrongPlacement { .. } => {
+            Rejection::PermissionDenied(message)
+        }
+        EvidenceRejection::ReplayedNonce => Rejection::Duplicate(message),
+        EvidenceRejection::WrongNonce | EvidenceRejection::Stale { .. } => {
+            Rejection::Precondition(message)
+        }
+        EvidenceRejection::Malformed(_) => Rejection::invalid("evidence", &message),
+    }
+    .into()
+}
+
+/// Where a lease's receipts stand, as the network answers.
+fn receipts_reply(lease: &LeaseRecord, rejection: Option<ReceiptRejection>) -> ReceiptsReply {
+    ReceiptsReply {
+        accepted_through: lease.chain.sequence,
+        head_hash: lease.chain.hash.clone(),
+        metered_through_ms: lease.chain.window_end_ms.unwrap_or(0),
+        allocated_gpu_millis: lease.totals.allocated_gpu_millis,
+        energy_millijoules: lease.totals.energy_millijoules,
+        utilization_percent: lease.totals.utilization_percent(),
+        charged: lease.charged.clone(),
+        final_received: lease.chain.final_received,
+        rejection: rejection.map(|r| WireRejection {
+            sequence: r.sequence(),
+            kind: r.kind().to_string(),
+            message: r.to_string(),
+        }),
+    }
+}
+
+/// A new attestation challenge: 32 random bytes.
+fn fresh_challenge(now: i64) -> ChallengeRecord {
+    let mut nonce = vec![0u8; 32];
+    OsRng.fill_bytes(&mut nonce);
+    ChallengeRecord {
+        nonce,
+        issued_at: now,
+        answered: false,
+    }
+}
+
+fn receipt_key(lease_id: &str, sequence: u64) -> String {
+    format!("{lease_id}/{sequence:020}")
+}
+
+/// The lease's certificate, checked against the provider that owns the lease.
+fn lease_terms(lease: &LeaseRecord, certificate: &[u8], now: i64) -> Result<LeaseTerms> {
+    let provider = public_key_from_base58(&lease.provider)
+        .map_err(|e| HubError::Storage(format!("stored provider key: {e}")))?;
+    let cert = verify_lease_certificate(certificate, &provider, now)
+        .map_err(|e| Rejection::Unauthenticated(format!("certificate: {e}")))?;
+    if cert.lease_id != lease.lease_id {
+        return Err(Rejection::PermissionDenied(format!(
+            "certificate: issued for lease {}, not {}",
+            cert.lease_id, lease.lease_id
+        ))
+        .into());
+    }
+    let lease_key = ed25519_dalek::VerifyingKey::try_from(cert.lease_public_key.as_slice())
+        .map_err(|e| Rejection::invalid("certificate.leasePublicKey", &e.to_string()))?;
+    Ok(LeaseTerms {
+        lease_id: lease.lease_id.clone(),
+        gpus: lease.gpus,
+        lease_key,
+        not_before_ms: lease.matched_at.saturating_mul(1000),
+    })
 }
 
 fn state_name<T: std::fmt::Debug>(state: T) -> String {
@@ -575,6 +662,11 @@ impl Store {
                         matched_at: now,
                         answer_by: lease_body.answer_by,
                         end: None,
+                        chain: ChainHead::default(),
+                        totals: Totals::default(),
+                        charged: "0".to_string(),
+                        challenge: None,
+                        attestation: None,
                     };
                     put(txn, LEASES, &lease_id, &record)?;
                     order.state = OrderState::Matched;
@@ -610,6 +702,7 @@ impl Store {
             match (lease.state, body.accept) {
                 (LeaseState::Offered, true) => {
                     lease.state = LeaseState::Accepted;
+                    lease.challenge = Some(fresh_challenge(now));
                     put(txn, LEASES, &body.lease_id, &lease)?;
                     let mut order: OrderRecord = get(txn, ORDERS, &lease.order_id)?
                         .ok_or_else(|| HubError::Storage("lease without order".into()))?;
@@ -680,25 +773,16 @@ impl Store {
             let mut order: OrderRecord = get(txn, ORDERS, &lease.order_id)?
                 .ok_or_else(|| HubError::Storage("lease without order".into()))?;
             let held: u128 = order.held.parse().unwrap_or(0);
-            let price: u128 = lease.price.parse().unwrap_or(0);
+            // The provider was paid per accepted receipt; the end returns the rest to the buyer.
+            let charge: u128 = lease.charged.parse().unwrap_or(0);
+            let refund = held - charge.min(held);
             let gpu_seconds = body
                 .gpu_seconds
                 .min(u64::from(lease.gpus).saturating_mul(lease.duration_seconds));
-            let (charge, refund) = ledger::settle(held, price, gpu_seconds);
-            let escrow = Account::Escrow(order.order_id.clone());
             post(
                 txn,
                 now,
-                escrow.clone(),
-                Account::Provider(provider.clone()),
-                charge,
-                &order.denomination,
-                format!("charge {}", order.order_id),
-            )?;
-            post(
-                txn,
-                now,
-                escrow,
+                Account::Escrow(order.order_id.clone()),
                 Account::Buyer(order.buyer.clone()),
                 refund,
                 &order.denomination,
@@ -730,6 +814,172 @@ impl Store {
             Ok(LeaseEndReply {
                 charged: charge.to_string(),
                 refunded: refund.to_string(),
+            })
+        })
+    }
+
+    /// Verifies and settles a batch of receipts (DESIGN §6): each accepted receipt pays the
+    /// provider what the lease's cumulative allocated time is worth, less what was paid before,
+    /// so the payments add up to exactly ⌊Σ GPU-ms × price / 3 600 000⌋ whatever the batching.
+    /// A refused receipt stops the batch; those before it stay accepted.
+    pub fn submit_receipts(&self, signed: &Signed, now: i64) -> Result<ReceiptsReply> {
+        let opened: Opened<ReceiptsBody> = open(signed, domain::RECEIPTS, now)?;
+        let body = &opened.body;
+        validate::object_id("receipts.leaseId", &body.lease_id)?;
+        if body.receipts.is_empty() || body.receipts.len() > MAX_RECEIPTS_PER_BATCH {
+            return Err(Rejection::invalid(
+                "receipts.receipts",
+                &format!("must hold 1 to {MAX_RECEIPTS_PER_BATCH} receipts"),
+            )
+            .into());
+        }
+        let provider = public_key_base58(&opened.signer);
+        self.write(|txn| {
+            consume_nonce(txn, &opened)?;
+            let mut lease = owned_lease(txn, &body.lease_id, &provider)?;
+            let terms = lease_terms(&lease, &body.certificate, now)?;
+            let mut order: OrderRecord = get(txn, ORDERS, &lease.order_id)?
+                .ok_or_else(|| HubError::Storage("lease without order".into()))?;
+            let held: u128 = order.held.parse().unwrap_or(0);
+            let price: u128 = lease.price.parse().unwrap_or(0);
+            let mut rejection = None;
+            let mut hashes = txn.open_table(RECEIPTS)?;
+            for receipt in &body.receipts {
+                let step = check_next(&terms, &lease.chain, receipt, now.saturating_mul(1000));
+                match step {
+                    Ok(Step::Earlier { sequence, hash }) => {
+                        let stored = hashes
+                            .get(receipt_key(&lease.lease_id, sequence).as_str())?
+                            .map(|v| v.value().to_vec());
+                        if stored.as_deref() != Some(hash.as_slice()) {
+                            rejection = Some(ReceiptRejection::Fork { sequence });
+                            break;
+                        }
+                    }
+                    Ok(Step::Next { .. }) if lease.state != LeaseState::Accepted => {
+                        rejection = Some(ReceiptRejection::BadWindow {
+                            sequence: lease.chain.sequence + 1,
+                            rule: format!(
+                                "the lease is {} and takes no more receipts",
+                                state_name(lease.state)
+                            ),
+                        });
+                        break;
+                    }
+                    Ok(Step::Next { receipt, hash }) => {
+                        hashes.insert(
+                            receipt_key(&lease.lease_id, receipt.sequence).as_str(),
+                            hash.as_slice(),
+                        )?;
+                        lease.chain = lease.chain.advance(&receipt, hash);
+                        lease.totals.add(&receipt);
+                        let owed = ledger::charge_for(
+                            held,
+                            price,
+                            lease.totals.allocated_gpu_millis,
+                        );
+                        let paid: u128 = lease.charged.parse().unwrap_or(0);
+                        post(
+                            txn,
+                            now,
+                            Account::Escrow(order.order_id.clone()),
+                            Account::Provider(provider.clone()),
+                            owed - paid.min(owed),
+                            &order.denomination,
+                            format!("charge {} receipt {}", order.order_id, receipt.sequence),
+                        )?;
+                        lease.charged = owed.max(paid).to_string();
+                    }
+                    Err(e) => {
+                        rejection = Some(e);
+                        break;
+                    }
+                }
+            }
+            drop(hashes);
+            put(txn, LEASES, &lease.lease_id.clone(), &lease)?;
+            if order.charged != lease.charged && lease.state == LeaseState::Accepted {
+                order.charged = lease.charged.clone();
+                order.updated_at = now;
+                put(txn, ORDERS, &order.order_id.clone(), &order)?;
+            }
+            Ok(receipts_reply(&lease, rejection))
+        })
+    }
+
+    /// The lease's outstanding attestation challenge.
+    pub fn lease_challenge(&self, signed: &Signed, now: i64) -> Result<ChallengeReply> {
+        let opened: Opened<ChallengeBody> = open(signed, domain::CHALLENGE, now)?;
+        validate::object_id("challenge.leaseId", &opened.body.lease_id)?;
+        let provider = public_key_base58(&opened.signer);
+        let txn = self.read()?;
+        let lease: LeaseRecord = read_json(&txn.open_table(LEASES)?, &opened.body.lease_id)?
+            .ok_or_else(|| {
+                Rejection::NotFound(format!("lease {} does not exist", opened.body.lease_id))
+            })?;
+        if lease.provider != provider {
+            return Err(Rejection::PermissionDenied(format!(
+                "lease {} belongs to another provider",
+                lease.lease_id
+            ))
+            .into());
+        }
+        match (&lease.challenge, lease.state) {
+            (Some(c), LeaseState::Accepted) => Ok(ChallengeReply {
+                nonce: c.nonce.clone(),
+                issued_at: c.issued_at,
+                answered: c.answered,
+            }),
+            _ => Err(Rejection::Precondition(format!(
+                "lease {} is {} and is not challenged",
+                lease.lease_id,
+                state_name(lease.state)
+            ))
+            .into()),
+        }
+    }
+
+    /// Accepts evidence that answers the lease's outstanding challenge, once.
+    pub fn submit_evidence(&self, signed: &Signed, now: i64) -> Result<EvidenceReply> {
+        let opened: Opened<EvidenceSubmitBody> = open(signed, domain::EVIDENCE_SUBMIT, now)?;
+        let body = &opened.body;
+        validate::object_id("evidence.leaseId", &body.lease_id)?;
+        let evidence = body
+            .evidence
+            .as_ref()
+            .ok_or_else(|| Rejection::invalid("evidence.evidence", "is required"))?;
+        let provider = public_key_base58(&opened.signer);
+        self.write(|txn| {
+            consume_nonce(txn, &opened)?;
+            let mut lease = owned_lease(txn, &body.lease_id, &provider)?;
+            let terms = lease_terms(&lease, &body.certificate, now)?;
+            let verified = verify_evidence(&terms.lease_key, &lease.lease_id, evidence, now)
+                .map_err(evidence_rejection)?;
+            let challenge = lease
+                .challenge
+                .as_mut()
+                .filter(|_| lease.state == LeaseState::Accepted)
+                .ok_or_else(|| {
+                    Rejection::Precondition(format!("lease {} is not challenged", body.lease_id))
+                })?;
+            if challenge.nonce != verified.evidence.nonce {
+                return Err(evidence_rejection(EvidenceRejection::WrongNonce));
+            }
+            if challenge.answered {
+                return Err(evidence_rejection(EvidenceRejection::ReplayedNonce));
+            }
+            challenge.answered = true;
+            let record = AttestationRecord {
+                trust_tier: verified.tier.as_str().to_string(),
+                digest: verified.digest.to_vec(),
+                verified_at: now,
+            };
+            lease.attestation = Some(record.clone());
+            put(txn, LEASES, &lease.lease_id.clone(), &lease)?;
+            Ok(EvidenceReply {
+                trust_tier: record.trust_tier,
+                digest: record.digest,
+                verified_at: now,
             })
         })
     }
@@ -932,6 +1182,17 @@ impl Store {
                 .collect();
             offers.retain(|offer_id, _| live.contains(offer_id))?;
             drop(offers);
+            let leases: Vec<LeaseRecord> = all_json(&txn.open_table(LEASES)?)?;
+            for mut lease in leases.into_iter().filter(|l| {
+                l.state == LeaseState::Accepted
+                    && l.challenge.as_ref().is_some_and(|c| {
+                        c.answered
+                            && now - c.issued_at >= i64::from(self.settings.challenge_seconds)
+                    })
+            }) {
+                lease.challenge = Some(fresh_challenge(now));
+                put(txn, LEASES, &lease.lease_id.clone(), &lease)?;
+            }
             let horizon = now - 2 * envelope::FRESHNESS_SECONDS;
             txn.open_table(NONCES)?
                 .retain(|_, issued_at| issued_at >= horizon)?;
@@ -978,7 +1239,10 @@ impl Store {
                 .copied()
                 .unwrap_or(0);
             let should = match order.state {
-                OrderState::Matched | OrderState::Leased => order.held.parse().unwrap_or(-1),
+                OrderState::Matched | OrderState::Leased => {
+                    order.held.parse::<i128>().unwrap_or(-1)
+                        - order.charged.parse::<i128>().unwrap_or(0)
+                }
                 _ => 0,
             };
             if escrow != should {

@@ -5,8 +5,10 @@
 
 mod certificate;
 pub mod keyfile;
+pub mod lease_files;
 mod keys;
 
+pub use lease_files::LeaseCredentials;
 pub use certificate::{
     LeaseCertificate, SignedLeaseCertificate, issue_lease_certificate, verify_lease_certificate,
 };

@@ -10,7 +10,8 @@ use tonic::{Status, Streaming};
 use super::envelope::{HasHeader, domain, seal};
 use super::proto::gateway_client::GatewayClient;
 use super::proto::{
-    BalanceReply, CancelBody, DepositBody, HeartbeatBody, InfoReply, InfoRequest,
+    BalanceReply, CancelBody, ChallengeBody, ChallengeReply, DepositBody, EvidenceReply,
+    EvidenceSubmitBody, ReceiptsBody, ReceiptsReply, HeartbeatBody, InfoReply, InfoRequest,
     LeaseDecisionBody, LeaseEndBody, LeaseEndReply, LeaseEvent, LeaseStreamBody, ListOffersRequest,
     OfferBody, OfferView, OrderBody, OrderView, PublishOfferReply, QueryBody, RegisterBody,
     RegisterReply, Signed, WithdrawBody,
@@ -152,6 +153,48 @@ impl NetworkClient {
             .report_lease_end(signed)
             .await?
             .into_inner())
+    }
+
+    /// Forwards a lease's receipts, with the provider's certificate for the lease key.
+    pub async fn submit_receipts(
+        &self,
+        lease_id: &str,
+        certificate: Vec<u8>,
+        receipts: Vec<Signed>,
+    ) -> Result<ReceiptsReply, Status> {
+        let body = ReceiptsBody {
+            header: None,
+            lease_id: lease_id.into(),
+            certificate,
+            receipts,
+        };
+        let signed = self.seal(domain::RECEIPTS, body);
+        Ok(self.inner.clone().submit_receipts(signed).await?.into_inner())
+    }
+
+    pub async fn lease_challenge(&self, lease_id: &str) -> Result<ChallengeReply, Status> {
+        let body = ChallengeBody {
+            header: None,
+            lease_id: lease_id.into(),
+        };
+        let signed = self.seal(domain::CHALLENGE, body);
+        Ok(self.inner.clone().lease_challenge(signed).await?.into_inner())
+    }
+
+    pub async fn submit_evidence(
+        &self,
+        lease_id: &str,
+        certificate: Vec<u8>,
+        evidence: Signed,
+    ) -> Result<EvidenceReply, Status> {
+        let body = EvidenceSubmitBody {
+            header: None,
+            lease_id: lease_id.into(),
+            certificate,
+            evidence: Some(evidence),
+        };
+        let signed = self.seal(domain::EVIDENCE_SUBMIT, body);
+        Ok(self.inner.clone().submit_evidence(signed).await?.into_inner())
     }
 
     pub async fn deposit(&self, amount: u128, denomination: &str) -> Result<BalanceReply, Status> {

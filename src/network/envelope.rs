@@ -7,8 +7,10 @@ use rand_core::{OsRng, RngCore};
 
 use super::Rejection;
 use super::proto::{
-    CancelBody, DepositBody, HeartbeatBody, LeaseDecisionBody, LeaseEndBody, LeaseStreamBody,
-    OfferBody, OrderBody, QueryBody, RegisterBody, RequestHeader, Signed, WithdrawBody,
+    CancelBody, ChallengeBody, DepositBody, EvidenceSubmitBody, HeartbeatBody, LeaseDecisionBody,
+    LeaseEndBody, LeaseStreamBody, OfferBody, OrderBody, QueryBody, ReceiptsBody, RegisterBody,
+    RequestHeader, SidecarChallengeBody, SidecarEvidenceBody, SidecarReceiptsBody, Signed,
+    WithdrawBody,
 };
 use crate::identity;
 
@@ -26,6 +28,18 @@ pub mod domain {
     pub const ORDER: &str = "gpubridge/v1/order";
     pub const CANCEL: &str = "gpubridge/v1/cancel";
     pub const QUERY: &str = "gpubridge/v1/query";
+    /// A meter receipt, signed by the lease key.
+    pub const RECEIPT: &str = "gpubridge/v1/receipt";
+    /// Attestation evidence, signed by the lease key.
+    pub const EVIDENCE: &str = "gpubridge/v1/evidence";
+    /// Provider → network: receipts, challenge queries and evidence it forwards.
+    pub const RECEIPTS: &str = "gpubridge/v1/receipts";
+    pub const CHALLENGE: &str = "gpubridge/v1/challenge";
+    pub const EVIDENCE_SUBMIT: &str = "gpubridge/v1/evidence-submit";
+    /// Sidecar → collector, signed by the lease key.
+    pub const SIDECAR_RECEIPTS: &str = "gpubridge/v1/sidecar-receipts";
+    pub const SIDECAR_CHALLENGE: &str = "gpubridge/v1/sidecar-challenge";
+    pub const SIDECAR_EVIDENCE: &str = "gpubridge/v1/sidecar-evidence";
 }
 
 /// Largest signed body accepted: an order with a long command and environment fits easily.
@@ -59,6 +73,12 @@ has_header!(
     OrderBody,
     CancelBody,
     QueryBody,
+    ReceiptsBody,
+    ChallengeBody,
+    EvidenceSubmitBody,
+    SidecarReceiptsBody,
+    SidecarChallengeBody,
+    SidecarEvidenceBody,
 );
 
 /// A verified request: the body, its signer, and the envelope it came in.
@@ -99,11 +119,27 @@ pub fn sign_body<M: Message>(key: &SigningKey, domain: &str, body: &M) -> Signed
     Signed { body, signature }
 }
 
+/// Largest body of a request that carries many signed items: a batch of receipts, or evidence
+/// with each GPU's attestation report and certificate chain.
+pub const MAX_BATCH_BODY_BYTES: usize = 192 * 1024;
+
+/// The body size limit of `domain`.
+pub fn body_limit(domain: &str) -> usize {
+    match domain {
+        domain::RECEIPTS
+        | domain::EVIDENCE_SUBMIT
+        | domain::SIDECAR_RECEIPTS
+        | domain::SIDECAR_EVIDENCE => MAX_BATCH_BODY_BYTES,
+        _ => MAX_BODY_BYTES,
+    }
+}
+
 /// Size and signature shape checks, before any decoding.
-fn check_envelope(signed: &Signed) -> Result<(), Rejection> {
-    if signed.body.len() > MAX_BODY_BYTES {
+fn check_envelope(signed: &Signed, domain: &str) -> Result<(), Rejection> {
+    let limit = body_limit(domain);
+    if signed.body.len() > limit {
         return Err(Rejection::TooLarge(format!(
-            "body: {} bytes is over the limit of {MAX_BODY_BYTES}",
+            "body: {} bytes is over the limit of {limit}",
             signed.body.len()
         )));
     }
@@ -124,7 +160,7 @@ pub fn open<M: Message + Default + HasHeader>(
     domain: &str,
     now: i64,
 ) -> Result<Opened<M>, Rejection> {
-    check_envelope(signed)?;
+    check_envelope(signed, domain)?;
     let body = M::decode(signed.body.as_slice())
         .map_err(|e| Rejection::invalid("body", &format!("is not a valid message: {e}")))?;
     let header = body
@@ -158,7 +194,7 @@ pub fn open_from<M: Message + Default>(
     domain: &str,
     key: &VerifyingKey,
 ) -> Result<M, Rejection> {
-    check_envelope(signed)?;
+    check_envelope(signed, domain)?;
     identity::verify(key, domain, &signed.body, &signed.signature)
         .map_err(|e| Rejection::Unauthenticated(format!("signature: {e} (domain {domain})")))?;
     M::decode(signed.body.as_slice())

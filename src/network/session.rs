@@ -481,8 +481,14 @@ async fn report_ends(
                 .collect()
         };
         for name in ended {
-            let body = api.get_opt(&name).await?.as_ref().and_then(end_report);
-            if let Some(body) = body {
+            let lease = api.get_opt(&name).await?;
+            let grace = ctx.settings.final_receipt_grace;
+            if let Some(lease) = &lease
+                && awaiting_final_receipt(lease, jiff::Timestamp::now(), grace)
+            {
+                continue;
+            }
+            if let Some(body) = lease.as_ref().and_then(end_report) {
                 report_end(client, &api, &name, body).await?;
             }
             settled.insert(name);
@@ -529,6 +535,25 @@ async fn report_end(
     )
     .await?;
     Ok(())
+}
+
+/// DESIGN §3.4: the end is reported after the meter's final receipt, which pays the last
+/// window; a meter that never sends one (killed, or never started) is waited for `grace` after
+/// the lease finished. Pure.
+pub fn awaiting_final_receipt(
+    lease: &ComputeLease,
+    now: jiff::Timestamp,
+    grace: Duration,
+) -> bool {
+    let Some(status) = &lease.status else {
+        return false;
+    };
+    let final_received = status.usage.as_ref().is_some_and(|u| u.final_received);
+    let within_grace = status
+        .finished_at
+        .as_ref()
+        .is_none_or(|t| now.duration_since(t.0).unsigned_abs() < grace);
+    !final_received && within_grace
 }
 
 /// The end report of a lease from the network that ended and was not reported yet. Pure.

@@ -27,6 +27,22 @@ use crate::crd::{ComputeLeaseSpec, LEASE_LABEL, WorkloadPolicy};
 /// Annotation with the hash of the desired state an object was last written from.
 pub const SPEC_HASH_ANNOTATION: &str = "gpubridge.dev/spec-hash";
 
+/// Labels of the operator's pods: lease pods may reach them on the collector port, nothing else.
+pub const OPERATOR_POD_LABELS: [(&str, &str); 2] = [
+    ("app.kubernetes.io/name", "gpubridge"),
+    ("app.kubernetes.io/component", "operator"),
+];
+
+/// Where a lease's sidecars deliver receipts and evidence: the operator's collector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CollectorEndpoint {
+    /// `http://host:port` as the sidecars dial it.
+    pub url: String,
+    /// The operator's namespace and the collector's port, for the lease's NetworkPolicy.
+    pub namespace: String,
+    pub port: u16,
+}
+
 /// Everything the builders need to know about one lease. Assembled by the lease controller from
 /// the ComputeLease, its offer and the capacity engine.
 #[derive(Clone, Debug)]
@@ -42,6 +58,7 @@ pub struct LeaseBox<'a> {
     pub eligible_nodes: &'a [String],
     /// Image of the operator, whose binary the sidecars run.
     pub sidecar_image: &'a str,
+    pub collector: &'a CollectorEndpoint,
     /// Seconds the pod may wait for a node and its images before the lease fails.
     pub scheduling_timeout_seconds: u64,
 }

@@ -100,8 +100,20 @@ pub fn pod(b: &LeaseBox) -> Pod {
                 ..Default::default()
             }),
             init_containers: Some(vec![
-                sidecar(b, METER_CONTAINER, "50m", "64Mi"),
-                sidecar(b, ATTEST_CONTAINER, "20m", "32Mi"),
+                sidecar(
+                    b,
+                    METER_CONTAINER,
+                    "50m",
+                    "64Mi",
+                    vec![format!("--gpus={}", b.spec.gpus)],
+                ),
+                sidecar(
+                    b,
+                    ATTEST_CONTAINER,
+                    "20m",
+                    "32Mi",
+                    vec![format!("--image={}", b.spec.workload.image)],
+                ),
             ]),
             containers: vec![workload_container(b)],
             volumes: Some(vec![
@@ -183,7 +195,13 @@ fn workload_container(b: &LeaseBox) -> Container {
 }
 
 /// A native sidecar (an init container that restarts always) running the operator's binary.
-fn sidecar(b: &LeaseBox, subcommand: &str, cpu: &str, memory: &str) -> Container {
+fn sidecar(
+    b: &LeaseBox,
+    subcommand: &str,
+    cpu: &str,
+    memory: &str,
+    extra_args: Vec<String>,
+) -> Container {
     let resources = BTreeMap::from([
         ("cpu".to_string(), Quantity(cpu.to_string())),
         ("memory".to_string(), Quantity(memory.to_string())),
@@ -193,12 +211,18 @@ fn sidecar(b: &LeaseBox, subcommand: &str, cpu: &str, memory: &str) -> Container
         image: Some(b.sidecar_image.to_string()),
         image_pull_policy: Some("IfNotPresent".to_string()),
         restart_policy: Some("Always".to_string()),
-        args: Some(vec![
-            subcommand.to_string(),
-            format!("--lease-id={}", b.spec.lease_id),
-            format!("--identity-dir={IDENTITY_DIR}"),
-            format!("--receipts-dir={RECEIPTS_DIR}"),
-        ]),
+        args: Some(
+            [
+                subcommand.to_string(),
+                format!("--lease-id={}", b.spec.lease_id),
+                format!("--identity-dir={IDENTITY_DIR}"),
+                format!("--receipts-dir={RECEIPTS_DIR}"),
+                format!("--collector-url={}", b.collector.url),
+            ]
+            .into_iter()
+            .chain(extra_args)
+            .collect(),
+        ),
         env: Some(vec![
             field_env("GPUBRIDGE_POD_UID", "metadata.uid"),
             field_env("GPUBRIDGE_NODE_NAME", "spec.nodeName"),

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{LeaseBox, stamped};
+use super::{LeaseBox, OPERATOR_POD_LABELS, stamped};
 use crate::crd::EgressPolicy;
 
 /// IPv4 ranges lease pods never reach: private (RFC 1918), carrier-grade NAT, loopback,
@@ -34,9 +34,36 @@ pub const PRIVATE_IPV4_RANGES: &[&str] = &[
 /// (which also holds the fd00:ec2::254 style metadata endpoints).
 pub const PRIVATE_IPV6_RANGES: &[&str] = &["::1/128", "fc00::/7", "fe80::/10", "ff00::/8"];
 
-/// Deny all ingress; egress to the public internet and cluster DNS only, or nothing at all.
+/// Deny all ingress; egress to the operator's collector, and to the public internet and cluster
+/// DNS or nothing else at all.
 pub fn network_policy(b: &LeaseBox) -> NetworkPolicy {
-    let egress = match b.policy.egress {
+    let collector = NetworkPolicyEgressRule {
+        to: Some(vec![NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".to_string(),
+                    b.collector.namespace.clone(),
+                )])),
+                ..Default::default()
+            }),
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(
+                    OPERATOR_POD_LABELS
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        ports: Some(vec![NetworkPolicyPort {
+            port: Some(IntOrString::Int(i32::from(b.collector.port))),
+            protocol: Some("TCP".to_string()),
+            end_port: None,
+        }]),
+    };
+    let mut egress = match b.policy.egress {
         EgressPolicy::None => vec![],
         EgressPolicy::Internet => {
             let internet = |cidr: &str, except: &[&str]| NetworkPolicyPeer {
@@ -82,6 +109,7 @@ pub fn network_policy(b: &LeaseBox) -> NetworkPolicy {
             ]
         }
     };
+    egress.insert(0, collector);
     stamped(NetworkPolicy {
         metadata: b.metadata("lease-box"),
         spec: Some(NetworkPolicySpec {

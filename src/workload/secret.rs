@@ -6,6 +6,9 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 
 use super::LeaseBox;
+use crate::identity::lease_files::{
+    LEASE_CERTIFICATE_FILE, LEASE_KEY_FILE, PROVIDER_PUBLIC_KEY_FILE,
+};
 
 /// Name of the Secret the sidecars read their identity from.
 pub const IDENTITY_SECRET: &str = "lease-identity";
@@ -26,15 +29,15 @@ pub struct LeaseIdentity {
 pub fn secret(b: &LeaseBox, identity: &LeaseIdentity) -> Secret {
     let data = BTreeMap::from([
         (
-            "lease.key".to_string(),
+            LEASE_KEY_FILE.to_string(),
             ByteString(identity.lease_key.clone()),
         ),
         (
-            "lease.crt".to_string(),
+            LEASE_CERTIFICATE_FILE.to_string(),
             ByteString(identity.certificate.clone()),
         ),
         (
-            "provider.pub".to_string(),
+            PROVIDER_PUBLIC_KEY_FILE.to_string(),
             ByteString(identity.provider_public_key.as_bytes().to_vec()),
         ),
     ]);

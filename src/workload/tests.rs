@@ -34,7 +34,13 @@ fn with_box<R>(
     f: impl FnOnce(&LeaseBox) -> R,
 ) -> R {
     let nodes: Vec<String> = NODES.iter().map(|s| s.to_string()).collect();
+    let collector = CollectorEndpoint {
+        url: "http://gpubridge-collector.gpubridge-system.svc:7400".into(),
+        namespace: "gpubridge-system".into(),
+        port: 7400,
+    };
     let b = LeaseBox {
+        collector: &collector,
         lease_name: "l-01hzx4",
         spec: lease,
         owner: owner(),
@@ -236,6 +242,22 @@ fn pod_is_boxed_in() {
         );
         let r = s.resources.as_ref().unwrap();
         assert!(r.limits.as_ref().unwrap().get("nvidia.com/gpu").is_none());
+        // The pod's arguments are ones the binary accepts (the downward-API values come from
+        // the environment in the pod; here they are given).
+        let argv = std::iter::once("gpubridge".to_string())
+            .chain(s.args.clone().unwrap())
+            .chain(["--pod-uid=u".to_string(), "--node-name=n".to_string()]
+                .into_iter()
+                .filter(|_| s.name == ATTEST_CONTAINER));
+        use clap::Parser;
+        let parsed = crate::cli::Cli::try_parse_from(argv);
+        assert!(parsed.is_ok(), "{}: {}", s.name, parsed.err().unwrap());
+        assert!(
+            s.args.as_ref().unwrap().iter().any(|a| a
+                == "--collector-url=http://gpubridge-collector.gpubridge-system.svc:7400"),
+            "{} dials the collector",
+            s.name
+        );
     }
     let psc = spec.security_context.unwrap();
     assert_eq!(psc.run_as_non_root, Some(true));
@@ -286,16 +308,43 @@ fn network_policy_denies_ingress_and_private_egress() {
     }
     let v6 = blocks.iter().find(|b| b.cidr == "::/0").unwrap();
     assert!(v6.except.as_ref().unwrap().iter().any(|e| e == "fe80::/10"));
-    // DNS is the only in-cluster destination, on port 53 only.
-    let dns = egress.iter().find(|r| r.ports.is_some()).unwrap();
-    assert!(dns.ports.as_ref().unwrap().iter().all(
-        |p| p.port == Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(53))
-    ));
+    // In the cluster: DNS on port 53, and the operator's collector on its port, nothing else.
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let in_cluster: Vec<_> = egress.iter().filter(|r| r.ports.is_some()).collect();
+    assert_eq!(in_cluster.len(), 2);
+    assert_eq!(in_cluster[0], &collector_rule(&egress));
+    assert!(in_cluster[1].ports.as_ref().unwrap().iter().all(|p| p.port == Some(IntOrString::Int(53))));
 
     let mut closed = offer();
     closed.workload.egress = EgressPolicy::None;
     let spec = with_box(&closed, &l, network_policy).spec.unwrap();
-    assert_eq!(spec.egress, Some(vec![]), "no egress at all");
+    let egress = spec.egress.unwrap();
+    assert_eq!(egress.len(), 1, "only the collector: {egress:?}");
+    collector_rule(&egress);
+}
+
+/// The egress rule to the collector: the operator's pods in its namespace, TCP 7400 only.
+fn collector_rule(
+    egress: &[k8s_openapi::api::networking::v1::NetworkPolicyEgressRule],
+) -> k8s_openapi::api::networking::v1::NetworkPolicyEgressRule {
+    let rule = egress[0].clone();
+    let peer = &rule.to.as_ref().unwrap()[0];
+    assert_eq!(
+        peer.namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap()
+            ["kubernetes.io/metadata.name"],
+        "gpubridge-system"
+    );
+    let pods = peer.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
+    assert_eq!(pods["app.kubernetes.io/component"], "operator");
+    assert!(peer.ip_block.is_none());
+    let ports = rule.ports.as_ref().unwrap();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(
+        ports[0].port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(7400))
+    );
+    assert_eq!(ports[0].protocol.as_deref(), Some("TCP"));
+    rule
 }
 
 #[test]

@@ -1,0 +1,10 @@
+//! Attestation (DESIGN §4): evidence of where a lease runs — its GPUs, node, pod and image —
+//! bound to the network's challenge nonce and signed with the lease key; how it is verified and
+//! which trust tier it earns; and the attest sidecar that answers every challenge.
+
+pub mod evidence;
+pub mod sidecar;
+
+pub use evidence::{
+    EvidenceRejection, TrustTier, VerifiedEvidence, build_evidence, trust_tier, verify_evidence,
+};

@@ -1,0 +1,544 @@
+//! The collector (DESIGN §4): the operator's gRPC endpoint for lease sidecars.
+//!
+//! Every request is signed with a lease key and carries the provider's certificate for it; the
+//! collector verifies both, then every receipt and the chain (or the evidence and where it says
+//! it runs), forwards what verified to the network, and answers with the network's verdict, so a
+//! meter's receipts are acknowledged only once the network holds them. It writes a summary into
+//! the ComputeLease at a bounded rate and counts every refusal.
+//!
+//! A refusal is written onto the lease only when the certificate verified: the lease id is then
+//! the provider's word, not the sender's, so a stranger cannot mark arbitrary leases.
+
+pub mod client;
+pub mod summary;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::VerifyingKey;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use prost::Message;
+use serde_json::json;
+use tonic::{Code, Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::attestation::{EvidenceRejection, verify_evidence};
+use crate::controller::conditions::condition;
+use crate::crd::{ComputeLease, LeaseAttestation};
+use crate::identity::{LeaseCertificate, verify_lease_certificate};
+use crate::metering::chain::MAX_RECEIPTS_PER_BATCH;
+use crate::metering::{ChainHead, LeaseTerms, ReceiptRejection, Step, check_next};
+use crate::metrics::Metrics;
+use crate::network::client::NetworkClient;
+use crate::network::envelope::HasHeader;
+use crate::network::proto::collector_server::{Collector, CollectorServer};
+use crate::network::proto::{
+    ChallengeReply, EvidenceReply, Receipt, ReceiptRejection as WireRejection, ReceiptsReply,
+    SidecarChallengeBody, SidecarEvidenceBody, SidecarReceiptsBody, Signed,
+};
+use crate::network::{Rejection, domain, open};
+use crate::workload::{POD_NAME, namespace_for};
+use summary::{ATTESTED_CONDITION, METERED_CONDITION, hex, usage_from, write_due};
+
+/// Field manager of the collector's status writes: usage, attestation and its two conditions.
+pub const FIELD_MANAGER: &str = "gpubridge-collector";
+
+/// Bodies sent by sidecars: each carries the lease certificate.
+trait SidecarBody: Message + Default + HasHeader {
+    fn certificate(&self) -> &[u8];
+}
+
+macro_rules! sidecar_body {
+    ($($body:ty),*) => {$(
+        impl SidecarBody for $body {
+            fn certificate(&self) -> &[u8] { &self.certificate }
+        }
+    )*};
+}
+sidecar_body!(SidecarReceiptsBody, SidecarChallengeBody, SidecarEvidenceBody);
+
+/// A sidecar request whose certificate and signature verified, with its lease.
+struct Authenticated<B> {
+    body: B,
+    certificate: LeaseCertificate,
+    lease_key: VerifyingKey,
+    lease: ComputeLease,
+}
+
+pub struct CollectorService {
+    provider: VerifyingKey,
+    client: Client,
+    network: Option<NetworkClient>,
+    metrics: Metrics,
+    status_interval: Duration,
+    /// Per lease: the chain head the network last confirmed, and when usage was last written.
+    /// Entries go when the lease's final receipt is in.
+    leases: Mutex<HashMap<String, (ChainHead, Option<Instant>)>>,
+}
+
+fn now() -> Timestamp {
+    Timestamp::now()
+}
+
+impl CollectorService {
+    pub fn new(
+        provider: VerifyingKey,
+        client: Client,
+        network: Option<NetworkClient>,
+        metrics: Metrics,
+        status_interval: Duration,
+    ) -> CollectorService {
+        CollectorService {
+            provider,
+            client,
+            network,
+            metrics,
+            status_interval,
+            leases: Mutex::default(),
+        }
+    }
+
+    fn refused(&self, subject: &str, reason: &str) {
+        self.metrics
+            .verification_failures
+            .with_label_values(&[subject, reason])
+            .inc();
+    }
+
+    fn network(&self) -> Result<&NetworkClient, Status> {
+        self.network.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this operator has no --network-url: receipts and evidence stay with the sidecars",
+            )
+        })
+    }
+
+    /// Verifies the envelope, the certificate and that the envelope's signer is the certified
+    /// lease key, and finds the lease.
+    async fn authenticate<B: SidecarBody>(
+        &self,
+        signed: &Signed,
+        domain: &str,
+    ) -> Result<Authenticated<B>, Status> {
+        let now = now();
+        let opened = open::<B>(signed, domain, now.as_second()).inspect_err(|e| {
+            self.refused("sidecar", e.kind());
+        })?;
+        let certificate =
+            verify_lease_certificate(opened.body.certificate(), &self.provider, now.as_second())
+                .map_err(|e| {
+                    self.refused("sidecar", "Certificate");
+                    Status::unauthenticated(format!("certificate: {e}"))
+                })?;
+        let lease_key = VerifyingKey::try_from(certificate.lease_public_key.as_slice())
+            .map_err(|e| Status::unauthenticated(format!("certificate: {e}")))?;
+        let api: Api<ComputeLease> = Api::all(self.client.clone());
+        let lease = api
+            .get_opt(&certificate.lease_id)
+            .await
+            .map_err(|e| Status::unavailable(format!("reading the lease: {e}")))?
+            .filter(|l| l.spec.lease_id == certificate.lease_id)
+            .ok_or_else(|| {
+                self.refused("sidecar", "UnknownLease");
+                Status::not_found(format!("lease {} is not here", certificate.lease_id))
+            })?;
+        if opened.signer != lease_key {
+            self.refused("sidecar", "WrongLeaseKey");
+            let message = "the request is not signed by the certified lease key";
+            self.set_condition(&lease, METERED_CONDITION, false, "WrongLeaseKey", message)
+                .await;
+            return Err(Status::unauthenticated(message));
+        }
+        Ok(Authenticated {
+            body: opened.body,
+            certificate,
+            lease_key,
+            lease,
+        })
+    }
+
+    /// Server-side applies the collector's part of a lease's status.
+    async fn write_status(&self, lease: &ComputeLease, status: serde_json::Value) {
+        let patch = json!({
+            "apiVersion": "gpubridge.dev/v1alpha1",
+            "kind": "ComputeLease",
+            "status": status,
+        });
+        let api: Api<ComputeLease> = Api::all(self.client.clone());
+        let name = lease.metadata.name.clone().unwrap_or_default();
+        if let Err(e) = api
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
+            // The next batch writes the whole summary again.
+            warn!(lease = %name, error = %e, "cannot write the lease's usage");
+        }
+    }
+
+    fn condition_json(
+        lease: &ComputeLease,
+        type_: &str,
+        ok: bool,
+        reason: &str,
+        message: &str,
+    ) -> serde_json::Value {
+        let previous = lease
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        serde_json::to_value(condition(
+            &previous,
+            type_,
+            ok,
+            reason,
+            message,
+            lease.metadata.generation,
+            now(),
+        ))
+        .expect("conditions serialize")
+    }
+
+    async fn set_condition(
+        &self,
+        lease: &ComputeLease,
+        type_: &str,
+        ok: bool,
+        reason: &str,
+        message: &str,
+    ) {
+        let condition = Self::condition_json(lease, type_, ok, reason, message);
+        self.write_status(lease, json!({ "conditions": [condition] }))
+            .await;
+    }
+
+    /// Verifies a batch against the chain as far as the collector knows it: from the head the
+    /// network last confirmed, or, after a restart, from what the first receipt claims to
+    /// follow (the network checks that link against its own head).
+    fn verify_batch(
+        &self,
+        terms: &LeaseTerms,
+        receipts: &[Signed],
+    ) -> (usize, Option<ReceiptRejection>) {
+        let now_ms = now().as_millisecond();
+        let known = self
+            .leases
+            .lock()
+            .expect("collector lock")
+            .get(&terms.lease_id)
+            .map(|(head, _)| head.clone());
+        let mut head = match (known, receipts.first()) {
+            (Some(head), _) => head,
+            (None, Some(first)) => match Receipt::decode(first.body.as_slice()) {
+                Ok(r) => ChainHead {
+                    sequence: r.sequence.saturating_sub(1),
+                    hash: r.previous_hash,
+                    window_end_ms: (r.sequence > 1).then_some(r.window_start_ms),
+                    final_received: false,
+                },
+                Err(e) => return (0, Some(ReceiptRejection::Malformed(format!("body: {e}")))),
+            },
+            (None, None) => ChainHead::default(),
+        };
+        for (i, signed) in receipts.iter().enumerate() {
+            match check_next(terms, &head, signed, now_ms) {
+                Ok(Step::Next { receipt, hash }) => head = head.advance(&receipt, hash),
+                Ok(Step::Earlier { .. }) => {}
+                Err(rejection) => return (i, Some(rejection)),
+            }
+        }
+        (receipts.len(), None)
+    }
+
+    async fn receipts(&self, signed: Signed) -> Result<ReceiptsReply, Status> {
+        let auth: Authenticated<SidecarReceiptsBody> =
+            self.authenticate(&signed, domain::SIDECAR_RECEIPTS).await?;
+        let network = self.network()?;
+        let receipts = &auth.body.receipts;
+        if receipts.is_empty() || receipts.len() > MAX_RECEIPTS_PER_BATCH {
+            return Err(Rejection::invalid(
+                "receipts",
+                &format!("must hold 1 to {MAX_RECEIPTS_PER_BATCH} receipts"),
+            )
+            .into());
+        }
+        let lease_id = auth.certificate.lease_id.clone();
+        let terms = LeaseTerms {
+            lease_id: lease_id.clone(),
+            gpus: auth.lease.spec.gpus,
+            lease_key: auth.lease_key,
+            not_before_ms: auth
+                .lease
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(0, |t| t.0.as_millisecond()),
+        };
+        let (valid, local_rejection) = self.verify_batch(&terms, receipts);
+        let certificate = auth.body.certificate.clone();
+        let mut reply = if valid > 0 {
+            network
+                .submit_receipts(&lease_id, certificate, receipts[..valid].to_vec())
+                .await?
+        } else {
+            // Nothing to forward: ask where the chain stands with an empty-handed answer.
+            ReceiptsReply::default()
+        };
+        if let Some(r) = &local_rejection {
+            reply.rejection = Some(WireRejection {
+                sequence: r.sequence(),
+                kind: r.kind().to_string(),
+                message: r.to_string(),
+            });
+        }
+        self.record_receipts(&auth.lease, &lease_id, &reply, valid > 0)
+            .await;
+        Ok(reply)
+    }
+
+    /// Counts, remembers the confirmed head, and writes the summary when due.
+    async fn record_receipts(
+        &self,
+        lease: &ComputeLease,
+        lease_id: &str,
+        reply: &ReceiptsReply,
+        forwarded: bool,
+    ) {
+        let confirmed_in_status = lease
+            .status
+            .as_ref()
+            .and_then(|s| s.usage.as_ref())
+            .map_or(0, |u| u.receipts_accepted);
+        let (due, newly_accepted) = {
+            let mut leases = self.leases.lock().expect("collector lock");
+            let known = leases.get(lease_id).map(|(head, _)| head.sequence);
+            let entry = leases.entry(lease_id.to_string()).or_default();
+            let before = known.unwrap_or(confirmed_in_status);
+            if forwarded {
+                entry.0 = ChainHead {
+                    sequence: reply.accepted_through,
+                    hash: reply.head_hash.clone(),
+                    window_end_ms: (reply.metered_through_ms > 0)
+                        .then_some(reply.metered_through_ms),
+                    final_received: reply.final_received,
+                };
+            }
+            let urgent = reply.final_received || reply.rejection.is_some();
+            let due = (forwarded
+                && write_due(entry.1, Instant::now(), self.status_interval, urgent))
+                || reply.rejection.is_some();
+            if due {
+                entry.1 = Some(Instant::now());
+            }
+            if reply.final_received {
+                leases.remove(lease_id);
+            }
+            let newly = if forwarded {
+                reply.accepted_through.saturating_sub(before)
+            } else {
+                0
+            };
+            (due, newly)
+        };
+        self.metrics.receipts_accepted.inc_by(newly_accepted);
+        if !due {
+            return;
+        }
+        let condition = match &reply.rejection {
+            Some(r) => {
+                self.refused("receipt", &r.kind);
+                warn!(lease = %lease_id, kind = %r.kind, message = %r.message, "receipt refused");
+                Self::condition_json(lease, METERED_CONDITION, false, &r.kind, &r.message)
+            }
+            None => Self::condition_json(
+                lease,
+                METERED_CONDITION,
+                true,
+                "ReceiptsVerified",
+                &format!("{} receipts verified and settled", reply.accepted_through),
+            ),
+        };
+        let mut status = json!({ "conditions": [condition] });
+        if forwarded || reply.accepted_through > 0 {
+            status["usage"] = serde_json::to_value(usage_from(reply)).expect("usage serializes");
+        }
+        self.write_status(lease, status).await;
+    }
+
+    async fn challenge(&self, signed: Signed) -> Result<ChallengeReply, Status> {
+        let auth: Authenticated<SidecarChallengeBody> =
+            self.authenticate(&signed, domain::SIDECAR_CHALLENGE).await?;
+        self.network()?
+            .lease_challenge(&auth.certificate.lease_id)
+            .await
+    }
+
+    async fn evidence(&self, signed: Signed) -> Result<EvidenceReply, Status> {
+        let auth: Authenticated<SidecarEvidenceBody> =
+            self.authenticate(&signed, domain::SIDECAR_EVIDENCE).await?;
+        let network = self.network()?;
+        let lease_id = auth.certificate.lease_id.clone();
+        let evidence = auth
+            .body
+            .evidence
+            .clone()
+            .ok_or_else(|| Status::from(Rejection::invalid("evidence", "is required")))?;
+        let verified = match verify_evidence(
+            &auth.lease_key,
+            &lease_id,
+            &evidence,
+            now().as_second(),
+        ) {
+            Ok(v) => v,
+            Err(e) => return Err(self.evidence_refused(&auth.lease, e).await),
+        };
+        if let Err(e) = self.check_placement(&auth.lease, &verified.evidence).await? {
+            return Err(self.evidence_refused(&auth.lease, e).await);
+        }
+        let reply = match network
+            .submit_evidence(&lease_id, auth.body.certificate.clone(), evidence)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(status) => {
+                let rejection = match status.code() {
+                    Code::AlreadyExists => EvidenceRejection::ReplayedNonce,
+                    Code::FailedPrecondition if status.message().starts_with("Stale") => {
+                        EvidenceRejection::Stale {
+                            issued_at: verified.evidence.issued_at,
+                        }
+                    }
+                    Code::FailedPrecondition => EvidenceRejection::WrongNonce,
+                    _ => return Err(status),
+                };
+                return Err(self.evidence_refused(&auth.lease, rejection).await);
+            }
+        };
+        self.metrics
+            .attestations
+            .with_label_values(&[reply.trust_tier.as_str()])
+            .inc();
+        let verified_at = Timestamp::from_second(reply.verified_at).unwrap_or_else(|_| now());
+        let attestation = LeaseAttestation {
+            trust_tier: reply.trust_tier.clone(),
+            last_verified: Some(Time(verified_at)),
+            evidence_digest: Some(hex(&reply.digest)),
+        };
+        let reason = match reply.trust_tier.as_str() {
+            "hardware-attested" => "HardwareAttested",
+            _ => "SelfReported",
+        };
+        let condition = Self::condition_json(
+            &auth.lease,
+            ATTESTED_CONDITION,
+            true,
+            reason,
+            &format!("evidence for the network's challenge verified: {}", reply.trust_tier),
+        );
+        info!(lease = %lease_id, tier = %reply.trust_tier, "evidence verified");
+        self.write_status(
+            &auth.lease,
+            json!({ "attestation": attestation, "conditions": [condition] }),
+        )
+        .await;
+        Ok(reply)
+    }
+
+    /// The evidence must name the lease's own pod and node.
+    async fn check_placement(
+        &self,
+        lease: &ComputeLease,
+        evidence: &crate::network::proto::Evidence,
+    ) -> Result<Result<(), EvidenceRejection>, Status> {
+        let namespace = namespace_for(&lease.metadata.name.clone().unwrap_or_default());
+        let pod = Api::<Pod>::namespaced(self.client.clone(), &namespace)
+            .get_opt(POD_NAME)
+            .await
+            .map_err(|e| Status::unavailable(format!("reading the lease pod: {e}")))?;
+        let uid = pod.as_ref().and_then(|p| p.metadata.uid.clone()).unwrap_or_default();
+        let node = pod
+            .as_ref()
+            .and_then(|p| p.spec.as_ref())
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        Ok(if evidence.pod_uid != uid {
+            Err(EvidenceRejection::WrongPlacement {
+                field: "pod",
+                expected: uid,
+                found: evidence.pod_uid.clone(),
+            })
+        } else if evidence.node != node {
+            Err(EvidenceRejection::WrongPlacement {
+                field: "node",
+                expected: node,
+                found: evidence.node.clone(),
+            })
+        } else {
+            Ok(())
+        })
+    }
+
+    async fn evidence_refused(&self, lease: &ComputeLease, e: EvidenceRejection) -> Status {
+        self.refused("evidence", e.kind());
+        warn!(lease = %lease.spec.lease_id, kind = e.kind(), error = %e, "evidence refused");
+        self.set_condition(lease, ATTESTED_CONDITION, false, e.kind(), &e.to_string())
+            .await;
+        let message = format!("{}: {e}", e.kind());
+        match e {
+            EvidenceRejection::ReplayedNonce => Status::already_exists(message),
+            EvidenceRejection::WrongNonce | EvidenceRejection::Stale { .. } => {
+                Status::failed_precondition(message)
+            }
+            EvidenceRejection::BadSignature => Status::unauthenticated(message),
+            EvidenceRejection::WrongLease { .. } | EvidenceRejection::WrongPlacement { .. } => {
+                Status::permission_denied(message)
+            }
+            EvidenceRejection::Malformed(_) => Status::invalid_argument(message),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Collector for CollectorService {
+    async fn submit_receipts(
+        &self,
+        request: Request<Signed>,
+    ) -> Result<Response<ReceiptsReply>, Status> {
+        self.receipts(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn challenge(&self, request: Request<Signed>) -> Result<Response<ChallengeReply>, Status> {
+        self.challenge(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn submit_evidence(
+        &self,
+        request: Request<Signed>,
+    ) -> Result<Response<EvidenceReply>, Status> {
+        self.evidence(request.into_inner()).await.map(Response::new)
+    }
+}
+
+/// Serves the collector on `addr` until `shutdown`.
+pub async fn serve(
+    addr: SocketAddr,
+    service: CollectorService,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(
+            CollectorServer::new(service).max_decoding_message_size(crate::hub::MAX_MESSAGE_BYTES),
+        )
+        .serve_with_shutdown(addr, shutdown)
+        .await
+}

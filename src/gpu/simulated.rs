@@ -1,0 +1,196 @@
+//! A deterministic GPU simulation: readings are closed-form functions of the time since the
+//! source started, so a test can compute exactly what a meter must have seen.
+
+use std::f64::consts::TAU;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+use super::{DeviceInfo, GpuError, GpuSource, HardwareAttestation, Sample};
+
+/// Period of the simulated utilization wave.
+const PERIOD_SECONDS: f64 = 120.0;
+const IDLE_WATTS: f64 = 80.0;
+/// Watts per percent of utilization.
+const WATTS_PER_PERCENT: f64 = 3.0;
+const MEMORY_BASE_BYTES: f64 = 4.0 * 1024.0 * 1024.0 * 1024.0;
+const MEMORY_PER_PERCENT_BYTES: f64 = 512.0 * 1024.0 * 1024.0;
+
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct SimulatedSettings {
+    /// Simulated source: how many GPUs.
+    #[arg(long, env = "GPUBRIDGE_SIMULATED_GPUS", default_value_t = 1)]
+    pub simulated_gpus: u32,
+    /// Simulated source: the GPUs' model name.
+    #[arg(
+        long,
+        env = "GPUBRIDGE_SIMULATED_MODEL",
+        default_value = "NVIDIA H100 80GB HBM3"
+    )]
+    pub simulated_model: String,
+    /// Simulated source: the GPUs are in confidential-computing mode.
+    #[arg(long, env = "GPUBRIDGE_SIMULATED_CC_MODE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub simulated_cc_mode: bool,
+    /// Simulated source: the GPUs are MIG instances (figures are modelled).
+    #[arg(long, env = "GPUBRIDGE_SIMULATED_MIG", default_value_t = false, action = clap::ArgAction::Set)]
+    pub simulated_mig: bool,
+    /// Simulated source: seeds the UUIDs and serials, so two nodes' GPUs differ.
+    #[arg(long, env = "GPUBRIDGE_SIMULATED_SEED", default_value = "gpubridge")]
+    pub simulated_seed: String,
+}
+
+pub struct SimulatedSource {
+    settings: SimulatedSettings,
+    started: Instant,
+}
+
+impl SimulatedSource {
+    pub fn new(settings: SimulatedSettings) -> SimulatedSource {
+        SimulatedSource {
+            settings,
+            started: Instant::now(),
+        }
+    }
+
+    fn index_of(&self, uuid: &str) -> Result<u32, GpuError> {
+        (0..self.settings.simulated_gpus)
+            .find(|&i| self.uuid(i) == uuid)
+            .ok_or_else(|| GpuError::Query {
+                uuid: uuid.to_string(),
+                operation: "find by UUID",
+                reason: "no such simulated GPU".into(),
+            })
+    }
+
+    fn uuid(&self, index: u32) -> String {
+        let digest = Sha256::digest(format!("{}/{index}", self.settings.simulated_seed));
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!(
+            "GPU-{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..32]
+        )
+    }
+
+    /// The reading of GPU `index` after `t` seconds.
+    pub fn reading(index: u32, t: f64) -> Sample {
+        let phase = f64::from(index);
+        let utilization = 50.0 + 40.0 * (TAU * t / PERIOD_SECONDS + phase).sin();
+        // ∫ (idle + k·u(s)) ds from 0 to t, in closed form, so energy is exact at any sample rate.
+        let amplitude = 40.0 * PERIOD_SECONDS / TAU;
+        let joules = IDLE_WATTS * t
+            + WATTS_PER_PERCENT
+                * (50.0 * t - amplitude * ((TAU * t / PERIOD_SECONDS + phase).cos() - phase.cos()));
+        Sample {
+            utilization_percent: utilization.round() as u32,
+            memory_used_bytes: (MEMORY_BASE_BYTES + MEMORY_PER_PERCENT_BYTES * utilization) as u64,
+            energy_total_millijoules: (joules * 1000.0) as u64,
+        }
+    }
+}
+
+impl GpuSource for SimulatedSource {
+    fn devices(&self) -> Result<Vec<DeviceInfo>, GpuError> {
+        Ok((0..self.settings.simulated_gpus)
+            .map(|i| DeviceInfo {
+                uuid: self.uuid(i),
+                serial: format!("SIM{:010}", i),
+                model: self.settings.simulated_model.clone(),
+                vbios: "96.00.99.00.01".into(),
+                driver: "580.95.05-simulated".into(),
+                cc_mode: self.settings.simulated_cc_mode,
+                shared: self.settings.simulated_mig,
+            })
+            .collect())
+    }
+
+    fn sample(&self, uuid: &str) -> Result<Sample, GpuError> {
+        let index = self.index_of(uuid)?;
+        Ok(Self::reading(
+            index,
+            self.started.elapsed().as_secs_f64(),
+        ))
+    }
+
+    /// A stand-in report: SHA-256 of nonce and UUID, with a placeholder chain. It only lets the
+    /// hardware-attested path be exercised; it proves nothing and names itself as simulated.
+    fn attestation(
+        &self,
+        uuid: &str,
+        nonce: &[u8; 32],
+    ) -> Result<Option<HardwareAttestation>, GpuError> {
+        self.index_of(uuid)?;
+        if !self.settings.simulated_cc_mode {
+            return Ok(None);
+        }
+        let mut report = b"SIMULATED-REPORT:".to_vec();
+        report.extend_from_slice(&Sha256::digest([nonce.as_slice(), uuid.as_bytes()].concat()));
+        Ok(Some(HardwareAttestation {
+            report,
+            certificate_chain: b"SIMULATED-CERTIFICATE-CHAIN".to_vec(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(gpus: u32) -> SimulatedSettings {
+        SimulatedSettings {
+            simulated_gpus: gpus,
+            simulated_model: "NVIDIA H100 80GB HBM3".into(),
+            simulated_cc_mode: false,
+            simulated_mig: false,
+            simulated_seed: "node-a".into(),
+        }
+    }
+
+    #[test]
+    fn devices_are_distinct_and_stable() {
+        let a = SimulatedSource::new(settings(3)).devices().unwrap();
+        let b = SimulatedSource::new(settings(3)).devices().unwrap();
+        assert_eq!(a, b);
+        let mut uuids: Vec<_> = a.iter().map(|d| d.uuid.clone()).collect();
+        uuids.dedup();
+        assert_eq!(uuids.len(), 3);
+        let other = SimulatedSource::new(SimulatedSettings {
+            simulated_seed: "node-b".into(),
+            ..settings(1)
+        });
+        assert_ne!(other.devices().unwrap()[0].uuid, a[0].uuid);
+    }
+
+    #[test]
+    fn readings_stay_in_range_and_energy_only_grows() {
+        let mut previous = 0;
+        for step in 0..600 {
+            let t = f64::from(step) * 0.5;
+            let s = SimulatedSource::reading(1, t);
+            assert!((10..=90).contains(&s.utilization_percent), "{s:?}");
+            assert!(s.energy_total_millijoules >= previous);
+            previous = s.energy_total_millijoules;
+        }
+        // Mean power over whole periods is idle + k × 50 %: 230 W, so 230 J per second.
+        let one_period = SimulatedSource::reading(0, PERIOD_SECONDS).energy_total_millijoules;
+        assert!((one_period as f64 - 230_000.0 * PERIOD_SECONDS).abs() < 1_000.0);
+    }
+
+    #[test]
+    fn attestation_only_in_cc_mode_and_bound_to_the_nonce() {
+        let plain = SimulatedSource::new(settings(1));
+        let uuid = plain.devices().unwrap()[0].uuid.clone();
+        assert_eq!(plain.attestation(&uuid, &[1; 32]).unwrap(), None);
+        let cc = SimulatedSource::new(SimulatedSettings {
+            simulated_cc_mode: true,
+            ..settings(1)
+        });
+        let a = cc.attestation(&uuid, &[1; 32]).unwrap().unwrap();
+        let b = cc.attestation(&uuid, &[2; 32]).unwrap().unwrap();
+        assert_ne!(a.report, b.report);
+        assert!(cc.attestation("GPU-unknown", &[1; 32]).is_err());
+    }
+}

@@ -1,0 +1,337 @@
+//! The receipt chain: building the next receipt, and verifying one against the chain's head.
+//! Pure, shared by the meter, the operator's collector and the network node, so all three
+//! agree on what a valid receipt is.
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::identity;
+use crate::network::envelope::{MAX_BODY_BYTES, domain, sign_body};
+use crate::network::proto::{Attribution, GpuUsage, Receipt, Signed};
+
+/// `previous_hash` of the first receipt.
+pub const GENESIS_HASH: [u8; 32] = [0; 32];
+/// Most receipts in one submission.
+pub const MAX_RECEIPTS_PER_BATCH: usize = 256;
+/// Most GPUs one receipt reports, and the longest GPU UUID.
+const MAX_GPUS_PER_RECEIPT: usize = 64;
+const MAX_UUID_CHARS: usize = 128;
+/// How far in the future a window may end, for clock skew between node and verifier.
+const CLOCK_SKEW_MS: i64 = 60_000;
+
+/// SHA-256 of a receipt's body bytes: what the next receipt's `previous_hash` carries.
+pub fn digest(body: &[u8]) -> [u8; 32] {
+    Sha256::digest(body).into()
+}
+
+/// Where a lease's chain stands after its last accepted receipt.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainHead {
+    /// 0 before the first receipt.
+    pub sequence: u64,
+    /// Hash of the last receipt's body; empty before the first.
+    pub hash: Vec<u8>,
+    pub window_end_ms: Option<i64>,
+    pub final_received: bool,
+}
+
+impl ChainHead {
+    fn expected_previous_hash(&self) -> &[u8] {
+        if self.sequence == 0 {
+            &GENESIS_HASH
+        } else {
+            &self.hash
+        }
+    }
+
+    /// The head after `receipt`, whose body hashes to `hash`.
+    pub fn advance(&self, receipt: &Receipt, hash: [u8; 32]) -> ChainHead {
+        ChainHead {
+            sequence: receipt.sequence,
+            hash: hash.to_vec(),
+            window_end_ms: Some(receipt.window_end_ms),
+            final_received: receipt.r#final,
+        }
+    }
+}
+
+/// Running totals over a lease's accepted receipts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub allocated_gpu_millis: u64,
+    pub energy_millijoules: u64,
+    /// Σ mean utilization × allocated GPU-milliseconds, over receipts that measured it.
+    pub utilization_weighted: u128,
+    /// Σ allocated GPU-milliseconds of the receipts that measured utilization.
+    pub utilization_weight: u128,
+}
+
+impl Totals {
+    pub fn add(&mut self, receipt: &Receipt) {
+        self.allocated_gpu_millis = self
+            .allocated_gpu_millis
+            .saturating_add(receipt.allocated_gpu_millis);
+        let energy: u64 = receipt.gpus.iter().map(|g| g.energy_millijoules).sum();
+        self.energy_millijoules = self.energy_millijoules.saturating_add(energy);
+        if !receipt.gpus.is_empty() {
+            let mean = receipt
+                .gpus
+                .iter()
+                .map(|g| u128::from(g.utilization_percent))
+                .sum::<u128>()
+                / receipt.gpus.len() as u128;
+            self.utilization_weighted += mean * u128::from(receipt.allocated_gpu_millis);
+            self.utilization_weight += u128::from(receipt.allocated_gpu_millis);
+        }
+    }
+
+    /// Mean utilization, weighted by allocated time; 0 when nothing measured it.
+    pub fn utilization_percent(&self) -> u32 {
+        self.utilization_weighted
+            .checked_div(self.utilization_weight)
+            .map_or(0, |u| u as u32)
+    }
+}
+
+/// What a verifier knows of the lease a receipt claims to be for.
+#[derive(Clone, Debug)]
+pub struct LeaseTerms {
+    pub lease_id: String,
+    pub gpus: u32,
+    /// The lease key, from the provider's certificate.
+    pub lease_key: VerifyingKey,
+    /// No window may start before this (the lease's creation), Unix milliseconds.
+    pub not_before_ms: i64,
+}
+
+/// Why a receipt was refused. `kind` is a stable word for metrics and conditions.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiptRejection {
+    #[error("receipt is malformed: {0}")]
+    Malformed(String),
+    #[error("receipt signature does not verify against the lease key")]
+    BadSignature,
+    #[error("receipt is for lease {found}, not {expected}")]
+    WrongLease { expected: String, found: String },
+    #[error("receipt {found} follows {head}: sequences must have no gaps")]
+    Gap { head: u64, found: u64 },
+    #[error("receipt {sequence} does not carry the hash of receipt {previous}")]
+    BrokenChain { sequence: u64, previous: u64 },
+    #[error("receipt {sequence} differs from the receipt {sequence} accepted before")]
+    Fork { sequence: u64 },
+    #[error("receipt {sequence}: {rule}")]
+    BadWindow { sequence: u64, rule: String },
+    #[error("receipt {sequence} follows the final receipt")]
+    AfterFinal { sequence: u64 },
+}
+
+impl ReceiptRejection {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReceiptRejection::Malformed(_) => "Malformed",
+            ReceiptRejection::BadSignature => "BadSignature",
+            ReceiptRejection::WrongLease { .. } => "WrongLease",
+            ReceiptRejection::Gap { .. } => "Gap",
+            ReceiptRejection::BrokenChain { .. } => "BrokenChain",
+            ReceiptRejection::Fork { .. } => "Fork",
+            ReceiptRejection::BadWindow { .. } => "BadWindow",
+            ReceiptRejection::AfterFinal { .. } => "AfterFinal",
+        }
+    }
+
+    /// Every kind, for metrics that must show zeros.
+    pub const KINDS: [&'static str; 8] = [
+        "Malformed",
+        "BadSignature",
+        "WrongLease",
+        "Gap",
+        "BrokenChain",
+        "Fork",
+        "BadWindow",
+        "AfterFinal",
+    ];
+
+    pub fn sequence(&self) -> u64 {
+        match self {
+            ReceiptRejection::Gap { found, .. } => *found,
+            ReceiptRejection::BrokenChain { sequence, .. }
+            | ReceiptRejection::Fork { sequence }
+            | ReceiptRejection::BadWindow { sequence, .. }
+            | ReceiptRejection::AfterFinal { sequence } => *sequence,
+            _ => 0,
+        }
+    }
+}
+
+/// The verdict on one receipt that verified.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// The next link of the chain.
+    Next { receipt: Receipt, hash: [u8; 32] },
+    /// A receipt at or below the head: already accepted if its hash is the one stored for its
+    /// sequence (the verifier checks, as only it keeps past hashes), a fork otherwise.
+    Earlier { sequence: u64, hash: [u8; 32] },
+}
+
+fn bad_window(sequence: u64, rule: impl Into<String>) -> ReceiptRejection {
+    ReceiptRejection::BadWindow {
+        sequence,
+        rule: rule.into(),
+    }
+}
+
+/// Verifies `signed` as the receipt after `head`: signature first, then every rule of the chain.
+pub fn check_next(
+    terms: &LeaseTerms,
+    head: &ChainHead,
+    signed: &Signed,
+    now_ms: i64,
+) -> Result<Step, ReceiptRejection> {
+    if signed.body.len() > MAX_BODY_BYTES {
+        return Err(ReceiptRejection::Malformed(format!(
+            "body is {} bytes, over the limit of {MAX_BODY_BYTES}",
+            signed.body.len()
+        )));
+    }
+    identity::verify(&terms.lease_key, domain::RECEIPT, &signed.body, &signed.signature)
+        .map_err(|_| ReceiptRejection::BadSignature)?;
+    let receipt = Receipt::decode(signed.body.as_slice())
+        .map_err(|e| ReceiptRejection::Malformed(format!("body: {e}")))?;
+    if receipt.lease_id != terms.lease_id {
+        return Err(ReceiptRejection::WrongLease {
+            expected: terms.lease_id.clone(),
+            found: receipt.lease_id,
+        });
+    }
+    let hash = digest(&signed.body);
+    let sequence = receipt.sequence;
+    if sequence == 0 {
+        return Err(ReceiptRejection::Malformed("sequence: must start at 1".into()));
+    }
+    if sequence <= head.sequence {
+        return Ok(Step::Earlier { sequence, hash });
+    }
+    if head.final_received {
+        return Err(ReceiptRejection::AfterFinal { sequence });
+    }
+    if sequence != head.sequence + 1 {
+        return Err(ReceiptRejection::Gap {
+            head: head.sequence,
+            found: sequence,
+        });
+    }
+    if receipt.previous_hash != head.expected_previous_hash() {
+        return Err(ReceiptRejection::BrokenChain {
+            sequence,
+            previous: head.sequence,
+        });
+    }
+    check_window(terms, head, &receipt, now_ms)?;
+    check_figures(terms, &receipt)?;
+    Ok(Step::Next { receipt, hash })
+}
+
+fn check_window(
+    terms: &LeaseTerms,
+    head: &ChainHead,
+    receipt: &Receipt,
+    now_ms: i64,
+) -> Result<(), ReceiptRejection> {
+    let sequence = receipt.sequence;
+    let (start, end) = (receipt.window_start_ms, receipt.window_end_ms);
+    match head.window_end_ms {
+        Some(previous_end) if start != previous_end => {
+            return Err(bad_window(
+                sequence,
+                format!("window must start where receipt {} ended ({previous_end})", head.sequence),
+            ));
+        }
+        None if start < terms.not_before_ms => {
+            return Err(bad_window(sequence, "window must not start before the lease"));
+        }
+        _ => {}
+    }
+    if end <= start {
+        return Err(bad_window(sequence, "window must end after it starts"));
+    }
+    if end > now_ms + CLOCK_SKEW_MS {
+        return Err(bad_window(sequence, "window must not end in the future"));
+    }
+    let expected = u64::from(terms.gpus).checked_mul((end - start) as u64);
+    if expected != Some(receipt.allocated_gpu_millis) {
+        return Err(bad_window(
+            sequence,
+            format!(
+                "allocatedGpuMillis must be the lease's {} GPUs × the window's {} ms",
+                terms.gpus,
+                end - start
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_figures(terms: &LeaseTerms, receipt: &Receipt) -> Result<(), ReceiptRejection> {
+    let malformed = |rule: String| Err(ReceiptRejection::Malformed(rule));
+    let attribution = Attribution::try_from(receipt.attribution).unwrap_or_default();
+    if attribution == Attribution::Unspecified {
+        return malformed("attribution: must be measured, modelled or allocation-only".into());
+    }
+    if receipt.gpus.len() > MAX_GPUS_PER_RECEIPT {
+        return malformed(format!("gpus: at most {MAX_GPUS_PER_RECEIPT} entries"));
+    }
+    if (attribution == Attribution::AllocationOnly) != receipt.gpus.is_empty() {
+        return malformed("gpus: present exactly when the attribution is not allocation-only".into());
+    }
+    if attribution == Attribution::Measured && receipt.gpus.len() != terms.gpus as usize {
+        return malformed(format!(
+            "gpus: a measured receipt reports each of the lease's {} GPUs",
+            terms.gpus
+        ));
+    }
+    for (i, gpu) in receipt.gpus.iter().enumerate() {
+        if gpu.uuid.is_empty() || gpu.uuid.chars().count() > MAX_UUID_CHARS {
+            return malformed(format!("gpus[{i}].uuid: 1 to {MAX_UUID_CHARS} characters"));
+        }
+        if gpu.utilization_percent > 100 {
+            return malformed(format!("gpus[{i}].utilizationPercent: at most 100"));
+        }
+    }
+    Ok(())
+}
+
+/// The receipt after `head`, for the window from the head's end (or `first_start_ms`) to
+/// `window_end_ms`, signed with the lease key.
+#[allow(clippy::too_many_arguments)]
+pub fn seal_receipt(
+    key: &SigningKey,
+    lease_id: &str,
+    gpus: u32,
+    head: &ChainHead,
+    first_start_ms: i64,
+    window_end_ms: i64,
+    usage: Vec<GpuUsage>,
+    attribution: Attribution,
+    r#final: bool,
+) -> (Signed, ChainHead) {
+    let window_start_ms = head.window_end_ms.unwrap_or(first_start_ms);
+    let receipt = Receipt {
+        lease_id: lease_id.to_string(),
+        sequence: head.sequence + 1,
+        previous_hash: head.expected_previous_hash().to_vec(),
+        window_start_ms,
+        window_end_ms,
+        allocated_gpu_millis: u64::from(gpus) * (window_end_ms - window_start_ms).max(0) as u64,
+        gpus: usage,
+        attribution: attribution as i32,
+        r#final,
+    };
+    let signed = sign_body(key, domain::RECEIPT, &receipt);
+    let next = head.advance(&receipt, digest(&signed.body));
+    (signed, next)
+}
+
+#[cfg(test)]
+mod tests;

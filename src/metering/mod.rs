@@ -1,0 +1,9 @@
+//! Metering (DESIGN §4): receipts — how a meter builds them and how the collector and the
+//! network verify them — and the meter sidecar that samples GPUs and delivers receipts.
+
+pub mod chain;
+pub mod log;
+pub mod sidecar;
+pub mod window;
+
+pub use chain::{ChainHead, LeaseTerms, ReceiptRejection, Step, Totals, check_next, digest, seal_receipt};
