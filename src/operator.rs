@@ -31,10 +31,10 @@ use crate::identity::{
 };
 use crate::metrics::Metrics;
 use crate::network::client::{self, NetworkClient, Target};
-use crate::workload::CollectorEndpoint;
 use crate::network::session::{self, SessionSettings};
 use crate::shutdown::Shutdown;
 use crate::telemetry::LogFormat;
+use crate::workload::CollectorEndpoint;
 
 const PROVIDER_KEY_FIELD: &str = "provider.key";
 const PROVIDER_PUBLIC_KEY_FIELD: &str = "provider.pub";
@@ -114,7 +114,11 @@ pub struct OperatorArgs {
     #[arg(long, env = "GPUBRIDGE_COLLECTOR_STATUS_SECONDS", default_value_t = 10)]
     pub collector_status_seconds: u64,
     /// Seconds a lease's end report waits for the meter's final receipt.
-    #[arg(long, env = "GPUBRIDGE_FINAL_RECEIPT_GRACE_SECONDS", default_value_t = 120)]
+    #[arg(
+        long,
+        env = "GPUBRIDGE_FINAL_RECEIPT_GRACE_SECONDS",
+        default_value_t = 120
+    )]
     pub final_receipt_grace_seconds: u64,
 }
 
@@ -448,4 +452,3 @@ impl Probe for OperatorProbe {
         self.metrics.render()
     }
 }
-

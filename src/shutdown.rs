@@ -29,7 +29,9 @@ impl Shutdown {
         self.0.send_replace(true);
     }
 
-    pub fn signalled(&self) -> impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static {
+    pub fn signalled(
+        &self,
+    ) -> impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static {
         let rx = self.0.subscribe();
         let wait = async move {
             let mut rx = rx;

@@ -156,6 +156,8 @@ fn context(client: Client, offers: Vec<GpuOffer>) -> Arc<Context> {
             scheduling_timeout: Duration::from_secs(600),
             offer_resync: Duration::from_secs(300),
             reports_to_network: false,
+            final_receipt_grace: Duration::from_secs(120),
+            collector: collector(),
         },
         metrics: Metrics::new(),
         recorder: Recorder::new(
@@ -297,7 +299,9 @@ fn created_state() -> (ComputeLease, Vec<(String, Value)>) {
     let offer = offer_object();
     let owner = lease.controller_owner_ref(&()).unwrap();
     let nodes = vec!["gpu-h100-0".to_string(), "gpu-h100-1".to_string()];
+    let collector = collector();
     let b = gpubridge::workload::LeaseBox {
+        collector: &collector,
         lease_name: "l-01hzx4",
         spec: &lease.spec,
         owner,
@@ -612,4 +616,12 @@ async fn api_failures_back_off_per_object() {
     let first = ctx.backoff.next_delay("lease/l-01hzx4");
     let second = ctx.backoff.next_delay("lease/l-01hzx4");
     assert!(second > first);
+}
+
+fn collector() -> gpubridge::workload::CollectorEndpoint {
+    gpubridge::workload::CollectorEndpoint {
+        url: "http://gpubridge-collector.gpubridge-system.svc:7400".into(),
+        namespace: "gpubridge-system".into(),
+        port: 7400,
+    }
 }

@@ -5,16 +5,74 @@
 mod support;
 
 use ed25519_dalek::SigningKey;
-use gpubridge::identity::{generate_key, public_key_base58};
+use gpubridge::identity::{generate_key, issue_lease_certificate, public_key_base58};
+use gpubridge::metering::{ChainHead, seal_receipt};
 use gpubridge::network::envelope::{header, seal, sign_body};
 use gpubridge::network::intake::verify_lease;
+use gpubridge::network::proto::Attribution;
 use gpubridge::network::proto::{
     CancelBody, DepositBody, HeartbeatBody, InfoRequest, LeaseDecisionBody, LeaseEndBody,
     OrderBody, OrderState, QueryBody, RegisterBody, Signed, lease_event,
 };
 use gpubridge::network::{domain, envelope::verifying_key};
+use prost::Message;
 use support::network::{Node, UNIT, now, offer, order};
 use tonic::Code;
+
+/// A lease's meter as the tests play it: the lease key, the provider's certificate for it, and
+/// receipts built exactly as the meter sidecar builds them.
+struct Meter {
+    key: SigningKey,
+    certificate: Vec<u8>,
+    lease_id: String,
+    gpus: u32,
+    start_ms: i64,
+}
+
+impl Meter {
+    fn new(provider: &SigningKey, lease_id: &str, gpus: u32) -> Meter {
+        let key = generate_key();
+        let certificate =
+            issue_lease_certificate(provider, lease_id, &key.verifying_key(), now() + 3600)
+                .encode_to_vec();
+        Meter {
+            key,
+            certificate,
+            lease_id: lease_id.into(),
+            gpus,
+            start_ms: now() * 1000,
+        }
+    }
+
+    fn certificate(&self) -> Vec<u8> {
+        self.certificate.clone()
+    }
+
+    /// Consecutive allocation-only receipts with windows of these lengths.
+    fn receipts(&self, lengths_ms: &[i64]) -> Vec<Signed> {
+        let mut head = ChainHead::default();
+        let mut end = self.start_ms;
+        lengths_ms
+            .iter()
+            .map(|ms| {
+                end += ms;
+                let (signed, next) = seal_receipt(
+                    &self.key,
+                    &self.lease_id,
+                    self.gpus,
+                    &head,
+                    self.start_ms,
+                    end,
+                    vec![],
+                    Attribution::AllocationOnly,
+                    false,
+                );
+                head = next;
+                signed
+            })
+            .collect()
+    }
+}
 
 struct World {
     node: Node,
@@ -93,7 +151,45 @@ async fn an_order_is_matched_leased_and_settled_exactly() {
     let offers = buyer.list_offers().await.unwrap();
     assert_eq!((offers[0].available_gpus, offers[0].largest_block), (8, 8));
 
-    // Half the hour served: 5 USDC to the provider, 5 back to the buyer.
+    // Three receipts of odd lengths: the charge is the cumulative GPU time at the price,
+    // rounded down once, not a sum of per-receipt roundings.
+    let meter = Meter::new(&w.provider, &placed.lease_id, 4);
+    let receipts = meter.receipts(&[13_334, 13_335, 13_337]);
+    let price = 5 * UNIT / 2;
+    let total_ms: u128 = 4 * (13_334 + 13_335 + 13_337);
+    let expected = price * total_ms / 3_600_000;
+    let rounded_each: u128 = [13_334u128, 13_335, 13_337]
+        .iter()
+        .map(|ms| price * 4 * ms / 3_600_000)
+        .sum();
+    assert_ne!(
+        expected, rounded_each,
+        "the lengths make the two roundings differ"
+    );
+    let first = provider
+        .submit_receipts(
+            &placed.lease_id,
+            meter.certificate(),
+            receipts[..2].to_vec(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((first.accepted_through, first.rejection), (2, None));
+    // Resent whole (an acknowledgement was lost): the first two are not paid again.
+    let all = provider
+        .submit_receipts(&placed.lease_id, meter.certificate(), receipts.clone())
+        .await
+        .unwrap();
+    assert_eq!((all.accepted_through, &all.rejection), (3, &None));
+    assert_eq!(all.charged, expected.to_string());
+    assert_eq!(all.allocated_gpu_millis as u128, total_ms);
+    assert_eq!(
+        buyer.order_status(&placed.order_id).await.unwrap().charged,
+        expected.to_string(),
+        "the buyer sees each receipt's charge at once"
+    );
+
+    // The end refunds the rest of the hold; the reported GPU-seconds pay nothing.
     let end = LeaseEndBody {
         header: None,
         lease_id: placed.lease_id.clone(),
@@ -105,16 +201,27 @@ async fn an_order_is_matched_leased_and_settled_exactly() {
         gpu_seconds: 4 * 1800,
     };
     let settled = provider.report_end(end.clone()).await.unwrap();
-    assert_eq!(settled.charged, (5 * UNIT).to_string());
-    assert_eq!(settled.refunded, (5 * UNIT).to_string());
+    assert_eq!(settled.charged, expected.to_string());
+    assert_eq!(settled.refunded, (10 * UNIT - expected).to_string());
     // Reported again (a provider retrying after a lost reply): same answer, nothing moves.
     let again = provider.report_end(end).await.unwrap();
     assert_eq!(again, settled);
+    // Receipts after the end are refused, and pay nothing.
+    let late = provider
+        .submit_receipts(
+            &placed.lease_id,
+            meter.certificate(),
+            meter.receipts(&[13_334, 13_335, 13_337, 1_000]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(late.accepted_through, 3);
+    assert_eq!(late.rejection.unwrap().kind, "BadWindow");
     let balance = buyer.balance().await.unwrap();
-    assert_eq!(available(&balance, "available"), 95 * UNIT);
+    assert_eq!(available(&balance, "available"), 100 * UNIT - expected);
     assert_eq!(available(&balance, "held"), 0);
     let earned = provider.balance().await.unwrap();
-    assert_eq!(available(&earned, "earned"), 5 * UNIT);
+    assert_eq!(available(&earned, "earned"), expected);
     let ended = buyer.order_status(&placed.order_id).await.unwrap();
     assert_eq!(ended.state(), OrderState::Ended);
     assert!(ended.reason.contains("Succeeded"), "{}", ended.reason);
@@ -122,7 +229,10 @@ async fn an_order_is_matched_leased_and_settled_exactly() {
     let offers = buyer.list_offers().await.unwrap();
     assert_eq!(offers[0].available_gpus, 12);
     let audit = w.node.store.audit().unwrap();
-    assert_eq!(audit.postings, 4, "deposit, hold, charge, refund");
+    assert_eq!(
+        audit.postings, 6,
+        "deposit, hold, three receipt charges, refund"
+    );
 }
 
 #[tokio::test]
@@ -793,4 +903,194 @@ async fn out_of_terms_orders_are_rejected_with_the_reason_and_hold_nothing() {
         orders.iter().all(|o| o.buyer == owner),
         "the buyer lists only its own orders"
     );
+}
+
+/// A matched and accepted lease of 4 GPUs, with its meter.
+async fn accepted_lease(w: &World) -> (String, Meter) {
+    let provider = w.node.client(w.provider.clone());
+    let placed = w
+        .node
+        .client(w.buyer.clone())
+        .submit(order(4))
+        .await
+        .unwrap();
+    provider.decide(&placed.lease_id, true, "").await.unwrap();
+    let meter = Meter::new(&w.provider, &placed.lease_id, 4);
+    (placed.lease_id, meter)
+}
+
+#[tokio::test]
+async fn forged_forked_and_foreign_receipts_are_refused_and_pay_nothing() {
+    let w = world().await;
+    let provider = w.node.client(w.provider.clone());
+    let (lease_id, meter) = accepted_lease(&w).await;
+    let receipts = meter.receipts(&[10_000, 10_000]);
+    let accepted = provider
+        .submit_receipts(&lease_id, meter.certificate(), receipts[..1].to_vec())
+        .await
+        .unwrap();
+    let paid = accepted.charged.clone();
+
+    let mut tampered = receipts[1].clone();
+    tampered.body[5] ^= 1;
+    // A receipt 1 of another chain: same sequence, other window.
+    let forked = meter.receipts(&[9_000])[0].clone();
+    let stranger = Meter::new(&w.provider, &lease_id, 4);
+    let stranger_receipt = stranger.receipts(&[10_000, 10_000])[1].clone();
+    for (name, receipt, kind) in [
+        ("tampered", tampered, "BadSignature"),
+        ("forked", forked, "Fork"),
+        // Signed by a key the submitted certificate does not certify.
+        ("other key", stranger_receipt, "BadSignature"),
+    ] {
+        let reply = provider
+            .submit_receipts(&lease_id, meter.certificate(), vec![receipt])
+            .await
+            .unwrap();
+        let rejection = reply
+            .rejection
+            .unwrap_or_else(|| panic!("{name} was accepted"));
+        assert_eq!(rejection.kind, kind, "{name}: {}", rejection.message);
+        assert_eq!(
+            (reply.accepted_through, &reply.charged),
+            (1, &paid),
+            "{name}"
+        );
+    }
+
+    // A certificate the provider did not sign, or one for another lease, refuses the whole call.
+    let forger = generate_key();
+    let forged_cert = Meter::new(&forger, &lease_id, 4);
+    let status = provider
+        .submit_receipts(
+            &lease_id,
+            forged_cert.certificate(),
+            forged_cert.receipts(&[1_000]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let (other_lease, _) = accepted_lease(&w).await;
+    let status = provider
+        .submit_receipts(&other_lease, meter.certificate(), receipts[..1].to_vec())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    // Another provider cannot submit for this lease at all.
+    let status = w
+        .node
+        .client(generate_key())
+        .submit_receipts(&lease_id, meter.certificate(), receipts[..1].to_vec())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    // The good second receipt still goes through after all of that.
+    let reply = provider
+        .submit_receipts(&lease_id, meter.certificate(), receipts)
+        .await
+        .unwrap();
+    assert_eq!((reply.accepted_through, reply.rejection), (2, None));
+    w.node.store.audit().unwrap();
+}
+
+#[tokio::test]
+async fn evidence_answers_the_outstanding_challenge_once() {
+    use gpubridge::attestation::build_evidence;
+    use gpubridge::gpu::{DeviceInfo, HardwareAttestation};
+    let w = world().await;
+    let provider = w.node.client(w.provider.clone());
+    let (lease_id, meter) = accepted_lease(&w).await;
+    let challenge = provider.lease_challenge(&lease_id).await.unwrap();
+    assert_eq!((challenge.nonce.len(), challenge.answered), (32, false));
+    let gpu = DeviceInfo {
+        uuid: "GPU-1".into(),
+        serial: "1".into(),
+        model: "NVIDIA H100".into(),
+        vbios: "96".into(),
+        driver: "580".into(),
+        cc_mode: true,
+        shared: false,
+    };
+    let attested = Some(HardwareAttestation {
+        report: vec![1; 64],
+        certificate_chain: vec![2; 64],
+    });
+    let evidence = |nonce: &[u8]| {
+        let e = build_evidence(
+            &lease_id,
+            nonce,
+            &[(gpu.clone(), attested.clone())],
+            "n",
+            "u",
+            "i",
+            now(),
+        );
+        sign_body(&meter.key, domain::EVIDENCE, &e)
+    };
+    let wrong = provider
+        .submit_evidence(&lease_id, meter.certificate(), evidence(&[7; 32]))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::FailedPrecondition, "{wrong:?}");
+    assert!(wrong.message().starts_with("WrongNonce"), "{wrong:?}");
+
+    let good = evidence(&challenge.nonce);
+    let reply = provider
+        .submit_evidence(&lease_id, meter.certificate(), good.clone())
+        .await
+        .unwrap();
+    assert_eq!(reply.trust_tier, "hardware-attested");
+    assert!(provider.lease_challenge(&lease_id).await.unwrap().answered);
+    // The same nonce again, even with freshly signed evidence: a replay.
+    for again in [good, evidence(&challenge.nonce)] {
+        let replayed = provider
+            .submit_evidence(&lease_id, meter.certificate(), again)
+            .await
+            .unwrap_err();
+        assert_eq!(replayed.code(), Code::AlreadyExists, "{replayed:?}");
+        assert!(
+            replayed.message().starts_with("ReplayedNonce"),
+            "{replayed:?}"
+        );
+    }
+    // Evidence signed by another key than the certified one.
+    let forged = sign_body(
+        &generate_key(),
+        domain::EVIDENCE,
+        &build_evidence(&lease_id, &challenge.nonce, &[], "n", "u", "i", now()),
+    );
+    let status = provider
+        .submit_evidence(&lease_id, meter.certificate(), forged)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+}
+
+#[tokio::test]
+async fn an_answered_challenge_is_renewed_by_the_sweep() {
+    let w = world().await;
+    let provider = w.node.client(w.provider.clone());
+    let (lease_id, meter) = accepted_lease(&w).await;
+    let first = provider.lease_challenge(&lease_id).await.unwrap();
+    let e =
+        gpubridge::attestation::build_evidence(&lease_id, &first.nonce, &[], "n", "u", "i", now());
+    provider
+        .submit_evidence(
+            &lease_id,
+            meter.certificate(),
+            sign_body(&meter.key, domain::EVIDENCE, &e),
+        )
+        .await
+        .unwrap();
+    // Not yet due: the answered challenge stays.
+    w.node.store.sweep(now()).unwrap();
+    assert_eq!(
+        provider.lease_challenge(&lease_id).await.unwrap().nonce,
+        first.nonce
+    );
+    let due = now() + i64::from(w.node.store.settings.challenge_seconds);
+    w.node.store.sweep(due).unwrap();
+    let renewed = provider.lease_challenge(&lease_id).await.unwrap();
+    assert_ne!(renewed.nonce, first.nonce);
+    assert!(!renewed.answered);
 }

@@ -4,6 +4,7 @@
 //! real ones. Run with `make e2e`, which brings the cluster up and down.
 
 mod network;
+mod sidecars;
 mod support;
 
 use std::time::{Duration, Instant};

@@ -13,8 +13,10 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, ResourceExt};
 
+use crate::sidecars::{Sidecars, footprint};
 use crate::support::{NetworkNode, Operator, apply_yaml, cluster, eventually};
 use crate::{SECOND, delete_lease, install_crds, offer_status, wait_phase, workstation_offer};
+use gpubridge::metering::log::ReceiptLog;
 
 const UNIT: u128 = 1_000_000_000_000_000_000;
 
@@ -60,47 +62,35 @@ async fn wait_published(buyer: &gpubridge::network::client::NetworkClient, offer
     .await;
 }
 
+/// Some moment in `0..max_ms` milliseconds, from the OS's randomness: crashes land at a
+/// different point of the meter's cycle on each run.
+fn random_ms(max_ms: u64) -> Duration {
+    use rand_core::RngCore;
+    Duration::from_millis(rand_core::OsRng.next_u64() % max_ms)
+}
+
 #[tokio::test]
-async fn a_buyer_order_becomes_a_lease_that_runs_ends_and_settles_exactly() {
+async fn a_metered_lease_survives_crashes_of_everything_and_settles_exactly() {
     let Some(c) = cluster("network-lease").await else {
         return;
     };
     install_crds(&c.client).await;
-    let network = NetworkNode::start("lease");
-    let operator = Operator::start_with(&c, "network-lease", &network.operator_flags());
+    let mut network = NetworkNode::start("lease");
+    let mut operator = Operator::start_with(&c, "network-lease", &network.operator_flags());
     apply_yaml(&c.client, &workstation_offer()).await;
     operator.wait_ready().await;
 
     let buyer = network.client(generate_key()).await;
     wait_published(&buyer, "rtx-workstation", 2).await;
-    eventually("the offer to show its network id", 10 * SECOND, || async {
-        let status = offer_status(&c.client, "rtx-workstation").await?;
-        let advertised = status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Advertised" && c.status == "True");
-        match (&status.offer_id, advertised) {
-            (Some(id), true) if id.ends_with("/rtx-workstation") => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
-
     buyer.deposit(10 * UNIT, "USDC").await.unwrap();
     let placed = buyer
-        .submit(order(1, "NVIDIA-GeForce-RTX-4090", 60, 12 * UNIT / 10))
+        .submit(order(1, "NVIDIA-GeForce-RTX-4090", 90, 12 * UNIT / 10))
         .await
         .unwrap();
     assert_eq!(placed.state(), OrderState::Matched, "{}", placed.reason);
-
+    let lease_id = placed.lease_id.clone();
     // Intake verified it and created the ComputeLease named after the lease id, pinned to a node.
-    let running = wait_phase(
-        &c.client,
-        &placed.lease_id,
-        LeasePhase::Running,
-        60 * SECOND,
-    )
-    .await;
+    let running = wait_phase(&c.client, &lease_id, LeasePhase::Running, 60 * SECOND).await;
     assert_eq!(
         running
             .annotations()
@@ -108,24 +98,65 @@ async fn a_buyer_order_becomes_a_lease_that_runs_ends_and_settles_exactly() {
             .map(String::as_str),
         Some("gpu-4090-0")
     );
-    assert_eq!(running.status.unwrap().node.as_deref(), Some("gpu-4090-0"));
-    assert_eq!(running.spec.price.amount, "0.9");
     assert!(running.spec.signed_order.is_some());
-    assert_eq!(
-        buyer.order_status(&placed.order_id).await.unwrap().state(),
-        OrderState::Leased
-    );
-    // The leased GPU is no longer for sale.
-    wait_published(&buyer, "rtx-workstation", 1).await;
-
-    wait_phase(
-        &c.client,
-        &placed.lease_id,
-        LeasePhase::Expired,
-        90 * SECOND,
-    )
+    let mut sidecars = Sidecars::start(&c.client, &lease_id).await;
+    let leases: Api<ComputeLease> = Api::all(c.client.clone());
+    let usage = |lease: &ComputeLease| lease.status.as_ref().and_then(|s| s.usage.clone());
+    eventually("receipts to be settled", 20 * SECOND, || async {
+        let lease = leases.get(&lease_id).await.map_err(|e| e.to_string())?;
+        match usage(&lease) {
+            Some(u) if u.receipts_accepted >= 2 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
     .await;
-    let ended = eventually("the end to be settled", 30 * SECOND, || async {
+    // The meter's footprint over ten seconds at 1 Hz sampling, a receipt a second.
+    let meter_pid = sidecars.meter_pid().unwrap();
+    let (_, ticks_before) = footprint(meter_pid).unwrap();
+    tokio::time::sleep(10 * SECOND).await;
+    let (rss, ticks_after) = footprint(meter_pid).unwrap();
+    println!(
+        "meter footprint: RSS {rss} KiB, CPU {:.2} % of a core over 10 s",
+        // Clock ticks are 1/100 s: ticks / (10 s × 100) × 100 %.
+        (ticks_after - ticks_before) as f64 / 10.0
+    );
+
+    // Crashes at random moments: the meter, the network node, the operator, the meter again.
+    tokio::time::sleep(random_ms(3_000)).await;
+    sidecars.kill_meter();
+    tokio::time::sleep(random_ms(2_000)).await;
+    sidecars.start_meter();
+    tokio::time::sleep(random_ms(3_000)).await;
+    network.kill();
+    tokio::time::sleep(2 * SECOND + random_ms(2_000)).await;
+    network.restart();
+    tokio::time::sleep(random_ms(3_000)).await;
+    operator.crash_and_restart();
+    tokio::time::sleep(random_ms(3_000)).await;
+    sidecars.kill_meter();
+    sidecars.start_meter();
+    operator.wait_ready().await;
+
+    // Refusals, each visible on the lease while the meter is down (it would clear them).
+    eventually("the restarted meter to catch up", 30 * SECOND, || async {
+        let lease = leases.get(&lease_id).await.map_err(|e| e.to_string())?;
+        let accepted = usage(&lease).map_or(0, |u| u.receipts_accepted);
+        let logged = ReceiptLog::read_all(&sidecars.receipts_dir()).map_err(|e| e.to_string())?;
+        if accepted >= 3 && accepted + 2 >= logged.len() as u64 {
+            Ok(())
+        } else {
+            Err(format!("{accepted} of {}", logged.len()))
+        }
+    })
+    .await;
+    sidecars.kill_meter();
+    forgeries_are_refused_and_shown(&c.client, &operator, &sidecars, &lease_id).await;
+    sidecars.start_meter();
+
+    wait_phase(&c.client, &lease_id, LeasePhase::Expired, 120 * SECOND).await;
+    // The kubelet stops the sidecars with the pod: the meter seals its final receipt.
+    sidecars.stop_meter();
+    let ended = eventually("the end to be settled", 60 * SECOND, || async {
         let view = buyer
             .order_status(&placed.order_id)
             .await
@@ -136,26 +167,182 @@ async fn a_buyer_order_becomes_a_lease_that_runs_ends_and_settles_exactly() {
         }
     })
     .await;
-    // 0.9 USDC per GPU-hour × 1 GPU × 60 s, exactly: 0.015 USDC; the rest of the hold returns.
-    assert_eq!(ended.charged, (15 * UNIT / 1000).to_string());
-    assert_eq!(ended.refunded, "0");
-    let balance = buyer.balance().await.unwrap();
-    assert_eq!(
-        balance.balances[0].available,
-        (10 * UNIT - 15 * UNIT / 1000).to_string()
-    );
-    assert_eq!(balance.balances[0].held, "0");
-    let reported = Api::<ComputeLease>::all(c.client.clone())
-        .get(&placed.lease_id)
-        .await
-        .unwrap();
-    assert!(reported.status.unwrap().reported_at.is_some());
 
-    delete_lease(&c.client, &placed.lease_id).await;
+    // The sidecar's log and the network's ledger agree: every logged receipt accepted once,
+    // the final one last, and the buyer charged exactly their allocated time at the price.
+    let logged = ReceiptLog::read_all(&sidecars.receipts_dir()).unwrap();
+    let sequences: Vec<u64> = logged.iter().map(|r| r.sequence).collect();
+    assert_eq!(sequences, (1..=logged.len() as u64).collect::<Vec<_>>());
+    assert!(logged.last().unwrap().r#final);
+    assert_eq!(logged.iter().filter(|r| r.r#final).count(), 1);
+    let lease = leases.get(&lease_id).await.unwrap();
+    let settled = usage(&lease).unwrap();
+    assert_eq!(
+        settled.receipts_accepted,
+        logged.len() as u64,
+        "no receipt lost or doubled"
+    );
+    assert!(settled.final_received);
+    let allocated: u128 = logged
+        .iter()
+        .map(|r| u128::from(r.allocated_gpu_millis))
+        .sum();
+    let price = 9 * UNIT / 10;
+    let hold: u128 = ended.held.parse().unwrap();
+    let expected = (price * allocated / 3_600_000).min(hold);
+    assert_eq!(
+        ended.charged,
+        expected.to_string(),
+        "{allocated} GPU-ms at {price}"
+    );
+    assert_eq!(ended.refunded, (hold - expected).to_string());
+    assert_eq!(settled.charged.as_deref(), Some(ended.charged.as_str()));
+    println!(
+        "metered lease: {} receipts, {allocated} GPU-ms, charged {} of {hold} held",
+        logged.len(),
+        ended.charged
+    );
+    let attestation = lease.status.as_ref().unwrap().attestation.clone().unwrap();
+    assert_eq!(attestation.trust_tier, "self-reported");
+    assert!(lease.status.unwrap().reported_at.is_some());
+
+    delete_lease(&c.client, &lease_id).await;
     Api::<gpubridge::crd::GpuOffer>::all(c.client.clone())
         .delete("rtx-workstation", &DeleteParams::default())
         .await
         .unwrap();
+}
+
+/// The lease's condition `type_` once it reads `status` with `reason`.
+async fn wait_condition(client: &Client, lease: &str, type_: &str, status: &str, reason: &str) {
+    let leases: Api<ComputeLease> = Api::all(client.clone());
+    eventually(
+        &format!("{type_}={status} ({reason}) on {lease}"),
+        20 * SECOND,
+        || async {
+            let l = leases.get(lease).await.map_err(|e| e.to_string())?;
+            let found = l
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_).cloned());
+            match found {
+                Some(c) if c.status == status && c.reason == reason => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+}
+
+/// Forged receipts, a broken chain, a wrong lease key and a replayed nonce, sent the way a
+/// sidecar would: each refused, counted, and shown on the lease.
+async fn forgeries_are_refused_and_shown(
+    client: &Client,
+    operator: &Operator,
+    sidecars: &Sidecars,
+    lease_id: &str,
+) {
+    use gpubridge::collector::client::SidecarClient;
+    use gpubridge::identity::lease_files;
+    use gpubridge::network::envelope::{domain, sign_body};
+    use gpubridge::network::proto::Receipt;
+
+    let credentials = lease_files::load(&sidecars.identity_dir(), lease_id, now_unix()).unwrap();
+    let sidecar = SidecarClient::new(&operator.collector_url, credentials.clone()).unwrap();
+    let log = ReceiptLog::open(&sidecars.receipts_dir()).unwrap();
+    let head = log.head.clone();
+    let next = Receipt {
+        lease_id: lease_id.into(),
+        sequence: head.sequence + 1,
+        previous_hash: head.hash.clone(),
+        window_start_ms: head.window_end_ms.unwrap(),
+        window_end_ms: head.window_end_ms.unwrap() + 1,
+        allocated_gpu_millis: 1,
+        gpus: vec![],
+        attribution: gpubridge::network::proto::Attribution::AllocationOnly as i32,
+        r#final: false,
+    };
+
+    let mut forged = sign_body(&credentials.key, domain::RECEIPT, &next);
+    forged.body[2] ^= 1;
+    let reply = sidecar.submit_receipts(vec![forged]).await.unwrap();
+    assert_eq!(reply.rejection.unwrap().kind, "BadSignature");
+    wait_condition(client, lease_id, "Metered", "False", "BadSignature").await;
+
+    let broken = sign_body(
+        &credentials.key,
+        domain::RECEIPT,
+        &Receipt {
+            previous_hash: vec![9; 32],
+            ..next.clone()
+        },
+    );
+    let reply = sidecar.submit_receipts(vec![broken]).await.unwrap();
+    let rejection = reply.rejection.unwrap();
+    assert_eq!(rejection.kind, "BrokenChain", "{}", rejection.message);
+    wait_condition(client, lease_id, "Metered", "False", "BrokenChain").await;
+
+    let impostor = SidecarClient::new(
+        &operator.collector_url,
+        gpubridge::identity::LeaseCredentials {
+            key: generate_key(),
+            certificate: credentials.certificate.clone(),
+        },
+    )
+    .unwrap();
+    let status = impostor
+        .submit_receipts(vec![sign_body(&credentials.key, domain::RECEIPT, &next)])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    wait_condition(client, lease_id, "Metered", "False", "WrongLeaseKey").await;
+
+    // The attest sidecar answered the challenge; answering it again is a replay.
+    wait_condition(client, lease_id, "Attested", "True", "SelfReported").await;
+    let challenge = sidecar.challenge().await.unwrap();
+    assert!(challenge.answered);
+    let pod = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(
+        client.clone(),
+        &gpubridge::workload::namespace_for(lease_id),
+    )
+    .get(gpubridge::workload::POD_NAME)
+    .await
+    .unwrap();
+    let evidence = gpubridge::attestation::build_evidence(
+        lease_id,
+        &challenge.nonce,
+        &[],
+        pod.spec.as_ref().unwrap().node_name.as_deref().unwrap(),
+        pod.metadata.uid.as_deref().unwrap(),
+        "ghcr.io/acme/render:2",
+        now_unix(),
+    );
+    let status = sidecar
+        .submit_evidence(sign_body(&credentials.key, domain::EVIDENCE, &evidence))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::AlreadyExists, "{status:?}");
+    wait_condition(client, lease_id, "Attested", "False", "ReplayedNonce").await;
+
+    let metrics = crate::support::http_get(&format!("{}/metrics", operator.http))
+        .await
+        .unwrap()
+        .1;
+    for line in [
+        r#"gpubridge_verification_failures_total{reason="BadSignature",subject="receipt"}"#,
+        r#"gpubridge_verification_failures_total{reason="BrokenChain",subject="receipt"}"#,
+        r#"gpubridge_verification_failures_total{reason="WrongLeaseKey",subject="sidecar"}"#,
+        r#"gpubridge_verification_failures_total{reason="ReplayedNonce",subject="evidence"}"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(line)),
+            "{line} in\n{metrics}"
+        );
+    }
+}
+
+fn now_unix() -> i64 {
+    jiff::Timestamp::now().as_second()
 }
 
 const BURST_NODES: usize = 5;

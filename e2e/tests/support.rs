@@ -146,6 +146,11 @@ pub struct Operator {
     /// `None` once killed.
     child: Option<Child>,
     pub http: String,
+    /// Where this replica's collector serves lease sidecars.
+    pub collector_url: String,
+    args: Vec<String>,
+    kubeconfig: PathBuf,
+    identity: String,
 }
 
 impl Operator {
@@ -153,30 +158,76 @@ impl Operator {
         Operator::start_with(cluster, identity, &[])
     }
 
-    /// Starts it with extra flags, such as those of the network session.
+    /// Starts it with extra flags, such as those of the network session. Its collector listens
+    /// on a port of its own; lease ends wait at most 20 s for a final receipt.
     pub fn start_with(cluster: &Cluster, identity: &str, extra: &[String]) -> Operator {
-        let port = free_port();
-        let log = std::fs::File::create(
-            std::env::temp_dir().join(format!("gpubridge-e2e-{identity}.log")),
-        )
-        .unwrap();
+        let (port, collector_port) = (free_port(), free_port());
+        let collector_url = format!("http://127.0.0.1:{collector_port}");
+        let mut args: Vec<String> = [
+            "operator",
+            "--log-format",
+            "text",
+            "--namespace",
+            "gpubridge-system",
+            "--sidecar-image",
+            "ghcr.io/gpubridge/gpubridge:e2e",
+            "--offer-resync-seconds",
+            "30",
+            "--collector-status-seconds",
+            "1",
+            "--final-receipt-grace-seconds",
+            "20",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend([
+            "--http-addr".into(),
+            format!("127.0.0.1:{port}"),
+            "--identity".into(),
+            identity.into(),
+            "--collector-addr".into(),
+            format!("127.0.0.1:{collector_port}"),
+            "--collector-url".into(),
+            collector_url.clone(),
+        ]);
+        args.extend(extra.iter().cloned());
+        let mut operator = Operator {
+            child: None,
+            http: format!("http://127.0.0.1:{port}"),
+            collector_url,
+            args,
+            kubeconfig: cluster.kubeconfig.clone(),
+            identity: identity.into(),
+        };
+        operator.spawn();
+        operator
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(std::env::temp_dir().join(format!("gpubridge-e2e-{}.log", self.identity)))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_gpubridge"))
-            .arg("operator")
-            .args(["--log-format", "text", "--namespace", "gpubridge-system"])
-            .args(["--sidecar-image", "ghcr.io/gpubridge/gpubridge:e2e"])
-            .args(["--http-addr", &format!("127.0.0.1:{port}")])
-            .args(["--identity", identity, "--offer-resync-seconds", "30"])
-            .args(extra)
-            .env("KUBECONFIG", &cluster.kubeconfig)
+            .args(&self.args)
+            .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("the operator starts");
-        Operator {
-            child: Some(child),
-            http: format!("http://127.0.0.1:{port}"),
+        self.child = Some(child);
+    }
+
+    /// Kills it (SIGKILL) and starts it again with the same flags and ports.
+    pub fn crash_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
+        self.spawn();
     }
 
     /// Kills the process at once, as a crash would (SIGKILL).

@@ -204,10 +204,14 @@ fn check_shape(evidence: &Evidence) -> Result<(), EvidenceRejection> {
             ("driver", &g.driver),
         ] {
             if value.chars().count() > MAX_TEXT_CHARS {
-                return malformed(format!("gpus[{i}].{field}: at most {MAX_TEXT_CHARS} characters"));
+                return malformed(format!(
+                    "gpus[{i}].{field}: at most {MAX_TEXT_CHARS} characters"
+                ));
             }
         }
-        if g.attestation_report.len() > MAX_REPORT_BYTES || g.certificate_chain.len() > MAX_REPORT_BYTES {
+        if g.attestation_report.len() > MAX_REPORT_BYTES
+            || g.certificate_chain.len() > MAX_REPORT_BYTES
+        {
             return malformed(format!(
                 "gpus[{i}]: attestation report and certificate chain at most {MAX_REPORT_BYTES} bytes each"
             ));
@@ -246,7 +250,10 @@ mod tests {
         let build = |gpus: &[(DeviceInfo, Option<HardwareAttestation>)]| {
             trust_tier(&build_evidence("l", &[0; 32], gpus, "n", "p", "i", 0))
         };
-        assert_eq!(build(&[(device(true), report())]), TrustTier::HardwareAttested);
+        assert_eq!(
+            build(&[(device(true), report())]),
+            TrustTier::HardwareAttested
+        );
         assert_eq!(build(&[]), TrustTier::SelfReported);
         assert_eq!(build(&[(device(false), report())]), TrustTier::SelfReported);
         assert_eq!(build(&[(device(true), None)]), TrustTier::SelfReported);
@@ -258,14 +265,25 @@ mod tests {
             certificate_chain: vec![],
             ..report().unwrap()
         };
-        assert_eq!(build(&[(device(true), Some(no_chain))]), TrustTier::SelfReported);
+        assert_eq!(
+            build(&[(device(true), Some(no_chain))]),
+            TrustTier::SelfReported
+        );
     }
 
     #[test]
     fn evidence_verifies_and_each_fault_has_its_rejection() {
         let key = generate_key();
         let vk = key.verifying_key();
-        let evidence = build_evidence("lease-1", &[9; 32], &[(device(true), report())], "node-a", "uid", "img", 1_000);
+        let evidence = build_evidence(
+            "lease-1",
+            &[9; 32],
+            &[(device(true), report())],
+            "node-a",
+            "uid",
+            "img",
+            1_000,
+        );
         let signed = sign_body(&key, domain::EVIDENCE, &evidence);
         let verified = verify_evidence(&vk, "lease-1", &signed, 1_010).unwrap();
         assert_eq!(verified.tier, TrustTier::HardwareAttested);
@@ -277,18 +295,40 @@ mod tests {
         let forged = sign_body(&generate_key(), domain::EVIDENCE, &evidence);
         assert_eq!(kind(&forged, "lease-1", 1_000), "BadSignature");
         let as_receipt = Signed {
-            signature: crate::identity::sign(&key, domain::RECEIPT, &signed.body).to_bytes().to_vec(),
+            signature: crate::identity::sign(&key, domain::RECEIPT, &signed.body)
+                .to_bytes()
+                .to_vec(),
             ..signed.clone()
         };
         assert_eq!(kind(&as_receipt, "lease-1", 1_000), "BadSignature");
         assert_eq!(kind(&signed, "lease-2", 1_000), "WrongLease");
-        assert_eq!(kind(&signed, "lease-1", 1_000 + FRESHNESS_SECONDS + 1), "Stale");
-        let short_nonce = sign_body(&key, domain::EVIDENCE, &Evidence { nonce: vec![1; 8], ..evidence.clone() });
+        assert_eq!(
+            kind(&signed, "lease-1", 1_000 + FRESHNESS_SECONDS + 1),
+            "Stale"
+        );
+        let short_nonce = sign_body(
+            &key,
+            domain::EVIDENCE,
+            &Evidence {
+                nonce: vec![1; 8],
+                ..evidence.clone()
+            },
+        );
         assert_eq!(kind(&short_nonce, "lease-1", 1_000), "Malformed");
-        let long_node = sign_body(&key, domain::EVIDENCE, &Evidence { node: "n".repeat(300), ..evidence.clone() });
+        let long_node = sign_body(
+            &key,
+            domain::EVIDENCE,
+            &Evidence {
+                node: "n".repeat(300),
+                ..evidence.clone()
+            },
+        );
         assert_eq!(kind(&long_node, "lease-1", 1_000), "Malformed");
         let mut big = evidence.clone();
         big.gpus[0].attestation_report = vec![0; MAX_REPORT_BYTES + 1];
-        assert_eq!(kind(&sign_body(&key, domain::EVIDENCE, &big), "lease-1", 1_000), "Malformed");
+        assert_eq!(
+            kind(&sign_body(&key, domain::EVIDENCE, &big), "lease-1", 1_000),
+            "Malformed"
+        );
     }
 }

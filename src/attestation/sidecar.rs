@@ -60,7 +60,11 @@ fn sealed_evidence(
 ) -> crate::network::proto::Signed {
     let nonce_array: [u8; 32] = nonce.try_into().unwrap_or([0; 32]);
     let gpus = source
-        .and_then(|s| s.devices().inspect_err(|e| warn!(error = %e, "cannot list GPUs")).ok())
+        .and_then(|s| {
+            s.devices()
+                .inspect_err(|e| warn!(error = %e, "cannot list GPUs"))
+                .ok()
+        })
         .unwrap_or_default()
         .into_iter()
         .map(|d| {
@@ -87,10 +91,13 @@ fn sealed_evidence(
 }
 
 pub async fn run(args: AttestArgs) -> Result<(), AttestError> {
-    let credentials =
-        lease_files::load(&args.identity_dir, &args.lease_id, jiff::Timestamp::now().as_second())?;
-    let client =
-        SidecarClient::new(&args.collector_url, credentials.clone()).map_err(AttestError::Collector)?;
+    let credentials = lease_files::load(
+        &args.identity_dir,
+        &args.lease_id,
+        jiff::Timestamp::now().as_second(),
+    )?;
+    let client = SidecarClient::new(&args.collector_url, credentials.clone())
+        .map_err(AttestError::Collector)?;
     let source = args
         .gpu
         .open()
@@ -114,7 +121,8 @@ pub async fn run(args: AttestArgs) -> Result<(), AttestError> {
         if challenge.answered {
             continue;
         }
-        let evidence = sealed_evidence(&args, source.as_deref(), &credentials.key, &challenge.nonce);
+        let evidence =
+            sealed_evidence(&args, source.as_deref(), &credentials.key, &challenge.nonce);
         match client.submit_evidence(evidence).await {
             Ok(reply) => info!(tier = %reply.trust_tier, "evidence accepted"),
             Err(s) => warn!(code = ?s.code(), message = %s.message(), "evidence refused"),

@@ -50,7 +50,12 @@ impl SidecarClient {
             receipts,
         };
         let signed = self.seal(domain::SIDECAR_RECEIPTS, body);
-        Ok(self.inner.clone().submit_receipts(signed).await?.into_inner())
+        Ok(self
+            .inner
+            .clone()
+            .submit_receipts(signed)
+            .await?
+            .into_inner())
     }
 
     pub async fn challenge(&self) -> Result<ChallengeReply, Status> {
@@ -69,6 +74,11 @@ impl SidecarClient {
             evidence: Some(evidence),
         };
         let signed = self.seal(domain::SIDECAR_EVIDENCE, body);
-        Ok(self.inner.clone().submit_evidence(signed).await?.into_inner())
+        Ok(self
+            .inner
+            .clone()
+            .submit_evidence(signed)
+            .await?
+            .into_inner())
     }
 }

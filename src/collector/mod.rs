@@ -46,8 +46,11 @@ use crate::network::{Rejection, domain, open};
 use crate::workload::{POD_NAME, namespace_for};
 use summary::{ATTESTED_CONDITION, METERED_CONDITION, hex, usage_from, write_due};
 
-/// Field manager of the collector's status writes: usage, attestation and its two conditions.
-pub const FIELD_MANAGER: &str = "gpubridge-collector";
+/// Field managers of the collector's status writes. Server-side apply drops whatever a manager
+/// owned and leaves out of its next apply, so each manager writes all of its fields every time:
+/// usage with the Metered condition, attestation with the Attested condition.
+pub const METERING_FIELD_MANAGER: &str = "gpubridge-collector-metering";
+pub const ATTESTATION_FIELD_MANAGER: &str = "gpubridge-collector-attestation";
 
 /// Bodies sent by sidecars: each carries the lease certificate.
 trait SidecarBody: Message + Default + HasHeader {
@@ -61,7 +64,11 @@ macro_rules! sidecar_body {
         }
     )*};
 }
-sidecar_body!(SidecarReceiptsBody, SidecarChallengeBody, SidecarEvidenceBody);
+sidecar_body!(
+    SidecarReceiptsBody,
+    SidecarChallengeBody,
+    SidecarEvidenceBody
+);
 
 /// A sidecar request whose certificate and signature verified, with its lease.
 struct Authenticated<B> {
@@ -77,9 +84,9 @@ pub struct CollectorService {
     network: Option<NetworkClient>,
     metrics: Metrics,
     status_interval: Duration,
-    /// Per lease: the chain head the network last confirmed, and when usage was last written.
-    /// Entries go when the lease's final receipt is in.
-    leases: Mutex<HashMap<String, (ChainHead, Option<Instant>)>>,
+    /// Per lease: the chain head the network last confirmed (none yet after a restart), and
+    /// when usage was last written. Entries go when the lease's final receipt is in.
+    leases: Mutex<HashMap<String, (Option<ChainHead>, Option<Instant>)>>,
 }
 
 fn now() -> Timestamp {
@@ -151,8 +158,9 @@ impl CollectorService {
         if opened.signer != lease_key {
             self.refused("sidecar", "WrongLeaseKey");
             let message = "the request is not signed by the certified lease key";
-            self.set_condition(&lease, METERED_CONDITION, false, "WrongLeaseKey", message)
-                .await;
+            let condition =
+                Self::condition_json(&lease, METERED_CONDITION, false, "WrongLeaseKey", message);
+            self.write_metering(&lease, None, condition).await;
             return Err(Status::unauthenticated(message));
         }
         Ok(Authenticated {
@@ -163,8 +171,8 @@ impl CollectorService {
         })
     }
 
-    /// Server-side applies the collector's part of a lease's status.
-    async fn write_status(&self, lease: &ComputeLease, status: serde_json::Value) {
+    /// Server-side applies one of the collector's parts of a lease's status.
+    async fn write_status(&self, lease: &ComputeLease, manager: &str, status: serde_json::Value) {
         let patch = json!({
             "apiVersion": "gpubridge.dev/v1alpha1",
             "kind": "ComputeLease",
@@ -175,7 +183,7 @@ impl CollectorService {
         if let Err(e) = api
             .patch_status(
                 &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
+                &PatchParams::apply(manager).force(),
                 &Patch::Apply(&patch),
             )
             .await
@@ -209,16 +217,37 @@ impl CollectorService {
         .expect("conditions serialize")
     }
 
-    async fn set_condition(
+    /// Writes the Metered condition with `usage`, or the usage already on the lease.
+    async fn write_metering(
         &self,
         lease: &ComputeLease,
-        type_: &str,
-        ok: bool,
-        reason: &str,
-        message: &str,
+        usage: Option<crate::crd::LeaseUsage>,
+        condition: serde_json::Value,
     ) {
-        let condition = Self::condition_json(lease, type_, ok, reason, message);
-        self.write_status(lease, json!({ "conditions": [condition] }))
+        let usage = usage.or_else(|| lease.status.as_ref().and_then(|s| s.usage.clone()));
+        let mut status = json!({ "conditions": [condition] });
+        if let Some(usage) = usage {
+            status["usage"] = serde_json::to_value(usage).expect("usage serializes");
+        }
+        self.write_status(lease, METERING_FIELD_MANAGER, status)
+            .await;
+    }
+
+    /// Writes the Attested condition with `attestation`, or the attestation already on the lease.
+    async fn write_attestation(
+        &self,
+        lease: &ComputeLease,
+        attestation: Option<LeaseAttestation>,
+        condition: serde_json::Value,
+    ) {
+        let attestation =
+            attestation.or_else(|| lease.status.as_ref().and_then(|s| s.attestation.clone()));
+        let mut status = json!({ "conditions": [condition] });
+        if let Some(attestation) = attestation {
+            status["attestation"] =
+                serde_json::to_value(attestation).expect("attestation serializes");
+        }
+        self.write_status(lease, ATTESTATION_FIELD_MANAGER, status)
             .await;
     }
 
@@ -236,7 +265,7 @@ impl CollectorService {
             .lock()
             .expect("collector lock")
             .get(&terms.lease_id)
-            .map(|(head, _)| head.clone());
+            .and_then(|(head, _)| head.clone());
         let mut head = match (known, receipts.first()) {
             (Some(head), _) => head,
             (None, Some(first)) => match Receipt::decode(first.body.as_slice()) {
@@ -321,17 +350,19 @@ impl CollectorService {
             .map_or(0, |u| u.receipts_accepted);
         let (due, newly_accepted) = {
             let mut leases = self.leases.lock().expect("collector lock");
-            let known = leases.get(lease_id).map(|(head, _)| head.sequence);
+            let known = leases
+                .get(lease_id)
+                .and_then(|(head, _)| head.as_ref().map(|h| h.sequence));
             let entry = leases.entry(lease_id.to_string()).or_default();
             let before = known.unwrap_or(confirmed_in_status);
             if forwarded {
-                entry.0 = ChainHead {
+                entry.0 = Some(ChainHead {
                     sequence: reply.accepted_through,
                     hash: reply.head_hash.clone(),
                     window_end_ms: (reply.metered_through_ms > 0)
                         .then_some(reply.metered_through_ms),
                     final_received: reply.final_received,
-                };
+                });
             }
             let urgent = reply.final_received || reply.rejection.is_some();
             let due = (forwarded
@@ -368,16 +399,14 @@ impl CollectorService {
                 &format!("{} receipts verified and settled", reply.accepted_through),
             ),
         };
-        let mut status = json!({ "conditions": [condition] });
-        if forwarded || reply.accepted_through > 0 {
-            status["usage"] = serde_json::to_value(usage_from(reply)).expect("usage serializes");
-        }
-        self.write_status(lease, status).await;
+        let usage = (forwarded || reply.accepted_through > 0).then(|| usage_from(reply));
+        self.write_metering(lease, usage, condition).await;
     }
 
     async fn challenge(&self, signed: Signed) -> Result<ChallengeReply, Status> {
-        let auth: Authenticated<SidecarChallengeBody> =
-            self.authenticate(&signed, domain::SIDECAR_CHALLENGE).await?;
+        let auth: Authenticated<SidecarChallengeBody> = self
+            .authenticate(&signed, domain::SIDECAR_CHALLENGE)
+            .await?;
         self.network()?
             .lease_challenge(&auth.certificate.lease_id)
             .await
@@ -393,16 +422,15 @@ impl CollectorService {
             .evidence
             .clone()
             .ok_or_else(|| Status::from(Rejection::invalid("evidence", "is required")))?;
-        let verified = match verify_evidence(
-            &auth.lease_key,
-            &lease_id,
-            &evidence,
-            now().as_second(),
-        ) {
-            Ok(v) => v,
-            Err(e) => return Err(self.evidence_refused(&auth.lease, e).await),
-        };
-        if let Err(e) = self.check_placement(&auth.lease, &verified.evidence).await? {
+        let verified =
+            match verify_evidence(&auth.lease_key, &lease_id, &evidence, now().as_second()) {
+                Ok(v) => v,
+                Err(e) => return Err(self.evidence_refused(&auth.lease, e).await),
+            };
+        if let Err(e) = self
+            .check_placement(&auth.lease, &verified.evidence)
+            .await?
+        {
             return Err(self.evidence_refused(&auth.lease, e).await);
         }
         let reply = match network
@@ -443,14 +471,14 @@ impl CollectorService {
             ATTESTED_CONDITION,
             true,
             reason,
-            &format!("evidence for the network's challenge verified: {}", reply.trust_tier),
+            &format!(
+                "evidence for the network's challenge verified: {}",
+                reply.trust_tier
+            ),
         );
         info!(lease = %lease_id, tier = %reply.trust_tier, "evidence verified");
-        self.write_status(
-            &auth.lease,
-            json!({ "attestation": attestation, "conditions": [condition] }),
-        )
-        .await;
+        self.write_attestation(&auth.lease, Some(attestation), condition)
+            .await;
         Ok(reply)
     }
 
@@ -465,7 +493,10 @@ impl CollectorService {
             .get_opt(POD_NAME)
             .await
             .map_err(|e| Status::unavailable(format!("reading the lease pod: {e}")))?;
-        let uid = pod.as_ref().and_then(|p| p.metadata.uid.clone()).unwrap_or_default();
+        let uid = pod
+            .as_ref()
+            .and_then(|p| p.metadata.uid.clone())
+            .unwrap_or_default();
         let node = pod
             .as_ref()
             .and_then(|p| p.spec.as_ref())
@@ -491,8 +522,9 @@ impl CollectorService {
     async fn evidence_refused(&self, lease: &ComputeLease, e: EvidenceRejection) -> Status {
         self.refused("evidence", e.kind());
         warn!(lease = %lease.spec.lease_id, kind = e.kind(), error = %e, "evidence refused");
-        self.set_condition(lease, ATTESTED_CONDITION, false, e.kind(), &e.to_string())
-            .await;
+        let condition =
+            Self::condition_json(lease, ATTESTED_CONDITION, false, e.kind(), &e.to_string());
+        self.write_attestation(lease, None, condition).await;
         let message = format!("{}: {e}", e.kind());
         match e {
             EvidenceRejection::ReplayedNonce => Status::already_exists(message),
@@ -517,8 +549,13 @@ impl Collector for CollectorService {
         self.receipts(request.into_inner()).await.map(Response::new)
     }
 
-    async fn challenge(&self, request: Request<Signed>) -> Result<Response<ChallengeReply>, Status> {
-        self.challenge(request.into_inner()).await.map(Response::new)
+    async fn challenge(
+        &self,
+        request: Request<Signed>,
+    ) -> Result<Response<ChallengeReply>, Status> {
+        self.challenge(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn submit_evidence(

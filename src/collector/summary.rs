@@ -81,8 +81,18 @@ mod tests {
         let t0 = Instant::now();
         let interval = Duration::from_secs(10);
         assert!(write_due(None, t0, interval, false));
-        assert!(!write_due(Some(t0), t0 + Duration::from_secs(9), interval, false));
-        assert!(write_due(Some(t0), t0 + Duration::from_secs(9), interval, true));
+        assert!(!write_due(
+            Some(t0),
+            t0 + Duration::from_secs(9),
+            interval,
+            false
+        ));
+        assert!(write_due(
+            Some(t0),
+            t0 + Duration::from_secs(9),
+            interval,
+            true
+        ));
         assert!(write_due(Some(t0), t0 + interval, interval, false));
     }
 }

@@ -23,6 +23,7 @@ use super::context::Context;
 use super::error::{Error, Result, is_conflict, is_not_found};
 use crate::admission::check_terms;
 use crate::capacity::{self, OfferFacts};
+use crate::collector::summary::{ATTESTED_CONDITION, METERED_CONDITION};
 use crate::crd::{
     ComputeLease, ComputeLeaseStatus, FIELD_MANAGER, Fault, GpuOffer, LeasePhase, NODE_ANNOTATION,
     TerminationReason,
@@ -340,6 +341,15 @@ async fn write_status(
         map.remove("usage");
         map.remove("attestation");
         map.remove("gpuIds");
+        // The collector's conditions are its own, like usage and attestation.
+        if let Some(serde_json::Value::Array(conditions)) = map.get_mut("conditions") {
+            conditions.retain(|c| {
+                !matches!(
+                    c["type"].as_str(),
+                    Some(METERED_CONDITION | ATTESTED_CONDITION)
+                )
+            });
+        }
     }
     let patch = json!({
         "apiVersion": "gpubridge.dev/v1alpha1",

@@ -78,7 +78,11 @@ pub struct GpuSourceArgs {
     #[arg(long, env = "GPUBRIDGE_GPU_SOURCE", value_enum, default_value = "nvml")]
     pub gpu_source: SourceKind,
     /// Path or name of the NVML library.
-    #[arg(long, env = "GPUBRIDGE_NVML_LIBRARY", default_value = "libnvidia-ml.so.1")]
+    #[arg(
+        long,
+        env = "GPUBRIDGE_NVML_LIBRARY",
+        default_value = "libnvidia-ml.so.1"
+    )]
     pub nvml_library: String,
     #[command(flatten)]
     pub simulated: SimulatedSettings,

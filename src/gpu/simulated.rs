@@ -109,10 +109,7 @@ impl GpuSource for SimulatedSource {
 
     fn sample(&self, uuid: &str) -> Result<Sample, GpuError> {
         let index = self.index_of(uuid)?;
-        Ok(Self::reading(
-            index,
-            self.started.elapsed().as_secs_f64(),
-        ))
+        Ok(Self::reading(index, self.started.elapsed().as_secs_f64()))
     }
 
     /// A stand-in report: SHA-256 of nonce and UUID, with a placeholder chain. It only lets the
@@ -127,7 +124,9 @@ impl GpuSource for SimulatedSource {
             return Ok(None);
         }
         let mut report = b"SIMULATED-REPORT:".to_vec();
-        report.extend_from_slice(&Sha256::digest([nonce.as_slice(), uuid.as_bytes()].concat()));
+        report.extend_from_slice(&Sha256::digest(
+            [nonce.as_slice(), uuid.as_bytes()].concat(),
+        ));
         Ok(Some(HardwareAttestation {
             report,
             certificate_chain: b"SIMULATED-CERTIFICATE-CHAIN".to_vec(),

@@ -13,9 +13,9 @@ use super::store::{HubError, Store};
 use crate::network::PROTOCOL;
 use crate::network::proto::gateway_server::Gateway;
 use crate::network::proto::{
-    Ack, BalanceReply, ChallengeReply, EvidenceReply, HeartbeatReply, ReceiptsReply, InfoReply, InfoRequest, LeaseEndReply, LeaseEvent,
-    ListOffersReply, ListOffersRequest, ListOrdersReply, OrderView, PublishOfferReply,
-    RegisterReply, Signed, lease_event,
+    Ack, BalanceReply, ChallengeReply, EvidenceReply, HeartbeatReply, InfoReply, InfoRequest,
+    LeaseEndReply, LeaseEvent, ListOffersReply, ListOffersRequest, ListOrdersReply, OrderView,
+    PublishOfferReply, ReceiptsReply, RegisterReply, Signed, lease_event,
 };
 
 type LeaseSender = mpsc::Sender<Result<LeaseEvent, Status>>;

@@ -873,11 +873,8 @@ impl Store {
                         )?;
                         lease.chain = lease.chain.advance(&receipt, hash);
                         lease.totals.add(&receipt);
-                        let owed = ledger::charge_for(
-                            held,
-                            price,
-                            lease.totals.allocated_gpu_millis,
-                        );
+                        let owed =
+                            ledger::charge_for(held, price, lease.totals.allocated_gpu_millis);
                         let paid: u128 = lease.charged.parse().unwrap_or(0);
                         post(
                             txn,

@@ -32,7 +32,11 @@ pub enum LeaseFilesError {
     Invalid { path: PathBuf, reason: String },
 }
 
-pub fn load(dir: &Path, lease_id: &str, now_unix: i64) -> Result<LeaseCredentials, LeaseFilesError> {
+pub fn load(
+    dir: &Path,
+    lease_id: &str,
+    now_unix: i64,
+) -> Result<LeaseCredentials, LeaseFilesError> {
     let read = |name: &str| {
         let path = dir.join(name);
         std::fs::read(&path).map_err(|source| LeaseFilesError::Read { path, source })
@@ -53,7 +57,10 @@ pub fn load(dir: &Path, lease_id: &str, now_unix: i64) -> Result<LeaseCredential
     if body.lease_id != lease_id {
         return Err(invalid(
             LEASE_CERTIFICATE_FILE,
-            format!("certifies lease {}, not --lease-id {lease_id}", body.lease_id),
+            format!(
+                "certifies lease {}, not --lease-id {lease_id}",
+                body.lease_id
+            ),
         ));
     }
     if body.lease_public_key != key.verifying_key().as_bytes() {
@@ -91,17 +98,32 @@ mod tests {
         let loaded = load(dir.path(), "lease-1", 1_000).unwrap();
         assert_eq!(loaded.key.verifying_key(), lease.verifying_key());
 
-        let err = load(dir.path(), "lease-2", 1_000).err().unwrap().to_string();
-        assert!(err.contains("lease.crt") && err.contains("lease-2"), "{err}");
-        let err = load(dir.path(), "lease-1", 3_000).err().unwrap().to_string();
+        let err = load(dir.path(), "lease-2", 1_000)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("lease.crt") && err.contains("lease-2"),
+            "{err}"
+        );
+        let err = load(dir.path(), "lease-1", 3_000)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("expired"), "{err}");
 
         write(dir.path(), &lease, &generate_key(), &provider);
-        let err = load(dir.path(), "lease-1", 1_000).err().unwrap().to_string();
+        let err = load(dir.path(), "lease-1", 1_000)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("another key"), "{err}");
 
         std::fs::write(dir.path().join(LEASE_KEY_FILE), [1; 5]).unwrap();
-        let err = load(dir.path(), "lease-1", 1_000).err().unwrap().to_string();
+        let err = load(dir.path(), "lease-1", 1_000)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("lease.key"), "{err}");
         write(dir.path(), &lease, &lease, &provider);
         std::fs::remove_file(dir.path().join(PROVIDER_PUBLIC_KEY_FILE)).unwrap();

@@ -5,16 +5,16 @@
 
 mod certificate;
 pub mod keyfile;
-pub mod lease_files;
 mod keys;
+pub mod lease_files;
 
-pub use lease_files::LeaseCredentials;
 pub use certificate::{
     LeaseCertificate, SignedLeaseCertificate, issue_lease_certificate, verify_lease_certificate,
 };
 pub use keys::{
     KeyError, generate_key, public_key_base58, public_key_from_base58, signing_key_from_bytes,
 };
+pub use lease_files::LeaseCredentials;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 

@@ -195,8 +195,13 @@ pub fn check_next(
             signed.body.len()
         )));
     }
-    identity::verify(&terms.lease_key, domain::RECEIPT, &signed.body, &signed.signature)
-        .map_err(|_| ReceiptRejection::BadSignature)?;
+    identity::verify(
+        &terms.lease_key,
+        domain::RECEIPT,
+        &signed.body,
+        &signed.signature,
+    )
+    .map_err(|_| ReceiptRejection::BadSignature)?;
     let receipt = Receipt::decode(signed.body.as_slice())
         .map_err(|e| ReceiptRejection::Malformed(format!("body: {e}")))?;
     if receipt.lease_id != terms.lease_id {
@@ -208,7 +213,9 @@ pub fn check_next(
     let hash = digest(&signed.body);
     let sequence = receipt.sequence;
     if sequence == 0 {
-        return Err(ReceiptRejection::Malformed("sequence: must start at 1".into()));
+        return Err(ReceiptRejection::Malformed(
+            "sequence: must start at 1".into(),
+        ));
     }
     if sequence <= head.sequence {
         return Ok(Step::Earlier { sequence, hash });
@@ -245,11 +252,17 @@ fn check_window(
         Some(previous_end) if start != previous_end => {
             return Err(bad_window(
                 sequence,
-                format!("window must start where receipt {} ended ({previous_end})", head.sequence),
+                format!(
+                    "window must start where receipt {} ended ({previous_end})",
+                    head.sequence
+                ),
             ));
         }
         None if start < terms.not_before_ms => {
-            return Err(bad_window(sequence, "window must not start before the lease"));
+            return Err(bad_window(
+                sequence,
+                "window must not start before the lease",
+            ));
         }
         _ => {}
     }
@@ -283,7 +296,9 @@ fn check_figures(terms: &LeaseTerms, receipt: &Receipt) -> Result<(), ReceiptRej
         return malformed(format!("gpus: at most {MAX_GPUS_PER_RECEIPT} entries"));
     }
     if (attribution == Attribution::AllocationOnly) != receipt.gpus.is_empty() {
-        return malformed("gpus: present exactly when the attribution is not allocation-only".into());
+        return malformed(
+            "gpus: present exactly when the attribution is not allocation-only".into(),
+        );
     }
     if attribution == Attribution::Measured && receipt.gpus.len() != terms.gpus as usize {
         return malformed(format!(

@@ -227,14 +227,22 @@ mod tests {
         let path = dir.path().join(LOG_FILE);
         let len = std::fs::metadata(&path).unwrap().len();
         // A crash in the middle of the second write.
-        OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 7).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 7)
+            .unwrap();
 
         let mut log = ReceiptLog::open(dir.path()).unwrap();
         assert_eq!(log.head.sequence, 1);
         append(&mut log, &key, 2_500);
         let receipts = ReceiptLog::read_all(dir.path()).unwrap();
         assert_eq!(
-            receipts.iter().map(|r| (r.sequence, r.window_end_ms)).collect::<Vec<_>>(),
+            receipts
+                .iter()
+                .map(|r| (r.sequence, r.window_end_ms))
+                .collect::<Vec<_>>(),
             vec![(1, 1_000), (2, 2_500)]
         );
     }

@@ -6,4 +6,6 @@ pub mod log;
 pub mod sidecar;
 pub mod window;
 
-pub use chain::{ChainHead, LeaseTerms, ReceiptRejection, Step, Totals, check_next, digest, seal_receipt};
+pub use chain::{
+    ChainHead, LeaseTerms, ReceiptRejection, Step, Totals, check_next, digest, seal_receipt,
+};

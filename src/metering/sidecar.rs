@@ -17,8 +17,8 @@ use super::window::Window;
 use crate::collector::client::SidecarClient;
 use crate::gpu::{DeviceInfo, GpuSource, GpuSourceArgs};
 use crate::http::{self, Probe};
-use crate::identity::lease_files::{self, LeaseFilesError};
 use crate::identity::LeaseCredentials;
+use crate::identity::lease_files::{self, LeaseFilesError};
 use crate::network::proto::{Attribution, Signed};
 use crate::shutdown::Shutdown;
 use crate::telemetry::LogFormat;
@@ -53,7 +53,11 @@ pub struct MeterArgs {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub receipt_seconds: u64,
     /// Address of the meter's /metrics.
-    #[arg(long, env = "GPUBRIDGE_METER_HTTP_ADDR", default_value = "0.0.0.0:9464")]
+    #[arg(
+        long,
+        env = "GPUBRIDGE_METER_HTTP_ADDR",
+        default_value = "0.0.0.0:9464"
+    )]
     pub http_addr: SocketAddr,
     #[arg(long, env = "GPUBRIDGE_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
@@ -100,7 +104,10 @@ impl MeterMetrics {
             g
         };
         MeterMetrics {
-            sealed: counter("gpubridge_meter_receipts_sealed_total", "Receipts sealed and logged"),
+            sealed: counter(
+                "gpubridge_meter_receipts_sealed_total",
+                "Receipts sealed and logged",
+            ),
             acknowledged: gauge(
                 "gpubridge_meter_acknowledged_sequence",
                 "Highest receipt sequence the collector acknowledged",
@@ -186,7 +193,10 @@ impl Meter {
         let mut attribution = self.attribution;
         if attribution == Attribution::Measured && usage.len() != self.args.gpus as usize {
             // A GPU gave no reading all window: claim nothing rather than part of the lease.
-            warn!(read = usage.len(), "not every GPU was read this window; allocated time only");
+            warn!(
+                read = usage.len(),
+                "not every GPU was read this window; allocated time only"
+            );
             usage.clear();
             attribution = Attribution::AllocationOnly;
         }
@@ -279,8 +289,11 @@ pub async fn run(args: MeterArgs) -> Result<(), MeterError> {
     );
     let log = ReceiptLog::open(&args.receipts_dir)?;
     if log.head.sequence > 0 {
-        info!(sequence = log.head.sequence, pending = log.pending.len(),
-            "continuing the receipt chain from the log");
+        info!(
+            sequence = log.head.sequence,
+            pending = log.pending.len(),
+            "continuing the receipt chain from the log"
+        );
     }
     let metrics = MeterMetrics::new();
     let shutdown = Shutdown::on_signals();
@@ -330,7 +343,10 @@ pub async fn run(args: MeterArgs) -> Result<(), MeterError> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     if !meter.log.pending.is_empty() {
-        warn!(pending = meter.log.pending.len(), "stopping with receipts not acknowledged");
+        warn!(
+            pending = meter.log.pending.len(),
+            "stopping with receipts not acknowledged"
+        );
     }
     if let Ok(Err(source)) = http.await {
         return Err(MeterError::Http {

@@ -57,7 +57,10 @@ impl Window {
                     utilization_percent: (gpu.utilization_sum / gpu.samples.max(1)) as u32,
                     memory_high_water_bytes: gpu.memory_high_water,
                     // A counter that went backwards (driver reload) counts from zero again.
-                    energy_millijoules: gpu.energy_last.checked_sub(first).unwrap_or(gpu.energy_last),
+                    energy_millijoules: gpu
+                        .energy_last
+                        .checked_sub(first)
+                        .unwrap_or(gpu.energy_last),
                 }
             })
             .collect();

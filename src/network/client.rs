@@ -11,9 +11,9 @@ use super::envelope::{HasHeader, domain, seal};
 use super::proto::gateway_client::GatewayClient;
 use super::proto::{
     BalanceReply, CancelBody, ChallengeBody, ChallengeReply, DepositBody, EvidenceReply,
-    EvidenceSubmitBody, ReceiptsBody, ReceiptsReply, HeartbeatBody, InfoReply, InfoRequest,
-    LeaseDecisionBody, LeaseEndBody, LeaseEndReply, LeaseEvent, LeaseStreamBody, ListOffersRequest,
-    OfferBody, OfferView, OrderBody, OrderView, PublishOfferReply, QueryBody, RegisterBody,
+    EvidenceSubmitBody, HeartbeatBody, InfoReply, InfoRequest, LeaseDecisionBody, LeaseEndBody,
+    LeaseEndReply, LeaseEvent, LeaseStreamBody, ListOffersRequest, OfferBody, OfferView, OrderBody,
+    OrderView, PublishOfferReply, QueryBody, ReceiptsBody, ReceiptsReply, RegisterBody,
     RegisterReply, Signed, WithdrawBody,
 };
 
@@ -169,7 +169,12 @@ impl NetworkClient {
             receipts,
         };
         let signed = self.seal(domain::RECEIPTS, body);
-        Ok(self.inner.clone().submit_receipts(signed).await?.into_inner())
+        Ok(self
+            .inner
+            .clone()
+            .submit_receipts(signed)
+            .await?
+            .into_inner())
     }
 
     pub async fn lease_challenge(&self, lease_id: &str) -> Result<ChallengeReply, Status> {
@@ -178,7 +183,12 @@ impl NetworkClient {
             lease_id: lease_id.into(),
         };
         let signed = self.seal(domain::CHALLENGE, body);
-        Ok(self.inner.clone().lease_challenge(signed).await?.into_inner())
+        Ok(self
+            .inner
+            .clone()
+            .lease_challenge(signed)
+            .await?
+            .into_inner())
     }
 
     pub async fn submit_evidence(
@@ -194,7 +204,12 @@ impl NetworkClient {
             evidence: Some(evidence),
         };
         let signed = self.seal(domain::EVIDENCE_SUBMIT, body);
-        Ok(self.inner.clone().submit_evidence(signed).await?.into_inner())
+        Ok(self
+            .inner
+            .clone()
+            .submit_evidence(signed)
+            .await?
+            .into_inner())
     }
 
     pub async fn deposit(&self, amount: u128, denomination: &str) -> Result<BalanceReply, Status> {

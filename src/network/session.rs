@@ -540,11 +540,7 @@ async fn report_end(
 /// DESIGN §3.4: the end is reported after the meter's final receipt, which pays the last
 /// window; a meter that never sends one (killed, or never started) is waited for `grace` after
 /// the lease finished. Pure.
-pub fn awaiting_final_receipt(
-    lease: &ComputeLease,
-    now: jiff::Timestamp,
-    grace: Duration,
-) -> bool {
+pub fn awaiting_final_receipt(lease: &ComputeLease, now: jiff::Timestamp, grace: Duration) -> bool {
     let Some(status) = &lease.status else {
         return false;
     };

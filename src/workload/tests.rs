@@ -246,15 +246,18 @@ fn pod_is_boxed_in() {
         // the environment in the pod; here they are given).
         let argv = std::iter::once("gpubridge".to_string())
             .chain(s.args.clone().unwrap())
-            .chain(["--pod-uid=u".to_string(), "--node-name=n".to_string()]
-                .into_iter()
-                .filter(|_| s.name == ATTEST_CONTAINER));
+            .chain(
+                ["--pod-uid=u".to_string(), "--node-name=n".to_string()]
+                    .into_iter()
+                    .filter(|_| s.name == ATTEST_CONTAINER),
+            );
         use clap::Parser;
         let parsed = crate::cli::Cli::try_parse_from(argv);
         assert!(parsed.is_ok(), "{}: {}", s.name, parsed.err().unwrap());
         assert!(
-            s.args.as_ref().unwrap().iter().any(|a| a
-                == "--collector-url=http://gpubridge-collector.gpubridge-system.svc:7400"),
+            s.args.as_ref().unwrap().iter().any(
+                |a| a == "--collector-url=http://gpubridge-collector.gpubridge-system.svc:7400"
+            ),
             "{} dials the collector",
             s.name
         );
@@ -313,7 +316,14 @@ fn network_policy_denies_ingress_and_private_egress() {
     let in_cluster: Vec<_> = egress.iter().filter(|r| r.ports.is_some()).collect();
     assert_eq!(in_cluster.len(), 2);
     assert_eq!(in_cluster[0], &collector_rule(&egress));
-    assert!(in_cluster[1].ports.as_ref().unwrap().iter().all(|p| p.port == Some(IntOrString::Int(53))));
+    assert!(
+        in_cluster[1]
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|p| p.port == Some(IntOrString::Int(53)))
+    );
 
     let mut closed = offer();
     closed.workload.egress = EgressPolicy::None;
@@ -330,11 +340,21 @@ fn collector_rule(
     let rule = egress[0].clone();
     let peer = &rule.to.as_ref().unwrap()[0];
     assert_eq!(
-        peer.namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap()
-            ["kubernetes.io/metadata.name"],
+        peer.namespace_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["kubernetes.io/metadata.name"],
         "gpubridge-system"
     );
-    let pods = peer.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
+    let pods = peer
+        .pod_selector
+        .as_ref()
+        .unwrap()
+        .match_labels
+        .as_ref()
+        .unwrap();
     assert_eq!(pods["app.kubernetes.io/component"], "operator");
     assert!(peer.ip_block.is_none());
     let ports = rule.ports.as_ref().unwrap();

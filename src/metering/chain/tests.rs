@@ -100,17 +100,28 @@ fn signatures_are_checked_before_anything_else() {
     let (mut signed, _) = next(&key, &ChainHead::default(), 10_000);
     // Another key: a sidecar of another lease, or a forger.
     let (foreign, _) = next(&generate_key(), &ChainHead::default(), 10_000);
-    assert_eq!(rejection(&t, &ChainHead::default(), &foreign), ReceiptRejection::BadSignature);
+    assert_eq!(
+        rejection(&t, &ChainHead::default(), &foreign),
+        ReceiptRejection::BadSignature
+    );
     // One flipped bit of the body.
     signed.body[3] ^= 1;
-    assert_eq!(rejection(&t, &ChainHead::default(), &signed), ReceiptRejection::BadSignature);
+    assert_eq!(
+        rejection(&t, &ChainHead::default(), &signed),
+        ReceiptRejection::BadSignature
+    );
     // A signature made for another message kind.
     let (good, _) = next(&key, &ChainHead::default(), 10_000);
     let cross = Signed {
-        signature: crate::identity::sign(&key, domain::EVIDENCE, &good.body).to_bytes().to_vec(),
+        signature: crate::identity::sign(&key, domain::EVIDENCE, &good.body)
+            .to_bytes()
+            .to_vec(),
         ..good
     };
-    assert_eq!(rejection(&t, &ChainHead::default(), &cross), ReceiptRejection::BadSignature);
+    assert_eq!(
+        rejection(&t, &ChainHead::default(), &cross),
+        ReceiptRejection::BadSignature
+    );
 }
 
 #[test]
@@ -123,35 +134,104 @@ fn every_chain_rule_has_its_rejection() {
     let (second, _) = next(&key, &built, 10_000);
 
     let cases: Vec<(&str, Signed, &str)> = vec![
-        ("other lease", altered(&key, &second, |r| r.lease_id = "lease-2".into()), "WrongLease"),
-        ("skipped sequence", altered(&key, &second, |r| r.sequence = 3), "Gap"),
-        ("sequence zero", altered(&key, &second, |r| r.sequence = 0), "Malformed"),
-        ("wrong previous hash", altered(&key, &second, |r| r.previous_hash = vec![7; 32]), "BrokenChain"),
-        ("window overlaps", altered(&key, &second, |r| {
-            r.window_start_ms -= 1;
-            r.allocated_gpu_millis += 2;
-        }), "BadWindow"),
-        ("window skips time", altered(&key, &second, |r| {
-            r.window_start_ms += 1;
-            r.allocated_gpu_millis -= 2;
-        }), "BadWindow"),
-        ("empty window", altered(&key, &second, |r| {
-            r.window_end_ms = r.window_start_ms;
-            r.allocated_gpu_millis = 0;
-        }), "BadWindow"),
-        ("inflated allocation", altered(&key, &second, |r| r.allocated_gpu_millis += 1), "BadWindow"),
-        ("future window", altered(&key, &second, |r| {
-            r.window_end_ms += 10 * 3_600_000;
-            r.allocated_gpu_millis = 2 * (r.window_end_ms - r.window_start_ms) as u64;
-        }), "BadWindow"),
-        ("no attribution", altered(&key, &second, |r| r.attribution = 0), "Malformed"),
-        ("measured, one GPU missing", altered(&key, &second, |r| { r.gpus.pop(); }), "Malformed"),
-        ("allocation-only with figures", altered(&key, &second, |r| {
-            r.attribution = Attribution::AllocationOnly as i32;
-        }), "Malformed"),
-        ("utilization over 100", altered(&key, &second, |r| r.gpus[0].utilization_percent = 101), "Malformed"),
-        ("empty uuid", altered(&key, &second, |r| r.gpus[0].uuid.clear()), "Malformed"),
-        ("garbage body", sign_body(&key, domain::RECEIPT, &Signed { body: vec![0xff; 3], signature: vec![] }), "Malformed"),
+        (
+            "other lease",
+            altered(&key, &second, |r| r.lease_id = "lease-2".into()),
+            "WrongLease",
+        ),
+        (
+            "skipped sequence",
+            altered(&key, &second, |r| r.sequence = 3),
+            "Gap",
+        ),
+        (
+            "sequence zero",
+            altered(&key, &second, |r| r.sequence = 0),
+            "Malformed",
+        ),
+        (
+            "wrong previous hash",
+            altered(&key, &second, |r| r.previous_hash = vec![7; 32]),
+            "BrokenChain",
+        ),
+        (
+            "window overlaps",
+            altered(&key, &second, |r| {
+                r.window_start_ms -= 1;
+                r.allocated_gpu_millis += 2;
+            }),
+            "BadWindow",
+        ),
+        (
+            "window skips time",
+            altered(&key, &second, |r| {
+                r.window_start_ms += 1;
+                r.allocated_gpu_millis -= 2;
+            }),
+            "BadWindow",
+        ),
+        (
+            "empty window",
+            altered(&key, &second, |r| {
+                r.window_end_ms = r.window_start_ms;
+                r.allocated_gpu_millis = 0;
+            }),
+            "BadWindow",
+        ),
+        (
+            "inflated allocation",
+            altered(&key, &second, |r| r.allocated_gpu_millis += 1),
+            "BadWindow",
+        ),
+        (
+            "future window",
+            altered(&key, &second, |r| {
+                r.window_end_ms += 10 * 3_600_000;
+                r.allocated_gpu_millis = 2 * (r.window_end_ms - r.window_start_ms) as u64;
+            }),
+            "BadWindow",
+        ),
+        (
+            "no attribution",
+            altered(&key, &second, |r| r.attribution = 0),
+            "Malformed",
+        ),
+        (
+            "measured, one GPU missing",
+            altered(&key, &second, |r| {
+                r.gpus.pop();
+            }),
+            "Malformed",
+        ),
+        (
+            "allocation-only with figures",
+            altered(&key, &second, |r| {
+                r.attribution = Attribution::AllocationOnly as i32;
+            }),
+            "Malformed",
+        ),
+        (
+            "utilization over 100",
+            altered(&key, &second, |r| r.gpus[0].utilization_percent = 101),
+            "Malformed",
+        ),
+        (
+            "empty uuid",
+            altered(&key, &second, |r| r.gpus[0].uuid.clear()),
+            "Malformed",
+        ),
+        (
+            "garbage body",
+            sign_body(
+                &key,
+                domain::RECEIPT,
+                &Signed {
+                    body: vec![0xff; 3],
+                    signature: vec![],
+                },
+            ),
+            "Malformed",
+        ),
     ];
     for (name, signed, kind) in cases {
         let got = rejection(&t, &head, &signed);
@@ -167,12 +247,28 @@ fn the_first_window_may_not_start_before_the_lease_and_nothing_follows_the_final
     let t = terms(&key);
     let genesis = ChainHead::default();
     let (early, _) = seal_receipt(
-        &key, "lease-1", 2, &genesis, START - 1, START + 1_000, vec![], Attribution::AllocationOnly, false,
+        &key,
+        "lease-1",
+        2,
+        &genesis,
+        START - 1,
+        START + 1_000,
+        vec![],
+        Attribution::AllocationOnly,
+        false,
     );
     assert_eq!(rejection(&t, &genesis, &early).kind(), "BadWindow");
 
     let (last, built) = seal_receipt(
-        &key, "lease-1", 2, &genesis, START, START + 1_000, vec![], Attribution::AllocationOnly, true,
+        &key,
+        "lease-1",
+        2,
+        &genesis,
+        START,
+        START + 1_000,
+        vec![],
+        Attribution::AllocationOnly,
+        true,
     );
     let head = accept(&t, &genesis, &last);
     assert!(head.final_received);
@@ -190,5 +286,8 @@ fn an_oversized_receipt_is_refused_before_its_signature_is_checked() {
         body: vec![0; MAX_BODY_BYTES + 1],
         signature: vec![0; 64],
     };
-    assert_eq!(rejection(&terms(&key), &ChainHead::default(), &huge).kind(), "Malformed");
+    assert_eq!(
+        rejection(&terms(&key), &ChainHead::default(), &huge).kind(),
+        "Malformed"
+    );
 }
