@@ -57,6 +57,7 @@ fn offers() -> Vec<OfferFacts> {
             age_rank: (p as i64, format!("offer-{p}")),
             selector: Ok(Selector::from_iter([("pool".to_string(), format!("p{p}"))])),
             resource: GPU.to_string(),
+            driver: None,
             max_gpus: 4_000,
             reserve_gpus: 16,
             paused: false,

@@ -1,15 +1,21 @@
-//! Network matching throughput: the pure matcher over a large offer book, and a whole order
-//! through the node's store (verify, match, hold, persist with fsync). `make bench` prints both.
+//! Network node throughput: the pure matcher over a large offer book, a whole order through the
+//! node's store (verify, match, hold, persist with fsync), and receipts — verified alone, and
+//! verified, settled and persisted in batches as the collector forwards them. `make bench`
+//! prints them all.
 
 use std::hint::black_box;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use gpubridge::hub::matching::{BookOffer, OrderTerms, best_offer};
 use gpubridge::hub::{HubSettings, Store};
-use gpubridge::identity::generate_key;
+use gpubridge::identity::{generate_key, issue_lease_certificate};
+use gpubridge::metering::{ChainHead, LeaseTerms, Step, check_next, seal_receipt};
 use gpubridge::network::domain;
 use gpubridge::network::envelope::seal;
-use gpubridge::network::proto::{OfferBody, OrderBody, Workload};
+use gpubridge::network::proto::{
+    Attribution, GpuUsage, OfferBody, OrderBody, ReceiptsBody, Signed, Workload,
+};
+use prost::Message;
 
 const UNIT: u128 = 1_000_000_000_000_000_000;
 
@@ -150,5 +156,189 @@ fn store_submit(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group!(benches, matching, store_submit);
+fn usage() -> Vec<GpuUsage> {
+    vec![GpuUsage {
+        uuid: "GPU-00000000-0000-0000-0000-000000000000".into(),
+        utilization_percent: 87,
+        memory_high_water_bytes: 70 << 30,
+        energy_millijoules: 7_000_000,
+    }]
+}
+
+/// One receipt checked against its chain head: signature, decoding, every chain rule.
+fn receipt_verification(c: &mut Criterion) {
+    let key = generate_key();
+    let start = jiff::Timestamp::now().as_millisecond();
+    let (first, head) = seal_receipt(
+        &key,
+        "lease-1",
+        1,
+        &ChainHead::default(),
+        start,
+        start + 10,
+        usage(),
+        Attribution::Measured,
+        false,
+    );
+    let (second, _) = seal_receipt(
+        &key,
+        "lease-1",
+        1,
+        &head,
+        start,
+        start + 20,
+        usage(),
+        Attribution::Measured,
+        false,
+    );
+    let terms = LeaseTerms {
+        lease_id: "lease-1".into(),
+        gpus: 1,
+        lease_key: key.verifying_key(),
+        not_before_ms: start,
+    };
+    assert!(matches!(
+        check_next(&terms, &ChainHead::default(), &first, start),
+        Ok(Step::Next { .. })
+    ));
+    let mut group = c.benchmark_group("receipts");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("verify_one", |b| {
+        b.iter(|| black_box(check_next(&terms, &head, black_box(&second), start).is_ok()))
+    });
+    group.finish();
+}
+
+/// Batches of 64 receipts through the store: provider envelope, certificate, every receipt's
+/// signature and chain link, a ledger posting per receipt, one durable commit per batch.
+fn store_receipts(c: &mut Criterion) {
+    const BATCH: usize = 64;
+    let dir = std::env::temp_dir().join(format!("gpubridge-bench-receipts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::open(
+        &dir.join("network.redb"),
+        generate_key(),
+        HubSettings::default(),
+    )
+    .unwrap();
+    let now = jiff::Timestamp::now().as_second();
+    let (provider, buyer) = (generate_key(), generate_key());
+    let register = gpubridge::network::proto::RegisterBody {
+        header: None,
+        name: "p".into(),
+        region: String::new(),
+    };
+    store
+        .register(&seal(&provider, domain::REGISTER, register, now), now)
+        .unwrap();
+    let offer = OfferBody {
+        header: None,
+        offer_name: "gpus".into(),
+        model: "NVIDIA-H100-80GB-HBM3".into(),
+        resource_name: "nvidia.com/gpu".into(),
+        free_blocks: vec![8],
+        price_per_gpu_hour: UNIT.to_string(),
+        denomination: "USDC".into(),
+        min_duration_seconds: 60,
+        max_duration_seconds: 86_400,
+        max_gpus_per_lease: 8,
+        allowed_registries: vec!["ghcr.io".into()],
+        region: String::new(),
+        attributes: vec![],
+        expires_at: now + 3000,
+    };
+    store
+        .publish(&seal(&provider, domain::OFFER, offer, now), now)
+        .unwrap();
+    let deposit = gpubridge::network::proto::DepositBody {
+        header: None,
+        amount: (1_000_000 * UNIT).to_string(),
+        denomination: "USDC".into(),
+    };
+    store
+        .deposit(&seal(&buyer, domain::DEPOSIT, deposit, now), now)
+        .unwrap();
+    let order = OrderBody {
+        duration_seconds: 86_400,
+        ..order_body()
+    };
+    let placed = store
+        .submit_order(&seal(&buyer, domain::ORDER, order, now), now)
+        .unwrap();
+    let lease_id = placed.order.lease_id;
+    let decision = gpubridge::network::proto::LeaseDecisionBody {
+        header: None,
+        lease_id: lease_id.clone(),
+        accept: true,
+        reason: String::new(),
+    };
+    store
+        .decide_lease(&seal(&provider, domain::LEASE_DECISION, decision, now), now)
+        .unwrap();
+    let lease_key = generate_key();
+    let certificate = issue_lease_certificate(
+        &provider,
+        &lease_id,
+        &lease_key.verifying_key(),
+        now + 86_400,
+    )
+    .encode_to_vec();
+    // Each batch continues the chain with fresh receipts of 10 ms windows, sealed outside the
+    // timing; the store's clock moves along so no window ends in its future.
+    let mut head = ChainHead::default();
+    let start_ms = now * 1000;
+    let mut next_batch = || {
+        let receipts: Vec<Signed> = (0..BATCH)
+            .map(|_| {
+                let end = head.window_end_ms.unwrap_or(start_ms) + 10;
+                let (signed, next) = seal_receipt(
+                    &lease_key,
+                    &lease_id,
+                    1,
+                    &head,
+                    start_ms,
+                    end,
+                    usage(),
+                    Attribution::Measured,
+                    false,
+                );
+                head = next;
+                signed
+            })
+            .collect();
+        let at = head.window_end_ms.unwrap() / 1000;
+        let body = ReceiptsBody {
+            header: None,
+            lease_id: lease_id.clone(),
+            certificate: certificate.clone(),
+            receipts,
+        };
+        (seal(&provider, domain::RECEIPTS, body, at), at)
+    };
+    let mut group = c.benchmark_group("network_node");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.sample_size(20);
+    group.bench_function("submit_receipts/batch_64_fsync", |b| {
+        b.iter_batched(
+            &mut next_batch,
+            |(signed, at)| {
+                let reply = store.submit_receipts(&signed, at).unwrap();
+                assert!(reply.rejection.is_none(), "{:?}", reply.rejection);
+                black_box(reply.accepted_through)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(
+    benches,
+    matching,
+    store_submit,
+    receipt_verification,
+    store_receipts
+);
 criterion_main!(benches);

@@ -20,9 +20,11 @@ step "starting kube-apiserver, etcd, controller-manager, scheduler and kwok on l
 bash e2e/cluster.sh up
 operator_pid=""
 network_pid=""
+sidecar_pids=""
 cleanup() {
   [ -n "$operator_pid" ] && kill "$operator_pid" 2>/dev/null && wait "$operator_pid" 2>/dev/null || true
   [ -n "$network_pid" ] && kill "$network_pid" 2>/dev/null && wait "$network_pid" 2>/dev/null || true
+  for pid in $sidecar_pids; do kill "$pid" 2>/dev/null || true; done
   if [ -z "${KEEP:-}" ]; then bash e2e/cluster.sh down; else echo "cluster kept: KUBECONFIG=$KUBECONFIG"; fi
 }
 trap cleanup EXIT
@@ -47,7 +49,9 @@ log="$CACHE/e2e/operator.log"
 "$OPERATOR" operator --log-format text --namespace gpubridge-system \
   --sidecar-image ghcr.io/gpubridge/gpubridge:demo --http-addr 127.0.0.1:18080 \
   --network-url "$GPUBRIDGE_NETWORK_URL" --network-key "$NETWORK_KEY" \
-  --provider-name "acme-gpu-farm" --region eu-west >"$log" 2>&1 &
+  --provider-name "acme-gpu-farm" --region eu-west \
+  --collector-addr 127.0.0.1:17400 --collector-url http://127.0.0.1:17400 \
+  --collector-status-seconds 2 --final-receipt-grace-seconds 30 >"$log" 2>&1 &
 operator_pid=$!
 for _ in $(seq 1 100); do
   curl -fs 127.0.0.1:18080/metrics 2>/dev/null | grep -q '^gpubridge_leader 1' && break
@@ -88,10 +92,32 @@ echo
 sleep 1
 kubectl get gpuoffer rtx-workstation
 
-step "waiting for the lease to reach its end; the end is reported and escrow settles"
+step "the pod's meter and attest sidecars (kwok runs no containers: local processes, simulated GPU)"
+SC="$CACHE/e2e/sidecars/$LEASE"
+rm -rf "$SC" && mkdir -p "$SC/identity" "$SC/receipts" && chmod 700 "$SC"
+for f in lease.key lease.crt provider.pub; do
+  kubectl get secret lease-identity -n "lease-$LEASE" -o jsonpath="{.data.${f/./\\.}}" | base64 -d >"$SC/identity/$f"
+done
+POD_UID=$(kubectl get pod workload -n "lease-$LEASE" -o jsonpath='{.metadata.uid}')
+NODE=$(kubectl get pod workload -n "lease-$LEASE" -o jsonpath='{.spec.nodeName}')
+sidecar=(--lease-id "$LEASE" --identity-dir "$SC/identity" --receipts-dir "$SC/receipts"
+  --collector-url http://127.0.0.1:17400 --gpu-source simulated --simulated-seed "$NODE" --log-format text)
+"$OPERATOR" meter "${sidecar[@]}" --gpus 1 --receipt-seconds 5 --http-addr 127.0.0.1:19464 >"$SC/meter.log" 2>&1 &
+meter_pid=$!
+"$OPERATOR" attest "${sidecar[@]}" --image ghcr.io/acme/render:2 --pod-uid "$POD_UID" --node-name "$NODE" \
+  --poll-seconds 2 >"$SC/attest.log" 2>&1 &
+sidecar_pids="$meter_pid $!"
+kubectl wait "computelease/$LEASE" --for=condition=Attested --timeout=30s >/dev/null
+kubectl wait "computelease/$LEASE" --for=condition=Metered --timeout=30s >/dev/null
+kubectl get computelease "$LEASE" -o jsonpath='{"usage: "}{.status.usage}{"\nattestation: "}{.status.attestation}{"\n"}'
+
+step "waiting for the lease to reach its end; the meter's final receipt, the end report, escrow settles"
 kubectl wait "computelease/$LEASE" --for=jsonpath='{.status.phase}'=Expired --timeout=120s >/dev/null
-for _ in $(seq 1 60); do order status "$(order list -o json | sed -n 's/.*"orderId": "\([a-f0-9]*\)".*/\1/p' | head -1)" | grep -q ended && break; sleep 0.5; done
+kill -TERM "$meter_pid" && wait "$meter_pid" || true
+kubectl wait "computelease/$LEASE" --for=jsonpath='{.status.usage.finalReceived}'=true --timeout=30s >/dev/null
+for _ in $(seq 1 120); do order status "$(order list -o json | sed -n 's/.*"orderId": "\([a-f0-9]*\)".*/\1/p' | head -1)" | grep -q ended && break; sleep 0.5; done
 kubectl get computeleases -o wide
+kubectl get computelease "$LEASE" -o jsonpath='{"usage: "}{.status.usage}{"\n"}'
 kubectl get events -A --field-selector involvedObject.kind=ComputeLease
 
 step "deleting the lease: its namespace goes with it"
@@ -111,6 +137,4 @@ echo
 echo "Buyer balance (network; the charge is the provider's earnings):"
 order balance
 echo
-curl -fs 127.0.0.1:18080/metrics | grep -E '^gpubridge_(offer_gpus|leases|lease_ends_total|network_session_up|intake_leases_total)' | grep -v ' 0$' || true
-echo
-echo "Not in this demo yet: metering and attestation sidecars (a later issue)."
+curl -fs 127.0.0.1:18080/metrics | grep -E '^gpubridge_(offer_gpus|leases|lease_ends_total|network_session_up|intake_leases_total|receipts_accepted_total|attestations_total|verification_failures_total)' | grep -v ' 0$' || true

@@ -103,6 +103,10 @@ pub struct OperatorArgs {
     /// Region this cluster's GPUs are in, as buyers filter by it; empty for none.
     #[arg(long, env = "GPUBRIDGE_REGION", default_value = "")]
     pub region: String,
+    /// Watch ResourceSlices and ResourceClaims (resource.k8s.io/v1) for offers of DRA devices.
+    /// Disable on a cluster that does not serve that API.
+    #[arg(long, env = "GPUBRIDGE_DYNAMIC_RESOURCES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub dynamic_resources: bool,
     /// Address the collector serves lease sidecars on.
     #[arg(long, env = "GPUBRIDGE_COLLECTOR_ADDR", default_value = "0.0.0.0:7400")]
     pub collector_addr: SocketAddr,
@@ -173,6 +177,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         offers.clone(),
         triggers.clone(),
         synced.clone(),
+        args.dynamic_resources,
     ));
 
     let metrics = Metrics::new();

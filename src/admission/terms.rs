@@ -25,10 +25,10 @@ pub enum TermsViolation {
 
 /// Checks every term; returns the first violation in the order of the spec's fields.
 pub fn check_terms(offer: &GpuOfferSpec, lease: &ComputeLeaseSpec) -> Result<(), TermsViolation> {
-    if lease.resource_name != offer.resource_name {
+    if lease.resource_name != offer.sold_resource() {
         return Err(TermsViolation::ResourceName {
             lease: lease.resource_name.clone(),
-            offer: offer.resource_name.clone(),
+            offer: offer.sold_resource(),
         });
     }
     if lease.gpus > offer.lease.max_gpus_per_lease {

@@ -164,7 +164,10 @@ pub struct OfferFacts {
     pub age_rank: (i64, String),
     /// `Err` holds why the offer's nodeSelector is invalid.
     pub selector: Result<Selector, String>,
+    /// What the offer's GPUs are counted in (see `GpuOfferSpec::sold_resource`).
     pub resource: String,
+    /// The DRA driver whose devices the offer sells; `None` for an extended resource.
+    pub driver: Option<String>,
     pub max_gpus: u32,
     pub reserve_gpus: u32,
     pub paused: bool,
@@ -184,7 +187,12 @@ impl OfferFacts {
             age_rank: (created, offer.name_any()),
             selector: Selector::try_from(offer.spec.node_selector.clone())
                 .map_err(|e| format!("spec.nodeSelector is invalid: {}", e.0)),
-            resource: offer.spec.resource_name.clone(),
+            resource: offer.spec.sold_resource(),
+            driver: offer
+                .spec
+                .dynamic_resources
+                .as_ref()
+                .map(|d| d.driver.clone()),
             max_gpus: offer.spec.max_gpus,
             reserve_gpus: offer.spec.reserve_gpus,
             paused: offer.spec.paused,

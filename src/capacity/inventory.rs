@@ -5,7 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::facts::{LeaseFacts, NodeFacts, PodFacts};
+use super::dra::{DeviceRef, SliceFacts};
+use super::facts::{LeaseFacts, NodeFacts, OfferFacts, PodFacts};
 
 /// Node facts, per-node GPU usage by bound pods, and ComputeLeases.
 #[derive(Default, Debug, Clone)]
@@ -22,6 +23,14 @@ pub struct Inventory {
     /// lease name → DisruptionTarget reason last seen on its pod. Kept here because the same pod
     /// watch sees it, and a preempted pod can be gone before the lease controller reads it.
     lease_disruptions: HashMap<String, String>,
+    /// DRA: node-local ResourceSlices by name, and the devices allocated to each ResourceClaim
+    /// ("namespace/name").
+    slices: HashMap<String, SliceFacts>,
+    claims: HashMap<String, Vec<DeviceRef>>,
+    /// (node, driver) → devices published, and → devices allocated. Rebuilt on every DRA change:
+    /// a claim may name a pool before its slice arrives, and slices change rarely.
+    dra_devices: HashMap<(String, String), u32>,
+    dra_allocated: HashMap<(String, String), u32>,
 }
 
 impl Inventory {
@@ -134,6 +143,120 @@ impl Inventory {
                 self.bound_lease_pods.remove(lease);
             }
         }
+    }
+
+    /// Records a node-local ResourceSlice (or forgets it, with `None`). Returns its node.
+    pub fn upsert_slice(&mut self, name: &str, facts: Option<SliceFacts>) -> Option<String> {
+        let node = match facts {
+            Some(f) => {
+                let node = f.node.clone();
+                self.slices.insert(name.to_string(), f);
+                Some(node)
+            }
+            None => self.slices.remove(name).map(|f| f.node),
+        };
+        self.reindex_dra();
+        node
+    }
+
+    pub fn replace_slices(&mut self, slices: impl IntoIterator<Item = SliceFacts>) {
+        self.slices = slices.into_iter().map(|s| (s.name.clone(), s)).collect();
+        self.reindex_dra();
+    }
+
+    /// Records the devices allocated to a claim (none: forgotten). Returns the nodes whose
+    /// allocations changed.
+    pub fn upsert_claim(&mut self, key: &str, devices: Vec<DeviceRef>) -> Vec<String> {
+        let old = if devices.is_empty() {
+            self.claims.remove(key)
+        } else {
+            self.claims.insert(key.to_string(), devices.clone())
+        }
+        .unwrap_or_default();
+        if old == devices {
+            return Vec::new();
+        }
+        self.reindex_dra();
+        let mut nodes: Vec<String> = old
+            .iter()
+            .chain(&devices)
+            .filter_map(|d| self.node_of(d))
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
+
+    pub fn replace_claims(&mut self, claims: impl IntoIterator<Item = (String, Vec<DeviceRef>)>) {
+        self.claims = claims.into_iter().filter(|(_, d)| !d.is_empty()).collect();
+        self.reindex_dra();
+    }
+
+    fn node_of(&self, device: &DeviceRef) -> Option<String> {
+        self.slices
+            .values()
+            .find(|s| s.driver == device.driver && s.pool == device.pool)
+            .map(|s| s.node.clone())
+    }
+
+    fn reindex_dra(&mut self) {
+        self.dra_devices.clear();
+        let mut pools: HashMap<(&str, &str), &str> = HashMap::new();
+        for s in self.slices.values() {
+            *self
+                .dra_devices
+                .entry((s.node.clone(), s.driver.clone()))
+                .or_default() += s.devices.len() as u32;
+            pools.insert((s.driver.as_str(), s.pool.as_str()), s.node.as_str());
+        }
+        self.dra_allocated.clear();
+        for d in self.claims.values().flatten() {
+            if let Some(node) = pools.get(&(d.driver.as_str(), d.pool.as_str())) {
+                *self
+                    .dra_allocated
+                    .entry((node.to_string(), d.driver.clone()))
+                    .or_default() += 1;
+            }
+        }
+    }
+
+    /// GPUs `node` has for `offer`: its allocatable extended resource, or the devices its DRA
+    /// driver publishes.
+    pub fn capacity_for(&self, node: &NodeFacts, offer: &OfferFacts) -> u32 {
+        match &offer.driver {
+            Some(driver) => self
+                .dra_devices
+                .get(&(node.name.clone(), driver.clone()))
+                .copied()
+                .unwrap_or(0),
+            None => node.allocatable(&offer.resource),
+        }
+    }
+
+    /// GPUs of `node` in use for `offer`'s resource: requested by bound pods, or allocated to
+    /// ResourceClaims.
+    pub fn in_use_for(&self, node: &NodeFacts, offer: &OfferFacts) -> u32 {
+        match &offer.driver {
+            Some(driver) => self
+                .dra_allocated
+                .get(&(node.name.clone(), driver.clone()))
+                .copied()
+                .unwrap_or(0),
+            None => self.used(&node.name, &offer.resource),
+        }
+    }
+
+    /// The model of a node's GPUs: its GPU product label, or the product name its DRA devices
+    /// carry.
+    pub fn model_of<'a>(&'a self, node: &'a NodeFacts) -> Option<&'a str> {
+        node.model().or_else(|| {
+            self.slices
+                .values()
+                .filter(|s| s.node == node.name)
+                .flat_map(|s| &s.devices)
+                .find_map(|d| d.attributes.get("productName"))
+                .map(String::as_str)
+        })
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = &NodeFacts> {

@@ -1,10 +1,12 @@
 //! Idle capacity (DESIGN §2): the one formula everything rests on. Pure: no client, no clock.
 //!
 //! - [`facts`] reduces API objects to what the formula needs as they arrive from watches;
+//! - [`dra`] does the same for Dynamic Resource Allocation's ResourceSlices and ResourceClaims;
 //! - [`inventory::Inventory`] indexes them incrementally;
 //! - [`offer::compute`] applies the formula to one offer.
 
 pub mod blocks;
+pub mod dra;
 pub mod facts;
 pub mod inventory;
 pub mod offer;

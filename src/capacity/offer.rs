@@ -35,6 +35,7 @@ pub struct OfferCapacity {
 /// Why `node` can take none of `offer`'s lease pods, regardless of what runs on it; `None` when
 /// it can. Nodes without the resource that the offer does not select are `OutsideSelector`.
 pub fn static_exclusion(
+    inventory: &Inventory,
     node: &NodeFacts,
     offer: &OfferFacts,
     offers: &[OfferFacts],
@@ -51,7 +52,7 @@ pub fn static_exclusion(
     if claimed_by_older {
         return Some(NodeExclusion::ClaimedByOtherOffer);
     }
-    if node.allocatable(&offer.resource) == 0 {
+    if inventory.capacity_for(node, offer) == 0 {
         return Some(NodeExclusion::NoGpus);
     }
     if !node.ready {
@@ -78,9 +79,9 @@ pub fn eligible_nodes(
 ) -> Vec<String> {
     let mut names: Vec<String> = inventory
         .nodes()
-        .filter(|n| n.allocatable(&offer.resource) >= gpus)
-        .filter(|n| model.is_none_or(|m| n.model() == Some(m)))
-        .filter(|n| static_exclusion(n, offer, offers).is_none())
+        .filter(|n| inventory.capacity_for(n, offer) >= gpus)
+        .filter(|n| model.is_none_or(|m| inventory.model_of(n) == Some(m)))
+        .filter(|n| static_exclusion(inventory, n, offer, offers).is_none())
         .map(|n| n.name.clone())
         .collect();
     names.sort();
@@ -89,6 +90,7 @@ pub fn eligible_nodes(
 
 struct Candidate<'a> {
     node: &'a NodeFacts,
+    capacity: u32,
     free: u32,
     reserved: u32,
     advertised: u32,
@@ -104,21 +106,22 @@ pub fn compute(inventory: &Inventory, offer: &OfferFacts, offers: &[OfferFacts])
 
     let mut candidates: Vec<Candidate> = Vec::new();
     for node in inventory.nodes() {
-        match static_exclusion(node, offer, offers) {
+        let capacity = inventory.capacity_for(node, offer);
+        match static_exclusion(inventory, node, offer, offers) {
             None => candidates.push(Candidate {
                 node,
-                free: node
-                    .allocatable(resource)
-                    .saturating_sub(inventory.used(&node.name, resource)),
+                capacity,
+                free: capacity.saturating_sub(inventory.in_use_for(node, offer)),
                 reserved: 0,
                 advertised: 0,
             }),
-            Some(NodeExclusion::OutsideSelector) if node.allocatable(resource) == 0 => {}
+            Some(NodeExclusion::OutsideSelector) if capacity == 0 => {}
             Some(reason) => {
                 if reason == NodeExclusion::ClaimedByOtherOffer {
                     out.overlapping_nodes += 1;
                 }
-                out.nodes.push(row(node, resource, 0, 0, Some(reason)));
+                out.nodes
+                    .push(row(inventory, node, capacity, 0, 0, Some(reason)));
             }
         }
     }
@@ -184,7 +187,7 @@ pub fn compute(inventory: &Inventory, offer: &OfferFacts, offers: &[OfferFacts])
     for c in &candidates {
         out.advertised += c.advertised;
         out.largest_block = out.largest_block.max(c.advertised);
-        let model_name = c.node.model().unwrap_or("unknown").to_string();
+        let model_name = inventory.model_of(c.node).unwrap_or("unknown").to_string();
         let model = models
             .entry(model_name.clone())
             .or_insert_with(|| ModelCapacity {
@@ -205,8 +208,14 @@ pub fn compute(inventory: &Inventory, offer: &OfferFacts, offers: &[OfferFacts])
         } else {
             Some(NodeExclusion::CapReached)
         };
-        out.nodes
-            .push(row(c.node, resource, c.free, c.advertised, reason));
+        out.nodes.push(row(
+            inventory,
+            c.node,
+            c.capacity,
+            c.free,
+            c.advertised,
+            reason,
+        ));
     }
     out.models = models.into_values().collect();
     // Contributing nodes first (most advertised first), then the others by reason; name breaks ties.
@@ -253,16 +262,17 @@ fn place_holds(candidates: &mut [Candidate], mut holds: Vec<u32>) {
 }
 
 fn row(
+    inventory: &Inventory,
     node: &NodeFacts,
-    resource: &str,
+    capacity: u32,
     free: u32,
     advertised: u32,
     reason: Option<NodeExclusion>,
 ) -> NodeCapacity {
     NodeCapacity {
         name: node.name.clone(),
-        model: node.model().map(str::to_string),
-        allocatable: node.allocatable(resource),
+        model: inventory.model_of(node).map(str::to_string),
+        allocatable: capacity,
         free,
         advertised,
         reason,

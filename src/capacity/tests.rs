@@ -33,6 +33,7 @@ fn offer(name: &str, created: i64) -> OfferFacts {
         age_rank: (created, name.into()),
         selector: Ok(Selector::from_iter([("pool", "gpu")])),
         resource: GPU.into(),
+        driver: None,
         max_gpus: 1000,
         reserve_gpus: 0,
         paused: false,
@@ -547,5 +548,129 @@ proptest! {
                 prop_assert!(seen.insert(n.name.clone()), "{} advertised twice", n.name);
             }
         }
+    }
+}
+
+mod dynamic_resources {
+    use super::*;
+    use crate::capacity::dra::{DeviceFacts, DeviceRef, SliceFacts, dra_resource};
+
+    const DRIVER: &str = "gpu.example.com";
+
+    fn dra_offer() -> OfferFacts {
+        OfferFacts {
+            resource: dra_resource("gpu.example.com"),
+            driver: Some(DRIVER.into()),
+            ..offer("dra", 1)
+        }
+    }
+
+    /// A node with no extended resource, its GPUs published by the DRA driver instead.
+    fn dra_node(name: &str) -> NodeFacts {
+        NodeFacts {
+            allocatable: BTreeMap::new(),
+            labels: BTreeMap::from([("pool".to_string(), "gpu".to_string())]),
+            ..node(name, "", 0)
+        }
+    }
+
+    fn slice(node: &str, driver: &str, devices: usize) -> SliceFacts {
+        SliceFacts {
+            name: format!("{node}-{driver}"),
+            node: node.into(),
+            driver: driver.into(),
+            pool: node.into(),
+            devices: (0..devices)
+                .map(|i| DeviceFacts {
+                    name: format!("gpu-{i}"),
+                    attributes: BTreeMap::from([(
+                        "productName".to_string(),
+                        "NVIDIA H200".to_string(),
+                    )]),
+                })
+                .collect(),
+        }
+    }
+
+    fn allocated(pool: &str, devices: &[usize]) -> Vec<DeviceRef> {
+        devices
+            .iter()
+            .map(|i| DeviceRef {
+                driver: DRIVER.into(),
+                pool: pool.into(),
+                device: format!("gpu-{i}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn free_devices_are_published_minus_allocated_per_node() {
+        let mut inv = inventory(vec![dra_node("d1"), dra_node("d2")], vec![]);
+        // A claim seen before its slice: counted once the slice names its pool's node.
+        assert!(
+            inv.upsert_claim("ns/early", allocated("d1", &[0]))
+                .is_empty()
+        );
+        inv.upsert_slice("d1-gpu", Some(slice("d1", DRIVER, 4)));
+        inv.upsert_slice("d2-gpu", Some(slice("d2", DRIVER, 8)));
+        // Another driver's devices are not this offer's.
+        inv.upsert_slice("d2-nic", Some(slice("d2", "nic.example.com", 2)));
+        assert_eq!(
+            inv.upsert_claim("ns/a", allocated("d2", &[0, 1, 2])),
+            vec!["d2".to_string()]
+        );
+        let o = dra_offer();
+        let cap = compute(&inv, &o, std::slice::from_ref(&o));
+        assert_eq!((cap.idle, cap.advertised, cap.largest_block), (3 + 5, 8, 5));
+        let d2 = cap.nodes.iter().find(|n| n.name == "d2").unwrap();
+        assert_eq!((d2.allocatable, d2.free), (8, 5));
+        assert_eq!(
+            d2.model.as_deref(),
+            Some("NVIDIA H200"),
+            "model from the devices"
+        );
+        assert_eq!(cap.models[0].model, "NVIDIA H200");
+
+        // Released claims give devices back; a deleted slice takes its node's devices away.
+        inv.upsert_claim("ns/a", vec![]);
+        inv.upsert_slice("d1-gpu", None);
+        let cap = compute(&inv, &o, std::slice::from_ref(&o));
+        assert_eq!(cap.idle, 8);
+        assert_eq!(reason_of(&cap, "d1"), Some(NodeExclusion::NoGpus));
+        assert_eq!(
+            eligible_nodes(&inv, &o, std::slice::from_ref(&o), 8, None),
+            vec!["d2"]
+        );
+        assert_eq!(
+            eligible_nodes(&inv, &o, std::slice::from_ref(&o), 8, Some("NVIDIA H200")),
+            vec!["d2"]
+        );
+        assert!(eligible_nodes(&inv, &o, std::slice::from_ref(&o), 9, None).is_empty());
+    }
+
+    #[test]
+    fn extended_resource_offers_ignore_dra_devices_and_the_reverse() {
+        let mut inv = inventory(vec![node("h1", "H100", 8)], vec![pod_on("h1", GPU, 2)]);
+        inv.upsert_slice("h1-gpu", Some(slice("h1", DRIVER, 4)));
+        inv.upsert_claim("ns/a", allocated("h1", &[0]));
+        let plain = offer("plain", 0);
+        let dra = dra_offer();
+        let both = [plain.clone(), dra.clone()];
+        assert_eq!(compute(&inv, &plain, &both).idle, 6);
+        // Different resources: the same node is not an overlap.
+        assert_eq!(compute(&inv, &dra, &both).idle, 3);
+    }
+
+    #[test]
+    fn a_relist_replaces_slices_and_claims_whole() {
+        let mut inv = inventory(vec![dra_node("d1")], vec![]);
+        inv.upsert_slice("old", Some(slice("d1", DRIVER, 2)));
+        inv.replace_slices([slice("d1", DRIVER, 6)]);
+        inv.replace_claims([
+            ("ns/a".to_string(), allocated("d1", &[0, 1])),
+            ("ns/pending".to_string(), vec![]),
+        ]);
+        let o = dra_offer();
+        assert_eq!(compute(&inv, &o, std::slice::from_ref(&o)).idle, 4);
     }
 }

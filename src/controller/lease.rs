@@ -31,6 +31,7 @@ use crate::crd::{
 use crate::identity::{generate_key, issue_lease_certificate, public_key_base58};
 use crate::lifecycle::{self, Observation, PodObservation};
 use crate::workload::{self, LeaseBox, LeaseIdentity, POD_NAME, namespace_for, spec_hash_of};
+use k8s_openapi::api::resource::v1::ResourceClaim;
 
 pub const FINALIZER: &str = "gpubridge.dev/lease-cleanup";
 
@@ -240,6 +241,13 @@ async fn ensure_box(
     if secrets.get_opt(workload::IDENTITY_SECRET).await?.is_none() {
         let identity = lease_identity(ctx, lease);
         create_ignoring_existing(&secrets, &workload::secret(&b, &identity)).await?;
+    }
+    if let Some(claim) = workload::claim(&b) {
+        create_ignoring_existing(
+            &Api::<ResourceClaim>::namespaced(client(), &namespace),
+            &claim,
+        )
+        .await?;
     }
     if eligible.is_empty() {
         // A pod pinned to no node could never run, even once a node frees up: wait instead,

@@ -7,12 +7,14 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceSlice};
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Notify;
 use tracing::warn;
 
+use crate::capacity::dra::{DeviceRef, SliceFacts, allocated_devices};
 use crate::capacity::{Inventory, LeaseFacts, NodeFacts, OfferFacts, PodFacts};
 use crate::crd::{ComputeLease, GpuOffer, LEASE_LABEL};
 use crate::lifecycle::PodObservation;
@@ -186,6 +188,64 @@ pub fn on_lease_event(
     }
 }
 
+/// Applies one ResourceSlice watch event to the inventory.
+pub fn on_slice_event(
+    inventory: &mut Inventory,
+    relist: &mut Option<Vec<SliceFacts>>,
+    event: watcher::Event<ResourceSlice>,
+) -> Touched {
+    match buffer_relist(relist, event, SliceFacts::from_slice) {
+        Change::Buffered => Touched::Nothing,
+        Change::Relisted(slices) => {
+            inventory.replace_slices(slices);
+            Touched::All
+        }
+        Change::Apply(slice) => {
+            let name = slice.name_any();
+            let facts = SliceFacts::from_slice(&slice);
+            let new_node = facts.as_ref().map(|f| f.node.clone());
+            let old_node = inventory.upsert_slice(&name, facts);
+            Touched::Nodes(old_node.into_iter().chain(new_node).collect())
+        }
+        Change::Delete(slice) => match inventory.upsert_slice(&slice.name_any(), None) {
+            Some(node) => Touched::Nodes(vec![node]),
+            None => Touched::Nothing,
+        },
+    }
+}
+
+/// Applies one ResourceClaim watch event to the inventory.
+pub fn on_claim_event(
+    inventory: &mut Inventory,
+    relist: &mut Option<Vec<(String, Vec<DeviceRef>)>>,
+    event: watcher::Event<ResourceClaim>,
+) -> Touched {
+    let key = |c: &ResourceClaim| format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any());
+    match buffer_relist(relist, event, |c| Some((key(c), allocated_devices(c)))) {
+        Change::Buffered => Touched::Nothing,
+        Change::Relisted(claims) => {
+            inventory.replace_claims(claims);
+            Touched::All
+        }
+        Change::Apply(claim) => {
+            let nodes = inventory.upsert_claim(&key(&claim), allocated_devices(&claim));
+            if nodes.is_empty() {
+                Touched::Nothing
+            } else {
+                Touched::Nodes(nodes)
+            }
+        }
+        Change::Delete(claim) => {
+            let nodes = inventory.upsert_claim(&key(&claim), Vec::new());
+            if nodes.is_empty() {
+                Touched::Nothing
+            } else {
+                Touched::Nodes(nodes)
+            }
+        }
+    }
+}
+
 /// Offers waiting to be recomputed. A set, not a queue: however many events arrive before the
 /// offer controller drains it (or while this replica waits to lead, and nothing drains it), it
 /// holds each offer at most once.
@@ -274,36 +334,69 @@ pub struct Synced {
     nodes: Arc<AtomicBool>,
     pods: Arc<AtomicBool>,
     leases: Arc<AtomicBool>,
+    slices: Arc<AtomicBool>,
+    claims: Arc<AtomicBool>,
 }
 
 impl Synced {
     pub fn all(&self) -> bool {
-        [&self.nodes, &self.pods, &self.leases]
-            .iter()
-            .all(|f| f.load(Ordering::Relaxed))
+        [
+            &self.nodes,
+            &self.pods,
+            &self.leases,
+            &self.slices,
+            &self.claims,
+        ]
+        .iter()
+        .all(|f| f.load(Ordering::Relaxed))
     }
 }
 
-/// Runs the three watches until the process ends, keeping `inventory` current and sending the
-/// offers each change touches to `triggers`.
+/// Runs the watches until the process ends, keeping `inventory` current and sending the offers
+/// each change touches to `triggers`. Without `dynamic_resources` (a cluster that does not serve
+/// resource.k8s.io/v1), ResourceSlices and ResourceClaims are not watched and count as synced.
 pub async fn run(
     client: Client,
     inventory: Arc<RwLock<Inventory>>,
     offers: Store<GpuOffer>,
     triggers: OfferTriggers,
     synced: Synced,
+    dynamic_resources: bool,
 ) {
     let nodes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default());
     let pods = watcher(
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().fields(POD_FIELD_SELECTOR),
     );
-    let leases = watcher(Api::<ComputeLease>::all(client), watcher::Config::default());
+    let leases = watcher(
+        Api::<ComputeLease>::all(client.clone()),
+        watcher::Config::default(),
+    );
     let shared = || (inventory.clone(), offers.clone(), triggers.clone());
+    let dra = async {
+        if !dynamic_resources {
+            synced.slices.store(true, Ordering::Relaxed);
+            synced.claims.store(true, Ordering::Relaxed);
+            return;
+        }
+        let slices = watcher(
+            Api::<ResourceSlice>::all(client.clone()),
+            watcher::Config::default(),
+        );
+        let claims = watcher(
+            Api::<ResourceClaim>::all(client.clone()),
+            watcher::Config::default(),
+        );
+        tokio::join!(
+            drive(slices, on_slice_event, synced.slices.clone(), shared()),
+            drive(claims, on_claim_event, synced.claims.clone(), shared()),
+        );
+    };
     tokio::join!(
         drive(nodes, on_node_event, synced.nodes.clone(), shared()),
         drive(pods, on_pod_event, synced.pods.clone(), shared()),
         drive(leases, on_lease_event, synced.leases.clone(), shared()),
+        dra,
     );
 }
 
@@ -383,6 +476,7 @@ status: {{phase: Running}}
                 pool.to_string(),
             )])),
             resource: "nvidia.com/gpu".into(),
+            driver: None,
             max_gpus: 100,
             reserve_gpus: 0,
             paused: false,

@@ -45,8 +45,11 @@ pub struct ComputeLeaseSpec {
     /// GPUs leased, all on one node.
     #[schemars(range(min = 1, max = 64))]
     pub gpus: u32,
-    /// Extended resource the GPUs are counted in; the offer's resourceName.
-    #[schemars(regex(pattern = r"^nvidia\.com/(gpu|mig-[1-7]g\.[0-9]+gb(\.[a-z0-9]+)?)$"))]
+    /// Resource the GPUs are counted in: the offer's extended resourceName, or
+    /// "<deviceClassName>.deviceclass.resource.k8s.io/devices" for an offer of DRA devices.
+    #[schemars(regex(
+        pattern = r"^(nvidia\.com/(gpu|mig-[1-7]g\.[0-9]+gb(\.[a-z0-9]+)?)|[a-z0-9]([a-z0-9.-]{0,200}[a-z0-9])?\.deviceclass\.resource\.k8s\.io/devices)$"
+    ))]
     pub resource_name: String,
     /// GPU model the buyer asked for, when it asked for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -76,6 +76,34 @@ pub struct GpuOfferSpec {
     /// When true, nothing is advertised and no new lease is taken; running leases go on.
     #[serde(default)]
     pub paused: bool,
+    /// Sell devices a Dynamic Resource Allocation driver publishes in ResourceSlices instead of
+    /// the extended resource: lease pods then claim their GPUs through one ResourceClaim that the
+    /// workload and the sidecars share, so the sidecars see exactly the lease's GPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic_resources: Option<DynamicResources>,
+}
+
+impl GpuOfferSpec {
+    /// What this offer's GPUs are counted in, and what its leases record as their resource.
+    pub fn sold_resource(&self) -> String {
+        match &self.dynamic_resources {
+            Some(d) => crate::capacity::dra::dra_resource(&d.device_class_name),
+            None => self.resource_name.clone(),
+        }
+    }
+}
+
+/// Where the devices of an offer of DRA devices come from.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DynamicResources {
+    /// DeviceClass lease pods claim their GPUs from.
+    #[schemars(regex(pattern = r"^[a-z0-9]([a-z0-9.-]{0,200}[a-z0-9])?$"))]
+    pub device_class_name: String,
+    /// Driver that publishes the class's devices in ResourceSlices: devices of this driver on a
+    /// selected node are its GPUs.
+    #[schemars(regex(pattern = r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"))]
+    pub driver: String,
 }
 
 fn default_resource_name() -> String {
@@ -206,7 +234,8 @@ fn is_zero(n: &u32) -> bool {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelCapacity {
-    /// GPU product name from the node label nvidia.com/gpu.product.
+    /// GPU product name: the node label nvidia.com/gpu.product, or the productName attribute of
+    /// the node's DRA devices.
     pub model: String,
     /// GPUs of this model free now.
     pub idle_gpus: u32,
@@ -222,7 +251,7 @@ pub struct ModelCapacity {
 pub struct NodeCapacity {
     /// Node name.
     pub name: String,
-    /// GPU product name, when the node is labelled with one.
+    /// GPU product name, when the node is labelled with one or its DRA devices name one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// Allocatable GPUs of the offer's resource.

@@ -105,7 +105,7 @@ pub fn lease_spec(verified: &VerifiedLease, offer: &GpuOfferSpec) -> ComputeLeas
         offer_name: lease.offer_name.clone(),
         buyer_public_key: public_key_base58(&verified.buyer),
         gpus: lease.gpus,
-        resource_name: offer.resource_name.clone(),
+        resource_name: offer.sold_resource(),
         gpu_model: (!order.model.is_empty()).then(|| order.model.clone()),
         duration_seconds: lease.duration_seconds,
         price: Price {

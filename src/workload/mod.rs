@@ -1,14 +1,17 @@
 //! Builders of everything a lease runs in (DESIGN §3 step 3). Pure: they never touch the API.
 //!
 //! A lease gets its own namespace, and in it a default-deny NetworkPolicy, a ResourceQuota and a
-//! LimitRange that keep it to what it bought, a Secret with its own key and certificate, and one
-//! Pod: the buyer's container plus the meter and attest native sidecars.
+//! LimitRange that keep it to what it bought, a Secret with its own key and certificate, for an
+//! offer of DRA devices a ResourceClaim, and one Pod: the buyer's container plus the meter and
+//! attest native sidecars.
 
+mod claim;
 mod namespace;
 mod pod;
 mod policy;
 mod secret;
 
+pub use claim::{CLAIM_NAME, claim};
 pub use namespace::namespace;
 pub use pod::{ATTEST_CONTAINER, METER_CONTAINER, POD_NAME, WORKLOAD_CONTAINER, pod};
 pub use policy::{

@@ -4,14 +4,16 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, NodeAffinity,
-    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSecurityContext, PodSpec,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Toleration, Volume,
-    VolumeMount,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodResourceClaim,
+    PodSecurityContext, PodSpec, ResourceClaim, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
+use super::claim::CLAIM_NAME;
 use super::secret::IDENTITY_SECRET;
 use super::{LeaseBox, stamped};
+use crate::capacity::dra::device_class_of;
 use crate::crd::PodSecurityLevel;
 
 pub const POD_NAME: &str = "workload";
@@ -116,6 +118,13 @@ pub fn pod(b: &LeaseBox) -> Pod {
                 ),
             ]),
             containers: vec![workload_container(b)],
+            resource_claims: claims(b).map(|_| {
+                vec![PodResourceClaim {
+                    name: CLAIM_NAME.to_string(),
+                    resource_claim_name: Some(CLAIM_NAME.to_string()),
+                    resource_claim_template_name: None,
+                }]
+            }),
             volumes: Some(vec![
                 Volume {
                     name: "identity".to_string(),
@@ -141,16 +150,28 @@ pub fn pod(b: &LeaseBox) -> Pod {
     })
 }
 
+/// The claim every container of a DRA lease references; none for an extended resource.
+fn claims(b: &LeaseBox) -> Option<Vec<ResourceClaim>> {
+    device_class_of(&b.spec.resource_name).map(|_| {
+        vec![ResourceClaim {
+            name: CLAIM_NAME.to_string(),
+            request: None,
+        }]
+    })
+}
+
 fn workload_container(b: &LeaseBox) -> Container {
     let w = &b.spec.workload;
-    let resources = BTreeMap::from([
+    let mut resources = BTreeMap::from([
         ("cpu".to_string(), Quantity(w.cpu.clone())),
         ("memory".to_string(), Quantity(w.memory.clone())),
-        (
+    ]);
+    if device_class_of(&b.spec.resource_name).is_none() {
+        resources.insert(
             b.spec.resource_name.clone(),
             Quantity(b.spec.gpus.to_string()),
-        ),
-    ]);
+        );
+    }
     let mut env: Vec<EnvVar> = w
         .env
         .iter()
@@ -187,7 +208,7 @@ fn workload_container(b: &LeaseBox) -> Container {
         resources: Some(ResourceRequirements {
             requests: Some(resources.clone()),
             limits: Some(resources),
-            ..Default::default()
+            claims: claims(b),
         }),
         security_context: Some(confined(false)),
         ..Default::default()
@@ -227,10 +248,11 @@ fn sidecar(
             field_env("GPUBRIDGE_POD_UID", "metadata.uid"),
             field_env("GPUBRIDGE_NODE_NAME", "spec.nodeName"),
         ]),
+        // With DRA the sidecars share the lease's claim: NVML in them sees its GPUs, no others.
         resources: Some(ResourceRequirements {
             requests: Some(resources.clone()),
             limits: Some(resources),
-            ..Default::default()
+            claims: claims(b),
         }),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),

@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{LeaseBox, OPERATOR_POD_LABELS, stamped};
+use crate::capacity::dra::device_class_of;
 use crate::crd::EgressPolicy;
 
 /// IPv4 ranges lease pods never reach: private (RFC 1918), carrier-grade NAT, loopback,
@@ -127,7 +128,11 @@ pub fn resource_quota(b: &LeaseBox) -> ResourceQuota {
     let hard = BTreeMap::from([
         ("pods".to_string(), q("1")),
         (
-            format!("requests.{}", b.spec.resource_name),
+            // DRA device counts are quota'd under their own name; extended resources as requests.
+            match device_class_of(&b.spec.resource_name) {
+                Some(_) => b.spec.resource_name.clone(),
+                None => format!("requests.{}", b.spec.resource_name),
+            },
             q(&b.spec.gpus.to_string()),
         ),
         ("services".to_string(), q("0")),

@@ -87,6 +87,83 @@ fn golden_objects() {
         golden("resource-quota", &resource_quota(b));
         golden("limit-range", &limit_range(b));
         golden("pod", &pod(b));
+        assert!(
+            claim(b).is_none(),
+            "an extended-resource lease claims nothing"
+        );
+    });
+    let dra = ComputeLeaseSpec {
+        resource_name: "gpu.example.com.deviceclass.resource.k8s.io/devices".into(),
+        ..l
+    };
+    with_box(&o, &dra, |b| {
+        golden("dra-resource-claim", &claim(b).unwrap());
+        golden("dra-pod", &pod(b));
+    });
+}
+
+#[test]
+fn a_dra_lease_shares_one_claim_between_the_workload_and_both_sidecars() {
+    let o = offer();
+    let l = ComputeLeaseSpec {
+        resource_name: "gpu.example.com.deviceclass.resource.k8s.io/devices".into(),
+        ..lease()
+    };
+    with_box(&o, &l, |b| {
+        let claim = claim(b).unwrap();
+        assert_eq!(claim.metadata.name.as_deref(), Some(CLAIM_NAME));
+        assert_eq!(claim.metadata.namespace.as_deref(), Some("lease-l-01hzx4"));
+        let request = &claim
+            .spec
+            .as_ref()
+            .unwrap()
+            .devices
+            .as_ref()
+            .unwrap()
+            .requests
+            .as_ref()
+            .unwrap()[0];
+        let exactly = request.exactly.as_ref().unwrap();
+        assert_eq!(exactly.device_class_name, "gpu.example.com");
+        assert_eq!(exactly.count, Some(i64::from(l.gpus)));
+        assert_eq!(exactly.allocation_mode.as_deref(), Some("ExactCount"));
+
+        let spec = pod(b).spec.unwrap();
+        let pod_claims = spec.resource_claims.unwrap();
+        assert_eq!(pod_claims.len(), 1);
+        assert_eq!(
+            pod_claims[0].resource_claim_name.as_deref(),
+            Some(CLAIM_NAME)
+        );
+        let containers: Vec<_> = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .collect();
+        assert_eq!(containers.len(), 3);
+        for c in containers {
+            let r = c.resources.as_ref().unwrap();
+            assert_eq!(r.claims.as_ref().unwrap()[0].name, CLAIM_NAME, "{}", c.name);
+            assert!(
+                r.limits
+                    .as_ref()
+                    .unwrap()
+                    .keys()
+                    .all(|k| k == "cpu" || k == "memory"),
+                "{}: no extended resource",
+                c.name
+            );
+        }
+        let hard = resource_quota(b).spec.unwrap().hard.unwrap();
+        assert_eq!(
+            hard["gpu.example.com.deviceclass.resource.k8s.io/devices"].0,
+            l.gpus.to_string()
+        );
+        assert!(
+            !hard
+                .keys()
+                .any(|k| k.starts_with("requests.gpu.example.com"))
+        );
     });
 }
 
