@@ -44,11 +44,11 @@ fmt:
 crds:
 	$(CARGO) run --locked --quiet -- crdgen --out-dir crds
 
-## bench: criterion benchmarks (capacity, network matching), then intake latency on the e2e
-## control plane (release build); figures print to the terminal.
+## bench: criterion benchmarks (capacity, network matching, receipts), then intake latency and
+## the meter's footprint on the e2e control plane (release build); figures print to the terminal.
 bench:
 	$(CARGO) bench --locked --bench capacity --bench network
 	bash e2e/cluster.sh up
 	GPUBRIDGE_E2E_REQUIRED=1 $(CARGO) test --locked --release --features e2e --test e2e -- \
-	  --ignored --nocapture intake_latency_benchmark; \
+	  --ignored --nocapture --test-threads=1 benchmark; \
 	  status=$$?; bash e2e/cluster.sh down; exit $$status

@@ -90,10 +90,9 @@ fn matching(c: &mut Criterion) {
     group.finish();
 }
 
-/// One order end to end through the store: signature check, validation, matching against 100
-/// offers, escrow hold, lease signing, and a durable commit.
-fn store_submit(c: &mut Criterion) {
-    let dir = std::env::temp_dir().join(format!("gpubridge-bench-{}", std::process::id()));
+/// A fresh store in a temporary folder, and the time its requests are stamped with.
+fn open_store(name: &str) -> (std::path::PathBuf, Store, i64) {
+    let dir = std::env::temp_dir().join(format!("gpubridge-bench-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let store = Store::open(
         &dir.join("network.redb"),
@@ -101,46 +100,63 @@ fn store_submit(c: &mut Criterion) {
         HubSettings::default(),
     )
     .unwrap();
-    let now = jiff::Timestamp::now().as_second();
-    for i in 0..100 {
-        let provider = generate_key();
-        let register = gpubridge::network::proto::RegisterBody {
-            header: None,
-            name: format!("p{i}"),
-            region: String::new(),
-        };
-        store
-            .register(&seal(&provider, domain::REGISTER, register, now), now)
-            .unwrap();
-        let offer = OfferBody {
-            header: None,
-            offer_name: "gpus".into(),
-            model: "NVIDIA-H100-80GB-HBM3".into(),
-            resource_name: "nvidia.com/gpu".into(),
-            free_blocks: vec![1024; 8],
-            price_per_gpu_hour: (UNIT + i as u128).to_string(),
-            denomination: "USDC".into(),
-            min_duration_seconds: 60,
-            max_duration_seconds: 86_400,
-            max_gpus_per_lease: 8,
-            allowed_registries: vec!["ghcr.io".into()],
-            region: String::new(),
-            attributes: vec![],
-            expires_at: now + 3000,
-        };
-        store
-            .publish(&seal(&provider, domain::OFFER, offer, now), now)
-            .unwrap();
-    }
+    (dir, store, jiff::Timestamp::now().as_second())
+}
+
+/// A registered provider with one offer of 8 blocks of 1024 H100s, priced `i` atto above one unit.
+fn provider_with_offer(store: &Store, i: usize, now: i64) -> ed25519_dalek::SigningKey {
+    let provider = generate_key();
+    let register = gpubridge::network::proto::RegisterBody {
+        header: None,
+        name: format!("p{i}"),
+        region: String::new(),
+    };
+    store
+        .register(&seal(&provider, domain::REGISTER, register, now), now)
+        .unwrap();
+    let offer = OfferBody {
+        header: None,
+        offer_name: "gpus".into(),
+        model: "NVIDIA-H100-80GB-HBM3".into(),
+        resource_name: "nvidia.com/gpu".into(),
+        free_blocks: vec![1024; 8],
+        price_per_gpu_hour: (UNIT + i as u128).to_string(),
+        denomination: "USDC".into(),
+        min_duration_seconds: 60,
+        max_duration_seconds: 86_400,
+        max_gpus_per_lease: 8,
+        allowed_registries: vec!["ghcr.io".into()],
+        region: String::new(),
+        attributes: vec![],
+        expires_at: now + 3000,
+    };
+    store
+        .publish(&seal(&provider, domain::OFFER, offer, now), now)
+        .unwrap();
+    provider
+}
+
+fn funded_buyer(store: &Store, amount: u128, now: i64) -> ed25519_dalek::SigningKey {
     let buyer = generate_key();
     let deposit = gpubridge::network::proto::DepositBody {
         header: None,
-        amount: (u64::MAX as u128 * UNIT).to_string(),
+        amount: amount.to_string(),
         denomination: "USDC".into(),
     };
     store
         .deposit(&seal(&buyer, domain::DEPOSIT, deposit, now), now)
         .unwrap();
+    buyer
+}
+
+/// One order end to end through the store: signature check, validation, matching against 100
+/// offers, escrow hold, lease signing, and a durable commit.
+fn store_submit(c: &mut Criterion) {
+    let (dir, store, now) = open_store("orders");
+    for i in 0..100 {
+        provider_with_offer(&store, i, now);
+    }
+    let buyer = funded_buyer(&store, u64::MAX as u128 * UNIT, now);
     let mut group = c.benchmark_group("network_node");
     group.throughput(Throughput::Elements(1));
     group.sample_size(30);
@@ -213,51 +229,9 @@ fn receipt_verification(c: &mut Criterion) {
 /// signature and chain link, a ledger posting per receipt, one durable commit per batch.
 fn store_receipts(c: &mut Criterion) {
     const BATCH: usize = 64;
-    let dir = std::env::temp_dir().join(format!("gpubridge-bench-receipts-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = Store::open(
-        &dir.join("network.redb"),
-        generate_key(),
-        HubSettings::default(),
-    )
-    .unwrap();
-    let now = jiff::Timestamp::now().as_second();
-    let (provider, buyer) = (generate_key(), generate_key());
-    let register = gpubridge::network::proto::RegisterBody {
-        header: None,
-        name: "p".into(),
-        region: String::new(),
-    };
-    store
-        .register(&seal(&provider, domain::REGISTER, register, now), now)
-        .unwrap();
-    let offer = OfferBody {
-        header: None,
-        offer_name: "gpus".into(),
-        model: "NVIDIA-H100-80GB-HBM3".into(),
-        resource_name: "nvidia.com/gpu".into(),
-        free_blocks: vec![8],
-        price_per_gpu_hour: UNIT.to_string(),
-        denomination: "USDC".into(),
-        min_duration_seconds: 60,
-        max_duration_seconds: 86_400,
-        max_gpus_per_lease: 8,
-        allowed_registries: vec!["ghcr.io".into()],
-        region: String::new(),
-        attributes: vec![],
-        expires_at: now + 3000,
-    };
-    store
-        .publish(&seal(&provider, domain::OFFER, offer, now), now)
-        .unwrap();
-    let deposit = gpubridge::network::proto::DepositBody {
-        header: None,
-        amount: (1_000_000 * UNIT).to_string(),
-        denomination: "USDC".into(),
-    };
-    store
-        .deposit(&seal(&buyer, domain::DEPOSIT, deposit, now), now)
-        .unwrap();
+    let (dir, store, now) = open_store("receipts");
+    let provider = provider_with_offer(&store, 0, now);
+    let buyer = funded_buyer(&store, 1_000_000 * UNIT, now);
     let order = OrderBody {
         duration_seconds: 86_400,
         ..order_body()

@@ -216,7 +216,7 @@ async fn an_order_is_matched_leased_and_settled_exactly() {
         .await
         .unwrap();
     assert_eq!(late.accepted_through, 3);
-    assert_eq!(late.rejection.unwrap().kind, "BadWindow");
+    assert_eq!(late.rejection.unwrap().kind, "LeaseClosed");
     let balance = buyer.balance().await.unwrap();
     assert_eq!(available(&balance, "available"), 100 * UNIT - expected);
     assert_eq!(available(&balance, "held"), 0);

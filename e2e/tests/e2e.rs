@@ -3,6 +3,7 @@
 //! owner references and garbage collection, the scheduler's GPU fit and preemption are all the
 //! real ones. Run with `make e2e`, which brings the cluster up and down.
 
+mod dra;
 mod network;
 mod sidecars;
 mod support;

@@ -8,15 +8,16 @@ use std::time::Duration;
 
 use gpubridge::crd::{ComputeLease, LeasePhase, NODE_ANNOTATION};
 use gpubridge::identity::generate_key;
+use gpubridge::metering::log::ReceiptLog;
+use gpubridge::network::client::NetworkClient;
 use gpubridge::network::proto::{EnvVar, OrderBody, OrderState, OrderView, Workload};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, ResourceExt};
 
-use crate::sidecars::{Sidecars, footprint};
-use crate::support::{NetworkNode, Operator, apply_yaml, cluster, eventually};
+use crate::sidecars::{Sidecars, footprint, status_kib};
+use crate::support::{Cluster, NetworkNode, Operator, apply_yaml, cluster, eventually, http_get};
 use crate::{SECOND, delete_lease, install_crds, offer_status, wait_phase, workstation_offer};
-use gpubridge::metering::log::ReceiptLog;
 
 const UNIT: u128 = 1_000_000_000_000_000_000;
 
@@ -62,6 +63,29 @@ async fn wait_published(buyer: &gpubridge::network::client::NetworkClient, offer
     .await;
 }
 
+/// A network node, an operator connected to it with the workstation offer published, and a
+/// buyer's order for its RTX 4090 for `seconds`, matched.
+async fn workstation_lease(
+    c: &Cluster,
+    name: &str,
+    seconds: u64,
+) -> (NetworkNode, Operator, NetworkClient, OrderView) {
+    install_crds(&c.client).await;
+    let network = NetworkNode::start(name);
+    let operator = Operator::start_with(c, name, &network.operator_flags());
+    apply_yaml(&c.client, &workstation_offer()).await;
+    operator.wait_ready().await;
+    let buyer = network.client(generate_key()).await;
+    wait_published(&buyer, "rtx-workstation", 2).await;
+    buyer.deposit(10 * UNIT, "USDC").await.unwrap();
+    let placed = buyer
+        .submit(order(1, "NVIDIA-GeForce-RTX-4090", seconds, 12 * UNIT / 10))
+        .await
+        .unwrap();
+    assert_eq!(placed.state(), OrderState::Matched, "{}", placed.reason);
+    (network, operator, buyer, placed)
+}
+
 /// Some moment in `0..max_ms` milliseconds, from the OS's randomness: crashes land at a
 /// different point of the meter's cycle on each run.
 fn random_ms(max_ms: u64) -> Duration {
@@ -74,20 +98,8 @@ async fn a_metered_lease_survives_crashes_of_everything_and_settles_exactly() {
     let Some(c) = cluster("network-lease").await else {
         return;
     };
-    install_crds(&c.client).await;
-    let mut network = NetworkNode::start("lease");
-    let mut operator = Operator::start_with(&c, "network-lease", &network.operator_flags());
-    apply_yaml(&c.client, &workstation_offer()).await;
-    operator.wait_ready().await;
-
-    let buyer = network.client(generate_key()).await;
-    wait_published(&buyer, "rtx-workstation", 2).await;
-    buyer.deposit(10 * UNIT, "USDC").await.unwrap();
-    let placed = buyer
-        .submit(order(1, "NVIDIA-GeForce-RTX-4090", 90, 12 * UNIT / 10))
-        .await
-        .unwrap();
-    assert_eq!(placed.state(), OrderState::Matched, "{}", placed.reason);
+    let (mut network, mut operator, buyer, placed) =
+        workstation_lease(&c, "network-lease", 90).await;
     let lease_id = placed.lease_id.clone();
     // Intake verified it and created the ComputeLease named after the lease id, pinned to a node.
     let running = wait_phase(&c.client, &lease_id, LeasePhase::Running, 60 * SECOND).await;
@@ -99,7 +111,7 @@ async fn a_metered_lease_survives_crashes_of_everything_and_settles_exactly() {
         Some("gpu-4090-0")
     );
     assert!(running.spec.signed_order.is_some());
-    let mut sidecars = Sidecars::start(&c.client, &lease_id).await;
+    let mut sidecars = Sidecars::start(&c.client, &lease_id, 1).await;
     let leases: Api<ComputeLease> = Api::all(c.client.clone());
     let usage = |lease: &ComputeLease| lease.status.as_ref().and_then(|s| s.usage.clone());
     eventually("receipts to be settled", 20 * SECOND, || async {
@@ -110,16 +122,6 @@ async fn a_metered_lease_survives_crashes_of_everything_and_settles_exactly() {
         }
     })
     .await;
-    // The meter's footprint over ten seconds at 1 Hz sampling, a receipt a second.
-    let meter_pid = sidecars.meter_pid().unwrap();
-    let (_, ticks_before) = footprint(meter_pid).unwrap();
-    tokio::time::sleep(10 * SECOND).await;
-    let (rss, ticks_after) = footprint(meter_pid).unwrap();
-    println!(
-        "meter footprint: RSS {rss} KiB, CPU {:.2} % of a core over 10 s",
-        // Clock ticks are 1/100 s: ticks / (10 s × 100) × 100 %.
-        (ticks_after - ticks_before) as f64 / 10.0
-    );
 
     // Crashes at random moments: the meter, the network node, the operator, the meter again.
     tokio::time::sleep(random_ms(3_000)).await;
@@ -798,4 +800,52 @@ async fn the_session_refuses_a_wrong_network_key_withdraws_paused_offers_and_rec
         },
     )
     .await;
+}
+
+#[tokio::test]
+#[ignore = "a benchmark: `make bench` runs it on the e2e control plane"]
+async fn meter_footprint_benchmark() {
+    let Some(c) = cluster("meter-footprint").await else {
+        return;
+    };
+    let (_network, operator, _buyer, placed) = workstation_lease(&c, "footprint", 600).await;
+    wait_phase(
+        &c.client,
+        &placed.lease_id,
+        LeasePhase::Running,
+        60 * SECOND,
+    )
+    .await;
+    // The meter as it runs in a pod: a sample a second, a receipt every ten seconds.
+    let sidecars = Sidecars::start(&c.client, &placed.lease_id, 10).await;
+    let pid = sidecars.meter_pid().unwrap();
+    tokio::time::sleep(15 * SECOND).await;
+    let (_, ticks_before) = footprint(pid).unwrap();
+    let mut peak_rss = 0;
+    const SECONDS: u64 = 60;
+    for _ in 0..SECONDS / 5 {
+        tokio::time::sleep(5 * SECOND).await;
+        peak_rss = peak_rss.max(footprint(pid).unwrap().0);
+    }
+    let (_, ticks_after) = footprint(pid).unwrap();
+    let receipts = ReceiptLog::read_all(&sidecars.receipts_dir())
+        .unwrap()
+        .len();
+    // Clock ticks are 1/100 s: ticks / (SECONDS × 100) of one core.
+    let cpu = (ticks_after - ticks_before) as f64 / SECONDS as f64;
+    println!(
+        "meter at 1 Hz over {SECONDS} s: peak RSS {peak_rss} KiB ({:.1} MiB; now {} KiB anonymous, {} KiB file-backed), CPU {cpu:.2} % of a core, {receipts} receipts sealed",
+        peak_rss as f64 / 1024.0,
+        status_kib(pid, "RssAnon:").unwrap_or(0),
+        status_kib(pid, "RssFile:").unwrap_or(0),
+    );
+    let metrics = http_get(&format!("{}/metrics", operator.http))
+        .await
+        .unwrap()
+        .1;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gpubridge_receipts_accepted_total "))
+    );
 }

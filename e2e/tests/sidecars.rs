@@ -48,8 +48,9 @@ fn local_args(pod: &Pod, container: &str, dir: &std::path::Path) -> Vec<String> 
 }
 
 impl Sidecars {
-    /// Reads the lease pod and its identity Secret and starts both sidecars.
-    pub async fn start(client: &Client, lease: &str) -> Sidecars {
+    /// Reads the lease pod and its identity Secret and starts both sidecars, the meter sealing a
+    /// receipt every `receipt_seconds`.
+    pub async fn start(client: &Client, lease: &str, receipt_seconds: u64) -> Sidecars {
         let namespace = namespace_for(lease);
         let pod = Api::<Pod>::namespaced(client.clone(), &namespace)
             .get(POD_NAME)
@@ -81,7 +82,10 @@ impl Sidecars {
             args
         };
         let mut meter_args = common(local_args(&pod, METER_CONTAINER, dir.path()));
-        meter_args.extend(["--receipt-seconds=1", "--http-addr=127.0.0.1:0"].map(String::from));
+        meter_args.extend([
+            format!("--receipt-seconds={receipt_seconds}"),
+            "--http-addr=127.0.0.1:0".to_string(),
+        ]);
         let mut attest_args = common(local_args(&pod, ATTEST_CONTAINER, dir.path()));
         attest_args.extend([
             "--poll-seconds=1".to_string(),
@@ -172,16 +176,21 @@ impl Drop for Sidecars {
     }
 }
 
-/// Resident memory (KiB) and CPU time (clock ticks) of a process, from /proc.
-pub fn footprint(pid: u32) -> Option<(u64, u64)> {
+/// A `/proc/<pid>/status` field in KiB.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status
+    status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()
-        .ok()?;
+        .ok()
+}
+
+/// Resident memory (KiB) and CPU time (clock ticks) of a process, from /proc.
+pub fn footprint(pid: u32) -> Option<(u64, u64)> {
+    let rss = status_kib(pid, "VmRSS:")?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;

@@ -119,16 +119,6 @@ impl EvidenceRejection {
             EvidenceRejection::WrongPlacement { .. } => "WrongPlacement",
         }
     }
-
-    pub const KINDS: [&'static str; 7] = [
-        "Malformed",
-        "BadSignature",
-        "WrongLease",
-        "WrongNonce",
-        "ReplayedNonce",
-        "Stale",
-        "WrongPlacement",
-    ];
 }
 
 /// Evidence that verified.

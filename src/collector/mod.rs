@@ -84,9 +84,17 @@ pub struct CollectorService {
     network: Option<NetworkClient>,
     metrics: Metrics,
     status_interval: Duration,
-    /// Per lease: the chain head the network last confirmed (none yet after a restart), and
-    /// when usage was last written. Entries go when the lease's final receipt is in.
-    leases: Mutex<HashMap<String, (Option<ChainHead>, Option<Instant>)>>,
+    /// Per lease id; entries go when the lease's final receipt is in.
+    leases: Mutex<HashMap<String, LeaseProgress>>,
+}
+
+/// What the collector remembers of one lease between requests.
+#[derive(Default)]
+struct LeaseProgress {
+    /// The chain head the network last confirmed; none yet after a restart.
+    confirmed: Option<ChainHead>,
+    /// When its usage was last written into the lease's status.
+    last_written: Option<Instant>,
 }
 
 fn now() -> Timestamp {
@@ -265,7 +273,7 @@ impl CollectorService {
             .lock()
             .expect("collector lock")
             .get(&terms.lease_id)
-            .and_then(|(head, _)| head.clone());
+            .and_then(|p| p.confirmed.clone());
         let mut head = match (known, receipts.first()) {
             (Some(head), _) => head,
             (None, Some(first)) => match Receipt::decode(first.body.as_slice()) {
@@ -352,11 +360,11 @@ impl CollectorService {
             let mut leases = self.leases.lock().expect("collector lock");
             let known = leases
                 .get(lease_id)
-                .and_then(|(head, _)| head.as_ref().map(|h| h.sequence));
+                .and_then(|p| p.confirmed.as_ref().map(|h| h.sequence));
             let entry = leases.entry(lease_id.to_string()).or_default();
             let before = known.unwrap_or(confirmed_in_status);
             if forwarded {
-                entry.0 = Some(ChainHead {
+                entry.confirmed = Some(ChainHead {
                     sequence: reply.accepted_through,
                     hash: reply.head_hash.clone(),
                     window_end_ms: (reply.metered_through_ms > 0)
@@ -366,10 +374,15 @@ impl CollectorService {
             }
             let urgent = reply.final_received || reply.rejection.is_some();
             let due = (forwarded
-                && write_due(entry.1, Instant::now(), self.status_interval, urgent))
+                && write_due(
+                    entry.last_written,
+                    Instant::now(),
+                    self.status_interval,
+                    urgent,
+                ))
                 || reply.rejection.is_some();
             if due {
-                entry.1 = Some(Instant::now());
+                entry.last_written = Some(Instant::now());
             }
             if reply.final_received {
                 leases.remove(lease_id);

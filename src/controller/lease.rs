@@ -524,11 +524,10 @@ fn awaiting_end_report(lease: &ComputeLease, reports_to_network: bool, now: Time
         return false;
     };
     let from_network = lease.spec.signed_order.is_some();
-    let within_grace = status
-        .finished_at
-        .as_ref()
-        .is_none_or(|t| now.duration_since(t.0).unsigned_abs() < END_REPORT_GRACE);
-    reports_to_network && from_network && status.reported_at.is_none() && within_grace
+    reports_to_network
+        && from_network
+        && status.reported_at.is_none()
+        && status.finished_within(now, END_REPORT_GRACE)
 }
 
 /// The pod goes to the node intake promised the GPUs on, while that node can take it; a lease

@@ -408,6 +408,15 @@ pub struct ComputeLeaseStatus {
     pub conditions: Vec<Condition>,
 }
 
+impl ComputeLeaseStatus {
+    /// True until `grace` has passed since the lease finished (and while it has not).
+    pub fn finished_within(&self, now: jiff::Timestamp, grace: std::time::Duration) -> bool {
+        self.finished_at
+            .as_ref()
+            .is_none_or(|t| now.duration_since(t.0).unsigned_abs() < grace)
+    }
+}
+
 impl ComputeLease {
     /// The lease's phase, Pending before any status was written.
     pub fn phase(&self) -> LeasePhase {

@@ -105,3 +105,17 @@ impl GpuSource for NvmlSource {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_machine_without_the_library_gets_a_plain_error_not_a_crash() {
+        let err = NvmlSource::load("libnvidia-ml-absent.so.1").err().unwrap();
+        let text = err.to_string();
+        assert!(matches!(err, GpuError::Unavailable(_)));
+        assert!(text.contains("libnvidia-ml-absent.so.1"), "{text}");
+        assert!(text.contains("no NVIDIA driver"), "{text}");
+    }
+}

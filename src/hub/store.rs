@@ -857,12 +857,9 @@ impl Store {
                         }
                     }
                     Ok(Step::Next { .. }) if lease.state != LeaseState::Accepted => {
-                        rejection = Some(ReceiptRejection::BadWindow {
+                        rejection = Some(ReceiptRejection::LeaseClosed {
                             sequence: lease.chain.sequence + 1,
-                            rule: format!(
-                                "the lease is {} and takes no more receipts",
-                                state_name(lease.state)
-                            ),
+                            state: state_name(lease.state),
                         });
                         break;
                     }

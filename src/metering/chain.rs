@@ -125,6 +125,8 @@ pub enum ReceiptRejection {
     BadWindow { sequence: u64, rule: String },
     #[error("receipt {sequence} follows the final receipt")]
     AfterFinal { sequence: u64 },
+    #[error("receipt {sequence}: the lease is {state} and takes no more receipts")]
+    LeaseClosed { sequence: u64, state: String },
 }
 
 impl ReceiptRejection {
@@ -138,28 +140,19 @@ impl ReceiptRejection {
             ReceiptRejection::Fork { .. } => "Fork",
             ReceiptRejection::BadWindow { .. } => "BadWindow",
             ReceiptRejection::AfterFinal { .. } => "AfterFinal",
+            ReceiptRejection::LeaseClosed { .. } => "LeaseClosed",
         }
     }
 
-    /// Every kind, for metrics that must show zeros.
-    pub const KINDS: [&'static str; 8] = [
-        "Malformed",
-        "BadSignature",
-        "WrongLease",
-        "Gap",
-        "BrokenChain",
-        "Fork",
-        "BadWindow",
-        "AfterFinal",
-    ];
-
+    /// The refused receipt's sequence; 0 when it could not be read.
     pub fn sequence(&self) -> u64 {
         match self {
             ReceiptRejection::Gap { found, .. } => *found,
             ReceiptRejection::BrokenChain { sequence, .. }
             | ReceiptRejection::Fork { sequence }
             | ReceiptRejection::BadWindow { sequence, .. }
-            | ReceiptRejection::AfterFinal { sequence } => *sequence,
+            | ReceiptRejection::AfterFinal { sequence }
+            | ReceiptRejection::LeaseClosed { sequence, .. } => *sequence,
             _ => 0,
         }
     }

@@ -65,6 +65,52 @@ pub fn lease(data: &[u8]) {
     }
 }
 
+/// Bytes as a receipt body and as an evidence body, each signed by the lease key, through the
+/// chain and evidence checks: whatever verifies is the next link and hashes as it says.
+pub fn receipt_and_evidence(data: &[u8]) {
+    use crate::metering::{ChainHead, LeaseTerms, Step, check_next, digest};
+    let sign = |domain: &str| Signed {
+        body: data.to_vec(),
+        signature: crate::identity::sign(&PROVIDER, domain, data)
+            .to_bytes()
+            .to_vec(),
+    };
+    let terms = LeaseTerms {
+        lease_id: "lease-1".into(),
+        gpus: 2,
+        lease_key: PROVIDER.verifying_key(),
+        not_before_ms: 0,
+    };
+    if let Ok(step) = check_next(
+        &terms,
+        &ChainHead::default(),
+        &sign(domain::RECEIPT),
+        i64::MAX / 2,
+    ) {
+        let Step::Next { receipt, hash } = step else {
+            panic!("nothing is earlier than the genesis head");
+        };
+        assert_eq!(receipt.sequence, 1);
+        assert_eq!(hash, digest(data));
+        assert_eq!(
+            receipt.allocated_gpu_millis,
+            2 * (receipt.window_end_ms - receipt.window_start_ms) as u64
+        );
+    }
+    if let Ok(verified) = crate::attestation::verify_evidence(
+        &PROVIDER.verifying_key(),
+        "lease-1",
+        &sign(domain::EVIDENCE),
+        0,
+    ) {
+        assert_eq!(verified.evidence.nonce.len(), 32);
+        assert_eq!(
+            verified.tier,
+            crate::attestation::trust_tier(&verified.evidence)
+        );
+    }
+}
+
 /// Bytes as an offer body and as an order body, through the field rules.
 pub fn bodies(data: &[u8]) {
     if let Ok(offer) = OfferBody::decode(data) {
@@ -107,6 +153,28 @@ mod tests {
             lease(&data);
             bodies(&data);
             amount(&data);
+            receipt_and_evidence(&data);
+        }
+
+        #[test]
+        fn mutated_receipts_never_verify_as_something_else(flips in proptest::collection::vec((0usize..200, any::<u8>()), 1..8)) {
+            let receipt = crate::network::proto::Receipt {
+                lease_id: "lease-1".into(),
+                sequence: 1,
+                previous_hash: vec![0; 32],
+                window_start_ms: 1_000,
+                window_end_ms: 2_000,
+                allocated_gpu_millis: 2_000,
+                gpus: vec![],
+                attribution: crate::network::proto::Attribution::AllocationOnly as i32,
+                r#final: false,
+            };
+            let mut bytes = receipt.encode_to_vec();
+            for (at, value) in flips {
+                let i = at % bytes.len();
+                bytes[i] = value;
+            }
+            receipt_and_evidence(&bytes);
         }
 
         #[test]

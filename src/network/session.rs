@@ -545,11 +545,7 @@ pub fn awaiting_final_receipt(lease: &ComputeLease, now: jiff::Timestamp, grace:
         return false;
     };
     let final_received = status.usage.as_ref().is_some_and(|u| u.final_received);
-    let within_grace = status
-        .finished_at
-        .as_ref()
-        .is_none_or(|t| now.duration_since(t.0).unsigned_abs() < grace);
-    !final_received && within_grace
+    !final_received && status.finished_within(now, grace)
 }
 
 /// The end report of a lease from the network that ended and was not reported yet. Pure.
@@ -587,4 +583,55 @@ pub fn end_report(lease: &ComputeLease) -> Option<LeaseEndBody> {
             .min(lease.spec.duration_seconds)
             .saturating_mul(u64::from(lease.spec.gpus)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use jiff::{Timestamp, ToSpan};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::awaiting_final_receipt;
+    use crate::crd::{ComputeLease, ComputeLeaseStatus, LeasePhase, LeaseUsage};
+
+    #[test]
+    fn an_end_waits_for_the_final_receipt_within_the_grace() {
+        let spec =
+            serde_yaml::from_str(include_str!("../../tests/fixtures/lease-spec.yaml")).unwrap();
+        let mut lease = ComputeLease::new("l", spec);
+        let now = Timestamp::from_second(1_000_000).unwrap();
+        let grace = Duration::from_secs(120);
+        assert!(!awaiting_final_receipt(&lease, now, grace), "no status yet");
+        lease.status = Some(ComputeLeaseStatus {
+            phase: LeasePhase::Expired,
+            finished_at: Some(Time(now - 60.seconds())),
+            ..Default::default()
+        });
+        assert!(
+            awaiting_final_receipt(&lease, now, grace),
+            "no receipt at all yet"
+        );
+        assert!(
+            !awaiting_final_receipt(&lease, now + 60.seconds(), grace),
+            "a meter that never sends one is waited for only the grace"
+        );
+        lease.status.as_mut().unwrap().usage = Some(LeaseUsage {
+            receipts_accepted: 9,
+            ..Default::default()
+        });
+        assert!(awaiting_final_receipt(&lease, now, grace));
+        lease
+            .status
+            .as_mut()
+            .unwrap()
+            .usage
+            .as_mut()
+            .unwrap()
+            .final_received = true;
+        assert!(
+            !awaiting_final_receipt(&lease, now, grace),
+            "the final receipt is in"
+        );
+    }
 }
