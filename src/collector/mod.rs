@@ -88,6 +88,10 @@ pub struct CollectorService {
     leases: Mutex<HashMap<String, LeaseProgress>>,
 }
 
+/// How long the collector remembers a lease it heard nothing from; after that the next request
+/// starts from the network's word again.
+const FORGET_SILENT_LEASE: Duration = Duration::from_secs(3600);
+
 /// What the collector remembers of one lease between requests.
 #[derive(Default)]
 struct LeaseProgress {
@@ -328,7 +332,8 @@ impl CollectorService {
                 .submit_receipts(&lease_id, certificate, receipts[..valid].to_vec())
                 .await?
         } else {
-            // Nothing to forward: ask where the chain stands with an empty-handed answer.
+            // Nothing verified to forward: the answer is the refusal alone, and the meter keeps
+            // its receipts.
             ReceiptsReply::default()
         };
         if let Some(r) = &local_rejection {
@@ -387,6 +392,12 @@ impl CollectorService {
             if reply.final_received {
                 leases.remove(lease_id);
             }
+            // A lease whose meter went silent without a final receipt is forgotten after a
+            // while: the map holds only leases being metered.
+            leases.retain(|_, p| {
+                p.last_written
+                    .is_none_or(|t| t.elapsed() < FORGET_SILENT_LEASE)
+            });
             let newly = if forwarded {
                 reply.accepted_through.saturating_sub(before)
             } else {
