@@ -106,14 +106,16 @@ sidecar=(--lease-id "$LEASE" --identity-dir "$SC/identity" --receipts-dir "$SC/r
 meter_pid=$!
 "$OPERATOR" attest "${sidecar[@]}" --image ghcr.io/acme/render:2 --pod-uid "$POD_UID" --node-name "$NODE" \
   --poll-seconds 2 >"$SC/attest.log" 2>&1 &
-sidecar_pids="$meter_pid $!"
+attest_pid=$!
+sidecar_pids="$meter_pid $attest_pid"
 kubectl wait "computelease/$LEASE" --for=condition=Attested --timeout=30s >/dev/null
 kubectl wait "computelease/$LEASE" --for=condition=Metered --timeout=30s >/dev/null
 kubectl get computelease "$LEASE" -o jsonpath='{"usage: "}{.status.usage}{"\nattestation: "}{.status.attestation}{"\n"}'
 
 step "waiting for the lease to reach its end; the meter's final receipt, the end report, escrow settles"
 kubectl wait "computelease/$LEASE" --for=jsonpath='{.status.phase}'=Expired --timeout=120s >/dev/null
-kill -TERM "$meter_pid" && wait "$meter_pid" || true
+# The pod is stopped: both sidecars get SIGTERM, the meter seals its final receipt.
+kill -TERM "$meter_pid" "$attest_pid" && wait "$meter_pid" "$attest_pid" || true
 kubectl wait "computelease/$LEASE" --for=jsonpath='{.status.usage.finalReceived}'=true --timeout=30s >/dev/null
 for _ in $(seq 1 120); do order status "$(order list -o json | sed -n 's/.*"orderId": "\([a-f0-9]*\)".*/\1/p' | head -1)" | grep -q ended && break; sleep 0.5; done
 kubectl get computeleases -o wide
