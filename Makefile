@@ -3,7 +3,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo build test unit e2e lint fmt crds bench cluster-up cluster-down
+.PHONY: demo build test unit e2e lint fmt crds manifests image-build bench cluster-up cluster-down
 
 ## demo: the main job — a real control plane, the operator, offers, a lease from start to end.
 demo:
@@ -12,8 +12,9 @@ demo:
 build:
 	$(CARGO) build --locked --release --bin gpubridge
 
-## test: everything CI runs: lint, every unit, fixture and mocked-API test, then end to end.
-test: lint unit e2e
+## test: everything CI runs: lint, every unit, fixture and mocked-API test, the image's build
+## stage, then end to end (the chart, its RBAC, admission policy and dashboard included).
+test: lint unit image-build e2e
 
 unit:
 	$(CARGO) test --locked --all-targets
@@ -35,7 +36,7 @@ cluster-down:
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
-	$(CARGO) check --locked --manifest-path fuzz/Cargo.toml --target-dir target/fuzz-check
+	$(CARGO) check --locked --manifest-path fuzz/Cargo.toml --target-dir $${CARGO_TARGET_DIR:-target}/fuzz-check
 
 fmt:
 	$(CARGO) fmt
@@ -43,6 +44,14 @@ fmt:
 ## crds: regenerate crds/ from the Rust types (a test fails when they drift).
 crds:
 	$(CARGO) run --locked --quiet -- crdgen --out-dir crds
+
+## manifests: regenerate manifests/install.yaml from the chart (an e2e test fails when it drifts).
+manifests:
+	bash charts/render-install.sh > manifests/install.yaml
+
+## image-build: the Dockerfile's build stage (there is no container engine here), so it cannot rot.
+image-build:
+	bash packaging/build-release.sh $${CARGO_TARGET_DIR:-target}/image
 
 ## bench: criterion benchmarks (capacity, network matching, receipts), then intake latency and
 ## the meter's footprint on the e2e control plane (release build); figures print to the terminal.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes control plane used by e2e tests from the Go module proxy, and caches
 # it outside git, keyed by version: kube-apiserver, kube-controller-manager, kube-scheduler and
-# kubectl from k8s.io/kubernetes; etcd from go.etcd.io/etcd; kwok and kwokctl; helm.
+# kubectl from k8s.io/kubernetes; etcd from go.etcd.io/etcd; kwok and kwokctl; helm; Prometheus
+# and promtool (for the dashboard and metrics checks).
 # Idempotent: a second run with the same versions only checks the cache.
 set -euo pipefail
 
@@ -9,6 +10,8 @@ K8S_VERSION="${K8S_VERSION:-1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-0.8.0}"
 HELM_VERSION="${HELM_VERSION:-4.3.1}"
+# Prometheus v3.x publishes its Go module as v0.3xx.y.
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-0.316.0}"
 CACHE="${GPUBRIDGE_CACHE:-$HOME/.cache/gpubridge}"
 BIN="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION"
 export GOFLAGS="${GOFLAGS:--mod=mod}" CGO_ENABLED=0
@@ -81,5 +84,21 @@ LDFLAGS="-X sigs.k8s.io/kwok/pkg/consts.Version=v$KWOK_VERSION -X sigs.k8s.io/kw
 LDFLAGS="-X sigs.k8s.io/kwok/pkg/consts.Version=v$KWOK_VERSION -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=v$K8S_VERSION" \
   install_tool kwokctl "sigs.k8s.io/kwok/cmd/kwokctl@v$KWOK_VERSION" kwokctl
 install_tool helm "helm.sh/helm/v${HELM_VERSION%%.*}/cmd/helm@v$HELM_VERSION" helm
+
+# Prometheus in a folder of its own version, linked into $BIN, so that changing it rebuilds only
+# it. remove_all_sd leaves out every service discovery but static targets: nothing is needed.
+prom_bin="$CACHE/bin/prometheus-$PROMETHEUS_VERSION"
+for tool in prometheus promtool; do
+  if [ ! -x "$prom_bin/$tool" ]; then
+    say "$tool: building github.com/prometheus/prometheus/cmd/$tool@v$PROMETHEUS_VERSION"
+    start=$SECONDS
+    GOBIN="$prom_bin" go install -trimpath -tags remove_all_sd -ldflags "-s -w" \
+      "github.com/prometheus/prometheus/cmd/$tool@v$PROMETHEUS_VERSION"
+    say "$tool: built in $((SECONDS - start))s"
+  else
+    say "$tool: cached"
+  fi
+  ln -sfn "$prom_bin/$tool" "$BIN/$tool"
+done
 
 echo "$BIN"

@@ -14,7 +14,7 @@ step "building the control plane (cached after the first run) and the operator"
 BIN=$(bash e2e/cluster.sh bin)
 kubectl() { "$BIN/kubectl" "$@"; }
 cargo build --locked --quiet --bin gpubridge
-OPERATOR=target/debug/gpubridge
+OPERATOR="${CARGO_TARGET_DIR:-target}/debug/gpubridge"
 
 step "starting kube-apiserver, etcd, controller-manager, scheduler and kwok on loopback"
 bash e2e/cluster.sh up
@@ -41,12 +41,21 @@ order() { "$OPERATOR" order "$@"; }
 for _ in $(seq 1 50); do order offers >/dev/null 2>&1 && break; sleep 0.2; done
 echo "network node running (pid $network_pid, key $NETWORK_KEY, log $NET/network.log)"
 
-step "installing the CRDs (server-side apply) and starting the operator"
-"$OPERATOR" crdgen | kubectl apply --server-side -f -
-kubectl create namespace gpubridge-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+step "helm install: the CRDs, least-privilege RBAC, the lease-pod admission policy, the dashboard"
+"$BIN/helm" upgrade --install gpubridge charts/gpubridge --namespace gpubridge-system --create-namespace \
+  --values e2e/chart-values.yaml --set crds.install=true --wait
 kubectl wait --for=condition=Established crd/gpuoffers.gpubridge.dev crd/computeleases.gpubridge.dev --timeout=30s >/dev/null
+kubectl get clusterrole,role,validatingadmissionpolicy -A -l app.kubernetes.io/instance=gpubridge
+
+step "starting the operator as the chart's ServiceAccount"
+# kwok runs no containers: the operator runs here instead of as the Deployment's pods, with the
+# chart ServiceAccount's identity (impersonation), so it has exactly the chart's permissions.
+OPERATOR_KUBECONFIG="$CACHE/e2e/operator.kubeconfig"
+sed 's/^  user:$/  user:\n    as: system:serviceaccount:gpubridge-system:gpubridge/' "$KUBECONFIG" >"$OPERATOR_KUBECONFIG"
+echo "may the operator read Secrets in kube-system? $(kubectl --kubeconfig "$OPERATOR_KUBECONFIG" auth can-i list secrets -n kube-system || true)"
+echo "may it create pods in lease namespaces? $(kubectl --kubeconfig "$OPERATOR_KUBECONFIG" auth can-i create pods -n lease-x) (the admission policy boxes what they contain)"
 log="$CACHE/e2e/operator.log"
-"$OPERATOR" operator --log-format text --namespace gpubridge-system \
+KUBECONFIG="$OPERATOR_KUBECONFIG" "$OPERATOR" operator --log-format text --namespace gpubridge-system \
   --sidecar-image ghcr.io/gpubridge/gpubridge:demo --http-addr 127.0.0.1:18080 \
   --network-url "$GPUBRIDGE_NETWORK_URL" --network-key "$NETWORK_KEY" \
   --provider-name "acme-gpu-farm" --region eu-west \

@@ -1,12 +1,18 @@
 //! The operator's Prometheus metrics. Labels are bounded: controller names, results, error
-//! kinds, phases, GPU models and offer names (offers are few and declared by the platform team),
-//! never a lease or pod name.
+//! kinds, phases, GPU models, denominations and offer names (offers are few and declared by the
+//! platform team), never a lease or pod name. The Grafana dashboard of the chart
+//! (charts/gpubridge/files/dashboards/) queries only these.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Counter, CounterVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
+use crate::capacity::LeaseFacts;
 use crate::crd::{GpuOffer, LeasePhase};
+
+/// The model label of leased GPUs whose order named no model.
+pub const UNKNOWN_MODEL: &str = "unknown";
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -14,6 +20,7 @@ pub struct Metrics {
     pub reconciles: IntCounterVec,
     pub reconcile_errors: IntCounterVec,
     pub reconcile_duration: HistogramVec,
+    pub offers: IntGaugeVec,
     pub offer_gpus: IntGaugeVec,
     pub model_gpus: IntGaugeVec,
     pub leases: IntGaugeVec,
@@ -22,8 +29,11 @@ pub struct Metrics {
     pub network_session_up: IntGauge,
     pub intake: IntCounterVec,
     pub receipts_accepted: IntCounter,
+    pub gpu_seconds: Counter,
+    pub earnings: CounterVec,
     pub verification_failures: IntCounterVec,
     pub attestations: IntCounterVec,
+    pub build_info: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -60,6 +70,14 @@ impl Metrics {
             &["controller"],
         )
         .unwrap();
+        let offers = IntGaugeVec::new(
+            Opts::new(
+                "gpubridge_offers",
+                "GpuOffers, by whether their Ready condition is true",
+            ),
+            &["ready"],
+        )
+        .unwrap();
         let offer_gpus = IntGaugeVec::new(
             Opts::new(
                 "gpubridge_offer_gpus",
@@ -71,7 +89,7 @@ impl Metrics {
         let model_gpus = IntGaugeVec::new(
             Opts::new(
                 "gpubridge_model_gpus",
-                "GPUs over all offers by GPU model and state: idle, advertised",
+                "GPUs over all offers by GPU model and state: idle, advertised, leased",
             ),
             &["model", "state"],
         )
@@ -112,6 +130,20 @@ impl Metrics {
             "Meter receipts the network accepted through this operator's collector",
         )
         .unwrap();
+        let gpu_seconds = Counter::new(
+            "gpubridge_gpu_seconds_total",
+            "Allocated GPU-seconds of the meter receipts the network accepted through this collector",
+        )
+        .unwrap();
+        let earnings = CounterVec::new(
+            Opts::new(
+                "gpubridge_earnings_total",
+                "Paid to the provider for accepted receipts, in whole units of the denomination \
+                 (a float: the exact amount is in each lease's status and the network's ledger)",
+            ),
+            &["denomination"],
+        )
+        .unwrap();
         let verification_failures = IntCounterVec::new(
             Opts::new(
                 "gpubridge_verification_failures_total",
@@ -128,10 +160,22 @@ impl Metrics {
             &["tier"],
         )
         .unwrap();
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "gpubridge_build_info",
+                "1, labelled with the operator's version",
+            ),
+            &["version"],
+        )
+        .unwrap();
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_errors.clone()),
             Box::new(reconcile_duration.clone()),
+            Box::new(offers.clone()),
             Box::new(offer_gpus.clone()),
             Box::new(model_gpus.clone()),
             Box::new(leases.clone()),
@@ -140,8 +184,11 @@ impl Metrics {
             Box::new(network_session_up.clone()),
             Box::new(intake.clone()),
             Box::new(receipts_accepted.clone()),
+            Box::new(gpu_seconds.clone()),
+            Box::new(earnings.clone()),
             Box::new(verification_failures.clone()),
             Box::new(attestations.clone()),
+            Box::new(build_info.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -150,6 +197,7 @@ impl Metrics {
             reconciles,
             reconcile_errors,
             reconcile_duration,
+            offers,
             offer_gpus,
             model_gpus,
             leases,
@@ -158,28 +206,53 @@ impl Metrics {
             network_session_up,
             intake,
             receipts_accepted,
+            gpu_seconds,
+            earnings,
             verification_failures,
             attestations,
+            build_info,
+        }
+    }
+
+    /// Creates a controller's series at zero, so that a dashboard shows "no errors" rather than
+    /// no data before the first failure.
+    pub fn init_controller(&self, controller: &str, error_kinds: &[&str]) {
+        self.reconciles.with_label_values(&[controller]);
+        for kind in error_kinds {
+            self.reconcile_errors.with_label_values(&[controller, kind]);
         }
     }
 
     /// Sets the gauges from the cached objects, at scrape time, so that deleted offers and
-    /// leases drop out instead of lingering with their last value.
+    /// leases drop out instead of lingering with their last value. Leased GPUs by model are
+    /// those of leases not ended yet.
     pub fn refresh<'a>(
         &self,
         offers: impl IntoIterator<Item = &'a GpuOffer>,
-        lease_phases: impl IntoIterator<Item = LeasePhase>,
+        leases: impl IntoIterator<Item = &'a LeaseFacts>,
     ) {
+        self.offers.reset();
         self.offer_gpus.reset();
         self.model_gpus.reset();
         self.leases.reset();
+        for ready in ["true", "false"] {
+            self.offers.with_label_values(&[ready]).set(0);
+        }
         for phase in LeasePhase::ALL {
             self.leases.with_label_values(&[phase.as_str()]).set(0);
         }
         for offer in offers {
             let Some(status) = &offer.status else {
+                self.offers.with_label_values(&["false"]).inc();
                 continue;
             };
+            let ready = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            self.offers
+                .with_label_values(&[if ready { "true" } else { "false" }])
+                .inc();
             let name = offer.metadata.name.as_deref().unwrap_or_default();
             for (state, value) in [
                 ("idle", status.idle_gpus),
@@ -197,11 +270,31 @@ impl Metrics {
                 self.model_gpus
                     .with_label_values(&[m.model.as_str(), "advertised"])
                     .add(i64::from(m.advertised_gpus));
+                // Every offered model has a leased series, 0 while nothing of it is leased.
+                self.model_gpus
+                    .with_label_values(&[m.model.as_str(), "leased"])
+                    .add(0);
             }
         }
-        for phase in lease_phases {
-            self.leases.with_label_values(&[phase.as_str()]).inc();
+        for lease in leases {
+            self.leases.with_label_values(&[lease.phase.as_str()]).inc();
+            if !lease.phase.is_terminal() {
+                let model = lease.model.as_deref().unwrap_or(UNKNOWN_MODEL);
+                self.model_gpus
+                    .with_label_values(&[model, "leased"])
+                    .add(i64::from(lease.gpus));
+            }
         }
+    }
+
+    /// Counts what one call of the collector newly saw accepted for a lease: the allocated
+    /// GPU-milliseconds and the charge (in the denomination's smallest unit, 10^-18) added since
+    /// the last figures known for it.
+    pub fn record_served(&self, denomination: &str, gpu_millis: u64, charged_atto: u128) {
+        self.gpu_seconds.inc_by(gpu_millis as f64 / 1000.0);
+        self.earnings
+            .with_label_values(&[denomination])
+            .inc_by(charged_atto as f64 / 1e18);
     }
 
     /// The text exposition of every metric.
@@ -211,5 +304,101 @@ impl Metrics {
             .encode_utf8(&self.registry.gather(), &mut out)
             .expect("text encoding of gathered metrics");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(phase: LeasePhase, gpus: u32, model: Option<&str>) -> LeaseFacts {
+        LeaseFacts {
+            name: format!("l-{gpus}"),
+            offer: "o".into(),
+            resource: "nvidia.com/gpu".into(),
+            gpus,
+            phase,
+            node: None,
+            model: model.map(str::to_string),
+        }
+    }
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn leased_gpus_by_model_count_only_leases_not_ended() {
+        let m = Metrics::new();
+        let leases = [
+            lease(LeasePhase::Running, 2, Some("H100")),
+            lease(LeasePhase::Scheduling, 1, Some("H100")),
+            lease(LeasePhase::Succeeded, 4, Some("H100")),
+            lease(LeasePhase::Pending, 3, None),
+        ];
+        m.refresh([], leases.iter());
+        let text = m.render();
+        assert_eq!(
+            line(
+                &text,
+                r#"gpubridge_model_gpus{model="H100",state="leased"}"#
+            ),
+            Some(r#"gpubridge_model_gpus{model="H100",state="leased"} 3"#)
+        );
+        assert_eq!(
+            line(
+                &text,
+                r#"gpubridge_model_gpus{model="unknown",state="leased"}"#
+            ),
+            Some(r#"gpubridge_model_gpus{model="unknown",state="leased"} 3"#)
+        );
+        assert_eq!(
+            line(&text, r#"gpubridge_leases{phase="Succeeded"}"#),
+            Some(r#"gpubridge_leases{phase="Succeeded"} 1"#)
+        );
+        assert_eq!(
+            line(&text, r#"gpubridge_offers{ready="false"}"#),
+            Some(r#"gpubridge_offers{ready="false"} 0"#)
+        );
+        // A lease gone from the cache drops out at the next scrape.
+        m.refresh([], []);
+        assert!(line(&m.render(), "gpubridge_model_gpus{").is_none());
+    }
+
+    #[test]
+    fn served_time_and_earnings_add_up_in_whole_units() {
+        let m = Metrics::new();
+        m.record_served("USDC", 1_500, 250_000_000_000_000_000);
+        m.record_served("USDC", 500, 750_000_000_000_000_000);
+        let text = m.render();
+        assert_eq!(
+            line(&text, "gpubridge_gpu_seconds_total "),
+            Some("gpubridge_gpu_seconds_total 2")
+        );
+        assert_eq!(
+            line(&text, r#"gpubridge_earnings_total{denomination="USDC"}"#),
+            Some(r#"gpubridge_earnings_total{denomination="USDC"} 1"#)
+        );
+    }
+
+    #[test]
+    fn controller_series_exist_at_zero_before_the_first_error() {
+        let m = Metrics::new();
+        m.init_controller("lease", &["kube", "conflict"]);
+        let text = m.render();
+        assert!(
+            text.contains(
+                r#"gpubridge_reconcile_errors_total{controller="lease",error="conflict"} 0"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"gpubridge_reconciles_total{controller="lease"} 0"#),
+            "{text}"
+        );
+        assert!(text.contains(&format!(
+            r#"gpubridge_build_info{{version="{}"}} 1"#,
+            env!("CARGO_PKG_VERSION")
+        )));
     }
 }

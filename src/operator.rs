@@ -448,12 +448,9 @@ impl Probe for OperatorProbe {
 
     fn metrics(&self) -> String {
         let offers = self.offers.state();
-        let phases: Vec<_> = {
-            let inventory = self.inventory.read().expect("inventory lock poisoned");
-            inventory.leases().map(|l| l.phase).collect()
-        };
+        let inventory = self.inventory.read().expect("inventory lock poisoned");
         self.metrics
-            .refresh(offers.iter().map(|o| o.as_ref()), phases);
+            .refresh(offers.iter().map(|o| o.as_ref()), inventory.leases());
         self.metrics.render()
     }
 }

@@ -179,7 +179,6 @@ const NETPOL: &str =
     "/apis/networking.k8s.io/v1/namespaces/lease-l-01hzx4/networkpolicies/lease-box";
 const QUOTA: &str = "/api/v1/namespaces/lease-l-01hzx4/resourcequotas/lease-quota";
 const LIMITS: &str = "/api/v1/namespaces/lease-l-01hzx4/limitranges/lease-limits";
-const SECRET: &str = "/api/v1/namespaces/lease-l-01hzx4/secrets/lease-identity";
 
 fn not_found() -> Reply {
     Reply::Error(404, "NotFound")
@@ -233,7 +232,6 @@ async fn new_lease_creates_its_box_in_order_then_writes_status() {
         step(Method::PATCH, QUOTA, Reply::Echo),
         step(Method::GET, LIMITS, not_found()),
         step(Method::PATCH, LIMITS, Reply::Echo),
-        step(Method::GET, SECRET, not_found()),
         step(
             Method::POST,
             "/api/v1/namespaces/lease-l-01hzx4/secrets",
@@ -258,15 +256,21 @@ async fn new_lease_creates_its_box_in_order_then_writes_status() {
     );
 
     let seen = seen.read().unwrap();
-    let pod = &seen[11].2;
+    assert!(
+        !seen
+            .iter()
+            .any(|(m, p, _)| m == Method::GET && p.contains("/secrets")),
+        "secrets are created, never read"
+    );
+    let pod = &seen[10].2;
     assert_eq!(pod["spec"]["automountServiceAccountToken"], json!(false));
     let terms = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         ["nodeSelectorTerms"];
     assert_eq!(terms[0]["matchFields"][0]["values"], json!(["gpu-h100-0"]));
     assert_eq!(terms[1]["matchFields"][0]["values"], json!(["gpu-h100-1"]));
-    let secret = &seen[10].2;
+    let secret = &seen[9].2;
     assert_eq!(secret["immutable"], json!(true));
-    let status = &seen[12].2;
+    let status = &seen[11].2;
     assert_eq!(status["status"]["phase"], json!("Scheduling"));
     assert_eq!(status["status"]["namespace"], json!("lease-l-01hzx4"));
     assert_eq!(

@@ -3,6 +3,8 @@
 //! owner references and garbage collection, the scheduler's GPU fit and preemption are all the
 //! real ones. Run with `make e2e`, which brings the cluster up and down.
 
+mod chart;
+mod dashboard;
 mod dra;
 mod network;
 mod sidecars;
@@ -789,14 +791,7 @@ async fn a_preempted_lease_and_a_lease_on_a_lost_node_end_with_provider_faults()
 fn kubectl(c: &support::Cluster, args: &[&str], stdin: &[u8]) -> String {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let bin = Command::new("bash")
-        .arg(repo().join("e2e/cluster.sh"))
-        .arg("bin")
-        .stderr(Stdio::null())
-        .output()
-        .unwrap();
-    let bin = String::from_utf8(bin.stdout).unwrap();
-    let mut child = Command::new(format!("{}/kubectl", bin.trim().trim_end_matches('/')))
+    let mut child = Command::new(support::bin_dir().join("kubectl"))
         .args(args)
         .arg("--kubeconfig")
         .arg(&c.kubeconfig)

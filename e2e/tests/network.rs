@@ -16,7 +16,10 @@ use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, ResourceExt};
 
 use crate::sidecars::{Sidecars, footprint, status_kib};
-use crate::support::{Cluster, NetworkNode, Operator, apply_yaml, cluster, eventually, http_get};
+use crate::support::{
+    Cluster, NetworkNode, Operator, Prometheus, apply_yaml, cluster, eventually, http_get,
+    promtool_check_metrics,
+};
 use crate::{SECOND, delete_lease, install_crds, offer_status, wait_phase, workstation_offer};
 
 const UNIT: u128 = 1_000_000_000_000_000_000;
@@ -98,8 +101,13 @@ async fn a_metered_lease_survives_crashes_of_everything_and_settles_exactly() {
     let Some(c) = cluster("network-lease").await else {
         return;
     };
+    let since = crate::dashboard::unix_now();
     let (mut network, mut operator, buyer, placed) =
         workstation_lease(&c, "network-lease", 90).await;
+    // Prometheus scrapes the operator through the whole lease, restarts included, for the
+    // dashboard's check at the end.
+    let prometheus =
+        Prometheus::start(&[operator.http.trim_start_matches("http://").to_string()]).await;
     let lease_id = placed.lease_id.clone();
     // Intake verified it and created the ComputeLease named after the lease id, pinned to a node.
     let running = wait_phase(&c.client, &lease_id, LeasePhase::Running, 60 * SECOND).await;
@@ -207,6 +215,17 @@ async fn a_metered_lease_survives_crashes_of_everything_and_settles_exactly() {
     let attestation = lease.status.as_ref().unwrap().attestation.clone().unwrap();
     assert_eq!(attestation.trust_tier, "self-reported");
     assert!(lease.status.unwrap().reported_at.is_some());
+
+    // What the operator exports passes promtool's checks, and every dashboard panel has data.
+    let scrape = http_get(&format!("{}/metrics", operator.http))
+        .await
+        .unwrap()
+        .1;
+    if let Err(said) = promtool_check_metrics(&scrape) {
+        panic!("promtool check metrics:\n{said}\non\n{scrape}");
+    }
+    tokio::time::sleep(3 * SECOND).await;
+    crate::dashboard::every_panel_shows_data(&prometheus, since).await;
 
     delete_lease(&c.client, &lease_id).await;
     Api::<gpubridge::crd::GpuOffer>::all(c.client.clone())

@@ -1,5 +1,6 @@
-//! What the e2e tests share: the cluster's client, the operator as a child process, applying
-//! YAML with server-side apply, and waiting for conditions.
+//! What the e2e tests share: the cluster's client, the chart installed as the suite's release,
+//! the operator as a child process with exactly the chart's permissions, applying YAML with
+//! server-side apply, and waiting for conditions.
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -12,9 +13,21 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, ApiResource, Scope, pinned_kind};
 use kube::{Api, Client, Config, ResourceExt};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, MutexGuard, OnceCell};
 
 pub const FIELD_MANAGER: &str = "gpubridge-e2e";
+
+/// The suite's helm release of charts/gpubridge, and the namespace it lives in.
+pub const RELEASE: &str = "gpubridge";
+pub const RELEASE_NAMESPACE: &str = "gpubridge-system";
+/// The identity of the chart's ServiceAccount: the operator runs as it, by impersonation.
+pub const OPERATOR_USER: &str = "system:serviceaccount:gpubridge-system:gpubridge";
+/// Values of the suite's release (the operator runs as a local process, not as the
+/// Deployment's pods; the tests install the CRDs themselves).
+pub const SUITE_VALUES: &str = "e2e/chart-values.yaml";
+
+/// Whether the suite's release was installed by this test process.
+static RELEASE_INSTALLED: OnceCell<()> = OnceCell::const_new();
 
 /// Tests share one control plane; each holds this lock so that they run one at a time whatever
 /// the test harness's thread count.
@@ -42,7 +55,96 @@ pub fn kubeconfig_path() -> PathBuf {
 pub struct Cluster {
     pub client: Client,
     pub kubeconfig: PathBuf,
+    /// The same cluster as the chart's ServiceAccount: what the operator is given.
+    pub operator_kubeconfig: PathBuf,
     _guard: MutexGuard<'static, ()>,
+}
+
+impl Cluster {
+    /// A client with exactly the permissions the chart grants the operator.
+    pub async fn operator_client(&self) -> Client {
+        let kubeconfig = Kubeconfig::read_from(&self.operator_kubeconfig).unwrap();
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .unwrap();
+        Client::try_from(config).unwrap()
+    }
+
+    /// Runs helm against this cluster; panics when it cannot start.
+    pub fn helm(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin_dir().join("helm"))
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env(
+                "HELM_CACHE_HOME",
+                std::env::temp_dir().join("gpubridge-e2e-helm/cache"),
+            )
+            .env(
+                "HELM_CONFIG_HOME",
+                std::env::temp_dir().join("gpubridge-e2e-helm/config"),
+            )
+            .env(
+                "HELM_DATA_HOME",
+                std::env::temp_dir().join("gpubridge-e2e-helm/data"),
+            )
+            .current_dir(repo())
+            .output()
+            .expect("helm runs")
+    }
+
+    /// Installs or upgrades the suite's release with its values and `extra` arguments.
+    pub fn install_release(&self, extra: &[&str]) {
+        let mut args = vec![
+            "upgrade",
+            "--install",
+            RELEASE,
+            "charts/gpubridge",
+            "--namespace",
+            RELEASE_NAMESPACE,
+            "--create-namespace",
+            "--values",
+            SUITE_VALUES,
+        ];
+        args.extend_from_slice(extra);
+        let out = self.helm(&args);
+        assert!(
+            out.status.success(),
+            "helm {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The folder of the control plane's binaries (`e2e/cluster.sh bin`: built or cached).
+pub fn bin_dir() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = Command::new("bash")
+            .args(["e2e/cluster.sh", "bin"])
+            .current_dir(repo())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("e2e/cluster.sh bin runs");
+        assert!(out.status.success(), "e2e/cluster.sh bin failed");
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+    .clone()
+}
+
+/// The admin kubeconfig with every user impersonating the chart's ServiceAccount, written
+/// beside it: the API server then authorizes and admits the operator's requests exactly as it
+/// would those of the chart's pods.
+fn write_operator_kubeconfig(admin: &Kubeconfig, path: &Path) -> PathBuf {
+    let mut kubeconfig = admin.clone();
+    for user in &mut kubeconfig.auth_infos {
+        if let Some(auth) = user.auth_info.as_mut() {
+            auth.impersonate = Some(OPERATOR_USER.to_string());
+        }
+    }
+    let target = path.with_extension("operator");
+    std::fs::write(&target, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
+    target
 }
 
 /// The e2e cluster, or `None` with a message when none is running (start one with
@@ -62,6 +164,7 @@ pub async fn cluster(test: &str) -> Option<Cluster> {
     let Ok(kubeconfig) = Kubeconfig::read_from(&path) else {
         return skip(format!("no kubeconfig at {}", path.display()));
     };
+    let kubeconfig_copy = kubeconfig.clone();
     let config =
         match Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await {
             Ok(c) => c,
@@ -71,11 +174,16 @@ pub async fn cluster(test: &str) -> Option<Cluster> {
     if let Err(e) = client.apiserver_version().await {
         return skip(format!("apiserver does not answer: {e}"));
     }
-    Some(Cluster {
+    let cluster = Cluster {
         client,
+        operator_kubeconfig: write_operator_kubeconfig(&kubeconfig_copy, &path),
         kubeconfig: path,
         _guard: guard,
-    })
+    };
+    RELEASE_INSTALLED
+        .get_or_init(|| async { cluster.install_release(&[]) })
+        .await;
+    Some(cluster)
 }
 
 /// Server-side applies every document of a YAML file or string; returns the applied objects.
@@ -149,6 +257,7 @@ pub struct Operator {
     /// Where this replica's collector serves lease sidecars.
     pub collector_url: String,
     args: Vec<String>,
+    /// The chart ServiceAccount's kubeconfig: the operator has exactly the chart's permissions.
     kubeconfig: PathBuf,
     identity: String,
 }
@@ -197,7 +306,7 @@ impl Operator {
             http: format!("http://127.0.0.1:{port}"),
             collector_url,
             args,
-            kubeconfig: cluster.kubeconfig.clone(),
+            kubeconfig: cluster.operator_kubeconfig.clone(),
             identity: identity.into(),
         };
         operator.spawn();
@@ -315,7 +424,8 @@ impl Drop for Operator {
         let _ = child.wait();
     }
 }
-/// A plain HTTP/1.1 GET on loopback: status code and body.
+/// A plain HTTP GET on loopback: status code and body. HTTP/1.0, so that no server answers in
+/// chunks (large Prometheus answers would).
 pub async fn http_get(url: &str) -> Result<(u16, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").ok_or("only http://")?;
@@ -328,7 +438,7 @@ pub async fn http_get(url: &str) -> Result<(u16, String), String> {
         .map_err(|e| e.to_string())?;
     stream
         .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -459,5 +569,124 @@ impl Drop for NetworkNode {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Prometheus (built by `e2e/build-binaries.sh`) on a loopback port, scraping `targets` every
+/// second into its own data folder. Killed when dropped.
+pub struct Prometheus {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub async fn start(targets: &[String]) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, scrape_timeout: 1s}}\n\
+                 scrape_configs:\n- job_name: gpubridge\n  static_configs:\n  - targets: [{}]\n",
+                targets.join(", ")
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(std::env::temp_dir().join("gpubridge-e2e-prometheus.log"))
+            .unwrap();
+        let child = Command::new(bin_dir().join("prometheus"))
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus starts");
+        let prometheus = Prometheus {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let ready = format!("{}/-/ready", prometheus.url);
+        eventually(
+            "prometheus to be ready",
+            Duration::from_secs(60),
+            || async {
+                match http_get(&ready).await {
+                    Ok((200, _)) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+        prometheus
+    }
+
+    /// The series `expr` returns over [start, end] (Unix seconds), as the API's `result`.
+    pub async fn query_range(
+        &self,
+        expr: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<serde_json::Value>, String> {
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("query", expr)
+            .append_pair("start", &start.to_string())
+            .append_pair("end", &end.to_string())
+            .append_pair("step", "1")
+            .finish();
+        let (code, body) = http_get(&format!("{}/api/v1/query_range?{query}", self.url)).await?;
+        let answer: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| format!("{code} {e}: {body}"))?;
+        if answer["status"] != "success" {
+            return Err(format!("{code}: {body}"));
+        }
+        Ok(answer["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `promtool check metrics` on a scrape: the exposition parses and follows Prometheus' naming
+/// and documentation rules. Returns what promtool said when it did not pass.
+pub fn promtool_check_metrics(exposition: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = Command::new(bin_dir().join("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && said.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(said)
     }
 }

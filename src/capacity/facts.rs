@@ -136,6 +136,8 @@ pub struct LeaseFacts {
     pub phase: LeasePhase,
     /// The node intake promised the GPUs on, when intake placed it.
     pub node: Option<String>,
+    /// The GPU model the lease was sold as, when the order named one.
+    pub model: Option<String>,
 }
 
 impl LeaseFacts {
@@ -147,6 +149,7 @@ impl LeaseFacts {
             gpus: lease.spec.gpus,
             phase: lease.phase(),
             node: lease.annotations().get(NODE_ANNOTATION).cloned(),
+            model: lease.spec.gpu_model.clone(),
         }
     }
 

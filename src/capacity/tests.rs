@@ -61,6 +61,7 @@ fn lease(name: &str, offer: &str, gpus: u32, active: bool) -> LeaseFacts {
             LeasePhase::Succeeded
         },
         node: None,
+        model: None,
     }
 }
 

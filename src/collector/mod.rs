@@ -44,7 +44,7 @@ use crate::network::proto::{
 };
 use crate::network::{Rejection, domain, open};
 use crate::workload::{POD_NAME, namespace_for};
-use summary::{ATTESTED_CONDITION, METERED_CONDITION, hex, usage_from, write_due};
+use summary::{ATTESTED_CONDITION, METERED_CONDITION, Served, hex, usage_from, write_due};
 
 /// Field managers of the collector's status writes. Server-side apply drops whatever a manager
 /// owned and leaves out of its next apply, so each manager writes all of its fields every time:
@@ -99,6 +99,8 @@ struct LeaseProgress {
     confirmed: Option<ChainHead>,
     /// When its usage was last written into the lease's status.
     last_written: Option<Instant>,
+    /// The cumulative figures already counted in the served metrics; none yet after a restart.
+    served: Option<Served>,
 }
 
 fn now() -> Timestamp {
@@ -356,18 +358,26 @@ impl CollectorService {
         reply: &ReceiptsReply,
         forwarded: bool,
     ) {
-        let confirmed_in_status = lease
-            .status
-            .as_ref()
-            .and_then(|s| s.usage.as_ref())
-            .map_or(0, |u| u.receipts_accepted);
-        let (due, newly_accepted) = {
+        let usage_in_status = lease.status.as_ref().and_then(|s| s.usage.as_ref());
+        let confirmed_in_status = usage_in_status.map_or(0, |u| u.receipts_accepted);
+        let served_in_status = usage_in_status.map(Served::of_usage).unwrap_or_default();
+        let (due, newly_accepted, newly_served) = {
             let mut leases = self.leases.lock().expect("collector lock");
             let known = leases
                 .get(lease_id)
                 .and_then(|p| p.confirmed.as_ref().map(|h| h.sequence));
             let entry = leases.entry(lease_id.to_string()).or_default();
             let before = known.unwrap_or(confirmed_in_status);
+            let served_before = entry
+                .served
+                .map_or(served_in_status, |known| known.max(served_in_status));
+            let newly_served = if forwarded {
+                let now = Served::of_reply(reply);
+                entry.served = Some(served_before.max(now));
+                served_before.added_by(now)
+            } else {
+                Served::default()
+            };
             if forwarded {
                 entry.confirmed = Some(ChainHead {
                     sequence: reply.accepted_through,
@@ -403,9 +413,14 @@ impl CollectorService {
             } else {
                 0
             };
-            (due, newly)
+            (due, newly, newly_served)
         };
         self.metrics.receipts_accepted.inc_by(newly_accepted);
+        self.metrics.record_served(
+            &lease.spec.price.denomination,
+            newly_served.gpu_millis,
+            newly_served.charged_atto,
+        );
         if !due {
             return;
         }

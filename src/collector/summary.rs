@@ -29,6 +29,52 @@ pub fn usage_from(reply: &ReceiptsReply) -> LeaseUsage {
     }
 }
 
+/// A lease's cumulative served figures: what the network has accepted and paid for so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Served {
+    pub gpu_millis: u64,
+    /// In the denomination's smallest unit (10^-18).
+    pub charged_atto: u128,
+}
+
+impl Served {
+    pub fn of_reply(reply: &ReceiptsReply) -> Served {
+        Served {
+            gpu_millis: reply.allocated_gpu_millis,
+            charged_atto: reply.charged.parse().unwrap_or(0),
+        }
+    }
+
+    /// The figures some replica last wrote into the lease's status (whole GPU-seconds there).
+    pub fn of_usage(usage: &LeaseUsage) -> Served {
+        Served {
+            gpu_millis: usage.gpu_seconds.saturating_mul(1000),
+            charged_atto: usage
+                .charged
+                .as_deref()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0),
+        }
+    }
+
+    /// The later of two sightings of the same cumulative figures.
+    pub fn max(self, other: Served) -> Served {
+        Served {
+            gpu_millis: self.gpu_millis.max(other.gpu_millis),
+            charged_atto: self.charged_atto.max(other.charged_atto),
+        }
+    }
+
+    /// What `now` adds to these figures; nothing where it is behind them (a reply that another
+    /// replica's later one already counted).
+    pub fn added_by(self, now: Served) -> Served {
+        Served {
+            gpu_millis: now.gpu_millis.saturating_sub(self.gpu_millis),
+            charged_atto: now.charged_atto.saturating_sub(self.charged_atto),
+        }
+    }
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -47,6 +93,42 @@ pub fn write_due(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn served_counts_only_what_is_new_since_the_best_known_figures() {
+        let reply = |millis, charged: &str| crate::network::proto::ReceiptsReply {
+            allocated_gpu_millis: millis,
+            charged: charged.into(),
+            ..Default::default()
+        };
+        let status = Served::of_usage(&crate::crd::LeaseUsage {
+            gpu_seconds: 20,
+            charged: Some("500".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            status,
+            Served {
+                gpu_millis: 20_000,
+                charged_atto: 500
+            }
+        );
+        // After a restart the status is the baseline: what it already shows is not counted again.
+        let now = Served::of_reply(&reply(30_000, "800"));
+        assert_eq!(
+            status.added_by(now),
+            Served {
+                gpu_millis: 10_000,
+                charged_atto: 300
+            }
+        );
+        // A reply behind what is known (another replica counted further) adds nothing.
+        let behind = Served::of_reply(&reply(25_000, "600"));
+        assert_eq!(now.added_by(behind), Served::default());
+        assert_eq!(now.max(behind), now);
+        // An unreadable charge counts as none rather than failing the receipt.
+        assert_eq!(Served::of_reply(&reply(1, "x")).charged_atto, 0);
+    }
 
     #[test]
     fn usage_is_the_networks_verdict_in_whole_units() {

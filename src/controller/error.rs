@@ -22,6 +22,10 @@ pub enum Error {
 }
 
 impl Error {
+    /// Every value of `metric_label` that is counted as a failure (waits are not).
+    pub const FAILURE_LABELS: [&'static str; 4] =
+        ["kube", "conflict", "finalizer", "invalid_object"];
+
     /// Short bounded label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {

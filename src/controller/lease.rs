@@ -237,11 +237,14 @@ async fn ensure_box(
     if !with_pod {
         return Ok(());
     }
-    let secrets: Api<Secret> = Api::namespaced(client(), &namespace);
-    if secrets.get_opt(workload::IDENTITY_SECRET).await?.is_none() {
-        let identity = lease_identity(ctx, lease);
-        create_ignoring_existing(&secrets, &workload::secret(&b, &identity)).await?;
-    }
+    // Created, never read back: the operator may create Secrets in lease namespaces but not read
+    // them (least privilege), and an existing identity is never replaced.
+    let identity = lease_identity(ctx, lease);
+    create_ignoring_existing(
+        &Api::<Secret>::namespaced(client(), &namespace),
+        &workload::secret(&b, &identity),
+    )
+    .await?;
     if let Some(claim) = workload::claim(&b) {
         create_ignoring_existing(
             &Api::<ResourceClaim>::namespaced(client(), &namespace),

@@ -41,6 +41,10 @@ pub async fn run(
     concurrency: u16,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
+    for controller in ["offer", "lease"] {
+        ctx.metrics
+            .init_controller(controller, &Error::FAILURE_LABELS);
+    }
     let client = ctx.client.clone();
     let offers = Controller::new(
         Api::<GpuOffer>::all(client.clone()),

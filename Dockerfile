@@ -1,0 +1,29 @@
+# syntax=docker/dockerfile:1
+# The gpubridge image: the operator, the lease sidecars (meter, attest) and the network node in
+# one binary. Multi-stage: a locked release build, then a small glibc runtime (NVML is dlopened
+# at run time from the driver the NVIDIA container toolkit mounts, so nothing of it is here).
+
+ARG RUST_VERSION=1.95
+FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
+WORKDIR /src
+COPY . .
+# The same script CI runs (make image-build).
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    bash packaging/build-release.sh /out
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="gpubridge" \
+      org.opencontainers.image.description="Kubernetes operator that puts a cluster's idle GPUs on a decentralized compute network" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/gpubridge/gpubridge" \
+      org.opencontainers.image.vendor="gpubridge"
+COPY --from=build /out/gpubridge /usr/local/bin/gpubridge
+# distroless' nonroot user, numerically, so that runAsNonRoot can verify it.
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/gpubridge"]
+CMD ["operator"]

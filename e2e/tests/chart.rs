@@ -1,0 +1,384 @@
+//! The chart on the real control plane: lint and rendering, the strict values schema, the
+//! operator's least-privilege RBAC, the admission policy that keeps lease pods in their box,
+//! and helm upgrade and uninstall keeping the CRDs and running leases. Every other e2e test runs
+//! the operator with the chart ServiceAccount's identity (support::Cluster::operator_kubeconfig).
+
+use std::process::Command;
+
+use gpubridge::crd::LeasePhase;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::support::{Operator, RELEASE, RELEASE_NAMESPACE, apply_yaml, cluster, repo};
+use crate::{SECOND, delete_lease, install_crds, lease_yaml, wait_phase, workstation_offer};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn the_chart_lints_renders_the_committed_install_manifest_and_refuses_bad_values() {
+    let Some(c) = cluster("chart-render").await else {
+        return;
+    };
+    let lint = c.helm(&["lint", "--strict", "charts/gpubridge"]);
+    assert!(
+        lint.status.success(),
+        "helm lint: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        stderr(&lint)
+    );
+
+    let rendered = Command::new("bash")
+        .arg("charts/render-install.sh")
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(rendered.status.success(), "{}", stderr(&rendered));
+    let committed = std::fs::read_to_string(repo().join("manifests/install.yaml")).unwrap();
+    assert!(
+        String::from_utf8(rendered.stdout).unwrap() == committed,
+        "manifests/install.yaml drifted from the chart: run `make manifests`"
+    );
+
+    // The ServiceMonitor only where its API is served; the disruption budget only with a spare.
+    let kinds = |extra: &[&str]| {
+        let mut args = vec![
+            "template",
+            "gpubridge",
+            "charts/gpubridge",
+            "--namespace",
+            "gpubridge-system",
+        ];
+        args.extend_from_slice(extra);
+        let out = c.helm(&args);
+        assert!(
+            out.status.success(),
+            "helm template {extra:?}: {}",
+            stderr(&out)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let defaults = kinds(&[]);
+    assert!(!defaults.contains("kind: ServiceMonitor"));
+    assert!(defaults.contains("kind: PodDisruptionBudget"));
+    assert!(defaults.contains("kind: ValidatingAdmissionPolicy"));
+    assert!(
+        kinds(&["--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"])
+            .contains("kind: ServiceMonitor")
+    );
+    assert!(!kinds(&["--set", "replicas=1"]).contains("kind: PodDisruptionBudget"));
+
+    // A misspelt key, a value out of range and a malformed network key each fail the install,
+    // naming the field; nothing is installed.
+    for (set, field) in [
+        ("replcias=2", "additional properties 'replcias' not allowed"),
+        ("replicas=-1", "at '/replicas': minimum"),
+        ("network.key=not-base58-0OIl", "at '/network/key'"),
+        ("operator.logFormat=xml", "at '/operator/logFormat'"),
+    ] {
+        let out = c.helm(&[
+            "install",
+            "gpubridge-typo",
+            "charts/gpubridge",
+            "--namespace",
+            "gpubridge-typo",
+            "--dry-run=server",
+            "--set",
+            set,
+        ]);
+        assert!(!out.status.success(), "--set {set} was accepted");
+        let why = stderr(&out);
+        assert!(
+            why.contains("values don't meet the specifications of the schema")
+                && why.contains(field),
+            "--set {set}: {why}"
+        );
+    }
+}
+
+/// A pod that passes every rule of the admission policy, in `namespace`.
+fn boxed_pod(namespace: &str, name: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            // Admitted, never scheduled: no GPU is taken from the other tests.
+            "nodeSelector": {"gpubridge.dev/e2e": "nowhere"},
+            "automountServiceAccountToken": false,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "workload",
+                "image": "ghcr.io/acme/render:2",
+                "resources": {
+                    "requests": {"cpu": "1", "memory": "1Gi", "nvidia.com/gpu": "1"},
+                    "limits": {"memory": "1Gi", "nvidia.com/gpu": "1"}
+                },
+                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}
+            }]
+        }
+    })
+}
+
+/// Creating `pod` as `client` is refused by the lease-pods policy with a message containing
+/// `rule`.
+async fn refused(client: &Client, pod: &Value, rule: &str) {
+    let namespace = pod["metadata"]["namespace"].as_str().unwrap();
+    let pod: Pod = serde_json::from_value(pod.clone()).unwrap();
+    let err = Api::<Pod>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect_err(rule);
+    let message = err.to_string();
+    assert!(
+        message.contains("gpubridge-lease-pods") && message.contains(rule),
+        "expected a refusal by gpubridge-lease-pods saying {rule:?}, got: {message}"
+    );
+}
+
+fn namespace(name: &str, labels: Value) -> Namespace {
+    serde_json::from_value(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})).unwrap()
+}
+
+#[tokio::test]
+async fn the_apiserver_keeps_lease_pods_in_their_box_whoever_asks() {
+    let Some(c) = cluster("admission-policy").await else {
+        return;
+    };
+    let admin = c.client.clone();
+    let operator = c.operator_client().await;
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+    for ns in ["lease-e2e-box", "not-a-lease"] {
+        let _ = namespaces.delete(ns, &DeleteParams::default()).await;
+    }
+    crate::support::eventually("old test namespaces to be gone", 60 * SECOND, || async {
+        for ns in ["lease-e2e-box", "not-a-lease"] {
+            if namespaces
+                .get_opt(ns)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some()
+            {
+                return Err(format!("{ns} left"));
+            }
+        }
+        Ok(())
+    })
+    .await;
+
+    // RBAC: the operator reads no Secret outside its own namespace, not even to check one exists.
+    let err = Api::<Secret>::namespaced(operator.clone(), "kube-system")
+        .list(&Default::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 403),
+        "{err}"
+    );
+
+    // Namespaces: the operator creates only lease namespaces, and touches no other.
+    let op_namespaces: Api<Namespace> = Api::all(operator.clone());
+    let err = op_namespaces
+        .create(&PostParams::default(), &namespace("not-a-lease", json!({})))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("gpubridge-lease-namespaces"),
+        "{err}"
+    );
+    namespaces
+        .create(&PostParams::default(), &namespace("not-a-lease", json!({})))
+        .await
+        .unwrap();
+    let err = op_namespaces
+        .delete("not-a-lease", &DeleteParams::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("changes or deletes only lease namespaces"),
+        "{err}"
+    );
+    // A lease namespace without Pod Security enforcement is not one the operator may create...
+    let err = op_namespaces
+        .create(
+            &PostParams::default(),
+            &namespace("lease-e2e-box", json!({"gpubridge.dev/lease": "e2e-box"})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("pod-security.kubernetes.io/enforce"),
+        "{err}"
+    );
+    // ...so an administrator makes one without it: what is refused below is the policy's doing,
+    // not Pod Security's.
+    namespaces
+        .create(
+            &PostParams::default(),
+            &namespace("lease-e2e-box", json!({"gpubridge.dev/lease": "e2e-box"})),
+        )
+        .await
+        .unwrap();
+
+    // Pods: only the operator creates them in a lease namespace, and only inside the box.
+    let ns = "lease-e2e-box";
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(admin.clone(), ns);
+    crate::support::eventually(
+        "the namespace's default ServiceAccount",
+        30 * SECOND,
+        || async {
+            match accounts.get_opt("default").await {
+                Ok(Some(_)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    refused(
+        &admin,
+        &boxed_pod(ns, "by-admin"),
+        "only the gpubridge operator",
+    )
+    .await;
+    refused(
+        &operator,
+        &boxed_pod("default", "outside"),
+        "only in lease namespaces",
+    )
+    .await;
+    let mut privileged = boxed_pod(ns, "privileged");
+    privileged["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
+    refused(&operator, &privileged, "no privileged container").await;
+    let mut host = boxed_pod(ns, "host-network");
+    host["spec"]["hostNetwork"] = json!(true);
+    refused(&operator, &host, "no host namespace").await;
+    let mut host_path = boxed_pod(ns, "host-path");
+    host_path["spec"]["volumes"] = json!([{"name": "root", "hostPath": {"path": "/"}}]);
+    refused(&operator, &host_path, "no hostPath").await;
+    let mut caps = boxed_pod(ns, "net-admin");
+    caps["spec"]["containers"][0]["securityContext"]["capabilities"]["add"] = json!(["NET_ADMIN"]);
+    refused(&operator, &caps, "add no capability").await;
+    let mut token = boxed_pod(ns, "token");
+    token["spec"]["automountServiceAccountToken"] = Value::Null;
+    refused(&operator, &token, "no service-account token").await;
+    let mut projected = boxed_pod(ns, "projected-token");
+    projected["spec"]["volumes"] = json!([{"name": "t", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}]);
+    refused(&operator, &projected, "project no service-account token").await;
+    let mut memory = boxed_pod(ns, "burstable-memory");
+    memory["spec"]["containers"][0]["resources"]["requests"]["memory"] = json!("512Mi");
+    refused(&operator, &memory, "requests exactly its memory limit").await;
+    let mut sidecar = boxed_pod(ns, "sidecar-without-limit");
+    sidecar["spec"]["initContainers"] = json!([{
+        "name": "meter", "image": "ghcr.io/gpubridge/gpubridge:e2e", "restartPolicy": "Always",
+        "resources": {"requests": {"memory": "64Mi"}}
+    }]);
+    refused(&operator, &sidecar, "requests exactly its memory limit").await;
+
+    // What passes every rule is admitted; a way into it afterwards is not.
+    let good: Pod = serde_json::from_value(boxed_pod(ns, "boxed")).unwrap();
+    let pods: Api<Pod> = Api::namespaced(operator.clone(), ns);
+    pods.create(&PostParams::default(), &good).await.unwrap();
+    let debug = json!({"spec": {"ephemeralContainers": [{"name": "debug", "image": "busybox", "stdin": true}]}});
+    let err = Api::<Pod>::namespaced(admin.clone(), ns)
+        .patch_subresource(
+            "ephemeralcontainers",
+            "boxed",
+            &PatchParams::default(),
+            &Patch::Strategic(&debug),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no ephemeral containers"), "{err}");
+
+    for ns in ["lease-e2e-box", "not-a-lease"] {
+        namespaces
+            .delete(ns, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+}
+
+async fn crd_annotations(client: &Client) -> Vec<Option<String>> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut found = Vec::new();
+    for name in ["gpuoffers.gpubridge.dev", "computeleases.gpubridge.dev"] {
+        let crd = crds.get(name).await.unwrap();
+        found.push(crd.annotations().get("helm.sh/resource-policy").cloned());
+    }
+    found
+}
+
+#[tokio::test]
+async fn helm_upgrade_and_uninstall_keep_the_crds_and_running_leases() {
+    let Some(c) = cluster("chart-lifecycle").await else {
+        return;
+    };
+    install_crds(&c.client).await;
+    let operator = Operator::start(&c, "chart-lifecycle");
+    apply_yaml(&c.client, &workstation_offer()).await;
+    operator.wait_ready().await;
+    apply_yaml(&c.client, &lease_yaml("chart-lease", 600)).await;
+    wait_phase(&c.client, "chart-lease", LeasePhase::Running, 60 * SECOND).await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "lease-chart-lease");
+    let uid = pods.get("workload").await.unwrap().metadata.uid;
+
+    // An upgrade that takes the CRDs over (they were applied without helm) and changes the
+    // operator's settings: the CRDs carry the keep policy, the lease runs on, its pod untouched.
+    c.install_release(&[
+        "--set",
+        "crds.install=true",
+        "--set",
+        "operator.concurrency=4",
+        "--take-ownership",
+    ]);
+    assert_eq!(
+        crd_annotations(&c.client).await,
+        vec![Some("keep".into()); 2]
+    );
+    wait_phase(&c.client, "chart-lease", LeasePhase::Running, 10 * SECOND).await;
+    assert_eq!(pods.get("workload").await.unwrap().metadata.uid, uid);
+
+    // Uninstall: the operator goes (as its Deployment would), its RBAC with it; the CRDs, the
+    // lease and its pod stay.
+    drop(operator);
+    let out = c.helm(&[
+        "uninstall",
+        RELEASE,
+        "--namespace",
+        RELEASE_NAMESPACE,
+        "--wait",
+    ]);
+    assert!(out.status.success(), "helm uninstall: {}", stderr(&out));
+    let roles: Api<ClusterRole> = Api::all(c.client.clone());
+    assert!(
+        roles.get_opt("gpubridge-operator").await.unwrap().is_none(),
+        "the release is gone"
+    );
+    assert_eq!(
+        crd_annotations(&c.client).await,
+        vec![Some("keep".into()); 2]
+    );
+    let lease = crate::lease(&c.client, "chart-lease").await.unwrap();
+    assert_eq!(lease.phase(), LeasePhase::Running);
+    assert_eq!(pods.get("workload").await.unwrap().metadata.uid, uid);
+
+    // Installed again, the operator picks the lease up where it was and can end it.
+    c.install_release(&[]);
+    let operator = Operator::start(&c, "chart-lifecycle");
+    operator.wait_ready().await;
+    wait_phase(&c.client, "chart-lease", LeasePhase::Running, 30 * SECOND).await;
+    assert_eq!(pods.get("workload").await.unwrap().metadata.uid, uid);
+    delete_lease(&c.client, "chart-lease").await;
+    Api::<gpubridge::crd::GpuOffer>::all(c.client.clone())
+        .delete("rtx-workstation", &DeleteParams::default())
+        .await
+        .unwrap();
+}
