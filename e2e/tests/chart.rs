@@ -13,7 +13,9 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::support::{Operator, RELEASE, RELEASE_NAMESPACE, apply_yaml, cluster, repo};
+use crate::support::{
+    Cluster, NetworkNode, Operator, RELEASE, RELEASE_NAMESPACE, apply_yaml, cluster, repo,
+};
 use crate::{SECOND, delete_lease, install_crds, lease_yaml, wait_phase, workstation_offer};
 
 fn stderr(out: &std::process::Output) -> String {
@@ -306,6 +308,42 @@ async fn the_apiserver_keeps_lease_pods_in_their_box_whoever_asks() {
     }
 }
 
+/// Runs the shell block of the README's install step `step` ("**N. …**") as written, with
+/// `values` for the `NAME=<…>` lines that stand for what a reader fills in; returns what it
+/// printed, and fails the test when any command fails.
+fn readme_step(c: &Cluster, step: u32, values: &[(&str, &str)]) -> String {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = &readme[readme
+        .find(&format!("**{step}. "))
+        .unwrap_or_else(|| panic!("README has install step {step}"))..];
+    let body = &section[section.find("```sh\n").expect("a sh block") + 6..];
+    let block = &body[..body.find("```").unwrap()];
+    // Lines such as `LEASE=<lease id>` stand for what the reader fills in: `values` does here.
+    let placeholder = |line: &str| {
+        line.split_once('=').is_some_and(|(name, _)| {
+            !name.is_empty() && name.chars().all(|ch| ch.is_ascii_uppercase() || ch == '_')
+        })
+    };
+    let script: String = block
+        .lines()
+        .filter(|line| !placeholder(line))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let mut command = c.command("bash");
+    command.args(["-euo", "pipefail", "-c", &script]);
+    for (name, value) in values {
+        command.env(name, value);
+    }
+    let out = command.output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "README step {step}:\n{script}\nprinted:\n{printed}\n{}",
+        stderr(&out)
+    );
+    printed
+}
+
 async fn crd_annotations(client: &Client) -> Vec<Option<String>> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut found = Vec::new();
@@ -370,12 +408,38 @@ async fn helm_upgrade_and_uninstall_keep_the_crds_and_running_leases() {
     assert_eq!(lease.phase(), LeasePhase::Running);
     assert_eq!(pods.get("workload").await.unwrap().metadata.uid, uid);
 
-    // Installed again, the operator picks the lease up where it was and can end it.
+    // Installed again as the README says (its defaults: two replicas, kwok "runs" their pods),
+    // then set back to the suite's values; the operator picks the lease up where it was.
+    let network = NetworkNode::start("chart-readme");
+    let installed = readme_step(
+        &c,
+        1,
+        &[
+            ("NETWORK_URL", network.url.as_str()),
+            ("NETWORK_KEY", network.key.as_str()),
+        ],
+    );
+    assert!(installed.contains("STATUS: deployed"), "{installed}");
     c.install_release(&[]);
     let operator = Operator::start(&c, "chart-lifecycle");
     operator.wait_ready().await;
     wait_phase(&c.client, "chart-lease", LeasePhase::Running, 30 * SECOND).await;
     assert_eq!(pods.get("workload").await.unwrap().metadata.uid, uid);
+
+    // The README's other steps, as written, on this lease.
+    let offers = readme_step(&c, 2, &[]);
+    assert!(
+        offers.contains("h100-public") && offers.contains("rtx-workstation"),
+        "{offers}"
+    );
+    let watched = readme_step(&c, 3, &[("LEASE", "chart-lease")]);
+    assert!(watched.contains("Running gpu-4090-0"), "{watched}");
+    assert!(watched.contains("workload"), "{watched}");
+    readme_step(&c, 5, &[("LEASE", "chart-lease")]);
+    Api::<gpubridge::crd::GpuOffer>::all(c.client.clone())
+        .delete("h100-public", &DeleteParams::default())
+        .await
+        .unwrap();
     delete_lease(&c.client, "chart-lease").await;
     Api::<gpubridge::crd::GpuOffer>::all(c.client.clone())
         .delete("rtx-workstation", &DeleteParams::default())

@@ -70,24 +70,28 @@ impl Cluster {
         Client::try_from(config).unwrap()
     }
 
+    /// A command in the repository against this cluster as its administrator, with the control
+    /// plane's binaries (kubectl, helm) first on PATH and helm's folders kept out of $HOME.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut paths = vec![bin_dir()];
+        paths.extend(std::env::split_paths(&path));
+        let helm_home = std::env::temp_dir().join("gpubridge-e2e-helm");
+        let mut command = Command::new(program);
+        command
+            .env("PATH", std::env::join_paths(paths).unwrap())
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CACHE_HOME", helm_home.join("cache"))
+            .env("HELM_CONFIG_HOME", helm_home.join("config"))
+            .env("HELM_DATA_HOME", helm_home.join("data"))
+            .current_dir(repo());
+        command
+    }
+
     /// Runs helm against this cluster; panics when it cannot start.
     pub fn helm(&self, args: &[&str]) -> std::process::Output {
-        Command::new(bin_dir().join("helm"))
+        self.command(bin_dir().join("helm"))
             .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env(
-                "HELM_CACHE_HOME",
-                std::env::temp_dir().join("gpubridge-e2e-helm/cache"),
-            )
-            .env(
-                "HELM_CONFIG_HOME",
-                std::env::temp_dir().join("gpubridge-e2e-helm/config"),
-            )
-            .env(
-                "HELM_DATA_HOME",
-                std::env::temp_dir().join("gpubridge-e2e-helm/data"),
-            )
-            .current_dir(repo())
             .output()
             .expect("helm runs")
     }
