@@ -148,4 +148,4 @@ echo
 echo "Buyer balance (network; the charge is the provider's earnings):"
 order balance
 echo
-curl -fs 127.0.0.1:18080/metrics | grep -E '^gpubridge_(offer_gpus|leases|lease_ends_total|network_session_up|intake_leases_total|receipts_accepted_total|attestations_total|verification_failures_total)' | grep -v ' 0$' || true
+curl -fs 127.0.0.1:18080/metrics | grep -E '^gpubridge_(offer_gpus|leases|lease_ends_total|network_session_up|intake_leases_total|receipts_accepted_total|gpu_seconds_total|earnings_total|attestations_total|verification_failures_total)' | grep -v ' 0$' || true
