@@ -3,8 +3,6 @@
 //! and helm upgrade and uninstall keeping the CRDs and running leases. Every other e2e test runs
 //! the operator with the chart ServiceAccount's identity (support::Cluster::operator_kubeconfig).
 
-use std::process::Command;
-
 use gpubridge::crd::LeasePhase;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::api::rbac::v1::ClusterRole;
@@ -35,9 +33,9 @@ async fn the_chart_lints_renders_the_committed_install_manifest_and_refuses_bad_
         stderr(&lint)
     );
 
-    let rendered = Command::new("bash")
+    let rendered = c
+        .command("bash")
         .arg("charts/render-install.sh")
-        .current_dir(repo())
         .output()
         .unwrap();
     assert!(rendered.status.success(), "{}", stderr(&rendered));
