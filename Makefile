@@ -32,10 +32,10 @@ cluster-up:
 cluster-down:
 	bash e2e/cluster.sh down
 
-## lint: formatting and clippy, warnings as errors; the fuzz targets type-check.
+## lint: formatting and clippy (the e2e suite included), warnings as errors; the fuzz targets type-check.
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --all-targets --features e2e -- -D warnings
 	$(CARGO) check --locked --manifest-path fuzz/Cargo.toml --target-dir $${CARGO_TARGET_DIR:-target}/fuzz-check
 
 fmt:
