@@ -448,9 +448,11 @@ impl Probe for OperatorProbe {
 
     fn metrics(&self) -> String {
         let offers = self.offers.state();
-        let inventory = self.inventory.read().expect("inventory lock poisoned");
-        self.metrics
-            .refresh(offers.iter().map(|o| o.as_ref()), inventory.leases());
+        {
+            let inventory = self.inventory.read().expect("inventory lock poisoned");
+            self.metrics
+                .refresh(offers.iter().map(|o| o.as_ref()), inventory.leases());
+        }
         self.metrics.render()
     }
 }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::support::{
     Cluster, NetworkNode, Operator, RELEASE, RELEASE_NAMESPACE, apply_yaml, cluster, repo,
 };
-use crate::{SECOND, delete_lease, install_crds, lease_yaml, wait_phase, workstation_offer};
+use crate::{SECOND, delete_lease, lease_yaml, wait_phase};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -357,10 +357,7 @@ async fn helm_upgrade_and_uninstall_keep_the_crds_and_running_leases() {
     let Some(c) = cluster("chart-lifecycle").await else {
         return;
     };
-    install_crds(&c.client).await;
-    let operator = Operator::start(&c, "chart-lifecycle");
-    apply_yaml(&c.client, &workstation_offer()).await;
-    operator.wait_ready().await;
+    let operator = crate::operator_with_workstation_offer(&c, "chart-lifecycle").await;
     apply_yaml(&c.client, &lease_yaml("chart-lease", 600)).await;
     wait_phase(&c.client, "chart-lease", LeasePhase::Running, 60 * SECOND).await;
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), "lease-chart-lease");

@@ -1,18 +1,9 @@
 //! The chart's Grafana dashboard against what the operator really exports: every panel's query,
 //! evaluated by a real Prometheus that scraped the operator through a lease, returns data.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde_json::Value;
 
-use crate::support::{Prometheus, repo};
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+use crate::support::{Prometheus, now_unix, repo};
 
 /// Every query of the dashboard, with the panel it belongs to.
 pub fn panel_queries() -> Vec<(String, String)> {
@@ -32,8 +23,8 @@ pub fn panel_queries() -> Vec<(String, String)> {
 
 /// Evaluates each panel's query as Grafana would over [since, now], with Grafana's interval
 /// variables set for a 1 s scrape, and fails naming every panel that shows no data.
-pub async fn every_panel_shows_data(prometheus: &Prometheus, since: u64) {
-    let now = unix_now();
+pub async fn every_panel_shows_data(prometheus: &Prometheus, since: i64) {
+    let now = now_unix();
     let queries = panel_queries();
     assert!(queries.len() >= 15, "the dashboard has its panels");
     let mut empty = Vec::new();

@@ -134,6 +134,16 @@ fn workstation_offer() -> String {
     std::fs::read_to_string(repo().join("manifests/samples/rtx-workstation.yaml")).unwrap()
 }
 
+/// The CRDs installed, an operator started as `identity`, the workstation offer declared, and
+/// the operator ready and leading.
+async fn operator_with_workstation_offer(c: &support::Cluster, identity: &str) -> Operator {
+    install_crds(&c.client).await;
+    let operator = Operator::start(c, identity);
+    apply_yaml(&c.client, &workstation_offer()).await;
+    operator.wait_ready().await;
+    operator
+}
+
 fn lease_yaml(name: &str, duration_seconds: u64) -> String {
     format!(
         r#"
@@ -535,10 +545,7 @@ async fn a_lease_gets_its_box_runs_on_an_offered_node_expires_and_is_cleaned_up(
     let Some(c) = cluster("lease").await else {
         return;
     };
-    install_crds(&c.client).await;
-    let operator = Operator::start(&c, "lease");
-    apply_yaml(&c.client, &workstation_offer()).await;
-    operator.wait_ready().await;
+    let _operator = operator_with_workstation_offer(&c, "lease").await;
     eventually("the workstation offer", 30 * SECOND, || async {
         idle_of(&c.client, "rtx-workstation").await
     })
@@ -641,10 +648,7 @@ async fn an_operator_killed_mid_lease_creates_no_second_pod_and_loses_no_status(
     let Some(c) = cluster("restart").await else {
         return;
     };
-    install_crds(&c.client).await;
-    let first = Operator::start(&c, "restart-1");
-    apply_yaml(&c.client, &workstation_offer()).await;
-    first.wait_ready().await;
+    let first = operator_with_workstation_offer(&c, "restart-1").await;
     apply_yaml(&c.client, &lease_yaml("e2e-restart", 600)).await;
     let before = wait_phase(&c.client, "e2e-restart", LeasePhase::Running, 60 * SECOND)
         .await
@@ -681,10 +685,7 @@ async fn a_preempted_lease_and_a_lease_on_a_lost_node_end_with_provider_faults()
     let Some(c) = cluster("faults").await else {
         return;
     };
-    install_crds(&c.client).await;
-    let operator = Operator::start(&c, "faults");
-    apply_yaml(&c.client, &workstation_offer()).await;
-    operator.wait_ready().await;
+    let _operator = operator_with_workstation_offer(&c, "faults").await;
 
     // Preemption: the enterprise's own job needs the whole node.
     apply_yaml(&c.client, &lease_yaml("e2e-preempted", 600)).await;

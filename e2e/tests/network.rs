@@ -18,7 +18,7 @@ use kube::{Api, Client, ResourceExt};
 use crate::sidecars::{Sidecars, footprint, status_kib};
 use crate::support::{
     Cluster, NetworkNode, Operator, Prometheus, apply_yaml, cluster, eventually, http_get,
-    promtool_check_metrics,
+    now_unix, promtool_check_metrics,
 };
 use crate::{SECOND, delete_lease, install_crds, offer_status, wait_phase, workstation_offer};
 
@@ -101,7 +101,7 @@ async fn a_metered_lease_survives_crashes_of_everything_and_settles_exactly() {
     let Some(c) = cluster("network-lease").await else {
         return;
     };
-    let since = crate::dashboard::unix_now();
+    let since = now_unix();
     let (mut network, mut operator, buyer, placed) =
         workstation_lease(&c, "network-lease", 90).await;
     // Prometheus scrapes the operator through the whole lease, restarts included, for the
@@ -360,10 +360,6 @@ async fn forgeries_are_refused_and_shown(
             "{line} in\n{metrics}"
         );
     }
-}
-
-fn now_unix() -> i64 {
-    jiff::Timestamp::now().as_second()
 }
 
 const BURST_NODES: usize = 5;

@@ -391,17 +391,10 @@ impl Operator {
 
     /// Waits until the caches are synced, leading or not.
     pub async fn wait_ready_or_standby(&self) {
-        let url = format!("{}/readyz", self.http);
-        eventually(
+        wait_http_ok(
             "the operator to be ready",
+            &format!("{}/readyz", self.http),
             Duration::from_secs(30),
-            || async {
-                match http_get(&url).await {
-                    Ok((200, _)) => Ok(()),
-                    Ok((code, body)) => Err(format!("{code} {body}")),
-                    Err(e) => Err(e),
-                }
-            },
         )
         .await;
     }
@@ -461,6 +454,23 @@ pub async fn http_get(url: &str) -> Result<(u16, String), String> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((code, body))
+}
+
+/// Waits until `url` answers 200, or panics with `what` after `timeout`.
+pub async fn wait_http_ok(what: &str, url: &str, timeout: Duration) {
+    eventually(what, timeout, || async {
+        match http_get(url).await {
+            Ok((200, _)) => Ok(()),
+            Ok((code, body)) => Err(format!("{code} {body}")),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+}
+
+/// Now, in Unix seconds.
+pub fn now_unix() -> i64 {
+    jiff::Timestamp::now().as_second()
 }
 
 pub fn free_port() -> u16 {
@@ -617,16 +627,10 @@ impl Prometheus {
             url: format!("http://127.0.0.1:{port}"),
             _dir: dir,
         };
-        let ready = format!("{}/-/ready", prometheus.url);
-        eventually(
+        wait_http_ok(
             "prometheus to be ready",
+            &format!("{}/-/ready", prometheus.url),
             Duration::from_secs(60),
-            || async {
-                match http_get(&ready).await {
-                    Ok((200, _)) => Ok(()),
-                    other => Err(format!("{other:?}")),
-                }
-            },
         )
         .await;
         prometheus
@@ -636,8 +640,8 @@ impl Prometheus {
     pub async fn query_range(
         &self,
         expr: &str,
-        start: u64,
-        end: u64,
+        start: i64,
+        end: i64,
     ) -> Result<Vec<serde_json::Value>, String> {
         let query = form_urlencoded::Serializer::new(String::new())
             .append_pair("query", expr)

@@ -34,6 +34,10 @@ use crate::crd::{ComputeLease, GpuOffer, LEASE_LABEL};
 /// Offer recomputes triggered by many pod events in a burst are merged over this window.
 const OFFER_DEBOUNCE: Duration = Duration::from_millis(500);
 
+/// The controllers' names, as their metrics label them.
+const OFFER_CONTROLLER: &str = "offer";
+const LEASE_CONTROLLER: &str = "lease";
+
 /// Runs both controllers until `shutdown` resolves; in-flight reconciles finish first.
 pub async fn run(
     ctx: Arc<Context>,
@@ -41,7 +45,7 @@ pub async fn run(
     concurrency: u16,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
-    for controller in ["offer", "lease"] {
+    for controller in [OFFER_CONTROLLER, LEASE_CONTROLLER] {
         ctx.metrics
             .init_controller(controller, &Error::FAILURE_LABELS);
     }
@@ -58,8 +62,8 @@ pub async fn run(
     .reconcile_on(offer_triggers.stream())
     .graceful_shutdown_on(shutdown.clone())
     .run(
-        |offer, ctx| instrumented("offer", offer, ctx, offer::reconcile),
-        error_policy::<GpuOffer>("offer"),
+        |offer, ctx| instrumented(OFFER_CONTROLLER, offer, ctx, offer::reconcile),
+        error_policy::<GpuOffer>(OFFER_CONTROLLER),
         ctx.clone(),
     )
     .for_each(|_| async {});
@@ -81,8 +85,8 @@ pub async fn run(
     .with_config(Config::default().concurrency(concurrency))
     .graceful_shutdown_on(shutdown)
     .run(
-        |lease, ctx| instrumented("lease", lease, ctx, lease::reconcile),
-        error_policy::<ComputeLease>("lease"),
+        |lease, ctx| instrumented(LEASE_CONTROLLER, lease, ctx, lease::reconcile),
+        error_policy::<ComputeLease>(LEASE_CONTROLLER),
         ctx,
     )
     .for_each(|_| async {});
