@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
-# The gpubridge image: the operator, the lease sidecars (meter, attest) and the network node in
-# one binary. Multi-stage: a locked release build, then a small glibc runtime (NVML is dlopened
-# at run time from the driver the NVIDIA container toolkit mounts, so nothing of it is here).
+# The gpubridge image: `gpubridge` (the operator, the network node, the buyer CLI) and
+# `gpubridge-sidecar` (the lease pods' meter and attest, linked apart so they stay small).
+# Multi-stage: a locked release build, then a small glibc runtime (NVML is dlopened at run time
+# from the driver the NVIDIA container toolkit mounts, so nothing of it is here).
 
 ARG RUST_VERSION=1.95
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
@@ -22,7 +23,7 @@ LABEL org.opencontainers.image.title="gpubridge" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/gpubridge/gpubridge" \
       org.opencontainers.image.vendor="gpubridge"
-COPY --from=build /out/gpubridge /usr/local/bin/gpubridge
+COPY --from=build /out/gpubridge /out/gpubridge-sidecar /usr/local/bin/
 # distroless' nonroot user, numerically, so that runAsNonRoot can verify it.
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/gpubridge"]

@@ -10,11 +10,12 @@ export GPUBRIDGE_E2E_KUBECONFIG="${GPUBRIDGE_E2E_KUBECONFIG:-$CACHE/e2e/kubeconf
 export KUBECONFIG="$GPUBRIDGE_E2E_KUBECONFIG"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "building the control plane (cached after the first run) and the operator"
+step "building the control plane (cached after the first run), the operator and the sidecars"
 BIN=$(bash e2e/cluster.sh bin)
 kubectl() { "$BIN/kubectl" "$@"; }
-cargo build --locked --quiet --bin gpubridge
+cargo build --locked --quiet --bin gpubridge --bin gpubridge-sidecar
 OPERATOR="${CARGO_TARGET_DIR:-target}/debug/gpubridge"
+SIDECAR="${CARGO_TARGET_DIR:-target}/debug/gpubridge-sidecar"
 
 step "starting kube-apiserver, etcd, controller-manager, scheduler and kwok on loopback"
 bash e2e/cluster.sh up
@@ -111,9 +112,9 @@ POD_UID=$(kubectl get pod workload -n "lease-$LEASE" -o jsonpath='{.metadata.uid
 NODE=$(kubectl get pod workload -n "lease-$LEASE" -o jsonpath='{.spec.nodeName}')
 sidecar=(--lease-id "$LEASE" --identity-dir "$SC/identity" --receipts-dir "$SC/receipts"
   --collector-url http://127.0.0.1:17400 --gpu-source simulated --simulated-seed "$NODE" --log-format text)
-"$OPERATOR" meter "${sidecar[@]}" --gpus 1 --receipt-seconds 5 --http-addr 127.0.0.1:19464 >"$SC/meter.log" 2>&1 &
+"$SIDECAR" meter "${sidecar[@]}" --gpus 1 --receipt-seconds 5 --http-addr 127.0.0.1:19464 >"$SC/meter.log" 2>&1 &
 meter_pid=$!
-"$OPERATOR" attest "${sidecar[@]}" --image ghcr.io/acme/render:2 --pod-uid "$POD_UID" --node-name "$NODE" \
+"$SIDECAR" attest "${sidecar[@]}" --image ghcr.io/acme/render:2 --pod-uid "$POD_UID" --node-name "$NODE" \
   --poll-seconds 2 >"$SC/attest.log" 2>&1 &
 attest_pid=$!
 sidecar_pids="$meter_pid $attest_pid"

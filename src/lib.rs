@@ -20,6 +20,7 @@ pub mod metering;
 pub mod metrics;
 pub mod network;
 pub mod operator;
+pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
 pub mod workload;

@@ -848,11 +848,15 @@ async fn meter_footprint_benchmark() {
         .len();
     // Clock ticks are 1/100 s: ticks / (SECONDS × 100) of one core.
     let cpu = (ticks_after - ticks_before) as f64 / SECONDS as f64;
+    let binary = std::fs::metadata(env!("CARGO_BIN_EXE_gpubridge-sidecar"))
+        .unwrap()
+        .len();
     println!(
-        "meter at 1 Hz over {SECONDS} s: peak RSS {peak_rss} KiB ({:.1} MiB; now {} KiB anonymous, {} KiB file-backed), CPU {cpu:.2} % of a core, {receipts} receipts sealed",
+        "meter at 1 Hz over {SECONDS} s: peak RSS {peak_rss} KiB ({:.1} MiB; now {} KiB anonymous, {} KiB file-backed), CPU {cpu:.2} % of a core, {receipts} receipts sealed; gpubridge-sidecar is {:.1} MB",
         peak_rss as f64 / 1024.0,
         status_kib(pid, "RssAnon:").unwrap_or(0),
         status_kib(pid, "RssFile:").unwrap_or(0),
+        binary as f64 / 1e6,
     );
     let metrics = http_get(&format!("{}/metrics", operator.http))
         .await

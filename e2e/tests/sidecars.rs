@@ -111,7 +111,7 @@ impl Sidecars {
             .append(true)
             .open(std::env::temp_dir().join(format!("gpubridge-e2e-{name}-{}.log", self.lease)))
             .unwrap();
-        Command::new(env!("CARGO_BIN_EXE_gpubridge"))
+        Command::new(env!("CARGO_BIN_EXE_gpubridge-sidecar"))
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -1,5 +1,5 @@
-//! `gpubridge attest`: answers every attestation challenge of the network with evidence of
-//! where the lease runs, signed with the lease key.
+//! `gpubridge-sidecar attest`: answers every attestation challenge of the network with evidence
+//! of where the lease runs, signed with the lease key.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,4 +1,5 @@
-//! The `gpubridge` command line: one binary, one subcommand per role.
+//! The command lines: `gpubridge`, one subcommand per role, and `gpubridge-sidecar`, the lease
+//! pods' sidecars.
 
 use std::path::PathBuf;
 
@@ -23,11 +24,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the operator: offers from idle GPUs, leases as boxed GPU pods.
-    Operator(OperatorArgs),
-    /// Lease sidecar: meter the lease's GPUs into signed receipts for the collector.
-    Meter(crate::metering::sidecar::MeterArgs),
-    /// Lease sidecar: answer the network's attestation challenges with signed evidence.
-    Attest(crate::attestation::sidecar::AttestArgs),
+    Operator(Box<OperatorArgs>),
     /// Run the reference network node: offer book, matching, escrow, settlement.
     Network(NetworkArgs),
     /// Buy GPU time on a network: keys, deposits, orders.
@@ -44,6 +41,27 @@ pub enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+}
+
+/// `gpubridge-sidecar`: the lease pod's sidecars, a binary of their own so that a lease pod
+/// maps only the code that meters and attests, not the operator's and the network node's.
+#[derive(Parser, Debug)]
+#[command(
+    name = "gpubridge-sidecar",
+    version,
+    about = "A gpubridge lease pod's sidecars: metering and attestation"
+)]
+pub struct SidecarCli {
+    #[command(subcommand)]
+    pub command: SidecarCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SidecarCommand {
+    /// Meter the lease's GPUs into signed receipts for the collector.
+    Meter(crate::metering::sidecar::MeterArgs),
+    /// Answer the network's attestation challenges with signed evidence.
+    Attest(crate::attestation::sidecar::AttestArgs),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,6 @@
-//! `gpubridge meter`: samples the lease's GPUs, seals a receipt every interval, logs it on the
-//! pod's emptyDir, and delivers the log to the collector until each receipt is acknowledged.
+//! `gpubridge-sidecar meter`: samples the lease's GPUs, seals a receipt every interval, logs it
+//! on the pod's emptyDir, and delivers the log to the collector until each receipt is
+//! acknowledged.
 //! On SIGTERM it seals a final receipt and tries to deliver it before the pod goes.
 
 use std::net::SocketAddr;

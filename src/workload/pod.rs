@@ -23,6 +23,8 @@ pub const ATTEST_CONTAINER: &str = "attest";
 
 /// The unprivileged user sidecars (and restricted workloads) run as.
 const NONROOT_UID: i64 = 65532;
+/// Where the sidecar image keeps the sidecars' binary (the Dockerfile puts it there).
+const SIDECAR_BINARY: &str = "/usr/local/bin/gpubridge-sidecar";
 const IDENTITY_DIR: &str = "/var/run/gpubridge/identity";
 const RECEIPTS_DIR: &str = "/var/lib/gpubridge/receipts";
 /// How long a lease pod stays on a node that stopped answering before it is evicted, so that a
@@ -215,7 +217,7 @@ fn workload_container(b: &LeaseBox) -> Container {
     }
 }
 
-/// A native sidecar (an init container that restarts always) running the operator's binary.
+/// A native sidecar (an init container that restarts always) running the sidecars' binary.
 fn sidecar(
     b: &LeaseBox,
     subcommand: &str,
@@ -232,6 +234,7 @@ fn sidecar(
         image: Some(b.sidecar_image.to_string()),
         image_pull_policy: Some("IfNotPresent".to_string()),
         restart_policy: Some("Always".to_string()),
+        command: Some(vec![SIDECAR_BINARY.to_string()]),
         args: Some(
             [
                 subcommand.to_string(),

@@ -312,16 +312,26 @@ fn pod_is_boxed_in() {
             Some("ghcr.io/gpubridge/gpubridge:0.1.0")
         );
         assert_eq!(
+            s.command.as_deref(),
+            Some(&["/usr/local/bin/gpubridge-sidecar".to_string()][..]),
+            "{} runs the sidecars' binary, not the operator's",
+            s.name
+        );
+        assert_eq!(
             s.args.as_ref().unwrap()[0],
             s.name,
-            "runs `gpubridge {}`",
+            "runs `gpubridge-sidecar {}`",
             s.name
         );
         let r = s.resources.as_ref().unwrap();
         assert!(r.limits.as_ref().unwrap().get("nvidia.com/gpu").is_none());
-        // The pod's arguments are ones the binary accepts (the downward-API values come from
-        // the environment in the pod; here they are given).
-        let argv = std::iter::once("gpubridge".to_string())
+        // The pod's arguments are ones the sidecars' binary accepts (the downward-API values
+        // come from the environment in the pod; here they are given).
+        let argv = s
+            .command
+            .clone()
+            .unwrap()
+            .into_iter()
             .chain(s.args.clone().unwrap())
             .chain(
                 ["--pod-uid=u".to_string(), "--node-name=n".to_string()]
@@ -329,7 +339,7 @@ fn pod_is_boxed_in() {
                     .filter(|_| s.name == ATTEST_CONTAINER),
             );
         use clap::Parser;
-        let parsed = crate::cli::Cli::try_parse_from(argv);
+        let parsed = crate::cli::SidecarCli::try_parse_from(argv);
         assert!(parsed.is_ok(), "{}: {}", s.name, parsed.err().unwrap());
         assert!(
             s.args.as_ref().unwrap().iter().any(
@@ -342,6 +352,19 @@ fn pod_is_boxed_in() {
     let psc = spec.security_context.unwrap();
     assert_eq!(psc.run_as_non_root, Some(true));
     assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+}
+
+#[test]
+fn the_image_puts_the_sidecars_binary_where_lease_pods_run_it() {
+    let dockerfile = include_str!("../../Dockerfile");
+    let copy = dockerfile
+        .lines()
+        .find(|l| l.starts_with("COPY --from=build"))
+        .expect("the runtime stage copies the binaries");
+    assert!(
+        copy.contains("/out/gpubridge-sidecar") && copy.ends_with(" /usr/local/bin/"),
+        "{copy}"
+    );
 }
 
 #[test]

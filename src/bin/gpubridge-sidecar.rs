@@ -1,0 +1,21 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use gpubridge::cli::{SidecarCli, SidecarCommand};
+use gpubridge::runtime::{block_on_one_thread, exit_code};
+use gpubridge::{attestation, metering, telemetry};
+
+fn main() -> ExitCode {
+    let cli = SidecarCli::parse();
+    let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
+        SidecarCommand::Meter(args) => {
+            telemetry::init(args.log_format);
+            block_on_one_thread(metering::sidecar::run(args)).map_err(Into::into)
+        }
+        SidecarCommand::Attest(args) => {
+            telemetry::init(args.log_format);
+            block_on_one_thread(attestation::sidecar::run(args)).map_err(Into::into)
+        }
+    };
+    exit_code("gpubridge-sidecar", result)
+}
