@@ -10,7 +10,7 @@ demo:
 	bash e2e/demo.sh
 
 build:
-	$(CARGO) build --locked --release --bin gpubridge
+	$(CARGO) build --locked --release --bins
 
 ## test: everything CI runs: lint, every unit, fixture and mocked-API test, the image's build
 ## stage, then end to end (the chart, its RBAC, admission policy and dashboard included).

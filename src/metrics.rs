@@ -242,17 +242,17 @@ impl Metrics {
             self.leases.with_label_values(&[phase.as_str()]).set(0);
         }
         for offer in offers {
-            let Some(status) = &offer.status else {
-                self.offers.with_label_values(&["false"]).inc();
-                continue;
-            };
-            let ready = status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let ready = offer.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            });
             self.offers
                 .with_label_values(&[if ready { "true" } else { "false" }])
                 .inc();
+            let Some(status) = &offer.status else {
+                continue;
+            };
             let name = offer.metadata.name.as_deref().unwrap_or_default();
             for (state, value) in [
                 ("idle", status.idle_gpus),

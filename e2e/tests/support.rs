@@ -139,8 +139,7 @@ pub fn bin_dir() -> PathBuf {
 /// The admin kubeconfig with every user impersonating the chart's ServiceAccount, written
 /// beside it: the API server then authorizes and admits the operator's requests exactly as it
 /// would those of the chart's pods.
-fn write_operator_kubeconfig(admin: &Kubeconfig, path: &Path) -> PathBuf {
-    let mut kubeconfig = admin.clone();
+fn write_operator_kubeconfig(mut kubeconfig: Kubeconfig, path: &Path) -> PathBuf {
     for user in &mut kubeconfig.auth_infos {
         if let Some(auth) = user.auth_info.as_mut() {
             auth.impersonate = Some(OPERATOR_USER.to_string());
@@ -168,9 +167,10 @@ pub async fn cluster(test: &str) -> Option<Cluster> {
     let Ok(kubeconfig) = Kubeconfig::read_from(&path) else {
         return skip(format!("no kubeconfig at {}", path.display()));
     };
-    let kubeconfig_copy = kubeconfig.clone();
     let config =
-        match Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await {
+        match Config::from_custom_kubeconfig(kubeconfig.clone(), &KubeConfigOptions::default())
+            .await
+        {
             Ok(c) => c,
             Err(e) => return skip(format!("kubeconfig {}: {e}", path.display())),
         };
@@ -180,7 +180,7 @@ pub async fn cluster(test: &str) -> Option<Cluster> {
     }
     let cluster = Cluster {
         client,
-        operator_kubeconfig: write_operator_kubeconfig(&kubeconfig_copy, &path),
+        operator_kubeconfig: write_operator_kubeconfig(kubeconfig, &path),
         kubeconfig: path,
         _guard: guard,
     };

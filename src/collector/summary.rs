@@ -6,6 +6,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::crd::LeaseUsage;
+use crate::network::amount;
 use crate::network::proto::ReceiptsReply;
 
 /// Conditions the collector owns on a ComputeLease.
@@ -41,7 +42,7 @@ impl Served {
     pub fn of_reply(reply: &ReceiptsReply) -> Served {
         Served {
             gpu_millis: reply.allocated_gpu_millis,
-            charged_atto: reply.charged.parse().unwrap_or(0),
+            charged_atto: amount::parse("charged", &reply.charged).unwrap_or(0),
         }
     }
 
@@ -52,7 +53,7 @@ impl Served {
             charged_atto: usage
                 .charged
                 .as_deref()
-                .and_then(|c| c.parse().ok())
+                .and_then(|c| amount::parse("charged", c).ok())
                 .unwrap_or(0),
         }
     }
