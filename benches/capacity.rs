@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use gpubridge::capacity::{self, Inventory, NodeFacts, OfferFacts, PodFacts};
-use gpubridge::controller::watch::{Touched, touched_offers};
+use gpubridge::operator::controller::watch::{Touched, touched_offers};
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::Selector;
 

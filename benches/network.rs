@@ -6,13 +6,13 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use gpubridge::hub::matching::{BookOffer, OrderTerms, best_offer};
-use gpubridge::hub::{HubSettings, Store};
 use gpubridge::identity::{generate_key, issue_lease_certificate};
 use gpubridge::metering::{ChainHead, LeaseTerms, Step, check_next, seal_receipt};
-use gpubridge::network::domain;
-use gpubridge::network::envelope::seal;
-use gpubridge::network::proto::{
+use gpubridge::node::matching::{BookOffer, OrderTerms, best_offer};
+use gpubridge::node::{HubSettings, Store};
+use gpubridge::wire::domain;
+use gpubridge::wire::envelope::seal;
+use gpubridge::wire::proto::{
     Attribution, GpuUsage, OfferBody, OrderBody, ReceiptsBody, Signed, Workload,
 };
 use prost::Message;
@@ -106,7 +106,7 @@ fn open_store(name: &str) -> (std::path::PathBuf, Store, i64) {
 /// A registered provider with one offer of 8 blocks of 1024 H100s, priced `i` atto above one unit.
 fn provider_with_offer(store: &Store, i: usize, now: i64) -> ed25519_dalek::SigningKey {
     let provider = generate_key();
-    let register = gpubridge::network::proto::RegisterBody {
+    let register = gpubridge::wire::proto::RegisterBody {
         header: None,
         name: format!("p{i}"),
         region: String::new(),
@@ -138,7 +138,7 @@ fn provider_with_offer(store: &Store, i: usize, now: i64) -> ed25519_dalek::Sign
 
 fn funded_buyer(store: &Store, amount: u128, now: i64) -> ed25519_dalek::SigningKey {
     let buyer = generate_key();
-    let deposit = gpubridge::network::proto::DepositBody {
+    let deposit = gpubridge::wire::proto::DepositBody {
         header: None,
         amount: amount.to_string(),
         denomination: "USDC".into(),
@@ -240,7 +240,7 @@ fn store_receipts(c: &mut Criterion) {
         .submit_order(&seal(&buyer, domain::ORDER, order, now), now)
         .unwrap();
     let lease_id = placed.order.lease_id;
-    let decision = gpubridge::network::proto::LeaseDecisionBody {
+    let decision = gpubridge::wire::proto::LeaseDecisionBody {
         header: None,
         lease_id: lease_id.clone(),
         accept: true,

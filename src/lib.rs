@@ -1,26 +1,28 @@
 //! gpubridge: puts a Kubernetes cluster's idle GPUs on a decentralized compute network and runs
 //! the network's leases on them, boxed, metered and attested.
 //!
-//! Decisions live in pure modules (`capacity`, `admission`, `lifecycle`, `workload`,
-//! `identity`); `controller` only reads state, calls them and writes the results.
+//! The modules are layers (DESIGN §1); each uses only those below it, and
+//! `tests/layering.rs` fails on an import that runs up:
+//! 1. `wire` (with `identity` beneath it): the protocol both ends speak;
+//! 2. the pure cores: `crd`, `gpu`, `capacity`, `admission`, `workload`, `lifecycle`, `metering`,
+//!    `attestation`; then `process`, what every process shares;
+//! 3. the process roles, which never import one another: `operator`, `node`, `sidecar`;
+//!    above them `cli`, whose commands only parse arguments and call a role.
 
 pub mod admission;
 pub mod attestation;
 pub mod capacity;
 pub mod cli;
-pub mod collector;
-pub mod controller;
 pub mod crd;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod decoders;
 pub mod gpu;
-pub mod http;
-pub mod hub;
 pub mod identity;
 pub mod lifecycle;
 pub mod metering;
-pub mod metrics;
-pub mod network;
+pub mod node;
 pub mod operator;
-pub mod runtime;
-pub mod shutdown;
-pub mod telemetry;
+pub mod process;
+pub mod sidecar;
+pub mod wire;
 pub mod workload;

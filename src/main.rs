@@ -2,8 +2,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use gpubridge::cli::{Cli, Command, crdgen, keygen, order};
-use gpubridge::runtime::{block_on, exit_code};
-use gpubridge::{hub, operator, telemetry};
+use gpubridge::process::runtime::{block_on, exit_code};
+use gpubridge::process::telemetry;
+use gpubridge::{node, operator};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -16,7 +17,7 @@ fn main() -> ExitCode {
         }
         Command::Network(args) => {
             telemetry::init(args.log_format);
-            block_on(hub::run(args)).map_err(Into::into)
+            block_on(node::run(args)).map_err(Into::into)
         }
         Command::Order(args) => block_on(order::run(args)).map_err(Into::into),
     };

@@ -5,11 +5,13 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use gpubridge::capacity::{Inventory, NodeFacts};
-use gpubridge::controller::backoff::Backoff;
-use gpubridge::controller::{Context, Error, Settings, lease, offer};
 use gpubridge::crd::{ComputeLease, GpuOffer, LeasePhase, TerminationReason};
 use gpubridge::identity::generate_key;
-use gpubridge::metrics::Metrics;
+use gpubridge::operator::controller::backoff::Backoff;
+use gpubridge::operator::controller::{
+    self, Context, Error, LEASE_CONTROLLER, Settings, lease, offer,
+};
+use gpubridge::operator::metrics::Metrics;
 use http::{Method, Request, Response};
 use k8s_openapi::api::core::v1::Node;
 use kube::client::Body;
@@ -167,7 +169,10 @@ fn context(client: Client, offers: Vec<GpuOffer>) -> Arc<Context> {
                 instance: None,
             },
         ),
-        backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+        backoff: Arc::new(Backoff::new(
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        )),
         provider_key: generate_key(),
     })
 }
@@ -617,9 +622,23 @@ async fn api_failures_back_off_per_object() {
     assert!(matches!(&err, Error::Finalizer(_)));
     assert!(err.waiting_for().is_none());
     assert_eq!(err.metric_label(), "kube");
-    let first = ctx.backoff.next_delay("lease/l-01hzx4");
-    let second = ctx.backoff.next_delay("lease/l-01hzx4");
-    assert!(second > first);
+    // What the controller's error policy waits: growing per failure of this object, counted.
+    let delay = |name: &str| controller::retry_delay(LEASE_CONTROLLER, name, &err, &ctx);
+    let first = delay("l-01hzx4");
+    let second = delay("l-01hzx4");
+    let third = delay("l-01hzx4");
+    assert!(first <= Duration::from_secs(2), "{first:?}");
+    assert!(second >= Duration::from_secs(2) && third >= Duration::from_secs(4));
+    assert!(
+        delay("another") <= Duration::from_secs(2),
+        "another object starts over"
+    );
+    let failures = ctx
+        .metrics
+        .reconcile_errors
+        .with_label_values(&[LEASE_CONTROLLER, "kube"])
+        .get();
+    assert_eq!(failures, 4);
 }
 
 fn collector() -> gpubridge::workload::CollectorEndpoint {

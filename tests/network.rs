@@ -7,14 +7,14 @@ mod support;
 use ed25519_dalek::SigningKey;
 use gpubridge::identity::{generate_key, issue_lease_certificate, public_key_base58};
 use gpubridge::metering::{ChainHead, seal_receipt};
-use gpubridge::network::envelope::{header, seal, sign_body};
-use gpubridge::network::intake::verify_lease;
-use gpubridge::network::proto::Attribution;
-use gpubridge::network::proto::{
+use gpubridge::operator::intake::verify_lease;
+use gpubridge::wire::envelope::{header, seal, sign_body};
+use gpubridge::wire::proto::Attribution;
+use gpubridge::wire::proto::{
     CancelBody, DepositBody, HeartbeatBody, InfoRequest, LeaseDecisionBody, LeaseEndBody,
     OrderBody, OrderState, QueryBody, RegisterBody, Signed, lease_event,
 };
-use gpubridge::network::{domain, envelope::verifying_key};
+use gpubridge::wire::{domain, envelope::verifying_key};
 use prost::Message;
 use support::network::{Node, UNIT, now, offer, order};
 use tonic::Code;
@@ -83,7 +83,7 @@ struct World {
 /// A node with one provider (offer "h100", blocks 8 and 4) and a buyer holding 100 USDC.
 /// Providers have 10 s to answer a lease and 30 s between heartbeats.
 async fn world() -> World {
-    let node = Node::start_with(gpubridge::hub::HubSettings {
+    let node = Node::start_with(gpubridge::node::HubSettings {
         answer_seconds: 10,
         ..Default::default()
     })
@@ -104,7 +104,7 @@ async fn world() -> World {
     }
 }
 
-fn available(reply: &gpubridge::network::proto::BalanceReply, field: &str) -> u128 {
+fn available(reply: &gpubridge::wire::proto::BalanceReply, field: &str) -> u128 {
     let b = &reply.balances[0];
     let text = match field {
         "available" => &b.available,
@@ -456,7 +456,7 @@ async fn bad_input_is_refused_with_its_reason_and_changes_nothing() {
     let huge_env = signed_order(buyer, |o| {
         let w = o.workload.as_mut().unwrap();
         w.env = (0..3)
-            .map(|i| gpubridge::network::proto::EnvVar {
+            .map(|i| gpubridge::wire::proto::EnvVar {
                 name: format!("V{i}"),
                 value: "x".repeat(30_000),
             })
@@ -495,7 +495,7 @@ async fn bad_input_is_refused_with_its_reason_and_changes_nothing() {
             now(),
         )
     };
-    let publish = |key: &SigningKey, edit: &dyn Fn(&mut gpubridge::network::proto::OfferBody)| {
+    let publish = |key: &SigningKey, edit: &dyn Fn(&mut gpubridge::wire::proto::OfferBody)| {
         let mut body = offer("h100", &[8, 4]);
         edit(&mut body);
         seal(key, domain::OFFER, body, now())

@@ -9,10 +9,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gpubridge::hub::{HubSettings, Store};
 use gpubridge::identity::{generate_key, keyfile, public_key_base58};
-use gpubridge::network::client::NetworkClient;
-use gpubridge::network::proto::{OrderState, lease_event};
+use gpubridge::node::{HubSettings, Store};
+use gpubridge::wire::client::NetworkClient;
+use gpubridge::wire::proto::{OrderState, lease_event};
 use rand_core::{OsRng, RngCore};
 use support::network::{KillOnDrop, UNIT, free_port, offer, order};
 
@@ -32,11 +32,11 @@ fn start_node(dir: &std::path::Path, port: u16) -> KillOnDrop {
 }
 
 async fn client(url: &str, key: ed25519_dalek::SigningKey) -> NetworkClient {
-    let target = gpubridge::network::client::Target {
+    let target = gpubridge::wire::client::Target {
         url: url.into(),
         ca_file: None,
     };
-    let client = NetworkClient::new(gpubridge::network::client::channel(&target).unwrap(), key);
+    let client = NetworkClient::new(gpubridge::wire::client::channel(&target).unwrap(), key);
     for _ in 0..100 {
         if client.info().await.is_ok() {
             return client;
@@ -78,7 +78,7 @@ async fn kill_9_mid_traffic_loses_no_acknowledged_order_lease_or_entry() {
                 };
                 while let Ok(Some(event)) = stream.message().await {
                     if let Some(lease_event::Event::Lease(signed)) = event.event {
-                        let lease: gpubridge::network::proto::LeaseBody =
+                        let lease: gpubridge::wire::proto::LeaseBody =
                             prost::Message::decode(signed.body.as_slice()).unwrap();
                         if p.decide(&lease.lease_id, true, "").await.is_err() {
                             return;

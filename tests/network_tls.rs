@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use gpubridge::identity::generate_key;
-use gpubridge::network::client::{NetworkClient, Target, channel};
+use gpubridge::wire::client::{NetworkClient, Target, channel};
 use support::network::{KillOnDrop, free_port};
 
 fn client(url: String, ca_file: Option<std::path::PathBuf>) -> NetworkClient {

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use gpubridge::crd::{ComputeLease, LeasePhase, NODE_ANNOTATION};
 use gpubridge::identity::generate_key;
-use gpubridge::metering::log::ReceiptLog;
-use gpubridge::network::client::NetworkClient;
-use gpubridge::network::proto::{EnvVar, OrderBody, OrderState, OrderView, Workload};
+use gpubridge::sidecar::receipt_log::ReceiptLog;
+use gpubridge::wire::client::NetworkClient;
+use gpubridge::wire::proto::{EnvVar, OrderBody, OrderState, OrderView, Workload};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, ResourceExt};
@@ -48,7 +48,7 @@ fn order(gpus: u32, model: &str, seconds: u64, max_price: u128) -> OrderBody {
     }
 }
 
-async fn wait_published(buyer: &gpubridge::network::client::NetworkClient, offer: &str, gpus: u32) {
+async fn wait_published(buyer: &gpubridge::wire::client::NetworkClient, offer: &str, gpus: u32) {
     eventually(
         &format!("offer {offer} with {gpus} GPUs in the network's book"),
         30 * SECOND,
@@ -224,7 +224,7 @@ async fn a_metered_lease_survives_crashes_of_everything_and_settles_exactly() {
     if let Err(said) = promtool_check_metrics(&scrape) {
         panic!("promtool check metrics:\n{said}\non\n{scrape}");
     }
-    tokio::time::sleep(3 * SECOND).await;
+    prometheus.wait_scraped_after(now_unix()).await;
     crate::dashboard::every_panel_shows_data(&prometheus, since).await;
 
     delete_lease(&c.client, &lease_id).await;
@@ -263,10 +263,10 @@ async fn forgeries_are_refused_and_shown(
     sidecars: &Sidecars,
     lease_id: &str,
 ) {
-    use gpubridge::collector::client::SidecarClient;
     use gpubridge::identity::lease_files;
-    use gpubridge::network::envelope::{domain, sign_body};
-    use gpubridge::network::proto::Receipt;
+    use gpubridge::sidecar::client::SidecarClient;
+    use gpubridge::wire::envelope::{domain, sign_body};
+    use gpubridge::wire::proto::Receipt;
 
     let credentials = lease_files::load(&sidecars.identity_dir(), lease_id, now_unix()).unwrap();
     let sidecar = SidecarClient::new(&operator.collector_url, credentials.clone()).unwrap();
@@ -280,7 +280,7 @@ async fn forgeries_are_refused_and_shown(
         window_end_ms: head.window_end_ms.unwrap() + 1,
         allocated_gpu_millis: 1,
         gpus: vec![],
-        attribution: gpubridge::network::proto::Attribution::AllocationOnly as i32,
+        attribution: gpubridge::wire::proto::Attribution::AllocationOnly as i32,
         r#final: false,
     };
 
@@ -697,7 +697,7 @@ async fn intake_latency_benchmark() {
     remove_burst_pool(&c.client).await;
 }
 
-async fn in_book(buyer: &gpubridge::network::client::NetworkClient, offer: &str) -> bool {
+async fn in_book(buyer: &gpubridge::wire::client::NetworkClient, offer: &str) -> bool {
     buyer
         .list_offers()
         .await
@@ -724,7 +724,14 @@ async fn the_session_refuses_a_wrong_network_key_withdraws_paused_offers_and_rec
     wrong[3] = gpubridge::identity::public_key_base58(&generate_key().verifying_key());
     let impostor = Operator::start_with(&c, "session-wrong-key", &wrong);
     impostor.wait_ready().await;
-    tokio::time::sleep(3 * SECOND).await;
+    // It tried, was refused for the key, and is not connected.
+    impostor
+        .wait_metric_at_least(
+            r#"gpubridge_network_session_failures_total{reason="wrong_network_key"}"#,
+            1,
+            30 * SECOND,
+        )
+        .await;
     impostor
         .wait_metric("gpubridge_network_session_up 0", SECOND)
         .await;

@@ -365,6 +365,23 @@ impl Operator {
         .await
     }
 
+    /// Waits until the sample `series` (name and labels) reads at least `min`.
+    pub async fn wait_metric_at_least(&self, series: &str, min: u64, timeout: Duration) {
+        let url = format!("{}/metrics", self.http);
+        eventually(&format!("metric {series} >= {min}"), timeout, || async {
+            let (_, body) = http_get(&url).await?;
+            let value = body
+                .lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+                .and_then(|v| v.parse::<u64>().ok());
+            match value {
+                Some(v) if v >= min => Ok(()),
+                other => Err(format!("reads {other:?}")),
+            }
+        })
+        .await
+    }
+
     /// Waits until this replica leads, as its metrics say.
     pub async fn wait_leader(&self) {
         let url = format!("{}/metrics", self.http);
@@ -560,13 +577,13 @@ impl NetworkNode {
     pub async fn client(
         &self,
         key: ed25519_dalek::SigningKey,
-    ) -> gpubridge::network::client::NetworkClient {
-        let target = gpubridge::network::client::Target {
+    ) -> gpubridge::wire::client::NetworkClient {
+        let target = gpubridge::wire::client::Target {
             url: self.url.clone(),
             ca_file: None,
         };
-        let client = gpubridge::network::client::NetworkClient::new(
-            gpubridge::network::client::channel(&target).unwrap(),
+        let client = gpubridge::wire::client::NetworkClient::new(
+            gpubridge::wire::client::channel(&target).unwrap(),
             key,
         );
         eventually(
@@ -634,6 +651,30 @@ impl Prometheus {
         )
         .await;
         prometheus
+    }
+
+    /// Waits until every target has been scraped after `after` (Unix seconds), so that queries
+    /// see the state the targets were in then.
+    pub async fn wait_scraped_after(&self, after: i64) {
+        eventually(
+            "prometheus to scrape every target again",
+            Duration::from_secs(30),
+            || async {
+                let now = now_unix();
+                let stale = self
+                    .query_range(&format!("timestamp(up) <= {after}"), now, now)
+                    .await?;
+                let fresh = self
+                    .query_range(&format!("timestamp(up) > {after}"), now, now)
+                    .await?;
+                if stale.is_empty() && !fresh.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("{} targets not scraped since", stale.len()))
+                }
+            },
+        )
+        .await
     }
 
     /// The series `expr` returns over [start, end] (Unix seconds), as the API's `result`.

@@ -1,7 +1,7 @@
 //! Any bytes as an offer or order body, through the field rules.
 #![no_main]
 
-use gpubridge::network::decoders;
+use gpubridge::decoders;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

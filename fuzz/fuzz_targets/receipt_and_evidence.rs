@@ -2,7 +2,7 @@
 //! checks the collector and the network node run.
 #![no_main]
 
-use gpubridge::network::decoders;
+use gpubridge::decoders;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,8 @@
 //! Any bytes as a signed request of every kind: opening never panics, and what opens verified.
 #![no_main]
 
-use gpubridge::network::{decoders, domain};
+use gpubridge::decoders;
+use gpubridge::wire::domain;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -7,8 +7,8 @@ use prost::Message;
 use crate::gpu::{DeviceInfo, HardwareAttestation};
 use crate::identity;
 use crate::metering::digest;
-use crate::network::envelope::{FRESHNESS_SECONDS, MAX_BATCH_BODY_BYTES, domain};
-use crate::network::proto::{Evidence, GpuIdentity, Signed};
+use crate::wire::envelope::{FRESHNESS_SECONDS, MAX_BATCH_BODY_BYTES, domain};
+use crate::wire::proto::{Evidence, GpuIdentity, Signed};
 
 const MAX_GPUS: usize = 64;
 const MAX_TEXT_CHARS: usize = 256;
@@ -214,7 +214,7 @@ fn check_shape(evidence: &Evidence) -> Result<(), EvidenceRejection> {
 mod tests {
     use super::*;
     use crate::identity::generate_key;
-    use crate::network::envelope::sign_body;
+    use crate::wire::envelope::sign_body;
 
     fn device(cc_mode: bool) -> DeviceInfo {
         DeviceInfo {

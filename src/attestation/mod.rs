@@ -3,7 +3,6 @@
 //! which trust tier it earns; and the attest sidecar that answers every challenge.
 
 pub mod evidence;
-pub mod sidecar;
 
 pub use evidence::{
     EvidenceRejection, TrustTier, VerifiedEvidence, build_evidence, trust_tier, verify_evidence,

@@ -7,18 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::resource::v1::{DeviceAttribute, ResourceClaim, ResourceSlice};
 use kube::ResourceExt;
 
-/// The resource name a lease of a DRA offer counts in: the quota name Kubernetes gives the
-/// devices of a DeviceClass.
-pub fn dra_resource(device_class: &str) -> String {
-    format!("{device_class}{DRA_RESOURCE_SUFFIX}")
-}
-
-const DRA_RESOURCE_SUFFIX: &str = ".deviceclass.resource.k8s.io/devices";
-
-/// The DeviceClass a lease's resource name stands for, when it is a DRA one.
-pub fn device_class_of(resource: &str) -> Option<&str> {
-    resource.strip_suffix(DRA_RESOURCE_SUFFIX)
-}
+pub use crate::crd::{device_class_of, dra_resource};
 
 /// One device of a slice, with its attributes as text.
 #[derive(Clone, Debug, PartialEq, Eq)]

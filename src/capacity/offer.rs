@@ -24,7 +24,8 @@ pub struct OfferCapacity {
     pub pending_holds: u32,
     pub largest_block: u32,
     pub models: Vec<ModelCapacity>,
-    /// Every node the offer selects or that has its resource, contributing nodes first.
+    /// Every node the offer selects, contributing nodes first. Nodes outside its selector are
+    /// none of its business and are not listed (at 5,000 nodes they would be noise).
     pub nodes: Vec<NodeCapacity>,
     /// Nodes this offer selects that an older offer selling the same resource owns.
     pub overlapping_nodes: u32,
@@ -32,17 +33,14 @@ pub struct OfferCapacity {
     pub invalid_selector: Option<String>,
 }
 
-/// Why `node` can take none of `offer`'s lease pods, regardless of what runs on it; `None` when
-/// it can. Nodes without the resource that the offer does not select are `OutsideSelector`.
+/// Why `node`, which `offer` selects, can take none of its lease pods regardless of what runs
+/// on it; `None` when it can.
 pub fn static_exclusion(
     inventory: &Inventory,
     node: &NodeFacts,
     offer: &OfferFacts,
     offers: &[OfferFacts],
 ) -> Option<NodeExclusion> {
-    if !offer.selects(node) {
-        return Some(NodeExclusion::OutsideSelector);
-    }
     let claimed_by_older = offers.iter().any(|other| {
         other.name != offer.name
             && other.resource == offer.resource
@@ -68,7 +66,7 @@ pub fn static_exclusion(
 }
 
 /// Nodes a lease of `gpus` GPUs (of `model`, when given) under `offer` may be scheduled on: every
-/// node that passes [`static_exclusion`] with at least `gpus` allocatable. Whether one is free
+/// node it selects that passes [`static_exclusion`] with at least `gpus` allocatable. Whether one is free
 /// right now is the scheduler's call; admission already checked the capacity.
 pub fn eligible_nodes(
     inventory: &Inventory,
@@ -79,6 +77,7 @@ pub fn eligible_nodes(
 ) -> Vec<String> {
     let mut names: Vec<String> = inventory
         .nodes()
+        .filter(|n| offer.selects(n))
         .filter(|n| inventory.capacity_for(n, offer) >= gpus)
         .filter(|n| model.is_none_or(|m| inventory.model_of(n) == Some(m)))
         .filter(|n| static_exclusion(inventory, n, offer, offers).is_none())
@@ -105,7 +104,7 @@ pub fn compute(inventory: &Inventory, offer: &OfferFacts, offers: &[OfferFacts])
     };
 
     let mut candidates: Vec<Candidate> = Vec::new();
-    for node in inventory.nodes() {
+    for node in inventory.nodes().filter(|n| offer.selects(n)) {
         let capacity = inventory.capacity_for(node, offer);
         match static_exclusion(inventory, node, offer, offers) {
             None => candidates.push(Candidate {
@@ -115,7 +114,6 @@ pub fn compute(inventory: &Inventory, offer: &OfferFacts, offers: &[OfferFacts])
                 reserved: 0,
                 advertised: 0,
             }),
-            Some(NodeExclusion::OutsideSelector) if capacity == 0 => {}
             Some(reason) => {
                 if reason == NodeExclusion::ClaimedByOtherOffer {
                     out.overlapping_nodes += 1;

@@ -57,9 +57,16 @@ pub fn parse_count(quantity: &str, rounding: Rounding) -> Option<u32> {
         "k" => numerator = numerator.checked_mul(1_000)?,
         "M" => numerator = numerator.checked_mul(1_000_000)?,
         "G" => numerator = numerator.checked_mul(1_000_000_000)?,
+        "T" => numerator = numerator.checked_mul(1_000_000_000_000)?,
+        "P" => numerator = numerator.checked_mul(1_000_000_000_000_000)?,
+        // "E" alone is exa; "E" followed by digits is an exponent (below).
+        "E" => numerator = numerator.checked_mul(1_000_000_000_000_000_000)?,
         "Ki" => numerator = numerator.checked_mul(1 << 10)?,
         "Mi" => numerator = numerator.checked_mul(1 << 20)?,
         "Gi" => numerator = numerator.checked_mul(1 << 30)?,
+        "Ti" => numerator = numerator.checked_mul(1 << 40)?,
+        "Pi" => numerator = numerator.checked_mul(1 << 50)?,
+        "Ei" => numerator = numerator.checked_mul(1 << 60)?,
         s if s.starts_with(['e', 'E']) => {
             let exponent: i32 = s[1..].parse().ok()?;
             if exponent >= 0 {
@@ -100,6 +107,22 @@ mod tests {
     }
 
     #[test]
+    fn every_suffix_kubernetes_accepts() {
+        for (q, down, up) in [
+            ("0.000001T", 1_000_000, 1_000_000),
+            ("0.000001P", 1_000_000_000, 1_000_000_000),
+            ("0.000000000000000003E", 3, 3),
+            ("2E0", 2, 2),
+            ("0.001Ti", 1_099_511_627, 1_099_511_628),
+            ("0.000000000001Pi", 1125, 1126),
+            ("0.000000000000000001Ei", 1, 2),
+        ] {
+            assert_eq!(parse_count(q, Rounding::Down), Some(down), "{q}");
+            assert_eq!(parse_count(q, Rounding::Up), Some(up), "{q}");
+        }
+    }
+
+    #[test]
     fn fractions_round_the_safe_way() {
         assert_eq!(parse_count("1500m", Rounding::Down), Some(1));
         assert_eq!(parse_count("1500m", Rounding::Up), Some(2));
@@ -119,7 +142,10 @@ mod tests {
             ".",
             "1e",
             "99999999999999",
+            // Valid quantities, but more devices than a count holds.
             "1Ti",
+            "5T",
+            "1E",
         ] {
             assert_eq!(parse_count(q, Rounding::Down), None, "{q}");
         }

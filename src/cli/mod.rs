@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::hub::NetworkArgs;
+use crate::node::NetworkArgs;
 use crate::operator::OperatorArgs;
 
 pub mod order;
@@ -59,9 +59,9 @@ pub struct SidecarCli {
 #[derive(Subcommand, Debug)]
 pub enum SidecarCommand {
     /// Meter the lease's GPUs into signed receipts for the collector.
-    Meter(crate::metering::sidecar::MeterArgs),
+    Meter(crate::sidecar::meter::MeterArgs),
     /// Answer the network's attestation challenges with signed evidence.
-    Attest(crate::attestation::sidecar::AttestArgs),
+    Attest(crate::sidecar::attest::AttestArgs),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,4 +101,48 @@ pub fn keygen(out: &std::path::Path) -> Result<(), crate::identity::keyfile::Key
         crate::identity::public_key_base58(&key.verifying_key())
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use k8s_openapi::api::core::v1::Pod;
+
+    use super::SidecarCli;
+    use crate::workload::{ATTEST_CONTAINER, METER_CONTAINER};
+
+    /// The lease pod the workload builders make (its golden file, which `workload`'s tests keep
+    /// equal to what they build) runs each sidecar with arguments its binary accepts. The
+    /// downward-API values come from the environment in the pod; here they are given.
+    #[test]
+    fn the_lease_pods_sidecar_arguments_parse() {
+        let pod: Pod =
+            serde_yaml::from_str(include_str!("../../tests/fixtures/golden/pod.yaml")).unwrap();
+        let sidecars = pod.spec.unwrap().init_containers.unwrap();
+        for name in [METER_CONTAINER, ATTEST_CONTAINER] {
+            let sidecar = sidecars.iter().find(|c| c.name == name).unwrap();
+            let argv = sidecar
+                .command
+                .clone()
+                .unwrap()
+                .into_iter()
+                .chain(sidecar.args.clone().unwrap())
+                .chain(
+                    ["--pod-uid=u".to_string(), "--node-name=n".to_string()]
+                        .into_iter()
+                        .filter(|_| name == ATTEST_CONTAINER),
+                );
+            let parsed = SidecarCli::try_parse_from(argv);
+            assert!(parsed.is_ok(), "{name}: {}", parsed.err().unwrap());
+        }
+        let bad = [
+            "/usr/local/bin/gpubridge-sidecar",
+            "meter",
+            "--no-such-flag",
+        ];
+        assert!(
+            SidecarCli::try_parse_from(bad).is_err(),
+            "the check can fail"
+        );
+    }
 }

@@ -8,9 +8,9 @@ use serde_json::json;
 
 use crate::identity::keyfile;
 use crate::identity::public_key_base58;
-use crate::network::amount::{from_decimal_units, to_decimal_units};
-use crate::network::client::{self, NetworkClient, Target};
-use crate::network::proto::{
+use crate::wire::amount::{from_decimal_units, to_decimal_units};
+use crate::wire::client::{self, NetworkClient, Target};
+use crate::wire::proto::{
     Attribute, BalanceReply, EnvVar, OfferView, OrderBody, OrderState, OrderView, Workload,
 };
 

@@ -36,32 +36,11 @@ pub const NODE_ANNOTATION: &str = "gpubridge.dev/node";
 /// The field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "gpubridge-operator";
 
-/// Fractional digits a price amount may carry; amounts are compared in units of 10^-18.
-pub const PRICE_DECIMALS: u32 = 18;
-
 impl Price {
     /// The amount as an exact integer of 10^-18 units, or `None` when it is not a decimal of at
     /// most 18 integer and 18 fractional digits (the schema's pattern).
     pub fn atto_units(&self) -> Option<u128> {
-        let (int_part, frac_part) = self.amount.split_once('.').unwrap_or((&self.amount, ""));
-        let digits_only = |s: &str| s.chars().all(|c| c.is_ascii_digit());
-        if int_part.is_empty()
-            || int_part.len() > 18
-            || frac_part.len() > PRICE_DECIMALS as usize
-            || !digits_only(int_part)
-            || !digits_only(frac_part)
-            || (self.amount.contains('.') && frac_part.is_empty())
-        {
-            return None;
-        }
-        let int: u128 = int_part.parse().ok()?;
-        let frac: u128 = if frac_part.is_empty() {
-            0
-        } else {
-            frac_part.parse().ok()?
-        };
-        let frac_scale = 10u128.pow(PRICE_DECIMALS - frac_part.len() as u32);
-        Some(int * 10u128.pow(PRICE_DECIMALS) + frac * frac_scale)
+        crate::wire::amount::decimal_atto_units(&self.amount)
     }
 }
 

@@ -378,9 +378,6 @@ pub struct ComputeLeaseStatus {
     /// The node the lease pod runs on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
-    /// Ids of the GPUs allocated to the lease, when the inventory source reports them.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub gpu_ids: Vec<String>,
     /// When the workload started running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,

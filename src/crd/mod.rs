@@ -4,6 +4,7 @@
 //! rules (`x-kubernetes-validations`). `crds/` holds the YAML generated from these types.
 
 mod common;
+pub mod conditions;
 mod lease;
 mod offer;
 

@@ -87,10 +87,23 @@ impl GpuOfferSpec {
     /// What this offer's GPUs are counted in, and what its leases record as their resource.
     pub fn sold_resource(&self) -> String {
         match &self.dynamic_resources {
-            Some(d) => crate::capacity::dra::dra_resource(&d.device_class_name),
+            Some(d) => dra_resource(&d.device_class_name),
             None => self.resource_name.clone(),
         }
     }
+}
+
+/// The resource name a lease of a DRA offer counts in: the quota name Kubernetes gives the
+/// devices of a DeviceClass.
+pub fn dra_resource(device_class: &str) -> String {
+    format!("{device_class}{DRA_RESOURCE_SUFFIX}")
+}
+
+const DRA_RESOURCE_SUFFIX: &str = ".deviceclass.resource.k8s.io/devices";
+
+/// The DeviceClass a lease's resource name stands for, when it is a DRA one.
+pub fn device_class_of(resource: &str) -> Option<&str> {
+    resource.strip_suffix(DRA_RESOURCE_SUFFIX)
 }
 
 /// Where the devices of an offer of DRA devices come from.
@@ -276,8 +289,6 @@ pub enum NodeExclusion {
     Cordoned,
     /// The node has a NoSchedule or NoExecute taint the offer does not tolerate.
     Tainted,
-    /// The node has the offer's GPU resource but the offer's nodeSelector does not match it.
-    OutsideSelector,
     /// An older offer selling the same resource selects this node.
     ClaimedByOtherOffer,
     /// The node has none of the offer's GPU resource allocatable.

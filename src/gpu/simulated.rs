@@ -64,7 +64,7 @@ impl SimulatedSource {
 
     fn uuid(&self, index: u32) -> String {
         let digest = Sha256::digest(format!("{}/{index}", self.settings.simulated_seed));
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = hex::encode(&digest[..16]);
         format!(
             "GPU-{}-{}-{}-{}-{}",
             &hex[..8],

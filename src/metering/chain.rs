@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::identity;
-use crate::network::envelope::{MAX_BODY_BYTES, domain, sign_body};
-use crate::network::proto::{Attribution, GpuUsage, Receipt, Signed};
+use crate::wire::envelope::{MAX_BODY_BYTES, domain, sign_body};
+use crate::wire::proto::{Attribution, GpuUsage, Receipt, Signed};
 
 /// `previous_hash` of the first receipt.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];

@@ -2,8 +2,6 @@
 //! network verify them — and the meter sidecar that samples GPUs and delivers receipts.
 
 pub mod chain;
-pub mod log;
-pub mod sidecar;
 pub mod window;
 
 pub use chain::{

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::gpu::Sample;
-use crate::network::proto::GpuUsage;
+use crate::wire::proto::GpuUsage;
 
 #[derive(Clone, Debug, Default)]
 struct GpuWindow {

@@ -108,10 +108,7 @@ pub fn namespace_for(lease_name: &str) -> String {
 /// live object was written from the same desired state without comparing server-defaulted fields.
 fn stamped<K: Resource + serde::Serialize>(mut object: K) -> K {
     let json = serde_json::to_vec(&object).expect("Kubernetes objects serialize to JSON");
-    let hash: String = Sha256::digest(&json)[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = hex::encode(&Sha256::digest(&json)[..8]);
     object
         .meta_mut()
         .annotations

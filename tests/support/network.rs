@@ -5,13 +5,14 @@
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
-use gpubridge::hub::service::GatewayService;
-use gpubridge::hub::{HubSettings, MAX_MESSAGE_BYTES, Store};
 use gpubridge::identity::generate_key;
-use gpubridge::network::client::{NetworkClient, Target, channel};
-use gpubridge::network::proto::gateway_client::GatewayClient;
-use gpubridge::network::proto::gateway_server::GatewayServer;
-use gpubridge::network::proto::{Attribute, EnvVar, OfferBody, OrderBody, Workload};
+use gpubridge::node::service::GatewayService;
+use gpubridge::node::{HubSettings, Store};
+use gpubridge::wire::MAX_MESSAGE_BYTES;
+use gpubridge::wire::client::{NetworkClient, Target, channel};
+use gpubridge::wire::proto::gateway_client::GatewayClient;
+use gpubridge::wire::proto::gateway_server::GatewayServer;
+use gpubridge::wire::proto::{Attribute, EnvVar, OfferBody, OrderBody, Workload};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
 

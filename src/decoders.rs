@@ -1,0 +1,251 @@
+//! Every decoder of network input, each behind one entry point taking raw bytes, for the fuzz
+//! targets in `fuzz/` and the property tests that run the same entry points on every build.
+//! Each entry point must return for any input; the checks inside are the properties.
+
+use std::sync::LazyLock;
+
+use ed25519_dalek::SigningKey;
+use prost::Message;
+
+use crate::operator::intake;
+use crate::wire::envelope::{HasHeader, domain, open};
+use crate::wire::proto::{
+    CancelBody, DepositBody, HeartbeatBody, LeaseDecisionBody, LeaseEndBody, LeaseStreamBody,
+    OfferBody, OrderBody, QueryBody, RegisterBody, Signed,
+};
+use crate::wire::{amount as amounts, validate};
+
+/// Fixed keys, so that inputs reach the checks after the signature.
+static NETWORK: LazyLock<SigningKey> = LazyLock::new(|| SigningKey::from_bytes(&[7; 32]));
+static PROVIDER: LazyLock<SigningKey> = LazyLock::new(|| SigningKey::from_bytes(&[9; 32]));
+
+/// Opens `signed` as an `M` under `domain`. Whatever opens must not open under any other
+/// domain: a signature is good for the one kind of request it was made for.
+fn open_as<M: Message + Default + HasHeader>(signed: &Signed, domain: &str) -> bool {
+    if open::<M>(signed, domain, 0).is_err() {
+        return false;
+    }
+    let other = if domain == domain::ORDER {
+        domain::CANCEL
+    } else {
+        domain::ORDER
+    };
+    assert!(
+        open::<M>(signed, other, 0).is_err(),
+        "a request signed for {domain} also opened as {other}"
+    );
+    true
+}
+
+/// Bytes as a `Signed` request, opened as every body type under `domain`; true when any opened.
+pub fn signed_request(data: &[u8], domain: &str) -> bool {
+    let Ok(signed) = Signed::decode(data) else {
+        return false;
+    };
+    let opened = [
+        open_as::<RegisterBody>(&signed, domain),
+        open_as::<OfferBody>(&signed, domain),
+        open_as::<HeartbeatBody>(&signed, domain),
+        open_as::<LeaseStreamBody>(&signed, domain),
+        open_as::<LeaseDecisionBody>(&signed, domain),
+        open_as::<LeaseEndBody>(&signed, domain),
+        open_as::<DepositBody>(&signed, domain),
+        open_as::<OrderBody>(&signed, domain),
+        open_as::<CancelBody>(&signed, domain),
+        open_as::<QueryBody>(&signed, domain),
+    ];
+    opened.contains(&true)
+}
+
+/// Bytes as a lease body, signed by the network, through intake's verification.
+pub fn lease(data: &[u8]) {
+    let signed = Signed {
+        body: data.to_vec(),
+        signature: crate::identity::sign(&NETWORK, domain::LEASE, data)
+            .to_bytes()
+            .to_vec(),
+    };
+    let verified = intake::verify_lease(
+        &signed,
+        &NETWORK.verifying_key(),
+        &PROVIDER.verifying_key(),
+        0,
+    );
+    if let Ok(v) = verified {
+        assert_eq!(
+            v.lease.gpus, v.order.gpus,
+            "a verified lease matches its order"
+        );
+    }
+}
+
+/// Bytes as a receipt body and as an evidence body, each signed by the lease key, through the
+/// chain and evidence checks. Whatever verifies is bound to its lease and its key: it verifies
+/// for no other lease and under no other key, and a receipt accepted once is not the next link
+/// again.
+pub fn receipt_and_evidence(data: &[u8]) {
+    use crate::metering::{ChainHead, LeaseTerms, Step, check_next};
+    let sign = |domain: &str| Signed {
+        body: data.to_vec(),
+        signature: crate::identity::sign(&PROVIDER, domain, data)
+            .to_bytes()
+            .to_vec(),
+    };
+    let terms = |lease_id: &str, key: &SigningKey| LeaseTerms {
+        lease_id: lease_id.into(),
+        gpus: 2,
+        lease_key: key.verifying_key(),
+        not_before_ms: 0,
+    };
+    let now = i64::MAX / 2;
+    let receipt = sign(domain::RECEIPT);
+    let genesis = ChainHead::default();
+    if let Ok(Step::Next {
+        receipt: body,
+        hash,
+    }) = check_next(&terms("lease-1", &PROVIDER), &genesis, &receipt, now)
+    {
+        assert!(check_next(&terms("lease-2", &PROVIDER), &genesis, &receipt, now).is_err());
+        assert!(check_next(&terms("lease-1", &NETWORK), &genesis, &receipt, now).is_err());
+        let head = genesis.advance(&body, hash);
+        assert!(
+            !matches!(
+                check_next(&terms("lease-1", &PROVIDER), &head, &receipt, now),
+                Ok(Step::Next { .. })
+            ),
+            "a receipt is the next link once"
+        );
+    }
+    let evidence = sign(domain::EVIDENCE);
+    let verify = |lease_id: &str, key: &SigningKey| {
+        crate::attestation::verify_evidence(&key.verifying_key(), lease_id, &evidence, 0)
+    };
+    if verify("lease-1", &PROVIDER).is_ok() {
+        assert!(verify("lease-2", &PROVIDER).is_err());
+        assert!(verify("lease-1", &NETWORK).is_err());
+    }
+}
+
+/// Bytes as an offer body and as an order body, through the field rules.
+pub fn bodies(data: &[u8]) {
+    if let Ok(offer) = OfferBody::decode(data) {
+        let _ = validate::offer(&offer, 0);
+    }
+    if let Ok(order) = OrderBody::decode(data)
+        && let Ok(checked) = validate::order(&order)
+    {
+        assert!(checked.max_price > 0);
+        assert!((1..=validate::MAX_GPUS_PER_LEASE).contains(&order.gpus));
+    }
+}
+
+/// Bytes as amount text: what parses is canonical and prints back the same.
+pub fn amount(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(value) = amounts::parse("amount", text) {
+        assert_eq!(value.to_string(), text);
+    }
+    if let Ok(atto) = amounts::from_decimal_units("amount", text) {
+        let back = amounts::to_decimal_units(atto);
+        assert_eq!(amounts::from_decimal_units("amount", &back), Ok(atto));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::envelope::seal;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn no_decoder_panics_on_arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            signed_request(&data, domain::ORDER);
+            lease(&data);
+            bodies(&data);
+            amount(&data);
+            receipt_and_evidence(&data);
+        }
+
+        #[test]
+        fn mutated_receipts_never_verify_as_something_else(flips in proptest::collection::vec((0usize..200, any::<u8>()), 1..8)) {
+            let receipt = crate::wire::proto::Receipt {
+                lease_id: "lease-1".into(),
+                sequence: 1,
+                previous_hash: vec![0; 32],
+                window_start_ms: 1_000,
+                window_end_ms: 2_000,
+                allocated_gpu_millis: 2_000,
+                gpus: vec![],
+                attribution: crate::wire::proto::Attribution::AllocationOnly as i32,
+                r#final: false,
+            };
+            let mut bytes = receipt.encode_to_vec();
+            for (at, value) in flips {
+                let i = at % bytes.len();
+                bytes[i] = value;
+            }
+            receipt_and_evidence(&bytes);
+        }
+
+        #[test]
+        fn no_decoder_panics_on_mutated_valid_messages(flips in proptest::collection::vec((0usize..400, any::<u8>()), 1..8)) {
+            let order = crate::operator::intake::tests::order_body();
+            let mut bytes = seal(&PROVIDER, domain::ORDER, order, 0).encode_to_vec();
+            for (at, value) in flips {
+                if !bytes.is_empty() {
+                    let i = at % bytes.len();
+                    bytes[i] = value;
+                }
+            }
+            signed_request(&bytes, domain::ORDER);
+            lease(&bytes);
+            bodies(&bytes);
+        }
+    }
+
+    #[test]
+    fn a_valid_request_opens_through_the_decoder_and_a_tampered_one_does_not() {
+        let order = crate::operator::intake::tests::order_body();
+        let mut bytes = seal(&PROVIDER, domain::ORDER, order, 0).encode_to_vec();
+        assert!(signed_request(&bytes, domain::ORDER));
+        assert!(!signed_request(&bytes, domain::CANCEL), "another domain");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        assert!(!signed_request(&bytes, domain::ORDER), "a flipped bit");
+    }
+
+    /// A receipt as the meter seals it passes the chain check the harness starts from, so the
+    /// harness's properties run on it.
+    #[test]
+    fn a_valid_receipt_reaches_the_checks() {
+        use crate::metering::{ChainHead, LeaseTerms, Step, check_next, seal_receipt};
+        use crate::wire::proto::Attribution;
+        let (signed, _) = seal_receipt(
+            &PROVIDER,
+            "lease-1",
+            2,
+            &ChainHead::default(),
+            1_000,
+            2_000,
+            vec![],
+            Attribution::AllocationOnly,
+            false,
+        );
+        let terms = LeaseTerms {
+            lease_id: "lease-1".into(),
+            gpus: 2,
+            lease_key: PROVIDER.verifying_key(),
+            not_before_ms: 0,
+        };
+        assert!(matches!(
+            check_next(&terms, &ChainHead::default(), &signed, i64::MAX / 2),
+            Ok(Step::Next { .. })
+        ));
+        receipt_and_evidence(&signed.body);
+    }
+}

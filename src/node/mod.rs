@@ -1,0 +1,159 @@
+//! `gpubridge network`: the reference network node (DESIGN §6) — provider registry, offer book
+//! with expiry, matching, a double-entry escrow ledger, persisted in an embedded database.
+//!
+//! `matching` and `ledger` hold the decisions and are pure; `store` applies them durably;
+//! `service` is the gRPC surface.
+
+pub mod ledger;
+pub mod matching;
+pub mod records;
+pub mod service;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{error, info};
+
+use crate::identity::{keyfile, public_key_base58};
+use crate::wire::MAX_MESSAGE_BYTES;
+use crate::wire::proto::gateway_server::GatewayServer;
+pub use store::{HubError, HubSettings, Store};
+
+/// Flags of `gpubridge network`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NetworkArgs {
+    /// Address to serve the gateway on.
+    #[arg(
+        long,
+        env = "GPUBRIDGE_NETWORK_LISTEN",
+        default_value = "127.0.0.1:7300"
+    )]
+    pub listen: SocketAddr,
+    /// Folder of the database and, unless --key-file says otherwise, the network key.
+    #[arg(
+        long,
+        env = "GPUBRIDGE_NETWORK_DATA_DIR",
+        default_value = "gpubridge-network"
+    )]
+    pub data_dir: PathBuf,
+    /// The network's signing key; created (mode 0600) when absent.
+    #[arg(long, env = "GPUBRIDGE_NETWORK_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Seconds an offer lives without being published again.
+    #[arg(long, default_value_t = 120)]
+    pub offer_ttl_seconds: u32,
+    /// Seconds without a heartbeat after which a provider's offers are dropped.
+    #[arg(long, default_value_t = 30)]
+    pub heartbeat_timeout_seconds: u32,
+    /// Seconds a provider has to accept or reject a lease.
+    #[arg(long, default_value_t = 30)]
+    pub answer_seconds: u32,
+    /// Seconds between attestation challenges of a running lease, once the last is answered.
+    #[arg(long, default_value_t = 300)]
+    pub challenge_seconds: u32,
+    /// Log format.
+    #[arg(long, env = "GPUBRIDGE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: crate::process::telemetry::LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("cannot create {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Key(#[from] keyfile::KeyFileError),
+    #[error("cannot open the database: {0}")]
+    Store(#[from] HubError),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("cannot serve on {addr}: {source}")]
+    Serve {
+        addr: SocketAddr,
+        source: tonic::transport::Error,
+    },
+}
+
+pub async fn run(args: NetworkArgs) -> Result<(), NetworkError> {
+    std::fs::create_dir_all(&args.data_dir).map_err(|source| NetworkError::DataDir {
+        path: args.data_dir.clone(),
+        source,
+    })?;
+    let key_path = args
+        .key_file
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("network.key"));
+    let key = keyfile::load_or_create(&key_path)?;
+    let settings = HubSettings {
+        offer_ttl_seconds: args.offer_ttl_seconds,
+        heartbeat_timeout_seconds: args.heartbeat_timeout_seconds,
+        answer_seconds: args.answer_seconds,
+        challenge_seconds: args.challenge_seconds,
+    };
+    let db_path = args.data_dir.join("network.redb");
+    let store = Arc::new(tokio::task::block_in_place(|| {
+        Store::open(&db_path, key, settings)
+    })?);
+    info!(
+        network_key = %public_key_base58(&store.network_key()),
+        listen = %args.listen,
+        database = %db_path.display(),
+        "network node starting"
+    );
+
+    let sweeper = store.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let store = sweeper.clone();
+            let now = jiff::Timestamp::now().as_second();
+            match tokio::task::spawn_blocking(move || store.sweep(now)).await {
+                Ok(Ok(lapsed)) if !lapsed.is_empty() => info!(?lapsed, "leases lapsed"),
+                Ok(Err(e)) => error!(error = %e, "sweep failed"),
+                _ => {}
+            }
+        }
+    });
+
+    let mut server = tonic::transport::Server::builder();
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|e| NetworkError::Tls(format!("{}: {e}", p.display())))
+        };
+        let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+        server = server
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| NetworkError::Tls(e.to_string()))?;
+    }
+    let service = GatewayServer::new(service::GatewayService::new(store))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        info!("shutting down");
+    };
+    server
+        .add_service(service)
+        .serve_with_shutdown(args.listen, shutdown)
+        .await
+        .map_err(|source| NetworkError::Serve {
+            addr: args.listen,
+            source,
+        })
+}

@@ -1,0 +1,222 @@
+//! What the network node persists, one JSON record per key, and how records are shown.
+
+use serde::{Deserialize, Serialize};
+
+use crate::metering::{ChainHead, Totals};
+use crate::node::matching::BookOffer;
+use crate::wire::proto::{OfferView, OrderState as WireOrderState, OrderView};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderRecord {
+    /// Public key, base58.
+    pub key: String,
+    pub name: String,
+    pub region: String,
+    pub registered_at: i64,
+    pub last_heartbeat: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferRecord {
+    pub offer_id: String,
+    pub provider: String,
+    pub offer_name: String,
+    pub model: String,
+    pub resource_name: String,
+    /// Free GPUs per node as published, minus what was matched since.
+    pub free_blocks: Vec<u32>,
+    pub price: String,
+    pub denomination: String,
+    pub min_duration_seconds: u64,
+    pub max_duration_seconds: u64,
+    pub max_gpus_per_lease: u32,
+    pub allowed_registries: Vec<String>,
+    pub region: String,
+    pub attributes: Vec<(String, String)>,
+    pub expires_at: i64,
+    /// Network-wide publication counter at the last publish.
+    pub published_seq: u64,
+}
+
+impl OfferRecord {
+    pub fn to_book(&self) -> BookOffer {
+        BookOffer {
+            offer_id: self.offer_id.clone(),
+            model: self.model.clone(),
+            region: self.region.clone(),
+            attributes: self.attributes.clone(),
+            free_blocks: self.free_blocks.clone(),
+            price: self.price.parse().unwrap_or(u128::MAX),
+            denomination: self.denomination.clone(),
+            min_duration_seconds: self.min_duration_seconds,
+            max_duration_seconds: self.max_duration_seconds,
+            max_gpus_per_lease: self.max_gpus_per_lease,
+            allowed_registries: self.allowed_registries.clone(),
+            published_seq: self.published_seq,
+        }
+    }
+
+    pub fn to_view(&self, provider_name: &str) -> OfferView {
+        OfferView {
+            offer_id: self.offer_id.clone(),
+            provider_name: provider_name.to_string(),
+            model: self.model.clone(),
+            resource_name: self.resource_name.clone(),
+            available_gpus: self.free_blocks.iter().sum(),
+            largest_block: self.free_blocks.iter().copied().max().unwrap_or(0),
+            price_per_gpu_hour: self.price.clone(),
+            denomination: self.denomination.clone(),
+            min_duration_seconds: self.min_duration_seconds,
+            max_duration_seconds: self.max_duration_seconds,
+            region: self.region.clone(),
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderState {
+    Matched,
+    Leased,
+    Ended,
+    Rejected,
+    Cancelled,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    pub order_id: String,
+    pub buyer: String,
+    pub gpus: u32,
+    pub model: String,
+    pub duration_seconds: u64,
+    pub max_price: String,
+    pub denomination: String,
+    pub image: String,
+    pub state: OrderState,
+    pub reason: String,
+    pub lease_id: Option<String>,
+    pub offer_id: Option<String>,
+    pub price: Option<String>,
+    pub held: String,
+    pub charged: String,
+    pub refunded: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl OrderRecord {
+    pub fn to_view(&self) -> OrderView {
+        OrderView {
+            order_id: self.order_id.clone(),
+            buyer: self.buyer.clone(),
+            state: match self.state {
+                OrderState::Matched => WireOrderState::Matched,
+                OrderState::Leased => WireOrderState::Leased,
+                OrderState::Ended => WireOrderState::Ended,
+                OrderState::Rejected => WireOrderState::Rejected,
+                OrderState::Cancelled => WireOrderState::Cancelled,
+            } as i32,
+            reason: self.reason.clone(),
+            gpus: self.gpus,
+            model: self.model.clone(),
+            duration_seconds: self.duration_seconds,
+            max_price_per_gpu_hour: self.max_price.clone(),
+            denomination: self.denomination.clone(),
+            lease_id: self.lease_id.clone().unwrap_or_default(),
+            offer_id: self.offer_id.clone().unwrap_or_default(),
+            price_per_gpu_hour: self.price.clone().unwrap_or_default(),
+            held: self.held.clone(),
+            charged: self.charged.clone(),
+            refunded: self.refunded.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            image: self.image.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseState {
+    /// Sent to the provider; waiting for its answer.
+    Offered,
+    Accepted,
+    Ended,
+    Rejected,
+    /// The provider did not answer in time.
+    Lapsed,
+    Cancelled,
+}
+
+impl LeaseState {
+    /// Whether the lease still takes GPUs from its offer.
+    pub fn holds_capacity(self) -> bool {
+        matches!(self, LeaseState::Offered | LeaseState::Accepted)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseEnd {
+    pub phase: String,
+    pub reason: String,
+    pub fault: String,
+    pub started_at: i64,
+    pub ended_at: i64,
+    pub gpu_seconds: u64,
+    pub charged: String,
+    pub refunded: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub lease_id: String,
+    pub order_id: String,
+    pub buyer: String,
+    pub provider: String,
+    pub offer_id: String,
+    /// The offer publication it was matched against, and the node-block it took there.
+    pub offer_seq: u64,
+    pub block: usize,
+    pub gpus: u32,
+    pub price: String,
+    pub denomination: String,
+    pub duration_seconds: u64,
+    pub state: LeaseState,
+    /// The network-signed lease, protobuf `Signed`, resent on every new provider stream.
+    pub signed: Vec<u8>,
+    pub matched_at: i64,
+    pub answer_by: i64,
+    pub end: Option<LeaseEnd>,
+    /// Where the lease's receipt chain stands, and what its accepted receipts add up to.
+    #[serde(default)]
+    pub chain: ChainHead,
+    #[serde(default)]
+    pub totals: Totals,
+    /// Paid to the provider from escrow so far, from accepted receipts, atto units.
+    #[serde(default = "zero")]
+    pub charged: String,
+    /// The outstanding attestation challenge.
+    #[serde(default)]
+    pub challenge: Option<ChallengeRecord>,
+    /// The last evidence accepted.
+    #[serde(default)]
+    pub attestation: Option<AttestationRecord>,
+}
+
+fn zero() -> String {
+    "0".to_string()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChallengeRecord {
+    pub nonce: Vec<u8>,
+    pub issued_at: i64,
+    pub answered: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttestationRecord {
+    pub trust_tier: String,
+    pub digest: Vec<u8>,
+    pub verified_at: i64,
+}

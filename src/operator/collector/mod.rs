@@ -1,0 +1,619 @@
+//! The collector (DESIGN §4): the operator's gRPC endpoint for lease sidecars.
+//!
+//! Every request is signed with a lease key and carries the provider's certificate for it; the
+//! collector verifies both, then every receipt and the chain (or the evidence and where it says
+//! it runs), forwards what verified to the network, and answers with the network's verdict, so a
+//! meter's receipts are acknowledged only once the network holds them. It writes a summary into
+//! the ComputeLease at a bounded rate and counts every refusal.
+//!
+//! A refusal is written onto the lease only when the certificate verified: the lease id is then
+//! the provider's word, not the sender's, so a stranger cannot mark arbitrary leases.
+
+pub mod summary;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::VerifyingKey;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use prost::Message;
+use serde_json::json;
+use tonic::{Code, Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::attestation::{EvidenceRejection, verify_evidence};
+use crate::crd::conditions::condition;
+use crate::crd::{ComputeLease, LeaseAttestation};
+use crate::identity::{LeaseCertificate, verify_lease_certificate};
+use crate::metering::chain::MAX_RECEIPTS_PER_BATCH;
+use crate::metering::{ChainHead, LeaseTerms, ReceiptRejection, Step, check_next};
+use crate::operator::metrics::Metrics;
+use crate::wire::client::NetworkClient;
+use crate::wire::envelope::HasHeader;
+use crate::wire::proto::collector_server::{Collector, CollectorServer};
+use crate::wire::proto::{
+    ChallengeReply, EvidenceReply, Receipt, ReceiptRejection as WireRejection, ReceiptsReply,
+    SidecarChallengeBody, SidecarEvidenceBody, SidecarReceiptsBody, Signed,
+};
+use crate::wire::{Rejection, domain, open};
+use crate::workload::{POD_NAME, namespace_for};
+use summary::{ATTESTED_CONDITION, METERED_CONDITION, Served, usage_from, write_due};
+
+/// Field managers of the collector's status writes. Server-side apply drops whatever a manager
+/// owned and leaves out of its next apply, so each manager writes all of its fields every time:
+/// usage with the Metered condition, attestation with the Attested condition.
+pub const METERING_FIELD_MANAGER: &str = "gpubridge-collector-metering";
+pub const ATTESTATION_FIELD_MANAGER: &str = "gpubridge-collector-attestation";
+
+/// Bodies sent by sidecars: each carries the lease certificate.
+trait SidecarBody: Message + Default + HasHeader {
+    fn certificate(&self) -> &[u8];
+}
+
+macro_rules! sidecar_body {
+    ($($body:ty),*) => {$(
+        impl SidecarBody for $body {
+            fn certificate(&self) -> &[u8] { &self.certificate }
+        }
+    )*};
+}
+sidecar_body!(
+    SidecarReceiptsBody,
+    SidecarChallengeBody,
+    SidecarEvidenceBody
+);
+
+/// A sidecar request whose certificate and signature verified, with its lease.
+struct Authenticated<B> {
+    body: B,
+    certificate: LeaseCertificate,
+    lease_key: VerifyingKey,
+    lease: ComputeLease,
+}
+
+pub struct CollectorService {
+    provider: VerifyingKey,
+    client: Client,
+    network: Option<NetworkClient>,
+    metrics: Metrics,
+    status_interval: Duration,
+    /// Per lease id; entries go when the lease's final receipt is in.
+    leases: Mutex<HashMap<String, LeaseProgress>>,
+}
+
+/// How long the collector remembers a lease it heard nothing from; after that the next request
+/// starts from the network's word again.
+const FORGET_SILENT_LEASE: Duration = Duration::from_secs(3600);
+
+/// What the collector remembers of one lease between requests.
+#[derive(Default)]
+struct LeaseProgress {
+    /// The chain head the network last confirmed; none yet after a restart.
+    confirmed: Option<ChainHead>,
+    /// When its usage was last written into the lease's status.
+    last_written: Option<Instant>,
+    /// The cumulative figures already counted in the served metrics; none yet after a restart.
+    served: Option<Served>,
+}
+
+fn now() -> Timestamp {
+    Timestamp::now()
+}
+
+impl CollectorService {
+    pub fn new(
+        provider: VerifyingKey,
+        client: Client,
+        network: Option<NetworkClient>,
+        metrics: Metrics,
+        status_interval: Duration,
+    ) -> CollectorService {
+        CollectorService {
+            provider,
+            client,
+            network,
+            metrics,
+            status_interval,
+            leases: Mutex::default(),
+        }
+    }
+
+    fn refused(&self, subject: &str, reason: &str) {
+        self.metrics
+            .verification_failures
+            .with_label_values(&[subject, reason])
+            .inc();
+    }
+
+    fn network(&self) -> Result<&NetworkClient, Status> {
+        self.network.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this operator has no --network-url: receipts and evidence stay with the sidecars",
+            )
+        })
+    }
+
+    /// Verifies the envelope, the certificate and that the envelope's signer is the certified
+    /// lease key, and finds the lease.
+    async fn authenticate<B: SidecarBody>(
+        &self,
+        signed: &Signed,
+        domain: &str,
+    ) -> Result<Authenticated<B>, Status> {
+        let now = now();
+        let opened = open::<B>(signed, domain, now.as_second()).inspect_err(|e| {
+            self.refused("sidecar", e.kind());
+        })?;
+        let certificate =
+            verify_lease_certificate(opened.body.certificate(), &self.provider, now.as_second())
+                .map_err(|e| {
+                    self.refused("sidecar", "Certificate");
+                    Status::unauthenticated(format!("certificate: {e}"))
+                })?;
+        let lease_key = VerifyingKey::try_from(certificate.lease_public_key.as_slice())
+            .map_err(|e| Status::unauthenticated(format!("certificate: {e}")))?;
+        let api: Api<ComputeLease> = Api::all(self.client.clone());
+        let lease = api
+            .get_opt(&certificate.lease_id)
+            .await
+            .map_err(|e| Status::unavailable(format!("reading the lease: {e}")))?
+            .filter(|l| l.spec.lease_id == certificate.lease_id)
+            .ok_or_else(|| {
+                self.refused("sidecar", "UnknownLease");
+                Status::not_found(format!("lease {} is not here", certificate.lease_id))
+            })?;
+        if opened.signer != lease_key {
+            self.refused("sidecar", "WrongLeaseKey");
+            let message = "the request is not signed by the certified lease key";
+            let condition =
+                Self::condition_json(&lease, METERED_CONDITION, false, "WrongLeaseKey", message);
+            self.write_metering(&lease, None, condition).await;
+            return Err(Status::unauthenticated(message));
+        }
+        Ok(Authenticated {
+            body: opened.body,
+            certificate,
+            lease_key,
+            lease,
+        })
+    }
+
+    /// Server-side applies one of the collector's parts of a lease's status.
+    async fn write_status(&self, lease: &ComputeLease, manager: &str, status: serde_json::Value) {
+        let patch = json!({
+            "apiVersion": "gpubridge.dev/v1alpha1",
+            "kind": "ComputeLease",
+            "status": status,
+        });
+        let api: Api<ComputeLease> = Api::all(self.client.clone());
+        let name = lease.metadata.name.clone().unwrap_or_default();
+        if let Err(e) = api
+            .patch_status(
+                &name,
+                &PatchParams::apply(manager).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
+            // The next batch writes the whole summary again.
+            warn!(lease = %name, error = %e, "cannot write the lease's usage");
+        }
+    }
+
+    fn condition_json(
+        lease: &ComputeLease,
+        type_: &str,
+        ok: bool,
+        reason: &str,
+        message: &str,
+    ) -> serde_json::Value {
+        let previous = lease
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        serde_json::to_value(condition(
+            &previous,
+            type_,
+            ok,
+            reason,
+            message,
+            lease.metadata.generation,
+            now(),
+        ))
+        .expect("conditions serialize")
+    }
+
+    /// Writes the Metered condition with `usage`, or the usage already on the lease.
+    async fn write_metering(
+        &self,
+        lease: &ComputeLease,
+        usage: Option<crate::crd::LeaseUsage>,
+        condition: serde_json::Value,
+    ) {
+        let usage = usage.or_else(|| lease.status.as_ref().and_then(|s| s.usage.clone()));
+        let mut status = json!({ "conditions": [condition] });
+        if let Some(usage) = usage {
+            status["usage"] = serde_json::to_value(usage).expect("usage serializes");
+        }
+        self.write_status(lease, METERING_FIELD_MANAGER, status)
+            .await;
+    }
+
+    /// Writes the Attested condition with `attestation`, or the attestation already on the lease.
+    async fn write_attestation(
+        &self,
+        lease: &ComputeLease,
+        attestation: Option<LeaseAttestation>,
+        condition: serde_json::Value,
+    ) {
+        let attestation =
+            attestation.or_else(|| lease.status.as_ref().and_then(|s| s.attestation.clone()));
+        let mut status = json!({ "conditions": [condition] });
+        if let Some(attestation) = attestation {
+            status["attestation"] =
+                serde_json::to_value(attestation).expect("attestation serializes");
+        }
+        self.write_status(lease, ATTESTATION_FIELD_MANAGER, status)
+            .await;
+    }
+
+    /// Verifies a batch against the chain as far as the collector knows it: from the head the
+    /// network last confirmed, or, after a restart, from what the first receipt claims to
+    /// follow (the network checks that link against its own head).
+    fn verify_batch(
+        &self,
+        terms: &LeaseTerms,
+        receipts: &[Signed],
+    ) -> (usize, Option<ReceiptRejection>) {
+        let now_ms = now().as_millisecond();
+        let known = self
+            .leases
+            .lock()
+            .expect("collector lock")
+            .get(&terms.lease_id)
+            .and_then(|p| p.confirmed.clone());
+        let mut head = match (known, receipts.first()) {
+            (Some(head), _) => head,
+            (None, Some(first)) => match Receipt::decode(first.body.as_slice()) {
+                Ok(r) => ChainHead {
+                    sequence: r.sequence.saturating_sub(1),
+                    hash: r.previous_hash,
+                    window_end_ms: (r.sequence > 1).then_some(r.window_start_ms),
+                    final_received: false,
+                },
+                Err(e) => return (0, Some(ReceiptRejection::Malformed(format!("body: {e}")))),
+            },
+            (None, None) => ChainHead::default(),
+        };
+        for (i, signed) in receipts.iter().enumerate() {
+            match check_next(terms, &head, signed, now_ms) {
+                Ok(Step::Next { receipt, hash }) => head = head.advance(&receipt, hash),
+                Ok(Step::Earlier { .. }) => {}
+                Err(rejection) => return (i, Some(rejection)),
+            }
+        }
+        (receipts.len(), None)
+    }
+
+    async fn receipts(&self, signed: Signed) -> Result<ReceiptsReply, Status> {
+        let auth: Authenticated<SidecarReceiptsBody> =
+            self.authenticate(&signed, domain::SIDECAR_RECEIPTS).await?;
+        let network = self.network()?;
+        let receipts = &auth.body.receipts;
+        if receipts.is_empty() || receipts.len() > MAX_RECEIPTS_PER_BATCH {
+            return Err(Rejection::invalid(
+                "receipts",
+                &format!("must hold 1 to {MAX_RECEIPTS_PER_BATCH} receipts"),
+            )
+            .into());
+        }
+        let lease_id = auth.certificate.lease_id.clone();
+        let terms = LeaseTerms {
+            lease_id: lease_id.clone(),
+            gpus: auth.lease.spec.gpus,
+            lease_key: auth.lease_key,
+            not_before_ms: auth
+                .lease
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(0, |t| t.0.as_millisecond()),
+        };
+        let (valid, local_rejection) = self.verify_batch(&terms, receipts);
+        let certificate = auth.body.certificate.clone();
+        let mut reply = if valid > 0 {
+            network
+                .submit_receipts(&lease_id, certificate, receipts[..valid].to_vec())
+                .await?
+        } else {
+            // Nothing verified to forward: the answer is the refusal alone, and the meter keeps
+            // its receipts.
+            ReceiptsReply::default()
+        };
+        if let Some(r) = &local_rejection {
+            reply.rejection = Some(WireRejection {
+                sequence: r.sequence(),
+                kind: r.kind().to_string(),
+                message: r.to_string(),
+            });
+        }
+        self.record_receipts(&auth.lease, &lease_id, &reply, valid > 0)
+            .await;
+        Ok(reply)
+    }
+
+    /// Counts, remembers the confirmed head, and writes the summary when due.
+    async fn record_receipts(
+        &self,
+        lease: &ComputeLease,
+        lease_id: &str,
+        reply: &ReceiptsReply,
+        forwarded: bool,
+    ) {
+        let usage_in_status = lease.status.as_ref().and_then(|s| s.usage.as_ref());
+        let confirmed_in_status = usage_in_status.map_or(0, |u| u.receipts_accepted);
+        let served_in_status = usage_in_status.map(Served::of_usage).unwrap_or_default();
+        let (due, newly_accepted, newly_served) = {
+            let mut leases = self.leases.lock().expect("collector lock");
+            let known = leases
+                .get(lease_id)
+                .and_then(|p| p.confirmed.as_ref().map(|h| h.sequence));
+            let entry = leases.entry(lease_id.to_string()).or_default();
+            let before = known.unwrap_or(confirmed_in_status);
+            let served_before = entry
+                .served
+                .map_or(served_in_status, |known| known.max(served_in_status));
+            let newly_served = if forwarded {
+                let now = Served::of_reply(reply);
+                entry.served = Some(served_before.max(now));
+                served_before.added_by(now)
+            } else {
+                Served::default()
+            };
+            if forwarded {
+                entry.confirmed = Some(ChainHead {
+                    sequence: reply.accepted_through,
+                    hash: reply.head_hash.clone(),
+                    window_end_ms: (reply.metered_through_ms > 0)
+                        .then_some(reply.metered_through_ms),
+                    final_received: reply.final_received,
+                });
+            }
+            let urgent = reply.final_received || reply.rejection.is_some();
+            let due = (forwarded
+                && write_due(
+                    entry.last_written,
+                    Instant::now(),
+                    self.status_interval,
+                    urgent,
+                ))
+                || reply.rejection.is_some();
+            if due {
+                entry.last_written = Some(Instant::now());
+            }
+            if reply.final_received {
+                leases.remove(lease_id);
+            }
+            // A lease whose meter went silent without a final receipt is forgotten after a
+            // while: the map holds only leases being metered.
+            leases.retain(|_, p| {
+                p.last_written
+                    .is_none_or(|t| t.elapsed() < FORGET_SILENT_LEASE)
+            });
+            let newly = if forwarded {
+                reply.accepted_through.saturating_sub(before)
+            } else {
+                0
+            };
+            (due, newly, newly_served)
+        };
+        self.metrics.receipts_accepted.inc_by(newly_accepted);
+        self.metrics.record_served(
+            &lease.spec.price.denomination,
+            newly_served.gpu_millis,
+            newly_served.charged_atto,
+        );
+        if !due {
+            return;
+        }
+        let condition = match &reply.rejection {
+            Some(r) => {
+                self.refused("receipt", &r.kind);
+                warn!(lease = %lease_id, kind = %r.kind, message = %r.message, "receipt refused");
+                Self::condition_json(lease, METERED_CONDITION, false, &r.kind, &r.message)
+            }
+            None => Self::condition_json(
+                lease,
+                METERED_CONDITION,
+                true,
+                "ReceiptsVerified",
+                &format!("{} receipts verified and settled", reply.accepted_through),
+            ),
+        };
+        let usage = (forwarded || reply.accepted_through > 0).then(|| usage_from(reply));
+        self.write_metering(lease, usage, condition).await;
+    }
+
+    async fn challenge(&self, signed: Signed) -> Result<ChallengeReply, Status> {
+        let auth: Authenticated<SidecarChallengeBody> = self
+            .authenticate(&signed, domain::SIDECAR_CHALLENGE)
+            .await?;
+        self.network()?
+            .lease_challenge(&auth.certificate.lease_id)
+            .await
+    }
+
+    async fn evidence(&self, signed: Signed) -> Result<EvidenceReply, Status> {
+        let auth: Authenticated<SidecarEvidenceBody> =
+            self.authenticate(&signed, domain::SIDECAR_EVIDENCE).await?;
+        let network = self.network()?;
+        let lease_id = auth.certificate.lease_id.clone();
+        let evidence = auth
+            .body
+            .evidence
+            .clone()
+            .ok_or_else(|| Status::from(Rejection::invalid("evidence", "is required")))?;
+        let verified =
+            match verify_evidence(&auth.lease_key, &lease_id, &evidence, now().as_second()) {
+                Ok(v) => v,
+                Err(e) => return Err(self.evidence_refused(&auth.lease, e).await),
+            };
+        if let Err(e) = self
+            .check_placement(&auth.lease, &verified.evidence)
+            .await?
+        {
+            return Err(self.evidence_refused(&auth.lease, e).await);
+        }
+        let reply = match network
+            .submit_evidence(&lease_id, auth.body.certificate.clone(), evidence)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(status) => {
+                let rejection = match status.code() {
+                    Code::AlreadyExists => EvidenceRejection::ReplayedNonce,
+                    Code::FailedPrecondition if status.message().starts_with("Stale") => {
+                        EvidenceRejection::Stale {
+                            issued_at: verified.evidence.issued_at,
+                        }
+                    }
+                    Code::FailedPrecondition => EvidenceRejection::WrongNonce,
+                    _ => return Err(status),
+                };
+                return Err(self.evidence_refused(&auth.lease, rejection).await);
+            }
+        };
+        self.metrics
+            .attestations
+            .with_label_values(&[reply.trust_tier.as_str()])
+            .inc();
+        let verified_at = Timestamp::from_second(reply.verified_at).unwrap_or_else(|_| now());
+        let attestation = LeaseAttestation {
+            trust_tier: reply.trust_tier.clone(),
+            last_verified: Some(Time(verified_at)),
+            evidence_digest: Some(hex::encode(&reply.digest)),
+        };
+        let reason = match reply.trust_tier.as_str() {
+            "hardware-attested" => "HardwareAttested",
+            _ => "SelfReported",
+        };
+        let condition = Self::condition_json(
+            &auth.lease,
+            ATTESTED_CONDITION,
+            true,
+            reason,
+            &format!(
+                "evidence for the network's challenge verified: {}",
+                reply.trust_tier
+            ),
+        );
+        info!(lease = %lease_id, tier = %reply.trust_tier, "evidence verified");
+        self.write_attestation(&auth.lease, Some(attestation), condition)
+            .await;
+        Ok(reply)
+    }
+
+    /// The evidence must name the lease's own pod and node.
+    async fn check_placement(
+        &self,
+        lease: &ComputeLease,
+        evidence: &crate::wire::proto::Evidence,
+    ) -> Result<Result<(), EvidenceRejection>, Status> {
+        let namespace = namespace_for(&lease.metadata.name.clone().unwrap_or_default());
+        let pod = Api::<Pod>::namespaced(self.client.clone(), &namespace)
+            .get_opt(POD_NAME)
+            .await
+            .map_err(|e| Status::unavailable(format!("reading the lease pod: {e}")))?;
+        let uid = pod
+            .as_ref()
+            .and_then(|p| p.metadata.uid.clone())
+            .unwrap_or_default();
+        let node = pod
+            .as_ref()
+            .and_then(|p| p.spec.as_ref())
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        Ok(if evidence.pod_uid != uid {
+            Err(EvidenceRejection::WrongPlacement {
+                field: "pod",
+                expected: uid,
+                found: evidence.pod_uid.clone(),
+            })
+        } else if evidence.node != node {
+            Err(EvidenceRejection::WrongPlacement {
+                field: "node",
+                expected: node,
+                found: evidence.node.clone(),
+            })
+        } else {
+            Ok(())
+        })
+    }
+
+    async fn evidence_refused(&self, lease: &ComputeLease, e: EvidenceRejection) -> Status {
+        self.refused("evidence", e.kind());
+        warn!(lease = %lease.spec.lease_id, kind = e.kind(), error = %e, "evidence refused");
+        let condition =
+            Self::condition_json(lease, ATTESTED_CONDITION, false, e.kind(), &e.to_string());
+        self.write_attestation(lease, None, condition).await;
+        let message = format!("{}: {e}", e.kind());
+        match e {
+            EvidenceRejection::ReplayedNonce => Status::already_exists(message),
+            EvidenceRejection::WrongNonce | EvidenceRejection::Stale { .. } => {
+                Status::failed_precondition(message)
+            }
+            EvidenceRejection::BadSignature => Status::unauthenticated(message),
+            EvidenceRejection::WrongLease { .. } | EvidenceRejection::WrongPlacement { .. } => {
+                Status::permission_denied(message)
+            }
+            EvidenceRejection::Malformed(_) => Status::invalid_argument(message),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Collector for CollectorService {
+    async fn submit_receipts(
+        &self,
+        request: Request<Signed>,
+    ) -> Result<Response<ReceiptsReply>, Status> {
+        self.receipts(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn challenge(
+        &self,
+        request: Request<Signed>,
+    ) -> Result<Response<ChallengeReply>, Status> {
+        self.challenge(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn submit_evidence(
+        &self,
+        request: Request<Signed>,
+    ) -> Result<Response<EvidenceReply>, Status> {
+        self.evidence(request.into_inner()).await.map(Response::new)
+    }
+}
+
+/// Serves the collector on `addr` until `shutdown`.
+pub async fn serve(
+    addr: SocketAddr,
+    service: CollectorService,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(
+            CollectorServer::new(service).max_decoding_message_size(crate::wire::MAX_MESSAGE_BYTES),
+        )
+        .serve_with_shutdown(addr, shutdown)
+        .await
+}

@@ -1,0 +1,177 @@
+//! What the collector writes into `ComputeLease.status`, and when. Pure.
+
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::crd::LeaseUsage;
+use crate::wire::amount;
+use crate::wire::proto::ReceiptsReply;
+
+/// Conditions the collector owns on a ComputeLease.
+pub const METERED_CONDITION: &str = "Metered";
+pub const ATTESTED_CONDITION: &str = "Attested";
+
+/// The lease's usage as the network's verdict on its receipts states it.
+pub fn usage_from(reply: &ReceiptsReply) -> LeaseUsage {
+    LeaseUsage {
+        gpu_seconds: reply.allocated_gpu_millis / 1000,
+        energy_joules: reply.energy_millijoules / 1000,
+        utilization_percent: reply.utilization_percent,
+        receipts_accepted: reply.accepted_through,
+        chain_head: (!reply.head_hash.is_empty()).then(|| hex::encode(&reply.head_hash)),
+        metered_through: Timestamp::from_millisecond(reply.metered_through_ms)
+            .ok()
+            .filter(|_| reply.metered_through_ms > 0)
+            .map(Time),
+        charged: Some(reply.charged.clone()),
+        final_received: reply.final_received,
+    }
+}
+
+/// A lease's cumulative served figures: what the network has accepted and paid for so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Served {
+    pub gpu_millis: u64,
+    /// In the denomination's smallest unit (10^-18).
+    pub charged_atto: u128,
+}
+
+impl Served {
+    pub fn of_reply(reply: &ReceiptsReply) -> Served {
+        Served {
+            gpu_millis: reply.allocated_gpu_millis,
+            charged_atto: amount::parse("charged", &reply.charged).unwrap_or(0),
+        }
+    }
+
+    /// The figures some replica last wrote into the lease's status (whole GPU-seconds there).
+    pub fn of_usage(usage: &LeaseUsage) -> Served {
+        Served {
+            gpu_millis: usage.gpu_seconds.saturating_mul(1000),
+            charged_atto: usage
+                .charged
+                .as_deref()
+                .and_then(|c| amount::parse("charged", c).ok())
+                .unwrap_or(0),
+        }
+    }
+
+    /// The later of two sightings of the same cumulative figures.
+    pub fn max(self, other: Served) -> Served {
+        Served {
+            gpu_millis: self.gpu_millis.max(other.gpu_millis),
+            charged_atto: self.charged_atto.max(other.charged_atto),
+        }
+    }
+
+    /// What `now` adds to these figures; nothing where it is behind them (a reply that another
+    /// replica's later one already counted).
+    pub fn added_by(self, now: Served) -> Served {
+        Served {
+            gpu_millis: now.gpu_millis.saturating_sub(self.gpu_millis),
+            charged_atto: now.charged_atto.saturating_sub(self.charged_atto),
+        }
+    }
+}
+
+/// Whether to write a lease's usage now: at most once per `interval`, except that the first
+/// summary, the final receipt and a refusal are written at once.
+pub fn write_due(
+    last_written: Option<Instant>,
+    now: Instant,
+    interval: Duration,
+    urgent: bool,
+) -> bool {
+    urgent || last_written.is_none_or(|t| now.duration_since(t) >= interval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_counts_only_what_is_new_since_the_best_known_figures() {
+        let reply = |millis, charged: &str| crate::wire::proto::ReceiptsReply {
+            allocated_gpu_millis: millis,
+            charged: charged.into(),
+            ..Default::default()
+        };
+        let status = Served::of_usage(&crate::crd::LeaseUsage {
+            gpu_seconds: 20,
+            charged: Some("500".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            status,
+            Served {
+                gpu_millis: 20_000,
+                charged_atto: 500
+            }
+        );
+        // After a restart the status is the baseline: what it already shows is not counted again.
+        let now = Served::of_reply(&reply(30_000, "800"));
+        assert_eq!(
+            status.added_by(now),
+            Served {
+                gpu_millis: 10_000,
+                charged_atto: 300
+            }
+        );
+        // A reply behind what is known (another replica counted further) adds nothing.
+        let behind = Served::of_reply(&reply(25_000, "600"));
+        assert_eq!(now.added_by(behind), Served::default());
+        assert_eq!(now.max(behind), now);
+        // An unreadable charge counts as none rather than failing the receipt.
+        assert_eq!(Served::of_reply(&reply(1, "x")).charged_atto, 0);
+    }
+
+    #[test]
+    fn usage_is_the_networks_verdict_in_whole_units() {
+        let reply = ReceiptsReply {
+            accepted_through: 7,
+            head_hash: vec![0xab, 0x01],
+            metered_through_ms: 1_700_000_000_500,
+            allocated_gpu_millis: 20_999,
+            energy_millijoules: 3_999,
+            utilization_percent: 42,
+            charged: "123".into(),
+            final_received: true,
+            rejection: None,
+        };
+        let usage = usage_from(&reply);
+        assert_eq!(usage.gpu_seconds, 20);
+        assert_eq!(usage.energy_joules, 3);
+        assert_eq!(usage.receipts_accepted, 7);
+        assert_eq!(usage.chain_head.as_deref(), Some("ab01"));
+        assert_eq!(
+            usage.metered_through.unwrap().0.as_millisecond(),
+            1_700_000_000_500
+        );
+        assert_eq!(usage.charged.as_deref(), Some("123"));
+        assert!(usage.final_received);
+        let empty = usage_from(&ReceiptsReply::default());
+        assert_eq!((empty.chain_head, empty.metered_through), (None, None));
+    }
+
+    #[test]
+    fn writes_are_spaced_unless_urgent() {
+        let t0 = Instant::now();
+        let interval = Duration::from_secs(10);
+        assert!(write_due(None, t0, interval, false));
+        assert!(!write_due(
+            Some(t0),
+            t0 + Duration::from_secs(9),
+            interval,
+            false
+        ));
+        assert!(write_due(
+            Some(t0),
+            t0 + Duration::from_secs(9),
+            interval,
+            true
+        ));
+        assert!(write_due(Some(t0), t0 + interval, interval, false));
+    }
+}

@@ -1,0 +1,54 @@
+//! What every reconcile shares: the client, the caches, the settings, metrics and events.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use kube::Client;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::Store;
+
+use crate::capacity::{Inventory, OfferFacts};
+use crate::crd::GpuOffer;
+use crate::operator::controller::backoff::Backoff;
+use crate::operator::metrics::Metrics;
+
+/// Settings of the controllers, from the operator's flags.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Image of the operator, whose binary lease sidecars run.
+    pub sidecar_image: String,
+    /// How long a lease pod may take to run before the lease fails.
+    pub scheduling_timeout: Duration,
+    /// How often an offer is recomputed when nothing triggers it.
+    pub offer_resync: Duration,
+    /// Whether a network session reports lease ends; a lease from the network then keeps its
+    /// namespace until its end is reported (or the grace below passes).
+    pub reports_to_network: bool,
+    /// How long after a lease ends its end report waits for the meter's final receipt.
+    pub final_receipt_grace: Duration,
+    /// Where lease sidecars reach the collector.
+    pub collector: crate::workload::CollectorEndpoint,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub inventory: Arc<RwLock<Inventory>>,
+    pub offers: Store<GpuOffer>,
+    pub settings: Settings,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    pub backoff: Arc<Backoff>,
+    pub provider_key: SigningKey,
+}
+
+impl Context {
+    /// Facts of every cached offer, for the formula's overlap rule.
+    pub fn offer_facts(&self) -> Vec<OfferFacts> {
+        self.offers
+            .state()
+            .iter()
+            .map(|o| OfferFacts::from_offer(o))
+            .collect()
+    }
+}

@@ -1,0 +1,84 @@
+//! The sidecars' side of the collector: every call signed with the lease key and carrying the
+//! provider's certificate for it.
+
+use std::time::Duration;
+
+use tonic::Status;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::identity::LeaseCredentials;
+use crate::wire::envelope::{HasHeader, domain, seal};
+use crate::wire::proto::collector_client::CollectorClient;
+use crate::wire::proto::{
+    ChallengeReply, EvidenceReply, ReceiptsReply, SidecarChallengeBody, SidecarEvidenceBody,
+    SidecarReceiptsBody, Signed,
+};
+
+#[derive(Clone)]
+pub struct SidecarClient {
+    inner: CollectorClient<Channel>,
+    credentials: LeaseCredentials,
+}
+
+impl SidecarClient {
+    /// A lazily connected client: calls fail, and the sidecar retries, until the collector is up.
+    pub fn new(url: &str, credentials: LeaseCredentials) -> Result<SidecarClient, String> {
+        let channel = Endpoint::from_shared(url.to_string())
+            .map_err(|e| format!("--collector-url {url}: {e}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .connect_lazy();
+        Ok(SidecarClient {
+            inner: CollectorClient::new(channel),
+            credentials,
+        })
+    }
+
+    fn seal<M: prost::Message + HasHeader>(&self, domain: &str, body: M) -> Signed {
+        seal(
+            &self.credentials.key,
+            domain,
+            body,
+            jiff::Timestamp::now().as_second(),
+        )
+    }
+
+    pub async fn submit_receipts(&self, receipts: Vec<Signed>) -> Result<ReceiptsReply, Status> {
+        let body = SidecarReceiptsBody {
+            header: None,
+            certificate: self.credentials.certificate.clone(),
+            receipts,
+        };
+        let signed = self.seal(domain::SIDECAR_RECEIPTS, body);
+        Ok(self
+            .inner
+            .clone()
+            .submit_receipts(signed)
+            .await?
+            .into_inner())
+    }
+
+    pub async fn challenge(&self) -> Result<ChallengeReply, Status> {
+        let body = SidecarChallengeBody {
+            header: None,
+            certificate: self.credentials.certificate.clone(),
+        };
+        let signed = self.seal(domain::SIDECAR_CHALLENGE, body);
+        Ok(self.inner.clone().challenge(signed).await?.into_inner())
+    }
+
+    pub async fn submit_evidence(&self, evidence: Signed) -> Result<EvidenceReply, Status> {
+        let body = SidecarEvidenceBody {
+            header: None,
+            certificate: self.credentials.certificate.clone(),
+            evidence: Some(evidence),
+        };
+        let signed = self.seal(domain::SIDECAR_EVIDENCE, body);
+        Ok(self
+            .inner
+            .clone()
+            .submit_evidence(signed)
+            .await?
+            .into_inner())
+    }
+}

@@ -1,0 +1,268 @@
+//! A gateway client that signs every request with its key: used by the operator's session, the
+//! buyer CLI and the tests.
+
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Status, Streaming};
+
+use crate::wire::envelope::{HasHeader, domain, seal};
+use crate::wire::proto::gateway_client::GatewayClient;
+use crate::wire::proto::{
+    BalanceReply, CancelBody, ChallengeBody, ChallengeReply, DepositBody, EvidenceReply,
+    EvidenceSubmitBody, HeartbeatBody, InfoReply, InfoRequest, LeaseDecisionBody, LeaseEndBody,
+    LeaseEndReply, LeaseEvent, LeaseStreamBody, ListOffersRequest, OfferBody, OfferView, OrderBody,
+    OrderView, PublishOfferReply, QueryBody, ReceiptsBody, ReceiptsReply, RegisterBody,
+    RegisterReply, Signed, WithdrawBody,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("network endpoint {url}: {reason}")]
+    Endpoint { url: String, reason: String },
+    #[error("CA file {path}: {reason}")]
+    Ca { path: String, reason: String },
+}
+
+/// Where the network is and how to trust it.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// `http://host:port`, or `https://host:port` for TLS.
+    pub url: String,
+    /// PEM CA bundle to verify the network's TLS certificate; the system roots when absent.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// A lazily connected channel to `target`: calls fail (and the caller retries) until it is up.
+pub fn channel(target: &Target) -> Result<Channel, ConnectError> {
+    let fail = |reason: String| ConnectError::Endpoint {
+        url: target.url.clone(),
+        reason,
+    };
+    let mut endpoint = Endpoint::from_shared(target.url.clone())
+        .map_err(|e| fail(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_keepalive(Some(Duration::from_secs(30)))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10));
+    if target.url.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new().with_native_roots();
+        if let Some(path) = &target.ca_file {
+            let pem = std::fs::read(path).map_err(|e| ConnectError::Ca {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        endpoint = endpoint.tls_config(tls).map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(endpoint.connect_lazy())
+}
+
+#[derive(Clone)]
+pub struct NetworkClient {
+    inner: GatewayClient<Channel>,
+    key: SigningKey,
+}
+
+fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+impl NetworkClient {
+    pub fn new(channel: Channel, key: SigningKey) -> NetworkClient {
+        NetworkClient {
+            inner: GatewayClient::new(channel)
+                .max_decoding_message_size(crate::wire::MAX_MESSAGE_BYTES),
+            key,
+        }
+    }
+
+    fn seal<M: prost::Message + HasHeader>(&self, domain: &str, body: M) -> Signed {
+        seal(&self.key, domain, body, now())
+    }
+
+    pub async fn info(&self) -> Result<InfoReply, Status> {
+        Ok(self.inner.clone().info(InfoRequest {}).await?.into_inner())
+    }
+
+    pub async fn list_offers(&self) -> Result<Vec<OfferView>, Status> {
+        Ok(self
+            .inner
+            .clone()
+            .list_offers(ListOffersRequest {})
+            .await?
+            .into_inner()
+            .offers)
+    }
+
+    pub async fn register(&self, name: &str, region: &str) -> Result<RegisterReply, Status> {
+        let body = RegisterBody {
+            header: None,
+            name: name.into(),
+            region: region.into(),
+        };
+        let signed = self.seal(domain::REGISTER, body);
+        Ok(self.inner.clone().register(signed).await?.into_inner())
+    }
+
+    pub async fn publish(&self, body: OfferBody) -> Result<PublishOfferReply, Status> {
+        let signed = self.seal(domain::OFFER, body);
+        Ok(self.inner.clone().publish_offer(signed).await?.into_inner())
+    }
+
+    pub async fn withdraw(&self, offer_name: &str) -> Result<(), Status> {
+        let body = WithdrawBody {
+            header: None,
+            offer_name: offer_name.into(),
+        };
+        let signed = self.seal(domain::WITHDRAW, body);
+        self.inner.clone().withdraw_offer(signed).await?;
+        Ok(())
+    }
+
+    pub async fn heartbeat(&self) -> Result<(), Status> {
+        let signed = self.seal(domain::HEARTBEAT, HeartbeatBody::default());
+        self.inner.clone().heartbeat(signed).await?;
+        Ok(())
+    }
+
+    pub async fn leases(&self) -> Result<Streaming<LeaseEvent>, Status> {
+        let signed = self.seal(domain::LEASE_STREAM, LeaseStreamBody::default());
+        Ok(self.inner.clone().leases(signed).await?.into_inner())
+    }
+
+    pub async fn decide(&self, lease_id: &str, accept: bool, reason: &str) -> Result<(), Status> {
+        let body = LeaseDecisionBody {
+            header: None,
+            lease_id: lease_id.into(),
+            accept,
+            reason: reason.into(),
+        };
+        let signed = self.seal(domain::LEASE_DECISION, body);
+        self.inner.clone().decide_lease(signed).await?;
+        Ok(())
+    }
+
+    pub async fn report_end(&self, body: LeaseEndBody) -> Result<LeaseEndReply, Status> {
+        let signed = self.seal(domain::LEASE_END, body);
+        Ok(self
+            .inner
+            .clone()
+            .report_lease_end(signed)
+            .await?
+            .into_inner())
+    }
+
+    /// Forwards a lease's receipts, with the provider's certificate for the lease key.
+    pub async fn submit_receipts(
+        &self,
+        lease_id: &str,
+        certificate: Vec<u8>,
+        receipts: Vec<Signed>,
+    ) -> Result<ReceiptsReply, Status> {
+        let body = ReceiptsBody {
+            header: None,
+            lease_id: lease_id.into(),
+            certificate,
+            receipts,
+        };
+        let signed = self.seal(domain::RECEIPTS, body);
+        Ok(self
+            .inner
+            .clone()
+            .submit_receipts(signed)
+            .await?
+            .into_inner())
+    }
+
+    pub async fn lease_challenge(&self, lease_id: &str) -> Result<ChallengeReply, Status> {
+        let body = ChallengeBody {
+            header: None,
+            lease_id: lease_id.into(),
+        };
+        let signed = self.seal(domain::CHALLENGE, body);
+        Ok(self
+            .inner
+            .clone()
+            .lease_challenge(signed)
+            .await?
+            .into_inner())
+    }
+
+    pub async fn submit_evidence(
+        &self,
+        lease_id: &str,
+        certificate: Vec<u8>,
+        evidence: Signed,
+    ) -> Result<EvidenceReply, Status> {
+        let body = EvidenceSubmitBody {
+            header: None,
+            lease_id: lease_id.into(),
+            certificate,
+            evidence: Some(evidence),
+        };
+        let signed = self.seal(domain::EVIDENCE_SUBMIT, body);
+        Ok(self
+            .inner
+            .clone()
+            .submit_evidence(signed)
+            .await?
+            .into_inner())
+    }
+
+    pub async fn deposit(&self, amount: u128, denomination: &str) -> Result<BalanceReply, Status> {
+        let body = DepositBody {
+            header: None,
+            amount: amount.to_string(),
+            denomination: denomination.into(),
+        };
+        let signed = self.seal(domain::DEPOSIT, body);
+        Ok(self.inner.clone().deposit(signed).await?.into_inner())
+    }
+
+    pub async fn submit(&self, body: OrderBody) -> Result<OrderView, Status> {
+        let signed = self.seal(domain::ORDER, body);
+        self.submit_signed(signed).await
+    }
+
+    /// Sends an already signed order as is (replays and forgeries in tests).
+    pub async fn submit_signed(&self, signed: Signed) -> Result<OrderView, Status> {
+        Ok(self.inner.clone().submit_order(signed).await?.into_inner())
+    }
+
+    pub async fn cancel(&self, order_id: &str) -> Result<OrderView, Status> {
+        let body = CancelBody {
+            header: None,
+            order_id: order_id.into(),
+        };
+        let signed = self.seal(domain::CANCEL, body);
+        Ok(self.inner.clone().cancel_order(signed).await?.into_inner())
+    }
+
+    pub async fn list_orders(&self) -> Result<Vec<OrderView>, Status> {
+        let signed = self.seal(domain::QUERY, QueryBody::default());
+        Ok(self
+            .inner
+            .clone()
+            .list_orders(signed)
+            .await?
+            .into_inner()
+            .orders)
+    }
+
+    pub async fn order_status(&self, order_id: &str) -> Result<OrderView, Status> {
+        let body = QueryBody {
+            header: None,
+            order_id: order_id.into(),
+        };
+        let signed = self.seal(domain::QUERY, body);
+        Ok(self.inner.clone().order_status(signed).await?.into_inner())
+    }
+
+    pub async fn balance(&self) -> Result<BalanceReply, Status> {
+        let signed = self.seal(domain::QUERY, QueryBody::default());
+        Ok(self.inner.clone().balance(signed).await?.into_inner())
+    }
+}
