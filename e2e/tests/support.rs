@@ -653,19 +653,20 @@ impl Prometheus {
         prometheus
     }
 
-    /// Waits until every target has been scraped after `after` (Unix seconds), so that queries
-    /// see the state the targets were in then.
-    pub async fn wait_scraped_after(&self, after: i64) {
+    /// Waits until every target has been scraped after the whole second `second` (Unix
+    /// seconds), so that queries see the state the targets were in then.
+    pub async fn wait_scraped_after(&self, second: i64) {
+        let after = second + 1;
         eventually(
             "prometheus to scrape every target again",
             Duration::from_secs(30),
             || async {
                 let now = now_unix();
                 let stale = self
-                    .query_range(&format!("timestamp(up) <= {after}"), now, now)
+                    .query_range(&format!("timestamp(up) < {after}"), now, now)
                     .await?;
                 let fresh = self
-                    .query_range(&format!("timestamp(up) > {after}"), now, now)
+                    .query_range(&format!("timestamp(up) >= {after}"), now, now)
                     .await?;
                 if stale.is_empty() && !fresh.is_empty() {
                     Ok(())
