@@ -4,6 +4,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use gpubridge::admission::{NodeBlock, Reservations};
 use gpubridge::capacity::{Inventory, NodeFacts};
 use gpubridge::crd::{ComputeLease, GpuOffer, LeasePhase, TerminationReason};
 use gpubridge::identity::generate_key;
@@ -12,6 +13,7 @@ use gpubridge::operator::controller::{
     self, Context, Error, LEASE_CONTROLLER, Settings, lease, offer,
 };
 use gpubridge::operator::metrics::Metrics;
+use gpubridge::operator::reservations::ReservationRecord;
 use http::{Method, Request, Response};
 use k8s_openapi::api::core::v1::Node;
 use kube::client::Body;
@@ -647,4 +649,100 @@ fn collector() -> gpubridge::workload::CollectorEndpoint {
         namespace: "gpubridge-system".into(),
         port: 7400,
     }
+}
+
+const RECORD: &str = "/api/v1/namespaces/gpubridge-system/configmaps/gpubridge-reservations";
+
+fn record_object(resource_version: &str, record: &Reservations) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {
+            "name": "gpubridge-reservations", "namespace": "gpubridge-system",
+            "resourceVersion": resource_version
+        },
+        "data": {"reservations.json": serde_json::to_string(record).unwrap()}
+    })
+}
+
+fn one_node(free: u32) -> Vec<NodeBlock> {
+    vec![NodeBlock {
+        node: "n0".into(),
+        free,
+    }]
+}
+
+/// Another replica wrote the record between this one's read and write: the write carries the
+/// version it decided from, fails, and the decision is made again against the newer record, in
+/// which the other replica's promise leaves too little.
+#[tokio::test]
+async fn a_reservation_decided_on_a_stale_record_is_decided_again() {
+    let mut theirs = Reservations::default();
+    theirs
+        .reserve("their-lease", "o", &one_node(8), 6, |_| false, 0)
+        .unwrap();
+    let (client, seen, server) = mock(vec![
+        step(
+            Method::GET,
+            RECORD,
+            Reply::Json(record_object("1", &Reservations::default())),
+        ),
+        step(Method::PUT, RECORD, Reply::Error(409, "Conflict")),
+        step(
+            Method::GET,
+            RECORD,
+            Reply::Json(record_object("2", &theirs)),
+        ),
+    ]);
+    let record = ReservationRecord::new(client, "gpubridge-system");
+    let mut decisions = 0;
+    let answer = record
+        .update(|r| {
+            decisions += 1;
+            r.reserve("our-lease", "o", &one_node(8), 4, |_| false, 0)
+        })
+        .await
+        .unwrap();
+    finish(server).await;
+    assert_eq!(decisions, 2, "decided again after the conflict");
+    let short = answer.unwrap_err();
+    assert_eq!((short.largest_block, short.pending), (2, 6), "{short}");
+    let seen = seen.read().unwrap();
+    let put = &seen[1].2;
+    assert_eq!(
+        put["metadata"]["resourceVersion"], "1",
+        "the write carried its version"
+    );
+    assert!(
+        put["data"]["reservations.json"]
+            .as_str()
+            .unwrap()
+            .contains("our-lease")
+    );
+    // Nothing changed the second time, so nothing more was written.
+    assert_eq!(seen.len(), 3);
+}
+
+/// The first reservation creates the record; a second replica creating it at the same moment
+/// loses with 409 and decides against what the first wrote.
+#[tokio::test]
+async fn the_first_reservation_creates_the_record() {
+    let (client, seen, server) = mock(vec![
+        step(Method::GET, RECORD, Reply::Error(404, "NotFound")),
+        step(
+            Method::POST,
+            "/api/v1/namespaces/gpubridge-system/configmaps",
+            Reply::Echo,
+        ),
+    ]);
+    let record = ReservationRecord::new(client, "gpubridge-system");
+    let node = record
+        .update(|r| r.reserve("our-lease", "o", &one_node(8), 4, |_| false, 0))
+        .await
+        .unwrap()
+        .unwrap();
+    finish(server).await;
+    assert_eq!(node, "n0");
+    assert_eq!(record.pending_for("o", |_| false).len(), 1);
+    let created = &seen.read().unwrap()[1].2;
+    assert_eq!(created["metadata"]["name"], "gpubridge-reservations");
 }

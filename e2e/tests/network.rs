@@ -49,17 +49,32 @@ fn order(gpus: u32, model: &str, seconds: u64, max_price: u128) -> OrderBody {
 }
 
 async fn wait_published(buyer: &gpubridge::wire::client::NetworkClient, offer: &str, gpus: u32) {
+    wait_published_by(buyer, offer, gpus, 1).await;
+}
+
+/// Waits until `providers` providers publish `offer` with `gpus` GPUs.
+async fn wait_published_by(
+    buyer: &gpubridge::wire::client::NetworkClient,
+    offer: &str,
+    gpus: u32,
+    providers: usize,
+) {
     eventually(
-        &format!("offer {offer} with {gpus} GPUs in the network's book"),
+        &format!(
+            "offer {offer} with {gpus} GPUs in the network's book, from {providers} providers"
+        ),
         30 * SECOND,
         || async {
             let offers = buyer.list_offers().await.map_err(|e| e.to_string())?;
-            match offers
+            let published: Vec<u32> = offers
                 .iter()
-                .find(|o| o.offer_id.ends_with(&format!("/{offer}")))
-            {
-                Some(o) if o.available_gpus == gpus => Ok(()),
-                other => Err(format!("{other:?}")),
+                .filter(|o| o.offer_id.ends_with(&format!("/{offer}")))
+                .map(|o| o.available_gpus)
+                .collect();
+            if published.iter().filter(|g| **g == gpus).count() == providers {
+                Ok(())
+            } else {
+                Err(format!("published: {published:?}"))
             }
         },
     )
@@ -430,13 +445,64 @@ async fn two_replicas_and_200_concurrent_orders_never_promise_a_gpu_twice() {
     apply_yaml(&c.client, BURST_OFFER).await;
     a.wait_ready_or_standby().await;
     b.wait_ready_or_standby().await;
+    two_hundred_orders_fit_the_pool(&c, &network, 1).await;
+    remove_burst_pool(&c.client).await;
+    drop((a, b));
+}
 
+/// Two operators that both act on the same pool, as two replicas that both believe they lead
+/// would (a partition, a paused process): leader election is off on both. Each has a provider
+/// key of its own, so the network streams leases to both at once and its own capacity guard is
+/// out of play: it sees two providers offering the pool's 40 GPUs each, 80 in all. Only the
+/// reservation record, written under optimistic concurrency, keeps them to the 40 there are.
+/// (The second operator runs with the admin kubeconfig only because the chart lets its
+/// ServiceAccount read one provider-key Secret, by name.)
+#[tokio::test]
+async fn two_operators_acting_at_once_never_promise_a_gpu_twice() {
+    let Some(c) = cluster("twins").await else {
+        return;
+    };
+    install_crds(&c.client).await;
+    apply_yaml(&c.client, &burst_nodes()).await;
+    let network = NetworkNode::start("twins");
+    let mut flags = network.operator_flags();
+    flags.push("--leader-election=false".into());
+    let a = Operator::start_with(&c, "twin-a", &flags);
+    flags.extend(["--provider-key-secret".into(), "twin-b-provider-key".into()]);
+    let b = Operator::start_as("twin-b", &flags, &c.kubeconfig);
+    apply_yaml(&c.client, BURST_OFFER).await;
+    a.wait_ready().await;
+    b.wait_ready().await;
+    two_hundred_orders_fit_the_pool(&c, &network, 2).await;
+    // Both took leases: the record, not one of them standing by, kept the promise.
+    for operator in [&a, &b] {
+        operator
+            .wait_metric_at_least(
+                r#"gpubridge_intake_leases_total{decision="accepted",reason="none"}"#,
+                1,
+                SECOND,
+            )
+            .await;
+    }
+    remove_burst_pool(&c.client).await;
+    let _ =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(c.client.clone(), "gpubridge-system")
+            .delete("twin-b-provider-key", &DeleteParams::default())
+            .await;
+    drop((a, b));
+}
+
+/// 200 orders of 1 to 8 GPUs, wanting far more than the burst pool's 40, sent at once to the
+/// network, where `providers` providers publish the pool: never more than 40 GPUs are leased at
+/// any sampled instant, every accepted lease runs where intake promised, and every rejection
+/// names its reason.
+async fn two_hundred_orders_fit_the_pool(c: &Cluster, network: &NetworkNode, providers: usize) {
     let buyers: Vec<_> =
         futures::future::join_all((0..10).map(|_| network.client(generate_key()))).await;
     for buyer in &buyers {
         buyer.deposit(10_000 * UNIT, "USDC").await.unwrap();
     }
-    wait_published(&buyers[0], "burst", 40).await;
+    wait_published_by(&buyers[0], "burst", 40, providers).await;
 
     // Sample the leased GPUs while the orders land.
     let (stop, peak, samples) = (
@@ -592,9 +658,6 @@ async fn two_replicas_and_200_concurrent_orders_never_promise_a_gpu_twice() {
         rejected.len(),
         samples.load(Ordering::Relaxed)
     );
-
-    remove_burst_pool(&c.client).await;
-    drop((a, b));
 }
 
 /// Deletes the burst offer's leases, the offer and its nodes.

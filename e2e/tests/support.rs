@@ -274,6 +274,11 @@ impl Operator {
     /// Starts it with extra flags, such as those of the network session. Its collector listens
     /// on a port of its own; lease ends wait at most 20 s for a final receipt.
     pub fn start_with(cluster: &Cluster, identity: &str, extra: &[String]) -> Operator {
+        Operator::start_as(identity, extra, &cluster.operator_kubeconfig)
+    }
+
+    /// Starts it with extra flags, as whoever `kubeconfig` names.
+    pub fn start_as(identity: &str, extra: &[String], kubeconfig: &Path) -> Operator {
         let (port, collector_port) = (free_port(), free_port());
         let collector_url = format!("http://127.0.0.1:{collector_port}");
         let mut args: Vec<String> = [
@@ -310,7 +315,7 @@ impl Operator {
             http: format!("http://127.0.0.1:{port}"),
             collector_url,
             args,
-            kubeconfig: cluster.operator_kubeconfig.clone(),
+            kubeconfig: kubeconfig.to_path_buf(),
             identity: identity.into(),
         };
         operator.spawn();

@@ -1,16 +1,31 @@
 //! The reservation ledger: GPUs intake has promised, on a chosen node, by creating a
-//! ComputeLease that the inventory does not count yet. Intake is the one writer (one task, on the
-//! leader only), so a decision made against "advertised per node minus what is pending there"
-//! can never promise a GPU twice, however fast leases arrive. Pure.
+//! ComputeLease that an inventory may not count yet. Pure.
+//!
+//! The ledger is shared by every replica that takes leases: it is kept in one API object that
+//! each intake reads, changes here and writes back under optimistic concurrency, so of two
+//! replicas that both believe they lead, the second writer fails and decides again against the
+//! first one's promise. Each replica subtracts from what its own inventory advertises only the
+//! reservations that inventory does not count yet; a reservation stays on record for a while
+//! after it is counted, for replicas whose watches lag.
+
+use serde::{Deserialize, Serialize};
 
 use crate::capacity::blocks::best_fit;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// How long a reservation stays on record once the deciding inventory counts its lease.
+pub const COUNTED_KEEP_MS: i64 = 60_000;
+/// How long a reservation no inventory counts stays on record: its lease was never created (a
+/// crash between the promise and the create), or it was created and has gone.
+pub const UNCOUNTED_KEEP_MS: i64 = 300_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Reservation {
     lease: String,
     offer: String,
     node: String,
     gpus: u32,
+    reserved_at_ms: i64,
 }
 
 /// Why a lease does not fit.
@@ -32,28 +47,32 @@ pub struct NodeBlock {
     pub free: u32,
 }
 
-/// Pending reservations, in the order they were made.
-#[derive(Clone, Debug, Default)]
+/// Reservations on record, in the order they were made.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservations {
     pending: Vec<Reservation>,
 }
 
 impl Reservations {
-    /// Forgets the reservations of leases the inventory now counts (`counted` says which).
-    pub fn settle(&mut self, counted: impl Fn(&str) -> bool) {
-        self.pending.retain(|r| !counted(&r.lease));
+    /// Drops what no replica needs any more: reservations `counted` by this inventory for
+    /// [`COUNTED_KEEP_MS`], and any older than [`UNCOUNTED_KEEP_MS`].
+    pub fn prune(&mut self, now_ms: i64, counted: impl Fn(&str) -> bool) {
+        self.pending.retain(|r| {
+            let age = now_ms.saturating_sub(r.reserved_at_ms);
+            let keep_for = if counted(&r.lease) {
+                COUNTED_KEEP_MS
+            } else {
+                UNCOUNTED_KEEP_MS
+            };
+            age < keep_for
+        });
     }
 
-    /// GPUs pending for `offer`.
-    pub fn pending(&self, offer: &str) -> u32 {
-        self.pending_for(offer).iter().map(|b| b.free).sum()
-    }
-
-    /// What is pending for `offer`, per node.
-    pub fn pending_for(&self, offer: &str) -> Vec<NodeBlock> {
+    /// What is reserved for `offer` per node and not yet `counted` by the inventory at hand.
+    pub fn pending_for(&self, offer: &str, counted: impl Fn(&str) -> bool) -> Vec<NodeBlock> {
         self.pending
             .iter()
-            .filter(|r| r.offer == offer)
+            .filter(|r| r.offer == offer && !counted(&r.lease))
             .map(|r| NodeBlock {
                 node: r.node.clone(),
                 free: r.gpus,
@@ -62,26 +81,30 @@ impl Reservations {
     }
 
     /// Reserves `gpus` of `offer` for `lease` on the node whose block fits it best, among
-    /// `blocks` (advertised GPUs per node, from the inventory) less what is pending there, and
-    /// returns that node. A lease already reserved keeps its node.
+    /// `blocks` (advertised GPUs per node, from an inventory) less what is reserved there and
+    /// not yet `counted` by that inventory, and returns that node. A lease already reserved
+    /// keeps its node.
     pub fn reserve(
         &mut self,
         lease: &str,
         offer: &str,
         blocks: &[NodeBlock],
         gpus: u32,
+        counted: impl Fn(&str) -> bool,
+        now_ms: i64,
     ) -> Result<String, Shortfall> {
         if let Some(r) = self.pending.iter().find(|r| r.lease == lease) {
             return Ok(r.node.clone());
         }
-        let left = free_after(blocks, &self.pending_for(offer));
+        let pending = self.pending_for(offer, counted);
+        let left = free_after(blocks, &pending);
         let free: Vec<u32> = left.iter().map(|b| b.free).collect();
         let Some(i) = best_fit(&free, gpus) else {
             return Err(Shortfall {
                 offer: offer.to_string(),
                 gpus,
                 largest_block: free.iter().copied().max().unwrap_or(0),
-                pending: self.pending(offer),
+                pending: pending.iter().map(|b| b.free).sum(),
             });
         };
         let node = left[i].node.clone();
@@ -90,6 +113,7 @@ impl Reservations {
             offer: offer.to_string(),
             node: node.clone(),
             gpus,
+            reserved_at_ms: now_ms,
         });
         Ok(node)
     }
@@ -129,31 +153,91 @@ mod tests {
             .collect()
     }
 
+    fn none(_: &str) -> bool {
+        false
+    }
+
+    fn pending(r: &Reservations, offer: &str) -> u32 {
+        r.pending_for(offer, none).iter().map(|b| b.free).sum()
+    }
+
     #[test]
     fn each_lease_gets_the_best_fitting_node_after_what_is_pending() {
         let mut r = Reservations::default();
         let nodes = blocks(&[8, 4]);
-        assert_eq!(r.reserve("a", "o", &nodes, 4).unwrap(), "n1");
-        assert_eq!(r.reserve("b", "o", &nodes, 8).unwrap(), "n0");
-        let short = r.reserve("c", "o", &nodes, 1).unwrap_err();
+        assert_eq!(r.reserve("a", "o", &nodes, 4, none, 0).unwrap(), "n1");
+        assert_eq!(r.reserve("b", "o", &nodes, 8, none, 0).unwrap(), "n0");
+        let short = r.reserve("c", "o", &nodes, 1, none, 0).unwrap_err();
         assert_eq!((short.largest_block, short.pending), (0, 12));
         assert!(short.to_string().contains("needs 1 on one node"), "{short}");
         // Another offer's reservations do not count against this one.
-        assert_eq!(r.reserve("d", "other", &blocks(&[2]), 2).unwrap(), "n0");
+        assert_eq!(
+            r.reserve("d", "other", &blocks(&[2]), 2, none, 0).unwrap(),
+            "n0"
+        );
         // Once the inventory counts "a", its GPUs are out of the blocks instead.
-        r.settle(|lease| lease == "a");
-        assert_eq!(r.reserve("c", "o", &blocks(&[8, 1]), 1).unwrap(), "n1");
-        assert_eq!(r.pending("o"), 9);
+        let a_counted = |lease: &str| lease == "a";
+        assert_eq!(
+            r.reserve("c", "o", &blocks(&[8, 1]), 1, a_counted, 0)
+                .unwrap(),
+            "n1"
+        );
+        assert_eq!(
+            r.pending_for("o", a_counted)
+                .iter()
+                .map(|b| b.free)
+                .sum::<u32>(),
+            9
+        );
+        assert_eq!(
+            pending(&r, "o"),
+            13,
+            "still on record for replicas that lag"
+        );
     }
 
     #[test]
     fn reserving_twice_for_one_lease_counts_once() {
         let mut r = Reservations::default();
-        assert_eq!(r.reserve("a", "o", &blocks(&[4]), 4).unwrap(), "n0");
-        assert_eq!(r.reserve("a", "o", &blocks(&[4]), 4).unwrap(), "n0");
-        assert_eq!(r.pending("o"), 4);
+        assert_eq!(
+            r.reserve("a", "o", &blocks(&[4]), 4, none, 0).unwrap(),
+            "n0"
+        );
+        assert_eq!(
+            r.reserve("a", "o", &blocks(&[4]), 4, none, 0).unwrap(),
+            "n0"
+        );
+        assert_eq!(pending(&r, "o"), 4);
         r.release("a");
-        assert_eq!(r.pending("o"), 0);
+        assert_eq!(pending(&r, "o"), 0);
+    }
+
+    #[test]
+    fn records_are_kept_while_a_lagging_replica_may_need_them() {
+        let mut r = Reservations::default();
+        let nodes = blocks(&[8, 8]);
+        r.reserve("counted", "o", &nodes, 1, none, 0).unwrap();
+        r.reserve("never-created", "o", &nodes, 1, none, 0).unwrap();
+        let counted = |lease: &str| lease == "counted";
+        for (now, left) in [
+            (COUNTED_KEEP_MS - 1, 2),
+            (COUNTED_KEEP_MS, 1),
+            (UNCOUNTED_KEEP_MS - 1, 1),
+            (UNCOUNTED_KEEP_MS, 0),
+        ] {
+            r.prune(now, counted);
+            assert_eq!(r.pending.len(), left, "at {now} ms");
+        }
+    }
+
+    #[test]
+    fn the_record_round_trips_through_json() {
+        let mut r = Reservations::default();
+        r.reserve("a", "o", &blocks(&[8]), 2, none, 1_700_000_000_000)
+            .unwrap();
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(r#""reservedAtMs":1700000000000"#), "{json}");
+        assert_eq!(serde_json::from_str::<Reservations>(&json).unwrap(), r);
     }
 
     proptest! {
@@ -166,10 +250,10 @@ mod tests {
             let nodes = blocks(&free);
             let mut r = Reservations::default();
             for (i, gpus) in asks.iter().enumerate() {
-                let _ = r.reserve(&format!("l{i}"), "o", &nodes, *gpus);
+                let _ = r.reserve(&format!("l{i}"), "o", &nodes, *gpus, none, 0);
             }
             for node in &nodes {
-                let promised: u32 = r.pending_for("o").iter().filter(|p| p.node == node.node).map(|p| p.free).sum();
+                let promised: u32 = r.pending_for("o", none).iter().filter(|p| p.node == node.node).map(|p| p.free).sum();
                 prop_assert!(promised <= node.free, "{} promised {promised} of {}", node.node, node.free);
             }
         }

@@ -3,8 +3,9 @@
 //!
 //! - `controller`: the two reconcilers and the inventory watches;
 //! - `leader`: leader election, so that only one replica writes;
-//! - `session`, `intake`, `publication`: the outbound session to the network, the leases it
-//!   takes and the offers it publishes;
+//! - `session`, `intake`, `publication`, `reservations`: the outbound session to the network,
+//!   the leases it takes (their GPUs promised through a record shared by every replica) and the
+//!   offers it publishes;
 //! - `collector`: the gRPC endpoint the lease pods' sidecars report to;
 //! - `metrics`: what `/metrics` exposes.
 
@@ -14,6 +15,7 @@ pub mod intake;
 pub mod leader;
 pub mod metrics;
 pub mod publication;
+pub mod reservations;
 pub mod session;
 
 use std::collections::BTreeMap;
@@ -327,7 +329,10 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         }
         result
     } else {
+        // Without election this replica writes from the start, as the gauge says.
+        leading.set(1);
         controllers.await;
+        leading.set(0);
         Ok(())
     };
     shutdown.trigger();
@@ -358,6 +363,7 @@ fn session_settings(args: &OperatorArgs) -> Result<Option<SessionSettings>, Oper
         pinned_key,
         provider_name: args.provider_name.clone(),
         region: args.region.clone(),
+        namespace: args.namespace.clone(),
     }))
 }
 

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
@@ -22,13 +22,14 @@ use serde_json::json;
 use tonic::{Code, Status};
 use tracing::{info, warn};
 
-use crate::admission::{Reservations, check_terms};
+use crate::admission::check_terms;
 use crate::capacity::{OfferFacts, compute};
 use crate::crd::{ComputeLease, Fault, GpuOffer, NODE_ANNOTATION};
 use crate::identity::public_key_base58;
 use crate::operator::controller::Context;
 use crate::operator::intake::{lease_spec, verify_lease};
 use crate::operator::publication::{Published, advertised_blocks, due, offer_body};
+use crate::operator::reservations::ReservationRecord;
 use crate::wire::client::{self, NetworkClient, Target};
 use crate::wire::envelope::verifying_key;
 use crate::wire::proto::{LeaseBody, LeaseEndBody, Signed, lease_event};
@@ -44,6 +45,8 @@ pub struct SessionSettings {
     pub pinned_key: Option<VerifyingKey>,
     pub provider_name: String,
     pub region: String,
+    /// The operator's namespace, where intake's reservation record lives.
+    pub namespace: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,13 +83,20 @@ fn now_unix() -> i64 {
     jiff::Timestamp::now().as_second()
 }
 
+fn now_unix_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
 /// Runs sessions until `shutdown`, reconnecting after each failure.
 pub async fn run(
     ctx: Arc<Context>,
     settings: SessionSettings,
     shutdown: impl Future<Output = ()> + Clone,
 ) {
-    let reservations = Arc::new(Mutex::new(Reservations::default()));
+    let reservations = Arc::new(ReservationRecord::new(
+        ctx.client.clone(),
+        &settings.namespace,
+    ));
     tokio::select! {
         _ = shutdown.clone() => return,
         _ = catch_up(&ctx) => {}
@@ -162,7 +172,7 @@ fn reconnect_delay(failures: u32) -> Duration {
 async fn session(
     ctx: &Arc<Context>,
     settings: &SessionSettings,
-    reservations: &Arc<Mutex<Reservations>>,
+    reservations: &Arc<ReservationRecord>,
 ) -> Result<Infallible, SessionError> {
     let channel = client::channel(&settings.target)?;
     let client = NetworkClient::new(channel, ctx.provider_key.clone());
@@ -214,7 +224,7 @@ async fn take_leases(
     client: &NetworkClient,
     mut stream: tonic::Streaming<crate::wire::proto::LeaseEvent>,
     network_key: &VerifyingKey,
-    reservations: &Arc<Mutex<Reservations>>,
+    reservations: &Arc<ReservationRecord>,
 ) -> Result<Infallible, SessionError> {
     while let Some(event) = stream.message().await? {
         let Some(lease_event::Event::Lease(signed)) = event.event else {
@@ -247,10 +257,7 @@ async fn take_leases(
                 if let Ok(name) = decision {
                     let api: Api<ComputeLease> = Api::all(ctx.client.clone());
                     let _ = api.delete(&name, &Default::default()).await;
-                    reservations
-                        .lock()
-                        .expect("reservations lock")
-                        .release(&name);
+                    release(reservations, &name).await;
                 }
             }
             Err(status) => return Err(status.into()),
@@ -266,7 +273,7 @@ async fn intake(
     ctx: &Arc<Context>,
     signed: &Signed,
     network_key: &VerifyingKey,
-    reservations: &Arc<Mutex<Reservations>>,
+    reservations: &Arc<ReservationRecord>,
 ) -> Result<String, (&'static str, String)> {
     let provider = ctx.provider_key.verifying_key();
     let verified = verify_lease(signed, network_key, &provider, now_unix())
@@ -309,7 +316,7 @@ async fn intake(
         spec.gpus,
         spec.gpu_model.as_deref(),
     )
-    .map_err(|reason| ("capacity", reason))?;
+    .await?;
     let lease = ComputeLease {
         metadata: ObjectMeta {
             name: Some(name.clone()),
@@ -346,10 +353,7 @@ async fn intake(
         )),
     };
     if created.is_err() {
-        reservations
-            .lock()
-            .expect("reservations lock")
-            .release(&name);
+        release(reservations, &name).await;
     }
     created
 }
@@ -366,32 +370,58 @@ fn same_lease(existing: &ComputeLease, lease_id: &str) -> Result<(), (&'static s
 }
 
 /// Reserves the lease's GPUs on one node of the offer's advertised blocks (nodes of the
-/// requested model only) minus what intake already promised, and returns the node.
-fn reserve(
+/// requested model only) minus what any replica already promised, through the shared record,
+/// and returns the node.
+async fn reserve(
     ctx: &Context,
-    reservations: &Mutex<Reservations>,
+    reservations: &ReservationRecord,
     offer: &GpuOffer,
     lease: &str,
     gpus: u32,
     model: Option<&str>,
-) -> Result<String, String> {
+) -> Result<String, (&'static str, String)> {
     let facts = OfferFacts::from_offer(offer);
     let all = ctx.offer_facts();
-    let inventory = ctx.inventory.read().expect("inventory lock poisoned");
-    let capacity = compute(&inventory, &facts, &all);
-    let blocks = advertised_blocks(&capacity, model);
-    let mut reservations = reservations.lock().expect("reservations lock");
-    reservations.settle(|name| inventory.lease(name).is_some());
-    reservations
-        .reserve(lease, &facts.name, &blocks, gpus)
-        .map_err(|short| short.to_string())
+    let decided = reservations
+        .update(|record| {
+            // Decided afresh against each version of the record read.
+            let inventory = ctx.inventory.read().expect("inventory lock poisoned");
+            let counted = |name: &str| inventory.lease(name).is_some();
+            let now = now_unix_ms();
+            record.prune(now, counted);
+            let blocks = advertised_blocks(&compute(&inventory, &facts, &all), model);
+            record.reserve(lease, &facts.name, &blocks, gpus, counted, now)
+        })
+        .await;
+    match decided {
+        Ok(Ok(node)) => Ok(node),
+        Ok(Err(short)) => Err(("capacity", short.to_string())),
+        Err(e) => Err((
+            "api",
+            format!("the provider could not record the reservation: {e}"),
+        )),
+    }
+}
+
+/// Takes back the reservation of a lease that was not created after all; when that fails the
+/// record drops it on its own after a while (`admission::UNCOUNTED_KEEP_MS`).
+async fn release(reservations: &ReservationRecord, lease: &str) {
+    let released = reservations
+        .update(|record| {
+            record.release(lease);
+            Ok::<(), ()>(())
+        })
+        .await;
+    if let Err(e) = released {
+        warn!(%lease, error = %e, "could not release a reservation");
+    }
 }
 
 async fn publish_offers(
     ctx: &Arc<Context>,
     client: &NetworkClient,
     settings: &SessionSettings,
-    reservations: &Arc<Mutex<Reservations>>,
+    reservations: &Arc<ReservationRecord>,
     ttl: Duration,
 ) -> Result<Infallible, SessionError> {
     let started = Instant::now();
@@ -411,10 +441,8 @@ async fn publish_offers(
                 compute(&inventory, &facts, &all)
             };
             let pending = {
-                let mut r = reservations.lock().expect("reservations lock");
                 let inventory = ctx.inventory.read().expect("inventory lock poisoned");
-                r.settle(|name| inventory.lease(name).is_some());
-                r.pending_for(&facts.name)
+                reservations.pending_for(&facts.name, |name| inventory.lease(name).is_some())
             };
             if let Some(body) = offer_body(&offer, &capacity, &pending, &settings.region) {
                 desired.insert(facts.name.clone(), body);
