@@ -7,10 +7,12 @@ mod common;
 pub mod conditions;
 mod lease;
 mod offer;
+mod status_parts;
 
 pub use common::*;
 pub use lease::*;
 pub use offer::*;
+pub use status_parts::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

@@ -239,7 +239,7 @@ pub struct GpuOfferStatus {
     pub conditions: Vec<Condition>,
 }
 
-fn is_zero(n: &u32) -> bool {
+pub(super) fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 

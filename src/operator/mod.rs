@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod publication;
 pub mod reservations;
 pub mod session;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -13,23 +13,25 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use prost::Message;
 use rand_core::{OsRng, RngCore};
-use serde_json::json;
 use tonic::{Code, Status};
 use tracing::{info, warn};
 
 use crate::admission::check_terms;
 use crate::capacity::{OfferFacts, compute};
-use crate::crd::{ComputeLease, Fault, GpuOffer, NODE_ANNOTATION};
+use crate::crd::{
+    ComputeLease, Fault, GpuOffer, LeaseReportPart, NODE_ANNOTATION, OfferPublicationPart,
+};
 use crate::identity::public_key_base58;
 use crate::operator::controller::Context;
 use crate::operator::intake::{lease_spec, verify_lease};
 use crate::operator::publication::{Published, advertised_blocks, due, offer_body};
 use crate::operator::reservations::ReservationRecord;
+use crate::operator::status::apply_status;
 use crate::wire::client::{self, NetworkClient, Target};
 use crate::wire::envelope::verifying_key;
 use crate::wire::proto::{LeaseBody, LeaseEndBody, Signed, lease_event};
@@ -485,23 +487,15 @@ async fn publish_offers(
 
 /// Records the publication on the offer's status (offerId, lastAdvertised), or clears it.
 async fn set_offer_advertised(ctx: &Context, name: &str, offer_id: Option<&str>) {
-    let status = match offer_id {
-        Some(id) => json!({ "offerId": id, "lastAdvertised": Time(jiff::Timestamp::now()) }),
-        None => json!({}),
+    let part = match offer_id {
+        Some(id) => OfferPublicationPart {
+            offer_id: Some(id.to_string()),
+            last_advertised: Some(Time(jiff::Timestamp::now())),
+        },
+        None => OfferPublicationPart::default(),
     };
-    let patch = json!({
-        "apiVersion": "gpubridge.dev/v1alpha1",
-        "kind": "GpuOffer",
-        "status": status,
-    });
-    let api: Api<GpuOffer> = Api::all(ctx.client.clone());
-    if let Err(e) = api
-        .patch_status(
-            name,
-            &PatchParams::apply(SESSION_FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
+    if let Err(e) =
+        apply_status::<GpuOffer>(&ctx.client, name, SESSION_FIELD_MANAGER, None, &part).await
     {
         warn!(offer = %name, error = %e, "could not record the publication on the offer");
     }
@@ -535,7 +529,7 @@ async fn report_ends(
                 continue;
             }
             if let Some(body) = lease.as_ref().and_then(end_report) {
-                report_end(client, &api, &name, body).await?;
+                report_end(client, &ctx.client, &name, body).await?;
             }
             settled.insert(name);
         }
@@ -546,7 +540,7 @@ async fn report_ends(
 /// Reports one end and records it on the lease (`status.reportedAt`).
 async fn report_end(
     client: &NetworkClient,
-    api: &Api<ComputeLease>,
+    kube: &kube::Client,
     name: &str,
     body: LeaseEndBody,
 ) -> Result<(), SessionError> {
@@ -569,17 +563,10 @@ async fn report_end(
         }
         Err(s) => return Err(s.into()),
     }
-    let patch = json!({
-        "apiVersion": "gpubridge.dev/v1alpha1",
-        "kind": "ComputeLease",
-        "status": { "reportedAt": Time(jiff::Timestamp::now()) },
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(SESSION_FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    let part = LeaseReportPart {
+        reported_at: Time(jiff::Timestamp::now()),
+    };
+    apply_status::<ComputeLease>(kube, name, SESSION_FIELD_MANAGER, None, &part).await?;
     Ok(())
 }
 

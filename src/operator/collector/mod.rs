@@ -19,21 +19,24 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::VerifyingKey;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
-use kube::{Api, Client};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{Api, Client, ResourceExt};
 use prost::Message;
-use serde_json::json;
+use serde::Serialize;
 use tonic::{Code, Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::attestation::{EvidenceRejection, verify_evidence};
 use crate::crd::conditions::condition;
-use crate::crd::{ComputeLease, LeaseAttestation};
+use crate::crd::{
+    ATTESTED_CONDITION, ComputeLease, LeaseAttestation, LeaseAttestationPart, LeaseMeteringPart,
+    METERED_CONDITION,
+};
 use crate::identity::{LeaseCertificate, verify_lease_certificate};
 use crate::metering::chain::MAX_RECEIPTS_PER_BATCH;
 use crate::metering::{ChainHead, LeaseTerms, ReceiptRejection, Step, check_next};
 use crate::operator::metrics::Metrics;
+use crate::operator::status::apply_status;
 use crate::wire::client::NetworkClient;
 use crate::wire::envelope::HasHeader;
 use crate::wire::proto::collector_server::{Collector, CollectorServer};
@@ -43,7 +46,7 @@ use crate::wire::proto::{
 };
 use crate::wire::{Rejection, domain, open};
 use crate::workload::{POD_NAME, namespace_for};
-use summary::{ATTESTED_CONDITION, METERED_CONDITION, Served, usage_from, write_due};
+use summary::{Served, usage_from, write_due};
 
 /// Field managers of the collector's status writes. Server-side apply drops whatever a manager
 /// owned and leaves out of its next apply, so each manager writes all of its fields every time:
@@ -172,7 +175,7 @@ impl CollectorService {
             self.refused("sidecar", "WrongLeaseKey");
             let message = "the request is not signed by the certified lease key";
             let condition =
-                Self::condition_json(&lease, METERED_CONDITION, false, "WrongLeaseKey", message);
+                Self::condition(&lease, METERED_CONDITION, false, "WrongLeaseKey", message);
             self.write_metering(&lease, None, condition).await;
             return Err(Status::unauthenticated(message));
         }
@@ -185,40 +188,33 @@ impl CollectorService {
     }
 
     /// Server-side applies one of the collector's parts of a lease's status.
-    async fn write_status(&self, lease: &ComputeLease, manager: &str, status: serde_json::Value) {
-        let patch = json!({
-            "apiVersion": "gpubridge.dev/v1alpha1",
-            "kind": "ComputeLease",
-            "status": status,
-        });
-        let api: Api<ComputeLease> = Api::all(self.client.clone());
-        let name = lease.metadata.name.clone().unwrap_or_default();
-        if let Err(e) = api
-            .patch_status(
-                &name,
-                &PatchParams::apply(manager).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
+    async fn write_status(
+        &self,
+        lease: &ComputeLease,
+        manager: &str,
+        part: &(impl Serialize + std::fmt::Debug),
+    ) {
+        let name = lease.name_any();
+        if let Err(e) = apply_status::<ComputeLease>(&self.client, &name, manager, None, part).await
         {
             // The next batch writes the whole summary again.
             warn!(lease = %name, error = %e, "cannot write the lease's usage");
         }
     }
 
-    fn condition_json(
+    fn condition(
         lease: &ComputeLease,
         type_: &str,
         ok: bool,
         reason: &str,
         message: &str,
-    ) -> serde_json::Value {
+    ) -> Condition {
         let previous = lease
             .status
             .as_ref()
             .map(|s| s.conditions.clone())
             .unwrap_or_default();
-        serde_json::to_value(condition(
+        condition(
             &previous,
             type_,
             ok,
@@ -226,8 +222,7 @@ impl CollectorService {
             message,
             lease.metadata.generation,
             now(),
-        ))
-        .expect("conditions serialize")
+        )
     }
 
     /// Writes the Metered condition with `usage`, or the usage already on the lease.
@@ -235,14 +230,13 @@ impl CollectorService {
         &self,
         lease: &ComputeLease,
         usage: Option<crate::crd::LeaseUsage>,
-        condition: serde_json::Value,
+        condition: Condition,
     ) {
-        let usage = usage.or_else(|| lease.status.as_ref().and_then(|s| s.usage.clone()));
-        let mut status = json!({ "conditions": [condition] });
-        if let Some(usage) = usage {
-            status["usage"] = serde_json::to_value(usage).expect("usage serializes");
-        }
-        self.write_status(lease, METERING_FIELD_MANAGER, status)
+        let part = LeaseMeteringPart {
+            usage: usage.or_else(|| lease.status.as_ref().and_then(|s| s.usage.clone())),
+            conditions: [condition],
+        };
+        self.write_status(lease, METERING_FIELD_MANAGER, &part)
             .await;
     }
 
@@ -251,16 +245,14 @@ impl CollectorService {
         &self,
         lease: &ComputeLease,
         attestation: Option<LeaseAttestation>,
-        condition: serde_json::Value,
+        condition: Condition,
     ) {
-        let attestation =
-            attestation.or_else(|| lease.status.as_ref().and_then(|s| s.attestation.clone()));
-        let mut status = json!({ "conditions": [condition] });
-        if let Some(attestation) = attestation {
-            status["attestation"] =
-                serde_json::to_value(attestation).expect("attestation serializes");
-        }
-        self.write_status(lease, ATTESTATION_FIELD_MANAGER, status)
+        let part = LeaseAttestationPart {
+            attestation: attestation
+                .or_else(|| lease.status.as_ref().and_then(|s| s.attestation.clone())),
+            conditions: [condition],
+        };
+        self.write_status(lease, ATTESTATION_FIELD_MANAGER, &part)
             .await;
     }
 
@@ -427,9 +419,9 @@ impl CollectorService {
             Some(r) => {
                 self.refused("receipt", &r.kind);
                 warn!(lease = %lease_id, kind = %r.kind, message = %r.message, "receipt refused");
-                Self::condition_json(lease, METERED_CONDITION, false, &r.kind, &r.message)
+                Self::condition(lease, METERED_CONDITION, false, &r.kind, &r.message)
             }
-            None => Self::condition_json(
+            None => Self::condition(
                 lease,
                 METERED_CONDITION,
                 true,
@@ -504,7 +496,7 @@ impl CollectorService {
             "hardware-attested" => "HardwareAttested",
             _ => "SelfReported",
         };
-        let condition = Self::condition_json(
+        let condition = Self::condition(
             &auth.lease,
             ATTESTED_CONDITION,
             true,
@@ -560,8 +552,7 @@ impl CollectorService {
     async fn evidence_refused(&self, lease: &ComputeLease, e: EvidenceRejection) -> Status {
         self.refused("evidence", e.kind());
         warn!(lease = %lease.spec.lease_id, kind = e.kind(), error = %e, "evidence refused");
-        let condition =
-            Self::condition_json(lease, ATTESTED_CONDITION, false, e.kind(), &e.to_string());
+        let condition = Self::condition(lease, ATTESTED_CONDITION, false, e.kind(), &e.to_string());
         self.write_attestation(lease, None, condition).await;
         let message = format!("{}: {e}", e.kind());
         match e {

@@ -9,10 +9,6 @@ use crate::crd::LeaseUsage;
 use crate::wire::amount;
 use crate::wire::proto::ReceiptsReply;
 
-/// Conditions the collector owns on a ComputeLease.
-pub const METERED_CONDITION: &str = "Metered";
-pub const ATTESTED_CONDITION: &str = "Attested";
-
 /// The lease's usage as the network's verdict on its receipts states it.
 pub fn usage_from(reply: &ReceiptsReply) -> LeaseUsage {
     LeaseUsage {

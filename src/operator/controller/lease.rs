@@ -15,7 +15,6 @@ use kube::{Api, Resource, ResourceExt};
 use prost::Message;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::admission::check_terms;
@@ -27,9 +26,9 @@ use crate::crd::{
 };
 use crate::identity::{generate_key, issue_lease_certificate, public_key_base58};
 use crate::lifecycle::{self, Observation, PodObservation};
-use crate::operator::collector::summary::{ATTESTED_CONDITION, METERED_CONDITION};
 use crate::operator::controller::context::Context;
 use crate::operator::controller::error::{Error, Result, is_conflict, is_not_found};
+use crate::operator::status::apply_status;
 use crate::workload::{self, LeaseBox, LeaseIdentity, POD_NAME, namespace_for, spec_hash_of};
 use k8s_openapi::api::resource::v1::ResourceClaim;
 
@@ -344,34 +343,13 @@ async fn write_status(
     if lease.status.as_ref() == Some(next) {
         return Ok(());
     }
-    let mut status = serde_json::to_value(next).expect("status serializes");
-    if let Some(map) = status.as_object_mut() {
-        // Usage and attestation belong to the collector, and reportedAt to the network session,
-        // each under its own field manager.
-        map.remove("reportedAt");
-        map.remove("usage");
-        map.remove("attestation");
-        // The collector's conditions are its own, like usage and attestation.
-        if let Some(serde_json::Value::Array(conditions)) = map.get_mut("conditions") {
-            conditions.retain(|c| {
-                !matches!(
-                    c["type"].as_str(),
-                    Some(METERED_CONDITION | ATTESTED_CONDITION)
-                )
-            });
-        }
-    }
-    let patch = json!({
-        "apiVersion": "gpubridge.dev/v1alpha1",
-        "kind": "ComputeLease",
-        "metadata": { "resourceVersion": lease.resource_version() },
-        "status": status,
-    });
-    let api: Api<ComputeLease> = Api::all(ctx.client.clone());
-    api.patch_status(
+    let version = lease.resource_version();
+    apply_status::<ComputeLease>(
+        &ctx.client,
         &lease.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
+        FIELD_MANAGER,
+        version.as_deref(),
+        &next.phase_part(),
     )
     .await?;
     Ok(())

@@ -6,16 +6,15 @@
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::{Api, ResourceExt};
-use serde_json::json;
 
 use crate::capacity::{self, OfferCapacity, OfferFacts};
 use crate::crd::conditions::condition;
 use crate::crd::{FIELD_MANAGER, GpuOffer, GpuOfferStatus, NodeCapacity};
 use crate::operator::controller::context::Context;
 use crate::operator::controller::error::Result;
+use crate::operator::status::apply_status;
 
 /// Per-node rows kept in status; the rest are counted in nodesOmitted.
 pub const MAX_NODE_ROWS: usize = 256;
@@ -29,31 +28,18 @@ pub async fn reconcile(offer: Arc<GpuOffer>, ctx: Arc<Context>) -> Result<Action
     };
     let status = desired_status(&offer, cap, Timestamp::now());
     if offer.status.as_ref() != Some(&status) {
-        let api: Api<GpuOffer> = Api::all(ctx.client.clone());
-        let patch = json!({
-            "apiVersion": "gpubridge.dev/v1alpha1",
-            "kind": "GpuOffer",
-            "status": owned_fields(&status),
-        });
-        api.patch_status(
+        // offerId and lastAdvertised are the network session's, under its own field manager.
+        let (capacity, _) = status.into_parts();
+        apply_status::<GpuOffer>(
+            &ctx.client,
             &offer.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
+            FIELD_MANAGER,
+            None,
+            &capacity,
         )
         .await?;
     }
     Ok(Action::requeue(ctx.settings.offer_resync))
-}
-
-/// The status fields this controller owns; offerId and lastAdvertised belong to the network
-/// session, which writes them under its own field manager.
-fn owned_fields(status: &GpuOfferStatus) -> serde_json::Value {
-    let mut value = serde_json::to_value(status).expect("status serializes");
-    if let Some(map) = value.as_object_mut() {
-        map.remove("offerId");
-        map.remove("lastAdvertised");
-    }
-    value
 }
 
 /// The status an offer should have for its computed capacity. Pure.
