@@ -10,6 +10,7 @@ use gpubridge::identity::{generate_key, issue_lease_certificate};
 use gpubridge::metering::{ChainHead, LeaseTerms, Step, check_next, seal_receipt};
 use gpubridge::node::matching::{BookOffer, OrderTerms, best_offer};
 use gpubridge::node::{HubSettings, Store};
+use gpubridge::wire::amount::Amount;
 use gpubridge::wire::domain;
 use gpubridge::wire::envelope::seal;
 use gpubridge::wire::proto::{
@@ -32,7 +33,7 @@ fn book(offers: usize) -> Vec<BookOffer> {
             region: ["eu-west", "us-east"][i % 2].into(),
             attributes: vec![("egress".into(), "internet".into())],
             free_blocks: vec![8, 8, 4, 2, (i % 8) as u32],
-            price: UNIT + (i as u128 % 97) * UNIT / 100,
+            price: Amount::from_atto(UNIT + (i as u128 % 97) * UNIT / 100),
             denomination: "USDC".into(),
             min_duration_seconds: 60,
             max_duration_seconds: 86_400,
@@ -48,7 +49,7 @@ fn terms() -> OrderTerms {
         gpus: 4,
         model: "NVIDIA-H100-80GB-HBM3".into(),
         duration_seconds: 3600,
-        max_price: 3 * UNIT,
+        max_price: Amount::from_atto(3 * UNIT),
         denomination: "USDC".into(),
         region: String::new(),
         attributes: vec![],

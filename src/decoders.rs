@@ -134,7 +134,7 @@ pub fn bodies(data: &[u8]) {
     if let Ok(order) = OrderBody::decode(data)
         && let Ok(checked) = validate::order(&order)
     {
-        assert!(checked.max_price > 0);
+        assert!(checked.max_price > amounts::Amount::ZERO);
         assert!((1..=validate::MAX_GPUS_PER_LEASE).contains(&order.gpus));
     }
 }
@@ -148,7 +148,7 @@ pub fn amount(data: &[u8]) {
         assert_eq!(value.to_string(), text);
     }
     if let Ok(atto) = amounts::from_decimal_units("amount", text) {
-        let back = amounts::to_decimal_units(atto);
+        let back = atto.to_decimal_units();
         assert_eq!(amounts::from_decimal_units("amount", &back), Ok(atto));
     }
 }

@@ -8,6 +8,7 @@ use ed25519_dalek::SigningKey;
 use gpubridge::identity::{generate_key, issue_lease_certificate, public_key_base58};
 use gpubridge::metering::{ChainHead, seal_receipt};
 use gpubridge::operator::intake::verify_lease;
+use gpubridge::wire::amount::Amount;
 use gpubridge::wire::envelope::{header, seal, sign_body};
 use gpubridge::wire::proto::Attribution;
 use gpubridge::wire::proto::{
@@ -94,7 +95,7 @@ async fn world() -> World {
     p.register("acme", "eu-west").await.unwrap();
     p.publish(offer("h100", &[8, 4])).await.unwrap();
     node.client(buyer.clone())
-        .deposit(100 * UNIT, "USDC")
+        .deposit(Amount::from_atto(100 * UNIT), "USDC")
         .await
         .unwrap();
     World {
@@ -305,7 +306,10 @@ async fn matching_takes_constraints_then_price_then_time() {
     }
     let buyer_key = generate_key();
     let buyer = node.client(buyer_key);
-    buyer.deposit(1000 * UNIT, "USDC").await.unwrap();
+    buyer
+        .deposit(Amount::from_atto(1000 * UNIT), "USDC")
+        .await
+        .unwrap();
     // Fits the cheap offer: cheapest wins.
     let small = buyer.submit(order(2)).await.unwrap();
     assert!(small.offer_id.ends_with("/cheap"), "{}", small.offer_id);

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use gpubridge::identity::{generate_key, keyfile, public_key_base58};
 use gpubridge::node::{HubSettings, Store};
+use gpubridge::wire::amount::Amount;
 use gpubridge::wire::client::NetworkClient;
 use gpubridge::wire::proto::{OrderState, lease_event};
 use rand_core::{OsRng, RngCore};
@@ -93,7 +94,10 @@ async fn kill_9_mid_traffic_loses_no_acknowledged_order_lease_or_entry() {
             let who = public_key_base58(&buyer.verifying_key());
             traffic.push(tokio::spawn(async move {
                 loop {
-                    if c.deposit(10 * UNIT, "USDC").await.is_err() {
+                    if c.deposit(Amount::from_atto(10 * UNIT), "USDC")
+                        .await
+                        .is_err()
+                    {
                         *acked
                             .lock()
                             .unwrap()

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::identity::keyfile;
 use crate::identity::public_key_base58;
-use crate::wire::amount::{from_decimal_units, to_decimal_units};
+use crate::wire::amount::{self, from_decimal_units};
 use crate::wire::client::{self, NetworkClient, Target};
 use crate::wire::proto::{
     Attribute, BalanceReply, EnvVar, OfferView, OrderBody, OrderState, OrderView, Workload,
@@ -230,9 +230,9 @@ fn order_body(args: SubmitArgs) -> Result<OrderBody, OrderError> {
     })
 }
 
+/// An amount from the network in whole units; shown as sent when it is not an amount.
 fn units(atto: &str) -> String {
-    atto.parse::<u128>()
-        .map_or_else(|_| atto.to_string(), to_decimal_units)
+    amount::parse("amount", atto).map_or_else(|_| atto.to_string(), |a| a.to_decimal_units())
 }
 
 /// An order's state as a lowercase word, for tables and JSON.

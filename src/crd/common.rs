@@ -39,7 +39,7 @@ pub const FIELD_MANAGER: &str = "gpubridge-operator";
 impl Price {
     /// The amount as an exact integer of 10^-18 units, or `None` when it is not a decimal of at
     /// most 18 integer and 18 fractional digits (the schema's pattern).
-    pub fn atto_units(&self) -> Option<u128> {
+    pub fn atto_units(&self) -> Option<crate::wire::amount::Amount> {
         crate::wire::amount::decimal_atto_units(&self.amount)
     }
 }
@@ -47,6 +47,12 @@ impl Price {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::wire::amount::Amount;
+
+    fn atto(n: u128) -> Amount {
+        Amount::from_atto(n)
+    }
 
     fn price(amount: &str) -> Price {
         Price {
@@ -57,10 +63,13 @@ mod tests {
 
     #[test]
     fn amounts_are_exact_integers() {
-        assert_eq!(price("2.40").atto_units(), Some(2_400_000_000_000_000_000));
+        assert_eq!(
+            price("2.40").atto_units(),
+            Some(atto(2_400_000_000_000_000_000))
+        );
         assert_eq!(price("2.4").atto_units(), price("2.400").atto_units());
-        assert_eq!(price("0.000000000000000001").atto_units(), Some(1));
-        assert_eq!(price("7").atto_units(), Some(7 * 10u128.pow(18)));
+        assert_eq!(price("0.000000000000000001").atto_units(), Some(atto(1)));
+        assert_eq!(price("7").atto_units(), Some(atto(7 * 10u128.pow(18))));
         assert!(price("0.1").atto_units() < price("0.10000000000000001").atto_units());
         for bad in [
             "",

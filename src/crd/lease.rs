@@ -342,7 +342,7 @@ pub struct LeaseUsage {
     pub metered_through: Option<Time>,
     /// Paid to the provider from the buyer's escrow so far, in the smallest unit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub charged: Option<String>,
+    pub charged: Option<crate::wire::amount::Amount>,
     /// The meter's final receipt was accepted: nothing more will be metered.
     #[serde(default)]
     pub final_received: bool,

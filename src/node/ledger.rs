@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::wire::amount::{Amount, Overflow};
+
 /// An account of one denomination.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Account {
@@ -39,51 +41,54 @@ pub struct Posting {
     pub at: i64,
     pub from: Account,
     pub to: Account,
-    /// Atto units, as a decimal string so JSON keeps all 128 bits.
-    pub amount: String,
+    pub amount: Amount,
     pub denomination: String,
     /// What it is for: "deposit", "hold", "charge", "refund", with the order id.
     pub memo: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LedgerError {
-    #[error("{0} overflows 128 bits")]
-    Overflow(&'static str),
-}
-
 /// Escrow held at match: price × GPUs × duration, rounded up to a whole atto unit.
 pub fn hold_amount(
-    price_per_gpu_hour: u128,
+    price_per_gpu_hour: Amount,
     gpus: u32,
     duration_seconds: u64,
-) -> Result<u128, LedgerError> {
+) -> Result<Amount, Overflow> {
     let total = price_per_gpu_hour
+        .atto()
         .checked_mul(u128::from(gpus))
         .and_then(|v| v.checked_mul(u128::from(duration_seconds)))
-        .ok_or(LedgerError::Overflow("the hold (price × GPUs × seconds)"))?;
-    Ok(total.div_ceil(3600))
+        .ok_or(Overflow("the hold (price × GPUs × seconds)"))?;
+    Ok(Amount::from_atto(total.div_ceil(3600)))
 }
 
 /// What `allocated_gpu_millis` of GPU time is worth at `price_per_gpu_hour`, rounded down,
-/// never above the hold.
-pub fn charge_for(hold: u128, price_per_gpu_hour: u128, allocated_gpu_millis: u64) -> u128 {
-    price_per_gpu_hour
+/// never above the hold. A product past 128 bits is an error, not a charge.
+pub fn charge_for(
+    hold: Amount,
+    price_per_gpu_hour: Amount,
+    allocated_gpu_millis: u64,
+) -> Result<Amount, Overflow> {
+    let worth = price_per_gpu_hour
+        .atto()
         .checked_mul(u128::from(allocated_gpu_millis))
-        .map_or(hold, |v| (v / 3_600_000).min(hold))
+        .ok_or(Overflow("the charge (price × GPU-milliseconds)"))?
+        / 3_600_000;
+    Ok(Amount::from_atto(worth).min(hold))
 }
 
 /// Balances implied by `postings`, by account key: credits minus debits.
 pub fn balances_from<'a>(
     postings: impl IntoIterator<Item = &'a Posting>,
-) -> BTreeMap<String, i128> {
+) -> Result<BTreeMap<String, i128>, Overflow> {
     let mut balances = BTreeMap::new();
     for p in postings {
-        let amount = p.amount.parse::<u128>().map_or(i128::MAX, |a| a as i128);
-        *balances.entry(p.from.key(&p.denomination)).or_insert(0i128) -= amount;
-        *balances.entry(p.to.key(&p.denomination)).or_insert(0i128) += amount;
+        let amount = p.amount.signed("a posting")?;
+        let from = balances.entry(p.from.key(&p.denomination)).or_insert(0i128);
+        *from = from.checked_sub(amount).ok_or(Overflow("a balance"))?;
+        let to = balances.entry(p.to.key(&p.denomination)).or_insert(0i128);
+        *to = to.checked_add(amount).ok_or(Overflow("a balance"))?;
     }
-    balances
+    Ok(balances)
 }
 
 #[cfg(test)]
@@ -93,16 +98,18 @@ mod tests {
     #[test]
     fn holds_round_up_and_charges_round_down() {
         // 1 atto per GPU-hour for one GPU-second is 1/3600 of an atto.
-        assert_eq!(hold_amount(1, 1, 1), Ok(1));
-        assert_eq!(hold_amount(3600, 2, 3600), Ok(7200));
-        assert_eq!(charge_for(7200, 3600, 3_599_000), 3599);
-        assert_eq!(charge_for(7200, 3600, 3_599_999), 3599);
-        assert_eq!(charge_for(7200, 3600, 7_200_000), 7200);
+        let a = Amount::from_atto;
+        assert_eq!(hold_amount(a(1), 1, 1), Ok(a(1)));
+        assert_eq!(hold_amount(a(3600), 2, 3600), Ok(a(7200)));
+        assert_eq!(charge_for(a(7200), a(3600), 3_599_000), Ok(a(3599)));
+        assert_eq!(charge_for(a(7200), a(3600), 3_599_999), Ok(a(3599)));
+        assert_eq!(charge_for(a(7200), a(3600), 7_200_000), Ok(a(7200)));
         // More GPU time than was held is capped at the hold.
-        assert_eq!(charge_for(7200, 3600, 1_000_000_000), 7200);
-        assert_eq!(charge_for(10, u128::MAX, 2), 10);
-        assert_eq!(charge_for(1, 1, 1_000), 0);
-        assert!(hold_amount(u128::MAX, 2, 1).is_err());
+        assert_eq!(charge_for(a(7200), a(3600), 1_000_000_000), Ok(a(7200)));
+        assert_eq!(charge_for(a(1), a(1), 1_000), Ok(a(0)));
+        // Overflow is an error, never "charge the whole hold".
+        assert!(charge_for(a(10), a(u128::MAX), 2).is_err());
+        assert!(hold_amount(a(u128::MAX), 2, 1).is_err());
     }
 
     #[test]
@@ -112,7 +119,7 @@ mod tests {
             at: 0,
             from,
             to,
-            amount: amount.to_string(),
+            amount: Amount::from_atto(amount),
             denomination: "USDC".into(),
             memo: String::new(),
         };
@@ -137,11 +144,21 @@ mod tests {
                 15,
             ),
         ];
-        let balances = balances_from(&postings);
+        let balances = balances_from(&postings).unwrap();
         assert_eq!(balances["buyer/b/USDC"], 55);
         assert_eq!(balances["escrow/o/USDC"], 0);
         assert_eq!(balances["provider/p/USDC"], 45);
         assert_eq!(balances["external/USDC"], -100);
         assert_eq!(balances.values().sum::<i128>(), 0);
+        let too_much = [post(
+            5,
+            Account::External,
+            Account::Buyer("b".into()),
+            u128::MAX,
+        )];
+        assert!(
+            balances_from(&too_much).is_err(),
+            "no stand-in for an unrepresentable amount"
+        );
     }
 }

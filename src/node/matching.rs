@@ -3,6 +3,7 @@
 
 use crate::admission::image_registry_allowed;
 use crate::capacity::blocks::best_fit;
+use crate::wire::amount::Amount;
 
 /// An offer as matching sees it: terms, and GPUs free per node after the leases already matched
 /// against this publication of it.
@@ -14,7 +15,7 @@ pub struct BookOffer {
     pub attributes: Vec<(String, String)>,
     pub free_blocks: Vec<u32>,
     /// Atto units per GPU-hour.
-    pub price: u128,
+    pub price: Amount,
     pub denomination: String,
     pub min_duration_seconds: u64,
     pub max_duration_seconds: u64,
@@ -30,7 +31,7 @@ pub struct OrderTerms {
     pub gpus: u32,
     pub model: String,
     pub duration_seconds: u64,
-    pub max_price: u128,
+    pub max_price: Amount,
     pub denomination: String,
     pub region: String,
     pub attributes: Vec<(String, String)>,
@@ -187,7 +188,7 @@ mod tests {
             region: "eu".into(),
             attributes: vec![("egress".into(), "internet".into())],
             free_blocks: blocks.to_vec(),
-            price,
+            price: Amount::from_atto(price),
             denomination: "USDC".into(),
             min_duration_seconds: 60,
             max_duration_seconds: 86_400,
@@ -202,7 +203,7 @@ mod tests {
             gpus,
             model: "H100".into(),
             duration_seconds: 3600,
-            max_price,
+            max_price: Amount::from_atto(max_price),
             denomination: "USDC".into(),
             region: String::new(),
             attributes: vec![],
@@ -262,7 +263,10 @@ mod tests {
                 Box::new(|_, b| b.free_blocks = vec![1, 1]),
                 Mismatch::Capacity,
             ),
-            (Box::new(|o, _| o.max_price = 4), Mismatch::Price),
+            (
+                Box::new(|o, _| o.max_price = Amount::from_atto(4)),
+                Mismatch::Price,
+            ),
         ];
         for (edit, expected) in cases {
             let (mut o, mut b) = (order(2, 10), base.clone());

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metering::{ChainHead, Totals};
 use crate::node::matching::BookOffer;
+use crate::wire::amount::Amount;
 use crate::wire::proto::{OfferView, OrderState as WireOrderState, OrderView};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,7 +26,7 @@ pub struct OfferRecord {
     pub resource_name: String,
     /// Free GPUs per node as published, minus what was matched since.
     pub free_blocks: Vec<u32>,
-    pub price: String,
+    pub price: Amount,
     pub denomination: String,
     pub min_duration_seconds: u64,
     pub max_duration_seconds: u64,
@@ -46,7 +47,7 @@ impl OfferRecord {
             region: self.region.clone(),
             attributes: self.attributes.clone(),
             free_blocks: self.free_blocks.clone(),
-            price: self.price.parse().unwrap_or(u128::MAX),
+            price: self.price,
             denomination: self.denomination.clone(),
             min_duration_seconds: self.min_duration_seconds,
             max_duration_seconds: self.max_duration_seconds,
@@ -64,7 +65,7 @@ impl OfferRecord {
             resource_name: self.resource_name.clone(),
             available_gpus: self.free_blocks.iter().sum(),
             largest_block: self.free_blocks.iter().copied().max().unwrap_or(0),
-            price_per_gpu_hour: self.price.clone(),
+            price_per_gpu_hour: self.price.to_string(),
             denomination: self.denomination.clone(),
             min_duration_seconds: self.min_duration_seconds,
             max_duration_seconds: self.max_duration_seconds,
@@ -90,17 +91,17 @@ pub struct OrderRecord {
     pub gpus: u32,
     pub model: String,
     pub duration_seconds: u64,
-    pub max_price: String,
+    pub max_price: Amount,
     pub denomination: String,
     pub image: String,
     pub state: OrderState,
     pub reason: String,
     pub lease_id: Option<String>,
     pub offer_id: Option<String>,
-    pub price: Option<String>,
-    pub held: String,
-    pub charged: String,
-    pub refunded: String,
+    pub price: Option<Amount>,
+    pub held: Amount,
+    pub charged: Amount,
+    pub refunded: Amount,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -121,14 +122,14 @@ impl OrderRecord {
             gpus: self.gpus,
             model: self.model.clone(),
             duration_seconds: self.duration_seconds,
-            max_price_per_gpu_hour: self.max_price.clone(),
+            max_price_per_gpu_hour: self.max_price.to_string(),
             denomination: self.denomination.clone(),
             lease_id: self.lease_id.clone().unwrap_or_default(),
             offer_id: self.offer_id.clone().unwrap_or_default(),
-            price_per_gpu_hour: self.price.clone().unwrap_or_default(),
-            held: self.held.clone(),
-            charged: self.charged.clone(),
-            refunded: self.refunded.clone(),
+            price_per_gpu_hour: self.price.map(|p| p.to_string()).unwrap_or_default(),
+            held: self.held.to_string(),
+            charged: self.charged.to_string(),
+            refunded: self.refunded.to_string(),
             created_at: self.created_at,
             updated_at: self.updated_at,
             image: self.image.clone(),
@@ -163,8 +164,8 @@ pub struct LeaseEnd {
     pub started_at: i64,
     pub ended_at: i64,
     pub gpu_seconds: u64,
-    pub charged: String,
-    pub refunded: String,
+    pub charged: Amount,
+    pub refunded: Amount,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,7 +179,7 @@ pub struct LeaseRecord {
     pub offer_seq: u64,
     pub block: usize,
     pub gpus: u32,
-    pub price: String,
+    pub price: Amount,
     pub denomination: String,
     pub duration_seconds: u64,
     pub state: LeaseState,
@@ -193,18 +194,14 @@ pub struct LeaseRecord {
     #[serde(default)]
     pub totals: Totals,
     /// Paid to the provider from escrow so far, from accepted receipts, atto units.
-    #[serde(default = "zero")]
-    pub charged: String,
+    #[serde(default)]
+    pub charged: Amount,
     /// The outstanding attestation challenge.
     #[serde(default)]
     pub challenge: Option<ChallengeRecord>,
     /// The last evidence accepted.
     #[serde(default)]
     pub attestation: Option<AttestationRecord>,
-}
-
-fn zero() -> String {
-    "0".to_string()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -30,6 +30,7 @@ use crate::node::records::{
     AttestationRecord, ChallengeRecord, LeaseEnd, LeaseRecord, LeaseState, OfferRecord,
     OrderRecord, OrderState, ProviderRecord,
 };
+use crate::wire::amount::{self, Amount};
 use crate::wire::envelope::{self, domain, open, sign_body};
 use crate::wire::proto::{
     Balance, BalanceReply, CancelBody, ChallengeBody, ChallengeReply, DepositBody, EvidenceReply,
@@ -38,7 +39,7 @@ use crate::wire::proto::{
     ReceiptRejection as WireRejection, ReceiptsBody, ReceiptsReply, RegisterBody, Signed,
     WithdrawBody,
 };
-use crate::wire::{Opened, Rejection, amount, validate};
+use crate::wire::{Opened, Rejection, validate};
 
 type JsonTable = TableDefinition<'static, &'static str, &'static [u8]>;
 const PROVIDERS: JsonTable = TableDefinition::new("providers");
@@ -88,6 +89,9 @@ pub enum HubError {
     Rejected(#[from] Rejection),
     #[error("storage: {0}")]
     Storage(String),
+    /// Money arithmetic left its 128 bits: a broken invariant, refused rather than guessed.
+    #[error(transparent)]
+    Money(#[from] amount::Overflow),
 }
 
 macro_rules! storage_errors {
@@ -111,6 +115,7 @@ impl From<HubError> for tonic::Status {
         match e {
             HubError::Rejected(r) => r.into(),
             HubError::Storage(s) => tonic::Status::internal(format!("storage: {s}")),
+            HubError::Money(e) => tonic::Status::internal(e.to_string()),
         }
     }
 }
@@ -205,14 +210,15 @@ fn post(
     now: i64,
     from: Account,
     to: Account,
-    amount: u128,
+    amount: Amount,
     denomination: &str,
     memo: String,
 ) -> Result<()> {
-    if amount == 0 {
+    if amount == Amount::ZERO {
         return Ok(());
     }
-    let signed = i128::try_from(amount)
+    let signed = amount
+        .signed("amount")
         .map_err(|_| Rejection::invalid("amount", "must be below 2^127 atto units"))?;
     let (from_key, to_key) = (from.key(denomination), to.key(denomination));
     {
@@ -238,7 +244,7 @@ fn post(
         at: now,
         from,
         to,
-        amount: amount.to_string(),
+        amount,
         denomination: denomination.to_string(),
         memo,
     };
@@ -271,7 +277,7 @@ fn refund_and_close(
 ) -> Result<OrderRecord> {
     let mut order: OrderRecord = get(txn, ORDERS, &lease.order_id)?
         .ok_or_else(|| HubError::Storage(format!("lease {} has no order", lease.lease_id)))?;
-    let held: u128 = order.held.parse().unwrap_or(0);
+    let held = order.held;
     post(
         txn,
         now,
@@ -286,7 +292,7 @@ fn refund_and_close(
     put(txn, LEASES, &lease.lease_id.clone(), lease)?;
     order.state = order_state;
     order.reason = reason;
-    order.refunded = held.to_string();
+    order.refunded = held;
     order.updated_at = now;
     put(txn, ORDERS, &order.order_id.clone(), &order)?;
     Ok(order)
@@ -330,7 +336,7 @@ fn receipts_reply(lease: &LeaseRecord, rejection: Option<ReceiptRejection>) -> R
         allocated_gpu_millis: lease.totals.allocated_gpu_millis,
         energy_millijoules: lease.totals.energy_millijoules,
         utilization_percent: lease.totals.utilization_percent(),
-        charged: lease.charged.clone(),
+        charged: lease.charged.to_string(),
         final_received: lease.chain.final_received,
         rejection: rejection.map(|r| WireRejection {
             sequence: r.sequence(),
@@ -466,7 +472,7 @@ impl Store {
                 model: body.model.clone(),
                 resource_name: body.resource_name.clone(),
                 free_blocks,
-                price: checked.price.to_string(),
+                price: checked.price,
                 denomination: body.denomination.clone(),
                 min_duration_seconds: body.min_duration_seconds,
                 max_duration_seconds: body.max_duration_seconds,
@@ -586,7 +592,7 @@ impl Store {
                 gpus: body.gpus,
                 model: body.model.clone(),
                 duration_seconds: body.duration_seconds,
-                max_price: checked.max_price.to_string(),
+                max_price: checked.max_price,
                 denomination: body.denomination.clone(),
                 image,
                 state: OrderState::Rejected,
@@ -594,9 +600,9 @@ impl Store {
                 lease_id: None,
                 offer_id: None,
                 price: None,
-                held: "0".into(),
-                charged: "0".into(),
-                refunded: "0".into(),
+                held: Amount::ZERO,
+                charged: Amount::ZERO,
+                refunded: Amount::ZERO,
                 created_at: now,
                 updated_at: now,
             };
@@ -611,7 +617,7 @@ impl Store {
                 Err(no_match) => order.reason = no_match.to_string(),
                 Ok(found) => {
                     let mut offer = offers[found.offer].clone();
-                    let price = book[found.offer].price;
+                    let price = offer.price;
                     let hold = ledger::hold_amount(price, body.gpus, body.duration_seconds)
                         .map_err(|e| Rejection::invalid("order", &e.to_string()))?;
                     post(
@@ -650,7 +656,7 @@ impl Store {
                         offer_seq: offer.published_seq,
                         block: found.block,
                         gpus: body.gpus,
-                        price: price.to_string(),
+                        price,
                         denomination: body.denomination.clone(),
                         duration_seconds: body.duration_seconds,
                         state: LeaseState::Offered,
@@ -660,7 +666,7 @@ impl Store {
                         end: None,
                         chain: ChainHead::default(),
                         totals: Totals::default(),
-                        charged: "0".to_string(),
+                        charged: Amount::ZERO,
                         challenge: None,
                         attestation: None,
                     };
@@ -668,8 +674,8 @@ impl Store {
                     order.state = OrderState::Matched;
                     order.lease_id = Some(lease_id);
                     order.offer_id = Some(offer.offer_id.clone());
-                    order.price = Some(price.to_string());
-                    order.held = hold.to_string();
+                    order.price = Some(price);
+                    order.held = hold;
                     lease_out = Some((offer.provider.clone(), signed_lease));
                 }
             }
@@ -754,8 +760,8 @@ impl Store {
             let mut lease = owned_lease(txn, &body.lease_id, &provider)?;
             if let (LeaseState::Ended, Some(end)) = (lease.state, &lease.end) {
                 return Ok(LeaseEndReply {
-                    charged: end.charged.clone(),
-                    refunded: end.refunded.clone(),
+                    charged: end.charged.to_string(),
+                    refunded: end.refunded.to_string(),
                 });
             }
             if lease.state != LeaseState::Accepted {
@@ -768,10 +774,11 @@ impl Store {
             }
             let mut order: OrderRecord = get(txn, ORDERS, &lease.order_id)?
                 .ok_or_else(|| HubError::Storage("lease without order".into()))?;
-            let held: u128 = order.held.parse().unwrap_or(0);
             // The provider was paid per accepted receipt; the end returns the rest to the buyer.
-            let charge: u128 = lease.charged.parse().unwrap_or(0);
-            let refund = held - charge.min(held);
+            let charge = lease.charged;
+            let refund = order
+                .held
+                .checked_sub(charge, "the refund (hold less what was charged)")?;
             let gpu_seconds = body
                 .gpu_seconds
                 .min(u64::from(lease.gpus).saturating_mul(lease.duration_seconds));
@@ -792,8 +799,8 @@ impl Store {
                 started_at: body.started_at,
                 ended_at: body.ended_at,
                 gpu_seconds,
-                charged: charge.to_string(),
-                refunded: refund.to_string(),
+                charged: charge,
+                refunded: refund,
             };
             lease.state = LeaseState::Ended;
             lease.end = Some(end);
@@ -803,8 +810,8 @@ impl Store {
                 "lease ended {}: {} (fault: {})",
                 body.phase, body.reason, body.fault
             );
-            order.charged = charge.to_string();
-            order.refunded = refund.to_string();
+            order.charged = charge;
+            order.refunded = refund;
             order.updated_at = now;
             put(txn, ORDERS, &lease.order_id, &order)?;
             Ok(LeaseEndReply {
@@ -836,8 +843,7 @@ impl Store {
             let terms = lease_terms(&lease, &body.certificate, now)?;
             let mut order: OrderRecord = get(txn, ORDERS, &lease.order_id)?
                 .ok_or_else(|| HubError::Storage("lease without order".into()))?;
-            let held: u128 = order.held.parse().unwrap_or(0);
-            let price: u128 = lease.price.parse().unwrap_or(0);
+            let (held, price) = (order.held, lease.price);
             let mut rejection = None;
             let mut hashes = txn.open_table(RECEIPTS)?;
             for receipt in &body.receipts {
@@ -867,18 +873,18 @@ impl Store {
                         lease.chain = lease.chain.advance(&receipt, hash);
                         lease.totals.add(&receipt);
                         let owed =
-                            ledger::charge_for(held, price, lease.totals.allocated_gpu_millis);
-                        let paid: u128 = lease.charged.parse().unwrap_or(0);
+                            ledger::charge_for(held, price, lease.totals.allocated_gpu_millis)?;
+                        let paid = lease.charged;
                         post(
                             txn,
                             now,
                             Account::Escrow(order.order_id.clone()),
                             Account::Provider(provider.clone()),
-                            owed - paid.min(owed),
+                            owed.checked_sub(paid.min(owed), "a charge")?,
                             &order.denomination,
                             format!("charge {} receipt {}", order.order_id, receipt.sequence),
                         )?;
-                        lease.charged = owed.max(paid).to_string();
+                        lease.charged = owed.max(paid);
                     }
                     Err(e) => {
                         rejection = Some(e);
@@ -889,7 +895,7 @@ impl Store {
             drop(hashes);
             put(txn, LEASES, &lease.lease_id.clone(), &lease)?;
             if order.charged != lease.charged && lease.state == LeaseState::Accepted {
-                order.charged = lease.charged.clone();
+                order.charged = lease.charged;
                 order.updated_at = now;
                 put(txn, ORDERS, &order.order_id.clone(), &order)?;
             }
@@ -1114,7 +1120,7 @@ impl Store {
                 && matches!(order.state, OrderState::Matched | OrderState::Leased)
             {
                 let row = by_denomination.entry(order.denomination).or_default();
-                row.1 += order.held.parse::<i128>().unwrap_or(0);
+                row.1 += order.held.signed("held").map_err(HubError::Money)?;
             }
         }
         Ok(BalanceReply {
@@ -1202,7 +1208,7 @@ impl Store {
             let posting: Posting = serde_json::from_slice(v.value()).map_err(|e| e.to_string())?;
             postings.push(posting);
         }
-        let expected = ledger::balances_from(&postings);
+        let expected = ledger::balances_from(&postings).map_err(|e| e.to_string())?;
         let balances = txn.open_table(BALANCES).map_err(|e| e.to_string())?;
         let mut stored = std::collections::BTreeMap::new();
         for entry in balances.iter().map_err(|e| e.to_string())? {
@@ -1229,10 +1235,11 @@ impl Store {
                 .copied()
                 .unwrap_or(0);
             let should = match order.state {
-                OrderState::Matched | OrderState::Leased => {
-                    order.held.parse::<i128>().unwrap_or(-1)
-                        - order.charged.parse::<i128>().unwrap_or(0)
-                }
+                OrderState::Matched | OrderState::Leased => order
+                    .held
+                    .checked_sub(order.charged, "escrow (held less charged)")
+                    .and_then(|left| left.signed("escrow"))
+                    .map_err(|e| format!("order {}: {e}", order.order_id))?,
                 _ => 0,
             };
             if escrow != should {

@@ -8,9 +8,10 @@ use prost::Message;
 
 use crate::crd::{ComputeLeaseSpec, EnvVar, GpuOfferSpec, LeaseWorkload, Price, SignedOrder};
 use crate::identity::public_key_base58;
+use crate::wire::amount::Amount;
 use crate::wire::envelope::{FRESHNESS_SECONDS, domain, open_from, verifying_key};
 use crate::wire::proto::{LeaseBody, OrderBody, Signed};
-use crate::wire::{Rejection, amount, validate};
+use crate::wire::{Rejection, validate};
 
 /// A lease whose every signature and field was checked.
 #[derive(Clone, Debug)]
@@ -20,7 +21,7 @@ pub struct VerifiedLease {
     pub buyer: VerifyingKey,
     /// The lease as received, for the ComputeLease's record.
     pub signed: Signed,
-    pub price: u128,
+    pub price: Amount,
 }
 
 /// Verifies a lease from the network for `provider` at time `now`.
@@ -109,7 +110,7 @@ pub fn lease_spec(verified: &VerifiedLease, offer: &GpuOfferSpec) -> ComputeLeas
         gpu_model: (!order.model.is_empty()).then(|| order.model.clone()),
         duration_seconds: lease.duration_seconds,
         price: Price {
-            amount: amount::to_decimal_units(verified.price),
+            amount: verified.price.to_decimal_units(),
             denomination: lease.denomination.clone(),
         },
         workload: LeaseWorkload {

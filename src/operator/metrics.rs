@@ -10,6 +10,7 @@ use prometheus::{
 
 use crate::capacity::LeaseFacts;
 use crate::crd::{GpuOffer, LeasePhase};
+use crate::wire::amount::Amount;
 
 /// The model label of leased GPUs whose order named no model.
 pub const UNKNOWN_MODEL: &str = "unknown";
@@ -301,11 +302,12 @@ impl Metrics {
     /// Counts what one call of the collector newly saw accepted for a lease: the allocated
     /// GPU-milliseconds and the charge (in the denomination's smallest unit, 10^-18) added since
     /// the last figures known for it.
-    pub fn record_served(&self, denomination: &str, gpu_millis: u64, charged_atto: u128) {
+    pub fn record_served(&self, denomination: &str, gpu_millis: u64, charged: Amount) {
         self.gpu_seconds.inc_by(gpu_millis as f64 / 1000.0);
+        // A float for Prometheus only: the exact figure is the network's ledger.
         self.earnings
             .with_label_values(&[denomination])
-            .inc_by(charged_atto as f64 / 1e18);
+            .inc_by(charged.atto() as f64 / 1e18);
     }
 
     /// The text exposition of every metric.
@@ -379,8 +381,8 @@ mod tests {
     #[test]
     fn served_time_and_earnings_add_up_in_whole_units() {
         let m = Metrics::new();
-        m.record_served("USDC", 1_500, 250_000_000_000_000_000);
-        m.record_served("USDC", 500, 750_000_000_000_000_000);
+        m.record_served("USDC", 1_500, Amount::from_atto(250_000_000_000_000_000));
+        m.record_served("USDC", 500, Amount::from_atto(750_000_000_000_000_000));
         let text = m.render();
         assert_eq!(
             line(&text, "gpubridge_gpu_seconds_total "),

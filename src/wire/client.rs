@@ -7,6 +7,7 @@ use ed25519_dalek::SigningKey;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Status, Streaming};
 
+use crate::wire::amount::Amount;
 use crate::wire::envelope::{HasHeader, domain, seal};
 use crate::wire::proto::gateway_client::GatewayClient;
 use crate::wire::proto::{
@@ -212,7 +213,11 @@ impl NetworkClient {
             .into_inner())
     }
 
-    pub async fn deposit(&self, amount: u128, denomination: &str) -> Result<BalanceReply, Status> {
+    pub async fn deposit(
+        &self,
+        amount: Amount,
+        denomination: &str,
+    ) -> Result<BalanceReply, Status> {
         let body = DepositBody {
             header: None,
             amount: amount.to_string(),

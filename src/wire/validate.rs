@@ -2,7 +2,7 @@
 //! (on a lease's embedded order). Each error names the field and the rule. Pure.
 
 use crate::wire::Rejection;
-use crate::wire::amount;
+use crate::wire::amount::{self, Amount};
 use crate::wire::proto::{Attribute, LeaseBody, OfferBody, OrderBody, Workload};
 
 pub const MAX_GPUS_PER_LEASE: u32 = 64;
@@ -247,7 +247,7 @@ fn workload(field: &str, w: Option<&Workload>) -> Result<(), Rejection> {
 /// An order's terms, checked.
 #[derive(Debug)]
 pub struct CheckedOrder {
-    pub max_price: u128,
+    pub max_price: Amount,
     pub attributes: Vec<(String, String)>,
 }
 
@@ -270,7 +270,7 @@ pub fn order(body: &OrderBody) -> Result<CheckedOrder, Rejection> {
 /// An offer's terms, checked against the receiver's clock.
 #[derive(Debug)]
 pub struct CheckedOffer {
-    pub price: u128,
+    pub price: Amount,
     pub attributes: Vec<(String, String)>,
 }
 
@@ -323,7 +323,7 @@ pub fn offer(body: &OfferBody, now: i64) -> Result<CheckedOffer, Rejection> {
 }
 
 /// A lease's own fields (its signatures are checked by the caller).
-pub fn lease(body: &LeaseBody) -> Result<u128, Rejection> {
+pub fn lease(body: &LeaseBody) -> Result<Amount, Rejection> {
     object_id("lease.leaseId", &body.lease_id)?;
     dns_subdomain("lease.offerName", &body.offer_name)?;
     gpus("lease.gpus", body.gpus)?;

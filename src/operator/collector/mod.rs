@@ -336,7 +336,14 @@ impl CollectorService {
                 message: r.to_string(),
             });
         }
-        self.record_receipts(&auth.lease, &lease_id, &reply, valid > 0)
+        let forwarded = if valid > 0 {
+            let served = Served::of_reply(&reply)
+                .map_err(|e| Status::unavailable(format!("the network's answer: {e}")))?;
+            Some(served)
+        } else {
+            None
+        };
+        self.record_receipts(&auth.lease, &lease_id, &reply, forwarded)
             .await;
         Ok(reply)
     }
@@ -347,7 +354,7 @@ impl CollectorService {
         lease: &ComputeLease,
         lease_id: &str,
         reply: &ReceiptsReply,
-        forwarded: bool,
+        forwarded: Option<Served>,
     ) {
         let usage_in_status = lease.status.as_ref().and_then(|s| s.usage.as_ref());
         let confirmed_in_status = usage_in_status.map_or(0, |u| u.receipts_accepted);
@@ -362,14 +369,14 @@ impl CollectorService {
             let served_before = entry
                 .served
                 .map_or(served_in_status, |known| known.max(served_in_status));
-            let newly_served = if forwarded {
-                let now = Served::of_reply(reply);
-                entry.served = Some(served_before.max(now));
-                served_before.added_by(now)
-            } else {
-                Served::default()
+            let newly_served = match forwarded {
+                Some(now) => {
+                    entry.served = Some(served_before.max(now));
+                    served_before.added_by(now)
+                }
+                None => Served::default(),
             };
-            if forwarded {
+            if forwarded.is_some() {
                 entry.confirmed = Some(ChainHead {
                     sequence: reply.accepted_through,
                     hash: reply.head_hash.clone(),
@@ -379,7 +386,7 @@ impl CollectorService {
                 });
             }
             let urgent = reply.final_received || reply.rejection.is_some();
-            let due = (forwarded
+            let due = (forwarded.is_some()
                 && write_due(
                     entry.last_written,
                     Instant::now(),
@@ -399,7 +406,7 @@ impl CollectorService {
                 p.last_written
                     .is_none_or(|t| t.elapsed() < FORGET_SILENT_LEASE)
             });
-            let newly = if forwarded {
+            let newly = if forwarded.is_some() {
                 reply.accepted_through.saturating_sub(before)
             } else {
                 0
@@ -410,7 +417,7 @@ impl CollectorService {
         self.metrics.record_served(
             &lease.spec.price.denomination,
             newly_served.gpu_millis,
-            newly_served.charged_atto,
+            newly_served.charged,
         );
         if !due {
             return;
@@ -429,7 +436,7 @@ impl CollectorService {
                 &format!("{} receipts verified and settled", reply.accepted_through),
             ),
         };
-        let usage = (forwarded || reply.accepted_through > 0).then(|| usage_from(reply));
+        let usage = forwarded.map(|served| usage_from(reply, served.charged));
         self.write_metering(lease, usage, condition).await;
     }
 

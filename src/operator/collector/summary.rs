@@ -6,11 +6,13 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::crd::LeaseUsage;
-use crate::wire::amount;
+use crate::wire::Rejection;
+use crate::wire::amount::{self, Amount};
 use crate::wire::proto::ReceiptsReply;
 
-/// The lease's usage as the network's verdict on its receipts states it.
-pub fn usage_from(reply: &ReceiptsReply) -> LeaseUsage {
+/// The lease's usage as the network's verdict on its receipts states it; `charged` is the
+/// reply's charge, parsed by [`Served::of_reply`].
+pub fn usage_from(reply: &ReceiptsReply, charged: Amount) -> LeaseUsage {
     LeaseUsage {
         gpu_seconds: reply.allocated_gpu_millis / 1000,
         energy_joules: reply.energy_millijoules / 1000,
@@ -21,7 +23,7 @@ pub fn usage_from(reply: &ReceiptsReply) -> LeaseUsage {
             .ok()
             .filter(|_| reply.metered_through_ms > 0)
             .map(Time),
-        charged: Some(reply.charged.clone()),
+        charged: Some(charged),
         final_received: reply.final_received,
     }
 }
@@ -30,27 +32,24 @@ pub fn usage_from(reply: &ReceiptsReply) -> LeaseUsage {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Served {
     pub gpu_millis: u64,
-    /// In the denomination's smallest unit (10^-18).
-    pub charged_atto: u128,
+    pub charged: Amount,
 }
 
 impl Served {
-    pub fn of_reply(reply: &ReceiptsReply) -> Served {
-        Served {
+    /// The network's figures; a charge that is not an amount is refused, not read as none.
+    pub fn of_reply(reply: &ReceiptsReply) -> Result<Served, Rejection> {
+        Ok(Served {
             gpu_millis: reply.allocated_gpu_millis,
-            charged_atto: amount::parse("charged", &reply.charged).unwrap_or(0),
-        }
+            charged: amount::parse("charged", &reply.charged)?,
+        })
     }
 
     /// The figures some replica last wrote into the lease's status (whole GPU-seconds there).
     pub fn of_usage(usage: &LeaseUsage) -> Served {
         Served {
             gpu_millis: usage.gpu_seconds.saturating_mul(1000),
-            charged_atto: usage
-                .charged
-                .as_deref()
-                .and_then(|c| amount::parse("charged", c).ok())
-                .unwrap_or(0),
+            // Absent before the first settled receipt: nothing charged yet.
+            charged: usage.charged.unwrap_or(Amount::ZERO),
         }
     }
 
@@ -58,7 +57,7 @@ impl Served {
     pub fn max(self, other: Served) -> Served {
         Served {
             gpu_millis: self.gpu_millis.max(other.gpu_millis),
-            charged_atto: self.charged_atto.max(other.charged_atto),
+            charged: self.charged.max(other.charged),
         }
     }
 
@@ -67,7 +66,7 @@ impl Served {
     pub fn added_by(self, now: Served) -> Served {
         Served {
             gpu_millis: now.gpu_millis.saturating_sub(self.gpu_millis),
-            charged_atto: now.charged_atto.saturating_sub(self.charged_atto),
+            charged: now.charged.saturating_sub(self.charged),
         }
     }
 }
@@ -96,31 +95,32 @@ mod tests {
         };
         let status = Served::of_usage(&crate::crd::LeaseUsage {
             gpu_seconds: 20,
-            charged: Some("500".into()),
+            charged: Some(Amount::from_atto(500)),
             ..Default::default()
         });
         assert_eq!(
             status,
             Served {
                 gpu_millis: 20_000,
-                charged_atto: 500
+                charged: Amount::from_atto(500)
             }
         );
         // After a restart the status is the baseline: what it already shows is not counted again.
-        let now = Served::of_reply(&reply(30_000, "800"));
+        let now = Served::of_reply(&reply(30_000, "800")).unwrap();
         assert_eq!(
             status.added_by(now),
             Served {
                 gpu_millis: 10_000,
-                charged_atto: 300
+                charged: Amount::from_atto(300)
             }
         );
         // A reply behind what is known (another replica counted further) adds nothing.
-        let behind = Served::of_reply(&reply(25_000, "600"));
+        let behind = Served::of_reply(&reply(25_000, "600")).unwrap();
         assert_eq!(now.added_by(behind), Served::default());
         assert_eq!(now.max(behind), now);
-        // An unreadable charge counts as none rather than failing the receipt.
-        assert_eq!(Served::of_reply(&reply(1, "x")).charged_atto, 0);
+        // An unreadable charge is refused, naming the field, never counted as none.
+        let refused = Served::of_reply(&reply(1, "x")).unwrap_err();
+        assert!(refused.to_string().starts_with("charged: "), "{refused}");
     }
 
     #[test]
@@ -136,7 +136,7 @@ mod tests {
             final_received: true,
             rejection: None,
         };
-        let usage = usage_from(&reply);
+        let usage = usage_from(&reply, Served::of_reply(&reply).unwrap().charged);
         assert_eq!(usage.gpu_seconds, 20);
         assert_eq!(usage.energy_joules, 3);
         assert_eq!(usage.receipts_accepted, 7);
@@ -145,9 +145,9 @@ mod tests {
             usage.metered_through.unwrap().0.as_millisecond(),
             1_700_000_000_500
         );
-        assert_eq!(usage.charged.as_deref(), Some("123"));
+        assert_eq!(usage.charged, Some(Amount::from_atto(123)));
         assert!(usage.final_received);
-        let empty = usage_from(&ReceiptsReply::default());
+        let empty = usage_from(&ReceiptsReply::default(), Amount::ZERO);
         assert_eq!((empty.chain_head, empty.metered_through), (None, None));
     }
 
