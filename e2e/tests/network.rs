@@ -294,6 +294,17 @@ async fn forgeries_are_refused_and_shown(
     let sidecar = SidecarClient::new(&operator.collector_url, credentials.clone()).unwrap();
     let log = ReceiptLog::open(&sidecars.receipts_dir()).unwrap();
     let head = log.head.clone();
+    // The meter was killed with receipts perhaps logged but not yet delivered: deliver them as
+    // it would have (the same bytes: signing is deterministic), so the chain the forgeries
+    // follow is the log's.
+    let logged: Vec<_> = ReceiptLog::read_all(&sidecars.receipts_dir())
+        .unwrap()
+        .iter()
+        .map(|r| sign_body(&credentials.key, domain::RECEIPT, r))
+        .collect();
+    let standing = sidecar.submit_receipts(logged).await.unwrap();
+    assert!(standing.rejection.is_none(), "{:?}", standing.rejection);
+    assert_eq!(standing.accepted_through, head.sequence);
     let next = Receipt {
         lease_id: lease_id.into(),
         sequence: head.sequence + 1,
