@@ -5,6 +5,8 @@
 //! Running → Succeeded | Failed | Expired | Terminated. The end is reached once and kept: a
 //! terminal lease never moves again, whatever its pod does afterwards.
 
+mod report;
+
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -15,6 +17,8 @@ use crate::crd::{
     ComputeLeaseSpec, ComputeLeaseStatus, LeasePhase, Termination, TerminationReason,
 };
 use crate::workload::WORKLOAD_CONTAINER;
+
+pub use report::{awaiting_final_receipt, end_report};
 
 /// What the controller saw of the lease pod.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -6,12 +6,48 @@ use base64::Engine;
 use ed25519_dalek::VerifyingKey;
 use prost::Message;
 
+use crate::admission::{Shortfall, TermsViolation};
 use crate::crd::{ComputeLeaseSpec, EnvVar, GpuOfferSpec, LeaseWorkload, Price, SignedOrder};
 use crate::identity::public_key_base58;
 use crate::wire::amount::Amount;
 use crate::wire::envelope::{FRESHNESS_SECONDS, domain, open_from, verifying_key};
 use crate::wire::proto::{LeaseBody, OrderBody, Signed};
 use crate::wire::{Rejection, validate};
+
+/// Why intake refuses a lease: the reason the buyer reads, and a bounded kind for metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The lease itself fails verification (signatures, freshness, fields).
+    #[error(transparent)]
+    Invalid(#[from] Rejection),
+    #[error("offer {0} is not offered by this provider")]
+    NotOffered(String),
+    #[error("offer {0} is paused")]
+    Paused(String),
+    #[error(transparent)]
+    Terms(#[from] TermsViolation),
+    #[error(transparent)]
+    Capacity(#[from] Shortfall),
+    #[error("another lease already has the name {0}")]
+    NameTaken(String),
+    /// The provider's own cluster could not do its part; the text says which.
+    #[error("{0}")]
+    Cluster(String),
+}
+
+impl Refusal {
+    /// The `reason` label of `gpubridge_intake_leases_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::Invalid(r) => r.kind(),
+            Refusal::NotOffered(_) | Refusal::Paused(_) => "offer",
+            Refusal::Terms(_) => "terms",
+            Refusal::Capacity(_) => "capacity",
+            Refusal::NameTaken(_) => "conflict",
+            Refusal::Cluster(_) => "api",
+        }
+    }
+}
 
 /// A lease whose every signature and field was checked.
 #[derive(Clone, Debug)]
@@ -142,6 +178,53 @@ pub(crate) mod tests {
     use super::*;
     use crate::identity::generate_key;
     use crate::wire::envelope::{seal, sign_body};
+
+    #[test]
+    fn every_refusal_has_a_bounded_kind_and_a_reason_for_the_buyer() {
+        let cases: Vec<(Refusal, &str, &str)> = vec![
+            (
+                Rejection::invalid("lease.gpus", "must be 1 to 64").into(),
+                "invalid",
+                "lease.gpus: must be 1 to 64",
+            ),
+            (
+                Refusal::NotOffered("a".into()),
+                "offer",
+                "offer a is not offered by this provider",
+            ),
+            (Refusal::Paused("a".into()), "offer", "offer a is paused"),
+            (
+                TermsViolation::TooManyGpus { gpus: 9, max: 8 }.into(),
+                "terms",
+                "spec.gpus 9 exceeds the offer's lease.maxGpusPerLease 8",
+            ),
+            (
+                Shortfall {
+                    offer: "a".into(),
+                    gpus: 4,
+                    largest_block: 2,
+                    pending: 6,
+                }
+                .into(),
+                "capacity",
+                "not enough idle GPUs: the lease needs 4 on one node",
+            ),
+            (
+                Refusal::NameTaken("l".into()),
+                "conflict",
+                "another lease already has the name l",
+            ),
+            (
+                Refusal::Cluster("the provider could not read its leases: x".into()),
+                "api",
+                "the provider could not read its leases",
+            ),
+        ];
+        for (refusal, kind, reason) in cases {
+            assert_eq!(refusal.kind(), kind, "{refusal}");
+            assert!(refusal.to_string().starts_with(reason), "{refusal}");
+        }
+    }
     use crate::wire::proto::{EnvVar as WireEnv, Workload};
     use ed25519_dalek::SigningKey;
 
