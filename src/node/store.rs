@@ -6,6 +6,7 @@
 //! request is recorded in the same transaction as its effects, so a replay is refused even
 //! across a restart.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use rand_core::{OsRng, RngCore};
@@ -87,37 +88,68 @@ impl Default for HubSettings {
 pub enum HubError {
     #[error(transparent)]
     Rejected(#[from] Rejection),
-    #[error("storage: {0}")]
-    Storage(String),
+    #[error("database: {0}")]
+    Database(#[from] redb::Error),
+    #[error("a stored record is unreadable: {0}")]
+    Record(#[from] serde_json::Error),
+    #[error("a stored lease is unreadable: {0}")]
+    StoredLease(#[from] prost::DecodeError),
+    /// Records that should refer to each other do not: a broken invariant.
+    #[error("the store is inconsistent: {0}")]
+    Inconsistent(String),
     /// Money arithmetic left its 128 bits: a broken invariant, refused rather than guessed.
     #[error(transparent)]
     Money(#[from] amount::Overflow),
 }
 
-macro_rules! storage_errors {
+/// redb's errors, each as the one `redb::Error` they all convert into.
+macro_rules! database_errors {
     ($($error:ty),*) => {$(
         impl From<$error> for HubError {
-            fn from(e: $error) -> HubError { HubError::Storage(e.to_string()) }
+            fn from(e: $error) -> HubError { HubError::Database(e.into()) }
         }
     )*};
 }
-storage_errors!(
+database_errors!(
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError,
-    serde_json::Error
+    redb::CommitError
 );
 
 impl From<HubError> for tonic::Status {
     fn from(e: HubError) -> tonic::Status {
         match e {
             HubError::Rejected(r) => r.into(),
-            HubError::Storage(s) => tonic::Status::internal(format!("storage: {s}")),
-            HubError::Money(e) => tonic::Status::internal(e.to_string()),
+            other => tonic::Status::internal(other.to_string()),
         }
     }
+}
+
+/// What an audit of the books found wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error(transparent)]
+    Store(#[from] HubError),
+    #[error(
+        "stored balances differ from the postings: stored {stored:?}, postings imply {implied:?}"
+    )]
+    Balances {
+        stored: BTreeMap<String, i128>,
+        implied: BTreeMap<String, i128>,
+    },
+    #[error("balances sum to {0}, not zero")]
+    Sum(i128),
+    #[error("order {order} is {state:?} and holds {holds} in escrow, expected {expected}")]
+    Escrow {
+        order: String,
+        state: OrderState,
+        holds: i128,
+        expected: i128,
+    },
+    #[error(transparent)]
+    Money(#[from] amount::Overflow),
 }
 
 type Result<T> = std::result::Result<T, HubError>;
@@ -276,7 +308,7 @@ fn refund_and_close(
     reason: String,
 ) -> Result<OrderRecord> {
     let mut order: OrderRecord = get(txn, ORDERS, &lease.order_id)?
-        .ok_or_else(|| HubError::Storage(format!("lease {} has no order", lease.lease_id)))?;
+        .ok_or_else(|| HubError::Inconsistent(format!("lease {} has no order", lease.lease_id)))?;
     let held = order.held;
     post(
         txn,
@@ -364,7 +396,7 @@ fn receipt_key(lease_id: &str, sequence: u64) -> String {
 /// The lease's certificate, checked against the provider that owns the lease.
 fn lease_terms(lease: &LeaseRecord, certificate: &[u8], now: i64) -> Result<LeaseTerms> {
     let provider = public_key_from_base58(&lease.provider)
-        .map_err(|e| HubError::Storage(format!("stored provider key: {e}")))?;
+        .map_err(|e| HubError::Inconsistent(format!("stored provider key: {e}")))?;
     let cert = verify_lease_certificate(certificate, &provider, now)
         .map_err(|e| Rejection::Unauthenticated(format!("certificate: {e}")))?;
     if cert.lease_id != lease.lease_id {
@@ -537,8 +569,7 @@ impl Store {
         let signed = waiting
             .iter()
             .map(|l| Signed::decode(l.signed.as_slice()))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| HubError::Storage(e.to_string()))?;
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok((provider, signed))
     }
 
@@ -707,7 +738,7 @@ impl Store {
                     lease.challenge = Some(fresh_challenge(now));
                     put(txn, LEASES, &body.lease_id, &lease)?;
                     let mut order: OrderRecord = get(txn, ORDERS, &lease.order_id)?
-                        .ok_or_else(|| HubError::Storage("lease without order".into()))?;
+                        .ok_or_else(|| HubError::Inconsistent("lease without order".into()))?;
                     order.state = OrderState::Leased;
                     order.updated_at = now;
                     put(txn, ORDERS, &lease.order_id, &order)
@@ -773,7 +804,7 @@ impl Store {
                 .into());
             }
             let mut order: OrderRecord = get(txn, ORDERS, &lease.order_id)?
-                .ok_or_else(|| HubError::Storage("lease without order".into()))?;
+                .ok_or_else(|| HubError::Inconsistent("lease without order".into()))?;
             // The provider was paid per accepted receipt; the end returns the rest to the buyer.
             let charge = lease.charged;
             let refund = order
@@ -842,7 +873,7 @@ impl Store {
             let mut lease = owned_lease(txn, &body.lease_id, &provider)?;
             let terms = lease_terms(&lease, &body.certificate, now)?;
             let mut order: OrderRecord = get(txn, ORDERS, &lease.order_id)?
-                .ok_or_else(|| HubError::Storage("lease without order".into()))?;
+                .ok_or_else(|| HubError::Inconsistent("lease without order".into()))?;
             let (held, price) = (order.held, lease.price);
             let mut rejection = None;
             let mut hashes = txn.open_table(RECEIPTS)?;
@@ -1010,7 +1041,7 @@ impl Store {
             match (order.state, &order.lease_id) {
                 (OrderState::Matched, Some(lease_id)) => {
                     let mut lease: LeaseRecord = get(txn, LEASES, lease_id)?
-                        .ok_or_else(|| HubError::Storage("order without lease".into()))?;
+                        .ok_or_else(|| HubError::Inconsistent("order without lease".into()))?;
                     let order = refund_and_close(
                         txn,
                         now,
@@ -1198,63 +1229,63 @@ impl Store {
 
     /// Checks the books: every balance equals the sum of its postings, all balances sum to zero,
     /// and each order's escrow holds exactly what the order says is held.
-    pub fn audit(&self) -> std::result::Result<Audit, String> {
-        let fail = |e: HubError| e.to_string();
-        let txn = self.read().map_err(fail)?;
-        let postings_table = txn.open_table(POSTINGS).map_err(|e| e.to_string())?;
+    pub fn audit(&self) -> std::result::Result<Audit, AuditError> {
+        let txn = self.read()?;
+        let postings_table = txn.open_table(POSTINGS).map_err(HubError::from)?;
         let mut postings = Vec::new();
-        for entry in postings_table.iter().map_err(|e| e.to_string())? {
-            let (_, v) = entry.map_err(|e| e.to_string())?;
-            let posting: Posting = serde_json::from_slice(v.value()).map_err(|e| e.to_string())?;
+        for entry in postings_table.iter().map_err(HubError::from)? {
+            let (_, v) = entry.map_err(HubError::from)?;
+            let posting: Posting = serde_json::from_slice(v.value()).map_err(HubError::from)?;
             postings.push(posting);
         }
-        let expected = ledger::balances_from(&postings).map_err(|e| e.to_string())?;
-        let balances = txn.open_table(BALANCES).map_err(|e| e.to_string())?;
-        let mut stored = std::collections::BTreeMap::new();
-        for entry in balances.iter().map_err(|e| e.to_string())? {
-            let (k, v) = entry.map_err(|e| e.to_string())?;
+        let implied = ledger::balances_from(&postings)?;
+        let balances = txn.open_table(BALANCES).map_err(HubError::from)?;
+        let mut stored = BTreeMap::new();
+        for entry in balances.iter().map_err(HubError::from)? {
+            let (k, v) = entry.map_err(HubError::from)?;
             stored.insert(k.value().to_string(), v.value());
         }
         stored.retain(|_, v| *v != 0);
-        let mut expected_nonzero = expected.clone();
-        expected_nonzero.retain(|_, v| *v != 0);
-        if stored != expected_nonzero {
-            return Err(format!(
-                "stored balances differ from the postings: stored {stored:?}, postings imply {expected_nonzero:?}"
-            ));
+        let mut implied_nonzero = implied.clone();
+        implied_nonzero.retain(|_, v| *v != 0);
+        if stored != implied_nonzero {
+            return Err(AuditError::Balances {
+                stored,
+                implied: implied_nonzero,
+            });
         }
-        let total: i128 = expected.values().sum();
+        let total: i128 = implied.values().sum();
         if total != 0 {
-            return Err(format!("balances sum to {total}, not zero"));
+            return Err(AuditError::Sum(total));
         }
-        let orders: Vec<OrderRecord> =
-            all_json(&txn.open_table(ORDERS).map_err(|e| e.to_string())?).map_err(fail)?;
+        let orders: Vec<OrderRecord> = all_json(&txn.open_table(ORDERS).map_err(HubError::from)?)?;
         for order in &orders {
-            let escrow = expected
+            let holds = implied
                 .get(&Account::Escrow(order.order_id.clone()).key(&order.denomination))
                 .copied()
                 .unwrap_or(0);
-            let should = match order.state {
+            let expected = match order.state {
                 OrderState::Matched | OrderState::Leased => order
                     .held
-                    .checked_sub(order.charged, "escrow (held less charged)")
-                    .and_then(|left| left.signed("escrow"))
-                    .map_err(|e| format!("order {}: {e}", order.order_id))?,
+                    .checked_sub(order.charged, "escrow (held less charged)")?
+                    .signed("escrow")?,
                 _ => 0,
             };
-            if escrow != should {
-                return Err(format!(
-                    "order {} is {:?} and holds {escrow} in escrow, expected {should}",
-                    order.order_id, order.state
-                ));
+            if holds != expected {
+                return Err(AuditError::Escrow {
+                    order: order.order_id.clone(),
+                    state: order.state,
+                    holds,
+                    expected,
+                });
             }
         }
-        let leases = txn.open_table(LEASES).map_err(|e| e.to_string())?;
+        let leases = txn.open_table(LEASES).map_err(HubError::from)?;
         Ok(Audit {
             postings: postings.len() as u64,
-            accounts: expected.len(),
+            accounts: implied.len(),
             orders: orders.len(),
-            leases: leases.len().map_err(|e| e.to_string())? as usize,
+            leases: leases.len().map_err(HubError::from)? as usize,
         })
     }
 
