@@ -182,7 +182,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     let shutdown = Shutdown::on_signals();
     let (offers, offers_writer) = reflector::store::<GpuOffer>();
     let inventory = Arc::new(RwLock::new(Inventory::default()));
-    let synced = Synced::default();
+    let synced = Synced::new(args.dynamic_resources);
     let triggers = OfferTriggers::default();
     let backoff = Arc::new(Backoff::new(
         Duration::from_secs(1),

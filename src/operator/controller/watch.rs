@@ -2,7 +2,7 @@
 //! they send to the offer controller: each change recomputes only the offers it touches.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, StreamExt};
@@ -59,192 +59,189 @@ pub fn touched_offers(
     }
 }
 
-/// A watch event with re-lists buffered: a re-list reaches the inventory whole, at its end, so the
-/// inventory never holds half of one.
-enum Change<K, F> {
-    Buffered,
-    Relisted(Vec<F>),
-    Apply(K),
-    Delete(K),
+/// One kind of object the inventory counts: how a watch event of it changes the inventory, and
+/// which offers that touches. One generic path ([`on_event`]) buffers re-lists for every kind,
+/// so a re-list reaches the inventory whole, at its end, and the inventory never holds half of
+/// one.
+pub trait Watched: kube::Resource + Sized {
+    /// What the inventory keeps of a listed object; `None` when it counts nothing.
+    type Facts;
+    fn facts(object: &Self) -> Option<Self::Facts>;
+    /// Replaces every object of this kind with a re-list's.
+    fn replace(inventory: &mut Inventory, listed: Vec<Self::Facts>);
+    fn apply(inventory: &mut Inventory, object: &Self) -> Touched;
+    fn delete(inventory: &mut Inventory, object: &Self) -> Touched;
+    /// Sees every event before it is applied or buffered.
+    fn observe(_inventory: &mut Inventory, _event: &watcher::Event<Self>) {}
 }
 
-fn buffer_relist<K, F>(
-    relist: &mut Option<Vec<F>>,
+/// Applies one watch event of any watched kind to the inventory.
+pub fn on_event<K: Watched>(
+    inventory: &mut Inventory,
+    relist: &mut Option<Vec<K::Facts>>,
     event: watcher::Event<K>,
-    facts: impl FnOnce(&K) -> Option<F>,
-) -> Change<K, F> {
+) -> Touched {
+    K::observe(inventory, &event);
     match event {
         watcher::Event::Init => {
             *relist = Some(Vec::new());
-            Change::Buffered
+            Touched::Nothing
         }
         watcher::Event::InitApply(object) => {
-            if let Some(f) = facts(&object) {
+            if let Some(f) = K::facts(&object) {
                 relist.get_or_insert_with(Vec::new).push(f);
             }
-            Change::Buffered
+            Touched::Nothing
         }
-        watcher::Event::InitDone => Change::Relisted(relist.take().unwrap_or_default()),
-        watcher::Event::Apply(object) => Change::Apply(object),
-        watcher::Event::Delete(object) => Change::Delete(object),
+        watcher::Event::InitDone => {
+            K::replace(inventory, relist.take().unwrap_or_default());
+            Touched::All
+        }
+        watcher::Event::Apply(object) => K::apply(inventory, &object),
+        watcher::Event::Delete(object) => K::delete(inventory, &object),
     }
 }
 
-/// Applies one node watch event to the inventory.
-pub fn on_node_event(
-    inventory: &mut Inventory,
-    relist: &mut Option<Vec<NodeFacts>>,
-    event: watcher::Event<Node>,
-) -> Touched {
-    match buffer_relist(relist, event, |node| Some(NodeFacts::from_node(node))) {
-        Change::Buffered => Touched::Nothing,
-        Change::Relisted(nodes) => {
-            inventory.replace_nodes(nodes);
-            Touched::All
-        }
-        Change::Apply(node) => {
-            let facts = NodeFacts::from_node(&node);
-            match inventory.node(&facts.name) {
-                // Heartbeats and other changes the formula does not read touch nothing.
-                Some(old) if *old == facts => Touched::Nothing,
-                Some(old) if old.labels != facts.labels => {
-                    inventory.upsert_node(facts);
-                    Touched::All
-                }
-                _ => {
-                    let name = facts.name.clone();
-                    inventory.upsert_node(facts);
-                    Touched::Nodes(vec![name])
-                }
+fn nodes_or_nothing(nodes: Vec<String>) -> Touched {
+    if nodes.is_empty() {
+        Touched::Nothing
+    } else {
+        Touched::Nodes(nodes)
+    }
+}
+
+fn namespaced_key<K: kube::Resource>(object: &K) -> String {
+    format!(
+        "{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
+}
+
+impl Watched for Node {
+    type Facts = NodeFacts;
+    fn facts(node: &Node) -> Option<NodeFacts> {
+        Some(NodeFacts::from_node(node))
+    }
+    fn replace(inventory: &mut Inventory, listed: Vec<NodeFacts>) {
+        inventory.replace_nodes(listed);
+    }
+    fn apply(inventory: &mut Inventory, node: &Node) -> Touched {
+        let facts = NodeFacts::from_node(node);
+        match inventory.node(&facts.name) {
+            // Heartbeats and other changes the formula does not read touch nothing.
+            Some(old) if *old == facts => Touched::Nothing,
+            Some(old) if old.labels != facts.labels => {
+                inventory.upsert_node(facts);
+                Touched::All
+            }
+            _ => {
+                let name = facts.name.clone();
+                inventory.upsert_node(facts);
+                Touched::Nodes(vec![name])
             }
         }
-        Change::Delete(node) => {
-            inventory.remove_node(&node.name_any());
-            Touched::All
+    }
+    fn delete(inventory: &mut Inventory, node: &Node) -> Touched {
+        inventory.remove_node(&node.name_any());
+        Touched::All
+    }
+}
+
+impl Watched for Pod {
+    type Facts = (String, PodFacts);
+    fn facts(pod: &Pod) -> Option<(String, PodFacts)> {
+        PodFacts::from_pod(pod).map(|f| (namespaced_key(pod), f))
+    }
+    fn replace(inventory: &mut Inventory, listed: Vec<(String, PodFacts)>) {
+        inventory.replace_pods(listed);
+    }
+    fn apply(inventory: &mut Inventory, pod: &Pod) -> Touched {
+        nodes_or_nothing(inventory.upsert_pod(&namespaced_key(pod), PodFacts::from_pod(pod)))
+    }
+    fn delete(inventory: &mut Inventory, pod: &Pod) -> Touched {
+        nodes_or_nothing(
+            inventory
+                .remove_pod(&namespaced_key(pod))
+                .into_iter()
+                .collect(),
+        )
+    }
+    /// A disruption seen on a lease pod is remembered, even once the pod is gone.
+    fn observe(inventory: &mut Inventory, event: &watcher::Event<Pod>) {
+        if let watcher::Event::Apply(pod)
+        | watcher::Event::InitApply(pod)
+        | watcher::Event::Delete(pod) = event
+            && let Some(lease) = pod.labels().get(LEASE_LABEL)
+            && let Some(disruption) = PodObservation::from_pod(pod).disruption
+        {
+            inventory.record_disruption(lease, &disruption);
         }
     }
 }
 
-/// Applies one pod watch event to the inventory.
-pub fn on_pod_event(
-    inventory: &mut Inventory,
-    relist: &mut Option<Vec<(String, PodFacts)>>,
-    event: watcher::Event<Pod>,
-) -> Touched {
-    let key = |pod: &Pod| format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
-    if let watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) | watcher::Event::Delete(pod) =
-        &event
-        && let Some(lease) = pod.labels().get(LEASE_LABEL)
-        && let Some(disruption) = PodObservation::from_pod(pod).disruption
-    {
-        inventory.record_disruption(lease, &disruption);
+impl Watched for ComputeLease {
+    type Facts = LeaseFacts;
+    fn facts(lease: &ComputeLease) -> Option<LeaseFacts> {
+        Some(LeaseFacts::from_lease(lease))
     }
-    match buffer_relist(relist, event, |pod| {
-        PodFacts::from_pod(pod).map(|f| (key(pod), f))
-    }) {
-        Change::Buffered => Touched::Nothing,
-        Change::Relisted(pods) => {
-            inventory.replace_pods(pods);
-            Touched::All
-        }
-        Change::Apply(pod) => {
-            let touched = inventory.upsert_pod(&key(&pod), PodFacts::from_pod(&pod));
-            if touched.is_empty() {
-                Touched::Nothing
-            } else {
-                Touched::Nodes(touched)
-            }
-        }
-        Change::Delete(pod) => match inventory.remove_pod(&key(&pod)) {
-            Some(node) => Touched::Nodes(vec![node]),
-            None => Touched::Nothing,
-        },
+    fn replace(inventory: &mut Inventory, listed: Vec<LeaseFacts>) {
+        inventory.replace_leases(listed);
     }
-}
-
-/// Applies one ComputeLease watch event to the inventory.
-pub fn on_lease_event(
-    inventory: &mut Inventory,
-    relist: &mut Option<Vec<LeaseFacts>>,
-    event: watcher::Event<ComputeLease>,
-) -> Touched {
-    match buffer_relist(relist, event, |lease| Some(LeaseFacts::from_lease(lease))) {
-        Change::Buffered => Touched::Nothing,
-        Change::Relisted(leases) => {
-            inventory.replace_leases(leases);
-            Touched::All
+    fn apply(inventory: &mut Inventory, lease: &ComputeLease) -> Touched {
+        let facts = LeaseFacts::from_lease(lease);
+        if inventory.lease(&facts.name) == Some(&facts) {
+            return Touched::Nothing;
         }
-        Change::Apply(lease) => {
-            let facts = LeaseFacts::from_lease(&lease);
-            if inventory.lease(&facts.name) == Some(&facts) {
-                return Touched::Nothing;
-            }
-            let offer = facts.offer.clone();
-            inventory.upsert_lease(facts);
-            Touched::Offer(offer)
-        }
-        Change::Delete(lease) => match inventory.remove_lease(&lease.name_any()) {
+        let offer = facts.offer.clone();
+        inventory.upsert_lease(facts);
+        Touched::Offer(offer)
+    }
+    fn delete(inventory: &mut Inventory, lease: &ComputeLease) -> Touched {
+        match inventory.remove_lease(&lease.name_any()) {
             Some(facts) => Touched::Offer(facts.offer),
             None => Touched::Nothing,
-        },
+        }
     }
 }
 
-/// Applies one ResourceSlice watch event to the inventory.
-pub fn on_slice_event(
-    inventory: &mut Inventory,
-    relist: &mut Option<Vec<SliceFacts>>,
-    event: watcher::Event<ResourceSlice>,
-) -> Touched {
-    match buffer_relist(relist, event, SliceFacts::from_slice) {
-        Change::Buffered => Touched::Nothing,
-        Change::Relisted(slices) => {
-            inventory.replace_slices(slices);
-            Touched::All
-        }
-        Change::Apply(slice) => {
-            let name = slice.name_any();
-            let facts = SliceFacts::from_slice(&slice);
-            let new_node = facts.as_ref().map(|f| f.node.clone());
-            let old_node = inventory.upsert_slice(&name, facts);
-            Touched::Nodes(old_node.into_iter().chain(new_node).collect())
-        }
-        Change::Delete(slice) => match inventory.upsert_slice(&slice.name_any(), None) {
-            Some(node) => Touched::Nodes(vec![node]),
-            None => Touched::Nothing,
-        },
+impl Watched for ResourceSlice {
+    type Facts = SliceFacts;
+    fn facts(slice: &ResourceSlice) -> Option<SliceFacts> {
+        SliceFacts::from_slice(slice)
+    }
+    fn replace(inventory: &mut Inventory, listed: Vec<SliceFacts>) {
+        inventory.replace_slices(listed);
+    }
+    fn apply(inventory: &mut Inventory, slice: &ResourceSlice) -> Touched {
+        let facts = SliceFacts::from_slice(slice);
+        let new_node = facts.as_ref().map(|f| f.node.clone());
+        let old_node = inventory.upsert_slice(&slice.name_any(), facts);
+        Touched::Nodes(old_node.into_iter().chain(new_node).collect())
+    }
+    fn delete(inventory: &mut Inventory, slice: &ResourceSlice) -> Touched {
+        nodes_or_nothing(
+            inventory
+                .upsert_slice(&slice.name_any(), None)
+                .into_iter()
+                .collect(),
+        )
     }
 }
 
-/// Applies one ResourceClaim watch event to the inventory.
-pub fn on_claim_event(
-    inventory: &mut Inventory,
-    relist: &mut Option<Vec<(String, Vec<DeviceRef>)>>,
-    event: watcher::Event<ResourceClaim>,
-) -> Touched {
-    let key = |c: &ResourceClaim| format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any());
-    match buffer_relist(relist, event, |c| Some((key(c), allocated_devices(c)))) {
-        Change::Buffered => Touched::Nothing,
-        Change::Relisted(claims) => {
-            inventory.replace_claims(claims);
-            Touched::All
-        }
-        Change::Apply(claim) => {
-            let nodes = inventory.upsert_claim(&key(&claim), allocated_devices(&claim));
-            if nodes.is_empty() {
-                Touched::Nothing
-            } else {
-                Touched::Nodes(nodes)
-            }
-        }
-        Change::Delete(claim) => {
-            let nodes = inventory.upsert_claim(&key(&claim), Vec::new());
-            if nodes.is_empty() {
-                Touched::Nothing
-            } else {
-                Touched::Nodes(nodes)
-            }
-        }
+impl Watched for ResourceClaim {
+    type Facts = (String, Vec<DeviceRef>);
+    fn facts(claim: &ResourceClaim) -> Option<(String, Vec<DeviceRef>)> {
+        Some((namespaced_key(claim), allocated_devices(claim)))
+    }
+    fn replace(inventory: &mut Inventory, listed: Vec<(String, Vec<DeviceRef>)>) {
+        inventory.replace_claims(listed);
+    }
+    fn apply(inventory: &mut Inventory, claim: &ResourceClaim) -> Touched {
+        nodes_or_nothing(inventory.upsert_claim(&namespaced_key(claim), allocated_devices(claim)))
+    }
+    fn delete(inventory: &mut Inventory, claim: &ResourceClaim) -> Touched {
+        nodes_or_nothing(inventory.upsert_claim(&namespaced_key(claim), Vec::new()))
     }
 }
 
@@ -339,33 +336,34 @@ pub async fn run_offers(
     }
 }
 
-/// Set once every watch has listed its objects: the inventory is complete.
-#[derive(Clone, Default)]
+/// Whether every watch has listed its objects: then the inventory is complete.
+#[derive(Clone)]
 pub struct Synced {
-    nodes: Arc<AtomicBool>,
-    pods: Arc<AtomicBool>,
-    leases: Arc<AtomicBool>,
-    slices: Arc<AtomicBool>,
-    claims: Arc<AtomicBool>,
+    listed: Arc<AtomicUsize>,
+    watches: usize,
 }
 
 impl Synced {
+    /// For the watches [`run`] starts: five, or three without `dynamic_resources`.
+    pub fn new(dynamic_resources: bool) -> Synced {
+        Synced {
+            listed: Arc::default(),
+            watches: if dynamic_resources { 5 } else { 3 },
+        }
+    }
+
     pub fn all(&self) -> bool {
-        [
-            &self.nodes,
-            &self.pods,
-            &self.leases,
-            &self.slices,
-            &self.claims,
-        ]
-        .iter()
-        .all(|f| f.load(Ordering::Relaxed))
+        self.listed.load(Ordering::Relaxed) >= self.watches
+    }
+
+    fn one_listed(&self) {
+        self.listed.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// Runs the watches until the process ends, keeping `inventory` current and sending the offers
 /// each change touches to `triggers`. Without `dynamic_resources` (a cluster that does not serve
-/// resource.k8s.io/v1), ResourceSlices and ResourceClaims are not watched and count as synced.
+/// resource.k8s.io/v1), ResourceSlices and ResourceClaims are not watched.
 pub async fn run(
     client: Client,
     inventory: Arc<RwLock<Inventory>>,
@@ -374,79 +372,79 @@ pub async fn run(
     synced: Synced,
     dynamic_resources: bool,
 ) {
-    let nodes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default());
-    let pods = watcher(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default().fields(POD_FIELD_SELECTOR),
-    );
-    let leases = watcher(
-        Api::<ComputeLease>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let shared = || (inventory.clone(), offers.clone(), triggers.clone());
+    let shared = Shared {
+        inventory,
+        offers,
+        triggers,
+        synced,
+    };
+    let all = || watcher::Config::default();
     let dra = async {
-        if !dynamic_resources {
-            synced.slices.store(true, Ordering::Relaxed);
-            synced.claims.store(true, Ordering::Relaxed);
-            return;
+        if dynamic_resources {
+            tokio::join!(
+                drive::<ResourceSlice>(&client, all(), &shared),
+                drive::<ResourceClaim>(&client, all(), &shared),
+            );
         }
-        let slices = watcher(
-            Api::<ResourceSlice>::all(client.clone()),
-            watcher::Config::default(),
-        );
-        let claims = watcher(
-            Api::<ResourceClaim>::all(client.clone()),
-            watcher::Config::default(),
-        );
-        tokio::join!(
-            drive(slices, on_slice_event, synced.slices.clone(), shared()),
-            drive(claims, on_claim_event, synced.claims.clone(), shared()),
-        );
     };
     tokio::join!(
-        drive(nodes, on_node_event, synced.nodes.clone(), shared()),
-        drive(pods, on_pod_event, synced.pods.clone(), shared()),
-        drive(leases, on_lease_event, synced.leases.clone(), shared()),
+        drive::<Node>(&client, all(), &shared),
+        drive::<Pod>(&client, all().fields(POD_FIELD_SELECTOR), &shared),
+        drive::<ComputeLease>(&client, all(), &shared),
         dra,
     );
 }
 
-type Handler<K, F> = fn(&mut Inventory, &mut Option<Vec<F>>, watcher::Event<K>) -> Touched;
+/// What every watch feeds.
+struct Shared {
+    inventory: Arc<RwLock<Inventory>>,
+    offers: Store<GpuOffer>,
+    triggers: OfferTriggers,
+    synced: Synced,
+}
 
-type Shared = (Arc<RwLock<Inventory>>, Store<GpuOffer>, OfferTriggers);
-
-async fn drive<K, F>(
-    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
-    handler: Handler<K, F>,
-    synced: Arc<AtomicBool>,
-    (inventory, offers, triggers): Shared,
-) {
+/// Watches every object of kind `K` into the inventory, triggering the offers each change
+/// touches.
+async fn drive<K>(client: &Client, config: watcher::Config, shared: &Shared)
+where
+    K: Watched
+        + kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+{
+    let stream = watcher(Api::<K>::all(client.clone()), config);
     let mut relist = None;
+    let mut listed = false;
     let mut stream = std::pin::pin!(stream.default_backoff());
     while let Some(event) = stream.next().await {
         let event = match event {
             Ok(event) => event,
             Err(e) => {
-                warn!(error = %e, "watch failed; retrying with backoff");
+                warn!(error = %e, kind = %K::kind(&()), "watch failed; retrying with backoff");
                 continue;
             }
         };
         let done = matches!(event, watcher::Event::InitDone);
         let names = {
-            let mut inventory = inventory.write().expect("inventory lock poisoned");
-            let touched = handler(&mut inventory, &mut relist, event);
-            let offer_facts: Vec<OfferFacts> = offers
+            let mut inventory = shared.inventory.write().expect("inventory lock poisoned");
+            let touched = on_event(&mut inventory, &mut relist, event);
+            let offer_facts: Vec<OfferFacts> = shared
+                .offers
                 .state()
                 .iter()
                 .map(|o| OfferFacts::from_offer(o))
                 .collect();
             touched_offers(&touched, &inventory, &offer_facts)
         };
-        if done {
-            synced.store(true, Ordering::Relaxed);
+        if done && !listed {
+            listed = true;
+            shared.synced.one_listed();
         }
         for name in names {
-            triggers.touch(name);
+            shared.triggers.touch(name);
         }
     }
 }
@@ -508,9 +506,47 @@ status:
         )
         .unwrap();
         let mut inv = Inventory::default();
-        on_pod_event(&mut inv, &mut None, watcher::Event::Delete(pod));
+        on_event::<Pod>(&mut inv, &mut None, watcher::Event::Delete(pod));
         assert_eq!(inv.last_disruption("a"), Some("PreemptionByScheduler"));
         assert_eq!(inv.last_disruption("b"), None);
+    }
+
+    #[test]
+    fn the_inventory_is_complete_once_every_started_watch_listed() {
+        for (dynamic_resources, watches) in [(false, 3), (true, 5)] {
+            let synced = Synced::new(dynamic_resources);
+            for _ in 1..watches {
+                synced.one_listed();
+            }
+            assert!(!synced.all(), "{watches} watches, one still listing");
+            synced.one_listed();
+            assert!(synced.all());
+        }
+    }
+
+    #[test]
+    fn a_lease_event_touches_its_offer_once() {
+        let lease = ComputeLease::new(
+            "l",
+            serde_yaml::from_str(include_str!("../../../tests/fixtures/lease-spec.yaml")).unwrap(),
+        );
+        let offer = lease.spec.offer_name.clone();
+        let mut inv = Inventory::default();
+        let mut relist = None;
+        assert_eq!(
+            on_event(&mut inv, &mut relist, watcher::Event::Apply(lease.clone())),
+            Touched::Offer(offer.clone())
+        );
+        assert_eq!(
+            on_event(&mut inv, &mut relist, watcher::Event::Apply(lease.clone())),
+            Touched::Nothing,
+            "the same facts again"
+        );
+        assert_eq!(
+            on_event(&mut inv, &mut relist, watcher::Event::Delete(lease)),
+            Touched::Offer(offer)
+        );
+        assert!(inv.lease("l").is_none());
     }
 
     #[tokio::test]
@@ -570,10 +606,10 @@ status:
         let mut inv = Inventory::default();
         let mut relist = None;
         assert_eq!(
-            on_node_event(&mut inv, &mut relist, watcher::Event::Init),
+            on_event::<Node>(&mut inv, &mut relist, watcher::Event::Init),
             Touched::Nothing
         );
-        on_node_event(
+        on_event::<Node>(
             &mut inv,
             &mut relist,
             watcher::Event::InitApply(node("n1", "a", 8, "2027-01-01T00:00:00Z")),
@@ -583,7 +619,7 @@ status:
             "not visible before the list is complete"
         );
         assert_eq!(
-            on_node_event(&mut inv, &mut relist, watcher::Event::InitDone),
+            on_event::<Node>(&mut inv, &mut relist, watcher::Event::InitDone),
             Touched::All
         );
         assert_eq!(inv.node("n1").unwrap().allocatable("nvidia.com/gpu"), 8);
@@ -593,13 +629,13 @@ status:
     fn node_heartbeats_touch_nothing_but_capacity_changes_do() {
         let mut inv = Inventory::default();
         let mut relist = None;
-        on_node_event(
+        on_event::<Node>(
             &mut inv,
             &mut relist,
             watcher::Event::Apply(node("n1", "a", 8, "2027-01-01T00:00:00Z")),
         );
         assert_eq!(
-            on_node_event(
+            on_event::<Node>(
                 &mut inv,
                 &mut relist,
                 watcher::Event::Apply(node("n1", "a", 8, "2027-01-01T00:00:10Z"))
@@ -607,7 +643,7 @@ status:
             Touched::Nothing
         );
         assert_eq!(
-            on_node_event(
+            on_event::<Node>(
                 &mut inv,
                 &mut relist,
                 watcher::Event::Apply(node("n1", "a", 4, "2027-01-01T00:00:20Z"))
@@ -615,7 +651,7 @@ status:
             Touched::Nodes(vec!["n1".into()])
         );
         assert_eq!(
-            on_node_event(
+            on_event::<Node>(
                 &mut inv,
                 &mut relist,
                 watcher::Event::Apply(node("n1", "b", 4, "2027-01-01T00:00:20Z"))
@@ -628,19 +664,19 @@ status:
     fn pod_events_touch_only_offers_selecting_their_node() {
         let mut inv = Inventory::default();
         let mut nodes = None;
-        on_node_event(
+        on_event::<Node>(
             &mut inv,
             &mut nodes,
             watcher::Event::Apply(node("n1", "a", 8, "2027-01-01T00:00:00Z")),
         );
-        on_node_event(
+        on_event::<Node>(
             &mut inv,
             &mut nodes,
             watcher::Event::Apply(node("n2", "b", 8, "2027-01-01T00:00:00Z")),
         );
         let offers = vec![offer("offer-a", "a"), offer("offer-b", "b")];
         let mut pods = None;
-        let touched = on_pod_event(
+        let touched = on_event::<Pod>(
             &mut inv,
             &mut pods,
             watcher::Event::Apply(pod("p", "n1", 2)),
@@ -649,14 +685,14 @@ status:
         assert_eq!(inv.used("n1", "nvidia.com/gpu"), 2);
         // The same pod again (a status update) touches nothing.
         assert_eq!(
-            on_pod_event(
+            on_event::<Pod>(
                 &mut inv,
                 &mut pods,
                 watcher::Event::Apply(pod("p", "n1", 2))
             ),
             Touched::Nothing
         );
-        let touched = on_pod_event(
+        let touched = on_event::<Pod>(
             &mut inv,
             &mut pods,
             watcher::Event::Delete(pod("p", "n1", 2)),
