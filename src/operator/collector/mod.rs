@@ -46,7 +46,7 @@ use crate::wire::proto::{
 };
 use crate::wire::{Rejection, domain, open};
 use crate::workload::{POD_NAME, namespace_for};
-use summary::{Served, usage_from, write_due};
+use summary::{LeaseProgress, Served, usage_from};
 
 /// Field managers of the collector's status writes. Server-side apply drops whatever a manager
 /// owned and leaves out of its next apply, so each manager writes all of its fields every time:
@@ -93,17 +93,6 @@ pub struct CollectorService {
 /// How long the collector remembers a lease it heard nothing from; after that the next request
 /// starts from the network's word again.
 const FORGET_SILENT_LEASE: Duration = Duration::from_secs(3600);
-
-/// What the collector remembers of one lease between requests.
-#[derive(Default)]
-struct LeaseProgress {
-    /// The chain head the network last confirmed; none yet after a restart.
-    confirmed: Option<ChainHead>,
-    /// When its usage was last written into the lease's status.
-    last_written: Option<Instant>,
-    /// The cumulative figures already counted in the served metrics; none yet after a restart.
-    served: Option<Served>,
-}
 
 fn now() -> Timestamp {
     Timestamp::now()
@@ -270,7 +259,7 @@ impl CollectorService {
             .lock()
             .expect("collector lock")
             .get(&terms.lease_id)
-            .and_then(|p| p.confirmed.clone());
+            .and_then(|p| p.confirmed().cloned());
         let mut head = match (known, receipts.first()) {
             (Some(head), _) => head,
             (None, Some(first)) => match Receipt::decode(first.body.as_slice()) {
@@ -357,69 +346,33 @@ impl CollectorService {
         forwarded: Option<Served>,
     ) {
         let usage_in_status = lease.status.as_ref().and_then(|s| s.usage.as_ref());
-        let confirmed_in_status = usage_in_status.map_or(0, |u| u.receipts_accepted);
-        let served_in_status = usage_in_status.map(Served::of_usage).unwrap_or_default();
-        let (due, newly_accepted, newly_served) = {
+        let recorded = {
             let mut leases = self.leases.lock().expect("collector lock");
-            let known = leases
-                .get(lease_id)
-                .and_then(|p| p.confirmed.as_ref().map(|h| h.sequence));
-            let entry = leases.entry(lease_id.to_string()).or_default();
-            let before = known.unwrap_or(confirmed_in_status);
-            let served_before = entry
-                .served
-                .map_or(served_in_status, |known| known.max(served_in_status));
-            let newly_served = match forwarded {
-                Some(now) => {
-                    entry.served = Some(served_before.max(now));
-                    served_before.added_by(now)
-                }
-                None => Served::default(),
-            };
-            if forwarded.is_some() {
-                entry.confirmed = Some(ChainHead {
-                    sequence: reply.accepted_through,
-                    hash: reply.head_hash.clone(),
-                    window_end_ms: (reply.metered_through_ms > 0)
-                        .then_some(reply.metered_through_ms),
-                    final_received: reply.final_received,
-                });
-            }
-            let urgent = reply.final_received || reply.rejection.is_some();
-            let due = (forwarded.is_some()
-                && write_due(
-                    entry.last_written,
-                    Instant::now(),
-                    self.status_interval,
-                    urgent,
-                ))
-                || reply.rejection.is_some();
-            if due {
-                entry.last_written = Some(Instant::now());
-            }
+            let now = Instant::now();
+            let recorded = leases.entry(lease_id.to_string()).or_default().record(
+                usage_in_status,
+                reply,
+                forwarded,
+                now,
+                self.status_interval,
+            );
             if reply.final_received {
                 leases.remove(lease_id);
             }
             // A lease whose meter went silent without a final receipt is forgotten after a
             // while: the map holds only leases being metered.
-            leases.retain(|_, p| {
-                p.last_written
-                    .is_none_or(|t| t.elapsed() < FORGET_SILENT_LEASE)
-            });
-            let newly = if forwarded.is_some() {
-                reply.accepted_through.saturating_sub(before)
-            } else {
-                0
-            };
-            (due, newly, newly_served)
+            leases.retain(|_, p| !p.silent_for(FORGET_SILENT_LEASE, now));
+            recorded
         };
-        self.metrics.receipts_accepted.inc_by(newly_accepted);
+        self.metrics
+            .receipts_accepted
+            .inc_by(recorded.newly_accepted);
         self.metrics.record_served(
             &lease.spec.price.denomination,
-            newly_served.gpu_millis,
-            newly_served.charged,
+            recorded.newly_served.gpu_millis,
+            recorded.newly_served.charged,
         );
-        if !due {
+        if !recorded.write_status {
             return;
         }
         let condition = match &reply.rejection {

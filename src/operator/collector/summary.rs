@@ -6,6 +6,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::crd::LeaseUsage;
+use crate::metering::ChainHead;
 use crate::wire::Rejection;
 use crate::wire::amount::{self, Amount};
 use crate::wire::proto::ReceiptsReply;
@@ -71,6 +72,89 @@ impl Served {
     }
 }
 
+/// What the collector remembers of one lease between requests.
+#[derive(Default, Debug)]
+pub struct LeaseProgress {
+    /// The chain head the network last confirmed; none yet after a restart.
+    confirmed: Option<ChainHead>,
+    /// When its usage was last written into the lease's status.
+    last_written: Option<Instant>,
+    /// The cumulative figures already counted in the served metrics; none yet after a restart.
+    served: Option<Served>,
+}
+
+/// What one answer from the network adds, and whether to write the lease's status now.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub newly_accepted: u64,
+    pub newly_served: Served,
+    pub write_status: bool,
+}
+
+impl LeaseProgress {
+    /// Records the network's `reply` to a batch (`forwarded` with its parsed figures when the
+    /// batch reached the network), against what this replica knew of the lease or, after a
+    /// restart, what its status shows.
+    pub fn record(
+        &mut self,
+        usage_in_status: Option<&LeaseUsage>,
+        reply: &ReceiptsReply,
+        forwarded: Option<Served>,
+        now: Instant,
+        interval: Duration,
+    ) -> Recorded {
+        let confirmed_in_status = usage_in_status.map_or(0, |u| u.receipts_accepted);
+        let served_in_status = usage_in_status.map(Served::of_usage).unwrap_or_default();
+        let before = self
+            .confirmed
+            .as_ref()
+            .map_or(confirmed_in_status, |h| h.sequence);
+        let served_before = self
+            .served
+            .map_or(served_in_status, |known| known.max(served_in_status));
+        let (newly_accepted, newly_served) = match forwarded {
+            Some(served) => {
+                self.served = Some(served_before.max(served));
+                self.confirmed = Some(ChainHead {
+                    sequence: reply.accepted_through,
+                    hash: reply.head_hash.clone(),
+                    window_end_ms: (reply.metered_through_ms > 0)
+                        .then_some(reply.metered_through_ms),
+                    final_received: reply.final_received,
+                });
+                (
+                    reply.accepted_through.saturating_sub(before),
+                    served_before.added_by(served),
+                )
+            }
+            None => (0, Served::default()),
+        };
+        let urgent = reply.final_received || reply.rejection.is_some();
+        let write_status = (forwarded.is_some()
+            && write_due(self.last_written, now, interval, urgent))
+            || reply.rejection.is_some();
+        if write_status {
+            self.last_written = Some(now);
+        }
+        Recorded {
+            newly_accepted,
+            newly_served,
+            write_status,
+        }
+    }
+
+    /// The chain head the network last confirmed, as far as this replica knows.
+    pub fn confirmed(&self) -> Option<&ChainHead> {
+        self.confirmed.as_ref()
+    }
+
+    /// Nothing was written for it for `limit`, as of `now`.
+    pub fn silent_for(&self, limit: Duration, now: Instant) -> bool {
+        self.last_written
+            .is_some_and(|t| now.saturating_duration_since(t) >= limit)
+    }
+}
+
 /// Whether to write a lease's usage now: at most once per `interval`, except that the first
 /// summary, the final receipt and a refusal are written at once.
 pub fn write_due(
@@ -85,6 +169,51 @@ pub fn write_due(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_counts_each_accepted_receipt_once_and_spaces_status_writes() {
+        let interval = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let reply = |accepted, charged: &str| ReceiptsReply {
+            accepted_through: accepted,
+            allocated_gpu_millis: accepted * 1_000,
+            charged: charged.into(),
+            ..Default::default()
+        };
+        let served = |r: &ReceiptsReply| Some(Served::of_reply(r).unwrap());
+        // After a restart, what the status shows is the baseline.
+        let status = LeaseUsage {
+            receipts_accepted: 3,
+            gpu_seconds: 3,
+            charged: Some(Amount::from_atto(30)),
+            ..Default::default()
+        };
+        let mut p = LeaseProgress::default();
+        let r5 = reply(5, "50");
+        let first = p.record(Some(&status), &r5, served(&r5), t0, interval);
+        assert_eq!(first.newly_accepted, 2);
+        assert_eq!(first.newly_served.charged, Amount::from_atto(20));
+        assert!(first.write_status, "the first summary is written at once");
+        // The same answer again (another replica forwarded it) adds nothing and is not due.
+        let again = p.record(
+            Some(&status),
+            &r5,
+            served(&r5),
+            t0 + Duration::from_secs(1),
+            interval,
+        );
+        assert_eq!((again.newly_accepted, again.write_status), (0, false));
+        assert_eq!(again.newly_served, Served::default());
+        // A refusal is written at once, even with nothing forwarded.
+        let mut refused = reply(5, "50");
+        refused.rejection = Some(crate::wire::proto::ReceiptRejection::default());
+        assert!(
+            p.record(None, &refused, None, t0 + Duration::from_secs(2), interval)
+                .write_status
+        );
+        assert!(!p.silent_for(Duration::from_secs(60), t0 + Duration::from_secs(30)));
+        assert!(p.silent_for(Duration::from_secs(60), t0 + Duration::from_secs(62)));
+    }
 
     #[test]
     fn served_counts_only_what_is_new_since_the_best_known_figures() {
