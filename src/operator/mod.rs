@@ -37,12 +37,12 @@ use kube::{Api, Client};
 use tracing::{error, info};
 
 use crate::capacity::Inventory;
-use crate::crd::GpuOffer;
+use crate::crd::{ComputeLease, GpuOffer};
 use crate::identity::{
     generate_key, public_key_base58, public_key_from_base58, signing_key_from_bytes,
 };
 use crate::operator::controller::backoff::Backoff;
-use crate::operator::controller::watch::{self, OfferTriggers, Synced};
+use crate::operator::controller::watch::{self, LeaseTriggers, OfferTriggers, Synced};
 use crate::operator::metrics::Metrics;
 use crate::process::http::{self, Probe};
 use crate::process::shutdown::Shutdown;
@@ -194,12 +194,19 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         triggers.clone(),
         backoff.clone(),
     ));
+    // One watch per kind, shared: the ComputeLease watch also fills the lease controller's cache.
+    let (leases, leases_writer) = reflector::store::<ComputeLease>();
+    let lease_triggers = LeaseTriggers::default();
     tokio::spawn(watch::run(
         client.clone(),
-        inventory.clone(),
-        offers.clone(),
-        triggers.clone(),
-        synced.clone(),
+        watch::Shared {
+            inventory: inventory.clone(),
+            offers: offers.clone(),
+            triggers: triggers.clone(),
+            synced: synced.clone(),
+        },
+        leases_writer,
+        lease_triggers.clone(),
         args.dynamic_resources,
     ));
 
@@ -303,7 +310,16 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         }
     };
     let controllers = futures::future::join(
-        controller::run(ctx, triggers, args.concurrency, shutdown.signalled()),
+        controller::run(
+            ctx,
+            controller::Caches {
+                offer_triggers: triggers,
+                leases,
+                lease_triggers,
+            },
+            args.concurrency,
+            shutdown.signalled(),
+        ),
         session,
     );
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::{Action, Config};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, warn};
@@ -32,10 +32,18 @@ use crate::crd::{ComputeLease, GpuOffer, LEASE_LABEL};
 pub const OFFER_CONTROLLER: &str = "offer";
 pub const LEASE_CONTROLLER: &str = "lease";
 
+/// What the controllers are fed from the operator's one watch per kind: the offers' and leases'
+/// caches (the offers' is `Context::offers`) and what to reconcile.
+pub struct Caches {
+    pub offer_triggers: watch::OfferTriggers,
+    pub leases: Store<ComputeLease>,
+    pub lease_triggers: watch::LeaseTriggers,
+}
+
 /// Runs both controllers until `shutdown` resolves; in-flight reconciles finish first.
 pub async fn run(
     ctx: Arc<Context>,
-    offer_triggers: watch::OfferTriggers,
+    caches: Caches,
     concurrency: u16,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
@@ -44,46 +52,46 @@ pub async fn run(
             .init_controller(controller, &Error::FAILURE_LABELS);
     }
     let client = ctx.client.clone();
-    let offers = Controller::new(
-        Api::<GpuOffer>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    // No debounce: a change is recomputed on its first trigger. Triggers that arrive while an
-    // offer's recompute runs are held by the controller and merged into one more run after it
-    // (kube-runtime's runner holds messages for objects in flight), so a burst still costs one
-    // write per recompute, never one per event.
-    .with_config(Config::default().concurrency(concurrency))
-    .reconcile_on(offer_triggers.stream())
-    .graceful_shutdown_on(shutdown.clone())
-    .run(
-        |offer, ctx| instrumented(OFFER_CONTROLLER, offer, ctx, offer::reconcile),
-        error_policy::<GpuOffer>(OFFER_CONTROLLER),
-        ctx.clone(),
-    )
-    .for_each(|_| async {});
-    let leases = Controller::new(
-        Api::<ComputeLease>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    // Not `owns`: it maps a pod to its owner within the pod's namespace, and a cluster-scoped
-    // lease reached through two references would be reconciled twice at once.
-    .watches(
-        Api::<Pod>::all(client),
-        watcher::Config::default().labels(LEASE_LABEL),
-        |pod| {
-            pod.labels()
-                .get(LEASE_LABEL)
-                .map(|lease| ObjectRef::<ComputeLease>::new(lease))
-        },
-    )
-    .with_config(Config::default().concurrency(concurrency))
-    .graceful_shutdown_on(shutdown)
-    .run(
-        |lease, ctx| instrumented(LEASE_CONTROLLER, lease, ctx, lease::reconcile),
-        error_policy::<ComputeLease>(LEASE_CONTROLLER),
-        ctx,
-    )
-    .for_each(|_| async {});
+    // The caches are filled by the watches (`watch::run_offers`, `watch::run`), not by the
+    // controllers: each reconciles what its triggers name. A set of pending names holds what
+    // changed while this replica stood by, so a new leader reconciles all of it.
+    let offers = Controller::for_stream(futures::stream::pending(), ctx.offers.clone())
+        // No debounce: a change is recomputed on its first trigger. Triggers that arrive while
+        // an offer's recompute runs are held by the controller and merged into one more run
+        // after it (kube-runtime's runner holds messages for objects in flight), so a burst
+        // still costs one write per recompute, never one per event.
+        .with_config(Config::default().concurrency(concurrency))
+        .reconcile_on(caches.offer_triggers.stream())
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            |offer, ctx| instrumented(OFFER_CONTROLLER, offer, ctx, offer::reconcile),
+            error_policy::<GpuOffer>(OFFER_CONTROLLER),
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+    let leases = Controller::for_stream(futures::stream::pending(), caches.leases)
+        .reconcile_on(caches.lease_triggers.stream())
+        // Not `owns`: it maps a pod to its owner within the pod's namespace, and a cluster-scoped
+        // lease reached through two references would be reconciled twice at once. This watch
+        // stays apart from the inventory's pod watch: it needs lease pods once they finish,
+        // which the inventory's field selector leaves out.
+        .watches(
+            Api::<Pod>::all(client),
+            watcher::Config::default().labels(LEASE_LABEL),
+            |pod| {
+                pod.labels()
+                    .get(LEASE_LABEL)
+                    .map(|lease| ObjectRef::<ComputeLease>::new(lease))
+            },
+        )
+        .with_config(Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(
+            |lease, ctx| instrumented(LEASE_CONTROLLER, lease, ctx, lease::reconcile),
+            error_policy::<ComputeLease>(LEASE_CONTROLLER),
+            ctx,
+        )
+        .for_each(|_| async {});
     tokio::join!(offers, leases);
 }
 

@@ -2,6 +2,7 @@
 //! they send to the offer controller: each change recomputes only the offers it touches.
 
 use std::collections::{BTreeSet, HashMap};
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -18,7 +19,7 @@ use super::OFFER_CONTROLLER;
 use super::backoff::{self, Backoff};
 use crate::capacity::dra::{DeviceRef, SliceFacts, allocated_devices};
 use crate::capacity::{Inventory, LeaseFacts, NodeFacts, OfferFacts, PodFacts};
-use crate::crd::{ComputeLease, GpuOffer, LEASE_LABEL};
+use crate::crd::{ComputeLease, GpuOffer, LEASE_LABEL, NODE_ANNOTATION};
 use crate::lifecycle::PodObservation;
 
 /// Only pods that hold GPUs matter: bound to a node and not finished. The apiserver filters the
@@ -245,27 +246,52 @@ impl Watched for ResourceClaim {
     }
 }
 
-/// Offers waiting to be recomputed. A set, not a queue: however many events arrive before the
-/// offer controller drains it (or while this replica waits to lead, and nothing drains it), it
-/// holds each offer at most once.
-#[derive(Clone, Default)]
-pub struct OfferTriggers {
+/// Objects of kind `K` (cluster-scoped) waiting to be reconciled. A set, not a queue: however
+/// many events arrive before the controller drains it (or while this replica waits to lead, and
+/// nothing drains it), it holds each object at most once, and the sender never waits.
+pub struct Triggers<K> {
     pending: Arc<Mutex<BTreeSet<String>>>,
     notify: Arc<Notify>,
+    kind: PhantomData<fn() -> K>,
 }
 
-impl OfferTriggers {
-    pub fn touch(&self, offer: String) {
+/// Offers to recompute.
+pub type OfferTriggers = Triggers<GpuOffer>;
+/// Leases to reconcile.
+pub type LeaseTriggers = Triggers<ComputeLease>;
+
+impl<K> Clone for Triggers<K> {
+    fn clone(&self) -> Self {
+        Triggers {
+            pending: self.pending.clone(),
+            notify: self.notify.clone(),
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<K> Default for Triggers<K> {
+    fn default() -> Self {
+        Triggers {
+            pending: Arc::default(),
+            notify: Arc::default(),
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<K: kube::Resource<DynamicType = ()> + 'static> Triggers<K> {
+    pub fn touch(&self, name: String) {
         self.pending
             .lock()
             .expect("trigger lock poisoned")
-            .insert(offer);
+            .insert(name);
         // Stores a permit when nobody waits, so a touch is never lost.
         self.notify.notify_one();
     }
 
-    /// The pending offers as the offer controller's `reconcile_on` stream.
-    pub fn stream(self) -> impl Stream<Item = ObjectRef<GpuOffer>> + Send {
+    /// The pending objects as a controller's `reconcile_on` stream.
+    pub fn stream(self) -> impl Stream<Item = ObjectRef<K>> + Send {
         futures::stream::unfold(self, |triggers| async move {
             loop {
                 let drained =
@@ -302,7 +328,8 @@ pub fn offer_event_moves_ownership(
     }
 }
 
-/// Watches GpuOffers into `writer`'s store, triggers every offer when one of them changes what
+/// Watches GpuOffers into `writer`'s store (the one cache of offers: the offer controller and
+/// intake read it), triggers each changed offer, and every offer when one of them changes what
 /// the others may own, and forgets a deleted offer's backoff. (A lease's is forgotten by the
 /// successful reconcile that removes its finalizer.)
 pub async fn run_offers(
@@ -314,7 +341,9 @@ pub async fn run_offers(
     let reader = writer.as_reader();
     let mut generations = HashMap::new();
     let mut stream = std::pin::pin!(
-        watcher(Api::<GpuOffer>::all(client), watcher::Config::default()).default_backoff()
+        watcher(Api::<GpuOffer>::all(client), watcher::Config::default())
+            .default_backoff()
+            .modify(|offer| offer.managed_fields_mut().clear())
     );
     while let Some(event) = stream.next().await {
         let event = match event {
@@ -325,8 +354,14 @@ pub async fn run_offers(
             }
         };
         writer.apply_watcher_event(&event);
-        if let watcher::Event::Delete(offer) = &event {
-            backoff.forget(&backoff::key(OFFER_CONTROLLER, &offer.name_any()));
+        match &event {
+            watcher::Event::Apply(offer) | watcher::Event::InitApply(offer) => {
+                triggers.touch(offer.name_any())
+            }
+            watcher::Event::Delete(offer) => {
+                backoff.forget(&backoff::key(OFFER_CONTROLLER, &offer.name_any()))
+            }
+            watcher::Event::Init | watcher::Event::InitDone => {}
         }
         if offer_event_moves_ownership(&mut generations, &event) {
             for offer in reader.state() {
@@ -362,63 +397,92 @@ impl Synced {
 }
 
 /// Runs the watches until the process ends, keeping `inventory` current and sending the offers
-/// each change touches to `triggers`. Without `dynamic_resources` (a cluster that does not serve
-/// resource.k8s.io/v1), ResourceSlices and ResourceClaims are not watched.
+/// each change touches to `triggers`. The ComputeLease watch is the only one of leases: it also
+/// keeps `leases` (the lease controller's cache, without managed fields, annotations other than
+/// the promised node, or the signed order's bytes) and triggers each changed lease. Without
+/// `dynamic_resources` (a cluster that does not serve resource.k8s.io/v1), ResourceSlices and
+/// ResourceClaims are not watched.
 pub async fn run(
     client: Client,
-    inventory: Arc<RwLock<Inventory>>,
-    offers: Store<GpuOffer>,
-    triggers: OfferTriggers,
-    synced: Synced,
+    shared: Shared,
+    leases: Writer<ComputeLease>,
+    lease_triggers: LeaseTriggers,
     dynamic_resources: bool,
 ) {
-    let shared = Shared {
-        inventory,
-        offers,
-        triggers,
-        synced,
-    };
     let all = || watcher::Config::default();
     let dra = async {
         if dynamic_resources {
             tokio::join!(
-                drive::<ResourceSlice>(&client, all(), &shared),
-                drive::<ResourceClaim>(&client, all(), &shared),
+                drive::<ResourceSlice>(watch_all(&client, all()), &shared, |_| {}),
+                drive::<ResourceClaim>(watch_all(&client, all()), &shared, |_| {}),
             );
         }
     };
+    let mut leases = leases;
+    let lease_stream = watch_all::<ComputeLease>(&client, all()).modify(slim_lease);
     tokio::join!(
-        drive::<Node>(&client, all(), &shared),
-        drive::<Pod>(&client, all().fields(POD_FIELD_SELECTOR), &shared),
-        drive::<ComputeLease>(&client, all(), &shared),
+        drive::<Node>(watch_all(&client, all()), &shared, |_| {}),
+        drive::<Pod>(
+            watch_all(&client, all().fields(POD_FIELD_SELECTOR)),
+            &shared,
+            |_| {}
+        ),
+        drive::<ComputeLease>(lease_stream, &shared, |event| {
+            leases.apply_watcher_event(event);
+            if let watcher::Event::Apply(lease) | watcher::Event::InitApply(lease) = event {
+                lease_triggers.touch(lease.name_any());
+            }
+        }),
         dra,
     );
 }
 
-/// What every watch feeds.
-struct Shared {
-    inventory: Arc<RwLock<Inventory>>,
-    offers: Store<GpuOffer>,
-    triggers: OfferTriggers,
-    synced: Synced,
+/// What a cached ComputeLease keeps: everything the controllers and the inventory read, and not
+/// the managed fields, other annotations, or the signed order's bytes (up to 64 KiB a lease;
+/// whoever needs them reads the lease from the API).
+pub fn slim_lease(lease: &mut ComputeLease) {
+    lease.managed_fields_mut().clear();
+    lease
+        .annotations_mut()
+        .retain(|key, _| key == NODE_ANNOTATION);
+    if let Some(order) = &mut lease.spec.signed_order {
+        order.body.clear();
+    }
 }
 
-/// Watches every object of kind `K` into the inventory, triggering the offers each change
-/// touches.
-async fn drive<K>(client: &Client, config: watcher::Config, shared: &Shared)
+fn watch_all<K>(
+    client: &Client,
+    config: watcher::Config,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
 where
-    K: Watched
-        + kube::Resource<DynamicType = ()>
+    K: kube::Resource<DynamicType = ()>
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
         + Send
         + 'static,
 {
-    let stream = watcher(Api::<K>::all(client.clone()), config);
+    watcher(Api::<K>::all(client.clone()), config).default_backoff()
+}
+
+/// What every watch feeds.
+pub struct Shared {
+    pub inventory: Arc<RwLock<Inventory>>,
+    pub offers: Store<GpuOffer>,
+    pub triggers: OfferTriggers,
+    pub synced: Synced,
+}
+
+/// Applies every event of a watch of `K` to the inventory (after `also` sees it), triggering
+/// the offers each change touches.
+async fn drive<K: Watched + kube::Resource<DynamicType = ()>>(
+    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    shared: &Shared,
+    mut also: impl FnMut(&watcher::Event<K>),
+) {
     let mut relist = None;
     let mut listed = false;
-    let mut stream = std::pin::pin!(stream.default_backoff());
+    let mut stream = std::pin::pin!(stream);
     while let Some(event) = stream.next().await {
         let event = match event {
             Ok(event) => event,
@@ -427,6 +491,7 @@ where
                 continue;
             }
         };
+        also(&event);
         let done = matches!(event, watcher::Event::InitDone);
         let names = {
             let mut inventory = shared.inventory.write().expect("inventory lock poisoned");
@@ -522,6 +587,42 @@ status:
             synced.one_listed();
             assert!(synced.all());
         }
+    }
+
+    #[test]
+    fn a_cached_lease_keeps_what_is_read_and_drops_the_rest() {
+        let mut lease = ComputeLease::new(
+            "l",
+            serde_yaml::from_str(include_str!("../../../tests/fixtures/lease-spec.yaml")).unwrap(),
+        );
+        lease.annotations_mut().extend([
+            (NODE_ANNOTATION.to_string(), "n1".to_string()),
+            (
+                "kubectl.kubernetes.io/last-applied-configuration".into(),
+                "x".repeat(4096),
+            ),
+        ]);
+        lease.managed_fields_mut().push(Default::default());
+        lease.spec.signed_order = Some(crate::crd::SignedOrder {
+            body: "b".repeat(65536),
+            buyer_signature: "s".into(),
+            network_signature: "n".into(),
+        });
+        let before = LeaseFacts::from_lease(&lease);
+        slim_lease(&mut lease);
+        assert_eq!(
+            LeaseFacts::from_lease(&lease),
+            before,
+            "the inventory reads the same"
+        );
+        assert_eq!(lease.annotations().len(), 1);
+        assert!(lease.managed_fields().is_empty());
+        let order = lease.spec.signed_order.as_ref().unwrap();
+        assert!(
+            order.body.is_empty(),
+            "a lease from the network is still one"
+        );
+        assert_eq!(order.network_signature, "n");
     }
 
     #[test]
