@@ -3,7 +3,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo build test unit e2e lint fmt crds manifests image-build bench cluster-up cluster-down
+.PHONY: demo build test unit e2e lint fmt crds manifests image-build bench bench-scale cluster-up cluster-down
 
 ## demo: the main job — a real control plane, the operator, offers, a lease from start to end.
 demo:
@@ -52,6 +52,15 @@ manifests:
 ## image-build: the Dockerfile's build stage (there is no container engine here), so it cannot rot.
 image-build:
 	bash packaging/build-release.sh $${CARGO_TARGET_DIR:-target}/image
+
+## bench-scale: the operator at 5,000 fake 8-GPU nodes and 100,000 pods on the kwok control plane
+## (release build): RSS, time to the first exact offer status, and reaction to a pod create and
+## delete (p50/p99) beside the floor measured in the same run. Prints figures; takes ~15 minutes.
+bench-scale:
+	bash e2e/cluster.sh up
+	GPUBRIDGE_E2E_REQUIRED=1 $(CARGO) test --locked --release --features e2e --test e2e -- \
+	  --ignored --nocapture --test-threads=1 the_operator_at_5000_nodes_and_100000_pods; \
+	  status=$$?; bash e2e/cluster.sh down; exit $$status
 
 ## bench: criterion benchmarks (capacity, network matching, receipts), then intake latency and
 ## the meter's footprint on the e2e control plane (release build); figures print to the terminal.

@@ -339,6 +339,11 @@ impl Operator {
         self.child = Some(child);
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills it (SIGKILL) and starts it again with the same flags and ports.
     pub fn crash_and_restart(&mut self) {
         if let Some(mut child) = self.child.take() {
