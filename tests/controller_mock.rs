@@ -165,7 +165,7 @@ fn context(client: Client, offers: Vec<GpuOffer>) -> Arc<Context> {
         },
         metrics: Metrics::new(),
         recorder: Recorder::new(
-            client,
+            client.clone(),
             Reporter {
                 controller: "gpubridge-test".into(),
                 instance: None,
@@ -175,6 +175,7 @@ fn context(client: Client, offers: Vec<GpuOffer>) -> Arc<Context> {
             Duration::from_secs(1),
             Duration::from_secs(60),
         )),
+        reservations: ReservationRecord::new(client, "gpubridge-system"),
         provider_key: generate_key(),
     })
 }
@@ -507,8 +508,15 @@ async fn once_the_pod_is_gone_cleanup_removes_the_namespace_and_the_finalizer() 
     ));
     let status = lease.status.as_mut().unwrap();
     status.phase = LeasePhase::Terminated;
+    // The lease's reservation is still on record: it goes before the lease does.
+    let mut record = Reservations::default();
+    record
+        .reserve("l-01hzx4", "h100-public", &one_node(8), 1, |_| false, 0)
+        .unwrap();
     let (client, seen, server) = mock(vec![
         step(Method::GET, POD, not_found()),
+        step(Method::GET, RECORD, Reply::Json(record_object("3", &record))),
+        step(Method::PUT, RECORD, Reply::Echo),
         step(
             Method::DELETE,
             NS,
@@ -524,7 +532,9 @@ async fn once_the_pod_is_gone_cleanup_removes_the_namespace_and_the_finalizer() 
         .await
         .unwrap();
     finish(server).await;
-    let patch = &seen.read().unwrap()[2].2;
+    let released = seen.read().unwrap()[2].2["data"]["reservations.json"].clone();
+    assert_eq!(released, json!(r#"{"pending":[]}"#), "the reservation is gone");
+    let patch = &seen.read().unwrap()[4].2;
     assert!(
         patch.to_string().contains("remove"),
         "finalizer removed: {patch}"

@@ -287,6 +287,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
             },
         ),
         backoff,
+        reservations: reservations::ReservationRecord::new(client.clone(), &args.namespace),
         provider_key,
     });
     // Nothing is decided from a partial picture: the controllers start once every cache has
@@ -380,7 +381,6 @@ fn session_settings(args: &OperatorArgs) -> Result<Option<SessionSettings>, Oper
         pinned_key,
         provider_name: args.provider_name.clone(),
         region: args.region.clone(),
-        namespace: args.namespace.clone(),
     }))
 }
 

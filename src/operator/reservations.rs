@@ -100,6 +100,16 @@ impl ReservationRecord {
         Err(RecordError::Contended)
     }
 
+    /// Drops `lease`'s reservation: it was not created after all, or it is going.
+    pub async fn release(&self, lease: &str) -> Result<(), RecordError> {
+        self.update(|record| {
+            record.release(lease);
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// What the record last seen reserves for `offer` and the inventory at hand does not count.
     pub fn pending_for(&self, offer: &str, counted: impl Fn(&str) -> bool) -> Vec<NodeBlock> {
         self.last

@@ -12,6 +12,7 @@ use crate::capacity::{Inventory, OfferFacts};
 use crate::crd::GpuOffer;
 use crate::operator::controller::backoff::Backoff;
 use crate::operator::metrics::Metrics;
+use crate::operator::reservations::ReservationRecord;
 
 /// Settings of the controllers, from the operator's flags.
 #[derive(Clone, Debug)]
@@ -39,6 +40,8 @@ pub struct Context {
     pub metrics: Metrics,
     pub recorder: Recorder,
     pub backoff: Arc<Backoff>,
+    /// Intake's reservation record, shared by every replica; a lease's entry goes with it.
+    pub reservations: ReservationRecord,
     pub provider_key: SigningKey,
 }
 

@@ -19,12 +19,19 @@ pub enum Error {
     },
     #[error("object has no {0}")]
     MissingField(&'static str),
+    #[error("reservation record: {0}")]
+    Reservations(#[from] crate::operator::reservations::RecordError),
 }
 
 impl Error {
     /// Every value of `metric_label` that is counted as a failure (waits are not).
-    pub const FAILURE_LABELS: [&'static str; 4] =
-        ["kube", "conflict", "finalizer", "invalid_object"];
+    pub const FAILURE_LABELS: [&'static str; 5] = [
+        "kube",
+        "conflict",
+        "finalizer",
+        "invalid_object",
+        "reservations",
+    ];
 
     /// Short bounded label for metrics.
     pub fn metric_label(&self) -> &'static str {
@@ -38,6 +45,7 @@ impl Error {
             },
             Error::Waiting { .. } => "waiting",
             Error::MissingField(_) => "invalid_object",
+            Error::Reservations(_) => "reservations",
         }
     }
 

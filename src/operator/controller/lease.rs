@@ -489,6 +489,9 @@ async fn cleanup(lease: &ComputeLease, ctx: &Context) -> Result<Action> {
             retry_after: CLEANUP_POLL,
         });
     }
+    // Its GPUs are no longer promised: a replica whose watch has not seen the lease yet would
+    // otherwise keep them reserved after it is gone.
+    ctx.reservations.release(&name).await?;
     delete_ignoring_absent(&Api::<Namespace>::all(ctx.client.clone()), &namespace).await?;
     Ok(Action::await_change())
 }

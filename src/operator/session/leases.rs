@@ -20,7 +20,6 @@ use crate::crd::{ComputeLease, GpuOffer, NODE_ANNOTATION};
 use crate::operator::controller::Context;
 use crate::operator::intake::{Refusal, lease_spec, verify_lease};
 use crate::operator::publication::advertised_blocks;
-use crate::operator::reservations::ReservationRecord;
 use crate::wire::client::NetworkClient;
 use crate::wire::proto::{LeaseBody, Signed, lease_event};
 
@@ -29,7 +28,6 @@ pub(super) async fn take_leases(
     client: &NetworkClient,
     mut stream: tonic::Streaming<crate::wire::proto::LeaseEvent>,
     network_key: &VerifyingKey,
-    reservations: &Arc<ReservationRecord>,
 ) -> Result<Infallible, SessionError> {
     while let Some(event) = stream.message().await? {
         let Some(lease_event::Event::Lease(signed)) = event.event else {
@@ -40,7 +38,7 @@ pub(super) async fn take_leases(
         let lease_id = LeaseBody::decode(signed.body.as_slice())
             .map(|l| l.lease_id)
             .unwrap_or_default();
-        let decision = intake(ctx, &signed, network_key, reservations).await;
+        let decision = intake(ctx, &signed, network_key).await;
         let (accept, reason, kind) = match &decision {
             Ok(_) => (true, String::new(), "none"),
             Err(refusal) => (false, refusal.to_string(), refusal.kind()),
@@ -62,7 +60,7 @@ pub(super) async fn take_leases(
                 if let Ok(name) = decision {
                     let api: Api<ComputeLease> = Api::all(ctx.client.clone());
                     let _ = api.delete(&name, &Default::default()).await;
-                    release(reservations, &name).await;
+                    release(ctx, &name).await;
                 }
             }
             Err(status) => return Err(status.into()),
@@ -78,7 +76,6 @@ async fn intake(
     ctx: &Arc<Context>,
     signed: &Signed,
     network_key: &VerifyingKey,
-    reservations: &Arc<ReservationRecord>,
 ) -> Result<String, Refusal> {
     let provider = ctx.provider_key.verifying_key();
     let verified = verify_lease(signed, network_key, &provider, now_unix())?;
@@ -100,15 +97,7 @@ async fn intake(
     }
     let spec = lease_spec(&verified, &offer.spec);
     check_terms(&offer.spec, &spec)?;
-    let node = reserve(
-        ctx,
-        reservations,
-        &offer,
-        &name,
-        spec.gpus,
-        spec.gpu_model.as_deref(),
-    )
-    .await?;
+    let node = reserve(ctx, &offer, &name, spec.gpus, spec.gpu_model.as_deref()).await?;
     let lease = ComputeLease {
         metadata: ObjectMeta {
             name: Some(name.clone()),
@@ -143,7 +132,7 @@ async fn intake(
         ))),
     };
     if created.is_err() {
-        release(reservations, &name).await;
+        release(ctx, &name).await;
     }
     created
 }
@@ -161,7 +150,6 @@ fn same_lease(existing: &ComputeLease, lease_id: &str) -> Result<(), Refusal> {
 /// and returns the node.
 async fn reserve(
     ctx: &Context,
-    reservations: &ReservationRecord,
     offer: &GpuOffer,
     lease: &str,
     gpus: u32,
@@ -169,7 +157,8 @@ async fn reserve(
 ) -> Result<String, Refusal> {
     let facts = OfferFacts::from_offer(offer);
     let all = ctx.offer_facts();
-    let decided = reservations
+    let decided = ctx
+        .reservations
         .update(|record| {
             // Decided afresh against each version of the record read.
             let inventory = ctx.inventory.read().expect("inventory lock poisoned");
@@ -190,14 +179,8 @@ async fn reserve(
 
 /// Takes back the reservation of a lease that was not created after all; when that fails the
 /// record drops it on its own after a while (`admission::UNCOUNTED_KEEP_MS`).
-async fn release(reservations: &ReservationRecord, lease: &str) {
-    let released = reservations
-        .update(|record| {
-            record.release(lease);
-            Ok::<(), ()>(())
-        })
-        .await;
-    if let Err(e) = released {
+async fn release(ctx: &Context, lease: &str) {
+    if let Err(e) = ctx.reservations.release(lease).await {
         warn!(%lease, error = %e, "could not release a reservation");
     }
 }

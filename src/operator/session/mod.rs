@@ -27,7 +27,6 @@ use tracing::{info, warn};
 use crate::crd::ComputeLease;
 use crate::identity::public_key_base58;
 use crate::operator::controller::Context;
-use crate::operator::reservations::ReservationRecord;
 use crate::wire::client::{self, NetworkClient, Target};
 use crate::wire::envelope::verifying_key;
 
@@ -42,8 +41,6 @@ pub struct SessionSettings {
     pub pinned_key: Option<VerifyingKey>,
     pub provider_name: String,
     pub region: String,
-    /// The operator's namespace, where intake's reservation record lives.
-    pub namespace: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,10 +87,6 @@ pub async fn run(
     settings: SessionSettings,
     shutdown: impl Future<Output = ()> + Clone,
 ) {
-    let reservations = Arc::new(ReservationRecord::new(
-        ctx.client.clone(),
-        &settings.namespace,
-    ));
     tokio::select! {
         _ = shutdown.clone() => return,
         _ = catch_up(&ctx) => {}
@@ -101,7 +94,7 @@ pub async fn run(
     let mut failures: u32 = 0;
     loop {
         let started = Instant::now();
-        let session = session(&ctx, &settings, &reservations);
+        let session = session(&ctx, &settings);
         let result = tokio::select! {
             _ = shutdown.clone() => return,
             result = session => result,
@@ -169,7 +162,6 @@ fn reconnect_delay(failures: u32) -> Duration {
 async fn session(
     ctx: &Arc<Context>,
     settings: &SessionSettings,
-    reservations: &Arc<ReservationRecord>,
 ) -> Result<Infallible, SessionError> {
     let channel = client::channel(&settings.target)?;
     let client = NetworkClient::new(channel, ctx.provider_key.clone());
@@ -202,9 +194,9 @@ async fn session(
     let ttl = Duration::from_secs(u64::from(registered.offer_ttl_seconds.max(3)));
     let heartbeat = Duration::from_secs(u64::from(registered.heartbeat_timeout_seconds.max(3)) / 3);
     tokio::select! {
-        r = leases::take_leases(ctx, &client, stream, &network_key, reservations) => r,
+        r = leases::take_leases(ctx, &client, stream, &network_key) => r,
         r = keep_alive(&client, heartbeat) => r,
-        r = publish::publish_offers(ctx, &client, settings, reservations, ttl) => r,
+        r = publish::publish_offers(ctx, &client, settings, ttl) => r,
         r = ends::report_ends(ctx, &client) => r,
     }
 }

@@ -15,7 +15,6 @@ use crate::capacity::{OfferFacts, compute};
 use crate::crd::{GpuOffer, OfferPublicationPart};
 use crate::operator::controller::Context;
 use crate::operator::publication::{Published, due, offer_body};
-use crate::operator::reservations::ReservationRecord;
 use crate::operator::status::apply_status;
 use crate::wire::client::NetworkClient;
 
@@ -23,7 +22,6 @@ pub(super) async fn publish_offers(
     ctx: &Arc<Context>,
     client: &NetworkClient,
     settings: &SessionSettings,
-    reservations: &Arc<ReservationRecord>,
     ttl: Duration,
 ) -> Result<Infallible, SessionError> {
     let started = Instant::now();
@@ -44,7 +42,8 @@ pub(super) async fn publish_offers(
             };
             let pending = {
                 let inventory = ctx.inventory.read().expect("inventory lock poisoned");
-                reservations.pending_for(&facts.name, |name| inventory.lease(name).is_some())
+                ctx.reservations
+                    .pending_for(&facts.name, |name| inventory.lease(name).is_some())
             };
             if let Some(body) = offer_body(&offer, &capacity, &pending, &settings.region) {
                 desired.insert(facts.name.clone(), body);
