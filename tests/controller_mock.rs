@@ -515,7 +515,11 @@ async fn once_the_pod_is_gone_cleanup_removes_the_namespace_and_the_finalizer() 
         .unwrap();
     let (client, seen, server) = mock(vec![
         step(Method::GET, POD, not_found()),
-        step(Method::GET, RECORD, Reply::Json(record_object("3", &record))),
+        step(
+            Method::GET,
+            RECORD,
+            Reply::Json(record_object("3", &record)),
+        ),
         step(Method::PUT, RECORD, Reply::Echo),
         step(
             Method::DELETE,
@@ -533,7 +537,11 @@ async fn once_the_pod_is_gone_cleanup_removes_the_namespace_and_the_finalizer() 
         .unwrap();
     finish(server).await;
     let released = seen.read().unwrap()[2].2["data"]["reservations.json"].clone();
-    assert_eq!(released, json!(r#"{"pending":[]}"#), "the reservation is gone");
+    assert_eq!(
+        released,
+        json!(r#"{"pending":[]}"#),
+        "the reservation is gone"
+    );
     let patch = &seen.read().unwrap()[4].2;
     assert!(
         patch.to_string().contains("remove"),
