@@ -15,7 +15,7 @@ use crate::capacity::blocks::best_fit;
 /// How long a reservation stays on record once the deciding inventory counts its lease.
 pub const COUNTED_KEEP_MS: i64 = 60_000;
 /// How long a reservation no inventory counts stays on record: its lease was never created (a
-/// crash between the promise and the create), or it was created and has gone.
+/// crash between the promise and the create). A lease that goes releases its own on the way out.
 pub const UNCOUNTED_KEEP_MS: i64 = 300_000;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
