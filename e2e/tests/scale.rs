@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::install_crds;
 use crate::sidecars::status_kib;
-use crate::support::{Operator, apply_yaml, cluster};
+use crate::support::{Operator, apply_yaml, cluster, wait_http_ok};
 
 const NODES: usize = 5_000;
 const PODS: usize = 100_000;
@@ -306,8 +306,15 @@ async fn the_operator_at_5000_nodes_and_100000_pods() {
 
     let operator = Operator::start_with(&c, "scale", &["--dynamic-resources=false".into()]);
     let started = Instant::now();
-    operator.wait_ready().await;
+    // Listing 100,000 pods and 5,000 nodes takes longer than the usual readiness wait.
+    wait_http_ok(
+        "the operator's caches to sync",
+        &format!("{}/readyz", operator.http),
+        Duration::from_secs(600),
+    )
+    .await;
     let synced_in = started.elapsed();
+    operator.wait_leader().await;
     let pid = operator.pid().unwrap();
     let rss_synced = status_kib(pid, "VmRSS:").unwrap();
 
