@@ -19,7 +19,7 @@ use kube::{Api, Client, ResourceExt};
 use crate::sidecars::{Sidecars, footprint, status_kib};
 use crate::support::{
     Cluster, NetworkNode, Operator, Prometheus, apply_yaml, cluster, eventually, http_get,
-    now_unix, promtool_check_metrics,
+    now_unix, percentile, promtool_check_metrics,
 };
 use crate::{SECOND, delete_lease, install_crds, offer_status, wait_phase, workstation_offer};
 
@@ -706,11 +706,6 @@ async fn remove_burst_pool(client: &Client) {
             .delete(&format!("gpu-burst-{i}"), &DeleteParams::default())
             .await;
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// Intake latency on the real control plane: from an order submitted to the network, to its

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::install_crds;
 use crate::sidecars::status_kib;
-use crate::support::{Operator, apply_yaml, cluster, wait_http_ok};
+use crate::support::{Operator, apply_yaml, cluster, percentile, wait_http_ok};
 
 const NODES: usize = 5_000;
 const PODS: usize = 100_000;
@@ -123,11 +123,6 @@ where
         .await
         .unwrap();
     started.elapsed()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn ms(d: Duration) -> String {

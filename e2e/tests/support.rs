@@ -484,6 +484,12 @@ pub async fn http_get(url: &str) -> Result<(u16, String), String> {
 }
 
 /// Waits until `url` answers 200, or panics with `what` after `timeout`.
+/// The `p`th percentile (nearest rank) of sorted durations.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 pub async fn wait_http_ok(what: &str, url: &str, timeout: Duration) {
     eventually(what, timeout, || async {
         match http_get(url).await {
