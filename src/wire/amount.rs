@@ -54,8 +54,8 @@ impl Amount {
 
     /// Whole units with the fractional part trimmed, such as "2.5".
     pub fn to_decimal_units(self) -> String {
-        const SCALE: u128 = 1_000_000_000_000_000_000;
-        let (whole, fraction) = (self.0 / SCALE, self.0 % SCALE);
+        let scale = 10u128.pow(DECIMALS);
+        let (whole, fraction) = (self.0 / scale, self.0 % scale);
         if fraction == 0 {
             return whole.to_string();
         }

@@ -157,7 +157,7 @@ impl LeaseProgress {
 
 /// Whether to write a lease's usage now: at most once per `interval`, except that the first
 /// summary, the final receipt and a refusal are written at once.
-pub fn write_due(
+fn write_due(
     last_written: Option<Instant>,
     now: Instant,
     interval: Duration,

@@ -405,7 +405,7 @@ impl Synced {
 pub async fn run(
     client: Client,
     shared: Shared,
-    leases: Writer<ComputeLease>,
+    mut leases: Writer<ComputeLease>,
     lease_triggers: LeaseTriggers,
     dynamic_resources: bool,
 ) {
@@ -418,7 +418,6 @@ pub async fn run(
             );
         }
     };
-    let mut leases = leases;
     let lease_stream = watch_all::<ComputeLease>(&client, all()).modify(slim_lease);
     tokio::join!(
         drive::<Node>(watch_all(&client, all()), &shared, |_| {}),
