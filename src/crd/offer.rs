@@ -221,7 +221,7 @@ pub struct GpuOfferStatus {
     /// Capacity per GPU model.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<ModelCapacity>,
-    /// Per-node breakdown, contributing nodes first, at most 256 entries (see nodesOmitted).
+    /// Per-node breakdown, contributing nodes first, at most 64 entries (see nodesOmitted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NodeCapacity>,
     /// Nodes left out of `nodes` to keep the status small.

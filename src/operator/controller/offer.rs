@@ -16,8 +16,11 @@ use crate::operator::controller::context::Context;
 use crate::operator::controller::error::Result;
 use crate::operator::status::apply_status;
 
-/// Per-node rows kept in status; the rest are counted in nodesOmitted.
-pub const MAX_NODE_ROWS: usize = 256;
+/// Per-node rows kept in status; the rest are counted in nodesOmitted. Every recompute applies
+/// the whole list and every watcher of offers receives it: on the e2e control plane a
+/// server-side apply of 256 rows took 15 ms at p50 against 7 ms for 32, so the list stays short
+/// enough that the write costs about what a small object's does.
+pub const MAX_NODE_ROWS: usize = 64;
 
 pub async fn reconcile(offer: Arc<GpuOffer>, ctx: Arc<Context>) -> Result<Action> {
     let offers = ctx.offer_facts();
@@ -154,4 +157,90 @@ fn ready_message(cap: &OfferCapacity) -> String {
         "{} idle, {} advertised, {} leased, largest block {}",
         cap.idle, cap.advertised, cap.leased, cap.largest_block
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::NodeExclusion;
+
+    fn offer(paused: bool) -> GpuOffer {
+        let mut spec: crate::crd::GpuOfferSpec =
+            serde_yaml::from_str(include_str!("../../../tests/fixtures/offer-spec.yaml")).unwrap();
+        spec.paused = paused;
+        GpuOffer::new("h100-public", spec)
+    }
+
+    fn rows(n: usize) -> Vec<NodeCapacity> {
+        (0..n)
+            .map(|i| NodeCapacity {
+                name: format!("node-{i:04}"),
+                model: Some("H100".into()),
+                allocatable: 8,
+                free: 8,
+                advertised: if i < n / 2 { 8 } else { 0 },
+                reason: (i >= n / 2).then_some(NodeExclusion::CapReached),
+            })
+            .collect()
+    }
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(seconds).unwrap()
+    }
+
+    fn advertised(status: &GpuOfferStatus) -> (&str, &str) {
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Advertised")
+            .unwrap();
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    #[test]
+    fn status_keeps_the_first_rows_and_counts_the_rest() {
+        for (nodes, kept, omitted) in [
+            (0, 0, 0),
+            (MAX_NODE_ROWS, MAX_NODE_ROWS, 0),
+            (MAX_NODE_ROWS + 1, MAX_NODE_ROWS, 1),
+            (5_000, MAX_NODE_ROWS, 5_000 - MAX_NODE_ROWS),
+        ] {
+            let cap = OfferCapacity {
+                nodes: rows(nodes),
+                ..Default::default()
+            };
+            let status = desired_status(&offer(false), cap, at(1));
+            assert_eq!(status.nodes.len(), kept, "{nodes} nodes");
+            assert_eq!(status.nodes_omitted as usize, omitted, "{nodes} nodes");
+            // The rows kept are the capacity's first: contributing nodes lead.
+            assert_eq!(status.nodes, rows(nodes)[..kept].to_vec());
+        }
+    }
+
+    #[test]
+    fn advertised_says_paused_unpublished_or_what_the_session_set() {
+        let cap = || OfferCapacity::default();
+        let fresh = desired_status(&offer(false), cap(), at(1));
+        assert_eq!(advertised(&fresh), ("False", "NotPublished"));
+        assert_eq!(
+            advertised(&desired_status(&offer(true), cap(), at(1))),
+            ("False", "Paused")
+        );
+        let mut published = offer(false);
+        let mut status = fresh.clone();
+        status.offer_id = Some("offer-1".into());
+        status.conditions = vec![condition(
+            &[],
+            "Advertised",
+            true,
+            "Published",
+            "",
+            None,
+            at(2),
+        )];
+        published.status = Some(status);
+        let kept = desired_status(&published, cap(), at(3));
+        assert_eq!(advertised(&kept), ("True", "Published"));
+        assert_eq!(kept.offer_id.as_deref(), Some("offer-1"));
+    }
 }
