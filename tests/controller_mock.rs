@@ -9,6 +9,7 @@ use gpubridge::capacity::{Inventory, NodeFacts};
 use gpubridge::crd::{ComputeLease, GpuOffer, LeasePhase, TerminationReason};
 use gpubridge::identity::generate_key;
 use gpubridge::operator::controller::backoff::Backoff;
+use gpubridge::operator::controller::boxes::BoxCache;
 use gpubridge::operator::controller::{
     self, Context, Error, LEASE_CONTROLLER, Settings, lease, offer,
 };
@@ -16,7 +17,9 @@ use gpubridge::operator::metrics::Metrics;
 use gpubridge::operator::reservations::ReservationRecord;
 use http::{Method, Request, Response};
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::client::Body;
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector;
 use kube::runtime::watcher;
@@ -144,6 +147,49 @@ status:
 }
 
 fn context(client: Client, offers: Vec<GpuOffer>) -> Arc<Context> {
+    context_watching(client, offers, &[])
+}
+
+/// A context whose box cache has watched `objects` (paths and bodies of the lease's namespace,
+/// NetworkPolicy, ResourceQuota and LimitRange).
+fn context_watching(
+    client: Client,
+    offers: Vec<GpuOffer>,
+    objects: &[(String, Value)],
+) -> Arc<Context> {
+    let (boxes, mut writers) = BoxCache::new();
+    for (path, object) in objects {
+        let metadata: ObjectMeta = serde_json::from_value(object["metadata"].clone()).unwrap();
+        match path.as_str() {
+            NS => writers
+                .namespaces
+                .apply_watcher_event(&watcher::Event::Apply(PartialObjectMeta {
+                    metadata,
+                    ..Default::default()
+                })),
+            NETPOL => writers
+                .network_policies
+                .apply_watcher_event(&watcher::Event::Apply(PartialObjectMeta {
+                    metadata,
+                    ..Default::default()
+                })),
+            QUOTA => {
+                writers
+                    .quotas
+                    .apply_watcher_event(&watcher::Event::Apply(PartialObjectMeta {
+                        metadata,
+                        ..Default::default()
+                    }))
+            }
+            LIMITS => writers
+                .limit_ranges
+                .apply_watcher_event(&watcher::Event::Apply(PartialObjectMeta {
+                    metadata,
+                    ..Default::default()
+                })),
+            _ => {}
+        }
+    }
     let (reader, mut writer) = reflector::store::<GpuOffer>();
     for o in offers {
         writer.apply_watcher_event(&watcher::Event::Apply(o));
@@ -155,6 +201,7 @@ fn context(client: Client, offers: Vec<GpuOffer>) -> Arc<Context> {
         client: client.clone(),
         inventory: Arc::new(RwLock::new(inventory)),
         offers: reader,
+        boxes,
         settings: Settings {
             sidecar_image: "ghcr.io/gpubridge/gpubridge:test".into(),
             scheduling_timeout: Duration::from_secs(600),
@@ -232,13 +279,9 @@ async fn first_reconcile_adds_the_finalizer() {
 async fn new_lease_creates_its_box_in_order_then_writes_status() {
     let (client, seen, server) = mock(vec![
         step(Method::GET, POD, not_found()),
-        step(Method::GET, NS, not_found()),
         step(Method::PATCH, NS, Reply::Echo),
-        step(Method::GET, NETPOL, not_found()),
         step(Method::PATCH, NETPOL, Reply::Echo),
-        step(Method::GET, QUOTA, not_found()),
         step(Method::PATCH, QUOTA, Reply::Echo),
-        step(Method::GET, LIMITS, not_found()),
         step(Method::PATCH, LIMITS, Reply::Echo),
         step(
             Method::POST,
@@ -270,15 +313,19 @@ async fn new_lease_creates_its_box_in_order_then_writes_status() {
             .any(|(m, p, _)| m == Method::GET && p.contains("/secrets")),
         "secrets are created, never read"
     );
-    let pod = &seen[10].2;
+    assert!(
+        !seen.iter().any(|(m, p, _)| m == Method::GET && p != POD),
+        "the box's policies are compared with the watched copies, never read"
+    );
+    let pod = &seen[6].2;
     assert_eq!(pod["spec"]["automountServiceAccountToken"], json!(false));
     let terms = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         ["nodeSelectorTerms"];
     assert_eq!(terms[0]["matchFields"][0]["values"], json!(["gpu-h100-0"]));
     assert_eq!(terms[1]["matchFields"][0]["values"], json!(["gpu-h100-1"]));
-    let secret = &seen[9].2;
+    let secret = &seen[5].2;
     assert_eq!(secret["immutable"], json!(true));
-    let status = &seen[11].2;
+    let status = &seen[7].2;
     assert_eq!(status["status"]["phase"], json!("Scheduling"));
     assert_eq!(status["status"]["namespace"], json!("lease-l-01hzx4"));
     assert_eq!(
@@ -351,38 +398,35 @@ fn created_state() -> (ComputeLease, Vec<(String, Value)>) {
 #[tokio::test]
 async fn second_reconcile_of_the_same_state_writes_nothing() {
     let (lease, objects) = created_state();
-    let script = objects
-        .into_iter()
-        .map(|(path, object)| step(Method::GET, &path, Reply::Json(object)))
-        .collect();
-    let (client, seen, server) = mock(script);
-    let ctx = context(client, vec![offer_object()]);
+    // One read, of the pod; the policies are as the watch last showed them.
+    let (client, seen, server) = mock(vec![step(
+        Method::GET,
+        POD,
+        Reply::Json(objects[0].1.clone()),
+    )]);
+    let ctx = context_watching(client, vec![offer_object()], &objects);
     lease::reconcile(Arc::new(lease), ctx).await.unwrap();
     finish(server).await;
-    assert!(
-        seen.read()
-            .unwrap()
-            .iter()
-            .all(|(m, _, _)| m == Method::GET),
-        "only reads"
-    );
+    assert_eq!(seen.read().unwrap().len(), 1, "only the pod is read");
 }
 
 #[tokio::test]
-async fn a_changed_policy_is_put_back() {
+async fn a_changed_or_deleted_policy_is_put_back() {
     let (lease, mut objects) = created_state();
     objects[2].1["metadata"]["annotations"]["gpubridge.dev/spec-hash"] = json!("edited-by-someone");
-    let mut script: Vec<Step> = Vec::new();
-    for (i, (path, object)) in objects.into_iter().enumerate() {
-        script.push(step(Method::GET, &path, Reply::Json(object)));
-        if i == 2 {
-            script.push(step(Method::PATCH, &path, Reply::Echo));
-        }
-    }
-    let (client, _seen, server) = mock(script);
-    lease::reconcile(Arc::new(lease), context(client, vec![offer_object()]))
-        .await
-        .unwrap();
+    // The quota was deleted: the watch no longer shows it.
+    let deleted = objects.remove(3);
+    let (client, _seen, server) = mock(vec![
+        step(Method::GET, POD, Reply::Json(objects[0].1.clone())),
+        step(Method::PATCH, NETPOL, Reply::Echo),
+        step(Method::PATCH, &deleted.0, Reply::Echo),
+    ]);
+    lease::reconcile(
+        Arc::new(lease),
+        context_watching(client, vec![offer_object()], &objects),
+    )
+    .await
+    .unwrap();
     finish(server).await;
 }
 

@@ -606,6 +606,30 @@ async fn a_lease_gets_its_box_runs_on_an_offered_node_expires_and_is_cleaned_up(
             .await
             .is_ok()
     );
+    // Someone deletes the lease's default-deny policy: the operator's watch of the box sees it
+    // and puts it back at once, not at the lease's next periodic reconcile (its expiry).
+    let policies = Api::<NetworkPolicy>::namespaced(client.clone(), ns);
+    policies
+        .delete("lease-box", &Default::default())
+        .await
+        .unwrap();
+    let deleted = std::time::Instant::now();
+    eventually(
+        "the deleted NetworkPolicy put back",
+        10 * SECOND,
+        || async {
+            policies
+                .get("lease-box")
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+    println!(
+        "a deleted NetworkPolicy was put back in {:?}",
+        deleted.elapsed()
+    );
     let pod = Api::<Pod>::namespaced(client.clone(), ns)
         .get("workload")
         .await

@@ -42,6 +42,7 @@ use crate::identity::{
     generate_key, public_key_base58, public_key_from_base58, signing_key_from_bytes,
 };
 use crate::operator::controller::backoff::Backoff;
+use crate::operator::controller::boxes::BoxCache;
 use crate::operator::controller::watch::{self, LeaseTriggers, OfferTriggers, Synced};
 use crate::operator::metrics::Metrics;
 use crate::process::http::{self, Probe};
@@ -209,6 +210,12 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         lease_triggers.clone(),
         args.dynamic_resources,
     ));
+    let (boxes, box_writers) = BoxCache::new();
+    tokio::spawn(watch::run_boxes(
+        client.clone(),
+        box_writers,
+        lease_triggers.clone(),
+    ));
 
     let metrics = Metrics::new();
     let leading = metrics.leader.clone();
@@ -260,6 +267,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         client: client.clone(),
         inventory,
         offers,
+        boxes,
         settings: Settings {
             sidecar_image: args.sidecar_image.clone(),
             scheduling_timeout: Duration::from_secs(args.scheduling_timeout_seconds),

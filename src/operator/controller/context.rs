@@ -11,6 +11,7 @@ use kube::runtime::reflector::Store;
 use crate::capacity::{Inventory, OfferFacts};
 use crate::crd::GpuOffer;
 use crate::operator::controller::backoff::Backoff;
+use crate::operator::controller::boxes::BoxCache;
 use crate::operator::metrics::Metrics;
 use crate::operator::reservations::ReservationRecord;
 
@@ -36,6 +37,8 @@ pub struct Context {
     pub client: Client,
     pub inventory: Arc<RwLock<Inventory>>,
     pub offers: Store<GpuOffer>,
+    /// The lease boxes' policy objects as last watched.
+    pub boxes: BoxCache,
     pub settings: Settings,
     pub metrics: Metrics,
     pub recorder: Recorder,

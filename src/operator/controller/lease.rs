@@ -26,10 +26,11 @@ use crate::crd::{
 };
 use crate::identity::{generate_key, issue_lease_certificate, public_key_base58};
 use crate::lifecycle::{self, Observation, PodObservation};
+use crate::operator::controller::boxes::BoxPart;
 use crate::operator::controller::context::Context;
 use crate::operator::controller::error::{Error, Result, is_conflict, is_not_found};
 use crate::operator::status::apply_status;
-use crate::workload::{self, LeaseBox, LeaseIdentity, POD_NAME, namespace_for, spec_hash_of};
+use crate::workload::{self, LeaseBox, LeaseIdentity, POD_NAME, namespace_for};
 use k8s_openapi::api::resource::v1::ResourceClaim;
 
 pub const FINALIZER: &str = "gpubridge.dev/lease-cleanup";
@@ -213,22 +214,26 @@ async fn ensure_box(
     };
     let namespace = b.namespace();
     apply_if_changed(
+        ctx,
         Api::<Namespace>::all(ctx.client.clone()),
         workload::namespace(&b),
     )
     .await?;
     let client = || ctx.client.clone();
     apply_if_changed(
+        ctx,
         Api::<NetworkPolicy>::namespaced(client(), &namespace),
         workload::network_policy(&b),
     )
     .await?;
     apply_if_changed(
+        ctx,
         Api::<ResourceQuota>::namespaced(client(), &namespace),
         workload::resource_quota(&b),
     )
     .await?;
     apply_if_changed(
+        ctx,
         Api::<LimitRange>::namespaced(client(), &namespace),
         workload::limit_range(&b),
     )
@@ -291,19 +296,17 @@ fn lease_identity(ctx: &Context, lease: &ComputeLease) -> LeaseIdentity {
     }
 }
 
-/// Server-side applies `desired` unless the live object carries the same desired-state hash.
-async fn apply_if_changed<K>(api: Api<K>, desired: K) -> Result<()>
+/// Server-side applies `desired` unless the watched copy carries the same desired-state hash.
+/// A copy the watch has not caught up with yet is applied again, which changes nothing.
+async fn apply_if_changed<K>(ctx: &Context, api: Api<K>, desired: K) -> Result<()>
 where
-    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    K: BoxPart + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
-    let name = desired.name_any();
-    if let Some(live) = api.get_opt(&name).await?
-        && spec_hash_of(&live) == spec_hash_of(&desired)
-    {
+    if ctx.boxes.holds(&desired) {
         return Ok(());
     }
     api.patch(
-        &name,
+        &desired.name_any(),
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&desired),
     )

@@ -2,9 +2,11 @@
 //!
 //! - `offer`: GpuOffer → status from the capacity formula;
 //! - `lease`: ComputeLease → its namespace, policies, secret and pod, and its phases;
-//! - `watch`: Node, Pod and ComputeLease watches feeding the capacity inventory.
+//! - `watch`: Node, Pod and ComputeLease watches feeding the capacity inventory, and the lease
+//!   boxes' policy objects feeding `boxes`.
 
 pub mod backoff;
+pub mod boxes;
 pub mod context;
 pub mod error;
 pub mod lease;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceSlice};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -17,6 +18,7 @@ use tracing::warn;
 
 use super::OFFER_CONTROLLER;
 use super::backoff::{self, Backoff};
+use super::boxes::BoxWriters;
 use crate::capacity::dra::{DeviceRef, SliceFacts, allocated_devices};
 use crate::capacity::{Inventory, LeaseFacts, NodeFacts, OfferFacts, PodFacts};
 use crate::crd::{ComputeLease, GpuOffer, LEASE_LABEL, NODE_ANNOTATION};
@@ -436,6 +438,56 @@ pub async fn run(
     );
 }
 
+/// Keeps the lease boxes' policy objects (metadata only, lease-labelled only) in the lease
+/// controller's [`BoxCache`], and reconciles the lease whose policy changed or went.
+pub async fn run_boxes(client: Client, writers: BoxWriters, triggers: LeaseTriggers) {
+    let BoxWriters {
+        namespaces,
+        network_policies,
+        quotas,
+        limit_ranges,
+    } = writers;
+    tokio::join!(
+        drive_box(&client, namespaces, &triggers),
+        drive_box(&client, network_policies, &triggers),
+        drive_box(&client, quotas, &triggers),
+        drive_box(&client, limit_ranges, &triggers),
+    );
+}
+
+async fn drive_box<K>(
+    client: &Client,
+    mut writer: Writer<PartialObjectMeta<K>>,
+    triggers: &LeaseTriggers,
+) where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + 'static,
+{
+    let mut stream = std::pin::pin!(
+        // An `Api` of `PartialObjectMeta` lists and watches metadata only.
+        watcher(
+            Api::<PartialObjectMeta<K>>::all(client.clone()),
+            watcher::Config::default().labels(LEASE_LABEL)
+        )
+        .default_backoff()
+        .modify(|object| object.managed_fields_mut().clear())
+    );
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                warn!(error = %e, kind = %K::kind(&()), "watch failed; retrying with backoff");
+                continue;
+            }
+        };
+        writer.apply_watcher_event(&event);
+        if let watcher::Event::Apply(object) | watcher::Event::Delete(object) = &event
+            && let Some(lease) = object.labels().get(LEASE_LABEL)
+        {
+            triggers.touch(lease.clone());
+        }
+    }
+}
+
 /// What a cached ComputeLease keeps: everything the controllers and the inventory read, and not
 /// the managed fields, other annotations, or the signed order's bytes (up to 64 KiB a lease;
 /// whoever needs them reads the lease from the API).
@@ -494,14 +546,19 @@ async fn drive<K: Watched + kube::Resource<DynamicType = ()>>(
         let done = matches!(event, watcher::Event::InitDone);
         let names = {
             let mut inventory = shared.inventory.write().expect("inventory lock poisoned");
-            let touched = on_event(&mut inventory, &mut relist, event);
-            let offer_facts: Vec<OfferFacts> = shared
-                .offers
-                .state()
-                .iter()
-                .map(|o| OfferFacts::from_offer(o))
-                .collect();
-            touched_offers(&touched, &inventory, &offer_facts)
+            match on_event(&mut inventory, &mut relist, event) {
+                // Most events (a heartbeat, a pod without GPUs) touch nothing: no offer facts.
+                Touched::Nothing => Vec::new(),
+                touched => {
+                    let offer_facts: Vec<OfferFacts> = shared
+                        .offers
+                        .state()
+                        .iter()
+                        .map(|o| OfferFacts::from_offer(o))
+                        .collect();
+                    touched_offers(&touched, &inventory, &offer_facts)
+                }
+            }
         };
         if done && !listed {
             listed = true;
