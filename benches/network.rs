@@ -11,7 +11,6 @@ use gpubridge::metering::{ChainHead, LeaseTerms, Step, check_next, seal_receipt}
 use gpubridge::node::matching::{BookOffer, OrderTerms, best_offer};
 use gpubridge::node::{HubSettings, Store};
 use gpubridge::wire::amount::Amount;
-use gpubridge::wire::domain;
 use gpubridge::wire::envelope::seal;
 use gpubridge::wire::proto::{
     Attribution, GpuUsage, OfferBody, OrderBody, ReceiptsBody, Signed, Workload,
@@ -113,7 +112,7 @@ fn provider_with_offer(store: &Store, i: usize, now: i64) -> ed25519_dalek::Sign
         region: String::new(),
     };
     store
-        .register(&seal(&provider, domain::REGISTER, register, now), now)
+        .register(&seal(&provider, register, now), now)
         .unwrap();
     let offer = OfferBody {
         header: None,
@@ -131,9 +130,7 @@ fn provider_with_offer(store: &Store, i: usize, now: i64) -> ed25519_dalek::Sign
         attributes: vec![],
         expires_at: now + 3000,
     };
-    store
-        .publish(&seal(&provider, domain::OFFER, offer, now), now)
-        .unwrap();
+    store.publish(&seal(&provider, offer, now), now).unwrap();
     provider
 }
 
@@ -144,9 +141,7 @@ fn funded_buyer(store: &Store, amount: u128, now: i64) -> ed25519_dalek::Signing
         amount: amount.to_string(),
         denomination: "USDC".into(),
     };
-    store
-        .deposit(&seal(&buyer, domain::DEPOSIT, deposit, now), now)
-        .unwrap();
+    store.deposit(&seal(&buyer, deposit, now), now).unwrap();
     buyer
 }
 
@@ -163,7 +158,7 @@ fn store_submit(c: &mut Criterion) {
     group.sample_size(30);
     group.bench_function("submit_order/100_offers_fsync", |b| {
         b.iter(|| {
-            let signed = seal(&buyer, domain::ORDER, order_body(), now);
+            let signed = seal(&buyer, order_body(), now);
             let submitted = store.submit_order(&signed, now).unwrap();
             black_box(submitted.order.order_id)
         })
@@ -237,9 +232,7 @@ fn store_receipts(c: &mut Criterion) {
         duration_seconds: 86_400,
         ..order_body()
     };
-    let placed = store
-        .submit_order(&seal(&buyer, domain::ORDER, order, now), now)
-        .unwrap();
+    let placed = store.submit_order(&seal(&buyer, order, now), now).unwrap();
     let lease_id = placed.order.lease_id;
     let decision = gpubridge::wire::proto::LeaseDecisionBody {
         header: None,
@@ -248,7 +241,7 @@ fn store_receipts(c: &mut Criterion) {
         reason: String::new(),
     };
     store
-        .decide_lease(&seal(&provider, domain::LEASE_DECISION, decision, now), now)
+        .decide_lease(&seal(&provider, decision, now), now)
         .unwrap();
     let lease_key = generate_key();
     let certificate = issue_lease_certificate(
@@ -288,7 +281,7 @@ fn store_receipts(c: &mut Criterion) {
             certificate: certificate.clone(),
             receipts,
         };
-        (seal(&provider, domain::RECEIPTS, body, at), at)
+        (seal(&provider, body, at), at)
     };
     let mut group = c.benchmark_group("network_node");
     group.throughput(Throughput::Elements(BATCH as u64));

@@ -8,10 +8,10 @@ use ed25519_dalek::SigningKey;
 use prost::Message;
 
 use crate::operator::intake;
-use crate::wire::envelope::{HasHeader, domain, open};
+use crate::wire::envelope::{HasHeader, Signable, open};
 use crate::wire::proto::{
-    CancelBody, DepositBody, HeartbeatBody, LeaseDecisionBody, LeaseEndBody, LeaseStreamBody,
-    OfferBody, OrderBody, QueryBody, RegisterBody, Signed,
+    CancelBody, DepositBody, Evidence, HeartbeatBody, LeaseBody, LeaseDecisionBody, LeaseEndBody,
+    LeaseStreamBody, OfferBody, OrderBody, QueryBody, Receipt, RegisterBody, Signed, WithdrawBody,
 };
 use crate::wire::{amount as amounts, validate};
 
@@ -19,49 +19,44 @@ use crate::wire::{amount as amounts, validate};
 static NETWORK: LazyLock<SigningKey> = LazyLock::new(|| SigningKey::from_bytes(&[7; 32]));
 static PROVIDER: LazyLock<SigningKey> = LazyLock::new(|| SigningKey::from_bytes(&[9; 32]));
 
-/// Opens `signed` as an `M` under `domain`. Whatever opens must not open under any other
-/// domain: a signature is good for the one kind of request it was made for.
-fn open_as<M: Message + Default + HasHeader>(signed: &Signed, domain: &str) -> bool {
-    if open::<M>(signed, domain, 0).is_err() {
-        return false;
-    }
-    let other = if domain == domain::ORDER {
-        domain::CANCEL
-    } else {
-        domain::ORDER
-    };
-    assert!(
-        open::<M>(signed, other, 0).is_err(),
-        "a request signed for {domain} also opened as {other}"
-    );
-    true
+/// Whether `signed` opens as an `M`, under `M`'s own domain.
+fn opens_as<M: Signable + Default + HasHeader>(signed: &Signed) -> Option<&'static str> {
+    open::<M>(signed, 0).is_ok().then_some(M::DOMAIN)
 }
 
-/// Bytes as a `Signed` request, opened as every body type under `domain`; true when any opened.
-pub fn signed_request(data: &[u8], domain: &str) -> bool {
-    let Ok(signed) = Signed::decode(data) else {
-        return false;
-    };
-    let opened = [
-        open_as::<RegisterBody>(&signed, domain),
-        open_as::<OfferBody>(&signed, domain),
-        open_as::<HeartbeatBody>(&signed, domain),
-        open_as::<LeaseStreamBody>(&signed, domain),
-        open_as::<LeaseDecisionBody>(&signed, domain),
-        open_as::<LeaseEndBody>(&signed, domain),
-        open_as::<DepositBody>(&signed, domain),
-        open_as::<OrderBody>(&signed, domain),
-        open_as::<CancelBody>(&signed, domain),
-        open_as::<QueryBody>(&signed, domain),
-    ];
-    opened.contains(&true)
+/// Bytes as a `Signed` request, opened as every request body type. A signature is good for the
+/// one kind of request it was made for: whatever opens, opens as exactly one type, whose domain
+/// is returned.
+pub fn signed_request(data: &[u8]) -> Option<&'static str> {
+    let signed = Signed::decode(data).ok()?;
+    let opened: Vec<&str> = [
+        opens_as::<RegisterBody>(&signed),
+        opens_as::<OfferBody>(&signed),
+        opens_as::<WithdrawBody>(&signed),
+        opens_as::<HeartbeatBody>(&signed),
+        opens_as::<LeaseStreamBody>(&signed),
+        opens_as::<LeaseDecisionBody>(&signed),
+        opens_as::<LeaseEndBody>(&signed),
+        opens_as::<DepositBody>(&signed),
+        opens_as::<OrderBody>(&signed),
+        opens_as::<CancelBody>(&signed),
+        opens_as::<QueryBody>(&signed),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    assert!(
+        opened.len() <= 1,
+        "one signature opened as several request types: {opened:?}"
+    );
+    opened.first().copied()
 }
 
 /// Bytes as a lease body, signed by the network, through intake's verification.
 pub fn lease(data: &[u8]) {
     let signed = Signed {
         body: data.to_vec(),
-        signature: crate::identity::sign(&NETWORK, domain::LEASE, data)
+        signature: crate::identity::sign(&NETWORK, LeaseBody::DOMAIN, data)
             .to_bytes()
             .to_vec(),
     };
@@ -98,7 +93,7 @@ pub fn receipt_and_evidence(data: &[u8]) {
         not_before_ms: 0,
     };
     let now = i64::MAX / 2;
-    let receipt = sign(domain::RECEIPT);
+    let receipt = sign(Receipt::DOMAIN);
     let genesis = ChainHead::default();
     if let Ok(Step::Next {
         receipt: body,
@@ -116,7 +111,7 @@ pub fn receipt_and_evidence(data: &[u8]) {
             "a receipt is the next link once"
         );
     }
-    let evidence = sign(domain::EVIDENCE);
+    let evidence = sign(Evidence::DOMAIN);
     let verify = |lease_id: &str, key: &SigningKey| {
         crate::attestation::verify_evidence(&key.verifying_key(), lease_id, &evidence, 0)
     };
@@ -164,7 +159,7 @@ mod tests {
 
         #[test]
         fn no_decoder_panics_on_arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..512)) {
-            signed_request(&data, domain::ORDER);
+            signed_request(&data);
             lease(&data);
             bodies(&data);
             amount(&data);
@@ -195,14 +190,14 @@ mod tests {
         #[test]
         fn no_decoder_panics_on_mutated_valid_messages(flips in proptest::collection::vec((0usize..400, any::<u8>()), 1..8)) {
             let order = crate::operator::intake::tests::order_body();
-            let mut bytes = seal(&PROVIDER, domain::ORDER, order, 0).encode_to_vec();
+            let mut bytes = seal(&PROVIDER, order, 0).encode_to_vec();
             for (at, value) in flips {
                 if !bytes.is_empty() {
                     let i = at % bytes.len();
                     bytes[i] = value;
                 }
             }
-            signed_request(&bytes, domain::ORDER);
+            signed_request(&bytes);
             lease(&bytes);
             bodies(&bytes);
         }
@@ -211,12 +206,20 @@ mod tests {
     #[test]
     fn a_valid_request_opens_through_the_decoder_and_a_tampered_one_does_not() {
         let order = crate::operator::intake::tests::order_body();
-        let mut bytes = seal(&PROVIDER, domain::ORDER, order, 0).encode_to_vec();
-        assert!(signed_request(&bytes, domain::ORDER));
-        assert!(!signed_request(&bytes, domain::CANCEL), "another domain");
+        let mut bytes = seal(&PROVIDER, order, 0).encode_to_vec();
+        assert_eq!(signed_request(&bytes), Some(OrderBody::DOMAIN));
+        let mut signed = Signed::decode(bytes.as_slice()).unwrap();
+        signed.signature = crate::identity::sign(&PROVIDER, CancelBody::DOMAIN, &signed.body)
+            .to_bytes()
+            .to_vec();
+        assert_ne!(
+            signed_request(&signed.encode_to_vec()),
+            Some(OrderBody::DOMAIN),
+            "an order signed under another domain"
+        );
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        assert!(!signed_request(&bytes, domain::ORDER), "a flipped bit");
+        assert_eq!(signed_request(&bytes), None, "a flipped bit");
     }
 
     /// A receipt as the meter seals it passes the chain check the harness starts from, so the

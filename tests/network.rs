@@ -15,7 +15,7 @@ use gpubridge::wire::proto::{
     CancelBody, DepositBody, HeartbeatBody, InfoRequest, LeaseDecisionBody, LeaseEndBody,
     OrderBody, OrderState, QueryBody, RegisterBody, Signed, lease_event,
 };
-use gpubridge::wire::{domain, envelope::verifying_key};
+use gpubridge::wire::{Signable, envelope::verifying_key};
 use prost::Message;
 use support::network::{Node, UNIT, now, offer, order};
 use tonic::Code;
@@ -369,7 +369,7 @@ fn order_with(edit: impl FnOnce(&mut OrderBody)) -> OrderBody {
 }
 
 fn signed_order(key: &SigningKey, edit: impl FnOnce(&mut OrderBody)) -> Signed {
-    seal(key, domain::ORDER, order_with(edit), now())
+    seal(key, order_with(edit), now())
 }
 
 #[tokio::test]
@@ -394,9 +394,9 @@ async fn bad_input_is_refused_with_its_reason_and_changes_nothing() {
             gpu_seconds: 10,
         };
         edit(&mut body);
-        seal(provider, domain::LEASE_END, body, now())
+        seal(provider, body, now())
     };
-    let replayed_heartbeat = seal(provider, domain::HEARTBEAT, HeartbeatBody::default(), now());
+    let replayed_heartbeat = seal(provider, HeartbeatBody::default(), now());
     send(&w.node, Call::Heartbeat(replayed_heartbeat.clone()))
         .await
         .unwrap();
@@ -406,7 +406,6 @@ async fn bad_input_is_refused_with_its_reason_and_changes_nothing() {
         .unwrap();
     let replayed_deposit = seal(
         buyer,
-        domain::DEPOSIT,
         DepositBody {
             header: None,
             amount: UNIT.to_string(),
@@ -426,36 +425,36 @@ async fn bad_input_is_refused_with_its_reason_and_changes_nothing() {
     short_sig.signature.truncate(63);
     let forged = Signed {
         body: good.body.clone(),
-        signature: sign_body(&stranger, domain::ORDER, &order(2)).signature,
+        signature: sign_body(&stranger, &order(2)).signature,
     };
     let mut other_domain = good.clone();
-    other_domain.signature = gpubridge::identity::sign(buyer, domain::DEPOSIT, &good.body)
+    other_domain.signature = gpubridge::identity::sign(buyer, DepositBody::DOMAIN, &good.body)
         .to_bytes()
         .to_vec();
     let stale = {
         let mut body = order(2);
         body.header = Some(header(buyer, now() - 600));
-        sign_body(buyer, domain::ORDER, &body)
+        sign_body(buyer, &body)
     };
     let future = {
         let mut body = order(2);
         body.header = Some(header(buyer, now() + 600));
-        sign_body(buyer, domain::ORDER, &body)
+        sign_body(buyer, &body)
     };
-    let headerless = sign_body(buyer, domain::ORDER, &order(2));
+    let headerless = sign_body(buyer, &order(2));
     let short_signer = {
         let mut body = order(2);
         let mut h = header(buyer, now());
         h.signer.truncate(31);
         body.header = Some(h);
-        sign_body(buyer, domain::ORDER, &body)
+        sign_body(buyer, &body)
     };
     let short_nonce = {
         let mut body = order(2);
         let mut h = header(buyer, now());
         h.nonce.truncate(4);
         body.header = Some(h);
-        sign_body(buyer, domain::ORDER, &body)
+        sign_body(buyer, &body)
     };
     let huge_env = signed_order(buyer, |o| {
         let w = o.workload.as_mut().unwrap();
@@ -477,7 +476,6 @@ async fn bad_input_is_refused_with_its_reason_and_changes_nothing() {
     let deposit = |amount: &str| {
         seal(
             buyer,
-            domain::DEPOSIT,
             DepositBody {
                 header: None,
                 amount: amount.into(),
@@ -489,7 +487,6 @@ async fn bad_input_is_refused_with_its_reason_and_changes_nothing() {
     let decide = |key: &SigningKey, id: &str, accept: bool, reason: &str| {
         seal(
             key,
-            domain::LEASE_DECISION,
             LeaseDecisionBody {
                 header: None,
                 lease_id: id.into(),
@@ -502,12 +499,11 @@ async fn bad_input_is_refused_with_its_reason_and_changes_nothing() {
     let publish = |key: &SigningKey, edit: &dyn Fn(&mut gpubridge::wire::proto::OfferBody)| {
         let mut body = offer("h100", &[8, 4]);
         edit(&mut body);
-        seal(key, domain::OFFER, body, now())
+        seal(key, body, now())
     };
     let cancel = |key: &SigningKey, id: &str| {
         seal(
             key,
-            domain::CANCEL,
             CancelBody {
                 header: None,
                 order_id: id.into(),
@@ -717,7 +713,6 @@ async fn bad_input_is_refused_with_its_reason_and_changes_nothing() {
             name: "status of another buyer's order",
             call: Call::Status(seal(
                 &stranger,
-                domain::QUERY,
                 QueryBody {
                     header: None,
                     order_id: pending.order_id.clone(),
@@ -761,7 +756,6 @@ async fn bad_input_is_refused_with_its_reason_and_changes_nothing() {
             name: "register with a control character",
             call: Call::Register(seal(
                 provider,
-                domain::REGISTER,
                 RegisterBody {
                     header: None,
                     name: "acme\u{7}".into(),
@@ -1029,7 +1023,7 @@ async fn evidence_answers_the_outstanding_challenge_once() {
             "i",
             now(),
         );
-        sign_body(&meter.key, domain::EVIDENCE, &e)
+        sign_body(&meter.key, &e)
     };
     let wrong = provider
         .submit_evidence(&lease_id, meter.certificate(), evidence(&[7; 32]))
@@ -1060,7 +1054,6 @@ async fn evidence_answers_the_outstanding_challenge_once() {
     // Evidence signed by another key than the certified one.
     let forged = sign_body(
         &generate_key(),
-        domain::EVIDENCE,
         &build_evidence(&lease_id, &challenge.nonce, &[], "n", "u", "i", now()),
     );
     let status = provider
@@ -1079,11 +1072,7 @@ async fn an_answered_challenge_is_renewed_by_the_sweep() {
     let e =
         gpubridge::attestation::build_evidence(&lease_id, &first.nonce, &[], "n", "u", "i", now());
     provider
-        .submit_evidence(
-            &lease_id,
-            meter.certificate(),
-            sign_body(&meter.key, domain::EVIDENCE, &e),
-        )
+        .submit_evidence(&lease_id, meter.certificate(), sign_body(&meter.key, &e))
         .await
         .unwrap();
     // Not yet due: the answered challenge stays.

@@ -287,7 +287,7 @@ async fn forgeries_are_refused_and_shown(
 ) {
     use gpubridge::identity::lease_files;
     use gpubridge::sidecar::client::SidecarClient;
-    use gpubridge::wire::envelope::{domain, sign_body};
+    use gpubridge::wire::envelope::sign_body;
     use gpubridge::wire::proto::Receipt;
 
     let credentials = lease_files::load(&sidecars.identity_dir(), lease_id, now_unix()).unwrap();
@@ -300,7 +300,7 @@ async fn forgeries_are_refused_and_shown(
     let logged: Vec<_> = ReceiptLog::read_all(&sidecars.receipts_dir())
         .unwrap()
         .iter()
-        .map(|r| sign_body(&credentials.key, domain::RECEIPT, r))
+        .map(|r| sign_body(&credentials.key, r))
         .collect();
     let standing = sidecar.submit_receipts(logged).await.unwrap();
     assert!(standing.rejection.is_none(), "{:?}", standing.rejection);
@@ -317,7 +317,7 @@ async fn forgeries_are_refused_and_shown(
         r#final: false,
     };
 
-    let mut forged = sign_body(&credentials.key, domain::RECEIPT, &next);
+    let mut forged = sign_body(&credentials.key, &next);
     forged.body[2] ^= 1;
     let reply = sidecar.submit_receipts(vec![forged]).await.unwrap();
     assert_eq!(reply.rejection.unwrap().kind, "BadSignature");
@@ -325,7 +325,6 @@ async fn forgeries_are_refused_and_shown(
 
     let broken = sign_body(
         &credentials.key,
-        domain::RECEIPT,
         &Receipt {
             previous_hash: vec![9; 32],
             ..next.clone()
@@ -345,7 +344,7 @@ async fn forgeries_are_refused_and_shown(
     )
     .unwrap();
     let status = impostor
-        .submit_receipts(vec![sign_body(&credentials.key, domain::RECEIPT, &next)])
+        .submit_receipts(vec![sign_body(&credentials.key, &next)])
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
@@ -372,7 +371,7 @@ async fn forgeries_are_refused_and_shown(
         now_unix(),
     );
     let status = sidecar
-        .submit_evidence(sign_body(&credentials.key, domain::EVIDENCE, &evidence))
+        .submit_evidence(sign_body(&credentials.key, &evidence))
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::AlreadyExists, "{status:?}");

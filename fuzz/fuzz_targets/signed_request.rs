@@ -2,9 +2,8 @@
 #![no_main]
 
 use gpubridge::decoders;
-use gpubridge::wire::domain;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    decoders::signed_request(data, domain::ORDER);
+    decoders::signed_request(data);
 });

@@ -7,7 +7,7 @@ use prost::Message;
 use crate::gpu::{DeviceInfo, HardwareAttestation};
 use crate::identity;
 use crate::metering::digest;
-use crate::wire::envelope::{FRESHNESS_SECONDS, MAX_BATCH_BODY_BYTES, domain};
+use crate::wire::envelope::{FRESHNESS_SECONDS, Signable};
 use crate::wire::proto::{Evidence, GpuIdentity, Signed};
 
 const MAX_GPUS: usize = 64;
@@ -139,12 +139,13 @@ pub fn verify_evidence(
     signed: &Signed,
     now: i64,
 ) -> Result<VerifiedEvidence, EvidenceRejection> {
-    if signed.body.len() > MAX_BATCH_BODY_BYTES {
+    if signed.body.len() > Evidence::MAX_BYTES {
         return Err(EvidenceRejection::Malformed(format!(
-            "body is over the limit of {MAX_BATCH_BODY_BYTES} bytes"
+            "body is over the limit of {} bytes",
+            Evidence::MAX_BYTES
         )));
     }
-    identity::verify(lease_key, domain::EVIDENCE, &signed.body, &signed.signature)
+    identity::verify(lease_key, Evidence::DOMAIN, &signed.body, &signed.signature)
         .map_err(|_| EvidenceRejection::BadSignature)?;
     let evidence = Evidence::decode(signed.body.as_slice())
         .map_err(|e| EvidenceRejection::Malformed(format!("body: {e}")))?;
@@ -215,6 +216,7 @@ mod tests {
     use super::*;
     use crate::identity::generate_key;
     use crate::wire::envelope::sign_body;
+    use crate::wire::proto::Receipt;
 
     fn device(cc_mode: bool) -> DeviceInfo {
         DeviceInfo {
@@ -274,7 +276,7 @@ mod tests {
             "img",
             1_000,
         );
-        let signed = sign_body(&key, domain::EVIDENCE, &evidence);
+        let signed = sign_body(&key, &evidence);
         let verified = verify_evidence(&vk, "lease-1", &signed, 1_010).unwrap();
         assert_eq!(verified.tier, TrustTier::HardwareAttested);
         assert_eq!(verified.digest, digest(&signed.body));
@@ -282,10 +284,10 @@ mod tests {
         let kind = |signed: &Signed, lease: &str, now: i64| {
             verify_evidence(&vk, lease, signed, now).unwrap_err().kind()
         };
-        let forged = sign_body(&generate_key(), domain::EVIDENCE, &evidence);
+        let forged = sign_body(&generate_key(), &evidence);
         assert_eq!(kind(&forged, "lease-1", 1_000), "BadSignature");
         let as_receipt = Signed {
-            signature: crate::identity::sign(&key, domain::RECEIPT, &signed.body)
+            signature: crate::identity::sign(&key, Receipt::DOMAIN, &signed.body)
                 .to_bytes()
                 .to_vec(),
             ..signed.clone()
@@ -298,7 +300,6 @@ mod tests {
         );
         let short_nonce = sign_body(
             &key,
-            domain::EVIDENCE,
             &Evidence {
                 nonce: vec![1; 8],
                 ..evidence.clone()
@@ -307,7 +308,6 @@ mod tests {
         assert_eq!(kind(&short_nonce, "lease-1", 1_000), "Malformed");
         let long_node = sign_body(
             &key,
-            domain::EVIDENCE,
             &Evidence {
                 node: "n".repeat(300),
                 ..evidence.clone()
@@ -316,9 +316,6 @@ mod tests {
         assert_eq!(kind(&long_node, "lease-1", 1_000), "Malformed");
         let mut big = evidence.clone();
         big.gpus[0].attestation_report = vec![0; MAX_REPORT_BYTES + 1];
-        assert_eq!(
-            kind(&sign_body(&key, domain::EVIDENCE, &big), "lease-1", 1_000),
-            "Malformed"
-        );
+        assert_eq!(kind(&sign_body(&key, &big), "lease-1", 1_000), "Malformed");
     }
 }

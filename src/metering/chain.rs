@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::identity;
-use crate::wire::envelope::{MAX_BODY_BYTES, domain, sign_body};
+use crate::wire::envelope::{Signable, sign_body};
 use crate::wire::proto::{Attribution, GpuUsage, Receipt, Signed};
 
 /// `previous_hash` of the first receipt.
@@ -182,15 +182,16 @@ pub fn check_next(
     signed: &Signed,
     now_ms: i64,
 ) -> Result<Step, ReceiptRejection> {
-    if signed.body.len() > MAX_BODY_BYTES {
+    if signed.body.len() > Receipt::MAX_BYTES {
         return Err(ReceiptRejection::Malformed(format!(
-            "body is {} bytes, over the limit of {MAX_BODY_BYTES}",
-            signed.body.len()
+            "body is {} bytes, over the limit of {}",
+            signed.body.len(),
+            Receipt::MAX_BYTES
         )));
     }
     identity::verify(
         &terms.lease_key,
-        domain::RECEIPT,
+        Receipt::DOMAIN,
         &signed.body,
         &signed.signature,
     )
@@ -336,7 +337,7 @@ pub fn seal_receipt(
         attribution: attribution as i32,
         r#final,
     };
-    let signed = sign_body(key, domain::RECEIPT, &receipt);
+    let signed = sign_body(key, &receipt);
     let next = head.advance(&receipt, digest(&signed.body));
     (signed, next)
 }

@@ -191,7 +191,7 @@ impl Gateway for GatewayService {
         // a lease matched in between is then delivered live (perhaps also in `waiting`; providers
         // are idempotent by lease id) instead of being missed.
         let opened: crate::wire::Opened<crate::wire::proto::LeaseStreamBody> =
-            crate::wire::open(&signed, crate::wire::domain::LEASE_STREAM, now())?;
+            crate::wire::open(&signed, now())?;
         let provider = crate::identity::public_key_base58(&opened.signer);
         let (tx, rx) = mpsc::channel(1024);
         let previous = self

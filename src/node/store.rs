@@ -32,7 +32,7 @@ use crate::node::records::{
     OrderRecord, OrderState, ProviderRecord,
 };
 use crate::wire::amount::{self, Amount};
-use crate::wire::envelope::{self, domain, open, sign_body};
+use crate::wire::envelope::{self, open, sign_body};
 use crate::wire::proto::{
     Balance, BalanceReply, CancelBody, ChallengeBody, ChallengeReply, DepositBody, EvidenceReply,
     EvidenceSubmitBody, HeartbeatBody, LeaseBody, LeaseDecisionBody, LeaseEndBody, LeaseEndReply,
@@ -463,7 +463,7 @@ impl Store {
     }
 
     pub fn register(&self, signed: &Signed, now: i64) -> Result<()> {
-        let opened: Opened<RegisterBody> = open(signed, domain::REGISTER, now)?;
+        let opened: Opened<RegisterBody> = open(signed, now)?;
         validate::name("register.name", &opened.body.name)?;
         validate::region("register.region", &opened.body.region)?;
         let key = public_key_base58(&opened.signer);
@@ -483,7 +483,7 @@ impl Store {
     }
 
     pub fn publish(&self, signed: &Signed, now: i64) -> Result<PublishOfferReply> {
-        let opened: Opened<OfferBody> = open(signed, domain::OFFER, now)?;
+        let opened: Opened<OfferBody> = open(signed, now)?;
         let checked = validate::offer(&opened.body, now)?;
         let body = &opened.body;
         let provider = public_key_base58(&opened.signer);
@@ -524,7 +524,7 @@ impl Store {
     }
 
     pub fn withdraw(&self, signed: &Signed, now: i64) -> Result<()> {
-        let opened: Opened<WithdrawBody> = open(signed, domain::WITHDRAW, now)?;
+        let opened: Opened<WithdrawBody> = open(signed, now)?;
         validate::dns_subdomain("withdraw.offerName", &opened.body.offer_name)?;
         let offer_id = format!(
             "{}/{}",
@@ -543,7 +543,7 @@ impl Store {
     }
 
     pub fn heartbeat(&self, signed: &Signed, now: i64) -> Result<()> {
-        let opened: Opened<HeartbeatBody> = open(signed, domain::HEARTBEAT, now)?;
+        let opened: Opened<HeartbeatBody> = open(signed, now)?;
         let provider = public_key_base58(&opened.signer);
         self.write(|txn| {
             consume_nonce(txn, &opened)?;
@@ -555,7 +555,7 @@ impl Store {
 
     /// Opens a provider's lease stream: who it is, and every lease still waiting for its answer.
     pub fn open_lease_stream(&self, signed: &Signed, now: i64) -> Result<(String, Vec<Signed>)> {
-        let opened: Opened<LeaseStreamBody> = open(signed, domain::LEASE_STREAM, now)?;
+        let opened: Opened<LeaseStreamBody> = open(signed, now)?;
         let provider = public_key_base58(&opened.signer);
         let waiting = self.write(|txn| {
             consume_nonce(txn, &opened)?;
@@ -595,7 +595,7 @@ impl Store {
     }
 
     pub fn submit_order(&self, signed: &Signed, now: i64) -> Result<Submitted> {
-        let opened: Opened<OrderBody> = open(signed, domain::ORDER, now)?;
+        let opened: Opened<OrderBody> = open(signed, now)?;
         let checked = validate::order(&opened.body)?;
         let body = &opened.body;
         let buyer = public_key_base58(&opened.signer);
@@ -677,7 +677,7 @@ impl Store {
                         matched_at: now,
                         answer_by: now + i64::from(self.settings.answer_seconds),
                     };
-                    let signed_lease = sign_body(&self.key, domain::LEASE, &lease_body);
+                    let signed_lease = sign_body(&self.key, &lease_body);
                     let record = LeaseRecord {
                         lease_id: lease_id.clone(),
                         order_id: order_id.clone(),
@@ -721,7 +721,7 @@ impl Store {
     }
 
     pub fn decide_lease(&self, signed: &Signed, now: i64) -> Result<()> {
-        let opened: Opened<LeaseDecisionBody> = open(signed, domain::LEASE_DECISION, now)?;
+        let opened: Opened<LeaseDecisionBody> = open(signed, now)?;
         let body = &opened.body;
         validate::object_id("decision.leaseId", &body.lease_id)?;
         validate::reason("decision.reason", &body.reason)?;
@@ -764,7 +764,7 @@ impl Store {
     }
 
     pub fn report_end(&self, signed: &Signed, now: i64) -> Result<LeaseEndReply> {
-        let opened: Opened<LeaseEndBody> = open(signed, domain::LEASE_END, now)?;
+        let opened: Opened<LeaseEndBody> = open(signed, now)?;
         let body = &opened.body;
         validate::object_id("end.leaseId", &body.lease_id)?;
         if !["Succeeded", "Failed", "Expired", "Terminated"].contains(&body.phase.as_str()) {
@@ -857,7 +857,7 @@ impl Store {
     /// so the payments add up to exactly ⌊Σ GPU-ms × price / 3 600 000⌋ whatever the batching.
     /// A refused receipt stops the batch; those before it stay accepted.
     pub fn submit_receipts(&self, signed: &Signed, now: i64) -> Result<ReceiptsReply> {
-        let opened: Opened<ReceiptsBody> = open(signed, domain::RECEIPTS, now)?;
+        let opened: Opened<ReceiptsBody> = open(signed, now)?;
         let body = &opened.body;
         validate::object_id("receipts.leaseId", &body.lease_id)?;
         if body.receipts.is_empty() || body.receipts.len() > MAX_RECEIPTS_PER_BATCH {
@@ -936,7 +936,7 @@ impl Store {
 
     /// The lease's outstanding attestation challenge.
     pub fn lease_challenge(&self, signed: &Signed, now: i64) -> Result<ChallengeReply> {
-        let opened: Opened<ChallengeBody> = open(signed, domain::CHALLENGE, now)?;
+        let opened: Opened<ChallengeBody> = open(signed, now)?;
         validate::object_id("challenge.leaseId", &opened.body.lease_id)?;
         let provider = public_key_base58(&opened.signer);
         let txn = self.read()?;
@@ -968,7 +968,7 @@ impl Store {
 
     /// Accepts evidence that answers the lease's outstanding challenge, once.
     pub fn submit_evidence(&self, signed: &Signed, now: i64) -> Result<EvidenceReply> {
-        let opened: Opened<EvidenceSubmitBody> = open(signed, domain::EVIDENCE_SUBMIT, now)?;
+        let opened: Opened<EvidenceSubmitBody> = open(signed, now)?;
         let body = &opened.body;
         validate::object_id("evidence.leaseId", &body.lease_id)?;
         let evidence = body
@@ -1012,7 +1012,7 @@ impl Store {
     }
 
     pub fn deposit(&self, signed: &Signed, now: i64) -> Result<BalanceReply> {
-        let opened: Opened<DepositBody> = open(signed, domain::DEPOSIT, now)?;
+        let opened: Opened<DepositBody> = open(signed, now)?;
         let value = amount::parse_positive("deposit.amount", &opened.body.amount)?;
         validate::denomination("deposit.denomination", &opened.body.denomination)?;
         let buyer = public_key_base58(&opened.signer);
@@ -1032,7 +1032,7 @@ impl Store {
     }
 
     pub fn cancel(&self, signed: &Signed, now: i64) -> Result<OrderView> {
-        let opened: Opened<CancelBody> = open(signed, domain::CANCEL, now)?;
+        let opened: Opened<CancelBody> = open(signed, now)?;
         validate::object_id("cancel.orderId", &opened.body.order_id)?;
         let buyer = public_key_base58(&opened.signer);
         self.write(|txn| {
@@ -1082,7 +1082,7 @@ impl Store {
     /// Queries are read-only, so they are checked for signature and freshness but their nonce is
     /// not recorded: a replay within the freshness window shows only what was already shown.
     fn query(&self, signed: &Signed, now: i64) -> Result<(String, QueryBody)> {
-        let opened: Opened<QueryBody> = open(signed, domain::QUERY, now)?;
+        let opened: Opened<QueryBody> = open(signed, now)?;
         Ok((public_key_base58(&opened.signer), opened.body))
     }
 

@@ -10,7 +10,7 @@ use crate::admission::{Shortfall, TermsViolation};
 use crate::crd::{ComputeLeaseSpec, EnvVar, GpuOfferSpec, LeaseWorkload, Price, SignedOrder};
 use crate::identity::public_key_base58;
 use crate::wire::amount::Amount;
-use crate::wire::envelope::{FRESHNESS_SECONDS, domain, open_from, verifying_key};
+use crate::wire::envelope::{FRESHNESS_SECONDS, open_from, verifying_key};
 use crate::wire::proto::{LeaseBody, OrderBody, Signed};
 use crate::wire::{Rejection, validate};
 
@@ -67,7 +67,7 @@ pub fn verify_lease(
     provider: &VerifyingKey,
     now: i64,
 ) -> Result<VerifiedLease, Rejection> {
-    let lease: LeaseBody = open_from(signed, domain::LEASE, network)?;
+    let lease: LeaseBody = open_from(signed, network)?;
     let price = validate::lease(&lease)?;
     if lease.provider != provider.as_bytes() {
         return Err(Rejection::PermissionDenied(format!(
@@ -93,7 +93,7 @@ pub fn verify_lease(
         .as_ref()
         .ok_or_else(|| Rejection::invalid("lease.order.header", "is required"))?;
     let buyer = verifying_key("lease.order.header.signer", &header.signer)?;
-    let order: OrderBody = open_from(signed_order, domain::ORDER, &buyer)?;
+    let order: OrderBody = open_from(signed_order, &buyer)?;
     let checked = validate::order(&order)?;
     let issued_at = header.issued_at;
     if (lease.matched_at - issued_at).abs() > FRESHNESS_SECONDS {
@@ -282,7 +282,7 @@ pub(crate) mod tests {
     }
 
     fn verify(p: &Parties, lease: &LeaseBody, now: i64) -> Result<VerifiedLease, Rejection> {
-        let signed = sign_body(&p.network, domain::LEASE, lease);
+        let signed = sign_body(&p.network, lease);
         verify_lease(
             &signed,
             &p.network.verifying_key(),
@@ -294,7 +294,7 @@ pub(crate) mod tests {
     #[test]
     fn a_well_formed_lease_verifies_and_becomes_a_spec() {
         let p = parties();
-        let order = seal(&p.buyer, domain::ORDER, order_body(), 1_000);
+        let order = seal(&p.buyer, order_body(), 1_000);
         let verified = verify(&p, &lease_body(&p, order, 1_001), 1_002).unwrap();
         assert_eq!(verified.buyer, p.buyer.verifying_key());
         let offer: GpuOfferSpec =
@@ -318,7 +318,7 @@ pub(crate) mod tests {
     #[test]
     fn each_broken_lease_is_refused_with_its_reason() {
         let p = parties();
-        let good_order = seal(&p.buyer, domain::ORDER, order_body(), 1_000);
+        let good_order = seal(&p.buyer, order_body(), 1_000);
         type Edit = Box<dyn Fn(&Parties, &mut LeaseBody)>;
         let cases: Vec<(Edit, &str)> = vec![
             (
@@ -353,7 +353,7 @@ pub(crate) mod tests {
                     // Signed by someone other than the buyer named in it.
                     let mut order = order_body();
                     order.header = Some(crate::wire::envelope::header(&p.buyer, 1_000));
-                    l.order = Some(sign_body(&p.network, domain::ORDER, &order));
+                    l.order = Some(sign_body(&p.network, &order));
                 }),
                 "signature",
             ),
@@ -361,7 +361,7 @@ pub(crate) mod tests {
                 Box::new(|p, l| {
                     let mut order = order_body();
                     order.gpus = 0;
-                    l.order = Some(seal(&p.buyer, domain::ORDER, order, 1_000));
+                    l.order = Some(seal(&p.buyer, order, 1_000));
                 }),
                 "order.gpus",
             ),
@@ -374,7 +374,7 @@ pub(crate) mod tests {
         }
         // Signed by a key other than the network's.
         let lease = lease_body(&p, good_order, 1_000);
-        let forged = sign_body(&p.buyer, domain::LEASE, &lease);
+        let forged = sign_body(&p.buyer, &lease);
         let err = verify_lease(
             &forged,
             &p.network.verifying_key(),

@@ -13,7 +13,7 @@ use crate::identity::lease_files::{self, LeaseFilesError};
 use crate::process::shutdown::Shutdown;
 use crate::process::telemetry::LogFormat;
 use crate::sidecar::client::SidecarClient;
-use crate::wire::envelope::{domain, sign_body};
+use crate::wire::envelope::sign_body;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct AttestArgs {
@@ -88,7 +88,7 @@ fn sealed_evidence(
         &args.image,
         jiff::Timestamp::now().as_second(),
     );
-    sign_body(key, domain::EVIDENCE, &evidence)
+    sign_body(key, &evidence)
 }
 
 pub async fn run(args: AttestArgs) -> Result<(), AttestError> {

@@ -7,7 +7,7 @@ use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::identity::LeaseCredentials;
-use crate::wire::envelope::{HasHeader, domain, seal};
+use crate::wire::envelope::{HasHeader, Signable, seal};
 use crate::wire::proto::collector_client::CollectorClient;
 use crate::wire::proto::{
     ChallengeReply, EvidenceReply, ReceiptsReply, SidecarChallengeBody, SidecarEvidenceBody,
@@ -34,10 +34,9 @@ impl SidecarClient {
         })
     }
 
-    fn seal<M: prost::Message + HasHeader>(&self, domain: &str, body: M) -> Signed {
+    fn seal<M: Signable + HasHeader>(&self, body: M) -> Signed {
         seal(
             &self.credentials.key,
-            domain,
             body,
             jiff::Timestamp::now().as_second(),
         )
@@ -49,7 +48,7 @@ impl SidecarClient {
             certificate: self.credentials.certificate.clone(),
             receipts,
         };
-        let signed = self.seal(domain::SIDECAR_RECEIPTS, body);
+        let signed = self.seal(body);
         Ok(self
             .inner
             .clone()
@@ -63,7 +62,7 @@ impl SidecarClient {
             header: None,
             certificate: self.credentials.certificate.clone(),
         };
-        let signed = self.seal(domain::SIDECAR_CHALLENGE, body);
+        let signed = self.seal(body);
         Ok(self.inner.clone().challenge(signed).await?.into_inner())
     }
 
@@ -73,7 +72,7 @@ impl SidecarClient {
             certificate: self.credentials.certificate.clone(),
             evidence: Some(evidence),
         };
-        let signed = self.seal(domain::SIDECAR_EVIDENCE, body);
+        let signed = self.seal(body);
         Ok(self
             .inner
             .clone()

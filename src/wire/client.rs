@@ -8,7 +8,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Status, Streaming};
 
 use crate::wire::amount::Amount;
-use crate::wire::envelope::{HasHeader, domain, seal};
+use crate::wire::envelope::{HasHeader, Signable, seal};
 use crate::wire::proto::gateway_client::GatewayClient;
 use crate::wire::proto::{
     BalanceReply, CancelBody, ChallengeBody, ChallengeReply, DepositBody, EvidenceReply,
@@ -80,8 +80,8 @@ impl NetworkClient {
         }
     }
 
-    fn seal<M: prost::Message + HasHeader>(&self, domain: &str, body: M) -> Signed {
-        seal(&self.key, domain, body, now())
+    fn seal<M: Signable + HasHeader>(&self, body: M) -> Signed {
+        seal(&self.key, body, now())
     }
 
     pub async fn info(&self) -> Result<InfoReply, Status> {
@@ -104,12 +104,12 @@ impl NetworkClient {
             name: name.into(),
             region: region.into(),
         };
-        let signed = self.seal(domain::REGISTER, body);
+        let signed = self.seal(body);
         Ok(self.inner.clone().register(signed).await?.into_inner())
     }
 
     pub async fn publish(&self, body: OfferBody) -> Result<PublishOfferReply, Status> {
-        let signed = self.seal(domain::OFFER, body);
+        let signed = self.seal(body);
         Ok(self.inner.clone().publish_offer(signed).await?.into_inner())
     }
 
@@ -118,19 +118,19 @@ impl NetworkClient {
             header: None,
             offer_name: offer_name.into(),
         };
-        let signed = self.seal(domain::WITHDRAW, body);
+        let signed = self.seal(body);
         self.inner.clone().withdraw_offer(signed).await?;
         Ok(())
     }
 
     pub async fn heartbeat(&self) -> Result<(), Status> {
-        let signed = self.seal(domain::HEARTBEAT, HeartbeatBody::default());
+        let signed = self.seal(HeartbeatBody::default());
         self.inner.clone().heartbeat(signed).await?;
         Ok(())
     }
 
     pub async fn leases(&self) -> Result<Streaming<LeaseEvent>, Status> {
-        let signed = self.seal(domain::LEASE_STREAM, LeaseStreamBody::default());
+        let signed = self.seal(LeaseStreamBody::default());
         Ok(self.inner.clone().leases(signed).await?.into_inner())
     }
 
@@ -141,13 +141,13 @@ impl NetworkClient {
             accept,
             reason: reason.into(),
         };
-        let signed = self.seal(domain::LEASE_DECISION, body);
+        let signed = self.seal(body);
         self.inner.clone().decide_lease(signed).await?;
         Ok(())
     }
 
     pub async fn report_end(&self, body: LeaseEndBody) -> Result<LeaseEndReply, Status> {
-        let signed = self.seal(domain::LEASE_END, body);
+        let signed = self.seal(body);
         Ok(self
             .inner
             .clone()
@@ -169,7 +169,7 @@ impl NetworkClient {
             certificate,
             receipts,
         };
-        let signed = self.seal(domain::RECEIPTS, body);
+        let signed = self.seal(body);
         Ok(self
             .inner
             .clone()
@@ -183,7 +183,7 @@ impl NetworkClient {
             header: None,
             lease_id: lease_id.into(),
         };
-        let signed = self.seal(domain::CHALLENGE, body);
+        let signed = self.seal(body);
         Ok(self
             .inner
             .clone()
@@ -204,7 +204,7 @@ impl NetworkClient {
             certificate,
             evidence: Some(evidence),
         };
-        let signed = self.seal(domain::EVIDENCE_SUBMIT, body);
+        let signed = self.seal(body);
         Ok(self
             .inner
             .clone()
@@ -223,12 +223,12 @@ impl NetworkClient {
             amount: amount.to_string(),
             denomination: denomination.into(),
         };
-        let signed = self.seal(domain::DEPOSIT, body);
+        let signed = self.seal(body);
         Ok(self.inner.clone().deposit(signed).await?.into_inner())
     }
 
     pub async fn submit(&self, body: OrderBody) -> Result<OrderView, Status> {
-        let signed = self.seal(domain::ORDER, body);
+        let signed = self.seal(body);
         self.submit_signed(signed).await
     }
 
@@ -242,12 +242,12 @@ impl NetworkClient {
             header: None,
             order_id: order_id.into(),
         };
-        let signed = self.seal(domain::CANCEL, body);
+        let signed = self.seal(body);
         Ok(self.inner.clone().cancel_order(signed).await?.into_inner())
     }
 
     pub async fn list_orders(&self) -> Result<Vec<OrderView>, Status> {
-        let signed = self.seal(domain::QUERY, QueryBody::default());
+        let signed = self.seal(QueryBody::default());
         Ok(self
             .inner
             .clone()
@@ -262,12 +262,12 @@ impl NetworkClient {
             header: None,
             order_id: order_id.into(),
         };
-        let signed = self.seal(domain::QUERY, body);
+        let signed = self.seal(body);
         Ok(self.inner.clone().order_status(signed).await?.into_inner())
     }
 
     pub async fn balance(&self) -> Result<BalanceReply, Status> {
-        let signed = self.seal(domain::QUERY, QueryBody::default());
+        let signed = self.seal(QueryBody::default());
         Ok(self.inner.clone().balance(signed).await?.into_inner())
     }
 }

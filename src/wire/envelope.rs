@@ -8,44 +8,66 @@ use rand_core::{OsRng, RngCore};
 use crate::identity;
 use crate::wire::Rejection;
 use crate::wire::proto::{
-    CancelBody, ChallengeBody, DepositBody, EvidenceSubmitBody, HeartbeatBody, LeaseDecisionBody,
-    LeaseEndBody, LeaseStreamBody, OfferBody, OrderBody, QueryBody, ReceiptsBody, RegisterBody,
-    RequestHeader, SidecarChallengeBody, SidecarEvidenceBody, SidecarReceiptsBody, Signed,
-    WithdrawBody,
+    CancelBody, ChallengeBody, DepositBody, Evidence, EvidenceSubmitBody, HeartbeatBody, LeaseBody,
+    LeaseDecisionBody, LeaseEndBody, LeaseStreamBody, OfferBody, OrderBody, QueryBody, Receipt,
+    ReceiptsBody, RegisterBody, RequestHeader, SidecarChallengeBody, SidecarEvidenceBody,
+    SidecarReceiptsBody, Signed, WithdrawBody,
 };
-
-/// Domain-separation prefixes, one per signed body type.
-pub mod domain {
-    pub const REGISTER: &str = "gpubridge/v1/register";
-    pub const OFFER: &str = "gpubridge/v1/offer";
-    pub const WITHDRAW: &str = "gpubridge/v1/withdraw";
-    pub const HEARTBEAT: &str = "gpubridge/v1/heartbeat";
-    pub const LEASE_STREAM: &str = "gpubridge/v1/lease-stream";
-    pub const LEASE: &str = "gpubridge/v1/lease";
-    pub const LEASE_DECISION: &str = "gpubridge/v1/lease-decision";
-    pub const LEASE_END: &str = "gpubridge/v1/lease-end";
-    pub const DEPOSIT: &str = "gpubridge/v1/deposit";
-    pub const ORDER: &str = "gpubridge/v1/order";
-    pub const CANCEL: &str = "gpubridge/v1/cancel";
-    pub const QUERY: &str = "gpubridge/v1/query";
-    /// A meter receipt, signed by the lease key.
-    pub const RECEIPT: &str = "gpubridge/v1/receipt";
-    /// Attestation evidence, signed by the lease key.
-    pub const EVIDENCE: &str = "gpubridge/v1/evidence";
-    /// Provider → network: receipts, challenge queries and evidence it forwards.
-    pub const RECEIPTS: &str = "gpubridge/v1/receipts";
-    pub const CHALLENGE: &str = "gpubridge/v1/challenge";
-    pub const EVIDENCE_SUBMIT: &str = "gpubridge/v1/evidence-submit";
-    /// Sidecar → collector, signed by the lease key.
-    pub const SIDECAR_RECEIPTS: &str = "gpubridge/v1/sidecar-receipts";
-    pub const SIDECAR_CHALLENGE: &str = "gpubridge/v1/sidecar-challenge";
-    pub const SIDECAR_EVIDENCE: &str = "gpubridge/v1/sidecar-evidence";
-}
 
 /// Largest signed body accepted: an order with a long command and environment fits easily.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest body of a request that carries many signed items: a batch of receipts, or evidence
+/// with each GPU's attestation report and certificate chain.
+pub const MAX_BATCH_BODY_BYTES: usize = 192 * 1024;
 /// How far a request's `issued_at` may be from the receiver's clock.
 pub const FRESHNESS_SECONDS: i64 = 60;
+
+/// A body that travels signed. Its domain-separation prefix and its size limit belong to its
+/// type, so a body can only be signed and opened under its own domain: bytes signed as one type
+/// never verify as another.
+pub trait Signable: Message {
+    const DOMAIN: &'static str;
+    const MAX_BYTES: usize = MAX_BODY_BYTES;
+}
+
+macro_rules! signable {
+    ($($body:ty => $domain:literal $(, $max:expr)?;)*) => {
+        $(impl Signable for $body {
+            const DOMAIN: &'static str = $domain;
+            $(const MAX_BYTES: usize = $max;)?
+        })*
+
+        /// Every signed body type's domain, for the test that they are distinct.
+        #[cfg(test)]
+        const DOMAINS: &[&str] = &[$($domain),*];
+    };
+}
+signable! {
+    RegisterBody => "gpubridge/v1/register";
+    OfferBody => "gpubridge/v1/offer";
+    WithdrawBody => "gpubridge/v1/withdraw";
+    HeartbeatBody => "gpubridge/v1/heartbeat";
+    LeaseStreamBody => "gpubridge/v1/lease-stream";
+    // Signed by the network; the operator opens it with the network's key.
+    LeaseBody => "gpubridge/v1/lease";
+    LeaseDecisionBody => "gpubridge/v1/lease-decision";
+    LeaseEndBody => "gpubridge/v1/lease-end";
+    DepositBody => "gpubridge/v1/deposit";
+    OrderBody => "gpubridge/v1/order";
+    CancelBody => "gpubridge/v1/cancel";
+    QueryBody => "gpubridge/v1/query";
+    // A meter receipt and attestation evidence, signed by the lease key.
+    Receipt => "gpubridge/v1/receipt";
+    Evidence => "gpubridge/v1/evidence", MAX_BATCH_BODY_BYTES;
+    // Provider → network: receipts, challenge queries and evidence it forwards.
+    ReceiptsBody => "gpubridge/v1/receipts", MAX_BATCH_BODY_BYTES;
+    ChallengeBody => "gpubridge/v1/challenge";
+    EvidenceSubmitBody => "gpubridge/v1/evidence-submit", MAX_BATCH_BODY_BYTES;
+    // Sidecar → collector, signed by the lease key.
+    SidecarReceiptsBody => "gpubridge/v1/sidecar-receipts", MAX_BATCH_BODY_BYTES;
+    SidecarChallengeBody => "gpubridge/v1/sidecar-challenge";
+    SidecarEvidenceBody => "gpubridge/v1/sidecar-evidence", MAX_BATCH_BODY_BYTES;
+}
 
 /// Request bodies that carry a [`RequestHeader`].
 pub trait HasHeader {
@@ -101,42 +123,23 @@ pub fn header(key: &SigningKey, now: i64) -> RequestHeader {
     }
 }
 
-/// Stamps `body` with a fresh header and signs it for `domain`.
-pub fn seal<M: Message + HasHeader>(
-    key: &SigningKey,
-    domain: &str,
-    mut body: M,
-    now: i64,
-) -> Signed {
+/// Stamps `body` with a fresh header and signs it under its type's domain.
+pub fn seal<M: Signable + HasHeader>(key: &SigningKey, mut body: M, now: i64) -> Signed {
     *body.header_mut() = Some(header(key, now));
-    sign_body(key, domain, &body)
+    sign_body(key, &body)
 }
 
-/// Signs an already complete body (one without a request header, such as a lease).
-pub fn sign_body<M: Message>(key: &SigningKey, domain: &str, body: &M) -> Signed {
+/// Signs an already complete body (one without a request header, such as a lease) under its
+/// type's domain.
+pub fn sign_body<M: Signable>(key: &SigningKey, body: &M) -> Signed {
     let body = body.encode_to_vec();
-    let signature = identity::sign(key, domain, &body).to_bytes().to_vec();
+    let signature = identity::sign(key, M::DOMAIN, &body).to_bytes().to_vec();
     Signed { body, signature }
 }
 
-/// Largest body of a request that carries many signed items: a batch of receipts, or evidence
-/// with each GPU's attestation report and certificate chain.
-pub const MAX_BATCH_BODY_BYTES: usize = 192 * 1024;
-
-/// The body size limit of `domain`.
-pub fn body_limit(domain: &str) -> usize {
-    match domain {
-        domain::RECEIPTS
-        | domain::EVIDENCE_SUBMIT
-        | domain::SIDECAR_RECEIPTS
-        | domain::SIDECAR_EVIDENCE => MAX_BATCH_BODY_BYTES,
-        _ => MAX_BODY_BYTES,
-    }
-}
-
 /// Size and signature shape checks, before any decoding.
-fn check_envelope(signed: &Signed, domain: &str) -> Result<(), Rejection> {
-    let limit = body_limit(domain);
+fn check_envelope<M: Signable>(signed: &Signed) -> Result<(), Rejection> {
+    let limit = M::MAX_BYTES;
     if signed.body.len() > limit {
         return Err(Rejection::TooLarge(format!(
             "body: {} bytes is over the limit of {limit}",
@@ -155,20 +158,18 @@ fn check_envelope(signed: &Signed, domain: &str) -> Result<(), Rejection> {
 /// Verifies and decodes a signed request: its size, its signer's signature over the received
 /// bytes, and its freshness. Replay (the nonce) is the receiver's to check against what it
 /// has seen.
-pub fn open<M: Message + Default + HasHeader>(
+pub fn open<M: Signable + Default + HasHeader>(
     signed: &Signed,
-    domain: &str,
     now: i64,
 ) -> Result<Opened<M>, Rejection> {
-    check_envelope(signed, domain)?;
+    check_envelope::<M>(signed)?;
     let body = M::decode(signed.body.as_slice())
         .map_err(|e| Rejection::invalid("body", &format!("is not a valid message: {e}")))?;
     let header = body
         .header()
         .ok_or_else(|| Rejection::invalid("header", "is required"))?;
     let signer = verifying_key("header.signer", &header.signer)?;
-    identity::verify(&signer, domain, &signed.body, &signed.signature)
-        .map_err(|e| Rejection::Unauthenticated(format!("signature: {e} (domain {domain})")))?;
+    verify_signature::<M>(signed, &signer)?;
     if !(16..=32).contains(&header.nonce.len()) {
         return Err(Rejection::invalid("header.nonce", "must be 16 to 32 bytes"));
     }
@@ -189,16 +190,19 @@ pub fn open<M: Message + Default + HasHeader>(
 
 /// Verifies a body signed by a known key (a lease by the network, an order by its buyer) and
 /// decodes it.
-pub fn open_from<M: Message + Default>(
+pub fn open_from<M: Signable + Default>(
     signed: &Signed,
-    domain: &str,
     key: &VerifyingKey,
 ) -> Result<M, Rejection> {
-    check_envelope(signed, domain)?;
-    identity::verify(key, domain, &signed.body, &signed.signature)
-        .map_err(|e| Rejection::Unauthenticated(format!("signature: {e} (domain {domain})")))?;
+    check_envelope::<M>(signed)?;
+    verify_signature::<M>(signed, key)?;
     M::decode(signed.body.as_slice())
         .map_err(|e| Rejection::invalid("body", &format!("is not a valid message: {e}")))
+}
+
+fn verify_signature<M: Signable>(signed: &Signed, key: &VerifyingKey) -> Result<(), Rejection> {
+    identity::verify(key, M::DOMAIN, &signed.body, &signed.signature)
+        .map_err(|e| Rejection::Unauthenticated(format!("signature: {e} (domain {})", M::DOMAIN)))
 }
 
 /// Decodes a 32-byte ed25519 public key field.
@@ -218,25 +222,31 @@ mod tests {
     #[test]
     fn sealed_bodies_open_and_tampering_is_caught() {
         let key = generate_key();
-        let sealed = seal(&key, domain::HEARTBEAT, HeartbeatBody::default(), 1_000);
-        let opened: Opened<HeartbeatBody> = open(&sealed, domain::HEARTBEAT, 1_010).unwrap();
+        let sealed = seal(&key, HeartbeatBody::default(), 1_000);
+        let opened: Opened<HeartbeatBody> = open(&sealed, 1_010).unwrap();
         assert_eq!(opened.signer, key.verifying_key());
         assert_eq!(opened.nonce.len(), 16);
 
-        let wrong_domain = open::<HeartbeatBody>(&sealed, domain::QUERY, 1_000).unwrap_err();
+        // The same bytes opened as another type are checked under that type's domain. Both
+        // bodies decode from them (header only), so only the domain tells them apart.
+        let wrong_domain = open::<QueryBody>(&sealed, 1_000).unwrap_err();
         assert_eq!(wrong_domain.kind(), "unauthenticated");
+        assert!(
+            wrong_domain.to_string().contains(QueryBody::DOMAIN),
+            "{wrong_domain}"
+        );
 
         let mut flipped = sealed.clone();
         *flipped.body.last_mut().unwrap() ^= 1;
-        assert!(open::<HeartbeatBody>(&flipped, domain::HEARTBEAT, 1_000).is_err());
+        assert!(open::<HeartbeatBody>(&flipped, 1_000).is_err());
 
-        let stale = open::<HeartbeatBody>(&sealed, domain::HEARTBEAT, 1_061).unwrap_err();
+        let stale = open::<HeartbeatBody>(&sealed, 1_061).unwrap_err();
         assert!(stale.to_string().contains("header.issued_at"), "{stale}");
 
         let mut short = sealed.clone();
         short.signature.truncate(10);
         assert_eq!(
-            open::<HeartbeatBody>(&short, domain::HEARTBEAT, 1_000).unwrap_err(),
+            open::<HeartbeatBody>(&short, 1_000).unwrap_err(),
             Rejection::invalid("signature", "must be 64 bytes of ed25519 signature")
         );
         let big = Signed {
@@ -244,10 +254,27 @@ mod tests {
             signature: vec![0; 64],
         };
         assert_eq!(
-            open::<HeartbeatBody>(&big, domain::HEARTBEAT, 0)
-                .unwrap_err()
-                .kind(),
+            open::<HeartbeatBody>(&big, 0).unwrap_err().kind(),
             "too_large"
         );
+        // A batch type's limit is its own.
+        let batch = Signed {
+            body: vec![0; MAX_BODY_BYTES + 1],
+            signature: vec![0; 64],
+        };
+        assert_ne!(
+            open::<ReceiptsBody>(&batch, 0).unwrap_err().kind(),
+            "too_large"
+        );
+    }
+
+    #[test]
+    fn every_body_type_signs_under_a_domain_of_its_own() {
+        let mut seen = std::collections::BTreeSet::new();
+        for domain in DOMAINS {
+            assert!(domain.starts_with("gpubridge/v1/"), "{domain}");
+            assert!(seen.insert(domain), "{domain} is used twice");
+        }
+        assert!(!seen.contains(&crate::identity::domain::LEASE_CERTIFICATE));
     }
 }

@@ -14,7 +14,7 @@ pub mod proto {
     tonic::include_proto!("gpubridge.network.v1");
 }
 
-pub use envelope::{Opened, domain, open, seal};
+pub use envelope::{Opened, Signable, open, seal};
 pub use rejection::Rejection;
 
 /// The protocol version string of `InfoReply.protocol`.

@@ -3,6 +3,8 @@ use prost::Message;
 
 use super::*;
 use crate::identity::generate_key;
+use crate::wire::envelope::MAX_BODY_BYTES;
+use crate::wire::proto::Evidence;
 
 const START: i64 = 1_700_000_000_000;
 
@@ -44,7 +46,7 @@ fn next(key: &SigningKey, head: &ChainHead, ms: i64) -> (Signed, ChainHead) {
 fn altered(key: &SigningKey, signed: &Signed, change: impl FnOnce(&mut Receipt)) -> Signed {
     let mut receipt = Receipt::decode(signed.body.as_slice()).unwrap();
     change(&mut receipt);
-    sign_body(key, domain::RECEIPT, &receipt)
+    sign_body(key, &receipt)
 }
 
 fn accept(terms: &LeaseTerms, head: &ChainHead, signed: &Signed) -> ChainHead {
@@ -113,7 +115,7 @@ fn signatures_are_checked_before_anything_else() {
     // A signature made for another message kind.
     let (good, _) = next(&key, &ChainHead::default(), 10_000);
     let cross = Signed {
-        signature: crate::identity::sign(&key, domain::EVIDENCE, &good.body)
+        signature: crate::identity::sign(&key, Evidence::DOMAIN, &good.body)
             .to_bytes()
             .to_vec(),
         ..good
@@ -222,14 +224,12 @@ fn every_chain_rule_has_its_rejection() {
         ),
         (
             "garbage body",
-            sign_body(
-                &key,
-                domain::RECEIPT,
-                &Signed {
-                    body: vec![0xff; 3],
-                    signature: vec![],
-                },
-            ),
+            Signed {
+                body: vec![0xff; 3],
+                signature: crate::identity::sign(&key, Receipt::DOMAIN, &[0xff; 3])
+                    .to_bytes()
+                    .to_vec(),
+            },
             "Malformed",
         ),
     ];

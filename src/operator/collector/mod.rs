@@ -44,7 +44,7 @@ use crate::wire::proto::{
     ChallengeReply, EvidenceReply, Receipt, ReceiptRejection as WireRejection, ReceiptsReply,
     SidecarChallengeBody, SidecarEvidenceBody, SidecarReceiptsBody, Signed,
 };
-use crate::wire::{Rejection, domain, open};
+use crate::wire::{Rejection, Signable, open};
 use crate::workload::{POD_NAME, namespace_for};
 use summary::{LeaseProgress, Served, usage_from};
 
@@ -55,7 +55,7 @@ pub const METERING_FIELD_MANAGER: &str = "gpubridge-collector-metering";
 pub const ATTESTATION_FIELD_MANAGER: &str = "gpubridge-collector-attestation";
 
 /// Bodies sent by sidecars: each carries the lease certificate.
-trait SidecarBody: Message + Default + HasHeader {
+trait SidecarBody: Signable + Default + HasHeader {
     fn certificate(&self) -> &[u8];
 }
 
@@ -136,10 +136,9 @@ impl CollectorService {
     async fn authenticate<B: SidecarBody>(
         &self,
         signed: &Signed,
-        domain: &str,
     ) -> Result<Authenticated<B>, Status> {
         let now = now();
-        let opened = open::<B>(signed, domain, now.as_second()).inspect_err(|e| {
+        let opened = open::<B>(signed, now.as_second()).inspect_err(|e| {
             self.refused("sidecar", e.kind());
         })?;
         let certificate =
@@ -284,8 +283,7 @@ impl CollectorService {
     }
 
     async fn receipts(&self, signed: Signed) -> Result<ReceiptsReply, Status> {
-        let auth: Authenticated<SidecarReceiptsBody> =
-            self.authenticate(&signed, domain::SIDECAR_RECEIPTS).await?;
+        let auth: Authenticated<SidecarReceiptsBody> = self.authenticate(&signed).await?;
         let network = self.network()?;
         let receipts = &auth.body.receipts;
         if receipts.is_empty() || receipts.len() > MAX_RECEIPTS_PER_BATCH {
@@ -394,17 +392,14 @@ impl CollectorService {
     }
 
     async fn challenge(&self, signed: Signed) -> Result<ChallengeReply, Status> {
-        let auth: Authenticated<SidecarChallengeBody> = self
-            .authenticate(&signed, domain::SIDECAR_CHALLENGE)
-            .await?;
+        let auth: Authenticated<SidecarChallengeBody> = self.authenticate(&signed).await?;
         self.network()?
             .lease_challenge(&auth.certificate.lease_id)
             .await
     }
 
     async fn evidence(&self, signed: Signed) -> Result<EvidenceReply, Status> {
-        let auth: Authenticated<SidecarEvidenceBody> =
-            self.authenticate(&signed, domain::SIDECAR_EVIDENCE).await?;
+        let auth: Authenticated<SidecarEvidenceBody> = self.authenticate(&signed).await?;
         let network = self.network()?;
         let lease_id = auth.certificate.lease_id.clone();
         let evidence = auth
