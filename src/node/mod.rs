@@ -1,7 +1,8 @@
 //! `gpubridge network`: the reference network node (DESIGN §6) — provider registry, offer book
 //! with expiry, matching, a double-entry escrow ledger, persisted in an embedded database.
 //!
-//! `matching` and `ledger` hold the decisions and are pure; `store` applies them durably;
+//! `matching`, `ledger` and `transitions` (an order and its lease as one state machine) hold the
+//! decisions and are pure; `store` applies them durably, one file per aggregate;
 //! `service` is the gRPC surface.
 
 pub mod ledger;
@@ -9,6 +10,7 @@ pub mod matching;
 pub mod records;
 pub mod service;
 pub mod store;
+pub mod transitions;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

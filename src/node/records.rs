@@ -149,13 +149,6 @@ pub enum LeaseState {
     Cancelled,
 }
 
-impl LeaseState {
-    /// Whether the lease still takes GPUs from its offer.
-    pub fn holds_capacity(self) -> bool {
-        matches!(self, LeaseState::Offered | LeaseState::Accepted)
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseEnd {
     pub phase: String,
