@@ -110,9 +110,9 @@ for f in lease.key lease.crt provider.pub; do
 done
 POD_UID=$(kubectl get pod workload -n "lease-$LEASE" -o jsonpath='{.metadata.uid}')
 NODE=$(kubectl get pod workload -n "lease-$LEASE" -o jsonpath='{.spec.nodeName}')
-sidecar=(--lease-id "$LEASE" --identity-dir "$SC/identity" --receipts-dir "$SC/receipts"
+sidecar=(--lease-id "$LEASE" --identity-dir "$SC/identity"
   --collector-url http://127.0.0.1:17400 --gpu-source simulated --simulated-seed "$NODE" --log-format text)
-"$SIDECAR" meter "${sidecar[@]}" --gpus 1 --receipt-seconds 5 --http-addr 127.0.0.1:19464 >"$SC/meter.log" 2>&1 &
+"$SIDECAR" meter "${sidecar[@]}" --receipts-dir "$SC/receipts" --gpus 1 --receipt-seconds 5 --http-addr 127.0.0.1:19464 >"$SC/meter.log" 2>&1 &
 meter_pid=$!
 "$SIDECAR" attest "${sidecar[@]}" --image ghcr.io/acme/render:2 --pod-uid "$POD_UID" --node-name "$NODE" \
   --poll-seconds 2 >"$SC/attest.log" 2>&1 &

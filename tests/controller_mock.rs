@@ -726,10 +726,10 @@ fn record_object(resource_version: &str, record: &Reservations) -> Value {
     })
 }
 
-fn one_node(free: u32) -> Vec<NodeBlock> {
+fn one_node(gpus: u32) -> Vec<NodeBlock> {
     vec![NodeBlock {
         node: "n0".into(),
-        free,
+        gpus,
     }]
 }
 

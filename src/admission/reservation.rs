@@ -40,11 +40,12 @@ pub struct Shortfall {
     pub pending: u32,
 }
 
-/// Free GPUs on one node.
+/// A number of GPUs on one node: free ones (a block to place a lease in), or ones promised to
+/// leases being created.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeBlock {
     pub node: String,
-    pub free: u32,
+    pub gpus: u32,
 }
 
 /// Reservations on record, in the order they were made.
@@ -75,7 +76,7 @@ impl Reservations {
             .filter(|r| r.offer == offer && !counted(&r.lease))
             .map(|r| NodeBlock {
                 node: r.node.clone(),
-                free: r.gpus,
+                gpus: r.gpus,
             })
             .collect()
     }
@@ -98,13 +99,13 @@ impl Reservations {
         }
         let pending = self.pending_for(offer, counted);
         let left = free_after(blocks, &pending);
-        let free: Vec<u32> = left.iter().map(|b| b.free).collect();
+        let free: Vec<u32> = left.iter().map(|b| b.gpus).collect();
         let Some(i) = best_fit(&free, gpus) else {
             return Err(Shortfall {
                 offer: offer.to_string(),
                 gpus,
                 largest_block: free.iter().copied().max().unwrap_or(0),
-                pending: pending.iter().map(|b| b.free).sum(),
+                pending: pending.iter().map(|b| b.gpus).sum(),
             });
         };
         let node = left[i].node.clone();
@@ -130,10 +131,10 @@ pub fn free_after(blocks: &[NodeBlock], pending: &[NodeBlock]) -> Vec<NodeBlock>
         .iter()
         .map(|b| NodeBlock {
             node: b.node.clone(),
-            free: pending
+            gpus: pending
                 .iter()
                 .filter(|p| p.node == b.node)
-                .fold(b.free, |free, p| free.saturating_sub(p.free)),
+                .fold(b.gpus, |free, p| free.saturating_sub(p.gpus)),
         })
         .collect()
 }
@@ -148,7 +149,7 @@ mod tests {
             .enumerate()
             .map(|(i, f)| NodeBlock {
                 node: format!("n{i}"),
-                free: *f,
+                gpus: *f,
             })
             .collect()
     }
@@ -158,7 +159,7 @@ mod tests {
     }
 
     fn pending(r: &Reservations, offer: &str) -> u32 {
-        r.pending_for(offer, none).iter().map(|b| b.free).sum()
+        r.pending_for(offer, none).iter().map(|b| b.gpus).sum()
     }
 
     #[test]
@@ -185,7 +186,7 @@ mod tests {
         assert_eq!(
             r.pending_for("o", a_counted)
                 .iter()
-                .map(|b| b.free)
+                .map(|b| b.gpus)
                 .sum::<u32>(),
             9
         );
@@ -253,8 +254,8 @@ mod tests {
                 let _ = r.reserve(&format!("l{i}"), "o", &nodes, *gpus, none, 0);
             }
             for node in &nodes {
-                let promised: u32 = r.pending_for("o", none).iter().filter(|p| p.node == node.node).map(|p| p.free).sum();
-                prop_assert!(promised <= node.free, "{} promised {promised} of {}", node.node, node.free);
+                let promised: u32 = r.pending_for("o", none).iter().filter(|p| p.node == node.node).map(|p| p.gpus).sum();
+                prop_assert!(promised <= node.gpus, "{} promised {promised} of {}", node.node, node.gpus);
             }
         }
     }

@@ -6,9 +6,6 @@ use serde::{Deserialize, Serialize};
 /// The resource name an offer sells when it does not say otherwise.
 pub const DEFAULT_GPU_RESOURCE: &str = "nvidia.com/gpu";
 
-/// Resource names a GPU offer may sell: the device plugin's whole GPUs or its MIG slices.
-pub const GPU_RESOURCE_PATTERN: &str = r"^nvidia\.com/(gpu|mig-[1-7]g\.[0-9]+gb(\.[a-z0-9]+)?)$";
-
 /// A price per GPU-hour. The amount is a decimal string so that no float ever rounds money.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

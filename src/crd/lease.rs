@@ -399,7 +399,7 @@ pub struct ComputeLeaseStatus {
     /// When the end of the lease was reported to the network, which settles its escrow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported_at: Option<Time>,
-    /// Ready and Degraded.
+    /// Ready (the lease's phase), Metered and Attested (its sidecars' receipts and evidence).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -203,8 +203,7 @@ pub fn decide(o: &Observation) -> Decision {
 
     // Not running yet: it has until the scheduling deadline.
     status.phase = LeasePhase::Scheduling;
-    let deadline = pod.created_at.unwrap_or(o.now)
-        + SignedDuration::try_from(o.scheduling_timeout).unwrap_or(SignedDuration::MAX);
+    let deadline = deadline(pod.created_at, o);
     if let Some(waiting) = pod.workload_waiting.as_deref()
         && waiting == "InvalidImageName"
     {
@@ -243,7 +242,6 @@ pub fn decide(o: &Observation) -> Decision {
     }
 }
 
-/// Whether and why the pod has ended the lease on its own.
 /// The lease's end for a pod's DisruptionTarget reason.
 fn disruption_reason(disruption: &str) -> TerminationReason {
     match disruption {
@@ -253,6 +251,7 @@ fn disruption_reason(disruption: &str) -> TerminationReason {
     }
 }
 
+/// Whether and why the pod has ended the lease on its own.
 fn pod_ended(
     pod: &PodObservation,
     status: &ComputeLeaseStatus,

@@ -20,6 +20,7 @@ use std::time::Duration;
 use tracing::{error, info};
 
 use crate::identity::{keyfile, public_key_base58};
+use crate::process::shutdown::Shutdown;
 use crate::wire::MAX_MESSAGE_BYTES;
 use crate::wire::proto::gateway_server::GatewayServer;
 pub use store::{HubError, HubSettings, Store};
@@ -141,18 +142,9 @@ pub async fn run(args: NetworkArgs) -> Result<(), NetworkError> {
     }
     let service = GatewayServer::new(service::GatewayService::new(store))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler installs");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = term.recv() => {},
-        }
-        info!("shutting down");
-    };
     server
         .add_service(service)
-        .serve_with_shutdown(args.listen, shutdown)
+        .serve_with_shutdown(args.listen, Shutdown::on_signals().signalled())
         .await
         .map_err(|source| NetworkError::Serve {
             addr: args.listen,

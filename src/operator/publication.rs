@@ -19,7 +19,7 @@ pub fn offer_body(
     // GPUs promised to leases that are being created are not for sale again.
     let mut free_blocks: Vec<u32> = free_after(&advertised_blocks(capacity, None), pending)
         .into_iter()
-        .map(|b| b.free)
+        .map(|b| b.gpus)
         .filter(|free| *free > 0)
         .collect();
     free_blocks.sort_unstable_by(|a, b| b.cmp(a));
@@ -71,7 +71,7 @@ pub fn advertised_blocks(capacity: &OfferCapacity, model: Option<&str>) -> Vec<N
         .filter(|n| model.is_none_or(|m| n.model.as_deref() == Some(m)))
         .map(|n| NodeBlock {
             node: n.name.clone(),
-            free: n.advertised,
+            gpus: n.advertised,
         })
         .collect()
 }
@@ -133,7 +133,7 @@ mod tests {
         };
         let pending = [NodeBlock {
             node: "a".into(),
-            free: 2,
+            gpus: 2,
         }];
         let body = offer_body(&offer(), &capacity, &pending, "eu-west").unwrap();
         assert_eq!(body.free_blocks, vec![8, 2]);
@@ -146,11 +146,11 @@ mod tests {
         let all = [
             NodeBlock {
                 node: "a".into(),
-                free: 4,
+                gpus: 4,
             },
             NodeBlock {
                 node: "b".into(),
-                free: 8,
+                gpus: 8,
             },
         ];
         let none = offer_body(&offer(), &capacity, &all, "").unwrap();

@@ -21,9 +21,6 @@ pub struct AttestArgs {
     pub lease_id: String,
     #[arg(long)]
     pub identity_dir: PathBuf,
-    /// Unused by attest; accepted so both sidecars share their argument list.
-    #[arg(long)]
-    pub receipts_dir: Option<PathBuf>,
     #[arg(long, env = "GPUBRIDGE_COLLECTOR_URL")]
     pub collector_url: String,
     /// The workload image as the pod names it.

@@ -104,13 +104,7 @@ pub fn pod(b: &LeaseBox) -> Pod {
                 ..Default::default()
             }),
             init_containers: Some(vec![
-                sidecar(
-                    b,
-                    METER_CONTAINER,
-                    "50m",
-                    "64Mi",
-                    vec![format!("--gpus={}", b.spec.gpus)],
-                ),
+                meter(b),
                 sidecar(
                     b,
                     ATTEST_CONTAINER,
@@ -217,6 +211,29 @@ fn workload_container(b: &LeaseBox) -> Container {
     }
 }
 
+/// The meter: the only sidecar that writes receipts, so the only one with their volume.
+fn meter(b: &LeaseBox) -> Container {
+    let mut meter = sidecar(
+        b,
+        METER_CONTAINER,
+        "50m",
+        "64Mi",
+        vec![
+            format!("--receipts-dir={RECEIPTS_DIR}"),
+            format!("--gpus={}", b.spec.gpus),
+        ],
+    );
+    meter
+        .volume_mounts
+        .get_or_insert_with(Vec::new)
+        .push(VolumeMount {
+            name: "receipts".to_string(),
+            mount_path: RECEIPTS_DIR.to_string(),
+            ..Default::default()
+        });
+    meter
+}
+
 /// A native sidecar (an init container that restarts always) running the sidecars' binary.
 fn sidecar(
     b: &LeaseBox,
@@ -240,7 +257,6 @@ fn sidecar(
                 subcommand.to_string(),
                 format!("--lease-id={}", b.spec.lease_id),
                 format!("--identity-dir={IDENTITY_DIR}"),
-                format!("--receipts-dir={RECEIPTS_DIR}"),
                 format!("--collector-url={}", b.collector.url),
             ]
             .into_iter()
@@ -267,11 +283,6 @@ fn sidecar(
                 name: "identity".to_string(),
                 mount_path: IDENTITY_DIR.to_string(),
                 read_only: Some(true),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "receipts".to_string(),
-                mount_path: RECEIPTS_DIR.to_string(),
                 ..Default::default()
             },
         ]),
