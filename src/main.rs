@@ -10,7 +10,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Crdgen { out_dir } => crdgen(out_dir).map_err(Into::into),
-        Command::Keygen { out } => keygen(&out).map_err(Into::into),
+        Command::Keygen { out } => keygen(&out),
         Command::Operator(args) => {
             telemetry::init(args.log_format);
             block_on(operator::run(*args)).map_err(Into::into)

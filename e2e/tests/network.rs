@@ -857,8 +857,13 @@ async fn the_session_refuses_a_wrong_network_key_withdraws_paused_offers_and_rec
         15 * SECOND,
         || async {
             let status = offer_status(&c.client, "rtx-workstation").await?;
-            match (in_book(&buyer, "rtx-workstation").await, status.offer_id) {
-                (false, None) => Ok(()),
+            let advertised = advertised_condition(&status);
+            match (
+                in_book(&buyer, "rtx-workstation").await,
+                status.offer_id,
+                advertised.as_ref().map(|(s, r)| (s.as_str(), r.as_str())),
+            ) {
+                (false, None, Some(("False", "Paused"))) => Ok(()),
                 other => Err(format!("{other:?}")),
             }
         },
@@ -866,6 +871,15 @@ async fn the_session_refuses_a_wrong_network_key_withdraws_paused_offers_and_rec
     .await;
     pause(false).await;
     wait_published(&buyer, "rtx-workstation", 2).await;
+    // Back in the book: the condition says so (it stayed NotPublished before the fix).
+    eventually("Advertised True once republished", 15 * SECOND, || async {
+        let status = offer_status(&c.client, "rtx-workstation").await?;
+        match advertised_condition(&status) {
+            Some((s, r)) if s == "True" && r == "Published" && status.offer_id.is_some() => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
 
     // The network node crashes and comes back on the same database: the session reconnects,
     // republishes, and takes leases again.
@@ -965,4 +979,13 @@ async fn meter_footprint_benchmark() {
             .lines()
             .any(|l| l.starts_with("gpubridge_receipts_accepted_total "))
     );
+}
+
+/// The offer's Advertised condition: (status, reason).
+fn advertised_condition(status: &gpubridge::crd::GpuOfferStatus) -> Option<(String, String)> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Advertised")
+        .map(|c| (c.status.clone(), c.reason.clone()))
 }

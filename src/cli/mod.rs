@@ -73,13 +73,25 @@ pub enum CrdgenError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot write the output: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+/// Writes a command's output to stdout. A reader that went away (`gpubridge … | head`) ends
+/// the output quietly, as for any Unix tool: what it did not read is not an error.
+pub fn emit(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written,
+    }
 }
 
 /// `gpubridge crdgen`.
 pub fn crdgen(out_dir: Option<PathBuf>) -> Result<(), CrdgenError> {
     let Some(dir) = out_dir else {
-        print!("{}", crate::crd::all_as_yaml_stream()?);
-        return Ok(());
+        return emit(&crate::crd::all_as_yaml_stream()?).map_err(CrdgenError::Output);
     };
     std::fs::create_dir_all(&dir).map_err(|source| CrdgenError::Write {
         path: dir.clone(),
@@ -94,12 +106,12 @@ pub fn crdgen(out_dir: Option<PathBuf>) -> Result<(), CrdgenError> {
 }
 
 /// `gpubridge keygen`.
-pub fn keygen(out: &std::path::Path) -> Result<(), crate::identity::keyfile::KeyFileError> {
+pub fn keygen(out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
     let key = crate::identity::keyfile::create(out)?;
-    println!(
-        "{}",
+    emit(&format!(
+        "{}\n",
         crate::identity::public_key_base58(&key.verifying_key())
-    );
+    ))?;
     Ok(())
 }
 

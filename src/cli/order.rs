@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 
+use crate::cli::emit;
 use crate::identity::keyfile;
 use crate::identity::public_key_base58;
 use crate::wire::amount::{self, from_decimal_units};
@@ -125,13 +126,20 @@ pub enum OrderError {
     Refused(#[from] tonic::Status),
     #[error("{0}")]
     Usage(String),
+    #[error("cannot write the output: {0}")]
+    Output(#[source] std::io::Error),
 }
 
 pub async fn run(args: OrderArgs) -> Result<(), OrderError> {
+    let text = command_output(args).await?;
+    emit(&text).map_err(OrderError::Output)
+}
+
+/// What the command prints.
+async fn command_output(args: OrderArgs) -> Result<String, OrderError> {
     if let OrderCommand::Keygen = args.command {
         let key = keyfile::create(&buyer_key_path(args.key.as_deref())?)?;
-        println!("{}", public_key_base58(&key.verifying_key()));
-        return Ok(());
+        return Ok(format!("{}\n", public_key_base58(&key.verifying_key())));
     }
     let target = Target {
         url: args.network.clone(),
@@ -141,12 +149,11 @@ pub async fn run(args: OrderArgs) -> Result<(), OrderError> {
     if let OrderCommand::Offers = args.command {
         let client = NetworkClient::new(channel, crate::identity::generate_key());
         let offers = client.list_offers().await?;
-        print_offers(&offers, args.output);
-        return Ok(());
+        return Ok(render_offers(&offers, args.output));
     }
     let key = keyfile::load(&buyer_key_path(args.key.as_deref())?)?;
     let client = NetworkClient::new(channel, key);
-    match args.command {
+    Ok(match args.command {
         OrderCommand::Keygen | OrderCommand::Offers => unreachable!("handled above"),
         OrderCommand::Deposit {
             amount,
@@ -154,22 +161,21 @@ pub async fn run(args: OrderArgs) -> Result<(), OrderError> {
         } => {
             let atto = from_decimal_units("amount", &amount)
                 .map_err(|e| OrderError::Usage(e.to_string()))?;
-            print_balances(&client.deposit(atto, &denomination).await?, args.output);
+            render_balances(&client.deposit(atto, &denomination).await?, args.output)
         }
         OrderCommand::Submit(submit) => {
             let body = order_body(*submit)?;
-            print_orders(&[client.submit(body).await?], args.output);
+            render_orders(&[client.submit(body).await?], args.output)
         }
-        OrderCommand::List => print_orders(&client.list_orders().await?, args.output),
+        OrderCommand::List => render_orders(&client.list_orders().await?, args.output),
         OrderCommand::Status { order_id } => {
-            print_orders(&[client.order_status(&order_id).await?], args.output)
+            render_orders(&[client.order_status(&order_id).await?], args.output)
         }
         OrderCommand::Cancel { order_id } => {
-            print_orders(&[client.cancel(&order_id).await?], args.output)
+            render_orders(&[client.cancel(&order_id).await?], args.output)
         }
-        OrderCommand::Balance => print_balances(&client.balance().await?, args.output),
-    }
-    Ok(())
+        OrderCommand::Balance => render_balances(&client.balance().await?, args.output),
+    })
 }
 
 /// `--key`, else the buyer key in the user's configuration folder.
@@ -247,29 +253,36 @@ fn state(order: &OrderView) -> &'static str {
     }
 }
 
-/// Prints rows under a header, each column as wide as its widest cell.
-fn table(header: &[&str], rows: &[Vec<String>]) {
+/// Rows under a header, each column as wide as its widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
+    let line = |cells: &[String]| {
         let padded: Vec<String> = cells
             .iter()
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        format!("{}\n", padded.join("  ").trim_end())
     };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        line(row.clone());
-    }
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    std::iter::once(line(&header))
+        .chain(rows.iter().map(|row| line(row)))
+        .collect()
 }
 
-fn print_orders(orders: &[OrderView], output: Output) {
+fn pretty(value: &serde_json::Value) -> String {
+    format!(
+        "{}\n",
+        serde_json::to_string_pretty(value).expect("JSON renders")
+    )
+}
+
+fn render_orders(orders: &[OrderView], output: Output) -> String {
     if output == Output::Json {
         let list: Vec<_> = orders
             .iter()
@@ -285,11 +298,7 @@ fn print_orders(orders: &[OrderView], output: Output) {
                 })
             })
             .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&list).expect("JSON renders")
-        );
-        return;
+        return pretty(&json!(list));
     }
     let rows: Vec<Vec<String>> = orders
         .iter()
@@ -332,21 +341,17 @@ fn print_orders(orders: &[OrderView], output: Output) {
             "REASON",
         ],
         &rows,
-    );
+    )
 }
 
-fn print_balances(reply: &BalanceReply, output: Output) {
+fn render_balances(reply: &BalanceReply, output: Output) -> String {
     if output == Output::Json {
         let list: Vec<_> = reply
             .balances
             .iter()
             .map(|b| json!({"denomination": b.denomination, "available": units(&b.available), "held": units(&b.held), "earned": units(&b.earned)}))
             .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&list).expect("JSON renders")
-        );
-        return;
+        return pretty(&json!(list));
     }
     let rows: Vec<Vec<String>> = reply
         .balances
@@ -360,10 +365,10 @@ fn print_balances(reply: &BalanceReply, output: Output) {
             ]
         })
         .collect();
-    table(&["DENOMINATION", "AVAILABLE", "HELD", "EARNED"], &rows);
+    table(&["DENOMINATION", "AVAILABLE", "HELD", "EARNED"], &rows)
 }
 
-fn print_offers(offers: &[OfferView], output: Output) {
+fn render_offers(offers: &[OfferView], output: Output) -> String {
     if output == Output::Json {
         let list: Vec<_> = offers
             .iter()
@@ -377,11 +382,7 @@ fn print_offers(offers: &[OfferView], output: Output) {
                 })
             })
             .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&list).expect("JSON renders")
-        );
-        return;
+        return pretty(&json!(list));
     }
     let rows: Vec<Vec<String>> = offers
         .iter()
@@ -422,5 +423,40 @@ fn print_offers(offers: &[OfferView], output: Output) {
             "REGION",
         ],
         &rows,
-    );
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_their_columns_and_trim_line_ends() {
+        let text = table(
+            &["ORDER", "STATE", "REASON"],
+            &[
+                vec!["a1".into(), "matched".into(), String::new()],
+                vec!["b22222".into(), "ended".into(), "done".into()],
+            ],
+        );
+        assert_eq!(
+            text,
+            "ORDER   STATE    REASON\na1      matched\nb22222  ended    done\n"
+        );
+    }
+
+    #[test]
+    fn json_output_is_one_document_with_amounts_in_whole_units() {
+        let order = OrderView {
+            order_id: "o1".into(),
+            state: OrderState::Matched as i32,
+            charged: "1500000000000000000".into(),
+            ..Default::default()
+        };
+        let text = render_orders(&[order], Output::Json);
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed[0]["state"], "matched");
+        assert_eq!(parsed[0]["charged"], "1.5");
+        assert!(text.ends_with("}\n]\n"), "{text}");
+    }
 }

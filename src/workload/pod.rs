@@ -278,14 +278,12 @@ fn sidecar(
             run_as_user: Some(NONROOT_UID),
             ..confined(true)
         }),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "identity".to_string(),
-                mount_path: IDENTITY_DIR.to_string(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-        ]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "identity".to_string(),
+            mount_path: IDENTITY_DIR.to_string(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
         ..Default::default()
     }
 }

@@ -81,14 +81,18 @@ pub fn desired_status(offer: &GpuOffer, cap: OfferCapacity, now: Timestamp) -> G
             generation,
             now,
         )
-    } else if previous.offer_id.is_some() {
-        // Kept as the network session last set it.
-        prev.iter()
-            .find(|c| c.type_ == "Advertised")
-            .cloned()
-            .unwrap_or_else(|| {
-                condition(prev, "Advertised", true, "Published", "", generation, now)
-            })
+    } else if let Some(offer_id) = &previous.offer_id {
+        // The session writes offerId when the network's book takes the offer and clears it when
+        // the offer is withdrawn: the condition follows it.
+        condition(
+            prev,
+            "Advertised",
+            true,
+            "Published",
+            format!("in the network's book as {offer_id}"),
+            generation,
+            now,
+        )
     } else {
         condition(
             prev,
@@ -242,5 +246,49 @@ mod tests {
         let kept = desired_status(&published, cap(), at(3));
         assert_eq!(advertised(&kept), ("True", "Published"));
         assert_eq!(kept.offer_id.as_deref(), Some("offer-1"));
+    }
+
+    /// A paused offer is withdrawn and its condition says so; once unpaused, the session
+    /// publishes it again and writes only offerId: the condition must turn True, not keep the
+    /// NotPublished it had before (the bug: it was carried forward once an offerId existed).
+    #[test]
+    fn advertised_turns_true_when_the_session_publishes_after_a_pause() {
+        let cap = || OfferCapacity::default();
+        let mut offer = offer(true);
+        offer.status = Some(desired_status(&offer, cap(), at(1)));
+        assert_eq!(
+            advertised(offer.status.as_ref().unwrap()),
+            ("False", "Paused")
+        );
+
+        offer.spec.paused = false;
+        offer.status = Some(desired_status(&offer, cap(), at(2)));
+        assert_eq!(
+            advertised(offer.status.as_ref().unwrap()),
+            ("False", "NotPublished")
+        );
+
+        // The session publishes it: only offerId changes.
+        offer.status.as_mut().unwrap().offer_id = Some("provider/h100-public".into());
+        let status = desired_status(&offer, cap(), at(3));
+        assert_eq!(advertised(&status), ("True", "Published"));
+        let condition = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Advertised")
+            .unwrap();
+        assert!(
+            condition.message.contains("provider/h100-public"),
+            "{}",
+            condition.message
+        );
+
+        // Withdrawn (the session clears offerId): False again.
+        offer.status = Some(status);
+        offer.status.as_mut().unwrap().offer_id = None;
+        assert_eq!(
+            advertised(&desired_status(&offer, cap(), at(4))),
+            ("False", "NotPublished")
+        );
     }
 }
