@@ -336,6 +336,55 @@ async fn new_lease_creates_its_box_in_order_then_writes_status() {
     assert_eq!(status["status"]["conditions"][0]["type"], json!("Ready"));
 }
 
+/// The admission policy (or RBAC, or a missing PriorityClass) refuses the lease pod: the lease
+/// ends at once as the provider's fault, with a warning Event, instead of retrying until its
+/// scheduling deadline while the buyer sees it leased.
+#[tokio::test]
+async fn a_refused_lease_pod_fails_the_lease_at_once_with_an_event() {
+    let (client, seen, server) = mock(vec![
+        step(Method::GET, POD, not_found()),
+        step(Method::PATCH, NS, Reply::Echo),
+        step(Method::PATCH, NETPOL, Reply::Echo),
+        step(Method::PATCH, QUOTA, Reply::Echo),
+        step(Method::PATCH, LIMITS, Reply::Echo),
+        step(
+            Method::POST,
+            "/api/v1/namespaces/lease-l-01hzx4/secrets",
+            Reply::Echo,
+        ),
+        step(
+            Method::POST,
+            "/api/v1/namespaces/lease-l-01hzx4/pods",
+            Reply::Error(403, "only the gpubridge operator creates pods in lease namespaces"),
+        ),
+        status_write(),
+        event_recorded(),
+    ]);
+    let action = lease::reconcile(
+        Arc::new(lease_object(true)),
+        context(client, vec![offer_object()]),
+    )
+    .await
+    .unwrap();
+    finish(server).await;
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    let seen = seen.read().unwrap();
+    let status = &seen[7].2["status"];
+    assert_eq!(status["phase"], json!("Failed"));
+    assert_eq!(status["termination"]["reason"], json!("BoxRejected"));
+    assert_eq!(status["termination"]["fault"], json!("Provider"));
+    assert!(
+        status["termination"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only the gpubridge operator"),
+        "{status}"
+    );
+    let event = &seen[8].2;
+    assert_eq!(event["type"], json!("Warning"), "{event}");
+    assert_eq!(event["reason"], json!("Failed"), "{event}");
+}
+
 /// The lease as the first reconcile left it, and the objects it created, as the API returns them.
 fn created_state() -> (ComputeLease, Vec<(String, Value)>) {
     let mut lease = lease_object(true);

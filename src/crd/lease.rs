@@ -243,6 +243,9 @@ pub enum TerminationReason {
     PodLost,
     /// No node could run the lease pod before the scheduling deadline.
     SchedulingTimeout,
+    /// The API refused part of the lease's box (an admission policy, RBAC, a missing
+    /// PriorityClass or RuntimeClass): the provider's set-up cannot run the lease.
+    BoxRejected,
     /// The offer the lease was taken under no longer exists.
     OfferGone,
     /// The lease's terms are outside its offer's terms.
@@ -260,9 +263,8 @@ impl TerminationReason {
         match self {
             Completed | Expired => Fault::None,
             WorkloadFailed | ImagePullFailed | WorkloadInvalid => Fault::Tenant,
-            Preempted | NodeLost | PodLost | SchedulingTimeout | OfferGone | DeletedByProvider => {
-                Fault::Provider
-            }
+            Preempted | NodeLost | PodLost | SchedulingTimeout | BoxRejected | OfferGone
+            | DeletedByProvider => Fault::Provider,
             TermsViolated | CancelledByNetwork => Fault::Network,
         }
     }
@@ -275,7 +277,7 @@ impl TerminationReason {
             Expired => LeasePhase::Expired,
             CancelledByNetwork | DeletedByProvider => LeasePhase::Terminated,
             WorkloadFailed | ImagePullFailed | WorkloadInvalid | Preempted | NodeLost | PodLost
-            | SchedulingTimeout | OfferGone | TermsViolated => LeasePhase::Failed,
+            | SchedulingTimeout | BoxRejected | OfferGone | TermsViolated => LeasePhase::Failed,
         }
     }
 
@@ -291,6 +293,7 @@ impl TerminationReason {
             NodeLost => "NodeLost",
             PodLost => "PodLost",
             SchedulingTimeout => "SchedulingTimeout",
+            BoxRejected => "BoxRejected",
             OfferGone => "OfferGone",
             TermsViolated => "TermsViolated",
             CancelledByNetwork => "CancelledByNetwork",

@@ -308,6 +308,25 @@ fn deadline(since: Option<Timestamp>, o: &Observation) -> Timestamp {
         + SignedDuration::try_from(o.scheduling_timeout).unwrap_or(SignedDuration::MAX)
 }
 
+/// The lease's end when the API refused part of its box: nothing of it can run, the provider's
+/// set-up is at fault, and the buyer is refunded. A lease that already ended stays as it is.
+pub fn box_refused(status: &ComputeLeaseStatus, message: String, now: Timestamp) -> Decision {
+    if status.phase.is_terminal() {
+        return Decision {
+            status: status.clone(),
+            create: false,
+            delete_pod: false,
+            requeue_after: None,
+        };
+    }
+    end(
+        status.clone(),
+        TerminationReason::BoxRejected,
+        format!("the API refused the lease's box: {message}"),
+        now,
+    )
+}
+
 fn is_pod_terminal(pod: &PodObservation) -> bool {
     pod.phase == "Succeeded" || pod.phase == "Failed"
 }

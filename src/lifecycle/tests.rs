@@ -348,3 +348,25 @@ status:
     assert_eq!(o.workload_waiting.as_deref(), Some("ErrImagePull"));
     assert_eq!(o.created_at, Some("2027-01-15T08:00:00Z".parse().unwrap()));
 }
+
+#[test]
+fn a_refused_box_fails_the_lease_at_once_as_the_providers_fault() {
+    for phase in [LeasePhase::Pending, LeasePhase::Scheduling] {
+        let d = box_refused(&status(phase), "pods is forbidden".into(), t(5));
+        assert_eq!(d.status.phase, LeasePhase::Failed, "from {phase:?}");
+        let termination = d.status.termination.unwrap();
+        assert_eq!(termination.reason, TerminationReason::BoxRejected);
+        assert_eq!(termination.fault, Fault::Provider);
+        assert!(
+            termination.message.contains("pods is forbidden"),
+            "{}",
+            termination.message
+        );
+        assert_eq!(d.status.finished_at, Some(Time(t(5))));
+        assert!(!d.create);
+    }
+    // An ended lease keeps its end.
+    let ended = decide_at(&status(LeasePhase::Pending), None, t(601)).status;
+    let d = box_refused(&ended, "late".into(), t(700));
+    assert_eq!(d.status, ended);
+}

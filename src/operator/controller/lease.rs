@@ -75,7 +75,7 @@ async fn apply(lease: &ComputeLease, ctx: &Context) -> Result<Action> {
     let mut current = lease.clone();
     for attempt in 1..=STATUS_WRITE_ATTEMPTS {
         let status = current.status.clone().unwrap_or_default();
-        let decision = lifecycle::decide(&Observation {
+        let mut decision = lifecycle::decide(&Observation {
             spec: &current.spec,
             status: &status,
             pod: observed_pod.as_ref(),
@@ -86,16 +86,27 @@ async fn apply(lease: &ComputeLease, ctx: &Context) -> Result<Action> {
             last_disruption: last_disruption.as_deref(),
         });
         debug!(lease = %name, pod = ?observed_pod.as_ref().map(|p| &p.phase), ?decision, "decided");
-        let mut next = decision.status;
         if decision.create {
             let offer = offer.as_deref().ok_or(Error::MissingField("offer"))?;
-            if let Err(e) = ensure_box(&current, offer, ctx, true).await {
-                report_rejection(ctx, &current, &e).await;
-                return Err(e);
+            match ensure_box(&current, offer, ctx, true).await {
+                Ok(()) => {
+                    decision.status.namespace = Some(namespace.clone());
+                    decision.status.pod = Some(POD_NAME.to_string());
+                }
+                Err(e) => match refusal(&e) {
+                    // Nothing of the lease can run until the provider mends its set-up: the
+                    // lease ends now (a refund for the buyer) instead of at its deadline.
+                    Some(message) => {
+                        warn!(lease = %name, %message, "the API refused the lease's box");
+                        decision = lifecycle::box_refused(&status, message, Timestamp::now());
+                    }
+                    None => return Err(e),
+                },
             }
-            next.namespace = Some(namespace.clone());
-            next.pod = Some(POD_NAME.to_string());
-        } else if !next.phase.is_terminal()
+        }
+        let mut next = decision.status;
+        if !decision.create
+            && !next.phase.is_terminal()
             && let Some(offer) = offer.as_deref()
         {
             // Level-based: policies someone deleted or changed are put back while the lease lives.
@@ -128,34 +139,17 @@ async fn apply(lease: &ComputeLease, ctx: &Context) -> Result<Action> {
     unreachable!("the loop returns on its last attempt")
 }
 
-/// When the API refuses part of the lease's box (a missing PriorityClass or RuntimeClass, a
-/// quota, an admission policy), says so on the lease, so that the cause is visible with kubectl
-/// while the reconcile backs off and retries until the scheduling deadline.
-async fn report_rejection(ctx: &Context, lease: &ComputeLease, error: &Error) {
-    let Error::Kube(kube::Error::Api(status)) = error else {
-        return;
-    };
-    if !(400..500).contains(&status.code) || status.code == 409 || status.code == 429 {
-        return;
-    }
-    let mut next = lease.status.clone().unwrap_or_default();
-    let previous = next.conditions.clone();
-    let rejected = condition(
-        &previous,
-        "Ready",
-        false,
-        "BoxRejected",
-        status.message.clone(),
-        lease.metadata.generation,
-        Timestamp::now(),
-    );
-    next.conditions = previous
-        .into_iter()
-        .filter(|c| c.type_ != "Ready")
-        .collect();
-    next.conditions.insert(0, rejected);
-    if let Err(e) = write_status(ctx, lease, &next).await {
-        warn!(error = %e, "could not report the rejection on the lease");
+/// The API's refusal of part of a lease's box (an admission policy, RBAC, a quota, a missing
+/// PriorityClass or RuntimeClass), as its message; `None` for what may pass on a retry (a
+/// conflict, throttling, a server or connection error).
+fn refusal(error: &Error) -> Option<String> {
+    match error {
+        Error::Kube(kube::Error::Api(status))
+            if (400..500).contains(&status.code) && ![404, 409, 429].contains(&status.code) =>
+        {
+            Some(status.message.clone())
+        }
+        _ => None,
     }
 }
 
