@@ -248,6 +248,27 @@ fn status_write() -> Step {
     )
 }
 
+/// A new lease's first reconcile up to its pod: no pod yet, the namespace and its policies
+/// applied, the identity secret created; then the pod's creation answered with `pod`, and
+/// `rest`.
+fn box_created_then(pod: Reply, rest: Vec<Step>) -> Vec<Step> {
+    let mut script = vec![
+        step(Method::GET, POD, not_found()),
+        step(Method::PATCH, NS, Reply::Echo),
+        step(Method::PATCH, NETPOL, Reply::Echo),
+        step(Method::PATCH, QUOTA, Reply::Echo),
+        step(Method::PATCH, LIMITS, Reply::Echo),
+        step(
+            Method::POST,
+            "/api/v1/namespaces/lease-l-01hzx4/secrets",
+            Reply::Echo,
+        ),
+        step(Method::POST, "/api/v1/namespaces/lease-l-01hzx4/pods", pod),
+    ];
+    script.extend(rest);
+    script
+}
+
 /// A Kubernetes Event recorded for the lease.
 fn event_recorded() -> Step {
     step(
@@ -277,25 +298,10 @@ async fn first_reconcile_adds_the_finalizer() {
 
 #[tokio::test]
 async fn new_lease_creates_its_box_in_order_then_writes_status() {
-    let (client, seen, server) = mock(vec![
-        step(Method::GET, POD, not_found()),
-        step(Method::PATCH, NS, Reply::Echo),
-        step(Method::PATCH, NETPOL, Reply::Echo),
-        step(Method::PATCH, QUOTA, Reply::Echo),
-        step(Method::PATCH, LIMITS, Reply::Echo),
-        step(
-            Method::POST,
-            "/api/v1/namespaces/lease-l-01hzx4/secrets",
-            Reply::Echo,
-        ),
-        step(
-            Method::POST,
-            "/api/v1/namespaces/lease-l-01hzx4/pods",
-            Reply::Echo,
-        ),
-        status_write(),
-        event_recorded(),
-    ]);
+    let (client, seen, server) = mock(box_created_then(
+        Reply::Echo,
+        vec![status_write(), event_recorded()],
+    ));
     let ctx = context(client, vec![offer_object()]);
     let action = lease::reconcile(Arc::new(lease_object(true)), ctx)
         .await
@@ -341,25 +347,13 @@ async fn new_lease_creates_its_box_in_order_then_writes_status() {
 /// scheduling deadline while the buyer sees it leased.
 #[tokio::test]
 async fn a_refused_lease_pod_fails_the_lease_at_once_with_an_event() {
-    let (client, seen, server) = mock(vec![
-        step(Method::GET, POD, not_found()),
-        step(Method::PATCH, NS, Reply::Echo),
-        step(Method::PATCH, NETPOL, Reply::Echo),
-        step(Method::PATCH, QUOTA, Reply::Echo),
-        step(Method::PATCH, LIMITS, Reply::Echo),
-        step(
-            Method::POST,
-            "/api/v1/namespaces/lease-l-01hzx4/secrets",
-            Reply::Echo,
+    let (client, seen, server) = mock(box_created_then(
+        Reply::Error(
+            403,
+            "only the gpubridge operator creates pods in lease namespaces",
         ),
-        step(
-            Method::POST,
-            "/api/v1/namespaces/lease-l-01hzx4/pods",
-            Reply::Error(403, "only the gpubridge operator creates pods in lease namespaces"),
-        ),
-        status_write(),
-        event_recorded(),
-    ]);
+        vec![status_write(), event_recorded()],
+    ));
     let action = lease::reconcile(
         Arc::new(lease_object(true)),
         context(client, vec![offer_object()]),

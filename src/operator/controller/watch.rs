@@ -342,19 +342,12 @@ pub async fn run_offers(
 ) {
     let reader = writer.as_reader();
     let mut generations = HashMap::new();
-    let mut stream = std::pin::pin!(
+    let mut stream = std::pin::pin!(events(
         watcher(Api::<GpuOffer>::all(client), watcher::Config::default())
             .default_backoff()
             .modify(|offer| offer.managed_fields_mut().clear())
-    );
+    ));
     while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(e) => {
-                warn!(error = %e, "offer watch failed; retrying with backoff");
-                continue;
-            }
-        };
         writer.apply_watcher_event(&event);
         match &event {
             watcher::Event::Apply(offer) | watcher::Event::InitApply(offer) => {
@@ -462,7 +455,7 @@ async fn drive_box<K>(
 ) where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + 'static,
 {
-    let mut stream = std::pin::pin!(
+    let mut stream = std::pin::pin!(events(
         // An `Api` of `PartialObjectMeta` lists and watches metadata only.
         watcher(
             Api::<PartialObjectMeta<K>>::all(client.clone()),
@@ -470,15 +463,8 @@ async fn drive_box<K>(
         )
         .default_backoff()
         .modify(|object| object.managed_fields_mut().clear())
-    );
+    ));
     while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(e) => {
-                warn!(error = %e, kind = %K::kind(&()), "watch failed; retrying with backoff");
-                continue;
-            }
-        };
         writer.apply_watcher_event(&event);
         if let watcher::Event::Apply(object) | watcher::Event::Delete(object) = &event
             && let Some(lease) = object.labels().get(LEASE_LABEL)
@@ -486,6 +472,19 @@ async fn drive_box<K>(
             triggers.touch(lease.clone());
         }
     }
+}
+
+/// A watch's events. Its errors are logged and skipped: the watcher retries them with backoff.
+fn events<K: kube::Resource<DynamicType = ()>>(
+    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+) -> impl Stream<Item = watcher::Event<K>> {
+    stream.filter_map(|event| async move {
+        event
+            .inspect_err(
+                |e| warn!(error = %e, kind = %K::kind(&()), "watch failed; retrying with backoff"),
+            )
+            .ok()
+    })
 }
 
 /// What a cached ComputeLease keeps: everything the controllers and the inventory read, and not
@@ -533,15 +532,8 @@ async fn drive<K: Watched + kube::Resource<DynamicType = ()>>(
 ) {
     let mut relist = None;
     let mut listed = false;
-    let mut stream = std::pin::pin!(stream);
+    let mut stream = std::pin::pin!(events(stream));
     while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(e) => {
-                warn!(error = %e, kind = %K::kind(&()), "watch failed; retrying with backoff");
-                continue;
-            }
-        };
         also(&event);
         let done = matches!(event, watcher::Event::InitDone);
         let names = {
