@@ -330,6 +330,23 @@ pub fn offer_event_moves_ownership(
     }
 }
 
+/// Whether an offer's change can change the status computed for it: a new offer, a new
+/// generation (its spec), or the network session's part of its status, which the Advertised
+/// condition follows. The offer controller's own status write coming back changes none of these,
+/// so it is not computed again for it (inventory changes trigger it on their own).
+pub fn changes_offer_inputs(cached: Option<&GpuOffer>, offer: &GpuOffer) -> bool {
+    let Some(cached) = cached else {
+        return true;
+    };
+    let publication = |o: &GpuOffer| {
+        o.status.as_ref().map_or((None, None), |s| {
+            (s.offer_id.clone(), s.last_advertised.clone())
+        })
+    };
+    cached.metadata.generation != offer.metadata.generation
+        || publication(cached) != publication(offer)
+}
+
 /// Watches GpuOffers into `writer`'s store (the one cache of offers: the offer controller and
 /// intake read it), triggers each changed offer, and every offer when one of them changes what
 /// the others may own, and forgets a deleted offer's backoff. (A lease's is forgotten by the
@@ -348,15 +365,22 @@ pub async fn run_offers(
             .modify(|offer| offer.managed_fields_mut().clear())
     ));
     while let Some(event) = stream.next().await {
+        let changed = match &event {
+            watcher::Event::Apply(offer) => {
+                changes_offer_inputs(reader.get(&ObjectRef::from_obj(offer)).as_deref(), offer)
+            }
+            watcher::Event::InitApply(_) => true,
+            _ => false,
+        };
         writer.apply_watcher_event(&event);
         match &event {
-            watcher::Event::Apply(offer) | watcher::Event::InitApply(offer) => {
+            watcher::Event::Apply(offer) | watcher::Event::InitApply(offer) if changed => {
                 triggers.touch(offer.name_any())
             }
             watcher::Event::Delete(offer) => {
                 backoff.forget(&backoff::key(OFFER_CONTROLLER, &offer.name_any()))
             }
-            watcher::Event::Init | watcher::Event::InitDone => {}
+            _ => {}
         }
         if offer_event_moves_ownership(&mut generations, &event) {
             for offer in reader.state() {
@@ -748,6 +772,52 @@ status:
             "deleted"
         );
         assert!(generations.is_empty());
+    }
+
+    #[test]
+    fn only_a_spec_or_publication_change_recomputes_an_offer_not_its_own_status_write() {
+        let cached = {
+            let mut o = GpuOffer::new(
+                "a",
+                serde_yaml::from_str(include_str!("../../../tests/fixtures/offer-spec.yaml"))
+                    .unwrap(),
+            );
+            o.metadata.generation = Some(1);
+            o
+        };
+        assert!(changes_offer_inputs(None, &cached), "new");
+
+        let mut written = cached.clone();
+        written.status = Some(crate::crd::GpuOfferStatus {
+            idle_gpus: 7,
+            advertised_gpus: 7,
+            ..Default::default()
+        });
+        assert!(
+            !changes_offer_inputs(Some(&cached), &written),
+            "the offer controller's own capacity write"
+        );
+
+        let mut respec = written.clone();
+        respec.metadata.generation = Some(2);
+        assert!(changes_offer_inputs(Some(&written), &respec), "spec change");
+
+        let mut published = written.clone();
+        published.status.as_mut().unwrap().offer_id = Some("p/a".into());
+        assert!(
+            changes_offer_inputs(Some(&written), &published),
+            "published"
+        );
+
+        let mut republished = published.clone();
+        republished.status.as_mut().unwrap().last_advertised =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::from_second(1).unwrap(),
+            ));
+        assert!(
+            changes_offer_inputs(Some(&published), &republished),
+            "republished"
+        );
     }
 
     #[test]
