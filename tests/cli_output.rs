@@ -21,3 +21,27 @@ fn a_closed_pipe_ends_the_output_quietly() {
         "nothing said about the closed pipe: {stderr}"
     );
 }
+
+/// A port in use stops the operator at once, naming the flag, before it reads any kubeconfig.
+#[test]
+fn the_operator_stops_at_once_when_its_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gpubridge"))
+        .args([
+            "operator",
+            "--sidecar-image=ghcr.io/gpubridge/gpubridge:test",
+            &format!("--http-addr={addr}"),
+        ])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen on {addr} for metrics and probes (--http-addr)"
+        )),
+        "{stderr}"
+    );
+}

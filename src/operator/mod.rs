@@ -155,6 +155,12 @@ pub enum OperatorError {
         name: String,
         reason: String,
     },
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot serve HTTP on {addr}: {source}")]
     Http {
         addr: SocketAddr,
@@ -175,6 +181,14 @@ pub enum OperatorError {
 
 pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     let session_settings = session_settings(&args)?;
+    // Both ports first: one in use stops the operator before it does anything else.
+    let bind = |what: &'static str, addr: SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| OperatorError::Bind { what, addr, source })
+    };
+    let http_listener = bind("metrics and probes (--http-addr)", args.http_addr).await?;
+    let collector_listener = bind("the collector (--collector-addr)", args.collector_addr).await?;
     let client = Client::try_default().await.map_err(OperatorError::Client)?;
     let provider_key =
         load_or_create_provider_key(&client, &args.namespace, &args.provider_key_secret).await?;
@@ -225,7 +239,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         synced,
         metrics.clone(),
     ));
-    let http = http::serve(args.http_addr, probe.clone(), shutdown.signalled());
+    let http = http::serve(http_listener, probe.clone(), shutdown.signalled());
     let http_addr = args.http_addr;
     let http = tokio::spawn(async move {
         http.await.map_err(|source| OperatorError::Http {
@@ -254,7 +268,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         let addr = args.collector_addr;
         let stop = shutdown.signalled();
         tokio::spawn(async move {
-            collector::serve(addr, service, stop)
+            collector::serve(collector_listener, service, stop)
                 .await
                 .map_err(|source| OperatorError::Collector { addr, source })
         })

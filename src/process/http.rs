@@ -1,6 +1,5 @@
 //! The operator's HTTP endpoint: `/metrics`, `/livez`, `/readyz`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -25,12 +24,13 @@ pub fn router(probe: Arc<dyn Probe>) -> Router {
         .with_state(probe)
 }
 
+/// Serves on `listener`, bound by the caller first so that a port in use fails the process at
+/// once instead of surfacing only when it stops.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     probe: Arc<dyn Probe>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, router(probe))
         .with_graceful_shutdown(shutdown)
         .await

@@ -299,8 +299,14 @@ pub async fn run(args: MeterArgs) -> Result<(), MeterError> {
     }
     let metrics = MeterMetrics::new();
     let shutdown = Shutdown::on_signals();
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .map_err(|source| MeterError::Http {
+            addr: args.http_addr,
+            source,
+        })?;
     let http = tokio::spawn(http::serve(
-        args.http_addr,
+        listener,
         Arc::new(metrics.clone()),
         shutdown.signalled(),
     ));

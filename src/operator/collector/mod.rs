@@ -12,7 +12,6 @@
 pub mod summary;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -552,7 +551,7 @@ impl Collector for CollectorService {
 
 /// Serves the collector on `addr` until `shutdown`.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     service: CollectorService,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
@@ -560,6 +559,9 @@ pub async fn serve(
         .add_service(
             CollectorServer::new(service).max_decoding_message_size(crate::wire::MAX_MESSAGE_BYTES),
         )
-        .serve_with_shutdown(addr, shutdown)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
         .await
 }
