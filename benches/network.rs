@@ -22,6 +22,7 @@ const UNIT: u128 = 1_000_000_000_000_000_000;
 fn book(offers: usize) -> Vec<BookOffer> {
     (0..offers)
         .map(|i| BookOffer {
+            resource: "nvidia.com/gpu".into(),
             offer_id: format!("provider-{i}/offer"),
             model: [
                 "NVIDIA-H100-80GB-HBM3",
@@ -45,6 +46,7 @@ fn book(offers: usize) -> Vec<BookOffer> {
 
 fn terms() -> OrderTerms {
     OrderTerms {
+        resource: "nvidia.com/gpu".into(),
         gpus: 4,
         model: "NVIDIA-H100-80GB-HBM3".into(),
         duration_seconds: 3600,
@@ -59,6 +61,7 @@ fn terms() -> OrderTerms {
 fn order_body() -> OrderBody {
     OrderBody {
         header: None,
+        resource_name: String::new(),
         gpus: 1,
         model: String::new(),
         duration_seconds: 3600,

@@ -28,6 +28,7 @@ const UNIT: u128 = 1_000_000_000_000_000_000;
 fn order(gpus: u32, model: &str, seconds: u64, max_price: u128) -> OrderBody {
     OrderBody {
         header: None,
+        resource_name: String::new(),
         gpus,
         model: model.into(),
         duration_seconds: seconds,

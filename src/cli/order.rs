@@ -71,9 +71,13 @@ pub enum OrderCommand {
 
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
-    /// GPUs, all on one node.
+    /// GPUs, all on one node: whole GPUs, or slices of the MIG profile `--resource` names.
     #[arg(long)]
     pub gpus: u32,
+    /// Whole GPUs (nvidia.com/gpu), or a MIG profile such as nvidia.com/mig-1g.10gb. An order
+    /// for whole GPUs never gets slices.
+    #[arg(long, default_value = "nvidia.com/gpu")]
+    pub resource: String,
     /// GPU model, as in the offer book; any when absent.
     #[arg(long, default_value = "")]
     pub model: String,
@@ -211,6 +215,7 @@ fn order_body(args: SubmitArgs) -> Result<OrderBody, OrderError> {
     Ok(OrderBody {
         header: None,
         gpus: args.gpus,
+        resource_name: args.resource,
         model: args.model,
         duration_seconds,
         max_price_per_gpu_hour: max_price.to_string(),
@@ -239,6 +244,15 @@ fn order_body(args: SubmitArgs) -> Result<OrderBody, OrderError> {
 /// An amount from the network in whole units; shown as sent when it is not an amount.
 fn units(atto: &str) -> String {
     amount::parse("amount", atto).map_or_else(|_| atto.to_string(), |a| a.to_decimal_units())
+}
+
+/// A count of GPUs as a table shows it: whole GPUs as a number, slices with their MIG profile
+/// (`7 × mig-1g.10gb`), so that slices never read as whole GPUs.
+fn gpus_of(count: u32, resource: &str) -> String {
+    match resource.strip_prefix("nvidia.com/") {
+        Some(mig) if mig.starts_with("mig-") => format!("{count} × {mig}"),
+        _ => count.to_string(),
+    }
 }
 
 /// An order's state as a lowercase word, for tables and JSON.
@@ -289,7 +303,7 @@ fn render_orders(orders: &[OrderView], output: Output) -> String {
             .map(|o| {
                 json!({
                     "orderId": o.order_id, "state": state(o), "reason": o.reason,
-                    "gpus": o.gpus, "model": o.model, "durationSeconds": o.duration_seconds,
+                    "gpus": o.gpus, "resourceName": o.resource_name, "model": o.model, "durationSeconds": o.duration_seconds,
                     "maxPricePerGpuHour": units(&o.max_price_per_gpu_hour),
                     "pricePerGpuHour": units(&o.price_per_gpu_hour), "denomination": o.denomination,
                     "leaseId": o.lease_id, "offerId": o.offer_id, "image": o.image,
@@ -306,7 +320,7 @@ fn render_orders(orders: &[OrderView], output: Output) -> String {
             vec![
                 o.order_id.clone(),
                 state(o).to_string(),
-                o.gpus.to_string(),
+                gpus_of(o.gpus, &o.resource_name),
                 if o.model.is_empty() {
                     "any".into()
                 } else {
@@ -374,7 +388,8 @@ fn render_offers(offers: &[OfferView], output: Output) -> String {
             .iter()
             .map(|o| {
                 json!({
-                    "offerId": o.offer_id, "provider": o.provider_name, "model": o.model,
+                    "offerId": o.offer_id, "provider": o.provider_name,
+                    "resourceName": o.resource_name, "model": o.model,
                     "availableGpus": o.available_gpus, "largestBlock": o.largest_block,
                     "pricePerGpuHour": units(&o.price_per_gpu_hour), "denomination": o.denomination,
                     "minDurationSeconds": o.min_duration_seconds, "maxDurationSeconds": o.max_duration_seconds,
@@ -399,7 +414,7 @@ fn render_offers(offers: &[OfferView], output: Output) -> String {
                 } else {
                     o.model.clone()
                 },
-                o.available_gpus.to_string(),
+                gpus_of(o.available_gpus, &o.resource_name),
                 o.largest_block.to_string(),
                 format!("{} {}", units(&o.price_per_gpu_hour), o.denomination),
                 format!("{}-{}s", o.min_duration_seconds, o.max_duration_seconds),
@@ -443,6 +458,13 @@ mod tests {
             text,
             "ORDER   STATE    REASON\na1      matched\nb22222  ended    done\n"
         );
+    }
+
+    #[test]
+    fn slices_show_their_profile_and_whole_gpus_a_number() {
+        assert_eq!(gpus_of(7, "nvidia.com/mig-1g.10gb"), "7 × mig-1g.10gb");
+        assert_eq!(gpus_of(8, "nvidia.com/gpu"), "8");
+        assert_eq!(gpus_of(8, ""), "8");
     }
 
     #[test]

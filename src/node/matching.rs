@@ -10,6 +10,8 @@ use crate::wire::amount::Amount;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BookOffer {
     pub offer_id: String,
+    /// Whole GPUs (`nvidia.com/gpu`) or a MIG profile.
+    pub resource: String,
     pub model: String,
     pub region: String,
     pub attributes: Vec<(String, String)>,
@@ -29,6 +31,8 @@ pub struct BookOffer {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OrderTerms {
     pub gpus: u32,
+    /// Whole GPUs (`nvidia.com/gpu`) or a MIG profile: an order for one never takes the other.
+    pub resource: String,
     pub model: String,
     pub duration_seconds: u64,
     pub max_price: Amount,
@@ -49,6 +53,7 @@ pub struct Match {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Mismatch {
     Denomination,
+    Resource,
     Model,
     Region,
     Attributes,
@@ -63,6 +68,7 @@ impl Mismatch {
     fn describe(self) -> &'static str {
         match self {
             Mismatch::Denomination => "sell in another denomination",
+            Mismatch::Resource => "sell other GPUs (whole GPUs or another MIG profile)",
             Mismatch::Model => "offer another GPU model",
             Mismatch::Region => "are in another region",
             Mismatch::Attributes => "lack a required attribute",
@@ -100,6 +106,9 @@ impl std::fmt::Display for NoMatch {
 pub fn mismatch(order: &OrderTerms, offer: &BookOffer) -> Option<Mismatch> {
     if offer.denomination != order.denomination {
         return Some(Mismatch::Denomination);
+    }
+    if offer.resource != order.resource {
+        return Some(Mismatch::Resource);
     }
     if !order.model.is_empty() && offer.model != order.model {
         return Some(Mismatch::Model);
@@ -184,6 +193,7 @@ mod tests {
     fn offer(id: &str, price: u128, blocks: &[u32], seq: u64) -> BookOffer {
         BookOffer {
             offer_id: id.into(),
+            resource: "nvidia.com/gpu".into(),
             model: "H100".into(),
             region: "eu".into(),
             attributes: vec![("egress".into(), "internet".into())],
@@ -201,6 +211,7 @@ mod tests {
     fn order(gpus: u32, max_price: u128) -> OrderTerms {
         OrderTerms {
             gpus,
+            resource: "nvidia.com/gpu".into(),
             model: "H100".into(),
             duration_seconds: 3600,
             max_price: Amount::from_atto(max_price),
@@ -221,6 +232,28 @@ mod tests {
         assert_eq!(best_offer(&order(1, 10), &book).unwrap().offer, 2);
         let tie = vec![offer("b", 2, &[8], 1), offer("a", 2, &[8], 1)];
         assert_eq!(best_offer(&order(1, 10), &tie).unwrap().offer, 1);
+    }
+
+    /// An order for whole GPUs never takes MIG slices, however cheap, and an order for a MIG
+    /// profile takes only that profile.
+    #[test]
+    fn whole_gpus_and_slices_never_match_each_other() {
+        let mut slices = offer("slices", 1, &[7], 1);
+        slices.resource = "nvidia.com/mig-1g.10gb".into();
+        let whole = offer("whole", 5, &[8], 2);
+        let book = vec![slices.clone(), whole];
+        assert_eq!(best_offer(&order(1, 10), &book).unwrap().offer, 1);
+
+        let only_slices = vec![slices];
+        let refused = best_offer(&order(1, 10), &only_slices).unwrap_err();
+        assert_eq!(refused.by_reason, vec![(Mismatch::Resource, 1)]);
+        assert!(refused.to_string().contains("sell other GPUs"), "{refused}");
+
+        let mut slice_order = order(3, 10);
+        slice_order.resource = "nvidia.com/mig-1g.10gb".into();
+        assert_eq!(best_offer(&slice_order, &book).unwrap().offer, 0);
+        slice_order.resource = "nvidia.com/mig-2g.20gb".into();
+        assert!(best_offer(&slice_order, &book).is_err(), "another profile");
     }
 
     #[test]

@@ -43,6 +43,7 @@ impl OfferRecord {
     pub fn to_book(&self) -> BookOffer {
         BookOffer {
             offer_id: self.offer_id.clone(),
+            resource: self.resource_name.clone(),
             model: self.model.clone(),
             region: self.region.clone(),
             attributes: self.attributes.clone(),
@@ -89,6 +90,9 @@ pub struct OrderRecord {
     pub order_id: String,
     pub buyer: String,
     pub gpus: u32,
+    /// Whole GPUs or a MIG profile; records from before it was recorded were whole GPUs.
+    #[serde(default = "whole_gpu")]
+    pub resource_name: String,
     pub model: String,
     pub duration_seconds: u64,
     pub max_price: Amount,
@@ -133,8 +137,13 @@ impl OrderRecord {
             created_at: self.created_at,
             updated_at: self.updated_at,
             image: self.image.clone(),
+            resource_name: self.resource_name.clone(),
         }
     }
+}
+
+fn whole_gpu() -> String {
+    crate::wire::validate::WHOLE_GPU.to_string()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

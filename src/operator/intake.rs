@@ -28,6 +28,12 @@ pub enum Refusal {
     Terms(#[from] TermsViolation),
     #[error(transparent)]
     Capacity(#[from] Shortfall),
+    #[error("the order asks for {ordered}; offer {offer} sells {sold}")]
+    Resource {
+        ordered: String,
+        offer: String,
+        sold: String,
+    },
     #[error("another lease already has the name {0}")]
     NameTaken(String),
     /// The provider's own cluster could not do its part; the text says which.
@@ -41,7 +47,7 @@ impl Refusal {
         match self {
             Refusal::Invalid(r) => r.kind(),
             Refusal::NotOffered(_) | Refusal::Paused(_) => "offer",
-            Refusal::Terms(_) => "terms",
+            Refusal::Terms(_) | Refusal::Resource { .. } => "terms",
             Refusal::Capacity(_) => "capacity",
             Refusal::NameTaken(_) => "conflict",
             Refusal::Cluster(_) => "api",
@@ -125,6 +131,20 @@ pub fn verify_lease(
         buyer,
         signed: signed.clone(),
         price,
+    })
+}
+
+/// Whether the offer sells what the order asks for: whole GPUs, or the one MIG profile it names.
+/// The provider checks it itself rather than trust the network's match.
+pub fn check_resource(verified: &VerifiedLease, offer: &GpuOfferSpec) -> Result<(), Refusal> {
+    let ordered = validate::ordered_resource(&verified.order);
+    if ordered == offer.resource_name {
+        return Ok(());
+    }
+    Err(Refusal::Resource {
+        ordered: ordered.to_string(),
+        offer: verified.lease.offer_name.clone(),
+        sold: offer.resource_name.clone(),
     })
 }
 
@@ -238,6 +258,7 @@ pub(crate) mod tests {
             denomination: "USDC".into(),
             region: String::new(),
             attributes: vec![],
+            resource_name: String::new(),
             workload: Some(Workload {
                 image: "ghcr.io/acme/train:1".into(),
                 command: vec!["python".into(), "train.py".into()],
@@ -313,6 +334,38 @@ pub(crate) mod tests {
             .decode(record.body)
             .unwrap();
         assert_eq!(body, verified.signed.body);
+    }
+
+    /// The network matched an order for whole GPUs to an offer of MIG slices (or the other way):
+    /// the provider refuses it rather than trust the match.
+    #[test]
+    fn a_lease_for_other_gpus_than_the_offer_sells_is_refused() {
+        let p = parties();
+        let mut offer: GpuOfferSpec =
+            serde_yaml::from_str(include_str!("../../tests/fixtures/offer-spec.yaml")).unwrap();
+        let whole = seal(&p.buyer, order_body(), 1_000);
+        let verified = verify(&p, &lease_body(&p, whole, 1_001), 1_002).unwrap();
+        assert!(
+            check_resource(&verified, &offer).is_ok(),
+            "whole GPUs, sold whole"
+        );
+
+        offer.resource_name = "nvidia.com/mig-1g.10gb".into();
+        let refusal = check_resource(&verified, &offer).unwrap_err();
+        assert_eq!(refusal.kind(), "terms");
+        assert_eq!(
+            refusal.to_string(),
+            "the order asks for nvidia.com/gpu; offer h100-public sells nvidia.com/mig-1g.10gb"
+        );
+
+        let mut sliced = order_body();
+        sliced.resource_name = "nvidia.com/mig-1g.10gb".into();
+        let sliced = seal(&p.buyer, sliced, 1_000);
+        let verified = verify(&p, &lease_body(&p, sliced, 1_001), 1_002).unwrap();
+        assert!(
+            check_resource(&verified, &offer).is_ok(),
+            "the profile it sells"
+        );
     }
 
     #[test]

@@ -81,6 +81,35 @@ pub fn model(field: &str, text: &str) -> Result<(), Rejection> {
     )
 }
 
+/// Whole GPUs are sold as this resource; MIG slices as `nvidia.com/mig-<profile>`.
+pub const WHOLE_GPU: &str = "nvidia.com/gpu";
+
+/// A GPU resource on the network: whole GPUs, or one named MIG profile (`nvidia.com/mig-1g.10gb`).
+pub fn gpu_resource(field: &str, text: &str) -> Result<(), Rejection> {
+    let mig_profile = text.strip_prefix("nvidia.com/mig-").is_some_and(|profile| {
+        !profile.is_empty()
+            && profile
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.')
+    });
+    if (text != WHOLE_GPU && !mig_profile) || text.len() > 63 {
+        return invalid(
+            field,
+            "must be nvidia.com/gpu (whole GPUs) or a MIG profile such as nvidia.com/mig-1g.10gb",
+        );
+    }
+    Ok(())
+}
+
+/// The resource an order asks for: whole GPUs unless it names a MIG profile.
+pub fn ordered_resource(order: &OrderBody) -> &str {
+    if order.resource_name.is_empty() {
+        WHOLE_GPU
+    } else {
+        &order.resource_name
+    }
+}
+
 /// An id made by the network: 1–52 lowercase letters and digits, so it names a ComputeLease.
 pub fn object_id(field: &str, text: &str) -> Result<(), Rejection> {
     bounded(field, text, 1, 52)?;
@@ -253,6 +282,9 @@ pub struct CheckedOrder {
 
 pub fn order(body: &OrderBody) -> Result<CheckedOrder, Rejection> {
     gpus("order.gpus", body.gpus)?;
+    if !body.resource_name.is_empty() {
+        gpu_resource("order.resourceName", &body.resource_name)?;
+    }
     model("order.model", &body.model)?;
     duration("order.durationSeconds", body.duration_seconds)?;
     let max_price =
@@ -277,14 +309,7 @@ pub struct CheckedOffer {
 pub fn offer(body: &OfferBody, now: i64) -> Result<CheckedOffer, Rejection> {
     dns_subdomain("offer.offerName", &body.offer_name)?;
     model("offer.model", &body.model)?;
-    let resource_ok =
-        body.resource_name == "nvidia.com/gpu" || body.resource_name.starts_with("nvidia.com/mig-");
-    if !resource_ok || body.resource_name.len() > 63 {
-        return invalid(
-            "offer.resourceName",
-            "must be nvidia.com/gpu or a nvidia.com/mig-* resource",
-        );
-    }
+    gpu_resource("offer.resourceName", &body.resource_name)?;
     if body.free_blocks.len() > 4096 {
         return invalid(
             "offer.freeBlocks",
@@ -361,6 +386,7 @@ mod tests {
             denomination: "USDC".into(),
             region: String::new(),
             attributes: vec![],
+            resource_name: String::new(),
             workload: Some(Workload {
                 image: "ghcr.io/acme/train:1.2".into(),
                 command: vec!["python".into()],
@@ -378,10 +404,35 @@ mod tests {
     #[test]
     fn a_valid_order_passes_and_each_rule_names_its_field() {
         assert!(order(&valid_order()).is_ok());
+        for resource in ["", "nvidia.com/gpu", "nvidia.com/mig-1g.10gb"] {
+            let mut o = valid_order();
+            o.resource_name = resource.into();
+            assert!(order(&o).is_ok(), "{resource:?}");
+            assert_eq!(
+                ordered_resource(&o),
+                if resource.is_empty() {
+                    WHOLE_GPU
+                } else {
+                    resource
+                }
+            );
+        }
         type Edit = fn(&mut OrderBody);
         let cases: Vec<(Edit, &str)> = vec![
             (|o| o.gpus = 0, "order.gpus"),
             (|o| o.gpus = 65, "order.gpus"),
+            (
+                |o| o.resource_name = "nvidia.com/gpus".into(),
+                "order.resourceName",
+            ),
+            (
+                |o| o.resource_name = "nvidia.com/mig-".into(),
+                "order.resourceName",
+            ),
+            (
+                |o| o.resource_name = "amd.com/gpu".into(),
+                "order.resourceName",
+            ),
             (|o| o.duration_seconds = 59, "order.durationSeconds"),
             (
                 |o| o.max_price_per_gpu_hour = "0".into(),

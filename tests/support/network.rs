@@ -127,6 +127,7 @@ pub fn offer(name: &str, blocks: &[u32]) -> OfferBody {
 pub fn order(gpus: u32) -> OrderBody {
     OrderBody {
         header: None,
+        resource_name: String::new(),
         gpus,
         model: "NVIDIA-H100-80GB-HBM3".into(),
         duration_seconds: 3600,

@@ -65,8 +65,10 @@ impl Store {
             .as_ref()
             .map(|w| w.image.clone())
             .unwrap_or_default();
+        let resource = validate::ordered_resource(body).to_string();
         let terms = OrderTerms {
             gpus: body.gpus,
+            resource: resource.clone(),
             model: body.model.clone(),
             duration_seconds: body.duration_seconds,
             max_price: checked.max_price,
@@ -81,6 +83,7 @@ impl Store {
                 order_id: order_id.clone(),
                 buyer: buyer.clone(),
                 gpus: body.gpus,
+                resource_name: resource,
                 model: body.model.clone(),
                 duration_seconds: body.duration_seconds,
                 max_price: checked.max_price,

@@ -18,7 +18,7 @@ use crate::admission::check_terms;
 use crate::capacity::{OfferFacts, compute};
 use crate::crd::{ComputeLease, GpuOffer, NODE_ANNOTATION};
 use crate::operator::controller::Context;
-use crate::operator::intake::{Refusal, lease_spec, verify_lease};
+use crate::operator::intake::{Refusal, check_resource, lease_spec, verify_lease};
 use crate::operator::publication::advertised_blocks;
 use crate::wire::client::NetworkClient;
 use crate::wire::proto::{LeaseBody, Signed, lease_event};
@@ -95,6 +95,7 @@ async fn intake(
     if offer.spec.paused {
         return Err(Refusal::Paused(verified.lease.offer_name.clone()));
     }
+    check_resource(&verified, &offer.spec)?;
     let spec = lease_spec(&verified, &offer.spec);
     check_terms(&offer.spec, &spec)?;
     let node = reserve(ctx, &offer, &name, spec.gpus, spec.gpu_model.as_deref()).await?;
