@@ -489,7 +489,9 @@ async fn a_status_conflict_is_retried_on_a_fresh_read() {
     let mut fresh = lease.clone();
     fresh.metadata.resource_version = Some("101".into());
     let (client, seen, server) = mock(vec![
-        step(Method::GET, POD, Reply::Json(running_pod)),
+        // A first look finds no pod (another replica was recreating it, say): its decision, the
+        // pod lost, is written over a stale version and refused.
+        step(Method::GET, POD, not_found()),
         step(
             Method::PATCH,
             &format!("{LEASE}/status"),
@@ -500,6 +502,8 @@ async fn a_status_conflict_is_retried_on_a_fresh_read() {
             LEASE,
             Reply::Json(serde_json::to_value(&fresh).unwrap()),
         ),
+        // The retry looks at the pod again instead of deciding from the first look.
+        step(Method::GET, POD, Reply::Json(running_pod)),
         step(
             Method::PATCH,
             &format!("{LEASE}/status"),
@@ -518,11 +522,20 @@ async fn a_status_conflict_is_retried_on_a_fresh_read() {
     finish(server).await;
     let seen = seen.read().unwrap();
     assert_eq!(
-        seen[3].2["metadata"]["resourceVersion"],
+        seen[1].2["status"]["phase"],
+        json!("Failed"),
+        "the stale look"
+    );
+    assert_eq!(
+        seen[4].2["metadata"]["resourceVersion"],
         json!("101"),
         "the retry writes over the fresh version"
     );
-    assert_eq!(seen[3].2["status"]["phase"], json!("Expired"));
+    assert_eq!(
+        seen[4].2["status"]["phase"],
+        json!("Expired"),
+        "decided from the pod as it is now, not as it was"
+    );
 }
 
 #[tokio::test]

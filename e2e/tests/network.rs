@@ -473,8 +473,8 @@ async fn two_replicas_and_200_concurrent_orders_never_promise_a_gpu_twice() {
 /// key of its own, so the network streams leases to both at once and its own capacity guard is
 /// out of play: it sees two providers offering the pool's 40 GPUs each, 80 in all. Only the
 /// reservation record, written under optimistic concurrency, keeps them to the 40 there are.
-/// (The second operator runs with the admin kubeconfig only because the chart lets its
-/// ServiceAccount read one provider-key Secret, by name.)
+/// Both run as the chart's ServiceAccount (only its lease pods are admitted); the second is let
+/// read one more Secret, its own provider key, by a Role this test adds.
 #[tokio::test]
 async fn two_operators_acting_at_once_never_promise_a_gpu_twice() {
     let Some(c) = cluster("twins").await else {
@@ -487,7 +487,8 @@ async fn two_operators_acting_at_once_never_promise_a_gpu_twice() {
     flags.push("--leader-election=false".into());
     let a = Operator::start_with(&c, "twin-a", &flags);
     flags.extend(["--provider-key-secret".into(), "twin-b-provider-key".into()]);
-    let b = Operator::start_as("twin-b", &flags, &c.kubeconfig);
+    apply_yaml(&c.client, TWIN_B_KEY_ACCESS).await;
+    let b = Operator::start_as("twin-b", &flags, &c.operator_kubeconfig);
     apply_yaml(&c.client, BURST_OFFER).await;
     a.wait_ready().await;
     b.wait_ready().await;
@@ -507,8 +508,35 @@ async fn two_operators_acting_at_once_never_promise_a_gpu_twice() {
         Api::<k8s_openapi::api::core::v1::Secret>::namespaced(c.client.clone(), "gpubridge-system")
             .delete("twin-b-provider-key", &DeleteParams::default())
             .await;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let key_access = "e2e-twin-b-provider-key";
+    let _ = Api::<RoleBinding>::namespaced(c.client.clone(), "gpubridge-system")
+        .delete(key_access, &DeleteParams::default())
+        .await;
+    let _ = Api::<Role>::namespaced(c.client.clone(), "gpubridge-system")
+        .delete(key_access, &DeleteParams::default())
+        .await;
     drop((a, b));
 }
+
+/// Lets the chart's ServiceAccount read the second operator's provider key as well.
+const TWIN_B_KEY_ACCESS: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: e2e-twin-b-provider-key, namespace: gpubridge-system}
+rules:
+- apiGroups: [""]
+  resources: [secrets]
+  resourceNames: [twin-b-provider-key]
+  verbs: [get]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: e2e-twin-b-provider-key, namespace: gpubridge-system}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: e2e-twin-b-provider-key}
+subjects:
+- {kind: ServiceAccount, name: gpubridge, namespace: gpubridge-system}
+"#;
 
 /// 200 orders of 1 to 8 GPUs, wanting far more than the burst pool's 40, sent at once to the
 /// network, where `providers` providers publish the pool: never more than 40 GPUs are leased at

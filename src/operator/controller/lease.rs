@@ -60,8 +60,6 @@ async fn apply(lease: &ComputeLease, ctx: &Context) -> Result<Action> {
     let name = lease.name_any();
     let namespace = namespace_for(&name);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let pod = pods.get_opt(POD_NAME).await?;
-    let observed_pod = pod.as_ref().map(PodObservation::from_pod);
     let offer = ctx.offers.get(&kube::runtime::reflector::ObjectRef::new(
         &lease.spec.offer_name,
     ));
@@ -74,6 +72,10 @@ async fn apply(lease: &ComputeLease, ctx: &Context) -> Result<Action> {
         .map(str::to_string);
     let mut current = lease.clone();
     for attempt in 1..=STATUS_WRITE_ATTEMPTS {
+        // Read on every attempt: after a conflict the pod may be one another replica created
+        // (or stopped) meanwhile, and a decision from the older look would call it lost.
+        let pod = pods.get_opt(POD_NAME).await?;
+        let observed_pod = pod.as_ref().map(PodObservation::from_pod);
         let status = current.status.clone().unwrap_or_default();
         let mut decision = lifecycle::decide(&Observation {
             spec: &current.spec,
@@ -139,13 +141,17 @@ async fn apply(lease: &ComputeLease, ctx: &Context) -> Result<Action> {
     unreachable!("the loop returns on its last attempt")
 }
 
-/// The API's refusal of part of a lease's box (an admission policy, RBAC, a quota, a missing
+/// The API's refusal of part of a lease's box (an admission policy, RBAC, a missing
 /// PriorityClass or RuntimeClass), as its message; `None` for what may pass on a retry (a
-/// conflict, throttling, a server or connection error).
+/// conflict, throttling, a server or connection error). The lease's own quota admits exactly
+/// its one pod, so "exceeded quota" means that pod already exists (another replica created it
+/// first; quota admission answers before the name's uniqueness does): not a refusal either.
 fn refusal(error: &Error) -> Option<String> {
     match error {
         Error::Kube(kube::Error::Api(status))
-            if (400..500).contains(&status.code) && ![404, 409, 429].contains(&status.code) =>
+            if (400..500).contains(&status.code)
+                && ![404, 409, 429].contains(&status.code)
+                && !status.message.contains("exceeded quota") =>
         {
             Some(status.message.clone())
         }
@@ -521,7 +527,7 @@ fn pinned_to_promised_node(eligible: Vec<String>, promised: Option<&String>) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::{awaiting_end_report, pinned_to_promised_node};
+    use super::{Error, awaiting_end_report, pinned_to_promised_node, refusal};
     use crate::crd::{ComputeLease, ComputeLeaseStatus, LeasePhase, SignedOrder};
     use jiff::{Timestamp, ToSpan};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -557,6 +563,30 @@ mod tests {
         );
         lease.status.as_mut().unwrap().reported_at = Some(Time(now));
         assert!(!awaiting_end_report(&lease, true, now));
+    }
+
+    #[test]
+    fn only_refusals_that_stay_end_a_lease() {
+        let api = |code: u16, message: &str| {
+            Error::Kube(kube::Error::Api(Box::new(
+                kube::core::Status::failure(message, "Forbidden").with_code(code),
+            )))
+        };
+        let policy = "pods \"workload\" is forbidden: ValidatingAdmissionPolicy denied request";
+        assert_eq!(refusal(&api(403, policy)).as_deref(), Some(policy));
+        assert!(refusal(&api(422, "spec.priorityClassName: not found")).is_some());
+        for passing in [
+            api(
+                403,
+                "pods \"workload\" is forbidden: exceeded quota: lease-quota, used: pods=1",
+            ),
+            api(404, "namespaces \"lease-x\" not found"),
+            api(409, "already exists"),
+            api(429, "too many requests"),
+            api(500, "etcd timeout"),
+        ] {
+            assert_eq!(refusal(&passing), None, "{passing}");
+        }
     }
 
     #[test]
