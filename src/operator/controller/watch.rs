@@ -1,7 +1,7 @@
 //! Watches of Nodes, Pods and ComputeLeases that feed the capacity inventory, and the triggers
 //! they send to the offer controller: each change recomputes only the offers it touches.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -310,23 +310,18 @@ impl<K: kube::Resource<DynamicType = ()> + 'static> Triggers<K> {
 }
 
 /// Whether an offer event may change what other offers own: a new offer, a changed spec (its
-/// generation moves; status writes do not) or a deleted one. Overlap between offers is decided
-/// by age, so every offer is then recomputed.
+/// generation moves against the `cached` copy; status writes do not) or a deleted one. Overlap
+/// between offers is decided by age, so every offer is then recomputed.
 pub fn offer_event_moves_ownership(
-    generations: &mut HashMap<String, Option<i64>>,
+    cached: Option<&GpuOffer>,
     event: &watcher::Event<GpuOffer>,
 ) -> bool {
     match event {
         watcher::Event::Apply(offer) | watcher::Event::InitApply(offer) => {
-            let generation = offer.metadata.generation;
-            generations.insert(offer.name_any(), generation) != Some(generation)
+            cached.map(|c| c.metadata.generation) != Some(offer.metadata.generation)
         }
-        watcher::Event::Delete(offer) => {
-            generations.remove(&offer.name_any());
-            true
-        }
+        watcher::Event::Delete(_) | watcher::Event::InitDone => true,
         watcher::Event::Init => false,
-        watcher::Event::InitDone => true,
     }
 }
 
@@ -358,20 +353,25 @@ pub async fn run_offers(
     backoff: Arc<Backoff>,
 ) {
     let reader = writer.as_reader();
-    let mut generations = HashMap::new();
     let mut stream = std::pin::pin!(events(
         watcher(Api::<GpuOffer>::all(client), watcher::Config::default())
             .default_backoff()
             .modify(|offer| offer.managed_fields_mut().clear())
     ));
     while let Some(event) = stream.next().await {
-        let changed = match &event {
-            watcher::Event::Apply(offer) => {
-                changes_offer_inputs(reader.get(&ObjectRef::from_obj(offer)).as_deref(), offer)
+        // The store's copy from before this event: what the event changes is judged against it.
+        let cached = match &event {
+            watcher::Event::Apply(offer) | watcher::Event::InitApply(offer) => {
+                reader.get(&ObjectRef::from_obj(offer))
             }
+            _ => None,
+        };
+        let changed = match &event {
+            watcher::Event::Apply(offer) => changes_offer_inputs(cached.as_deref(), offer),
             watcher::Event::InitApply(_) => true,
             _ => false,
         };
+        let moves_ownership = offer_event_moves_ownership(cached.as_deref(), &event);
         writer.apply_watcher_event(&event);
         match &event {
             watcher::Event::Apply(offer) | watcher::Event::InitApply(offer) if changed => {
@@ -382,7 +382,7 @@ pub async fn run_offers(
             }
             _ => {}
         }
-        if offer_event_moves_ownership(&mut generations, &event) {
+        if moves_ownership {
             for offer in reader.state() {
                 triggers.touch(offer.name_any());
             }
@@ -754,24 +754,22 @@ status:
             o.metadata.generation = Some(generation);
             o
         };
-        let mut generations = HashMap::new();
         assert!(
-            offer_event_moves_ownership(&mut generations, &watcher::Event::Apply(offer(1))),
+            offer_event_moves_ownership(None, &watcher::Event::Apply(offer(1))),
             "new"
         );
         assert!(
-            !offer_event_moves_ownership(&mut generations, &watcher::Event::Apply(offer(1))),
+            !offer_event_moves_ownership(Some(&offer(1)), &watcher::Event::Apply(offer(1))),
             "status write"
         );
         assert!(
-            offer_event_moves_ownership(&mut generations, &watcher::Event::Apply(offer(2))),
+            offer_event_moves_ownership(Some(&offer(1)), &watcher::Event::Apply(offer(2))),
             "spec change"
         );
         assert!(
-            offer_event_moves_ownership(&mut generations, &watcher::Event::Delete(offer(2))),
+            offer_event_moves_ownership(Some(&offer(2)), &watcher::Event::Delete(offer(2))),
             "deleted"
         );
-        assert!(generations.is_empty());
     }
 
     #[test]
