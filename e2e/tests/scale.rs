@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use crate::install_crds;
 use crate::sidecars::status_kib;
 use crate::support::{
-    Operator, apply_yaml, cluster, eventually, http_get, percentile, wait_http_ok,
+    Operator, apply_yaml, cluster, eventually, http_get, metric, percentile, wait_http_ok,
 };
 
 const NODES: usize = 5_000;
@@ -439,10 +439,7 @@ spec:
 async fn offer_reconciles(http: &str) -> (u64, f64) {
     let (_, body) = http_get(&format!("{http}/metrics")).await.unwrap();
     let read = |series: &str| {
-        body.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("{series} is not in the operator's metrics"))
+        metric(&body, series).unwrap_or_else(|| panic!("{series} is not in the operator's metrics"))
     };
     (
         read("gpubridge_reconcile_duration_seconds_count{controller=\"offer\"}") as u64,

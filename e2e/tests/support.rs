@@ -380,12 +380,8 @@ impl Operator {
         let url = format!("{}/metrics", self.http);
         eventually(&format!("metric {series} >= {min}"), timeout, || async {
             let (_, body) = http_get(&url).await?;
-            let value = body
-                .lines()
-                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-                .and_then(|v| v.parse::<u64>().ok());
-            match value {
-                Some(v) if v >= min => Ok(()),
+            match metric(&body, series) {
+                Some(v) if v >= min as f64 => Ok(()),
                 other => Err(format!("reads {other:?}")),
             }
         })
@@ -425,6 +421,13 @@ impl Operator {
         )
         .await;
     }
+}
+
+/// The value of the sample `series` (name and labels) in a Prometheus text exposition.
+pub fn metric(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
 }
 
 impl Drop for Operator {
