@@ -19,7 +19,7 @@ fn main() -> ExitCode {
             telemetry::init(args.log_format);
             block_on(node::run(args)).map_err(Into::into)
         }
-        Command::Order(args) => block_on(order::run(args)).map_err(Into::into),
+        Command::Order(args) => return block_on(order::run(args)),
     };
     exit_code("gpubridge", result)
 }

@@ -323,7 +323,9 @@ async fn matching_takes_constraints_then_price_then_time() {
     assert_eq!(view.state(), OrderState::Rejected);
     assert_eq!(
         view.reason,
-        "no offer matches: of 3 offers 1 have no node with that many free GPUs, 2 cost more than the order's maximum price"
+        "no offer matches: of 3 offers, 1 has no node with that many free GPUs (the most free on \
+         one node: 0) and 2 cost more than the order's maximum price (the cheapest asks 2.8 USDC \
+         per GPU-hour)"
     );
 }
 
@@ -853,37 +855,37 @@ async fn out_of_terms_orders_are_rejected_with_the_reason_and_hold_nothing() {
         (
             "registry the offer does not allow",
             order_with(|o| o.workload.as_mut().unwrap().image = "docker.io/x/miner:1".into()),
-            "do not allow the image's registry",
+            "the only offer does not allow the image's registry (registries allowed: ghcr.io)",
         ),
         (
             "longer than the offer allows",
             order_with(|o| o.duration_seconds = 100_000),
-            "do not allow this duration",
+            "the only offer does not allow this duration (allowed: 60 s to 86400 s)",
         ),
         (
             "more GPUs than any node has",
             order_with(|o| o.gpus = 16),
-            "allow fewer GPUs per lease",
+            "the only offer allows fewer GPUs per lease (at most 8 GPUs per lease)",
         ),
         (
             "below the offer's price",
             order_with(|o| o.max_price_per_gpu_hour = UNIT.to_string()),
-            "cost more than the order's maximum price",
+            "the only offer costs more than the order's maximum price (the cheapest asks 2.5 USDC per GPU-hour)",
         ),
         (
             "another GPU model",
             order_with(|o| o.model = "NVIDIA-A100-SXM4-80GB".into()),
-            "offer another GPU model",
+            "the only offer offers another GPU model (on offer: NVIDIA-H100-80GB-HBM3)",
         ),
         (
             "another region",
             order_with(|o| o.region = "us-east".into()),
-            "are in another region",
+            "the only offer is in another region (on offer: eu-west)",
         ),
         (
             "another denomination",
             order_with(|o| o.denomination = "EUR".into()),
-            "sell in another denomination",
+            "the only offer sells in another denomination (on offer: USDC)",
         ),
     ];
     for (name, body, says) in cases {

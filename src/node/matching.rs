@@ -65,27 +65,134 @@ pub enum Mismatch {
 }
 
 impl Mismatch {
-    fn describe(self) -> &'static str {
+    /// What the offers failing on this constraint do, as (one offer, several offers).
+    fn describe(self) -> (&'static str, &'static str) {
         match self {
-            Mismatch::Denomination => "sell in another denomination",
-            Mismatch::Resource => "sell other GPUs (whole GPUs or another MIG profile)",
-            Mismatch::Model => "offer another GPU model",
-            Mismatch::Region => "are in another region",
-            Mismatch::Attributes => "lack a required attribute",
-            Mismatch::Duration => "do not allow this duration",
-            Mismatch::LeaseSize => "allow fewer GPUs per lease",
-            Mismatch::Registry => "do not allow the image's registry",
-            Mismatch::Capacity => "have no node with that many free GPUs",
-            Mismatch::Price => "cost more than the order's maximum price",
+            Mismatch::Denomination => (
+                "sells in another denomination",
+                "sell in another denomination",
+            ),
+            Mismatch::Resource => (
+                "sells other GPUs (whole GPUs or another MIG profile)",
+                "sell other GPUs (whole GPUs or another MIG profile)",
+            ),
+            Mismatch::Model => ("offers another GPU model", "offer other GPU models"),
+            Mismatch::Region => ("is in another region", "are in other regions"),
+            Mismatch::Attributes => ("lacks a required attribute", "lack a required attribute"),
+            Mismatch::Duration => ("does not allow this duration", "do not allow this duration"),
+            Mismatch::LeaseSize => ("allows fewer GPUs per lease", "allow fewer GPUs per lease"),
+            Mismatch::Registry => (
+                "does not allow the image's registry",
+                "do not allow the image's registry",
+            ),
+            Mismatch::Capacity => (
+                "has no node with that many free GPUs",
+                "have no node with that many free GPUs",
+            ),
+            Mismatch::Price => (
+                "costs more than the order's maximum price",
+                "cost more than the order's maximum price",
+            ),
         }
+    }
+
+    /// The bound the offers failing on this constraint set, which the buyer can order within:
+    /// what they sell, the durations and lease sizes they allow, the most free GPUs on a node,
+    /// the cheapest price. `None` for attributes, whose values offers do not publish here.
+    fn bound(self, offers: &[&BookOffer]) -> Option<String> {
+        let listed = |values: Vec<&str>| {
+            let values: std::collections::BTreeSet<&str> = values.into_iter().collect();
+            let shown: Vec<&str> = values.iter().copied().take(MAX_LISTED).collect();
+            let more = if values.len() > MAX_LISTED {
+                ", …"
+            } else {
+                ""
+            };
+            format!("on offer: {}{more}", shown.join(", "))
+        };
+        Some(match self {
+            Mismatch::Denomination => {
+                listed(offers.iter().map(|o| o.denomination.as_str()).collect())
+            }
+            Mismatch::Resource => listed(offers.iter().map(|o| o.resource.as_str()).collect()),
+            Mismatch::Model => listed(
+                offers
+                    .iter()
+                    .map(|o| {
+                        if o.model.is_empty() {
+                            "mixed"
+                        } else {
+                            o.model.as_str()
+                        }
+                    })
+                    .collect(),
+            ),
+            Mismatch::Region => listed(
+                offers
+                    .iter()
+                    .map(|o| {
+                        if o.region.is_empty() {
+                            "none"
+                        } else {
+                            o.region.as_str()
+                        }
+                    })
+                    .collect(),
+            ),
+            Mismatch::Attributes => return None,
+            Mismatch::Duration => {
+                let shortest = offers.iter().map(|o| o.min_duration_seconds).min()?;
+                let longest = offers.iter().map(|o| o.max_duration_seconds).max()?;
+                format!("allowed: {shortest} s to {longest} s")
+            }
+            Mismatch::LeaseSize => {
+                let most = offers.iter().map(|o| o.max_gpus_per_lease).max()?;
+                format!("at most {most} GPUs per lease")
+            }
+            Mismatch::Registry => listed(
+                offers
+                    .iter()
+                    .flat_map(|o| o.allowed_registries.iter().map(String::as_str))
+                    .collect(),
+            )
+            .replacen("on offer", "registries allowed", 1),
+            Mismatch::Capacity => {
+                let most = offers
+                    .iter()
+                    .flat_map(|o| o.free_blocks.iter().copied())
+                    .max()
+                    .unwrap_or(0);
+                format!("the most free on one node: {most}")
+            }
+            Mismatch::Price => {
+                let cheapest = offers.iter().min_by_key(|o| o.price)?;
+                format!(
+                    "the cheapest asks {} {} per GPU-hour",
+                    cheapest.price.to_decimal_units(),
+                    cheapest.denomination
+                )
+            }
+        })
     }
 }
 
-/// Why no offer took an order: how many offers failed on each constraint, readable by the buyer.
+/// Values a refusal lists, at most.
+const MAX_LISTED: usize = 5;
+
+/// The offers that failed on one constraint: how many, and the bound they set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub mismatch: Mismatch,
+    pub offers: usize,
+    pub bound: Option<String>,
+}
+
+/// Why no offer took an order: for each constraint, how many offers failed on it and what they
+/// allow, readable by the buyer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NoMatch {
     pub offers: usize,
-    pub by_reason: Vec<(Mismatch, usize)>,
+    pub refusals: Vec<Refusal>,
 }
 
 impl std::fmt::Display for NoMatch {
@@ -93,10 +200,27 @@ impl std::fmt::Display for NoMatch {
         if self.offers == 0 {
             return write!(f, "no offer matches: the offer book is empty");
         }
-        write!(f, "no offer matches: of {} offers", self.offers)?;
-        for (i, (reason, count)) in self.by_reason.iter().enumerate() {
-            let sep = if i == 0 { " " } else { ", " };
-            write!(f, "{sep}{count} {}", reason.describe())?;
+        if self.offers == 1 {
+            write!(f, "no offer matches: the only offer")?;
+        } else {
+            write!(f, "no offer matches: of {} offers,", self.offers)?;
+        }
+        for (i, refusal) in self.refusals.iter().enumerate() {
+            let sep = match i {
+                0 => " ",
+                _ if i + 1 == self.refusals.len() => " and ",
+                _ => ", ",
+            };
+            let (one, several) = refusal.mismatch.describe();
+            let count = match (self.offers, refusal.offers) {
+                (1, _) => String::new(),
+                (_, n) => format!("{n} "),
+            };
+            let verb = if refusal.offers == 1 { one } else { several };
+            write!(f, "{sep}{count}{verb}")?;
+            if let Some(bound) = &refusal.bound {
+                write!(f, " ({bound})")?;
+            }
         }
         Ok(())
     }
@@ -146,11 +270,11 @@ pub fn mismatch(order: &OrderTerms, offer: &BookOffer) -> Option<Mismatch> {
 /// Matches `order` against `book`: among offers that meet every constraint, the lowest price,
 /// then the earliest published, then the smallest offer id.
 pub fn best_offer(order: &OrderTerms, book: &[BookOffer]) -> Result<Match, NoMatch> {
-    let mut failures: Vec<Mismatch> = Vec::new();
+    let mut failures: Vec<(Mismatch, usize)> = Vec::new();
     let mut best: Option<usize> = None;
     for (i, offer) in book.iter().enumerate() {
         match mismatch(order, offer) {
-            Some(reason) => failures.push(reason),
+            Some(reason) => failures.push((reason, i)),
             None => {
                 let better = best.is_none_or(|b| {
                     let current = &book[b];
@@ -170,17 +294,27 @@ pub fn best_offer(order: &OrderTerms, book: &[BookOffer]) -> Result<Match, NoMat
                 .expect("a matching offer has a block that fits"),
         }),
         None => {
-            failures.sort();
-            let mut by_reason: Vec<(Mismatch, usize)> = Vec::new();
-            for reason in failures {
-                match by_reason.last_mut() {
-                    Some((last, count)) if *last == reason => *count += 1,
-                    _ => by_reason.push((reason, 1)),
-                }
-            }
+            let refusals = failures
+                .iter()
+                .map(|(reason, _)| *reason)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .map(|mismatch| {
+                    let offers: Vec<&BookOffer> = failures
+                        .iter()
+                        .filter(|(reason, _)| *reason == mismatch)
+                        .map(|(_, offer)| &book[*offer])
+                        .collect();
+                    Refusal {
+                        mismatch,
+                        offers: offers.len(),
+                        bound: mismatch.bound(&offers),
+                    }
+                })
+                .collect();
             Err(NoMatch {
                 offers: book.len(),
-                by_reason,
+                refusals,
             })
         }
     }
@@ -246,8 +380,11 @@ mod tests {
 
         let only_slices = vec![slices];
         let refused = best_offer(&order(1, 10), &only_slices).unwrap_err();
-        assert_eq!(refused.by_reason, vec![(Mismatch::Resource, 1)]);
-        assert!(refused.to_string().contains("sell other GPUs"), "{refused}");
+        assert_eq!(
+            refused.to_string(),
+            "no offer matches: the only offer sells other GPUs (whole GPUs or another MIG \
+             profile) (on offer: nvidia.com/mig-1g.10gb)"
+        );
 
         let mut slice_order = order(3, 10);
         slice_order.resource = "nvidia.com/mig-1g.10gb".into();
@@ -315,6 +452,99 @@ mod tests {
         assert_eq!(mismatch(&any_model, &b), None);
     }
 
+    /// Each refusal names what the failing offers allow, so that the buyer knows which flag to
+    /// change and to what.
+    #[test]
+    fn each_refusal_names_the_bound_to_order_within() {
+        const UNIT: u128 = 1_000_000_000_000_000_000;
+        let mut second = offer("p", 3 * UNIT / 2, &[2, 6], 2);
+        second.model = "A100".into();
+        second.region = "us".into();
+        second.min_duration_seconds = 600;
+        second.max_duration_seconds = 7200;
+        second.max_gpus_per_lease = 4;
+        second.allowed_registries = vec!["nvcr.io".into()];
+        let book = vec![offer("o", 5 * UNIT, &[8], 1), second];
+        type Edit = Box<dyn Fn(&mut OrderTerms)>;
+        let cases: Vec<(Edit, &str)> = vec![
+            (
+                Box::new(|o| o.denomination = "EUR".into()),
+                "2 sell in another denomination (on offer: USDC)",
+            ),
+            (
+                Box::new(|o| o.model = "B200".into()),
+                "2 offer other GPU models (on offer: A100, H100)",
+            ),
+            (
+                Box::new(|o| o.region = "ap".into()),
+                "2 are in other regions (on offer: eu, us)",
+            ),
+            (
+                Box::new(|o| o.attributes = vec![("tier".into(), "cc".into())]),
+                "2 lack a required attribute",
+            ),
+            (
+                Box::new(|o| o.duration_seconds = 30),
+                "2 do not allow this duration (allowed: 60 s to 86400 s)",
+            ),
+            (
+                Box::new(|o| {
+                    o.gpus = 9;
+                    o.max_price = Amount::from_atto(10 * UNIT)
+                }),
+                "2 allow fewer GPUs per lease (at most 8 GPUs per lease)",
+            ),
+            (
+                Box::new(|o| o.image = "docker.io/x/y".into()),
+                "2 do not allow the image's registry (registries allowed: ghcr.io, nvcr.io)",
+            ),
+            (
+                Box::new(|o| o.max_price = Amount::from_atto(UNIT)),
+                "2 cost more than the order's maximum price (the cheapest asks 1.5 USDC per GPU-hour)",
+            ),
+        ];
+        for (edit, expected) in cases {
+            let mut terms = order(2, 10 * UNIT);
+            terms.model = String::new();
+            terms.image = "ghcr.io/acme/train:1".into();
+            edit(&mut terms);
+            // Registries differ between the two offers: the second refuses ghcr.io on its own.
+            let book: Vec<BookOffer> = book
+                .iter()
+                .cloned()
+                .map(|mut b| {
+                    if !expected.contains("registr") {
+                        b.allowed_registries = vec!["ghcr.io".into()];
+                    }
+                    b
+                })
+                .collect();
+            let refused = best_offer(&terms, &book).unwrap_err().to_string();
+            assert_eq!(
+                refused,
+                format!("no offer matches: of 2 offers, {expected}")
+            );
+        }
+        let mut full = order(7, 10 * UNIT);
+        full.model = String::new();
+        let book: Vec<BookOffer> = book
+            .into_iter()
+            .map(|mut b| {
+                b.allowed_registries = vec!["ghcr.io".into()];
+                b.max_gpus_per_lease = 8;
+                if b.offer_id == "o" {
+                    b.free_blocks = vec![5];
+                }
+                b
+            })
+            .collect();
+        assert_eq!(
+            best_offer(&full, &book).unwrap_err().to_string(),
+            "no offer matches: of 2 offers, 2 have no node with that many free GPUs (the most \
+             free on one node: 6)"
+        );
+    }
+
     #[test]
     fn no_match_says_why_per_offer() {
         let book = vec![
@@ -325,7 +555,9 @@ mod tests {
         let err = best_offer(&order(4, 10), &book).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "no offer matches: of 3 offers 1 have no node with that many free GPUs, 2 cost more than the order's maximum price"
+            "no offer matches: of 3 offers, 1 has no node with that many free GPUs (the most \
+             free on one node: 1) and 2 cost more than the order's maximum price (the cheapest \
+             asks 0.00000000000000005 USDC per GPU-hour)"
         );
         assert_eq!(
             best_offer(&order(1, 10), &[]).unwrap_err().to_string(),

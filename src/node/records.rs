@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::metering::{ChainHead, Totals};
 use crate::node::matching::BookOffer;
 use crate::wire::amount::Amount;
-use crate::wire::proto::{OfferView, OrderState as WireOrderState, OrderView};
+use crate::wire::proto::{LeaseView, OfferView, OrderState as WireOrderState, OrderView};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProviderRecord {
@@ -108,6 +108,9 @@ pub struct OrderRecord {
     pub refunded: Amount,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Network-wide submission counter: orders of the same second keep their order.
+    #[serde(default)]
+    pub sequence: u64,
 }
 
 impl OrderRecord {
@@ -138,6 +141,7 @@ impl OrderRecord {
             updated_at: self.updated_at,
             image: self.image.clone(),
             resource_name: self.resource_name.clone(),
+            lease: None,
         }
     }
 }
@@ -189,6 +193,9 @@ pub struct LeaseRecord {
     pub signed: Vec<u8>,
     pub matched_at: i64,
     pub answer_by: i64,
+    /// When the provider accepted it.
+    #[serde(default)]
+    pub accepted_at: Option<i64>,
     pub end: Option<LeaseEnd>,
     /// Where the lease's receipt chain stands, and what its accepted receipts add up to.
     #[serde(default)]
@@ -204,6 +211,47 @@ pub struct LeaseRecord {
     /// The last evidence accepted.
     #[serde(default)]
     pub attestation: Option<AttestationRecord>,
+}
+
+impl LeaseRecord {
+    /// The buyer's view of the lease; `provider` is its provider's record, when it has one.
+    pub fn to_view(&self, provider: Option<&ProviderRecord>) -> LeaseView {
+        let end = self.end.as_ref();
+        LeaseView {
+            lease_id: self.lease_id.clone(),
+            provider: self.provider.clone(),
+            provider_name: provider.map(|p| p.name.clone()).unwrap_or_default(),
+            region: provider.map(|p| p.region.clone()).unwrap_or_default(),
+            node_block: u32::try_from(self.block).unwrap_or(u32::MAX),
+            state: match self.state {
+                LeaseState::Offered => "offered",
+                LeaseState::Accepted => "accepted",
+                LeaseState::Ended => "ended",
+                LeaseState::Rejected => "rejected",
+                LeaseState::Lapsed => "lapsed",
+                LeaseState::Cancelled => "cancelled",
+            }
+            .to_string(),
+            matched_at: self.matched_at,
+            accepted_at: self.accepted_at.unwrap_or(0),
+            started_at: end.map_or(0, |e| e.started_at),
+            ended_at: end.map_or(0, |e| e.ended_at),
+            receipts: self.chain.sequence,
+            metered_gpu_seconds: self.totals.allocated_gpu_millis / 1000,
+            energy_joules: self.totals.energy_millijoules / 1000,
+            utilization_percent: (self.totals.utilization_weight > 0)
+                .then(|| self.totals.utilization_percent()),
+            charged: self.charged.to_string(),
+            trust_tier: self
+                .attestation
+                .as_ref()
+                .map(|a| a.trust_tier.clone())
+                .unwrap_or_default(),
+            end_phase: end.map(|e| e.phase.clone()).unwrap_or_default(),
+            end_reason: end.map(|e| e.reason.clone()).unwrap_or_default(),
+            fault: end.map(|e| e.fault.clone()).unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

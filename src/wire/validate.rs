@@ -65,8 +65,8 @@ pub fn denomination(field: &str, text: &str) -> Result<(), Rejection> {
     charset(
         field,
         text,
-        |c| c.is_ascii_alphanumeric(),
-        "may contain only letters and digits",
+        |c| c.is_ascii_uppercase() || c.is_ascii_digit(),
+        "may contain only uppercase letters and digits, such as USDC",
     )
 }
 

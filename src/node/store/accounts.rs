@@ -41,8 +41,9 @@ pub(super) fn post(
         let from_balance = balances.get(from_key.as_str())?.map_or(0, |v| v.value());
         if from != Account::External && from_balance < signed {
             return Err(Rejection::Precondition(format!(
-                "insufficient funds: {memo} needs {amount} atto {denomination}, {} available",
-                from_balance.max(0)
+                "insufficient funds: {memo} needs {} {denomination}, {} available",
+                amount.to_decimal_units(),
+                Amount::from_atto(from_balance.max(0).unsigned_abs()).to_decimal_units()
             ))
             .into());
         }

@@ -49,6 +49,24 @@ fn step(lease: &LeaseRecord, order: &OrderRecord, event: Event) -> Result<Step> 
     })
 }
 
+/// How a lease ended, as the buyer reads it: "Expired at its end; no fault", "Failed
+/// (ImagePullFailed); the workload's fault".
+fn end_sentence(phase: &str, reason: &str, fault: &str) -> String {
+    let how = match (phase, reason) {
+        ("Expired", "Expired") => "Expired at its end".to_string(),
+        (phase, reason) if reason.is_empty() || reason == phase => phase.to_string(),
+        (phase, reason) => format!("{phase} ({reason})"),
+    };
+    let whose = match fault {
+        "none" => "no fault",
+        "tenant" => "the workload's fault",
+        "provider" => "the provider's fault",
+        "network" => "the network's fault",
+        other => other,
+    };
+    format!("{how}; {whose}")
+}
+
 impl Store {
     /// Opens a provider's lease stream: who it is, and every lease still waiting for its answer.
     pub fn open_lease_stream(&self, signed: &Signed, now: i64) -> Result<(String, Vec<Signed>)> {
@@ -109,6 +127,7 @@ impl Store {
                     refund_hold: false,
                 } => {
                     lease.state = lease_state;
+                    lease.accepted_at = Some(now);
                     lease.challenge = Some(fresh_challenge(now));
                     put(txn, LEASES, &body.lease_id, &lease)?;
                     order.state = order_state;
@@ -194,10 +213,7 @@ impl Store {
             lease.end = Some(end);
             put(txn, LEASES, &body.lease_id, &lease)?;
             order.state = order_state;
-            order.reason = format!(
-                "lease ended {}: {} (fault: {})",
-                body.phase, body.reason, body.fault
-            );
+            order.reason = end_sentence(&body.phase, &body.reason, &body.fault);
             order.charged = charge;
             order.refunded = refund;
             order.updated_at = now;
@@ -273,5 +289,27 @@ impl Store {
     pub fn leases(&self) -> Result<Vec<LeaseRecord>> {
         let txn = self.read()?;
         all_json(&txn.open_table(LEASES)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::end_sentence;
+
+    #[test]
+    fn a_lease_end_reads_as_a_sentence() {
+        assert_eq!(
+            end_sentence("Expired", "Expired", "none"),
+            "Expired at its end; no fault"
+        );
+        assert_eq!(
+            end_sentence("Failed", "ImagePullFailed", "tenant"),
+            "Failed (ImagePullFailed); the workload's fault"
+        );
+        assert_eq!(
+            end_sentence("Failed", "BoxRejected", "provider"),
+            "Failed (BoxRejected); the provider's fault"
+        );
+        assert_eq!(end_sentence("Succeeded", "", "none"), "Succeeded; no fault");
     }
 }

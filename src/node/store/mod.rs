@@ -45,6 +45,7 @@ const RECEIPTS: TableDefinition<&str, &[u8]> = TableDefinition::new("receipts");
 
 const POSTING_SEQ: &str = "posting_seq";
 const OFFER_SEQ: &str = "offer_seq";
+const ORDER_SEQ: &str = "order_seq";
 
 /// Timings of the network node.
 #[derive(Clone, Copy, Debug)]

@@ -8,7 +8,9 @@ use crate::identity::public_key_base58;
 use crate::metering::{ChainHead, Totals};
 use crate::node::ledger::{self, Account};
 use crate::node::matching::{self, OrderTerms};
-use crate::node::records::{LeaseRecord, LeaseState, OfferRecord, OrderRecord, OrderState};
+use crate::node::records::{
+    LeaseRecord, LeaseState, OfferRecord, OrderRecord, OrderState, ProviderRecord,
+};
 use crate::node::transitions::{self, Event, Step};
 use crate::wire::amount::Amount;
 use crate::wire::envelope::{open, sign_body};
@@ -18,8 +20,8 @@ use crate::wire::{Opened, Rejection, validate};
 use super::accounts::post;
 use super::offers::release_capacity;
 use super::{
-    BUYER_ORDERS, HubError, LEASES, OFFERS, ORDERS, PROVIDERS, Result, Store, Submitted, all_json,
-    consume_nonce, get, put, read_json,
+    BUYER_ORDERS, HubError, LEASES, OFFERS, ORDER_SEQ, ORDERS, PROVIDERS, Result, Store, Submitted,
+    all_json, consume_nonce, get, next, put, read_json,
 };
 
 /// Returns a lease's whole hold to its buyer and closes the order and the lease with the states
@@ -99,6 +101,7 @@ impl Store {
                 refunded: Amount::ZERO,
                 created_at: now,
                 updated_at: now,
+                sequence: next(txn, ORDER_SEQ)?,
             };
             let offers: Vec<OfferRecord> = self
                 .live_offers(&txn.open_table(OFFERS)?, &txn.open_table(PROVIDERS)?, now)?
@@ -157,6 +160,7 @@ impl Store {
                         signed: signed_lease.encode_to_vec(),
                         matched_at: now,
                         answer_by: lease_body.answer_by,
+                        accepted_at: None,
                         end: None,
                         chain: ChainHead::default(),
                         totals: Totals::default(),
@@ -258,7 +262,9 @@ impl Store {
                 out.push(order);
             }
         }
-        out.sort_by(|a, b| (b.created_at, &b.order_id).cmp(&(a.created_at, &a.order_id)));
+        out.sort_by(|a, b| {
+            (b.created_at, b.sequence, &b.order_id).cmp(&(a.created_at, a.sequence, &a.order_id))
+        });
         Ok(out.iter().map(OrderRecord::to_view).collect())
     }
 
@@ -266,7 +272,18 @@ impl Store {
         let (buyer, body) = self.query(signed, now)?;
         validate::object_id("query.orderId", &body.order_id)?;
         let txn = self.read()?;
-        Ok(Self::owned_order(&txn.open_table(ORDERS)?, &body.order_id, &buyer)?.to_view())
+        let order = Self::owned_order(&txn.open_table(ORDERS)?, &body.order_id, &buyer)?;
+        let mut view = order.to_view();
+        if let Some(lease_id) = &order.lease_id {
+            let lease: LeaseRecord =
+                read_json(&txn.open_table(LEASES)?, lease_id)?.ok_or_else(|| {
+                    HubError::Inconsistent(format!("order {} has no lease", order.order_id))
+                })?;
+            let provider: Option<ProviderRecord> =
+                read_json(&txn.open_table(PROVIDERS)?, &lease.provider)?;
+            view.lease = Some(lease.to_view(provider.as_ref()));
+        }
+        Ok(view)
     }
 
     /// Every order, for tests and the crash check.

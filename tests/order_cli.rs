@@ -1,0 +1,251 @@
+//! `gpubridge order` as a buyer runs it, against a network node on a loopback port: what it
+//! prints, what it says when something is wrong, and its exit status (0 done, 1 could not be
+//! done, 2 a mistake in the command line, 3 the order was rejected or failed).
+
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+
+use gpubridge::identity::generate_key;
+use gpubridge::wire::proto::{LeaseEndBody, lease_event};
+use support::network::{Node, now, offer};
+
+/// Runs `gpubridge order ARGS` with the buyer key in `config` and the network at `url`.
+async fn order(config: &Path, url: &str, args: &[&str]) -> Output {
+    // Run off the runtime's thread: the node under test serves on it.
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_gpubridge"));
+    command
+        .arg("order")
+        .args(args)
+        .env("XDG_CONFIG_HOME", config)
+        .env("GPUBRIDGE_NETWORK_URL", url)
+        .env_remove("GPUBRIDGE_BUYER_KEY")
+        .env_remove("GPUBRIDGE_NETWORK_CA_FILE");
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn says(out: &Output) -> (Option<i32>, String, String) {
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const SUBMIT: [&str; 8] = [
+    "submit",
+    "--gpus",
+    "2",
+    "--hours",
+    "1",
+    "--max-price",
+    "3",
+    "--image=ghcr.io/acme/train:1",
+];
+
+/// Before a key exists, and with no node where the URL points: each error names what is
+/// missing and the fix, and a mistake in the flags is found before either is needed.
+#[tokio::test]
+async fn errors_name_the_target_and_the_fix_before_anything_is_sent() {
+    let config = tempfile::tempdir().unwrap();
+    let nowhere = format!("http://127.0.0.1:{}", support::network::free_port());
+
+    let (code, _, err) = says(&order(config.path(), &nowhere, &["list"]).await);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("no buyer key at ") && err.contains("run `gpubridge order keygen`"),
+        "{err}"
+    );
+
+    let (code, _, err) = says(&order(config.path(), &nowhere, &["keygen"]).await);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = says(&order(config.path(), &nowhere, &["list"]).await);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot connect to {nowhere} — is a network node running? set --network or GPUBRIDGE_NETWORK_URL")),
+        "{err}"
+    );
+    assert!(!err.contains("refused:"), "nothing refused it: {err}");
+
+    // Flag mistakes: exit 2, named as the flag, and no attempt to reach the (absent) node.
+    for (flags, expected) in [
+        (
+            vec!["--gpus", "-1"],
+            "invalid value '-1' for '--gpus <GPUS>': must be a positive whole number",
+        ),
+        (vec!["--gpus", "65"], "--gpus: must be between 1 and 64"),
+        (
+            vec!["--denomination", "usdc"],
+            "--denomination: may contain only uppercase letters",
+        ),
+        (vec!["--max-price", "-2"], "--max-price: "),
+        (vec!["--memory", "lots"], "--memory: "),
+    ] {
+        // The case's flag replaces the one SUBMIT gives.
+        let mut args: Vec<&str> = SUBMIT.to_vec();
+        if let Some(at) = args.iter().position(|a| *a == flags[0]) {
+            args.drain(at..at + 2);
+        }
+        args.extend(flags.iter());
+        let (code, _, err) = says(&order(config.path(), &nowhere, &args).await);
+        assert_eq!(code, Some(2), "{flags:?}: {err}");
+        assert!(err.contains(expected), "{flags:?}: {err}");
+        assert!(
+            !err.contains("cannot connect") && !err.contains("-- -1"),
+            "{err}"
+        );
+    }
+    let (code, _, err) = says(
+        &order(
+            config.path(),
+            &nowhere,
+            &[
+                "submit",
+                "--gpus",
+                "1",
+                "--max-price",
+                "3",
+                "--image=ghcr.io/a/b",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("<--hours <HOURS>|--seconds <SECONDS>>"),
+        "one required choice: {err}"
+    );
+}
+
+/// A buyer's session: a rejected order exits 3 and says the bound that failed; funds short of
+/// the hold name the deposit; a matched order is found by a prefix of its lease id and shown in
+/// detail; the list is newest first; an order whose lease failed by the provider's fault exits 3.
+#[tokio::test]
+async fn a_buyers_orders_from_rejection_to_detail() {
+    let node = Node::start().await;
+    let url = node.url.as_str();
+    let config = tempfile::tempdir().unwrap();
+    assert!(
+        order(config.path(), url, &["keygen"])
+            .await
+            .status
+            .success()
+    );
+
+    let (code, out, err) = says(&order(config.path(), url, &SUBMIT).await);
+    assert_eq!(code, Some(3), "{out}{err}");
+    assert!(
+        out.contains("rejected") && out.contains("≤ 3 USDC"),
+        "{out}"
+    );
+    assert!(
+        err.contains("was rejected: no offer matches: the offer book is empty"),
+        "{err}"
+    );
+
+    let provider = generate_key();
+    let seller = node.client(provider.clone());
+    seller.register("acme", "eu-west").await.unwrap();
+    let mut published = offer("h100", &[8]);
+    published.price_per_gpu_hour = (4 * support::network::UNIT).to_string();
+    seller.publish(published).await.unwrap();
+    let (code, _, err) = says(&order(config.path(), url, &SUBMIT).await);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains("the only offer costs more than the order's maximum price (the cheapest asks 4 USDC per GPU-hour)"),
+        "{err}"
+    );
+
+    seller.publish(offer("h100", &[8])).await.unwrap();
+    let (code, _, err) = says(&order(config.path(), url, &SUBMIT).await);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("insufficient funds: hold ")
+            && err.contains(
+                " needs 5 USDC, 0 available — add funds with `gpubridge order deposit AMOUNT`"
+            ),
+        "{err}"
+    );
+
+    assert!(
+        order(config.path(), url, &["deposit", "20"])
+            .await
+            .status
+            .success()
+    );
+    let (code, out, err) =
+        says(&order(config.path(), url, &[&SUBMIT[..], &["-o", "json"]].concat()).await);
+    assert_eq!(code, Some(0), "{err}");
+    let matched: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (order_id, lease_id) = (
+        matched[0]["orderId"].as_str().unwrap().to_string(),
+        matched[0]["leaseId"].as_str().unwrap().to_string(),
+    );
+
+    let (code, out, err) = says(&order(config.path(), url, &["list"]).await);
+    assert_eq!(code, Some(0), "{err}");
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    // Two rejected, one matched; the order short of funds was refused whole and not recorded.
+    assert_eq!(rows.len(), 3, "{out}");
+    assert!(rows[0].starts_with(&order_id), "newest first:\n{out}");
+
+    let (code, out, err) = says(&order(config.path(), url, &["status", &lease_id[..6]]).await);
+    assert_eq!(code, Some(0), "{err}");
+    for line in [
+        format!("Order:        {order_id}"),
+        "State:        matched".to_string(),
+        format!("Lease:        {lease_id} (offered)"),
+        "Provider:     acme (".to_string(),
+        "Region:       eu-west".to_string(),
+        "Price:        2.5 USDC per GPU-hour".to_string(),
+        "Hold:         5 USDC held, 0 USDC charged, 0 USDC refunded".to_string(),
+        "Verification: no evidence verified yet".to_string(),
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(&line)),
+            "{line:?} in\n{out}"
+        );
+    }
+    let (code, _, err) = says(&order(config.path(), url, &["status", "zz"]).await);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("\"zz\" is not an order or lease id"), "{err}");
+
+    // The provider accepts, then ends the lease by its own fault: the order failed.
+    let mut leases = seller.leases().await.unwrap();
+    let event = leases.message().await.unwrap().unwrap();
+    let Some(lease_event::Event::Lease(_)) = event.event else {
+        panic!("a lease: {event:?}");
+    };
+    seller.decide(&lease_id, true, "").await.unwrap();
+    seller
+        .report_end(LeaseEndBody {
+            header: None,
+            lease_id: lease_id.clone(),
+            phase: "Failed".into(),
+            reason: "NodeLost".into(),
+            fault: "provider".into(),
+            started_at: now() - 5,
+            ended_at: now(),
+            gpu_seconds: 10,
+        })
+        .await
+        .unwrap();
+    let (code, out, err) =
+        says(&order(config.path(), url, &["status", "--watch", &order_id]).await);
+    assert_eq!(code, Some(3), "{out}{err}");
+    assert!(
+        out.contains("Reason:       Failed (NodeLost); the provider's fault"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Hold:         5 USDC held, 0 USDC charged, 5 USDC refunded"),
+        "{out}"
+    );
+    assert!(
+        err.contains(&format!("order {order_id} failed: Failed (NodeLost)")),
+        "{err}"
+    );
+}
