@@ -651,11 +651,14 @@ async fn once_the_pod_is_gone_cleanup_removes_the_namespace_and_the_finalizer() 
 
 #[tokio::test]
 async fn offer_status_is_written_once_and_not_rewritten() {
-    let (client, seen, server) = mock(vec![step(
-        Method::PATCH,
-        "/apis/gpubridge.dev/v1alpha1/gpuoffers/h100-public/status",
-        Reply::Json(serde_json::to_value(offer_object()).unwrap()),
-    )]);
+    let (client, seen, server) = mock(vec![
+        step(
+            Method::PATCH,
+            "/apis/gpubridge.dev/v1alpha1/gpuoffers/h100-public/status",
+            Reply::Json(serde_json::to_value(offer_object()).unwrap()),
+        ),
+        event_recorded(),
+    ]);
     let ctx = context(client, vec![offer_object()]);
     offer::reconcile(Arc::new(offer_object()), ctx.clone())
         .await
@@ -675,6 +678,10 @@ async fn offer_status_is_written_once_and_not_rewritten() {
         status.get("offerId").is_none(),
         "fields of the network session are left alone"
     );
+    assert_eq!(status["state"], json!("NotPublished"));
+    assert_eq!(status["price"], json!("2.4 USDC"));
+    let event = seen.read().unwrap()[1].2.clone();
+    assert_eq!(event["reason"], json!("Created"), "{event}");
 
     // The offer as the API now returns it: reconciling it again writes nothing.
     let mut offer = offer_object();
@@ -699,11 +706,15 @@ async fn an_offer_with_a_bad_selector_gets_a_condition_not_an_error() {
             values: None,
         },
     ]);
-    let (client, seen, server) = mock(vec![step(
-        Method::PATCH,
-        "/apis/gpubridge.dev/v1alpha1/gpuoffers/h100-public/status",
-        Reply::Json(serde_json::to_value(offer_object()).unwrap()),
-    )]);
+    let (client, seen, server) = mock(vec![
+        step(
+            Method::PATCH,
+            "/apis/gpubridge.dev/v1alpha1/gpuoffers/h100-public/status",
+            Reply::Json(serde_json::to_value(offer_object()).unwrap()),
+        ),
+        event_recorded(),
+        event_recorded(),
+    ]);
     let result = offer::reconcile(Arc::new(bad.clone()), context(client, vec![bad])).await;
     finish(server).await;
     assert!(
@@ -718,7 +729,13 @@ async fn an_offer_with_a_bad_selector_gets_a_condition_not_an_error() {
         .find(|c| c["type"] == "Ready")
         .unwrap();
     assert_eq!(ready["status"], json!("False"));
-    assert_eq!(ready["reason"], json!("InvalidSpec"));
+    assert_eq!(ready["reason"], json!("Invalid"));
+    let warning = &seen.read().unwrap()[2].2;
+    assert_eq!(
+        (&warning["type"], &warning["reason"]),
+        (&json!("Warning"), &json!("InvalidSpec")),
+        "{warning}"
+    );
     assert!(
         ready["message"]
             .as_str()

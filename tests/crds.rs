@@ -138,6 +138,8 @@ fn each_invalid_fixture_is_rejected_with_its_message() {
             "{}: expected a rejection mentioning {expect:?}, got {messages:#?}",
             path.display()
         );
+        // One mistake, one message: a malformed price is not also called zero.
+        assert_eq!(messages.len(), 1, "{}: {messages:#?}", path.display());
     }
 }
 
@@ -166,8 +168,24 @@ fn every_field_is_described_for_kubectl_explain() {
                 let here = format!("{path}.{name}");
                 let top_level =
                     ["apiVersion", "kind", "metadata"].contains(&name.as_str()) && path.is_empty();
-                if sub.get("description").is_none() && !top_level {
-                    missing.push(here.clone());
+                match sub.get("description").and_then(Value::as_str) {
+                    None if !top_level => missing.push(here.clone()),
+                    // Whole sentences, and a default said where there is one.
+                    Some(text) if !text.trim_end().ends_with('.') => {
+                        missing.push(format!("{here}: not a sentence: {text:?}"))
+                    }
+                    Some(text)
+                        if sub.get("default").is_some()
+                            && !here.starts_with(".status")
+                            && !text
+                                .split_whitespace()
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                                .contains("Defaults to") =>
+                    {
+                        missing.push(format!("{here}: its default is not said: {text:?}"))
+                    }
+                    _ => {}
                 }
                 walk(sub, &here, missing);
             }

@@ -13,7 +13,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use gpubridge::crd::{ComputeLease, GpuOffer, LeasePhase, NodeExclusion, TerminationReason};
+use gpubridge::crd::{
+    ComputeLease, GpuOffer, LeasePhase, NodeExclusion, OfferState, TerminationReason,
+};
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, Node, Pod, ResourceQuota, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -418,6 +420,37 @@ spec:
     )
     .await;
     assert_eq!(overlap.advertised_gpus, 0);
+    // It names no registries, so it refuses every lease: not Ready, and a warning Event says why.
+    assert_eq!(overlap.state, Some(OfferState::NoRegistries));
+    let ready = overlap
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "NoRegistries")
+    );
+    let reasons = eventually("the overlapping offer's Events", 30 * SECOND, || async {
+        let out = kubectl(
+            &c,
+            &[
+                "get",
+                "events",
+                "--field-selector=involvedObject.kind=GpuOffer,involvedObject.name=e2e-overlap",
+                "-o",
+                "jsonpath={range .items[*]}{.type}/{.reason} {end}",
+            ],
+            b"",
+        );
+        if out.contains("Warning/NoRegistries") && out.contains("Normal/Created") {
+            Ok(out)
+        } else {
+            Err(out)
+        }
+    })
+    .await;
+    println!("e2e-overlap events: {reasons}");
     Api::<GpuOffer>::all(c.client.clone())
         .delete("e2e-overlap", &DeleteParams::default())
         .await
@@ -436,6 +469,7 @@ spec:
         [
             "NAME",
             "MODEL",
+            "STATE",
             "IDLE",
             "ADVERTISED",
             "LEASED",
@@ -448,6 +482,8 @@ spec:
     assert!(
         table.lines().any(|l| l.starts_with("h100-public")
             && l.contains("NVIDIA-H100-80GB-HBM3")
+            && l.contains("NotPublished")
+            && l.contains("2.4 USDC")
             && l.contains("True")),
         "{table}"
     );

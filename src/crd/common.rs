@@ -10,13 +10,15 @@ pub const DEFAULT_GPU_RESOURCE: &str = "nvidia.com/gpu";
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Price {
-    /// Amount per GPU-hour as a decimal string with at most 18 fractional digits, for example "2.40".
-    /// Must be greater than zero.
+    /// The amount per GPU-hour as a decimal string with at most 18 fractional digits, for
+    /// example "2.40". It must be greater than zero.
     #[schemars(regex(pattern = r"^[0-9]{1,18}(\.[0-9]{1,18})?$"))]
-    #[x_kube(validation = Rule::new("self.matches('[1-9]')").message("price.amount must be greater than zero"))]
+    // Only a well-formed amount is checked for zero, so that a malformed one gets one message.
+    #[x_kube(validation = Rule::new("!self.matches('^[0-9]{1,18}(\\\\.[0-9]{1,18})?$') || self.matches('[1-9]')").message(Message::Expression("'spec.price.amount (' + self + ') must be greater than zero'".into())))]
     pub amount: String,
-    /// Denomination the amount is counted in, for example "USDC".
-    #[schemars(regex(pattern = r"^[A-Za-z][A-Za-z0-9]{1,15}$"))]
+    /// The denomination the amount is counted in: uppercase letters and digits, for example
+    /// "USDC". Orders match it exactly.
+    #[schemars(regex(pattern = r"^[A-Z][A-Z0-9]{1,15}$"))]
     pub denomination: String,
 }
 

@@ -108,7 +108,7 @@ pub struct EnvVar {
     /// Variable name, a C identifier.
     #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"))]
     pub name: String,
-    /// Literal value.
+    /// The literal value. Defaults to the empty string.
     #[serde(default)]
     #[schemars(length(max = 32768))]
     pub value: String,
@@ -125,7 +125,7 @@ pub struct ContainerPort {
     /// Port number.
     #[schemars(range(min = 1, max = 65535))]
     pub container_port: u16,
-    /// TCP, UDP or SCTP.
+    /// The protocol: TCP, UDP or SCTP. Defaults to TCP.
     #[serde(default)]
     pub protocol: PortProtocol,
 }

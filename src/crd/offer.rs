@@ -23,6 +23,7 @@ use super::common::{DEFAULT_GPU_RESOURCE, Price};
     category = "gpubridge",
     status = "GpuOfferStatus",
     printcolumn(name = "Model", type_ = "string", json_path = ".status.model"),
+    printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
     printcolumn(name = "Idle", type_ = "integer", json_path = ".status.idleGpus"),
     printcolumn(
         name = "Advertised",
@@ -30,7 +31,7 @@ use super::common::{DEFAULT_GPU_RESOURCE, Price};
         json_path = ".status.advertisedGpus"
     ),
     printcolumn(name = "Leased", type_ = "integer", json_path = ".status.leasedGpus"),
-    printcolumn(name = "Price", type_ = "string", json_path = ".spec.price.amount"),
+    printcolumn(name = "Price", type_ = "string", json_path = ".status.price"),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -43,29 +44,34 @@ use super::common::{DEFAULT_GPU_RESOURCE, Price};
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.reserveGpus <= self.maxGpus").message("spec.reserveGpus must not exceed spec.maxGpus"))]
-#[x_kube(validation = Rule::new("self.lease.maxGpusPerLease <= self.maxGpus").message("spec.lease.maxGpusPerLease must not exceed spec.maxGpus"))]
+// A rule between two fields judges only fields that are valid on their own: one mistake, one
+// message.
+#[x_kube(validation = Rule::new("self.maxGpus < 1 || self.reserveGpus <= self.maxGpus").message(Message::Expression("'spec.reserveGpus (' + string(self.reserveGpus) + ') must not exceed spec.maxGpus (' + string(self.maxGpus) + ')'".into())))]
+#[x_kube(validation = Rule::new("self.maxGpus < 1 || self.lease.maxGpusPerLease <= self.maxGpus").message(Message::Expression("'spec.lease.maxGpusPerLease (' + string(self.lease.maxGpusPerLease) + ') must not exceed spec.maxGpus (' + string(self.maxGpus) + ')'".into())))]
 pub struct GpuOfferSpec {
-    /// Nodes whose GPUs this offer sells. A node matched by two offers selling the same resource
-    /// belongs to the older offer; the newer one reports Degraded.
+    /// The nodes whose GPUs this offer sells. A node matched by two offers selling the same
+    /// resource belongs to the older offer; the newer one reports Degraded.
     pub node_selector: LabelSelector,
-    /// Extended resource that counts the GPUs: "nvidia.com/gpu" for whole GPUs, or a MIG slice
-    /// such as "nvidia.com/mig-1g.10gb".
+    /// The extended resource that counts the GPUs: "nvidia.com/gpu" for whole GPUs, or a MIG
+    /// profile such as "nvidia.com/mig-1g.10gb" for slices. An order for whole GPUs never gets
+    /// slices. Defaults to "nvidia.com/gpu".
     #[serde(default = "default_resource_name")]
     #[schemars(regex(pattern = r"^nvidia\.com/(gpu|mig-[1-7]g\.[0-9]+gb(\.[a-z0-9]+)?)$"))]
     pub resource_name: String,
-    /// Most GPUs this offer may have leased out at once.
+    /// The most GPUs this offer may have leased out at once.
     #[schemars(range(min = 1, max = 100000))]
     pub max_gpus: u32,
-    /// GPUs kept back for the enterprise's own workloads; never advertised.
+    /// GPUs kept back for the enterprise's own workloads; they are never advertised. Defaults
+    /// to 0.
     #[serde(default)]
     #[schemars(range(max = 100000))]
     pub reserve_gpus: u32,
-    /// Price per GPU-hour.
+    /// The price per GPU-hour.
     pub price: Price,
-    /// Bounds every lease under this offer must keep.
+    /// The bounds every lease under this offer must keep.
     pub lease: LeaseBounds,
-    /// What lease workloads may run and how they are confined.
+    /// What lease workloads may run and how they are confined. Defaults to no allowed
+    /// registries (every lease refused), Internet egress and the restricted Pod Security level.
     #[serde(default)]
     pub workload: WorkloadPolicy,
     /// Tolerations lease pods get, so that they can land on GPU nodes tainted for dedicated use.
@@ -74,6 +80,7 @@ pub struct GpuOfferSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
     /// When true, nothing is advertised and no new lease is taken; running leases go on.
+    /// Defaults to false.
     #[serde(default)]
     pub paused: bool,
     /// Sell devices a Dynamic Resource Allocation driver publishes in ResourceSlices instead of
@@ -126,15 +133,15 @@ fn default_resource_name() -> String {
 /// Duration and size bounds of a lease.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.minDurationSeconds <= self.maxDurationSeconds").message("spec.lease.minDurationSeconds must not exceed spec.lease.maxDurationSeconds"))]
+#[x_kube(validation = Rule::new("self.minDurationSeconds <= self.maxDurationSeconds").message(Message::Expression("'spec.lease.minDurationSeconds (' + string(self.minDurationSeconds) + ') must not exceed spec.lease.maxDurationSeconds (' + string(self.maxDurationSeconds) + ')'".into())))]
 pub struct LeaseBounds {
-    /// Shortest lease accepted, in seconds.
+    /// The shortest lease accepted, in seconds (at least 60).
     #[schemars(range(min = 60, max = 31536000))]
     pub min_duration_seconds: u64,
-    /// Longest lease accepted, in seconds (at most one year).
+    /// The longest lease accepted, in seconds (at most one year).
     #[schemars(range(min = 60, max = 31536000))]
     pub max_duration_seconds: u64,
-    /// Most GPUs one lease may take. A lease always lands on one node.
+    /// The most GPUs one lease may take. A lease always lands on one node.
     #[schemars(range(min = 1, max = 64))]
     pub max_gpus_per_lease: u32,
 }
@@ -144,24 +151,26 @@ pub struct LeaseBounds {
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadPolicy {
     /// Registries lease images may come from, as host names with an optional path prefix
-    /// (for example "ghcr.io/acme" or "nvcr.io"). Empty allows none: every lease is refused.
+    /// (for example "ghcr.io/acme" or "nvcr.io"). Defaults to none, which refuses every lease:
+    /// such an offer is not advertised.
     #[serde(default)]
     #[schemars(
         length(max = 64),
         inner(regex(pattern = r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9._-]+)*$"))
     )]
     pub allowed_registries: Vec<String>,
-    /// RuntimeClass lease pods run with, for example a gVisor or Kata class.
+    /// The RuntimeClass lease pods run with, for example a gVisor or Kata class. Defaults to the
+    /// cluster's default runtime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_class_name: Option<String>,
-    /// PriorityClass of lease pods. Use a class below the enterprise's own workloads so that they
-    /// preempt leases, never the reverse.
+    /// The PriorityClass of lease pods. Use a class below the enterprise's own workloads so that
+    /// they preempt leases, never the reverse. Defaults to the cluster's default priority.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
-    /// Outbound network access of lease pods.
+    /// The outbound network access of lease pods. Defaults to Internet.
     #[serde(default)]
     pub egress: EgressPolicy,
-    /// Pod Security Standard enforced in lease namespaces.
+    /// The Pod Security Standard enforced in lease namespaces. Defaults to restricted.
     #[serde(default)]
     pub pod_security_level: PodSecurityLevel,
 }
@@ -203,7 +212,13 @@ pub struct GpuOfferStatus {
     /// The spec generation this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// GPU models the offer's contributing nodes carry, comma-separated.
+    /// What the offer is doing now, in one word; the Ready condition's message says more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<OfferState>,
+    /// The price per GPU-hour with its denomination, for example "2.4 USDC".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<String>,
+    /// The GPU models of the offer's nodes, comma-separated; kept while every GPU is leased.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// GPUs free on the offer's nodes now, before the reserve and caps.
@@ -233,10 +248,42 @@ pub struct GpuOfferStatus {
     /// When the offer was last published to the network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_advertised: Option<Time>,
-    /// Ready, Advertised and Degraded.
+    /// Ready (the offer works as its spec says: True when Advertised or NotPublished),
+    /// Advertised (it is in the network's book) and Degraded (part of it cannot be sold).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// What an offer is doing, in one word.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum OfferState {
+    /// In the network's book: its advertised GPUs are for sale.
+    Advertised,
+    /// Not yet in the network's book: no network session has published it.
+    NotPublished,
+    /// spec.paused is true: withdrawn from the book, no new lease taken.
+    Paused,
+    /// spec.workload.allowedRegistries is empty: every lease would be refused, so it is not
+    /// advertised.
+    NoRegistries,
+    /// Some of its nodes belong to an older offer selling the same resource; the rest sells.
+    Degraded,
+    /// The spec cannot be used (for example an invalid node selector).
+    Invalid,
+}
+
+impl OfferState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OfferState::Advertised => "Advertised",
+            OfferState::NotPublished => "NotPublished",
+            OfferState::Paused => "Paused",
+            OfferState::NoRegistries => "NoRegistries",
+            OfferState::Degraded => "Degraded",
+            OfferState::Invalid => "Invalid",
+        }
+    }
 }
 
 pub(super) fn is_zero(n: &u32) -> bool {

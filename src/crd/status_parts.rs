@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::{
     ComputeLeaseStatus, GpuOfferStatus, LeaseAttestation, LeasePhase, LeaseUsage, ModelCapacity,
-    NodeCapacity, Termination,
+    NodeCapacity, OfferState, Termination,
 };
 
 /// The lease condition the collector writes with the usage it reports.
@@ -24,6 +24,10 @@ pub const ATTESTED_CONDITION: &str = "Attested";
 pub struct OfferCapacityPart {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<OfferState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     pub idle_gpus: u32,
@@ -56,6 +60,8 @@ impl GpuOfferStatus {
     pub fn into_parts(self) -> (OfferCapacityPart, OfferPublicationPart) {
         let GpuOfferStatus {
             observed_generation,
+            state,
+            price,
             model,
             idle_gpus,
             advertised_gpus,
@@ -71,6 +77,8 @@ impl GpuOfferStatus {
         (
             OfferCapacityPart {
                 observed_generation,
+                state,
+                price,
                 model,
                 idle_gpus,
                 advertised_gpus,

@@ -4,10 +4,25 @@ use std::time::Duration;
 
 use crate::admission::{NodeBlock, free_after};
 use crate::capacity::OfferCapacity;
-use crate::crd::{EgressPolicy, GpuOffer, PodSecurityLevel};
+use crate::crd::{EgressPolicy, GpuOffer, GpuOfferSpec, PodSecurityLevel};
 use crate::wire::proto::{Attribute, OfferBody};
 
-/// The offer as published, without its header and expiry, to tell a change from a refresh.
+/// Why an offer is not put in the network's book although its spec is valid and it is not
+/// paused: its policy would refuse every lease. `None` when it may be published.
+pub fn withheld(spec: &GpuOfferSpec) -> Option<&'static str> {
+    spec.workload.allowed_registries.is_empty().then_some(
+        "spec.workload.allowedRegistries is empty, so every lease would be refused: it is not \
+         advertised until it names the registries lease images may come from",
+    )
+}
+
+/// Whether an offer goes in the network's book at all: not when paused or withheld.
+pub fn publishable(spec: &GpuOfferSpec) -> bool {
+    !spec.paused && withheld(spec).is_none()
+}
+
+/// The offer as published, without its header and expiry, to tell a change from a refresh;
+/// `None` for an offer that is not published (paused, withheld, or with a malformed price).
 pub fn offer_body(
     offer: &GpuOffer,
     capacity: &OfferCapacity,
@@ -15,6 +30,9 @@ pub fn offer_body(
     region: &str,
 ) -> Option<OfferBody> {
     let spec = &offer.spec;
+    if !publishable(spec) {
+        return None;
+    }
     let price = spec.price.atto_units()?;
     // GPUs promised to leases that are being created are not for sale again.
     let mut free_blocks: Vec<u32> = free_after(&advertised_blocks(capacity, None), pending)
@@ -155,6 +173,20 @@ mod tests {
         ];
         let none = offer_body(&offer(), &capacity, &all, "").unwrap();
         assert!(none.free_blocks.is_empty());
+    }
+
+    /// A paused offer, and one whose policy refuses every lease, are not published.
+    #[test]
+    fn paused_and_withheld_offers_are_not_published() {
+        let capacity = OfferCapacity::default();
+        assert!(offer_body(&offer(), &capacity, &[], "").is_some());
+        let mut paused = offer();
+        paused.spec.paused = true;
+        assert!(offer_body(&paused, &capacity, &[], "").is_none());
+        let mut no_registries = offer();
+        no_registries.spec.workload.allowed_registries.clear();
+        assert!(withheld(&no_registries.spec).is_some());
+        assert!(offer_body(&no_registries, &capacity, &[], "").is_none());
     }
 
     #[test]

@@ -262,7 +262,9 @@ pub(super) fn order_detail(o: &OrderView, output: Output) -> String {
             name => format!("{name} ({})", lease.provider),
         };
         let ends_by = if lease.accepted_at > 0 {
-            lease.accepted_at.saturating_add_unsigned(o.duration_seconds)
+            lease
+                .accepted_at
+                .saturating_add_unsigned(o.duration_seconds)
         } else {
             0
         };

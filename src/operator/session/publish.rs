@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tonic::Code;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{SESSION_FIELD_MANAGER, SessionError, SessionSettings, now_unix};
 use crate::capacity::{OfferFacts, compute};
 use crate::crd::{GpuOffer, OfferPublicationPart};
 use crate::operator::controller::Context;
-use crate::operator::publication::{Published, due, offer_body};
+use crate::operator::publication::{Published, due, offer_body, publishable};
 use crate::operator::status::apply_status;
 use crate::wire::client::NetworkClient;
 
@@ -32,7 +32,7 @@ pub(super) async fn publish_offers(
         let all = ctx.offer_facts();
         let mut desired = BTreeMap::new();
         for offer in ctx.offers.state() {
-            if offer.spec.paused {
+            if !publishable(&offer.spec) {
                 continue;
             }
             let facts = OfferFacts::from_offer(&offer);
@@ -57,6 +57,18 @@ pub(super) async fn publish_offers(
             let mut sent = body.clone();
             sent.expires_at = now_unix() + ttl.as_secs() as i64;
             let reply = client.publish(sent).await?;
+            let gpus: u32 = body.free_blocks.iter().sum();
+            let price = crate::wire::amount::parse("price", &body.price_per_gpu_hour)
+                .map(|a| format!("{} {}", a.to_decimal_units(), body.denomination))
+                .unwrap_or_default();
+            match published.get(name) {
+                Some(last) if last.body == *body => {
+                    debug!(offer = %name, offer_id = %reply.offer_id, "republished the offer before it expires");
+                }
+                _ => {
+                    info!(offer = %name, offer_id = %reply.offer_id, gpus, price = %price, "published the offer")
+                }
+            }
             set_offer_advertised(ctx, name, Some(&reply.offer_id)).await;
             published.insert(
                 name.clone(),
