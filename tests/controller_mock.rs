@@ -223,6 +223,7 @@ fn context_watching(
             Duration::from_secs(60),
         )),
         reservations: ReservationRecord::new(client, "gpubridge-system"),
+        box_gate: Default::default(),
         provider_key: generate_key(),
     })
 }
@@ -354,13 +355,23 @@ async fn a_refused_lease_pod_fails_the_lease_at_once_with_an_event() {
         ),
         vec![status_write(), event_recorded()],
     ));
-    let action = lease::reconcile(
-        Arc::new(lease_object(true)),
-        context(client, vec![offer_object()]),
-    )
-    .await
-    .unwrap();
+    let ctx = context(client, vec![offer_object()]);
+    let action = lease::reconcile(Arc::new(lease_object(true)), ctx.clone())
+        .await
+        .unwrap();
     finish(server).await;
+    // Intake refuses leases now, saying why, instead of accepting what the box cannot hold.
+    let gate = ctx
+        .box_gate
+        .lock()
+        .unwrap()
+        .admits(jiff::Timestamp::now().as_millisecond());
+    assert!(
+        gate.as_ref()
+            .unwrap_err()
+            .contains("refused the last lease pod (only the gpubridge operator"),
+        "{gate:?}"
+    );
     assert_eq!(action, kube::runtime::controller::Action::await_change());
     let seen = seen.read().unwrap();
     let status = &seen[7].2["status"];

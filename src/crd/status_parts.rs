@@ -144,6 +144,9 @@ pub struct LeaseAttestationPart {
 #[serde(rename_all = "camelCase")]
 pub struct LeaseReportPart {
     pub reported_at: Time,
+    /// `Metered` False when the lease ran with no accepted receipt.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }
 
 impl ComputeLeaseStatus {

@@ -18,7 +18,7 @@ use crate::crd::{
 };
 use crate::workload::WORKLOAD_CONTAINER;
 
-pub use report::{awaiting_final_receipt, end_report};
+pub use report::{awaiting_final_receipt, end_report, unmetered};
 
 /// What the controller saw of the lease pod.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -53,6 +53,28 @@ pub fn end_report(lease: &ComputeLease, now: jiff::Timestamp) -> Option<LeaseEnd
     })
 }
 
+/// Why a lease that ran has nothing metered, once its end is reported: it started and ended and
+/// not one receipt of its meter was accepted, so nothing was charged for it. `None` for a lease
+/// that never started (nothing to meter) or has receipts. Pure.
+pub fn unmetered(lease: &ComputeLease) -> Option<String> {
+    let status = lease.status.as_ref()?;
+    let started = status.started_at.as_ref()?;
+    if !status.phase.is_terminal()
+        || status
+            .usage
+            .as_ref()
+            .is_some_and(|u| u.receipts_accepted > 0)
+    {
+        return None;
+    }
+    Some(format!(
+        "the lease ran from {} but ended {} with no accepted receipt: nothing was metered, so \
+         nothing was charged; check that its meter sidecar reached the collector",
+        started.0,
+        status.phase.as_str()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -101,5 +123,43 @@ mod tests {
             !awaiting_final_receipt(&lease, now, grace),
             "the final receipt is in"
         );
+    }
+
+    #[test]
+    fn a_lease_that_ran_without_one_receipt_is_unmetered() {
+        let spec =
+            serde_yaml::from_str(include_str!("../../tests/fixtures/lease-spec.yaml")).unwrap();
+        let mut lease = ComputeLease::new("l", spec);
+        let at = |s: i64| Some(Time(Timestamp::from_second(s).unwrap()));
+        let ended = |started, receipts: Option<u64>| ComputeLeaseStatus {
+            phase: LeasePhase::Expired,
+            started_at: started,
+            finished_at: at(1_900_000_600),
+            usage: receipts.map(|n| LeaseUsage {
+                receipts_accepted: n,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        lease.status = Some(ended(at(1_900_000_000), None));
+        let why = super::unmetered(&lease).expect("ran, no usage at all");
+        assert!(
+            why.contains("ended Expired with no accepted receipt"),
+            "{why}"
+        );
+        lease.status = Some(ended(at(1_900_000_000), Some(0)));
+        assert!(super::unmetered(&lease).is_some(), "usage with no receipt");
+        lease.status = Some(ended(at(1_900_000_000), Some(3)));
+        assert_eq!(super::unmetered(&lease), None, "metered");
+        lease.status = Some(ended(None, None));
+        assert_eq!(
+            super::unmetered(&lease),
+            None,
+            "never started: nothing to meter"
+        );
+        let mut running = ended(at(1_900_000_000), None);
+        running.phase = LeasePhase::Running;
+        lease.status = Some(running);
+        assert_eq!(super::unmetered(&lease), None, "not ended");
     }
 }

@@ -39,6 +39,9 @@ pub enum Refusal {
     /// The provider's own cluster could not do its part; the text says which.
     #[error("{0}")]
     Cluster(String),
+    /// The provider's cluster cannot hold lease boxes now (`admission::BoxGate`).
+    #[error("{0}")]
+    BoxUnavailable(String),
 }
 
 impl Refusal {
@@ -51,6 +54,7 @@ impl Refusal {
             Refusal::Capacity(_) => "capacity",
             Refusal::NameTaken(_) => "conflict",
             Refusal::Cluster(_) => "api",
+            Refusal::BoxUnavailable(_) => "box",
         }
     }
 }

@@ -91,9 +91,10 @@ impl Metrics {
         let model_gpus = IntGaugeVec::new(
             Opts::new(
                 "gpubridge_model_gpus",
-                "GPUs over all offers by GPU model and state: idle, advertised, leased",
+                "GPUs over all offers by GPU model, resource (whole GPUs or a MIG profile) and \
+                 state: idle, advertised, leased",
             ),
-            &["model", "state"],
+            &["model", "resource", "state"],
         )
         .unwrap();
         let leases = IntGaugeVec::new(
@@ -237,11 +238,13 @@ impl Metrics {
 
     /// Sets the gauges from the cached objects, at scrape time, so that deleted offers and
     /// leases drop out instead of lingering with their last value. Leased GPUs by model are
-    /// those of leases not ended yet.
+    /// those of leases not ended yet, under the model the order named, else the model of the
+    /// node the lease was placed on (`node_model`).
     pub fn refresh<'a>(
         &self,
         offers: impl IntoIterator<Item = &'a GpuOffer>,
         leases: impl IntoIterator<Item = &'a LeaseFacts>,
+        node_model: impl Fn(&str) -> Option<String>,
     ) {
         self.offers.reset();
         self.offer_gpus.reset();
@@ -275,25 +278,29 @@ impl Metrics {
                     .with_label_values(&[name, state])
                     .set(i64::from(value));
             }
+            let resource = offer.spec.sold_resource();
             for m in &status.models {
+                let series = |state| [m.model.as_str(), resource.as_str(), state];
                 self.model_gpus
-                    .with_label_values(&[m.model.as_str(), "idle"])
+                    .with_label_values(&series("idle"))
                     .add(i64::from(m.idle_gpus));
                 self.model_gpus
-                    .with_label_values(&[m.model.as_str(), "advertised"])
+                    .with_label_values(&series("advertised"))
                     .add(i64::from(m.advertised_gpus));
                 // Every offered model has a leased series, 0 while nothing of it is leased.
-                self.model_gpus
-                    .with_label_values(&[m.model.as_str(), "leased"])
-                    .add(0);
+                self.model_gpus.with_label_values(&series("leased")).add(0);
             }
         }
         for lease in leases {
             self.leases.with_label_values(&[lease.phase.as_str()]).inc();
             if !lease.phase.is_terminal() {
-                let model = lease.model.as_deref().unwrap_or(UNKNOWN_MODEL);
+                let model = lease
+                    .model
+                    .clone()
+                    .or_else(|| lease.node.as_deref().and_then(&node_model))
+                    .unwrap_or_else(|| UNKNOWN_MODEL.to_string());
                 self.model_gpus
-                    .with_label_values(&[model, "leased"])
+                    .with_label_values(&[model.as_str(), lease.resource.as_str(), "leased"])
                     .add(i64::from(lease.gpus));
             }
         }
@@ -336,6 +343,10 @@ mod tests {
         }
     }
 
+    fn no_nodes(_: &str) -> Option<String> {
+        None
+    }
+
     fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
         text.lines().find(|l| l.starts_with(prefix))
     }
@@ -349,21 +360,25 @@ mod tests {
             lease(LeasePhase::Succeeded, 4, Some("H100")),
             lease(LeasePhase::Pending, 3, None),
         ];
-        m.refresh([], leases.iter());
+        m.refresh([], leases.iter(), no_nodes);
         let text = m.render();
         assert_eq!(
             line(
                 &text,
-                r#"gpubridge_model_gpus{model="H100",state="leased"}"#
+                r#"gpubridge_model_gpus{model="H100",resource="nvidia.com/gpu",state="leased"}"#
             ),
-            Some(r#"gpubridge_model_gpus{model="H100",state="leased"} 3"#)
+            Some(
+                r#"gpubridge_model_gpus{model="H100",resource="nvidia.com/gpu",state="leased"} 3"#
+            )
         );
         assert_eq!(
             line(
                 &text,
-                r#"gpubridge_model_gpus{model="unknown",state="leased"}"#
+                r#"gpubridge_model_gpus{model="unknown",resource="nvidia.com/gpu",state="leased"}"#
             ),
-            Some(r#"gpubridge_model_gpus{model="unknown",state="leased"} 3"#)
+            Some(
+                r#"gpubridge_model_gpus{model="unknown",resource="nvidia.com/gpu",state="leased"} 3"#
+            )
         );
         assert_eq!(
             line(&text, r#"gpubridge_leases{phase="Succeeded"}"#),
@@ -374,8 +389,51 @@ mod tests {
             Some(r#"gpubridge_offers{ready="false"} 0"#)
         );
         // A lease gone from the cache drops out at the next scrape.
-        m.refresh([], []);
+        m.refresh([], [], no_nodes);
         assert!(line(&m.render(), "gpubridge_model_gpus{").is_none());
+    }
+
+    /// MIG slices are never added to whole GPUs: each offer's GPUs count under its resource,
+    /// and a lease that named no model counts under its node's model, not "unknown".
+    #[test]
+    fn slices_and_whole_gpus_are_separate_series() {
+        let offer = |name: &str, resource: &str, model: &str, idle: u32| {
+            let mut spec: crate::crd::GpuOfferSpec =
+                serde_yaml::from_str(include_str!("../../tests/fixtures/offer-spec.yaml")).unwrap();
+            spec.resource_name = resource.into();
+            let mut offer = GpuOffer::new(name, spec);
+            offer.status = Some(crate::crd::GpuOfferStatus {
+                models: vec![crate::crd::ModelCapacity {
+                    model: model.into(),
+                    idle_gpus: idle,
+                    advertised_gpus: idle,
+                    largest_block: idle,
+                }],
+                ..Default::default()
+            });
+            offer
+        };
+        let offers = [
+            offer("whole", "nvidia.com/gpu", "A100", 8),
+            offer("mig", "nvidia.com/mig-1g.10gb", "A100", 7),
+        ];
+        let mut sliced = lease(LeasePhase::Running, 1, None);
+        sliced.resource = "nvidia.com/mig-1g.10gb".into();
+        sliced.node = Some("gpu-a100-mig-0".into());
+        let m = Metrics::new();
+        m.refresh(offers.iter(), [&sliced], |node| {
+            (node == "gpu-a100-mig-0").then(|| "A100".to_string())
+        });
+        let text = m.render();
+        for expected in [
+            r#"gpubridge_model_gpus{model="A100",resource="nvidia.com/gpu",state="idle"} 8"#,
+            r#"gpubridge_model_gpus{model="A100",resource="nvidia.com/mig-1g.10gb",state="idle"} 7"#,
+            r#"gpubridge_model_gpus{model="A100",resource="nvidia.com/mig-1g.10gb",state="leased"} 1"#,
+            r#"gpubridge_model_gpus{model="A100",resource="nvidia.com/gpu",state="leased"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == expected), "{expected} in\n{text}");
+        }
+        assert!(!text.contains(r#"model="unknown""#), "{text}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod controller;
 pub mod intake;
 pub mod leader;
 pub mod metrics;
+pub mod permissions;
 pub mod publication;
 pub mod reservations;
 pub mod session;
@@ -311,7 +312,9 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         backoff,
         reservations: reservations::ReservationRecord::new(client.clone(), &args.namespace),
         provider_key,
+        box_gate: Default::default(),
     });
+    tokio::spawn(permissions::watch(client.clone(), ctx.box_gate.clone()));
     // Nothing is decided from a partial picture: the controllers start once every cache has
     // listed its objects.
     let caches_synced = async {
@@ -513,8 +516,14 @@ impl Probe for OperatorProbe {
         let offers = self.offers.state();
         {
             let inventory = self.inventory.read().expect("inventory lock poisoned");
-            self.metrics
-                .refresh(offers.iter().map(|o| o.as_ref()), inventory.leases());
+            self.metrics.refresh(
+                offers.iter().map(|o| o.as_ref()),
+                inventory.leases(),
+                |node| {
+                    let node = inventory.node(node)?;
+                    inventory.model_of(node).map(str::to_string)
+                },
+            );
         }
         self.metrics.render()
     }

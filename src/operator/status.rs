@@ -71,6 +71,7 @@ mod tests {
             reported_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 "2027-01-01T00:00:00Z".parse().unwrap(),
             ),
+            conditions: vec![],
         };
         let patch = status_patch::<ComputeLease, _>(Some("7"), &part);
         assert_eq!(

@@ -1,6 +1,6 @@
 //! What every reconcile shares: the client, the caches, the settings, metrics and events.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
@@ -8,6 +8,7 @@ use kube::Client;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 
+use crate::admission::BoxGate;
 use crate::capacity::{Inventory, OfferFacts};
 use crate::crd::GpuOffer;
 use crate::operator::controller::backoff::Backoff;
@@ -46,6 +47,8 @@ pub struct Context {
     /// Intake's reservation record, shared by every replica; a lease's entry goes with it.
     pub reservations: ReservationRecord,
     pub provider_key: SigningKey,
+    /// Whether intake may accept leases: closed while the cluster may not hold their boxes.
+    pub box_gate: Arc<Mutex<BoxGate>>,
 }
 
 impl Context {

@@ -92,14 +92,23 @@ async fn apply(lease: &ComputeLease, ctx: &Context) -> Result<Action> {
             let offer = offer.as_deref().ok_or(Error::MissingField("offer"))?;
             match ensure_box(&current, offer, ctx, true).await {
                 Ok(()) => {
+                    ctx.box_gate
+                        .lock()
+                        .expect("box gate lock poisoned")
+                        .box_created();
                     decision.status.namespace = Some(namespace.clone());
                     decision.status.pod = Some(POD_NAME.to_string());
                 }
                 Err(e) => match refusal(&e) {
                     // Nothing of the lease can run until the provider mends its set-up: the
-                    // lease ends now (a refund for the buyer) instead of at its deadline.
+                    // lease ends now (a refund for the buyer) instead of at its deadline, and
+                    // intake refuses leases for a while (`admission::BoxGate`).
                     Some(message) => {
                         warn!(lease = %name, %message, "the API refused the lease's box");
+                        ctx.box_gate
+                            .lock()
+                            .expect("box gate lock poisoned")
+                            .box_refused(message.clone(), Timestamp::now().as_millisecond());
                         decision = lifecycle::box_refused(&status, message, Timestamp::now());
                     }
                     None => return Err(e),

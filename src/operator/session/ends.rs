@@ -6,13 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::Api;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
 use tonic::Code;
 use tracing::{info, warn};
 
 use super::{SESSION_FIELD_MANAGER, SessionError};
-use crate::crd::{ComputeLease, LeaseReportPart};
-use crate::lifecycle::{awaiting_final_receipt, end_report};
+use crate::crd::conditions::condition;
+use crate::crd::{ComputeLease, LeaseReportPart, METERED_CONDITION};
+use crate::lifecycle::{awaiting_final_receipt, end_report, unmetered};
 use crate::operator::controller::Context;
 use crate::operator::status::apply_status;
 use crate::wire::client::NetworkClient;
@@ -45,11 +47,10 @@ pub(super) async fn report_ends(
             {
                 continue;
             }
-            if let Some(body) = lease
-                .as_ref()
-                .and_then(|l| end_report(l, jiff::Timestamp::now()))
+            if let Some(lease) = &lease
+                && let Some(body) = end_report(lease, jiff::Timestamp::now())
             {
-                report_end(client, &ctx.client, &name, body).await?;
+                report_end(ctx, client, lease, body).await?;
             }
             settled.insert(name);
         }
@@ -57,18 +58,20 @@ pub(super) async fn report_ends(
     }
 }
 
-/// Reports one end and records it on the lease (`status.reportedAt`).
+/// Reports one end and records it on the lease (`status.reportedAt`); a lease that ran with no
+/// accepted receipt also gets `Metered` False and a warning Event.
 async fn report_end(
+    ctx: &Context,
     client: &NetworkClient,
-    kube: &kube::Client,
-    name: &str,
+    lease: &ComputeLease,
     body: LeaseEndBody,
 ) -> Result<(), SessionError> {
+    let name = lease.name_any();
     match client.report_end(body).await {
         Ok(reply) => info!(
             lease = %name,
-            charged = %reply.charged,
-            refunded = %reply.refunded,
+            charged = %whole_units(&reply.charged, &lease.spec.price.denomination),
+            refunded = %whole_units(&reply.refunded, &lease.spec.price.denomination),
             "reported the lease's end"
         ),
         Err(s)
@@ -83,9 +86,52 @@ async fn report_end(
         }
         Err(s) => return Err(s.into()),
     }
+    let now = jiff::Timestamp::now();
+    let unmetered = unmetered(lease);
+    let conditions = unmetered
+        .iter()
+        .map(|why| {
+            let previous = lease
+                .status
+                .as_ref()
+                .map(|s| s.conditions.as_slice())
+                .unwrap_or_default();
+            condition(
+                previous,
+                METERED_CONDITION,
+                false,
+                "NoReceipts",
+                why.clone(),
+                lease.metadata.generation,
+                now,
+            )
+        })
+        .collect();
     let part = LeaseReportPart {
-        reported_at: Time(jiff::Timestamp::now()),
+        reported_at: Time(now),
+        conditions,
     };
-    apply_status::<ComputeLease>(kube, name, SESSION_FIELD_MANAGER, None, &part).await?;
+    apply_status::<ComputeLease>(&ctx.client, &name, SESSION_FIELD_MANAGER, None, &part).await?;
+    if let Some(why) = unmetered {
+        warn!(lease = %name, "{why}");
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "Unmetered".into(),
+            note: Some(why),
+            action: "ReportEnd".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &lease.object_ref(&())).await {
+            warn!(lease = %name, error = %e, "could not record an Event on the lease");
+        }
+    }
     Ok(())
+}
+
+/// An amount in atto units as a log shows it: "0.35 USDC".
+fn whole_units(atto: &str, denomination: &str) -> String {
+    crate::wire::amount::parse("amount", atto).map_or_else(
+        |_| atto.to_string(),
+        |a| format!("{} {denomination}", a.to_decimal_units()),
+    )
 }

@@ -52,7 +52,8 @@ pub(super) async fn take_leases(
             continue;
         }
         match client.decide(&lease_id, accept, &reason).await {
-            Ok(()) => info!(lease = %lease_id, accept, %reason, "answered the network"),
+            Ok(()) if accept => info!(lease = %lease_id, "accepted the lease"),
+            Ok(()) => info!(lease = %lease_id, %reason, "refused the lease"),
             Err(status) if accept && status.code() == Code::FailedPrecondition => {
                 // The lease lapsed or the buyer cancelled it before the answer arrived: the buyer
                 // was refunded, so what was created for it goes.
@@ -79,6 +80,11 @@ async fn intake(
 ) -> Result<String, Refusal> {
     let provider = ctx.provider_key.verifying_key();
     let verified = verify_lease(signed, network_key, &provider, now_unix())?;
+    ctx.box_gate
+        .lock()
+        .expect("box gate lock poisoned")
+        .admits(now_unix_ms())
+        .map_err(Refusal::BoxUnavailable)?;
     let name = verified.lease.lease_id.clone();
     let api: Api<ComputeLease> = Api::all(ctx.client.clone());
     if let Some(existing) = api
