@@ -12,7 +12,8 @@ export KWOK_WORKDIR="$CACHE/kwok"
 KUBECONFIG_PATH="${GPUBRIDGE_E2E_KUBECONFIG:-$CACHE/e2e/kubeconfig}"
 say() { printf '[cluster] %s\n' "$*" >&2; }
 
-BIN=$(bash e2e/build-binaries.sh)
+# A caller that already built them (the demo) passes the folder, so the build is reported once.
+BIN="${GPUBRIDGE_E2E_BIN:-$(bash e2e/build-binaries.sh)}"
 kubectl() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
 
 case "${1:-}" in

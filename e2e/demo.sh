@@ -12,6 +12,7 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "building the control plane (cached after the first run), the operator and the sidecars"
 BIN=$(bash e2e/cluster.sh bin)
+export GPUBRIDGE_E2E_BIN="$BIN"
 kubectl() { "$BIN/kubectl" "$@"; }
 cargo build --locked --quiet --bin gpubridge --bin gpubridge-sidecar
 OPERATOR="${CARGO_TARGET_DIR:-target}/debug/gpubridge"
@@ -22,11 +23,31 @@ bash e2e/cluster.sh up
 operator_pid=""
 network_pid=""
 sidecar_pids=""
+operator_command=""
+network_command=""
 cleanup() {
   [ -n "$operator_pid" ] && kill "$operator_pid" 2>/dev/null && wait "$operator_pid" 2>/dev/null || true
   [ -n "$network_pid" ] && kill "$network_pid" 2>/dev/null && wait "$network_pid" 2>/dev/null || true
   for pid in $sidecar_pids; do kill "$pid" 2>/dev/null || true; done
-  if [ -z "${KEEP:-}" ]; then bash e2e/cluster.sh down; else echo "cluster kept: KUBECONFIG=$KUBECONFIG"; fi
+  if [ -z "${KEEP:-}" ]; then
+    bash e2e/cluster.sh down
+    return
+  fi
+  cat <<KEPT
+
+KEEP=1: the control plane is still running (kube-apiserver, etcd, controller-manager, scheduler,
+kwok, the fake GPU nodes and the chart); the operator, the network node and the sidecars are
+stopped. To look around:
+  export KUBECONFIG=${KUBECONFIG:-}
+  ${BIN:-}/kubectl get gpuoffers,computeleases
+To start the network node again (its database and key are kept in ${NET:-}):
+  $network_command &
+and the operator:
+  KUBECONFIG=${OPERATOR_KUBECONFIG:-} $operator_command &
+then buy with:
+  GPUBRIDGE_NETWORK_URL=${GPUBRIDGE_NETWORK_URL:-} GPUBRIDGE_BUYER_KEY=${GPUBRIDGE_BUYER_KEY:-} ${OPERATOR:-} order list
+Stop it all with: make cluster-down
+KEPT
 }
 trap cleanup EXIT
 kubectl get nodes -L nvidia.com/gpu.product,nvidia.com/gpu.count,gpubridge.dev/pool
@@ -35,7 +56,8 @@ step "starting the reference network node (its key pinned by the operator)"
 NET="$CACHE/e2e/network"
 rm -rf "$NET" && mkdir -p "$NET"
 NETWORK_KEY=$("$OPERATOR" keygen --out "$NET/network.key")
-"$OPERATOR" network --listen 127.0.0.1:17300 --data-dir "$NET" >"$NET/network.log" 2>&1 &
+network_command="$OPERATOR network --listen 127.0.0.1:17300 --data-dir $NET"
+$network_command >"$NET/network.log" 2>&1 &
 network_pid=$!
 export GPUBRIDGE_NETWORK_URL=http://127.0.0.1:17300 GPUBRIDGE_BUYER_KEY="$NET/buyer.key"
 order() { "$OPERATOR" order "$@"; }
@@ -56,12 +78,13 @@ sed 's/^  user:$/  user:\n    as: system:serviceaccount:gpubridge-system:gpubrid
 echo "may the operator read Secrets in kube-system? $(kubectl --kubeconfig "$OPERATOR_KUBECONFIG" auth can-i list secrets -n kube-system || true)"
 echo "may it create pods in lease namespaces? $(kubectl --kubeconfig "$OPERATOR_KUBECONFIG" auth can-i create pods -n lease-x) (the admission policy boxes what they contain)"
 log="$CACHE/e2e/operator.log"
-KUBECONFIG="$OPERATOR_KUBECONFIG" "$OPERATOR" operator --log-format text --namespace gpubridge-system \
+operator_command="$OPERATOR operator --log-format text --namespace gpubridge-system \
   --sidecar-image ghcr.io/gpubridge/gpubridge:demo --http-addr 127.0.0.1:18080 \
-  --network-url "$GPUBRIDGE_NETWORK_URL" --network-key "$NETWORK_KEY" \
-  --provider-name "acme-gpu-farm" --region eu-west \
+  --network-url $GPUBRIDGE_NETWORK_URL --network-key $NETWORK_KEY \
+  --provider-name acme-gpu-farm --region eu-west \
   --collector-addr 127.0.0.1:17400 --collector-url http://127.0.0.1:17400 \
-  --collector-status-seconds 2 --final-receipt-grace-seconds 30 >"$log" 2>&1 &
+  --collector-status-seconds 2 --final-receipt-grace-seconds 30"
+KUBECONFIG="$OPERATOR_KUBECONFIG" $operator_command >"$log" 2>&1 &
 operator_pid=$!
 for _ in $(seq 1 100); do
   curl -fs 127.0.0.1:18080/metrics 2>/dev/null | grep -q '^gpubridge_leader 1' && break
@@ -102,6 +125,7 @@ echo
 sleep 1
 kubectl get gpuoffer rtx-workstation
 
+USAGE_COLUMNS='LEASE:.metadata.name,RECEIPTS:.status.usage.receiptsAccepted,GPU-SECONDS:.status.usage.gpuSeconds,ENERGY-J:.status.usage.energyJoules,UTILIZATION-%:.status.usage.utilizationPercent,FINAL:.status.usage.finalReceived,TIER:.status.attestation.trustTier'
 step "the pod's meter and attest sidecars (kwok runs no containers: local processes, simulated GPU)"
 SC="$CACHE/e2e/sidecars/$LEASE"
 rm -rf "$SC" && mkdir -p "$SC/identity" "$SC/receipts" && chmod 700 "$SC"
@@ -120,17 +144,20 @@ attest_pid=$!
 sidecar_pids="$meter_pid $attest_pid"
 kubectl wait "computelease/$LEASE" --for=condition=Attested --timeout=30s >/dev/null
 kubectl wait "computelease/$LEASE" --for=condition=Metered --timeout=30s >/dev/null
-kubectl get computelease "$LEASE" -o jsonpath='{"usage: "}{.status.usage}{"\nattestation: "}{.status.attestation}{"\n"}'
+kubectl get computelease "$LEASE" -o custom-columns="$USAGE_COLUMNS"
 
 step "waiting for the lease to reach its end; the meter's final receipt, the end report, escrow settles"
 kubectl wait "computelease/$LEASE" --for=jsonpath='{.status.phase}'=Expired --timeout=120s >/dev/null
 # The pod is stopped: both sidecars get SIGTERM, the meter seals its final receipt.
 kill -TERM "$meter_pid" "$attest_pid" && wait "$meter_pid" "$attest_pid" || true
 kubectl wait "computelease/$LEASE" --for=jsonpath='{.status.usage.finalReceived}'=true --timeout=30s >/dev/null
-for _ in $(seq 1 120); do order status "$(order list -o json | sed -n 's/.*"orderId": "\([a-f0-9]*\)".*/\1/p' | head -1)" | grep -q ended && break; sleep 0.5; done
+order status --watch "$LEASE" >/dev/null
 kubectl get computeleases -o wide
-kubectl get computelease "$LEASE" -o jsonpath='{"usage: "}{.status.usage}{"\n"}'
+kubectl get computelease "$LEASE" -o custom-columns="$USAGE_COLUMNS"
 kubectl get events -A --field-selector involvedObject.kind=ComputeLease
+echo
+echo "The buyer's view of the order (gpubridge order status, by its lease id):"
+order status "$LEASE"
 
 step "deleting the lease: its namespace goes with it"
 kubectl delete computelease "$LEASE" --wait=true --timeout=60s

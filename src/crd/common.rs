@@ -12,13 +12,13 @@ pub const DEFAULT_GPU_RESOURCE: &str = "nvidia.com/gpu";
 pub struct Price {
     /// The amount per GPU-hour as a decimal string with at most 18 fractional digits, for
     /// example "2.40". It must be greater than zero.
-    #[schemars(regex(pattern = r"^[0-9]{1,18}(\.[0-9]{1,18})?$"))]
+    #[schemars(regex(pattern = r"^[0-9]{1,18}(\.[0-9]{1,18})?$"), length(max = 37))]
     // Only a well-formed amount is checked for zero, so that a malformed one gets one message.
-    #[x_kube(validation = Rule::new("!self.matches('^[0-9]{1,18}(\\\\.[0-9]{1,18})?$') || self.matches('[1-9]')").message(Message::Expression("'spec.price.amount (' + self + ') must be greater than zero'".into())))]
+    #[x_kube(validation = Rule::new("!self.matches('^[0-9]{1,18}(\\\\.[0-9]{1,18})?$') || self.matches('[1-9]')").message(Message::Expression("'spec.price.amount (%s) must be greater than zero'.format([self])".into())))]
     pub amount: String,
     /// The denomination the amount is counted in: uppercase letters and digits, for example
     /// "USDC". Orders match it exactly.
-    #[schemars(regex(pattern = r"^[A-Z][A-Z0-9]{1,15}$"))]
+    #[schemars(regex(pattern = r"^[A-Z][A-Z0-9]{1,15}$"), length(max = 16))]
     pub denomination: String,
 }
 

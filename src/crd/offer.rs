@@ -44,10 +44,11 @@ use super::common::{DEFAULT_GPU_RESOURCE, Price};
     )
 )]
 #[serde(rename_all = "camelCase")]
-// A rule between two fields judges only fields that are valid on their own: one mistake, one
+// Messages are built with format(): the apiserver's cost estimate of string(int) concatenated
+// is unbounded and refuses the CRD. A rule between two fields judges only fields that are valid on their own: one mistake, one
 // message.
-#[x_kube(validation = Rule::new("self.maxGpus < 1 || self.reserveGpus <= self.maxGpus").message(Message::Expression("'spec.reserveGpus (' + string(self.reserveGpus) + ') must not exceed spec.maxGpus (' + string(self.maxGpus) + ')'".into())))]
-#[x_kube(validation = Rule::new("self.maxGpus < 1 || self.lease.maxGpusPerLease <= self.maxGpus").message(Message::Expression("'spec.lease.maxGpusPerLease (' + string(self.lease.maxGpusPerLease) + ') must not exceed spec.maxGpus (' + string(self.maxGpus) + ')'".into())))]
+#[x_kube(validation = Rule::new("self.maxGpus < 1 || self.reserveGpus <= self.maxGpus").message(Message::Expression("'spec.reserveGpus (%d) must not exceed spec.maxGpus (%d)'.format([self.reserveGpus, self.maxGpus])".into())))]
+#[x_kube(validation = Rule::new("self.maxGpus < 1 || self.lease.maxGpusPerLease <= self.maxGpus").message(Message::Expression("'spec.lease.maxGpusPerLease (%d) must not exceed spec.maxGpus (%d)'.format([self.lease.maxGpusPerLease, self.maxGpus])".into())))]
 pub struct GpuOfferSpec {
     /// The nodes whose GPUs this offer sells. A node matched by two offers selling the same
     /// resource belongs to the older offer; the newer one reports Degraded.
@@ -133,7 +134,7 @@ fn default_resource_name() -> String {
 /// Duration and size bounds of a lease.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.minDurationSeconds <= self.maxDurationSeconds").message(Message::Expression("'spec.lease.minDurationSeconds (' + string(self.minDurationSeconds) + ') must not exceed spec.lease.maxDurationSeconds (' + string(self.maxDurationSeconds) + ')'".into())))]
+#[x_kube(validation = Rule::new("self.minDurationSeconds <= self.maxDurationSeconds").message(Message::Expression("'spec.lease.minDurationSeconds (%d) must not exceed spec.lease.maxDurationSeconds (%d)'.format([self.minDurationSeconds, self.maxDurationSeconds])".into())))]
 pub struct LeaseBounds {
     /// The shortest lease accepted, in seconds (at least 60).
     #[schemars(range(min = 60, max = 31536000))]
