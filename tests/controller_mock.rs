@@ -270,7 +270,16 @@ fn box_created_then(pod: Reply, rest: Vec<Step>) -> Vec<Step> {
     script
 }
 
-/// A Kubernetes Event recorded for the lease.
+/// The offer's status written with server-side apply.
+fn offer_status_written() -> Step {
+    step(
+        Method::PATCH,
+        "/apis/gpubridge.dev/v1alpha1/gpuoffers/h100-public/status",
+        Reply::Json(serde_json::to_value(offer_object()).unwrap()),
+    )
+}
+
+/// A Kubernetes Event recorded for the lease or the offer.
 fn event_recorded() -> Step {
     step(
         Method::POST,
@@ -662,14 +671,7 @@ async fn once_the_pod_is_gone_cleanup_removes_the_namespace_and_the_finalizer() 
 
 #[tokio::test]
 async fn offer_status_is_written_once_and_not_rewritten() {
-    let (client, seen, server) = mock(vec![
-        step(
-            Method::PATCH,
-            "/apis/gpubridge.dev/v1alpha1/gpuoffers/h100-public/status",
-            Reply::Json(serde_json::to_value(offer_object()).unwrap()),
-        ),
-        event_recorded(),
-    ]);
+    let (client, seen, server) = mock(vec![offer_status_written(), event_recorded()]);
     let ctx = context(client, vec![offer_object()]);
     offer::reconcile(Arc::new(offer_object()), ctx.clone())
         .await
@@ -718,11 +720,7 @@ async fn an_offer_with_a_bad_selector_gets_a_condition_not_an_error() {
         },
     ]);
     let (client, seen, server) = mock(vec![
-        step(
-            Method::PATCH,
-            "/apis/gpubridge.dev/v1alpha1/gpuoffers/h100-public/status",
-            Reply::Json(serde_json::to_value(offer_object()).unwrap()),
-        ),
+        offer_status_written(),
         event_recorded(),
         event_recorded(),
     ]);

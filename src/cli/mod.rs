@@ -28,6 +28,7 @@ pub enum Command {
     /// Run the reference network node: offer book, matching, escrow, settlement.
     Network(NetworkArgs),
     /// Buy GPU time on a network: keys, deposits, orders.
+    #[command(after_help = order::EXIT_STATUS)]
     Order(order::OrderArgs),
     /// Create an ed25519 key file (mode 0600) and print its public key, base58.
     Keygen {

@@ -418,6 +418,32 @@ impl ComputeLeaseStatus {
 }
 
 impl ComputeLease {
+    /// One of the lease's conditions as it should be now, keeping its transition time when its
+    /// status is unchanged.
+    pub fn condition(
+        &self,
+        type_: &str,
+        ok: bool,
+        reason: &str,
+        message: &str,
+        now: jiff::Timestamp,
+    ) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        let previous = self
+            .status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default();
+        super::conditions::condition(
+            previous,
+            type_,
+            ok,
+            reason,
+            message,
+            self.metadata.generation,
+            now,
+        )
+    }
+
     /// The lease's phase, Pending before any status was written.
     pub fn phase(&self) -> LeasePhase {
         self.status.as_ref().map(|s| s.phase).unwrap_or_default()

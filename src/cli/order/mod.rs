@@ -27,6 +27,11 @@ use view::Outcome;
 
 const GLOBAL: &str = "Global options";
 
+/// The exit statuses, as `--help` lists them.
+pub const EXIT_STATUS: &str = "Exit status: 0 done; 1 could not be done (no key, the network \
+    unreachable or refusing); 2 a mistake in the command line, found before anything was sent; \
+    3 the order was rejected, or its lease failed by a fault not the buyer's.";
+
 #[derive(Args, Debug)]
 pub struct OrderArgs {
     /// The network node's gateway: http://HOST:PORT, or https://HOST:PORT for TLS.

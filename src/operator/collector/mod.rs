@@ -26,7 +26,6 @@ use tonic::{Code, Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::attestation::{EvidenceRejection, verify_evidence};
-use crate::crd::conditions::condition;
 use crate::crd::{
     ATTESTED_CONDITION, ComputeLease, LeaseAttestation, LeaseAttestationPart, LeaseMeteringPart,
     METERED_CONDITION,
@@ -162,7 +161,7 @@ impl CollectorService {
             self.refused("sidecar", "WrongLeaseKey");
             let message = "the request is not signed by the certified lease key";
             let condition =
-                Self::condition(&lease, METERED_CONDITION, false, "WrongLeaseKey", message);
+                lease.condition(METERED_CONDITION, false, "WrongLeaseKey", message, now);
             self.write_metering(&lease, None, condition).await;
             return Err(Status::unauthenticated(message));
         }
@@ -187,29 +186,6 @@ impl CollectorService {
             // The next batch writes the whole summary again.
             warn!(lease = %name, error = %e, "cannot write the lease's usage");
         }
-    }
-
-    fn condition(
-        lease: &ComputeLease,
-        type_: &str,
-        ok: bool,
-        reason: &str,
-        message: &str,
-    ) -> Condition {
-        let previous = lease
-            .status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default();
-        condition(
-            &previous,
-            type_,
-            ok,
-            reason,
-            message,
-            lease.metadata.generation,
-            now(),
-        )
     }
 
     /// Writes the Metered condition with `usage`, or the usage already on the lease.
@@ -376,14 +352,14 @@ impl CollectorService {
             Some(r) => {
                 self.refused("receipt", &r.kind);
                 warn!(lease = %lease_id, kind = %r.kind, message = %r.message, "receipt refused");
-                Self::condition(lease, METERED_CONDITION, false, &r.kind, &r.message)
+                lease.condition(METERED_CONDITION, false, &r.kind, &r.message, now())
             }
-            None => Self::condition(
-                lease,
+            None => lease.condition(
                 METERED_CONDITION,
                 true,
                 "ReceiptsVerified",
                 &format!("{} receipts verified and settled", reply.accepted_through),
+                now(),
             ),
         };
         let usage = forwarded.map(|served| usage_from(reply, served.charged));
@@ -450,8 +426,7 @@ impl CollectorService {
             "hardware-attested" => "HardwareAttested",
             _ => "SelfReported",
         };
-        let condition = Self::condition(
-            &auth.lease,
+        let condition = auth.lease.condition(
             ATTESTED_CONDITION,
             true,
             reason,
@@ -459,6 +434,7 @@ impl CollectorService {
                 "evidence for the network's challenge verified: {}",
                 reply.trust_tier
             ),
+            now(),
         );
         info!(lease = %lease_id, tier = %reply.trust_tier, "evidence verified");
         self.write_attestation(&auth.lease, Some(attestation), condition)
@@ -506,7 +482,7 @@ impl CollectorService {
     async fn evidence_refused(&self, lease: &ComputeLease, e: EvidenceRejection) -> Status {
         self.refused("evidence", e.kind());
         warn!(lease = %lease.spec.lease_id, kind = e.kind(), error = %e, "evidence refused");
-        let condition = Self::condition(lease, ATTESTED_CONDITION, false, e.kind(), &e.to_string());
+        let condition = lease.condition(ATTESTED_CONDITION, false, e.kind(), &e.to_string(), now());
         self.write_attestation(lease, None, condition).await;
         let message = format!("{}: {e}", e.kind());
         match e {

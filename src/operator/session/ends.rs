@@ -12,7 +12,6 @@ use tonic::Code;
 use tracing::{info, warn};
 
 use super::{SESSION_FIELD_MANAGER, SessionError};
-use crate::crd::conditions::condition;
 use crate::crd::{ComputeLease, LeaseReportPart, METERED_CONDITION};
 use crate::lifecycle::{awaiting_final_receipt, end_report, unmetered};
 use crate::operator::controller::Context;
@@ -90,22 +89,7 @@ async fn report_end(
     let unmetered = unmetered(lease);
     let conditions = unmetered
         .iter()
-        .map(|why| {
-            let previous = lease
-                .status
-                .as_ref()
-                .map(|s| s.conditions.as_slice())
-                .unwrap_or_default();
-            condition(
-                previous,
-                METERED_CONDITION,
-                false,
-                "NoReceipts",
-                why.clone(),
-                lease.metadata.generation,
-                now,
-            )
-        })
+        .map(|why| lease.condition(METERED_CONDITION, false, "NoReceipts", why, now))
         .collect();
     let part = LeaseReportPart {
         reported_at: Time(now),
