@@ -21,7 +21,9 @@ use crate::support::{
     Cluster, NetworkNode, Operator, Prometheus, apply_yaml, cluster, eventually, http_get,
     now_unix, percentile, promtool_check_metrics,
 };
-use crate::{SECOND, delete_lease, install_crds, offer_status, wait_phase, workstation_offer};
+use crate::{
+    SECOND, delete_lease, install_crds, kubectl, offer_status, wait_phase, workstation_offer,
+};
 
 const UNIT: u128 = 1_000_000_000_000_000_000;
 
@@ -1017,4 +1019,108 @@ fn advertised_condition(status: &gpubridge::crd::GpuOfferStatus) -> Option<(Stri
         .iter()
         .find(|c| c.type_ == "Advertised")
         .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// The first hour's bug 2: an operator the admission policy does not let create lease pods (run
+/// here as the cluster's admin, not the chart's ServiceAccount) ends its first lease at once as
+/// the provider's fault with a warning Event and a whole refund, and refuses the next lease with
+/// the reason instead of accepting what its cluster cannot hold.
+#[tokio::test]
+async fn an_operator_whose_lease_pods_are_refused_refuses_leases_until_it_can_run_them() {
+    let Some(c) = cluster("refused-box").await else {
+        return;
+    };
+    install_crds(&c.client).await;
+    let network = NetworkNode::start("refused-box");
+    let operator = Operator::start_as("refused-box", &network.operator_flags(), &c.kubeconfig);
+    apply_yaml(&c.client, &workstation_offer()).await;
+    operator.wait_ready().await;
+    let buyer = network.client(generate_key()).await;
+    wait_published(&buyer, "rtx-workstation", 2).await;
+    buyer
+        .deposit(Amount::from_atto(10 * UNIT), "USDC")
+        .await
+        .unwrap();
+    let ask = || order(1, "NVIDIA-GeForce-RTX-4090", 600, 12 * UNIT / 10);
+    let first = buyer.submit(ask()).await.unwrap();
+    assert_eq!(first.state(), OrderState::Matched, "{}", first.reason);
+    let lease = wait_phase(&c.client, &first.lease_id, LeasePhase::Failed, 30 * SECOND).await;
+    let termination = lease.status.unwrap().termination.unwrap();
+    assert_eq!(termination.reason.as_str(), "BoxRejected");
+    assert!(
+        termination.message.contains("only the gpubridge operator"),
+        "{}",
+        termination.message
+    );
+
+    // The next lease is refused by intake, saying why.
+    let second = buyer.submit(ask()).await.unwrap();
+    assert_eq!(second.state(), OrderState::Matched, "{}", second.reason);
+    let refused = eventually("the second lease to be refused", 30 * SECOND, || async {
+        let o = buyer
+            .order_status(&second.order_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        match o.state() {
+            OrderState::Rejected => Ok(o),
+            state => Err(format!("{state:?}: {}", o.reason)),
+        }
+    })
+    .await;
+    assert!(
+        refused
+            .reason
+            .contains("the provider's cluster refused the last lease pod (")
+            && refused.reason.contains("only the gpubridge operator"),
+        "{}",
+        refused.reason
+    );
+    assert_eq!(refused.refunded, refused.held, "the second hold went back");
+
+    // The first ends as the provider's fault: the whole hold goes back, and the lease has a
+    // warning Event.
+    let ended = eventually("the first order to end", 60 * SECOND, || async {
+        let o = buyer
+            .order_status(&first.order_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        match o.state() {
+            OrderState::Ended => Ok(o),
+            state => Err(format!("{state:?}: {}", o.reason)),
+        }
+    })
+    .await;
+    assert_eq!(ended.reason, "Failed (BoxRejected); the provider's fault");
+    assert_eq!(
+        (ended.charged.as_str(), &ended.refunded),
+        ("0", &ended.held)
+    );
+    let events = kubectl(
+        &c,
+        &[
+            "get",
+            "events",
+            &format!(
+                "--field-selector=involvedObject.kind=ComputeLease,involvedObject.name={}",
+                first.lease_id
+            ),
+            "-o",
+            "jsonpath={range .items[*]}{.type}/{.reason} {end}",
+        ],
+        b"",
+    );
+    assert!(events.contains("Warning/Failed"), "{events}");
+    operator
+        .wait_metric_at_least(
+            r#"gpubridge_intake_leases_total{decision="rejected",reason="box"}"#,
+            1,
+            SECOND,
+        )
+        .await;
+
+    delete_lease(&c.client, &first.lease_id).await;
+    Api::<gpubridge::crd::GpuOffer>::all(c.client.clone())
+        .delete("rtx-workstation", &DeleteParams::default())
+        .await
+        .unwrap();
 }
