@@ -49,9 +49,12 @@ crds:
 manifests:
 	bash charts/render-install.sh > manifests/install.yaml
 
-## image-build: the Dockerfile's build stage (there is no container engine here), so it cannot rot.
+## image-build: the Dockerfile's build stage, then its runtime stage as an OCI layout built with
+## umoci (there is no container engine here) in $CARGO_TARGET_DIR/image/oci, its binaries started
+## inside it as its user; neither can rot.
 image-build:
 	bash packaging/build-release.sh $${CARGO_TARGET_DIR:-target}/image
+	bash packaging/build-image.sh $${CARGO_TARGET_DIR:-target}/image $${CARGO_TARGET_DIR:-target}/image/oci
 
 ## bench-scale: the operator at 5,000 fake 8-GPU nodes and 100,000 pods on the kwok control plane
 ## (release build): RSS, time to the first exact offer status, and reaction to a pod create and

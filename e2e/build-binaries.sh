@@ -12,6 +12,7 @@ KWOK_VERSION="${KWOK_VERSION:-0.8.0}"
 HELM_VERSION="${HELM_VERSION:-4.3.1}"
 # Prometheus v3.x publishes its Go module as v0.3xx.y.
 PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-0.316.0}"
+UMOCI_VERSION="${UMOCI_VERSION:-0.6.0}"
 CACHE="${GPUBRIDGE_CACHE:-$HOME/.cache/gpubridge}"
 BIN="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION"
 export GOFLAGS="${GOFLAGS:--mod=mod}" CGO_ENABLED=0
@@ -100,5 +101,20 @@ for tool in prometheus promtool; do
   fi
   ln -sfn "$prom_bin/$tool" "$BIN/$tool"
 done
+
+# umoci, in a folder of its own version like Prometheus. Its module carries a replace directive,
+# which `go install` refuses, so it is built inside its own module as downloaded.
+umoci_bin="$CACHE/bin/umoci-$UMOCI_VERSION"
+if [ ! -x "$umoci_bin/umoci" ]; then
+  say "umoci: building github.com/opencontainers/umoci@v$UMOCI_VERSION"
+  start=$SECONDS
+  umoci_dir=$(go mod download -json "github.com/opencontainers/umoci@v$UMOCI_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  (cd "$umoci_dir" && GOFLAGS=-mod=readonly go build -trimpath \
+    -ldflags "-s -w -X main.version=$UMOCI_VERSION" -o "$umoci_bin/umoci" ./cmd/umoci)
+  say "umoci: built in $((SECONDS - start))s"
+else
+  say "umoci: cached"
+fi
+ln -sfn "$umoci_bin/umoci" "$BIN/umoci"
 
 echo "$BIN"
