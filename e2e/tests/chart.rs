@@ -53,6 +53,8 @@ async fn the_chart_lints_renders_the_committed_install_manifest_and_refuses_bad_
             "charts/gpubridge",
             "--namespace",
             "gpubridge-system",
+            "--set",
+            "networkPolicy.apiServer.cidrs={10.96.0.1/32}",
         ];
         args.extend_from_slice(extra);
         let out = c.helm(&args);
@@ -72,6 +74,78 @@ async fn the_chart_lints_renders_the_committed_install_manifest_and_refuses_bad_
             .contains("kind: ServiceMonitor")
     );
     assert!(!kinds(&["--set", "replicas=1"]).contains("kind: PodDisruptionBudget"));
+
+    // The operator's NetworkPolicy names every destination it lets the operator reach: the API
+    // server as the cluster's EndpointSlice gives it (looked up by an install), the network's
+    // gateways as given; a render that cannot know them fails, naming the value to give.
+    let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+        Api::namespaced(c.client.clone(), "default")
+            .get("kubernetes")
+            .await
+            .unwrap();
+    let api_server =
+        &slice.endpoints.expect("the API server has endpoints")[0].addresses[0].clone();
+    // `template --dry-run=server` looks up as an install does, and creates nothing.
+    let installed = c.helm(&[
+        "template",
+        "gpubridge",
+        "charts/gpubridge",
+        "--namespace",
+        "gpubridge-system",
+        "--dry-run=server",
+        "--set",
+        "network.url=https://127.0.0.1:7300",
+        "--set",
+        "networkPolicy.network.cidrs={127.0.0.1/32}",
+    ]);
+    assert!(installed.status.success(), "{}", stderr(&installed));
+    let manifest = String::from_utf8(installed.stdout).unwrap();
+    let policy: Value = manifest
+        .split("\n---")
+        .filter_map(|doc| serde_yaml::from_str::<Value>(doc).ok())
+        .find(|doc| doc["kind"] == "NetworkPolicy")
+        .expect("the operator's NetworkPolicy");
+    let egress = policy["spec"]["egress"].as_array().unwrap();
+    assert!(
+        egress
+            .iter()
+            .all(|rule| rule["to"].as_array().is_some_and(|to| !to.is_empty())),
+        "every egress rule names its destinations: {egress:#?}"
+    );
+    let cidrs: Vec<&str> = egress
+        .iter()
+        .flat_map(|rule| rule["to"].as_array().unwrap())
+        .filter_map(|peer| peer["ipBlock"]["cidr"].as_str())
+        .collect();
+    assert!(
+        cidrs.contains(&format!("{api_server}/32").as_str()),
+        "{cidrs:?}"
+    );
+    assert!(
+        cidrs.contains(&"127.0.0.1/32") && cidrs.contains(&"169.254.20.10/32"),
+        "{cidrs:?}"
+    );
+    for (set, says) in [
+        (
+            vec![],
+            "networkPolicy.apiServer.cidrs: give the Kubernetes API server's addresses",
+        ),
+        (
+            vec![
+                "--set",
+                "networkPolicy.apiServer.cidrs={10.96.0.1/32}",
+                "--set",
+                "network.url=https://n:7300",
+            ],
+            "networkPolicy.network.cidrs: give the addresses of network.url's gateways",
+        ),
+    ] {
+        let mut args = vec!["template", "gpubridge", "charts/gpubridge"];
+        args.extend(set.iter());
+        let out = c.helm(&args);
+        assert!(!out.status.success(), "{set:?} rendered");
+        assert!(stderr(&out).contains(says), "{set:?}: {}", stderr(&out));
+    }
 
     // A misspelt key, a value out of range and a malformed network key each fail the install,
     // naming the field; nothing is installed.
@@ -412,6 +486,7 @@ async fn helm_upgrade_and_uninstall_keep_the_crds_and_running_leases() {
         &[
             ("NETWORK_URL", network.url.as_str()),
             ("NETWORK_KEY", network.key.as_str()),
+            ("NETWORK_CIDRS", "127.0.0.1/32"),
         ],
     );
     assert!(installed.contains("STATUS: deployed"), "{installed}");

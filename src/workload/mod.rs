@@ -15,7 +15,7 @@ pub use claim::{CLAIM_NAME, claim};
 pub use namespace::namespace;
 pub use pod::{ATTEST_CONTAINER, METER_CONTAINER, POD_NAME, WORKLOAD_CONTAINER, pod};
 pub use policy::{
-    PRIVATE_IPV4_RANGES, PRIVATE_IPV6_RANGES, limit_range, network_policy, resource_quota,
+    NODE_LOCAL_DNS, PRIVATE_IPV4_RANGES, ipv6_internet, limit_range, network_policy, resource_quota,
 };
 pub use secret::{IDENTITY_SECRET, LeaseIdentity, secret};
 

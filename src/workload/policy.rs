@@ -31,12 +31,43 @@ pub const PRIVATE_IPV4_RANGES: &[&str] = &[
     "240.0.0.0/4",
 ];
 
-/// IPv6 ranges lease pods never reach: loopback, unique-local, link-local and multicast
-/// (which also holds the fd00:ec2::254 style metadata endpoints).
-pub const PRIVATE_IPV6_RANGES: &[&str] = &["::1/128", "fc00::/7", "fe80::/10", "ff00::/8"];
+/// NodeLocal DNSCache's address: lease pods may reach it, for DNS only, where a cluster runs it
+/// (it is link-local, which is otherwise closed).
+pub const NODE_LOCAL_DNS: &str = "169.254.20.10/32";
+
+/// The IPv6 internet lease pods may reach, as (allowed range, ranges excepted): global unicast
+/// less the ranges inside it that lead elsewhere (IETF assignments with Teredo, documentation,
+/// 6to4, which embed IPv4 addresses), and the well-known NAT64 prefix less every private IPv4
+/// range embedded in it. Everything else — loopback, unique-local, link-local, multicast,
+/// IPv4-mapped (::ffff:0:0/96, which Kubernetes cannot except from ::/0) and local-use NAT64 —
+/// is closed by not being allowed at all.
+pub fn ipv6_internet() -> Vec<(String, Vec<String>)> {
+    let nat64 = PRIVATE_IPV4_RANGES
+        .iter()
+        .map(|range| {
+            let (address, prefix) = range.split_once('/').expect("a CIDR");
+            let v4: std::net::Ipv4Addr = address.parse().expect("an IPv4 address");
+            let prefix: u8 = prefix.parse().expect("a prefix length");
+            let embedded =
+                std::net::Ipv6Addr::from((0x0064_ff9b_u128 << 96) | u128::from(u32::from(v4)));
+            format!("{embedded}/{}", 96 + prefix)
+        })
+        .collect();
+    vec![
+        (
+            "2000::/3".to_string(),
+            vec![
+                "2001::/23".into(),
+                "2001:db8::/32".into(),
+                "2002::/16".into(),
+            ],
+        ),
+        ("64:ff9b::/96".to_string(), nat64),
+    ]
+}
 
 /// Deny all ingress; egress to the operator's collector, and to the public internet and cluster
-/// DNS or nothing else at all.
+/// DNS (the kube-dns pods, NodeLocal DNSCache) or nothing else at all.
 pub fn network_policy(b: &LeaseBox) -> NetworkPolicy {
     let collector = NetworkPolicyEgressRule {
         to: Some(vec![NetworkPolicyPeer {
@@ -67,10 +98,10 @@ pub fn network_policy(b: &LeaseBox) -> NetworkPolicy {
     let mut egress = match b.policy.egress {
         EgressPolicy::None => vec![],
         EgressPolicy::Internet => {
-            let internet = |cidr: &str, except: &[&str]| NetworkPolicyPeer {
+            let internet = |cidr: &str, except: Vec<String>| NetworkPolicyPeer {
                 ip_block: Some(IPBlock {
                     cidr: cidr.to_string(),
-                    except: Some(except.iter().map(|s| s.to_string()).collect()),
+                    except: Some(except),
                 }),
                 ..Default::default()
             };
@@ -81,30 +112,47 @@ pub fn network_policy(b: &LeaseBox) -> NetworkPolicy {
             };
             vec![
                 NetworkPolicyEgressRule {
-                    to: Some(vec![NetworkPolicyPeer {
-                        namespace_selector: Some(LabelSelector {
-                            match_labels: Some(BTreeMap::from([(
-                                "kubernetes.io/metadata.name".to_string(),
-                                "kube-system".to_string(),
-                            )])),
+                    to: Some(vec![
+                        NetworkPolicyPeer {
+                            namespace_selector: Some(LabelSelector {
+                                match_labels: Some(BTreeMap::from([(
+                                    "kubernetes.io/metadata.name".to_string(),
+                                    "kube-system".to_string(),
+                                )])),
+                                ..Default::default()
+                            }),
+                            pod_selector: Some(LabelSelector {
+                                match_labels: Some(BTreeMap::from([(
+                                    "k8s-app".to_string(),
+                                    "kube-dns".to_string(),
+                                )])),
+                                ..Default::default()
+                            }),
                             ..Default::default()
-                        }),
-                        pod_selector: Some(LabelSelector {
-                            match_labels: Some(BTreeMap::from([(
-                                "k8s-app".to_string(),
-                                "kube-dns".to_string(),
-                            )])),
+                        },
+                        NetworkPolicyPeer {
+                            ip_block: Some(IPBlock {
+                                cidr: NODE_LOCAL_DNS.to_string(),
+                                except: None,
+                            }),
                             ..Default::default()
-                        }),
-                        ..Default::default()
-                    }]),
+                        },
+                    ]),
                     ports: Some(vec![dns_port("UDP"), dns_port("TCP")]),
                 },
                 NetworkPolicyEgressRule {
-                    to: Some(vec![
-                        internet("0.0.0.0/0", PRIVATE_IPV4_RANGES),
-                        internet("::/0", PRIVATE_IPV6_RANGES),
-                    ]),
+                    to: Some(
+                        std::iter::once(internet(
+                            "0.0.0.0/0",
+                            PRIVATE_IPV4_RANGES.iter().map(|r| r.to_string()).collect(),
+                        ))
+                        .chain(
+                            ipv6_internet()
+                                .into_iter()
+                                .map(|(cidr, except)| internet(&cidr, except)),
+                        )
+                        .collect(),
+                    ),
                     ports: None,
                 },
             ]
