@@ -188,17 +188,7 @@ async fn a_metered_lease_survives_crashes_of_everything_and_settles_exactly() {
     wait_phase(&c.client, &lease_id, LeasePhase::Expired, 120 * SECOND).await;
     // The kubelet stops the sidecars with the pod: the meter seals its final receipt.
     sidecars.stop_meter();
-    let ended = eventually("the end to be settled", 60 * SECOND, || async {
-        let view = buyer
-            .order_status(&placed.order_id)
-            .await
-            .map_err(|e| e.to_string())?;
-        match view.state() {
-            OrderState::Ended => Ok(view),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    let ended = order_reaches(&buyer, &placed.order_id, OrderState::Ended, 60 * SECOND).await;
 
     // The sidecar's log and the network's ledger agree: every logged receipt accepted once,
     // the final one last, and the buyer charged exactly their allocated time at the price.
@@ -1021,6 +1011,31 @@ fn advertised_condition(status: &gpubridge::crd::GpuOfferStatus) -> Option<(Stri
         .map(|c| (c.status.clone(), c.reason.clone()))
 }
 
+/// The order once the network shows it in `state`.
+async fn order_reaches(
+    buyer: &NetworkClient,
+    order_id: &str,
+    state: OrderState,
+    timeout: Duration,
+) -> OrderView {
+    eventually(
+        &format!("order {order_id} to be {state:?}"),
+        timeout,
+        || async {
+            let o = buyer
+                .order_status(order_id)
+                .await
+                .map_err(|e| e.to_string())?;
+            if o.state() == state {
+                Ok(o)
+            } else {
+                Err(format!("{:?}: {}", o.state(), o.reason))
+            }
+        },
+    )
+    .await
+}
+
 /// The first hour's bug 2: an operator the admission policy does not let create lease pods (run
 /// here as the cluster's admin, not the chart's ServiceAccount) ends its first lease at once as
 /// the provider's fault with a warning Event and a whole refund, and refuses the next lease with
@@ -1056,17 +1071,7 @@ async fn an_operator_whose_lease_pods_are_refused_refuses_leases_until_it_can_ru
     // The next lease is refused by intake, saying why.
     let second = buyer.submit(ask()).await.unwrap();
     assert_eq!(second.state(), OrderState::Matched, "{}", second.reason);
-    let refused = eventually("the second lease to be refused", 30 * SECOND, || async {
-        let o = buyer
-            .order_status(&second.order_id)
-            .await
-            .map_err(|e| e.to_string())?;
-        match o.state() {
-            OrderState::Rejected => Ok(o),
-            state => Err(format!("{state:?}: {}", o.reason)),
-        }
-    })
-    .await;
+    let refused = order_reaches(&buyer, &second.order_id, OrderState::Rejected, 30 * SECOND).await;
     assert!(
         refused
             .reason
@@ -1079,17 +1084,7 @@ async fn an_operator_whose_lease_pods_are_refused_refuses_leases_until_it_can_ru
 
     // The first ends as the provider's fault: the whole hold goes back, and the lease has a
     // warning Event.
-    let ended = eventually("the first order to end", 60 * SECOND, || async {
-        let o = buyer
-            .order_status(&first.order_id)
-            .await
-            .map_err(|e| e.to_string())?;
-        match o.state() {
-            OrderState::Ended => Ok(o),
-            state => Err(format!("{state:?}: {}", o.reason)),
-        }
-    })
-    .await;
+    let ended = order_reaches(&buyer, &first.order_id, OrderState::Ended, 60 * SECOND).await;
     assert_eq!(ended.reason, "Failed (BoxRejected); the provider's fault");
     assert_eq!(
         (ended.charged.as_str(), &ended.refunded),
