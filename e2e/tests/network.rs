@@ -92,9 +92,19 @@ async fn workstation_lease(
     name: &str,
     seconds: u64,
 ) -> (NetworkNode, Operator, NetworkClient, OrderView) {
+    workstation_lease_as(c, name, seconds, &c.operator_kubeconfig).await
+}
+
+/// The same, with the operator under the identity of `kubeconfig`.
+async fn workstation_lease_as(
+    c: &Cluster,
+    name: &str,
+    seconds: u64,
+    kubeconfig: &std::path::Path,
+) -> (NetworkNode, Operator, NetworkClient, OrderView) {
     install_crds(&c.client).await;
     let network = NetworkNode::start(name);
-    let operator = Operator::start_with(c, name, &network.operator_flags());
+    let operator = Operator::start_as(name, &network.operator_flags(), kubeconfig);
     apply_yaml(&c.client, &workstation_offer()).await;
     operator.wait_ready().await;
     let buyer = network.client(generate_key()).await;
@@ -1045,20 +1055,8 @@ async fn an_operator_whose_lease_pods_are_refused_refuses_leases_until_it_can_ru
     let Some(c) = cluster("refused-box").await else {
         return;
     };
-    install_crds(&c.client).await;
-    let network = NetworkNode::start("refused-box");
-    let operator = Operator::start_as("refused-box", &network.operator_flags(), &c.kubeconfig);
-    apply_yaml(&c.client, &workstation_offer()).await;
-    operator.wait_ready().await;
-    let buyer = network.client(generate_key()).await;
-    wait_published(&buyer, "rtx-workstation", 2).await;
-    buyer
-        .deposit(Amount::from_atto(10 * UNIT), "USDC")
-        .await
-        .unwrap();
-    let ask = || order(1, "NVIDIA-GeForce-RTX-4090", 600, 12 * UNIT / 10);
-    let first = buyer.submit(ask()).await.unwrap();
-    assert_eq!(first.state(), OrderState::Matched, "{}", first.reason);
+    let (_network, operator, buyer, first) =
+        workstation_lease_as(&c, "refused-box", 600, &c.kubeconfig).await;
     let lease = wait_phase(&c.client, &first.lease_id, LeasePhase::Failed, 30 * SECOND).await;
     let termination = lease.status.unwrap().termination.unwrap();
     assert_eq!(termination.reason.as_str(), "BoxRejected");
@@ -1069,7 +1067,10 @@ async fn an_operator_whose_lease_pods_are_refused_refuses_leases_until_it_can_ru
     );
 
     // The next lease is refused by intake, saying why.
-    let second = buyer.submit(ask()).await.unwrap();
+    let second = buyer
+        .submit(order(1, "NVIDIA-GeForce-RTX-4090", 600, 12 * UNIT / 10))
+        .await
+        .unwrap();
     assert_eq!(second.state(), OrderState::Matched, "{}", second.reason);
     let refused = order_reaches(&buyer, &second.order_id, OrderState::Rejected, 30 * SECOND).await;
     assert!(
