@@ -80,11 +80,6 @@ async fn intake(
 ) -> Result<String, Refusal> {
     let provider = ctx.provider_key.verifying_key();
     let verified = verify_lease(signed, network_key, &provider, now_unix())?;
-    ctx.box_gate
-        .lock()
-        .expect("box gate lock poisoned")
-        .admits(now_unix_ms())
-        .map_err(Refusal::BoxUnavailable)?;
     let name = verified.lease.lease_id.clone();
     let api: Api<ComputeLease> = Api::all(ctx.client.clone());
     if let Some(existing) = api
@@ -94,6 +89,13 @@ async fn intake(
     {
         return same_lease(&existing, &verified.lease.lease_id).map(|()| name);
     }
+    // A lease already created is answered as before; a new one only while the cluster can hold
+    // its box.
+    ctx.box_gate
+        .lock()
+        .expect("box gate lock poisoned")
+        .admits(now_unix_ms())
+        .map_err(Refusal::BoxUnavailable)?;
     let offer = ctx
         .offers
         .get(&ObjectRef::<GpuOffer>::new(&verified.lease.offer_name))
