@@ -15,9 +15,10 @@ use tonic::Code;
 use crate::cli::emit;
 use crate::identity::keyfile;
 use crate::identity::public_key_base58;
+use crate::wire::amount::Amount;
 use crate::wire::amount::from_decimal_units;
 use crate::wire::client::{self, NetworkClient, Target};
-use crate::wire::proto::OrderView;
+use crate::wire::proto::{OrderBody, OrderView};
 use crate::wire::validate;
 
 mod input;
@@ -280,31 +281,47 @@ pub async fn run(args: OrderArgs) -> ExitCode {
     }
 }
 
+/// A command with its input checked: what it sends needs nothing more from the buyer.
+enum Request {
+    Keygen,
+    Offers,
+    Deposit(Amount, String),
+    Submit(Box<OrderBody>),
+    List,
+    Status { id: String, watch: bool },
+    Cancel { id: String },
+    Balance,
+}
+
+/// Checks a command's input, before any key is read or anything is sent.
+fn checked(command: OrderCommand) -> Result<Request, OrderError> {
+    let usage = |e: crate::wire::Rejection| OrderError::Usage(e.to_string());
+    Ok(match command {
+        OrderCommand::Keygen => Request::Keygen,
+        OrderCommand::Offers => Request::Offers,
+        OrderCommand::Deposit {
+            amount,
+            denomination,
+        } => {
+            let atto = from_decimal_units("amount", &amount).map_err(usage)?;
+            validate::denomination("--denomination", &denomination).map_err(usage)?;
+            Request::Deposit(atto, denomination)
+        }
+        OrderCommand::Submit(submit) => Request::Submit(Box::new(
+            input::order_body(*submit).map_err(OrderError::Usage)?,
+        )),
+        OrderCommand::List => Request::List,
+        OrderCommand::Status { id, watch } => Request::Status { id, watch },
+        OrderCommand::Cancel { id } => Request::Cancel { id },
+        OrderCommand::Balance => Request::Balance,
+    })
+}
+
 async fn command(args: OrderArgs) -> Result<(), OrderError> {
     let print = |text: String| emit(&text).map_err(OrderError::Output);
     let output = args.output;
-    // Input is checked before any key is read or anything is sent.
-    let (command, submitted) = match args.command {
-        OrderCommand::Submit(submit) => {
-            let body = input::order_body(*submit).map_err(OrderError::Usage)?;
-            (None, Some(body))
-        }
-        other => (Some(other), None),
-    };
-    let deposit = match &command {
-        Some(OrderCommand::Deposit {
-            amount,
-            denomination,
-        }) => {
-            let atto = from_decimal_units("amount", amount)
-                .map_err(|e| OrderError::Usage(e.to_string()))?;
-            validate::denomination("--denomination", denomination)
-                .map_err(|e| OrderError::Usage(e.to_string()))?;
-            Some((atto, denomination.clone()))
-        }
-        _ => None,
-    };
-    if let Some(OrderCommand::Keygen) = command {
+    let request = checked(args.command)?;
+    if let Request::Keygen = request {
         let key = keyfile::create(&buyer_key_path(args.key.as_deref())?)?;
         return print(format!("{}\n", public_key_base58(&key.verifying_key())));
     }
@@ -315,7 +332,7 @@ async fn command(args: OrderArgs) -> Result<(), OrderError> {
     let channel = client::channel(&target)?;
     let url = args.network.as_str();
     let call = |status: tonic::Status| OrderError::from_status(url, &status);
-    if let Some(OrderCommand::Offers) = command {
+    if let Request::Offers = request {
         let client = NetworkClient::new(channel, crate::identity::generate_key());
         let offers = client.list_offers().await.map_err(call)?;
         return print(view::offers(&offers, output));
@@ -330,25 +347,22 @@ async fn command(args: OrderArgs) -> Result<(), OrderError> {
         loaded => loaded?,
     };
     let client = NetworkClient::new(channel, key);
-    if let Some(body) = submitted {
-        let order = client.submit(body).await.map_err(call)?;
-        print(view::orders(std::slice::from_ref(&order), output))?;
-        return settled(&order);
-    }
-    match command.expect("every command but submit") {
-        OrderCommand::Keygen | OrderCommand::Offers | OrderCommand::Submit(_) => {
-            unreachable!("handled above")
-        }
-        OrderCommand::Deposit { .. } => {
-            let (atto, denomination) = deposit.expect("checked above");
+    match request {
+        Request::Keygen | Request::Offers => unreachable!("answered without the buyer's key"),
+        Request::Deposit(atto, denomination) => {
             let reply = client.deposit(atto, &denomination).await.map_err(call)?;
             print(view::balances(&reply, output))
         }
-        OrderCommand::List => {
+        Request::Submit(body) => {
+            let order = client.submit(*body).await.map_err(call)?;
+            print(view::orders(std::slice::from_ref(&order), output))?;
+            settled(&order)
+        }
+        Request::List => {
             let orders = client.list_orders().await.map_err(call)?;
             print(view::orders(&orders, output))
         }
-        OrderCommand::Status { id, watch } => {
+        Request::Status { id, watch } => {
             let order_id = resolve(&client, &id, url).await?;
             let mut shown = String::new();
             loop {
@@ -367,12 +381,12 @@ async fn command(args: OrderArgs) -> Result<(), OrderError> {
                 tokio::time::sleep(WATCH_INTERVAL).await;
             }
         }
-        OrderCommand::Cancel { id } => {
+        Request::Cancel { id } => {
             let order_id = resolve(&client, &id, url).await?;
             let order = client.cancel(&order_id).await.map_err(call)?;
             print(view::orders(&[order], output))
         }
-        OrderCommand::Balance => {
+        Request::Balance => {
             let reply = client.balance().await.map_err(call)?;
             print(view::balances(&reply, output))
         }
