@@ -106,6 +106,15 @@ impl<'de> Deserialize<'de> for Amount {
 /// Longest accepted amount string: u128 has 39 digits.
 const MAX_DIGITS: usize = 39;
 
+/// An amount in atto units as a person reads it, with its denomination ("0.35 USDC"); the text
+/// as sent when it is not an amount.
+pub fn in_units(atto: &str, denomination: &str) -> String {
+    parse("amount", atto).map_or_else(
+        |_| format!("{atto} {denomination}"),
+        |a| format!("{} {denomination}", a.to_decimal_units()),
+    )
+}
+
 /// Parses `text` as an amount for `field`; the error names the field and the rule.
 pub fn parse(field: &str, text: &str) -> Result<Amount, Rejection> {
     let invalid = |rule: &str| Rejection::invalid(field, rule);
@@ -241,5 +250,12 @@ mod tests {
         );
         assert_eq!(Amount(1).to_decimal_units(), "0.000000000000000001");
         assert!(from_decimal_units("p", "abc").is_err());
+    }
+
+    #[test]
+    fn amounts_read_in_whole_units_with_their_denomination() {
+        assert_eq!(in_units("350000000000000000", "USDC"), "0.35 USDC");
+        assert_eq!(in_units("2000000000000000000", "USDC"), "2 USDC");
+        assert_eq!(in_units("x", "USDC"), "x USDC");
     }
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::wire::amount;
+use crate::wire::amount::{self, in_units};
 use crate::wire::proto::{BalanceReply, LeaseView, OfferView, OrderState, OrderView};
 
 use super::Output;
@@ -160,7 +160,7 @@ fn price_cell(o: &OrderView) -> String {
     if o.price_per_gpu_hour.is_empty() {
         format!("≤ {} {}", units(&o.max_price_per_gpu_hour), o.denomination)
     } else {
-        format!("{} {}", units(&o.price_per_gpu_hour), o.denomination)
+        in_units(&o.price_per_gpu_hour, &o.denomination)
     }
 }
 
@@ -213,7 +213,7 @@ pub(super) fn order_detail(o: &OrderView, output: Output) -> String {
         return pretty(&order_json(o));
     }
     let denomination = &o.denomination;
-    let money = |atto: &str| format!("{} {denomination}", units(atto));
+    let money = |atto: &str| in_units(atto, denomination);
     let mut lines: Vec<(&str, String)> = vec![
         ("Order", o.order_id.clone()),
         ("State", state(o).to_string()),
@@ -367,7 +367,7 @@ pub(super) fn offers(offers: &[OfferView], output: Output) -> String {
                 },
                 gpus_of(o.available_gpus, &o.resource_name),
                 o.largest_block.to_string(),
-                format!("{} {}", units(&o.price_per_gpu_hour), o.denomination),
+                in_units(&o.price_per_gpu_hour, &o.denomination),
                 format!(
                     "{} to {}",
                     span(o.min_duration_seconds),

@@ -16,6 +16,7 @@ use crate::crd::{ComputeLease, LeaseReportPart, METERED_CONDITION};
 use crate::lifecycle::{awaiting_final_receipt, end_report, unmetered};
 use crate::operator::controller::Context;
 use crate::operator::status::apply_status;
+use crate::wire::amount::in_units;
 use crate::wire::client::NetworkClient;
 use crate::wire::proto::LeaseEndBody;
 
@@ -69,8 +70,8 @@ async fn report_end(
     match client.report_end(body).await {
         Ok(reply) => info!(
             lease = %name,
-            charged = %whole_units(&reply.charged, &lease.spec.price.denomination),
-            refunded = %whole_units(&reply.refunded, &lease.spec.price.denomination),
+            charged = %in_units(&reply.charged, &lease.spec.price.denomination),
+            refunded = %in_units(&reply.refunded, &lease.spec.price.denomination),
             "reported the lease's end"
         ),
         Err(s)
@@ -110,12 +111,4 @@ async fn report_end(
         }
     }
     Ok(())
-}
-
-/// An amount in atto units as a log shows it: "0.35 USDC".
-fn whole_units(atto: &str, denomination: &str) -> String {
-    crate::wire::amount::parse("amount", atto).map_or_else(
-        |_| atto.to_string(),
-        |a| format!("{} {denomination}", a.to_decimal_units()),
-    )
 }

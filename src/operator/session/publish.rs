@@ -16,6 +16,7 @@ use crate::crd::{GpuOffer, OfferPublicationPart};
 use crate::operator::controller::Context;
 use crate::operator::publication::{Published, due, offer_body, publishable};
 use crate::operator::status::apply_status;
+use crate::wire::amount::in_units;
 use crate::wire::client::NetworkClient;
 
 pub(super) async fn publish_offers(
@@ -58,9 +59,7 @@ pub(super) async fn publish_offers(
             sent.expires_at = now_unix() + ttl.as_secs() as i64;
             let reply = client.publish(sent).await?;
             let gpus: u32 = body.free_blocks.iter().sum();
-            let price = crate::wire::amount::parse("price", &body.price_per_gpu_hour)
-                .map(|a| format!("{} {}", a.to_decimal_units(), body.denomination))
-                .unwrap_or_default();
+            let price = in_units(&body.price_per_gpu_hour, &body.denomination);
             match published.get(name) {
                 Some(last) if last.body == *body => {
                     debug!(offer = %name, offer_id = %reply.offer_id, "republished the offer before it expires");
