@@ -3,7 +3,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo build test unit e2e lint fmt crds manifests image-build bench bench-scale cluster-up cluster-down
+.PHONY: demo build test unit e2e lint fmt crds manifests image-build bench bench-scale cluster-up cluster-down node-up node-down
 
 ## demo: the main job — a real control plane, the operator, offers, a lease from start to end.
 demo:
@@ -14,12 +14,12 @@ build:
 
 ## test: everything CI runs: lint, every unit, fixture and mocked-API test, the image, then end
 ## to end (the chart, its RBAC, admission policy and dashboard included). The control plane's Go
-## binaries build meanwhile in the background (cold, that saves minutes); their log is printed
-## when they are done.
+## binaries and the real node's build meanwhile in the background (cold, that saves minutes);
+## their log is printed when they are done.
 GPUBRIDGE_CACHE ?= $(HOME)/.cache/gpubridge
 test:
 	mkdir -p $(GPUBRIDGE_CACHE)
-	bash e2e/build-binaries.sh >$(GPUBRIDGE_CACHE)/build-binaries.log 2>&1 & builder=$$!; \
+	{ bash e2e/build-binaries.sh && bash e2e/build-node.sh; } >$(GPUBRIDGE_CACHE)/build-binaries.log 2>&1 & builder=$$!; \
 	  $(MAKE) lint unit; status=$$?; \
 	  wait $$builder; built=$$?; cat $(GPUBRIDGE_CACHE)/build-binaries.log; \
 	  [ $$status = 0 ] && [ $$built = 0 ] || exit 1; \
@@ -28,11 +28,14 @@ test:
 unit:
 	$(CARGO) test --locked --all-targets
 
-## e2e: the end-to-end suite on a real control plane, brought up and down around it.
+## e2e: the end-to-end suite on a real control plane with the kwok nodes and the real node,
+## brought up and down around it; then the check that the node left nothing behind.
 e2e:
 	bash e2e/cluster.sh up
+	bash e2e/node.sh up || { bash e2e/node.sh down; bash e2e/cluster.sh down; exit 1; }
 	GPUBRIDGE_E2E_REQUIRED=1 $(CARGO) test --locked --features e2e --test e2e -- --test-threads=1 --nocapture; \
-	  status=$$?; bash e2e/cluster.sh down; exit $$status
+	  status=$$?; bash e2e/node.sh down; bash e2e/node.sh check-clean || status=1; \
+	  bash e2e/cluster.sh down; exit $$status
 
 ## cluster-up / cluster-down: the e2e control plane alone, for running the operator by hand.
 cluster-up:
@@ -40,6 +43,15 @@ cluster-up:
 
 cluster-down:
 	bash e2e/cluster.sh down
+
+## node-up / node-down: the real node (kubelet, containerd, runc, CNI, kube-proxy, kube-router's
+## firewall, CoreDNS) joined to the e2e control plane, in namespaces of its own; `down` leaves
+## nothing behind (`bash e2e/node.sh check-clean` says so).
+node-up:
+	bash e2e/node.sh up
+
+node-down:
+	bash e2e/node.sh down
 
 ## lint: formatting and clippy (the e2e suite included), warnings as errors; the fuzz targets type-check.
 lint:

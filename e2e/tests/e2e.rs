@@ -7,6 +7,7 @@ mod chart;
 mod dashboard;
 mod dra;
 mod network;
+mod real_node;
 mod scale;
 mod sidecars;
 mod support;

@@ -1,0 +1,371 @@
+//! On the real node of `e2e/node.sh`: containers that run under containerd and runc, the CNI
+//! bridge, kube-proxy's Services, CoreDNS, and NetworkPolicy enforced by kube-router's firewall,
+//! proven by packets sent from inside pods. Pods report what they saw in their termination
+//! message, which the kubelet writes into the pod's status: the API server cannot reach the
+//! node's kubelet (it listens in the node's own network namespace), so there are no logs to read.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+use crate::support::{cluster, eventually, repo};
+
+pub const REAL_NODE: &str = "gpubridge-node";
+/// The test workload image `e2e/node-images.sh` loads: Debian's static busybox.
+const BUSYBOX: &str = "gpubridge.test/busybox:e2e";
+/// Addresses of the outside world `e2e/node.sh` serves, and of the node itself.
+const METADATA: &str = "169.254.169.254";
+const PRIVATE_TARGET: &str = "10.99.0.10";
+const PUBLIC_TARGET: &str = "203.0.113.10";
+const NODE_ADDRESS: &str = "10.88.0.2";
+/// The `kubernetes` Service, in front of the API server.
+const API_SERVICE: &str = "10.0.0.1";
+
+/// Fails unless the real node is up and Ready: `make e2e` brings it up.
+pub async fn require_real_node(client: &Client) {
+    let node = Api::<Node>::all(client.clone())
+        .get_opt(REAL_NODE)
+        .await
+        .expect("read the real node");
+    let ready = node
+        .as_ref()
+        .and_then(|n| n.status.as_ref()?.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    assert!(
+        ready,
+        "the real node {REAL_NODE} is not Ready: run `make node-up` (or `make e2e`)"
+    );
+}
+
+/// Deletes an object (if there is one) and waits until it is gone.
+async fn delete_and_wait<K>(api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let _ = api.delete(name, &DeleteParams::foreground()).await;
+    eventually(
+        &format!("{name} is deleted"),
+        Duration::from_secs(120),
+        || async {
+            match api.get_opt(name).await.unwrap() {
+                None => Ok(()),
+                Some(_) => Err("it is terminating".to_string()),
+            }
+        },
+    )
+    .await;
+}
+
+/// A namespace created afresh (an earlier run's is deleted first), with Pod Security
+/// `restricted` enforced, as the operator's lease namespaces have it.
+async fn fresh_namespace(client: &Client, name: &str) {
+    let namespaces = Api::<Namespace>::all(client.clone());
+    delete_and_wait(&namespaces, name).await;
+    let namespace = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {
+            "pod-security.kubernetes.io/enforce": "restricted",
+        }},
+    }))
+    .unwrap();
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap();
+}
+
+/// A busybox pod on the real node running `script` under the restricted profile.
+fn busybox_pod(name: &str, labels: serde_json::Value, script: &str, restart: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "nodeSelector": {"gpubridge.dev/real-node": "true"},
+            "restartPolicy": restart,
+            "terminationGracePeriodSeconds": 1,
+            "securityContext": {
+                "runAsNonRoot": true, "runAsUser": 65532,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [{
+                "name": "main",
+                "image": BUSYBOX,
+                "imagePullPolicy": "Never",
+                "command": ["sh", "-c", script],
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "readOnlyRootFilesystem": true,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+            }],
+        },
+    }))
+    .unwrap()
+}
+
+/// Starts a pod that answers TCP on each port; returns its IP once it runs.
+async fn listener(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    labels: serde_json::Value,
+    ports: &[u16],
+) -> String {
+    let script: String = ports
+        .iter()
+        .map(|p| format!("nc -ll -p {p} -e echo {name}:{p} & "))
+        .chain(std::iter::once("wait".to_string()))
+        .collect();
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+    pods.create(
+        &PostParams::default(),
+        &busybox_pod(name, labels, &script, "Always"),
+    )
+    .await
+    .unwrap();
+    eventually(
+        &format!("{namespace}/{name} runs"),
+        Duration::from_secs(60),
+        || async {
+            let status = pods.get(name).await.unwrap().status.unwrap_or_default();
+            match (status.phase.as_deref(), status.pod_ip) {
+                (Some("Running"), Some(ip)) => Ok(ip),
+                (phase, _) => Err(format!("phase {phase:?}")),
+            }
+        },
+    )
+    .await
+}
+
+/// Runs a command inside the real node's namespaces (`e2e/node.sh exec`); its stdout.
+fn on_node(command: &str) -> String {
+    let output = std::process::Command::new("bash")
+        .arg(repo().join("e2e/node.sh"))
+        .args(["exec", "sh", "-c", command])
+        .output()
+        .expect("run e2e/node.sh exec");
+    assert!(
+        output.status.success(),
+        "on the node: {command}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs `script` in a new pod and returns what it wrote to its termination message. The script
+/// starts only once kube-router has programmed the pod's firewall chain: the firewall learns a
+/// pod's address after the pod starts, and a probe that raced it would see the network before
+/// its policy. The gate is a file the test writes into the pod's emptyDir from the node.
+async fn probe(client: &Client, namespace: &str, name: &str, script: &str) -> String {
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+    delete_and_wait(&pods, name).await;
+    let script = format!(
+        "until [ -e /gate/open ]; do sleep 0.1; done; {{ {script} ; }} > /dev/termination-log 2>&1"
+    );
+    let mut pod = busybox_pod(name, json!({"role": "probe"}), &script, "Never");
+    let spec = pod.spec.as_mut().unwrap();
+    spec.volumes = Some(vec![
+        serde_json::from_value(json!({"name": "gate", "emptyDir": {}})).unwrap(),
+    ]);
+    spec.containers[0].volume_mounts = Some(vec![
+        serde_json::from_value(json!({"name": "gate", "mountPath": "/gate"})).unwrap(),
+    ]);
+    let uid = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let chain = format!("POD name:{name} namespace: {namespace} ");
+    eventually(
+        &format!("kube-router programs {namespace}/{name}"),
+        Duration::from_secs(60),
+        || async {
+            let rules = on_node("iptables-save -t filter");
+            match rules.contains(&chain) {
+                true => Ok(()),
+                false => Err("no chain for the pod yet".to_string()),
+            }
+        },
+    )
+    .await;
+    on_node(&format!(
+        "touch /var/lib/kubelet/pods/{uid}/volumes/kubernetes.io~empty-dir/gate/open"
+    ));
+    eventually(
+        &format!("{namespace}/{name} finishes"),
+        Duration::from_secs(120),
+        || async {
+            let status = pods.get(name).await.unwrap().status.unwrap_or_default();
+            let terminated = status
+                .container_statuses
+                .as_deref()
+                .and_then(|s| s.first()?.state.as_ref()?.terminated.clone());
+            match terminated {
+                Some(t) => Ok(t.message.unwrap_or_default()),
+                None => Err(format!("phase {:?}", status.phase)),
+            }
+        },
+    )
+    .await
+}
+
+/// `name open` or `name closed` for a TCP connection to host:port, two seconds at most.
+fn connect(name: &str, host: &str, port: u16) -> String {
+    format!(
+        "if nc -w 2 {host} {port} </dev/null >/dev/null 2>&1; then echo '{name} open'; \
+         else echo '{name} closed'; fi"
+    )
+}
+
+/// The lines a probe of the same targets should print, in its order.
+fn expect(lines: &[(&str, bool)]) -> String {
+    lines
+        .iter()
+        .map(|(name, open)| format!("{name} {}\n", if *open { "open" } else { "closed" }))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_pod_on_the_real_node_runs_under_containerd_with_cluster_dns_and_services() {
+    let Some(cluster) = cluster("real_node_pod").await else {
+        return;
+    };
+    let client = &cluster.client;
+    require_real_node(client).await;
+    let namespace = "e2e-real-node";
+    fresh_namespace(client, namespace).await;
+    let message = probe(
+        client,
+        namespace,
+        "hello",
+        // The container's own view (its user, its read-only root), a name served by CoreDNS
+        // through the kube-dns Service, and the outside world's public target.
+        "echo uid=$(id -u); touch /x 2>/dev/null && echo root-writable || echo root-read-only; \
+         nslookup kube-dns.kube-system.svc.cluster.local | grep -c 'Address: 10.0.0.10'; \
+         printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 203.0.113.10 80 | grep hello",
+    )
+    .await;
+    assert_eq!(
+        message, "uid=65532\nroot-read-only\n1\nhello from 203.0.113.10\n",
+        "what the pod saw"
+    );
+}
+
+/// The lease box's NetworkPolicy, exactly as the builder makes it (the golden fixture the
+/// builder's unit test guards), with its collector namespace pointed at `collector_namespace`.
+async fn apply_lease_policy(client: &Client, namespace: &str, collector_namespace: &str) {
+    let golden = std::fs::read_to_string(repo().join("tests/fixtures/golden/network-policy.yaml"))
+        .expect("the golden NetworkPolicy");
+    let mut policy: NetworkPolicy = serde_yaml::from_str(&golden).unwrap();
+    policy.metadata.namespace = Some(namespace.to_string());
+    policy.metadata.owner_references = None;
+    let spec = policy.spec.as_mut().unwrap();
+    let collector = &mut spec.egress.as_mut().unwrap()[0].to.as_mut().unwrap()[0];
+    collector
+        .namespace_selector
+        .as_mut()
+        .unwrap()
+        .match_labels
+        .as_mut()
+        .unwrap()
+        .insert(
+            "kubernetes.io/metadata.name".to_string(),
+            collector_namespace.to_string(),
+        );
+    Api::<NetworkPolicy>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_lease_network_policy_holds_for_real_packets() {
+    let Some(cluster) = cluster("real_node_network_policy").await else {
+        return;
+    };
+    let client = &cluster.client;
+    require_real_node(client).await;
+    let (lease, other_lease, collector_ns, open_ns) = (
+        "e2e-lease-a",
+        "e2e-lease-b",
+        "e2e-collector",
+        "e2e-no-policy",
+    );
+    for namespace in [lease, other_lease, collector_ns, open_ns] {
+        fresh_namespace(client, namespace).await;
+    }
+    apply_lease_policy(client, lease, collector_ns).await;
+    apply_lease_policy(client, other_lease, collector_ns).await;
+    // A stand-in for the operator's pod: its labels, the collector's port and a metrics port.
+    let operator_labels = json!({
+        "app.kubernetes.io/name": "gpubridge",
+        "app.kubernetes.io/component": "operator",
+    });
+    let collector = listener(
+        client,
+        collector_ns,
+        "collector",
+        operator_labels,
+        &[7400, 9090],
+    )
+    .await;
+    let neighbour = listener(
+        client,
+        other_lease,
+        "workload",
+        json!({"role": "workload"}),
+        &[8080],
+    )
+    .await;
+
+    let targets = [
+        connect("collector", &collector, 7400),
+        connect("operator-metrics", &collector, 9090),
+        connect("public", PUBLIC_TARGET, 80),
+        "nslookup kube-dns.kube-system.svc.cluster.local >/dev/null 2>&1 \
+         && echo 'dns open' || echo 'dns closed'"
+            .to_string(),
+        connect("metadata", METADATA, 80),
+        connect("private", PRIVATE_TARGET, 80),
+        connect("api-server", API_SERVICE, 443),
+        connect("kubelet", NODE_ADDRESS, 10250),
+        connect("other-lease", &neighbour, 8080),
+    ]
+    .join("; ");
+
+    // Without a policy every target answers but the other lease, whose policy denies all
+    // ingress: the closed answers below are the lease policy's doing, not a broken network.
+    let open = probe(client, open_ns, "probe", &targets).await;
+    assert_eq!(
+        open,
+        expect(&[
+            ("collector", true),
+            ("operator-metrics", true),
+            ("public", true),
+            ("dns", true),
+            ("metadata", true),
+            ("private", true),
+            ("api-server", true),
+            ("kubelet", true),
+            ("other-lease", false),
+        ]),
+        "from a namespace without a policy"
+    );
+    let boxed = expect(&[
+        ("collector", true),
+        ("operator-metrics", false),
+        ("public", true),
+        ("dns", true),
+        ("metadata", false),
+        ("private", false),
+        ("api-server", false),
+        ("kubelet", false),
+        ("other-lease", false),
+    ]);
+    let inside = probe(client, lease, "probe", &targets).await;
+    assert_eq!(inside, boxed, "from inside a lease namespace");
+}
