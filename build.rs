@@ -1,4 +1,5 @@
-//! Generates the gateway protocol's Rust types and tonic client/server from `proto/`.
+//! Generates the Rust types and tonic clients and servers from `proto/`: the network's protocol
+//! and the kubelet's device plugin API.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
@@ -11,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 "proto/gpubridge/network/v1/network.proto",
                 "proto/gpubridge/network/v1/collector.proto",
+                "proto/k8s/deviceplugin/v1beta1/api.proto",
             ],
             &["proto"],
         )?;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A real node for the e2e control plane (e2e/cluster.sh): kubelet, containerd, runc, the CNI
-# bridge, kube-proxy (nftables), kube-router's NetworkPolicy firewall, CoreDNS and our fake GPU
-# device plugin, all inside private mount, network and UTS namespaces, so that nothing
+# bridge, kube-proxy (nftables), kube-router's NetworkPolicy firewall, CoreDNS and eight
+# simulated GPUs (`gpubridge simulated-gpu-plugin`, a kubelet device plugin), all inside private mount, network and UTS namespaces, so that nothing
 # system-wide changes:
 #   - the node's network namespace holds the pod bridge (10.244.0.0/24), the node address
 #     10.88.0.2 and 10.88.255.1, where the API server is reached through a Unix socket (a socat
@@ -31,6 +31,8 @@ API_IP=10.88.255.1
 POD_CIDR=10.244.0.0/24
 SERVICE_CIDR=10.0.0.0/24
 DNS_IP=10.0.0.10
+# The simulated GPUs the device plugin advertises; their UUIDs are seeded with the node's name.
+GPUS=8
 say() { printf '[node] %s\n' "$*" >&2; }
 
 # The cgroup hierarchies of this machine: every cgroup v1 hierarchy, and the unified one.
@@ -130,6 +132,8 @@ exec)
 esac
 
 start_time=$SECONDS
+cargo build --locked --quiet --bin gpubridge
+GPUBRIDGE="$(pwd)/${CARGO_TARGET_DIR:-target}/debug/gpubridge"
 BIN="${GPUBRIDGE_E2E_BIN:-$(bash e2e/build-binaries.sh)}"
 NODE_BIN="${GPUBRIDGE_NODE_BIN:-$(bash e2e/build-node.sh)}"
 kubectl() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
@@ -242,6 +246,15 @@ start kube-router node env PATH="$NODE_BIN:$PATH" "$NODE_BIN/kube-router" \
   --service-cluster-ip-range "$SERVICE_CIDR" --metrics-port 0 --health-port 0
 kubectl wait --for=condition=Ready "node/$NODE" --timeout=120s >/dev/null || {
   tail -30 "$STATE/log/kubelet.log" >&2; exit 1; }
+
+say "starting the simulated GPU device plugin: $GPUS× nvidia.com/gpu"
+start gpu-plugin node "$GPUBRIDGE" simulated-gpu-plugin --simulated-gpus "$GPUS" --simulated-seed "$NODE"
+for _ in $(seq 150); do
+  [ "$(kubectl get node "$NODE" -o jsonpath='{.status.allocatable.nvidia\.com/gpu}')" = "$GPUS" ] && break
+  sleep 0.2
+done
+[ "$(kubectl get node "$NODE" -o jsonpath='{.status.allocatable.nvidia\.com/gpu}')" = "$GPUS" ] || {
+  say "the node does not offer $GPUS GPUs"; tail -20 "$STATE/log/gpu-plugin.log" >&2; exit 1; }
 
 say "starting CoreDNS"
 kubectl apply -f e2e/node/coredns.yaml >/dev/null

@@ -6,7 +6,8 @@
 //! 1. `wire` (with `identity` beneath it): the protocol both ends speak;
 //! 2. the pure cores: `crd`, `gpu`, `capacity`, `admission`, `workload`, `lifecycle`, `metering`,
 //!    `attestation`; then `process`, what every process shares;
-//! 3. the process roles, which never import one another: `operator`, `node`, `sidecar`;
+//! 3. the process roles, which never import one another: `operator`, `node`, `sidecar`,
+//!    `deviceplugin`;
 //!    above them `cli`, whose commands only parse arguments and call a role.
 
 pub mod admission;
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod crd;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod decoders;
+pub mod deviceplugin;
 pub mod gpu;
 pub mod identity;
 pub mod lifecycle;

@@ -4,7 +4,7 @@ use clap::Parser;
 use gpubridge::cli::{Cli, Command, crdgen, keygen, order};
 use gpubridge::process::runtime::{block_on, exit_code};
 use gpubridge::process::telemetry;
-use gpubridge::{node, operator};
+use gpubridge::{deviceplugin, node, operator};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -18,6 +18,10 @@ fn main() -> ExitCode {
         Command::Network(args) => {
             telemetry::init(args.log_format);
             block_on(node::run(args)).map_err(Into::into)
+        }
+        Command::SimulatedGpuPlugin(args) => {
+            telemetry::init(args.log_format);
+            block_on(deviceplugin::service::run(args)).map_err(Into::into)
         }
         Command::Order(args) => return block_on(order::run(args)),
     };

@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("operator", 8),
     ("node", 8),
     ("sidecar", 8),
+    ("deviceplugin", 8),
     ("cli", 9),
     ("decoders", 10),
 ];

@@ -159,6 +159,17 @@ fn on_node(command: &str) -> String {
 /// pod's address after the pod starts, and a probe that raced it would see the network before
 /// its policy. The gate is a file the test writes into the pod's emptyDir from the node.
 async fn probe(client: &Client, namespace: &str, name: &str, script: &str) -> String {
+    probe_with_gpus(client, namespace, name, script, 0).await
+}
+
+/// `probe`, in a container that requests `gpus` of the node's `nvidia.com/gpu`.
+async fn probe_with_gpus(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    script: &str,
+    gpus: u32,
+) -> String {
     let pods = Api::<Pod>::namespaced(client.clone(), namespace);
     delete_and_wait(&pods, name).await;
     let script = format!(
@@ -166,6 +177,12 @@ async fn probe(client: &Client, namespace: &str, name: &str, script: &str) -> St
     );
     let mut pod = busybox_pod(name, json!({"role": "probe"}), &script, "Never");
     let spec = pod.spec.as_mut().unwrap();
+    if gpus > 0 {
+        spec.containers[0].resources = Some(
+            serde_json::from_value(json!({"limits": {"nvidia.com/gpu": gpus.to_string()}}))
+                .unwrap(),
+        );
+    }
     spec.volumes = Some(vec![
         serde_json::from_value(json!({"name": "gate", "emptyDir": {}})).unwrap(),
     ]);
@@ -253,6 +270,51 @@ async fn a_pod_on_the_real_node_runs_under_containerd_with_cluster_dns_and_servi
         message, "uid=65532\nroot-read-only\n1\nhello from 203.0.113.10\n",
         "what the pod saw"
     );
+}
+
+#[tokio::test]
+async fn the_device_plugin_gives_a_container_exactly_the_gpus_it_was_allocated() {
+    let Some(cluster) = cluster("real_node_gpus").await else {
+        return;
+    };
+    let client = &cluster.client;
+    require_real_node(client).await;
+    // The plugin advertises the simulated source's GPUs, seeded with the node's name.
+    let simulated = gpubridge::gpu::SimulatedSettings {
+        simulated_gpus: 8,
+        simulated_model: String::new(),
+        simulated_cc_mode: false,
+        simulated_mig: false,
+        simulated_seed: REAL_NODE.to_string(),
+        simulated_visible_devices: None,
+    };
+    let node_gpus = gpubridge::gpu::SimulatedSource::new(simulated).all_uuids();
+    let node = Api::<Node>::all(client.clone())
+        .get(REAL_NODE)
+        .await
+        .unwrap();
+    let allocatable = node.status.unwrap().allocatable.unwrap();
+    assert_eq!(allocatable["nvidia.com/gpu"].0, "8");
+
+    let namespace = "e2e-real-node-gpus";
+    fresh_namespace(client, namespace).await;
+    let seen = probe_with_gpus(client, namespace, "two", "echo $NVIDIA_VISIBLE_DEVICES", 2).await;
+    let ids: Vec<&str> = seen.trim().split(',').collect();
+    assert_eq!(ids.len(), 2, "{seen:?}");
+    assert_ne!(ids[0], ids[1], "{seen:?}");
+    assert!(
+        ids.iter().all(|id| node_gpus.iter().any(|gpu| gpu == id)),
+        "{seen:?} are not among the node's GPUs {node_gpus:?}"
+    );
+    // A container without a GPU request gets none.
+    let none = probe(
+        client,
+        namespace,
+        "none",
+        "echo \"[${NVIDIA_VISIBLE_DEVICES:-}]\"",
+    )
+    .await;
+    assert_eq!(none, "[]\n");
 }
 
 /// The lease box's NetworkPolicy, exactly as the builder makes it (the golden fixture the

@@ -36,6 +36,9 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Run a kubelet device plugin advertising the simulated GPU source's GPUs as
+    /// nvidia.com/gpu, for nodes without GPUs (the test bed's real node).
+    SimulatedGpuPlugin(crate::deviceplugin::service::DevicePluginArgs),
     /// Print the CustomResourceDefinitions as YAML, or write one file each into a folder.
     Crdgen {
         /// Folder to write `<plural>.<group>.yaml` files into; standard output when absent.

@@ -37,6 +37,20 @@ pub struct SimulatedSettings {
     /// Simulated source: seeds the UUIDs and serials, so two nodes' GPUs differ.
     #[arg(long, env = "GPUBRIDGE_SIMULATED_SEED", default_value = "gpubridge")]
     pub simulated_seed: String,
+    /// Simulated source: which of the GPUs this process sees, as NVIDIA's container runtime
+    /// reads the variable: `all` (or unset), `none`/`void`, or a comma-separated list of UUIDs.
+    /// A device plugin sets it for the containers it allocates GPUs to.
+    #[arg(long, env = "NVIDIA_VISIBLE_DEVICES")]
+    pub simulated_visible_devices: Option<String>,
+}
+
+/// Whether GPU `uuid` is visible under an `NVIDIA_VISIBLE_DEVICES` value.
+pub fn is_visible(uuid: &str, visible_devices: Option<&str>) -> bool {
+    match visible_devices.map(str::trim) {
+        None | Some("all") => true,
+        Some("none" | "void" | "") => false,
+        Some(list) => list.split(',').any(|id| id.trim() == uuid),
+    }
 }
 
 pub struct SimulatedSource {
@@ -53,13 +67,25 @@ impl SimulatedSource {
     }
 
     fn index_of(&self, uuid: &str) -> Result<u32, GpuError> {
-        (0..self.settings.simulated_gpus)
+        self.visible_indices()
             .find(|&i| self.uuid(i) == uuid)
             .ok_or_else(|| GpuError::Query {
                 uuid: uuid.to_string(),
                 operation: "find by UUID",
-                reason: "no such simulated GPU".into(),
+                reason: "no such simulated GPU is visible".into(),
             })
+    }
+
+    fn visible_indices(&self) -> impl Iterator<Item = u32> + '_ {
+        let visible = self.settings.simulated_visible_devices.as_deref();
+        (0..self.settings.simulated_gpus).filter(move |&i| is_visible(&self.uuid(i), visible))
+    }
+
+    /// The UUID of every simulated GPU, visible or not: what a device plugin advertises.
+    pub fn all_uuids(&self) -> Vec<String> {
+        (0..self.settings.simulated_gpus)
+            .map(|i| self.uuid(i))
+            .collect()
     }
 
     fn uuid(&self, index: u32) -> String {
@@ -94,7 +120,8 @@ impl SimulatedSource {
 
 impl GpuSource for SimulatedSource {
     fn devices(&self) -> Result<Vec<DeviceInfo>, GpuError> {
-        Ok((0..self.settings.simulated_gpus)
+        Ok(self
+            .visible_indices()
             .map(|i| DeviceInfo {
                 uuid: self.uuid(i),
                 serial: format!("SIM{:010}", i),
@@ -145,7 +172,39 @@ mod tests {
             simulated_cc_mode: false,
             simulated_mig: false,
             simulated_seed: "node-a".into(),
+            simulated_visible_devices: None,
         }
+    }
+
+    #[test]
+    fn a_process_sees_only_the_gpus_its_visible_devices_name() {
+        let all = SimulatedSource::new(settings(4)).all_uuids();
+        let sees = |visible: Option<&str>| -> Vec<String> {
+            let source = SimulatedSource::new(SimulatedSettings {
+                simulated_visible_devices: visible.map(str::to_string),
+                ..settings(4)
+            });
+            source
+                .devices()
+                .unwrap()
+                .into_iter()
+                .map(|d| d.uuid)
+                .collect()
+        };
+        assert_eq!(sees(None), all);
+        assert_eq!(sees(Some("all")), all);
+        assert_eq!(sees(Some("none")), Vec::<String>::new());
+        assert_eq!(sees(Some("void")), Vec::<String>::new());
+        let two = format!("{}, {}", all[3], all[1]);
+        assert_eq!(sees(Some(&two)), vec![all[1].clone(), all[3].clone()]);
+        assert_eq!(sees(Some("GPU-not-on-this-node")), Vec::<String>::new());
+        // An invisible GPU cannot be read either.
+        let source = SimulatedSource::new(SimulatedSettings {
+            simulated_visible_devices: Some(all[0].clone()),
+            ..settings(4)
+        });
+        assert!(source.sample(&all[0]).is_ok());
+        assert!(source.sample(&all[2]).is_err());
     }
 
     #[test]
