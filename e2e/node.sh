@@ -133,7 +133,7 @@ esac
 
 start_time=$SECONDS
 cargo build --locked --quiet --bin gpubridge
-GPUBRIDGE="$(pwd)/${CARGO_TARGET_DIR:-target}/debug/gpubridge"
+GPUBRIDGE="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/gpubridge"
 BIN="${GPUBRIDGE_E2E_BIN:-$(bash e2e/build-binaries.sh)}"
 NODE_BIN="${GPUBRIDGE_NODE_BIN:-$(bash e2e/build-node.sh)}"
 kubectl() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
