@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A real node for the e2e control plane (e2e/cluster.sh): kubelet, containerd, runc, the CNI
 # bridge, kube-proxy (nftables), kube-router's NetworkPolicy firewall, CoreDNS and eight
-# simulated GPUs (`gpubridge simulated-gpu-plugin`, a kubelet device plugin), all inside private mount, network and UTS namespaces, so that nothing
-# system-wide changes:
+# simulated GPUs (`gpubridge simulated-gpu-plugin`, a kubelet device plugin), all inside private
+# mount, network and UTS namespaces, so that nothing system-wide changes:
 #   - the node's network namespace holds the pod bridge (10.244.0.0/24), the node address
 #     10.88.0.2 and 10.88.255.1, where the API server is reached through a Unix socket (a socat
 #     pair: the API server listens on the host's loopback only);
@@ -62,8 +62,8 @@ in_world() { nsenter -t "$(holder_pid world)" -n -- "$@"; }
 down() {
   local h pids round
   for round in 1 2 3 4 5 6 7 8 9 10; do
-    pids=$(cat /sys/fs/cgroup/pids/$CGROUP/cgroup.procs /sys/fs/cgroup/pids/$CGROUP/*/cgroup.procs \
-      $(find /sys/fs/cgroup/pids/$CGROUP /sys/fs/cgroup/unified/$CGROUP -name cgroup.procs 2>/dev/null) 2>/dev/null | sort -u || true)
+    pids=$(find "/sys/fs/cgroup/pids/$CGROUP" "/sys/fs/cgroup/unified/$CGROUP" -name cgroup.procs \
+      -exec cat {} + 2>/dev/null | sort -u || true)
     [ -z "$pids" ] && break
     # Frozen cgroups cannot die: thaw first. The first round asks, the later ones insist.
     find /sys/fs/cgroup/freezer/$CGROUP -name freezer.state 2>/dev/null |
@@ -141,7 +141,7 @@ kubectl() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
 down
 # A node that is replaced starts as a new one: its old Node object (and so its pods) goes.
 kubectl delete node "$NODE" --ignore-not-found --wait=true >/dev/null
-rm -rf "$STATE/run-etc" "$STATE/var-upper" "$STATE/var-work" "$STATE/log" "$STATE/pki"
+rm -rf "$STATE/var-upper" "$STATE/var-work" "$STATE/log" "$STATE/pki"
 mkdir -p "$STATE"/{log,pki,var-upper,var-work,etc,sysctl,images}
 host_state >"$STATE/host-before"
 for h in $(hierarchies); do
@@ -192,8 +192,10 @@ start node "" unshare --mount --net --uts --propagation private --fork -- bash -
   exec sleep infinity'
 start world "" unshare --net --fork -- sleep infinity
 # unshare(2) moves the unshare process itself into the new namespaces; nsenter enters its.
-for _ in $(seq 100); do [ -e "$STATE/node.ready" ] && break; sleep 0.1; done
-[ -e "$STATE/node.ready" ] || { say "the node's namespaces did not start"; cat "$STATE/log/node.log" >&2; exit 1; }
+in_own_netns() { [ "$(readlink "/proc/$(holder_pid "$1")/ns/net")" != "$(readlink /proc/self/ns/net)" ]; }
+for _ in $(seq 100); do [ -e "$STATE/node.ready" ] && in_own_netns world && break; sleep 0.1; done
+[ -e "$STATE/node.ready" ] && in_own_netns world || {
+  say "the node's namespaces did not start"; cat "$STATE/log/node.log" "$STATE/log/world.log" >&2; exit 1; }
 ip link add eth0 netns "$(holder_pid node)" type veth peer name eth0 netns "$(holder_pid world)"
 in_node ip addr add "$NODE_IP/24" dev eth0
 in_node ip link set eth0 up
