@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::support::{cluster, eventually, repo};
 
-pub const REAL_NODE: &str = "gpubridge-node";
+const REAL_NODE: &str = "gpubridge-node";
 /// The test workload image `e2e/node-images.sh` loads: Debian's static busybox.
 const BUSYBOX: &str = "gpubridge.test/busybox:e2e";
 /// Addresses of the outside world `e2e/node.sh` serves, and of the node itself.
@@ -26,7 +26,7 @@ const NODE_ADDRESS: &str = "10.88.0.2";
 const API_SERVICE: &str = "10.0.0.1";
 
 /// Fails unless the real node is up and Ready: `make e2e` brings it up.
-pub async fn require_real_node(client: &Client) {
+async fn require_real_node(client: &Client) {
     let node = Api::<Node>::all(client.clone())
         .get_opt(REAL_NODE)
         .await
