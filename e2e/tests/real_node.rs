@@ -12,7 +12,7 @@ use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
-use crate::support::{cluster, eventually, repo};
+use crate::support::{Cluster, cluster, eventually, repo};
 
 const REAL_NODE: &str = "gpubridge-node";
 /// The test workload image `e2e/node-images.sh` loads: Debian's static busybox.
@@ -25,9 +25,11 @@ const NODE_ADDRESS: &str = "10.88.0.2";
 /// The `kubernetes` Service, in front of the API server.
 const API_SERVICE: &str = "10.0.0.1";
 
-/// Fails unless the real node is up and Ready: `make e2e` brings it up.
-async fn require_real_node(client: &Client) {
-    let node = Api::<Node>::all(client.clone())
+/// The e2e cluster (`None` where `cluster` skips), failing unless its real node is up and
+/// Ready: `make e2e` brings it up.
+async fn real_node_cluster(test: &str) -> Option<Cluster> {
+    let cluster = cluster(test).await?;
+    let node = Api::<Node>::all(cluster.client.clone())
         .get_opt(REAL_NODE)
         .await
         .expect("read the real node");
@@ -39,6 +41,7 @@ async fn require_real_node(client: &Client) {
         ready,
         "the real node {REAL_NODE} is not Ready: run `make node-up` (or `make e2e`)"
     );
+    Some(cluster)
 }
 
 /// Deletes an object (if there is one) and waits until it is gone.
@@ -248,11 +251,10 @@ fn expect(lines: &[(&str, bool)]) -> String {
 
 #[tokio::test]
 async fn a_pod_on_the_real_node_runs_under_containerd_with_cluster_dns_and_services() {
-    let Some(cluster) = cluster("real_node_pod").await else {
+    let Some(cluster) = real_node_cluster("real_node_pod").await else {
         return;
     };
     let client = &cluster.client;
-    require_real_node(client).await;
     let namespace = "e2e-real-node";
     fresh_namespace(client, namespace).await;
     let message = probe(
@@ -274,11 +276,10 @@ async fn a_pod_on_the_real_node_runs_under_containerd_with_cluster_dns_and_servi
 
 #[tokio::test]
 async fn the_device_plugin_gives_a_container_exactly_the_gpus_it_was_allocated() {
-    let Some(cluster) = cluster("real_node_gpus").await else {
+    let Some(cluster) = real_node_cluster("real_node_gpus").await else {
         return;
     };
     let client = &cluster.client;
-    require_real_node(client).await;
     // The plugin advertises the simulated source's GPUs, seeded with the node's name.
     let simulated = gpubridge::gpu::SimulatedSettings {
         simulated_gpus: 8,
@@ -346,11 +347,10 @@ async fn apply_lease_policy(client: &Client, namespace: &str, collector_namespac
 
 #[tokio::test]
 async fn a_lease_network_policy_holds_for_real_packets() {
-    let Some(cluster) = cluster("real_node_network_policy").await else {
+    let Some(cluster) = real_node_cluster("real_node_network_policy").await else {
         return;
     };
     let client = &cluster.client;
-    require_real_node(client).await;
     let (lease, other_lease, collector_ns, open_ns) = (
         "e2e-lease-a",
         "e2e-lease-b",

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
+use backon::{ConstantBuilder, Retryable};
 use futures::{Stream, StreamExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
@@ -139,45 +140,47 @@ impl DevicePlugin for Plugin {
     }
 }
 
-/// Tells the kubelet at `kubelet_socket` where this plugin serves, retrying while the kubelet
-/// starts.
+/// Tells the kubelet at `kubelet_socket` where this plugin serves, retrying the connection
+/// each second for 30 s while the kubelet starts.
 async fn register(kubelet_socket: &Path, socket_name: &str) -> Result<(), DevicePluginError> {
     let failed = |reason: String| DevicePluginError::Register {
         path: kubelet_socket.to_path_buf(),
         reason,
     };
-    let mut last = String::new();
-    for _ in 0..30 {
+    let connect = || {
         let path = kubelet_socket.to_path_buf();
-        // The URI is required but unused: the connector dials the socket.
-        let connected = Endpoint::from_static("http://kubelet")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
-            .await;
-        match connected {
-            Ok(channel) => {
-                RegistrationClient::new(channel)
-                    .register(RegisterRequest {
-                        version: API_VERSION.to_string(),
-                        endpoint: socket_name.to_string(),
-                        resource_name: RESOURCE_NAME.to_string(),
-                        options: Some(DevicePluginOptions::default()),
-                    })
-                    .await
-                    .map_err(|status| failed(status.message().to_string()))?;
-                return Ok(());
-            }
-            Err(e) => last = e.to_string(),
+        async move {
+            // The URI is required but unused: the connector dials the socket.
+            Endpoint::from_static("http://kubelet")
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                            UnixStream::connect(path).await?,
+                        ))
+                    }
+                }))
+                .await
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    Err(failed(format!("no answer for 30 s: {last}")))
+    };
+    let channel = connect
+        .retry(
+            ConstantBuilder::new()
+                .with_delay(Duration::from_secs(1))
+                .with_max_times(30),
+        )
+        .await
+        .map_err(|e| failed(format!("no answer for 30 s: {e}")))?;
+    RegistrationClient::new(channel)
+        .register(RegisterRequest {
+            version: API_VERSION.to_string(),
+            endpoint: socket_name.to_string(),
+            resource_name: RESOURCE_NAME.to_string(),
+            options: Some(DevicePluginOptions::default()),
+        })
+        .await
+        .map_err(|status| failed(status.message().to_string()))?;
+    Ok(())
 }
 
 pub async fn run(args: DevicePluginArgs) -> Result<(), DevicePluginError> {

@@ -45,7 +45,7 @@ pub struct SimulatedSettings {
 }
 
 /// Whether GPU `uuid` is visible under an `NVIDIA_VISIBLE_DEVICES` value.
-pub fn is_visible(uuid: &str, visible_devices: Option<&str>) -> bool {
+fn is_visible(uuid: &str, visible_devices: Option<&str>) -> bool {
     match visible_devices.map(str::trim) {
         None | Some("all") => true,
         Some("none" | "void" | "") => false,

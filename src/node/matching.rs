@@ -64,6 +64,11 @@ pub enum Mismatch {
     Price,
 }
 
+/// `value`, or `empty` in its place when it is empty.
+fn or_when_empty<'a>(value: &'a str, empty: &'a str) -> &'a str {
+    if value.is_empty() { empty } else { value }
+}
+
 impl Mismatch {
     /// What the offers failing on this constraint do, as (one offer, several offers).
     fn describe(self) -> (&'static str, &'static str) {
@@ -115,28 +120,17 @@ impl Mismatch {
                 listed(offers.iter().map(|o| o.denomination.as_str()).collect())
             }
             Mismatch::Resource => listed(offers.iter().map(|o| o.resource.as_str()).collect()),
+            // An offer without a model mixes models; one without a region names none.
             Mismatch::Model => listed(
                 offers
                     .iter()
-                    .map(|o| {
-                        if o.model.is_empty() {
-                            "mixed"
-                        } else {
-                            o.model.as_str()
-                        }
-                    })
+                    .map(|o| or_when_empty(&o.model, "mixed"))
                     .collect(),
             ),
             Mismatch::Region => listed(
                 offers
                     .iter()
-                    .map(|o| {
-                        if o.region.is_empty() {
-                            "none"
-                        } else {
-                            o.region.as_str()
-                        }
-                    })
+                    .map(|o| or_when_empty(&o.region, "none"))
                     .collect(),
             ),
             Mismatch::Attributes => return None,
