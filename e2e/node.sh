@@ -14,7 +14,11 @@
 #   - every process runs in the cgroup /gpubridge-node (the kubelet's cgroupRoot), so `down`
 #     finds and stops them all, then removes the cgroups; the namespaces, their links and rules
 #     go with their last process.
-# Usage: e2e/node.sh up|down|check-clean|exec CMD...   (`up` is idempotent: it replaces a node)
+# Usage: e2e/node.sh up|down|check-clean   (`up` is idempotent: it replaces a node)
+#        e2e/node.sh exec CMD...                     runs CMD in the node's namespaces
+#        e2e/node.sh load-image OCI_LAYOUT NAME      imports an image (its tag from the layout)
+#        e2e/node.sh expose HOST_PORT ADDRESS:PORT   the host's 127.0.0.1:HOST_PORT, served to
+#                                                    the node at ADDRESS:PORT of the outside world
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +37,8 @@ SERVICE_CIDR=10.0.0.0/24
 DNS_IP=10.0.0.10
 # The simulated GPUs the device plugin advertises; their UUIDs are seeded with the node's name.
 GPUS=8
+# What NVIDIA's GPU feature discovery would label the node with for them.
+GPU_LABELS="nvidia.com/gpu.present=true,nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3,nvidia.com/gpu.memory=81559,nvidia.com/gpu.count=$GPUS"
 say() { printf '[node] %s\n' "$*" >&2; }
 
 # The cgroup hierarchies of this machine: every cgroup v1 hierarchy, and the unified one.
@@ -57,6 +63,23 @@ start() { # name, holder ("" for the host's), command...
 }
 in_node() { nsenter -t "$(holder_pid node)" -m -n -u -- "$@"; }
 in_world() { nsenter -t "$(holder_pid world)" -n -- "$@"; }
+ctr() { in_node "$NODE_BIN/ctr" --address /run/containerd/containerd.sock -n k8s.io "$@"; }
+# Stops a process `start` started, if it runs.
+stop() { [ -f "$STATE/$1.pid" ] && kill "$(cat "$STATE/$1.pid")" 2>/dev/null; rm -f "$STATE/$1.pid"; }
+
+# A host port served in the outside world through a Unix socket (a socat pair, as the API server
+# is): the node's pods reach a process of the host at an address of the outside world, and the
+# host's loopback stays closed to them.
+expose() { # host port, address:port in the outside world
+  local port=$1 address=${2%:*} listen=${2##*:} name="expose-${2//[.:]/-}"
+  stop "$name-host"; stop "$name-world"
+  in_world ip addr replace "$address/32" dev lo
+  rm -f "$STATE/$name.sock"
+  start "$name-host" "" socat "UNIX-LISTEN:$STATE/$name.sock,fork,mode=600" "TCP:127.0.0.1:$port"
+  start "$name-world" world socat "TCP-LISTEN:$listen,bind=$address,fork,reuseaddr" "UNIX-CONNECT:$STATE/$name.sock"
+  for _ in $(seq 50); do [ -S "$STATE/$name.sock" ] && return; sleep 0.1; done
+  say "the forwarder to 127.0.0.1:$port did not start"; return 1
+}
 
 # Every process in the node's cgroups, stopped; then the cgroups removed, deepest first.
 down() {
@@ -98,7 +121,7 @@ check_clean() {
     if [ -d "$h/$CGROUP" ]; then echo "cgroup left: $h/$CGROUP"; left=1; fi
   done
   if pgrep -f "$STATE/" >/dev/null; then echo "process left: $(pgrep -af "$STATE/" | head -3)"; left=1; fi
-  if [ -e "$STATE/apiserver.sock" ]; then echo "socket left: $STATE/apiserver.sock"; left=1; fi
+  if ls "$STATE"/*.sock >/dev/null 2>&1; then echo "socket left: $(ls "$STATE"/*.sock)"; left=1; fi
   if grep -q " $STATE/" /proc/self/mountinfo; then echo "mount left: $(grep " $STATE/" /proc/self/mountinfo | head -3)"; left=1; fi
   return $left
 }
@@ -107,7 +130,7 @@ case "${1:-}" in
 up) ;;
 down)
   down
-  rm -f "$STATE/apiserver.sock"
+  rm -f "$STATE"/*.sock
   # Its Node object too, where the control plane still answers.
   if [ -f "$KUBECONFIG_PATH" ]; then
     "${GPUBRIDGE_E2E_BIN:-$(bash e2e/build-binaries.sh 2>/dev/null)}/kubectl" --kubeconfig "$KUBECONFIG_PATH" --request-timeout 5s \
@@ -125,8 +148,22 @@ exec)
   in_node "$@"
   exit
   ;;
+load-image)
+  [ $# = 3 ] || { echo "usage: $0 load-image OCI_LAYOUT NAME" >&2; exit 2; }
+  NODE_BIN="${GPUBRIDGE_NODE_BIN:-$(bash e2e/build-node.sh)}"
+  [ -f "$2/index.json" ] || { say "$2 is not an OCI layout: run make image-build"; exit 1; }
+  tar -C "$2" -cf "$STATE/images/loaded.tar" .
+  ctr images import --base-name "$3" "$STATE/images/loaded.tar" >&2
+  rm -f "$STATE/images/loaded.tar"
+  exit
+  ;;
+expose)
+  [ $# = 3 ] || { echo "usage: $0 expose HOST_PORT ADDRESS:PORT" >&2; exit 2; }
+  expose "$2" "$3"
+  exit
+  ;;
 *)
-  echo "usage: $0 up|down|check-clean|exec CMD..." >&2
+  echo "usage: $0 up|down|check-clean|exec CMD...|load-image OCI_LAYOUT NAME|expose HOST_PORT ADDRESS:PORT" >&2
   exit 2
   ;;
 esac
@@ -220,7 +257,6 @@ sed -e "s#@STATE@#$STATE#g" -e "s#@NODE_BIN@#$NODE_BIN#g" -e "s#@POD_CIDR@#$POD_
 mkdir -p "$STATE/etc/cni"
 sed -e "s#@POD_CIDR@#$POD_CIDR#g" e2e/node/cni.conflist >"$STATE/etc/cni/10-gpubridge.conflist"
 start containerd node env PATH="$NODE_BIN:$PATH" "$NODE_BIN/containerd" --config "$STATE/etc/containerd.toml"
-ctr() { in_node "$NODE_BIN/ctr" --address /run/containerd/containerd.sock -n k8s.io "$@"; }
 for _ in $(seq 100); do ctr version >/dev/null 2>&1 && break; sleep 0.1; done
 ctr version >/dev/null 2>&1 || { cat "$STATE/log/containerd.log" >&2; exit 1; }
 
@@ -236,7 +272,7 @@ sed -e "s#@STATE@#$STATE#g" -e "s#@CGROUP@#$CGROUP#g" -e "s#@DNS_IP@#$DNS_IP#g" 
 printf 'nameserver %s\n' "$WORLD_IP" >"$STATE/etc/resolv.conf"
 start kubelet node "$NODE_BIN/kubelet" --config "$STATE/etc/kubelet.yaml" \
   --kubeconfig "$STATE/pki/kubelet.kubeconfig" --hostname-override "$NODE" --node-ip "$NODE_IP" \
-  --node-labels "gpubridge.dev/real-node=true"
+  --node-labels "gpubridge.dev/real-node=true,$GPU_LABELS"
 sed -e "s#@STATE@#$STATE#g" -e "s#@NODE@#$NODE#g" e2e/node/kube-proxy.yaml >"$STATE/etc/kube-proxy.yaml"
 start kube-proxy node "$NODE_BIN/kube-proxy" --config "$STATE/etc/kube-proxy.yaml"
 for _ in $(seq 300); do kubectl get node "$NODE" >/dev/null 2>&1 && break; sleep 0.2; done

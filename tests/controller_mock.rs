@@ -204,6 +204,7 @@ fn context_watching(
         boxes,
         settings: Settings {
             sidecar_image: "ghcr.io/gpubridge/gpubridge:test".into(),
+            sidecar_env: Vec::new(),
             scheduling_timeout: Duration::from_secs(600),
             offer_resync: Duration::from_secs(300),
             reports_to_network: false,
@@ -431,6 +432,7 @@ fn created_state() -> (ComputeLease, Vec<(String, Value)>) {
         tolerations: &offer.spec.tolerations,
         eligible_nodes: &nodes,
         sidecar_image: "ghcr.io/gpubridge/gpubridge:test",
+        sidecar_env: &[],
         scheduling_timeout_seconds: 600,
     };
     let mut pod = serde_json::to_value(gpubridge::workload::pod(&b)).unwrap();

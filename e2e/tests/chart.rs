@@ -147,13 +147,17 @@ async fn the_chart_lints_renders_the_committed_install_manifest_and_refuses_bad_
         assert!(stderr(&out).contains(says), "{set:?}: {}", stderr(&out));
     }
 
-    // A misspelt key, a value out of range and a malformed network key each fail the install,
-    // naming the field; nothing is installed.
+    // A misspelt key, a value out of range, a malformed network key and a sidecar variable the
+    // pod sets itself each fail the install, naming the field; nothing is installed.
     for (set, field) in [
         ("replcias=2", "additional properties 'replcias' not allowed"),
         ("replicas=-1", "at '/replicas': minimum"),
         ("network.key=not-base58-0OIl", "at '/network/key'"),
         ("operator.logFormat=xml", "at '/operator/logFormat'"),
+        (
+            "sidecarEnv[0].name=GPUBRIDGE_POD_UID,sidecarEnv[0].value=forged",
+            "at '/sidecarEnv/0/name'",
+        ),
     ] {
         let out = c.helm(&[
             "install",

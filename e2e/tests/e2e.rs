@@ -6,6 +6,7 @@
 mod chart;
 mod dashboard;
 mod dra;
+mod in_cluster;
 mod network;
 mod real_node;
 mod scale;

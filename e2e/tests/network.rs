@@ -25,7 +25,7 @@ use crate::{
     SECOND, delete_lease, install_crds, kubectl, offer_status, wait_phase, workstation_offer,
 };
 
-const UNIT: u128 = 1_000_000_000_000_000_000;
+pub(crate) const UNIT: u128 = 1_000_000_000_000_000_000;
 
 fn order(gpus: u32, model: &str, seconds: u64, max_price: u128) -> OrderBody {
     OrderBody {
@@ -52,7 +52,11 @@ fn order(gpus: u32, model: &str, seconds: u64, max_price: u128) -> OrderBody {
     }
 }
 
-async fn wait_published(buyer: &gpubridge::wire::client::NetworkClient, offer: &str, gpus: u32) {
+pub(crate) async fn wait_published(
+    buyer: &gpubridge::wire::client::NetworkClient,
+    offer: &str,
+    gpus: u32,
+) {
     wait_published_by(buyer, offer, gpus, 1).await;
 }
 
@@ -200,43 +204,9 @@ async fn a_metered_lease_survives_crashes_of_everything_and_settles_exactly() {
     sidecars.stop_meter();
     let ended = order_reaches(&buyer, &placed.order_id, OrderState::Ended, 60 * SECOND).await;
 
-    // The sidecar's log and the network's ledger agree: every logged receipt accepted once,
-    // the final one last, and the buyer charged exactly their allocated time at the price.
     let logged = ReceiptLog::read_all(&sidecars.receipts_dir()).unwrap();
-    let sequences: Vec<u64> = logged.iter().map(|r| r.sequence).collect();
-    assert_eq!(sequences, (1..=logged.len() as u64).collect::<Vec<_>>());
-    assert!(logged.last().unwrap().r#final);
-    assert_eq!(logged.iter().filter(|r| r.r#final).count(), 1);
     let lease = leases.get(&lease_id).await.unwrap();
-    let settled = usage(&lease).unwrap();
-    assert_eq!(
-        settled.receipts_accepted,
-        logged.len() as u64,
-        "no receipt lost or doubled"
-    );
-    assert!(settled.final_received);
-    let allocated: u128 = logged
-        .iter()
-        .map(|r| u128::from(r.allocated_gpu_millis))
-        .sum();
-    let price = 9 * UNIT / 10;
-    let hold: u128 = ended.held.parse().unwrap();
-    let expected = (price * allocated / 3_600_000).min(hold);
-    assert_eq!(
-        ended.charged,
-        expected.to_string(),
-        "{allocated} GPU-ms at {price}"
-    );
-    assert_eq!(ended.refunded, (hold - expected).to_string());
-    assert_eq!(
-        settled.charged.map(|c| c.to_string()).as_deref(),
-        Some(ended.charged.as_str())
-    );
-    println!(
-        "metered lease: {} receipts, {allocated} GPU-ms, charged {} of {hold} held",
-        logged.len(),
-        ended.charged
-    );
+    settled_exactly(&lease, &ended, &logged, 9 * UNIT / 10);
     let attestation = lease.status.as_ref().unwrap().attestation.clone().unwrap();
     assert_eq!(attestation.trust_tier, "self-reported");
     assert!(lease.status.unwrap().reported_at.is_some());
@@ -257,6 +227,49 @@ async fn a_metered_lease_survives_crashes_of_everything_and_settles_exactly() {
         .delete("rtx-workstation", &DeleteParams::default())
         .await
         .unwrap();
+}
+
+/// The meter's log and the network's ledger agree: every logged receipt accepted once, the
+/// final one last, and the buyer charged exactly their allocated time at `price` per GPU-hour
+/// (atto units), the rest of the hold refunded.
+pub(crate) fn settled_exactly(
+    lease: &ComputeLease,
+    ended: &OrderView,
+    logged: &[gpubridge::wire::proto::Receipt],
+    price: u128,
+) {
+    let sequences: Vec<u64> = logged.iter().map(|r| r.sequence).collect();
+    assert_eq!(sequences, (1..=logged.len() as u64).collect::<Vec<_>>());
+    assert!(logged.last().expect("receipts were logged").r#final);
+    assert_eq!(logged.iter().filter(|r| r.r#final).count(), 1);
+    let settled = lease.status.as_ref().and_then(|s| s.usage.clone()).unwrap();
+    assert_eq!(
+        settled.receipts_accepted,
+        logged.len() as u64,
+        "no receipt lost or doubled"
+    );
+    assert!(settled.final_received);
+    let allocated: u128 = logged
+        .iter()
+        .map(|r| u128::from(r.allocated_gpu_millis))
+        .sum();
+    let hold: u128 = ended.held.parse().unwrap();
+    let expected = (price * allocated / 3_600_000).min(hold);
+    assert_eq!(
+        ended.charged,
+        expected.to_string(),
+        "{allocated} GPU-ms at {price}"
+    );
+    assert_eq!(ended.refunded, (hold - expected).to_string());
+    assert_eq!(
+        settled.charged.map(|c| c.to_string()).as_deref(),
+        Some(ended.charged.as_str())
+    );
+    println!(
+        "settled: {} receipts, {allocated} GPU-ms, charged {} of {hold} held",
+        logged.len(),
+        ended.charged
+    );
 }
 
 /// The lease's condition `type_` once it reads `status` with `reason`.
@@ -1022,7 +1035,7 @@ fn advertised_condition(status: &gpubridge::crd::GpuOfferStatus) -> Option<(Stri
 }
 
 /// The order once the network shows it in `state`.
-async fn order_reaches(
+pub(crate) async fn order_reaches(
     buyer: &NetworkClient,
     order_id: &str,
     state: OrderState,

@@ -14,9 +14,9 @@ use serde_json::json;
 
 use crate::support::{Cluster, cluster, eventually, repo};
 
-const REAL_NODE: &str = "gpubridge-node";
+pub(crate) const REAL_NODE: &str = "gpubridge-node";
 /// The test workload image `e2e/node-images.sh` loads: Debian's static busybox.
-const BUSYBOX: &str = "gpubridge.test/busybox:e2e";
+pub(crate) const BUSYBOX: &str = "gpubridge.test/busybox:e2e";
 /// Addresses of the outside world `e2e/node.sh` serves, and of the node itself.
 const METADATA: &str = "169.254.169.254";
 const PRIVATE_TARGET: &str = "10.99.0.10";
@@ -27,7 +27,7 @@ const API_SERVICE: &str = "10.0.0.1";
 
 /// The e2e cluster (`None` where `cluster` skips), failing unless its real node is up and
 /// Ready: `make e2e` brings it up.
-async fn real_node_cluster(test: &str) -> Option<Cluster> {
+pub(crate) async fn real_node_cluster(test: &str) -> Option<Cluster> {
     let cluster = cluster(test).await?;
     let node = Api::<Node>::all(cluster.client.clone())
         .get_opt(REAL_NODE)
@@ -143,7 +143,7 @@ async fn listener(
 }
 
 /// Runs a command inside the real node's namespaces (`e2e/node.sh exec`); its stdout.
-fn on_node(command: &str) -> String {
+pub(crate) fn on_node(command: &str) -> String {
     let output = std::process::Command::new("bash")
         .arg(repo().join("e2e/node.sh"))
         .args(["exec", "sh", "-c", command])

@@ -43,13 +43,17 @@ pub fn kubeconfig_path() -> PathBuf {
     if let Some(path) = std::env::var_os("GPUBRIDGE_E2E_KUBECONFIG") {
         return PathBuf::from(path);
     }
-    let cache = std::env::var_os("GPUBRIDGE_CACHE")
+    cache_dir().join("e2e/kubeconfig")
+}
+
+/// The test bed's cache, $GPUBRIDGE_CACHE or ~/.cache/gpubridge, as the scripts use it.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("GPUBRIDGE_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             let home = std::env::var_os("HOME").expect("HOME is set");
             Path::new(&home).join(".cache/gpubridge")
-        });
-    cache.join("e2e/kubeconfig")
+        })
 }
 
 pub struct Cluster {

@@ -16,6 +16,24 @@ pub enum Rounding {
 /// Parses a Kubernetes quantity into a whole count, or `None` when it is not a valid quantity or
 /// is negative or too large to be a device count.
 pub fn parse_count(quantity: &str, rounding: Rounding) -> Option<u32> {
+    let (numerator, denominator) = exact(quantity)?;
+    let whole = match rounding {
+        Rounding::Down => numerator / denominator,
+        Rounding::Up => numerator.div_ceil(denominator),
+    };
+    u32::try_from(whole).ok()
+}
+
+/// How two quantities compare ("512Mi" is less than "1Gi", "1500m" more than "1"), exactly;
+/// `None` when either is not a valid non-negative quantity or is too large to compare.
+pub fn compare(a: &str, b: &str) -> Option<std::cmp::Ordering> {
+    let (an, ad) = exact(a)?;
+    let (bn, bd) = exact(b)?;
+    Some(an.checked_mul(bd)?.cmp(&bn.checked_mul(ad)?))
+}
+
+/// A non-negative quantity as the exact fraction numerator / denominator.
+fn exact(quantity: &str) -> Option<(u128, u128)> {
     let q = quantity.trim();
     let split = q
         .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
@@ -77,16 +95,30 @@ pub fn parse_count(quantity: &str, rounding: Rounding) -> Option<u32> {
         }
         _ => return None,
     }
-    let whole = match rounding {
-        Rounding::Down => numerator / denominator,
-        Rounding::Up => numerator.div_ceil(denominator),
-    };
-    u32::try_from(whole).ok()
+    Some((numerator, denominator))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cmp::Ordering;
+
+    #[test]
+    fn quantities_compare_exactly_across_suffixes() {
+        for (a, b, want) in [
+            ("128Mi", "32Mi", Ordering::Greater),
+            ("512Mi", "1Gi", Ordering::Less),
+            ("1Gi", "1024Mi", Ordering::Equal),
+            ("1G", "1Gi", Ordering::Less),
+            ("100m", "0.1", Ordering::Equal),
+            ("1500m", "1", Ordering::Greater),
+            ("134217728", "128Mi", Ordering::Equal),
+        ] {
+            assert_eq!(compare(a, b), Some(want), "{a} vs {b}");
+        }
+        assert_eq!(compare("1x", "1"), None);
+        assert_eq!(compare("-1", "1"), None);
+    }
 
     #[test]
     fn whole_numbers_in_every_spelling() {

@@ -90,6 +90,11 @@ pub struct OperatorArgs {
     /// Image lease sidecars run: the operator's own image.
     #[arg(long, env = "GPUBRIDGE_SIDECAR_IMAGE")]
     pub sidecar_image: String,
+    /// An environment variable of the lease pods' meter and attest sidecars, NAME=VALUE;
+    /// repeat for more (for example GPUBRIDGE_NVML_LIBRARY where the driver keeps NVML
+    /// elsewhere).
+    #[arg(long = "sidecar-env", value_name = "NAME=VALUE", value_parser = crate::workload::parse_sidecar_env)]
+    pub sidecar_env: Vec<k8s_openapi::api::core::v1::EnvVar>,
     /// Seconds a lease pod may take to run before the lease fails.
     #[arg(
         long,
@@ -285,6 +290,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         boxes,
         settings: Settings {
             sidecar_image: args.sidecar_image.clone(),
+            sidecar_env: args.sidecar_env.clone(),
             scheduling_timeout: Duration::from_secs(args.scheduling_timeout_seconds),
             offer_resync: Duration::from_secs(args.offer_resync_seconds),
             reports_to_network: session_settings.is_some(),

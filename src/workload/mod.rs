@@ -13,7 +13,9 @@ mod secret;
 
 pub use claim::{CLAIM_NAME, claim};
 pub use namespace::namespace;
-pub use pod::{ATTEST_CONTAINER, METER_CONTAINER, POD_NAME, WORKLOAD_CONTAINER, pod};
+pub use pod::{
+    ATTEST_CONTAINER, METER_CONTAINER, POD_NAME, WORKLOAD_CONTAINER, parse_sidecar_env, pod,
+};
 pub use policy::{
     NODE_LOCAL_DNS, PRIVATE_IPV4_RANGES, ipv6_internet, limit_range, network_policy, resource_quota,
 };
@@ -61,6 +63,8 @@ pub struct LeaseBox<'a> {
     pub eligible_nodes: &'a [String],
     /// Image of the operator, whose binary the sidecars run.
     pub sidecar_image: &'a str,
+    /// Environment the provider gives the sidecars (`--sidecar-env`).
+    pub sidecar_env: &'a [k8s_openapi::api::core::v1::EnvVar],
     pub collector: &'a CollectorEndpoint,
     /// Seconds the pod may wait for a node and its images before the lease fails.
     pub scheduling_timeout_seconds: u64,

@@ -25,6 +25,12 @@ pub const ATTEST_CONTAINER: &str = "attest";
 const NONROOT_UID: i64 = 65532;
 /// Where the sidecar image keeps the sidecars' binary (the Dockerfile puts it there).
 const SIDECAR_BINARY: &str = "/usr/local/bin/gpubridge-sidecar";
+/// The meter's requests and limits: the largest sidecar's, which the LimitRange must admit.
+pub(super) const METER_CPU: &str = "50m";
+pub(super) const METER_MEMORY: &str = "64Mi";
+/// What the pod tells its sidecars about itself (the attest sidecar reads them).
+const POD_UID_ENV: &str = "GPUBRIDGE_POD_UID";
+const NODE_NAME_ENV: &str = "GPUBRIDGE_NODE_NAME";
 const IDENTITY_DIR: &str = "/var/run/gpubridge/identity";
 const RECEIPTS_DIR: &str = "/var/lib/gpubridge/receipts";
 /// How long a lease pod stays on a node that stopped answering before it is evicted, so that a
@@ -216,8 +222,8 @@ fn meter(b: &LeaseBox) -> Container {
     let mut meter = sidecar(
         b,
         METER_CONTAINER,
-        "50m",
-        "64Mi",
+        METER_CPU,
+        METER_MEMORY,
         vec![
             format!("--receipts-dir={RECEIPTS_DIR}"),
             format!("--gpus={}", b.spec.gpus),
@@ -263,10 +269,15 @@ fn sidecar(
             .chain(extra_args)
             .collect(),
         ),
-        env: Some(vec![
-            field_env("GPUBRIDGE_POD_UID", "metadata.uid"),
-            field_env("GPUBRIDGE_NODE_NAME", "spec.nodeName"),
-        ]),
+        env: Some(
+            [
+                field_env(POD_UID_ENV, "metadata.uid"),
+                field_env(NODE_NAME_ENV, "spec.nodeName"),
+            ]
+            .into_iter()
+            .chain(b.sidecar_env.iter().cloned())
+            .collect(),
+        ),
         // With DRA the sidecars share the lease's claim: NVML in them sees its GPUs, no others.
         resources: Some(ResourceRequirements {
             requests: Some(resources.clone()),
@@ -286,6 +297,31 @@ fn sidecar(
         }]),
         ..Default::default()
     }
+}
+
+/// `NAME=VALUE` of the operator's `--sidecar-env`: NAME is a C identifier (what a process can
+/// read) and not a variable the pod itself gives the sidecars.
+pub fn parse_sidecar_env(arg: &str) -> Result<EnvVar, String> {
+    let (name, value) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("`{arg}` is not NAME=VALUE"))?;
+    let identifier = name
+        .chars()
+        .enumerate()
+        .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+    if name.is_empty() || !identifier {
+        return Err(format!(
+            "`{name}` is not a variable name (letters, digits and _, not starting with a digit)"
+        ));
+    }
+    if [POD_UID_ENV, NODE_NAME_ENV].contains(&name) {
+        return Err(format!("`{name}` is set by the lease pod itself"));
+    }
+    Ok(EnvVar {
+        name: name.to_string(),
+        value: Some(value.to_string()),
+        value_from: None,
+    })
 }
 
 fn field_env(name: &str, path: &str) -> EnvVar {

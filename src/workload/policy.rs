@@ -1,5 +1,6 @@
 //! The box around a lease: default-deny networking, a quota, and per-container limits.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
@@ -13,8 +14,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::pod::{METER_CPU, METER_MEMORY};
 use super::{LeaseBox, OPERATOR_POD_LABELS, stamped};
 use crate::capacity::dra::device_class_of;
+use crate::capacity::quantity;
 use crate::crd::EgressPolicy;
 
 /// IPv4 ranges lease pods never reach: private (RFC 1918), carrier-grade NAT, loopback,
@@ -200,6 +203,15 @@ pub fn resource_quota(b: &LeaseBox) -> ResourceQuota {
     })
 }
 
+/// The larger (`Ordering::Greater`) or smaller (`Ordering::Less`) of two quantities; `a` when
+/// they are equal or cannot be compared.
+fn pick(a: &str, b: &str, want: Ordering) -> String {
+    match quantity::compare(b, a) {
+        Some(order) if order == want => b.to_string(),
+        _ => a.to_string(),
+    }
+}
+
 /// No container above what the lease bought; small defaults for any container that names none.
 pub fn limit_range(b: &LeaseBox) -> LimitRange {
     let q = |s: &str| Quantity(s.to_string());
@@ -209,14 +221,22 @@ pub fn limit_range(b: &LeaseBox) -> LimitRange {
             ("memory".to_string(), q(memory)),
         ])
     };
+    // Every container fits under the max, the sidecars too (the largest, the meter, is at
+    // least as big as the attest sidecar), and the API refuses a default above the max.
+    let max_cpu = pick(&b.spec.workload.cpu, METER_CPU, Ordering::Greater);
+    let max_memory = pick(&b.spec.workload.memory, METER_MEMORY, Ordering::Greater);
+    let defaults = cpu_memory(
+        &pick("100m", &max_cpu, Ordering::Less),
+        &pick("128Mi", &max_memory, Ordering::Less),
+    );
     stamped(LimitRange {
         metadata: b.metadata("lease-limits"),
         spec: Some(LimitRangeSpec {
             limits: vec![LimitRangeItem {
                 type_: "Container".to_string(),
-                max: Some(cpu_memory(&b.spec.workload.cpu, &b.spec.workload.memory)),
-                default: Some(cpu_memory("100m", "128Mi")),
-                default_request: Some(cpu_memory("100m", "128Mi")),
+                max: Some(cpu_memory(&max_cpu, &max_memory)),
+                default: Some(defaults.clone()),
+                default_request: Some(defaults),
                 ..Default::default()
             }],
         }),

@@ -33,6 +33,15 @@ fn with_box<R>(
     lease: &ComputeLeaseSpec,
     f: impl FnOnce(&LeaseBox) -> R,
 ) -> R {
+    with_box_and_sidecar_env(offer, lease, &[], f)
+}
+
+fn with_box_and_sidecar_env<R>(
+    offer: &GpuOfferSpec,
+    lease: &ComputeLeaseSpec,
+    sidecar_env: &[k8s_openapi::api::core::v1::EnvVar],
+    f: impl FnOnce(&LeaseBox) -> R,
+) -> R {
     let nodes: Vec<String> = NODES.iter().map(|s| s.to_string()).collect();
     let collector = CollectorEndpoint {
         url: "http://gpubridge-collector.gpubridge-system.svc:7400".into(),
@@ -48,6 +57,7 @@ fn with_box<R>(
         tolerations: &offer.tolerations,
         eligible_nodes: &nodes,
         sidecar_image: "ghcr.io/gpubridge/gpubridge:0.1.0",
+        sidecar_env,
         scheduling_timeout_seconds: 600,
     };
     f(&b)
@@ -339,6 +349,61 @@ fn pod_is_boxed_in() {
 }
 
 #[test]
+fn the_providers_sidecar_environment_reaches_both_sidecars_and_never_the_workload() {
+    let env = [parse_sidecar_env("GPUBRIDGE_GPU_SOURCE=simulated").unwrap()];
+    let spec = with_box_and_sidecar_env(&offer(), &lease(), &env, pod)
+        .spec
+        .unwrap();
+    let names = |c: &k8s_openapi::api::core::v1::Container| -> Vec<String> {
+        c.env.iter().flatten().map(|e| e.name.clone()).collect()
+    };
+    for sidecar in spec.init_containers.as_ref().unwrap() {
+        assert_eq!(
+            names(sidecar),
+            [
+                "GPUBRIDGE_POD_UID",
+                "GPUBRIDGE_NODE_NAME",
+                "GPUBRIDGE_GPU_SOURCE"
+            ],
+            "{}",
+            sidecar.name
+        );
+    }
+    assert!(!names(&spec.containers[0]).contains(&"GPUBRIDGE_GPU_SOURCE".to_string()));
+}
+
+#[test]
+fn a_sidecar_variable_is_name_equals_value_and_never_one_the_pod_sets() {
+    let parsed =
+        parse_sidecar_env("GPUBRIDGE_NVML_LIBRARY=/opt/nvidia/libnvidia-ml.so.1=x").unwrap();
+    assert_eq!(
+        (parsed.name.as_str(), parsed.value.as_deref()),
+        (
+            "GPUBRIDGE_NVML_LIBRARY",
+            Some("/opt/nvidia/libnvidia-ml.so.1=x")
+        )
+    );
+    assert_eq!(
+        parse_sidecar_env("EMPTY=").unwrap().value.as_deref(),
+        Some("")
+    );
+    for (arg, rule) in [
+        ("NO_VALUE", "is not NAME=VALUE"),
+        ("=x", "is not a variable name"),
+        ("1ST=x", "is not a variable name"),
+        ("A-B=x", "is not a variable name"),
+        ("GPUBRIDGE_POD_UID=forged", "is set by the lease pod itself"),
+        (
+            "GPUBRIDGE_NODE_NAME=elsewhere",
+            "is set by the lease pod itself",
+        ),
+    ] {
+        let error = parse_sidecar_env(arg).unwrap_err();
+        assert!(error.contains(rule), "{arg}: {error}");
+    }
+}
+
+#[test]
 fn the_image_puts_the_sidecars_binary_where_lease_pods_run_it() {
     let dockerfile = include_str!("../../Dockerfile");
     let copy = dockerfile
@@ -515,6 +580,43 @@ fn quota_holds_one_pod_and_the_leased_gpus() {
     assert_eq!(hard["persistentvolumeclaims"].0, "0");
     let limits = with_box(&o, &l, limit_range).spec.unwrap().limits;
     assert_eq!(limits[0].max.as_ref().unwrap()["memory"].0, "64Gi");
+}
+
+#[test]
+fn a_lease_smaller_than_its_sidecars_gets_a_limit_range_the_api_and_its_pod_pass() {
+    use crate::capacity::quantity::compare;
+    use std::cmp::Ordering::Greater;
+    let o = offer();
+    let mut l = lease();
+    (l.workload.cpu, l.workload.memory) = ("10m".into(), "16Mi".into());
+    let item = with_box(&o, &l, limit_range).spec.unwrap().limits.remove(0);
+    let max = item.max.unwrap();
+    assert_eq!(
+        (max["cpu"].0.as_str(), max["memory"].0.as_str()),
+        ("50m", "64Mi")
+    );
+    for defaults in [item.default.unwrap(), item.default_request.unwrap()] {
+        for (resource, value) in &defaults {
+            assert_ne!(
+                compare(&value.0, &max[resource].0),
+                Some(Greater),
+                "{resource}"
+            );
+        }
+    }
+    let spec = with_box(&o, &l, pod).spec.unwrap();
+    for c in spec.init_containers.unwrap().iter().chain(&spec.containers) {
+        for (resource, value) in c.resources.as_ref().unwrap().limits.as_ref().unwrap() {
+            if let Some(most) = max.get(resource) {
+                assert_ne!(
+                    compare(&value.0, &most.0),
+                    Some(Greater),
+                    "{}: {resource}",
+                    c.name
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -21,6 +21,8 @@ use crate::operator::reservations::ReservationRecord;
 pub struct Settings {
     /// Image of the operator, whose binary lease sidecars run.
     pub sidecar_image: String,
+    /// Environment the provider gives its sidecars, besides what the pod sets.
+    pub sidecar_env: Vec<k8s_openapi::api::core::v1::EnvVar>,
     /// How long a lease pod may take to run before the lease fails.
     pub scheduling_timeout: Duration,
     /// How often an offer is recomputed when nothing triggers it.

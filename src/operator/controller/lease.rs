@@ -218,6 +218,7 @@ async fn ensure_box(
         tolerations: &offer.spec.tolerations,
         eligible_nodes: &eligible,
         sidecar_image: &ctx.settings.sidecar_image,
+        sidecar_env: &ctx.settings.sidecar_env,
         collector: &ctx.settings.collector,
         scheduling_timeout_seconds: ctx.settings.scheduling_timeout.as_secs(),
     };

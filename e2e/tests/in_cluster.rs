@@ -1,0 +1,344 @@
+//! The operator as the chart runs it in production: two pods of the image `make image-build`
+//! built (loaded into the real node's containerd, never pulled), under the restricted Pod
+//! Security profile, with in-cluster credentials, probes, leader election and `helm test`; and a
+//! lease from the network that runs on the real node with its meter and attest sidecars as
+//! containers and settles exactly what the meter logged.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use gpubridge::crd::{ComputeLease, LeasePhase};
+use gpubridge::identity::generate_key;
+use gpubridge::sidecar::receipt_log::ReceiptLog;
+use gpubridge::wire::amount::Amount;
+use gpubridge::wire::proto::{OrderBody, OrderState, Workload};
+use gpubridge::workload::{ATTEST_CONTAINER, METER_CONTAINER, POD_NAME, namespace_for};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, ListParams};
+use kube::{Api, Client, ResourceExt};
+
+use crate::network::{UNIT, order_reaches, settled_exactly, wait_published};
+use crate::real_node::{BUSYBOX, REAL_NODE, real_node_cluster};
+use crate::support::{
+    Cluster, NetworkNode, RELEASE, RELEASE_NAMESPACE, apply_yaml, cache_dir, eventually, repo,
+};
+use crate::{SECOND, delete_lease, install_crds, kubectl, wait_phase};
+
+const IMAGE: &str = "gpubridge.test/gpubridge";
+const VALUES: &str = "e2e/real-node-values.yaml";
+/// Where the node's pods reach the network node that runs on the host (`e2e/node.sh expose`).
+const NETWORK_ADDRESS: &str = "203.0.113.30:7300";
+const OFFER: &str = "real-node";
+/// The offer's price per GPU-hour, in atto units of its denomination.
+const PRICE: u128 = 24 * UNIT / 10;
+
+/// Runs `e2e/node.sh` with `args`; its stdout.
+fn node_sh(args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(repo().join("e2e/node.sh"))
+        .args(args)
+        .output()
+        .expect("e2e/node.sh runs");
+    assert!(
+        out.status.success(),
+        "e2e/node.sh {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The OCI layout `make image-build` writes: $CARGO_TARGET_DIR/image/oci.
+fn image_layout() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"));
+    let layout = target.join("image/oci");
+    assert!(
+        layout.join("index.json").exists(),
+        "no image at {}: run `make image-build` first (`make test` does)",
+        layout.display()
+    );
+    layout
+}
+
+/// The suite's release as it was (the operator out of the cluster), whatever the test did.
+struct RestoreRelease<'a>(&'a Cluster);
+
+impl Drop for RestoreRelease<'_> {
+    fn drop(&mut self) {
+        self.0.install_release(&["--wait", "--timeout", "120s"]);
+    }
+}
+
+/// The operator's pods that are ready and not being deleted.
+async fn ready_operator_pods(client: &Client) -> Result<Vec<Pod>, String> {
+    let selector = format!(
+        "app.kubernetes.io/name=gpubridge,app.kubernetes.io/component=operator,app.kubernetes.io/instance={RELEASE}"
+    );
+    let list = Api::<Pod>::namespaced(client.clone(), RELEASE_NAMESPACE)
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .collect())
+}
+
+/// Both replicas ready, and the leader Lease held by one of them other than `former`: the
+/// replicas and the leader's name.
+async fn replicas_and_leader(client: &Client, former: Option<&str>) -> (Vec<Pod>, String) {
+    let leases = Api::<Lease>::namespaced(client.clone(), RELEASE_NAMESPACE);
+    eventually("two ready replicas, one leading", 120 * SECOND, || async {
+        let pods = ready_operator_pods(client).await?;
+        let holder = leases
+            .get("gpubridge-operator")
+            .await
+            .map_err(|e| e.to_string())?
+            .spec
+            .and_then(|s| s.holder_identity);
+        let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+        match holder {
+            Some(h) if names.len() == 2 && names.contains(&h) && Some(h.as_str()) != former => {
+                Ok((pods, h))
+            }
+            other => Err(format!("ready {names:?}, lease held by {other:?}")),
+        }
+    })
+    .await
+}
+
+/// Copies the meter's receipt log out of the lease pod's emptyDir (the node's /var is an
+/// overlay whose upper layer the host can read) every 100 ms, keeping the latest copy that
+/// reads whole: the pod and its volume go once the lease has ended and settled.
+fn follow_receipts(pod_uid: &str) -> (tokio::task::JoinHandle<()>, tempfile::TempDir) {
+    let source = cache_dir().join(format!(
+        "node/var-upper/lib/kubelet/pods/{pod_uid}/volumes/kubernetes.io~empty-dir/receipts"
+    ));
+    let kept = tempfile::tempdir().unwrap();
+    let target = kept.path().to_path_buf();
+    let task = tokio::spawn(async move {
+        let staging = tempfile::tempdir().unwrap();
+        loop {
+            if copy_dir(&source, staging.path()).is_ok()
+                && let Ok(copied) = ReceiptLog::read_all(staging.path())
+                && copied.len() >= ReceiptLog::read_all(&target).map_or(0, |r| r.len())
+            {
+                let _ = copy_dir(staging.path(), &target);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (task, kept)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+    }
+    Ok(())
+}
+
+/// The lease pod once its sidecars have started and its workload runs.
+async fn running_lease_pod(client: &Client, lease: &str) -> Pod {
+    let pods = Api::<Pod>::namespaced(client.clone(), &namespace_for(lease));
+    eventually("the lease pod to run", 120 * SECOND, || async {
+        let pod = pods.get(POD_NAME).await.map_err(|e| e.to_string())?;
+        let status = pod.status.clone().unwrap_or_default();
+        let sidecars_started = [METER_CONTAINER, ATTEST_CONTAINER].iter().all(|name| {
+            status
+                .init_container_statuses
+                .iter()
+                .flatten()
+                .any(|c| &c.name == name && c.started == Some(true))
+        });
+        let workload_runs = status
+            .container_statuses
+            .iter()
+            .flatten()
+            .any(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()));
+        match (sidecars_started, workload_runs) {
+            (true, true) => Ok(pod),
+            _ => Err(format!(
+                "phase {:?}, sidecars {:?}",
+                status.phase, status.init_container_statuses
+            )),
+        }
+    })
+    .await
+}
+
+fn order(seconds: u64) -> OrderBody {
+    OrderBody {
+        header: None,
+        resource_name: String::new(),
+        gpus: 1,
+        model: "NVIDIA-H100-80GB-HBM3".into(),
+        duration_seconds: seconds,
+        max_price_per_gpu_hour: (3 * UNIT).to_string(),
+        denomination: "USDC".into(),
+        region: String::new(),
+        attributes: vec![],
+        workload: Some(Workload {
+            image: BUSYBOX.into(),
+            command: vec!["sh".into(), "-c".into()],
+            // A real command: it prints, then waits for the kubelet's SIGTERM at the end.
+            args: vec![
+                "trap 'echo stopped; exit 0' TERM; echo \"hello from $GPUBRIDGE_LEASE_ID on \
+                 $NVIDIA_VISIBLE_DEVICES\"; while true; do sleep 1; done"
+                    .into(),
+            ],
+            env: vec![],
+            cpu: "100m".into(),
+            memory: "32Mi".into(),
+        }),
+    }
+}
+
+#[tokio::test]
+async fn the_operator_runs_from_its_image_on_the_real_node_and_a_lease_there_settles_exactly() {
+    let Some(c) = real_node_cluster("in_cluster").await else {
+        return;
+    };
+    install_crds(&c.client).await;
+    node_sh(&["load-image", image_layout().to_str().unwrap(), IMAGE]);
+    let network = NetworkNode::start("in-cluster");
+    let port = network.url.rsplit(':').next().unwrap().to_string();
+    node_sh(&["expose", &port, NETWORK_ADDRESS]);
+    // The release's namespace enforces the restricted profile: the operator's pods are admitted
+    // as the chart builds them.
+    kubectl(
+        &c,
+        &[
+            "label",
+            "namespace",
+            RELEASE_NAMESPACE,
+            "--overwrite",
+            "pod-security.kubernetes.io/enforce=restricted",
+        ],
+        b"",
+    );
+    let _restore = RestoreRelease(&c);
+    let url = format!("network.url=http://{NETWORK_ADDRESS}");
+    let key = format!("network.key={}", network.key);
+    c.install_release(&[
+        "--values",
+        VALUES,
+        "--set",
+        &url,
+        "--set",
+        &key,
+        "--wait",
+        "--timeout",
+        "180s",
+    ]);
+
+    // Two replicas of the built image, ready on the real node; one leads.
+    let (pods, leader) = replicas_and_leader(&c.client, None).await;
+    for pod in &pods {
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some(REAL_NODE));
+        assert_eq!(
+            spec.containers[0].image.as_deref(),
+            Some(format!("{IMAGE}:latest").as_str())
+        );
+    }
+
+    // `helm test`: a pod reaches the operator's /readyz through its Service.
+    let test = c.helm(&[
+        "test",
+        RELEASE,
+        "--namespace",
+        RELEASE_NAMESPACE,
+        "--timeout",
+        "120s",
+    ]);
+    assert!(
+        test.status.success(),
+        "helm test: {}{}",
+        String::from_utf8_lossy(&test.stdout),
+        String::from_utf8_lossy(&test.stderr)
+    );
+
+    // The leader's pod goes: another replica takes over.
+    Api::<Pod>::namespaced(c.client.clone(), RELEASE_NAMESPACE)
+        .delete(&leader, &DeleteParams::default())
+        .await
+        .unwrap();
+    replicas_and_leader(&c.client, Some(&leader)).await;
+
+    // A lease from the network on the real node's GPUs.
+    apply_yaml(
+        &c.client,
+        &format!(
+            "apiVersion: gpubridge.dev/v1alpha1\nkind: GpuOffer\nmetadata: {{name: {OFFER}}}\n\
+             spec:\n  nodeSelector: {{matchLabels: {{gpubridge.dev/real-node: \"true\"}}}}\n  \
+             maxGpus: 2\n  price: {{amount: \"2.40\", denomination: USDC}}\n  \
+             lease: {{minDurationSeconds: 60, maxDurationSeconds: 3600, maxGpusPerLease: 2}}\n  \
+             workload: {{allowedRegistries: [gpubridge.test]}}\n"
+        ),
+    )
+    .await;
+    let buyer = network.client(generate_key()).await;
+    wait_published(&buyer, OFFER, 2).await;
+    buyer
+        .deposit(Amount::from_atto(10 * UNIT), "USDC")
+        .await
+        .unwrap();
+    let placed = buyer.submit(order(60)).await.unwrap();
+    assert_eq!(placed.state(), OrderState::Matched, "{}", placed.reason);
+    let lease_id = placed.lease_id.clone();
+    wait_phase(&c.client, &lease_id, LeasePhase::Running, 120 * SECOND).await;
+    let pod = running_lease_pod(&c.client, &lease_id).await;
+    assert_eq!(
+        pod.spec.as_ref().unwrap().node_name.as_deref(),
+        Some(REAL_NODE)
+    );
+    let uid = pod.uid().unwrap();
+    let (follower, receipts) = follow_receipts(&uid);
+
+    // The workload's own output, from the kubelet's log of its container.
+    let log = cache_dir().join(format!(
+        "node/var-upper/log/pods/{}_{POD_NAME}_{uid}/workload/0.log",
+        namespace_for(&lease_id)
+    ));
+    let said = eventually("the workload to print", 30 * SECOND, || async {
+        let text = std::fs::read_to_string(&log).map_err(|e| e.to_string())?;
+        match text.contains(&format!("hello from {lease_id} on GPU-")) {
+            true => Ok(text),
+            false => Err(text),
+        }
+    })
+    .await;
+    println!("the workload said: {said}");
+
+    // The lease ends: the kubelet stops the pod, the meter seals its final receipt, and the
+    // network settles exactly what the meter logged.
+    wait_phase(&c.client, &lease_id, LeasePhase::Expired, 120 * SECOND).await;
+    let ended = order_reaches(&buyer, &placed.order_id, OrderState::Ended, 90 * SECOND).await;
+    follower.abort();
+    let logged = ReceiptLog::read_all(receipts.path()).unwrap();
+    let lease = Api::<ComputeLease>::all(c.client.clone())
+        .get(&lease_id)
+        .await
+        .unwrap();
+    settled_exactly(&lease, &ended, &logged, PRICE);
+    assert!(logged.len() >= 3, "{} receipts in 60 s", logged.len());
+
+    delete_lease(&c.client, &lease_id).await;
+    Api::<gpubridge::crd::GpuOffer>::all(c.client.clone())
+        .delete(OFFER, &DeleteParams::default())
+        .await
+        .unwrap();
+}
