@@ -5,7 +5,8 @@ export CARGO_TERM_COLOR ?= never
 
 .PHONY: demo build test unit e2e lint fmt crds manifests image-build bench bench-scale cluster-up cluster-down node-up node-down
 
-## demo: the main job — a real control plane, the operator, offers, a lease from start to end.
+## demo: the main job — a real control plane and a real node, the operator installed from its
+## image, offers, a lease run on the real node from start to end.
 demo:
 	bash e2e/demo.sh
 

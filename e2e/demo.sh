@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# `make demo`: a real control plane with fake GPU nodes, the reference network node, the operator
-# connected to it, the sample offers published, a buyer's order leased, run on an offered node,
-# ended and settled. Leaves everything up with KEEP=1.
+# `make demo`: a real control plane with fake GPU nodes and one real node, the reference network
+# node, the operator installed by helm from its built image and connected to the network, the
+# sample offers published, a buyer's order leased, run on the real node (the workload and its
+# meter and attest sidecars as containers), ended and settled. Leaves everything up with KEEP=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,47 +11,46 @@ export GPUBRIDGE_E2E_KUBECONFIG="${GPUBRIDGE_E2E_KUBECONFIG:-$CACHE/e2e/kubeconf
 export KUBECONFIG="$GPUBRIDGE_E2E_KUBECONFIG"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "building the control plane (cached after the first run), the operator and the sidecars"
+step "building the control plane and the real node (cached after the first run), the operator and its image"
 BIN=$(bash e2e/cluster.sh bin)
 export GPUBRIDGE_E2E_BIN="$BIN"
 kubectl() { "$BIN/kubectl" "$@"; }
-cargo build --locked --quiet --bin gpubridge --bin gpubridge-sidecar
+helm() { "$BIN/helm" "$@"; }
+bash e2e/build-node.sh >/dev/null
+cargo build --locked --quiet --bin gpubridge
 OPERATOR="${CARGO_TARGET_DIR:-target}/debug/gpubridge"
-SIDECAR="${CARGO_TARGET_DIR:-target}/debug/gpubridge-sidecar"
+# The operator's image, as the Dockerfile builds it (a release build; umoci, no engine needed).
+make --no-print-directory image-build >/dev/null
+LAYOUT="${CARGO_TARGET_DIR:-target}/image/oci"
 
-step "starting kube-apiserver, etcd, controller-manager, scheduler and kwok on loopback"
+step "starting kube-apiserver, etcd, controller-manager, scheduler and kwok on loopback, and the real node"
 bash e2e/cluster.sh up
-operator_pid=""
 network_pid=""
-sidecar_pids=""
-operator_command=""
 network_command=""
 cleanup() {
-  [ -n "$operator_pid" ] && kill "$operator_pid" 2>/dev/null && wait "$operator_pid" 2>/dev/null || true
   [ -n "$network_pid" ] && kill "$network_pid" 2>/dev/null && wait "$network_pid" 2>/dev/null || true
-  for pid in $sidecar_pids; do kill "$pid" 2>/dev/null || true; done
   if [ -z "${KEEP:-}" ]; then
+    bash e2e/node.sh down
     bash e2e/cluster.sh down
     return
   fi
   cat <<KEPT
 
-KEEP=1: the control plane is still running (kube-apiserver, etcd, controller-manager, scheduler,
-kwok, the fake GPU nodes and the chart); the operator, the network node and the sidecars are
-stopped. To look around:
+KEEP=1: the control plane, its fake GPU nodes, the real node and the operator's pods are still
+running; the network node is stopped. To look around:
   export KUBECONFIG=${KUBECONFIG:-}
-  ${BIN:-}/kubectl get gpuoffers,computeleases
+  ${BIN:-}/kubectl get gpuoffers,computeleases; ${BIN:-}/kubectl get pods -A -o wide
 To start the network node again (its database and key are kept in ${NET:-}):
   $network_command &
-and the operator:
-  KUBECONFIG=${OPERATOR_KUBECONFIG:-} $operator_command &
+  bash e2e/node.sh expose 17300 $NETWORK_ADDRESS
 then buy with:
   GPUBRIDGE_NETWORK_URL=${GPUBRIDGE_NETWORK_URL:-} GPUBRIDGE_BUYER_KEY=${GPUBRIDGE_BUYER_KEY:-} ${OPERATOR:-} order list
-Stop it all with: make cluster-down
+Stop it all with: make node-down cluster-down
 KEPT
 }
 trap cleanup EXIT
-kubectl get nodes -L nvidia.com/gpu.product,nvidia.com/gpu.count,gpubridge.dev/pool
+bash e2e/node.sh up
+kubectl get nodes -L nvidia.com/gpu.product,nvidia.com/gpu.count,gpubridge.dev/pool,gpubridge.dev/real-node
 
 step "starting the reference network node (its key pinned by the operator)"
 NET="$CACHE/e2e/network"
@@ -62,38 +62,28 @@ network_pid=$!
 export GPUBRIDGE_NETWORK_URL=http://127.0.0.1:17300 GPUBRIDGE_BUYER_KEY="$NET/buyer.key"
 order() { "$OPERATOR" order "$@"; }
 for _ in $(seq 1 50); do order offers >/dev/null 2>&1 && break; sleep 0.2; done
-echo "network node running (pid $network_pid, key $NETWORK_KEY, log $NET/network.log)"
+echo "network node running on the host (pid $network_pid, key $NETWORK_KEY, log $NET/network.log)"
+# The node's pods reach it at a public documentation address of the test bed's outside world.
+NETWORK_ADDRESS=203.0.113.30:7300
+bash e2e/node.sh expose 17300 "$NETWORK_ADDRESS"
+echo "served to the real node at $NETWORK_ADDRESS"
 
-step "helm install: the CRDs, least-privilege RBAC, the lease-pod admission policy, the dashboard"
-"$BIN/helm" upgrade --install gpubridge charts/gpubridge --namespace gpubridge-system --create-namespace \
-  --values e2e/chart-values.yaml --set crds.install=true --wait
-kubectl wait --for=condition=Established crd/gpuoffers.gpubridge.dev crd/computeleases.gpubridge.dev --timeout=30s >/dev/null
-kubectl get clusterrole,role,validatingadmissionpolicy -A -l app.kubernetes.io/instance=gpubridge
-
-step "starting the operator as the chart's ServiceAccount"
-# kwok runs no containers: the operator runs here instead of as the Deployment's pods, with the
-# chart ServiceAccount's identity (impersonation), so it has exactly the chart's permissions.
-OPERATOR_KUBECONFIG="$CACHE/e2e/operator.kubeconfig"
-sed 's/^  user:$/  user:\n    as: system:serviceaccount:gpubridge-system:gpubridge/' "$KUBECONFIG" >"$OPERATOR_KUBECONFIG"
-echo "may the operator read Secrets in kube-system? $(kubectl --kubeconfig "$OPERATOR_KUBECONFIG" auth can-i list secrets -n kube-system || true)"
-echo "may it create pods in lease namespaces? $(kubectl --kubeconfig "$OPERATOR_KUBECONFIG" auth can-i create pods -n lease-x) (the admission policy boxes what they contain)"
-log="$CACHE/e2e/operator.log"
-operator_command="$OPERATOR operator --log-format text --namespace gpubridge-system \
-  --sidecar-image ghcr.io/gpubridge/gpubridge:demo --http-addr 127.0.0.1:18080 \
-  --network-url $GPUBRIDGE_NETWORK_URL --network-key $NETWORK_KEY \
-  --provider-name acme-gpu-farm --region eu-west \
-  --collector-addr 127.0.0.1:17400 --collector-url http://127.0.0.1:17400 \
-  --collector-status-seconds 2 --final-receipt-grace-seconds 30"
-KUBECONFIG="$OPERATOR_KUBECONFIG" $operator_command >"$log" 2>&1 &
-operator_pid=$!
-for _ in $(seq 1 100); do
-  curl -fs 127.0.0.1:18080/metrics 2>/dev/null | grep -q '^gpubridge_leader 1' && break
-  sleep 0.2
-done
-echo "operator running (pid $operator_pid, log $log), leading, caches synced"
+step "loading the operator's image into the real node, then helm install: two replicas on it"
+bash e2e/node.sh load-image "$LAYOUT" gpubridge.test/gpubridge 2>&1 | tail -1
+kubectl create namespace gpubridge-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl label namespace gpubridge-system --overwrite pod-security.kubernetes.io/enforce=restricted >/dev/null
+helm upgrade --install gpubridge charts/gpubridge --namespace gpubridge-system \
+  --values e2e/real-node-values.yaml --set crds.install=true \
+  --set "network.url=http://$NETWORK_ADDRESS" --set "network.key=$NETWORK_KEY" \
+  --set network.providerName=acme-gpu-farm --set network.region=eu-west --wait --timeout 180s
+kubectl get pods -n gpubridge-system -o wide
+kubectl get clusterrole,role,validatingadmissionpolicy,networkpolicy -A -l app.kubernetes.io/instance=gpubridge
+echo "the leader: $(kubectl get lease gpubridge-operator -n gpubridge-system -o jsonpath='{.spec.holderIdentity}')"
+helm test gpubridge --namespace gpubridge-system --timeout 120s | grep -E 'TEST SUITE|Phase'
 
 step "declaring the sample offers"
-kubectl apply -f manifests/samples/h100-public.yaml -f manifests/samples/a100-mig.yaml -f manifests/samples/rtx-workstation.yaml
+kubectl apply -f manifests/samples/h100-public.yaml -f manifests/samples/a100-mig.yaml -f manifests/samples/rtx-workstation.yaml \
+  -f e2e/real-node-offer.yaml
 sleep 2
 kubectl get gpuoffers
 echo
@@ -101,56 +91,48 @@ echo "Why each H100 node does or does not count:"
 kubectl get gpuoffer h100-public -o jsonpath='{range .status.nodes[*]}  {.name}{"\t"}free {.free}/{.allocatable}{"\t"}advertised {.advertised}{"\t"}{.reason}{"\n"}{end}'
 
 step "the operator publishes the idle capacity; the network's offer book"
-for _ in $(seq 1 50); do [ "$(order offers -o json | grep -c offerId)" -ge 3 ] && break; sleep 0.2; done
+for _ in $(seq 1 100); do [ "$(order offers -o json | grep -c offerId)" -ge 4 ] && break; sleep 0.2; done
 order offers
 
-step "a buyer: a key, a deposit of 100 USDC, and an order for one RTX 4090 for 60 seconds"
+step "a buyer: a key, a deposit of 100 USDC, and an order for one H100 for 60 seconds, on the real node"
 order keygen
 order deposit 100
-order submit --gpus 1 --model NVIDIA-GeForce-RTX-4090 --seconds 60 --max-price 1.20 \
-  --image ghcr.io/acme/render:2 --cpu 4 --memory 16Gi --env SCENE=city.blend -- blender --render
+order submit --gpus 1 --model NVIDIA-H100-80GB-HBM3 --seconds 60 --max-price 3.00 \
+  --image gpubridge.test/busybox:e2e --cpu 100m --memory 64Mi -- sh -c \
+  'trap "echo stopped by the kubelet; exit 0" TERM; echo "lease $GPUBRIDGE_LEASE_ID on GPU $NVIDIA_VISIBLE_DEVICES"; i=0; while true; do i=$((i+1)); echo "working: $i"; sleep 10; done'
 LEASE=$(order list -o json | sed -n 's/.*"leaseId": "\([a-z0-9]*\)".*/\1/p' | head -1)
 [ -n "$LEASE" ] || { echo "the order was not matched"; order list; exit 1; }
 echo "matched: lease $LEASE"
 
-step "intake verified the lease and created ComputeLease $LEASE; it runs"
-kubectl wait "computelease/$LEASE" --for=jsonpath='{.status.phase}'=Running --timeout=60s >/dev/null
+USAGE_COLUMNS='LEASE:.metadata.name,RECEIPTS:.status.usage.receiptsAccepted,GPU-SECONDS:.status.usage.gpuSeconds,ENERGY-J:.status.usage.energyJoules,FINAL:.status.usage.finalReceived,TIER:.status.attestation.trustTier'
+step "intake verified the lease and created ComputeLease $LEASE; its pod runs on the real node"
+kubectl wait "computelease/$LEASE" --for=jsonpath='{.status.phase}'=Running --timeout=120s >/dev/null
 kubectl get computeleases
-order list
 echo
 echo "Its box, in namespace lease-$LEASE:"
 kubectl get namespace "lease-$LEASE" --show-labels
 kubectl get networkpolicy,resourcequota,limitrange,secret,pod -n "lease-$LEASE" -o wide
 echo
-sleep 1
-kubectl get gpuoffer rtx-workstation
-
-USAGE_COLUMNS='LEASE:.metadata.name,RECEIPTS:.status.usage.receiptsAccepted,GPU-SECONDS:.status.usage.gpuSeconds,ENERGY-J:.status.usage.energyJoules,UTILIZATION-%:.status.usage.utilizationPercent,FINAL:.status.usage.finalReceived,TIER:.status.attestation.trustTier'
-step "the pod's meter and attest sidecars (kwok runs no containers: local processes, simulated GPU)"
-SC="$CACHE/e2e/sidecars/$LEASE"
-rm -rf "$SC" && mkdir -p "$SC/identity" "$SC/receipts" && chmod 700 "$SC"
-for f in lease.key lease.crt provider.pub; do
-  kubectl get secret lease-identity -n "lease-$LEASE" -o jsonpath="{.data.${f/./\\.}}" | base64 -d >"$SC/identity/$f"
-done
-POD_UID=$(kubectl get pod workload -n "lease-$LEASE" -o jsonpath='{.metadata.uid}')
-NODE=$(kubectl get pod workload -n "lease-$LEASE" -o jsonpath='{.spec.nodeName}')
-sidecar=(--lease-id "$LEASE" --identity-dir "$SC/identity"
-  --collector-url http://127.0.0.1:17400 --gpu-source simulated --simulated-seed "$NODE" --log-format text)
-"$SIDECAR" meter "${sidecar[@]}" --receipts-dir "$SC/receipts" --gpus 1 --receipt-seconds 5 --http-addr 127.0.0.1:19464 >"$SC/meter.log" 2>&1 &
-meter_pid=$!
-"$SIDECAR" attest "${sidecar[@]}" --image ghcr.io/acme/render:2 --pod-uid "$POD_UID" --node-name "$NODE" \
-  --poll-seconds 2 >"$SC/attest.log" 2>&1 &
-attest_pid=$!
-sidecar_pids="$meter_pid $attest_pid"
-kubectl wait "computelease/$LEASE" --for=condition=Attested --timeout=30s >/dev/null
-kubectl wait "computelease/$LEASE" --for=condition=Metered --timeout=30s >/dev/null
+echo "The meter and attest sidecars run as containers of the pod, started before the workload:"
+kubectl wait pod/workload -n "lease-$LEASE" --for=condition=Ready --timeout=60s >/dev/null
+kubectl get pod workload -n "lease-$LEASE" -o jsonpath='{range .status.initContainerStatuses[*]}  {.name}{"\t"}started {.started}, ready {.ready}{"\n"}{end}{range .status.containerStatuses[*]}  {.name}{"\t"}started {.started}, ready {.ready}{"\n"}{end}'
+kubectl wait "computelease/$LEASE" --for=condition=Attested --timeout=60s >/dev/null
+kubectl wait "computelease/$LEASE" --for=condition=Metered --timeout=60s >/dev/null
 kubectl get computelease "$LEASE" -o custom-columns="$USAGE_COLUMNS"
 
 step "waiting for the lease to reach its end; the meter's final receipt, the end report, escrow settles"
+# The API server cannot reach this node's kubelet (kubectl logs does not work here): the
+# workload's output is read from the kubelet's log of its container, in the node's /var.
+POD_UID=$(kubectl get pod workload -n "lease-$LEASE" -o jsonpath='{.metadata.uid}')
+# It is followed by name, as the pod and its log go once the lease has settled.
+tail -n +1 -F "$CACHE/node/var-upper/log/pods/lease-${LEASE}_workload_${POD_UID}/workload/0.log" \
+  >"$NET/workload.log" 2>/dev/null &
+tail_pid=$!
 kubectl wait "computelease/$LEASE" --for=jsonpath='{.status.phase}'=Expired --timeout=120s >/dev/null
-# The pod is stopped: both sidecars get SIGTERM, the meter seals its final receipt.
-kill -TERM "$meter_pid" "$attest_pid" && wait "$meter_pid" "$attest_pid" || true
-kubectl wait "computelease/$LEASE" --for=jsonpath='{.status.usage.finalReceived}'=true --timeout=30s >/dev/null
+kubectl wait "computelease/$LEASE" --for=jsonpath='{.status.usage.finalReceived}'=true --timeout=60s >/dev/null
+kill "$tail_pid"
+echo "The workload's output (the kubelet's log of its container):"
+sed 's/^[^ ]* [^ ]* [^ ]* /  /' "$NET/workload.log"
 order status --watch "$LEASE" >/dev/null
 kubectl get computeleases -o wide
 kubectl get computelease "$LEASE" -o custom-columns="$USAGE_COLUMNS"
@@ -176,4 +158,8 @@ echo
 echo "Buyer balance (network; the charge is the provider's earnings):"
 order balance
 echo
-curl -fs 127.0.0.1:18080/metrics | grep -E '^gpubridge_(offer_gpus|leases|lease_ends_total|network_session_up|intake_leases_total|receipts_accepted_total|gpu_seconds_total|earnings_total|attestations_total|verification_failures_total)' | grep -v ' 0$' || true
+echo
+echo "The leader's metrics (from the real node, where its pod's address is):"
+LEADER=$(kubectl get lease gpubridge-operator -n gpubridge-system -o jsonpath='{.spec.holderIdentity}')
+LEADER_IP=$(kubectl get pod "$LEADER" -n gpubridge-system -o jsonpath='{.status.podIP}')
+bash e2e/node.sh exec curl -fs "http://$LEADER_IP:8080/metrics" | grep -E '^gpubridge_(offer_gpus|leases|lease_ends_total|network_session_up|intake_leases_total|receipts_accepted_total|gpu_seconds_total|earnings_total|attestations_total|verification_failures_total)' | grep -v ' 0$' || true

@@ -153,8 +153,9 @@ load-image)
   NODE_BIN="${GPUBRIDGE_NODE_BIN:-$(bash e2e/build-node.sh)}"
   [ -f "$2/index.json" ] || { say "$2 is not an OCI layout: run make image-build"; exit 1; }
   tar -C "$2" -cf "$STATE/images/loaded.tar" .
-  ctr images import --base-name "$3" "$STATE/images/loaded.tar" >&2
+  ctr images import --base-name "$3" "$STATE/images/loaded.tar" >/dev/null
   rm -f "$STATE/images/loaded.tar"
+  say "loaded $(ctr images ls -q | grep "^$3:" | tr '\n' ' ')"
   exit
   ;;
 expose)

@@ -31,8 +31,8 @@ const VALUES: &str = "e2e/real-node-values.yaml";
 /// Where the node's pods reach the network node that runs on the host (`e2e/node.sh expose`).
 const NETWORK_ADDRESS: &str = "203.0.113.30:7300";
 const OFFER: &str = "real-node";
-/// The offer's price per GPU-hour, in atto units of its denomination.
-const PRICE: u128 = 24 * UNIT / 10;
+/// The offer's price per GPU-hour (e2e/real-node-offer.yaml), in atto units of its denomination.
+const PRICE: u128 = 2 * UNIT;
 
 /// Runs `e2e/node.sh` with `args`; its stdout.
 fn node_sh(args: &[&str]) -> String {
@@ -279,17 +279,8 @@ async fn the_operator_runs_from_its_image_on_the_real_node_and_a_lease_there_set
     replicas_and_leader(&c.client, Some(&leader)).await;
 
     // A lease from the network on the real node's GPUs.
-    apply_yaml(
-        &c.client,
-        &format!(
-            "apiVersion: gpubridge.dev/v1alpha1\nkind: GpuOffer\nmetadata: {{name: {OFFER}}}\n\
-             spec:\n  nodeSelector: {{matchLabels: {{gpubridge.dev/real-node: \"true\"}}}}\n  \
-             maxGpus: 2\n  price: {{amount: \"2.40\", denomination: USDC}}\n  \
-             lease: {{minDurationSeconds: 60, maxDurationSeconds: 3600, maxGpusPerLease: 2}}\n  \
-             workload: {{allowedRegistries: [gpubridge.test]}}\n"
-        ),
-    )
-    .await;
+    let offer = std::fs::read_to_string(repo().join("e2e/real-node-offer.yaml")).unwrap();
+    apply_yaml(&c.client, &offer).await;
     let buyer = network.client(generate_key()).await;
     wait_published(&buyer, OFFER, 2).await;
     buyer
