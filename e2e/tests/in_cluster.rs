@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use gpubridge::crd::{ComputeLease, LeasePhase};
+use gpubridge::crd::{ComputeLease, LEASE_LABEL, LeasePhase};
 use gpubridge::identity::generate_key;
 use gpubridge::sidecar::receipt_log::ReceiptLog;
 use gpubridge::wire::amount::Amount;
@@ -20,7 +20,10 @@ use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, ResourceExt};
 
 use crate::network::{UNIT, order_reaches, settled_exactly, wait_published};
-use crate::real_node::{BUSYBOX, REAL_NODE, real_node_cluster};
+use crate::real_node::{
+    BUSYBOX, REAL_NODE, apply_lease_policy, connect, expect, fresh_namespace, probe,
+    real_node_cluster,
+};
 use crate::support::{
     Cluster, NetworkNode, RELEASE, RELEASE_NAMESPACE, apply_yaml, cache_dir, eventually, repo,
 };
@@ -193,10 +196,11 @@ fn order(seconds: u64) -> OrderBody {
         workload: Some(Workload {
             image: BUSYBOX.into(),
             command: vec!["sh".into(), "-c".into()],
-            // A real command: it prints, then waits for the kubelet's SIGTERM at the end.
+            // A real command: it prints, works for 20 s and exits; the kubelet then stops the
+            // sidecars (SIGTERM) and the meter seals its final receipt.
             args: vec![
-                "trap 'echo stopped; exit 0' TERM; echo \"hello from $GPUBRIDGE_LEASE_ID on \
-                 $NVIDIA_VISIBLE_DEVICES\"; while true; do sleep 1; done"
+                "echo \"hello from $GPUBRIDGE_LEASE_ID on $NVIDIA_VISIBLE_DEVICES\"; sleep 20; \
+                 echo done"
                     .into(),
             ],
             env: vec![],
@@ -276,7 +280,34 @@ async fn the_operator_runs_from_its_image_on_the_real_node_and_a_lease_there_set
         .delete(&leader, &DeleteParams::default())
         .await
         .unwrap();
-    replicas_and_leader(&c.client, Some(&leader)).await;
+    let (pods, _) = replicas_and_leader(&c.client, Some(&leader)).await;
+
+    // The chart's operator NetworkPolicy, by packets to the real replicas: the collector
+    // answers pods of lease namespaces only; the metrics port answers any namespace but a
+    // lease's, whose own policy lets it reach the collector and nothing else of the operator's.
+    let collector = format!("gpubridge-collector.{RELEASE_NAMESPACE}.svc");
+    let metrics_ip = pods[0].status.as_ref().unwrap().pod_ip.clone().unwrap();
+    let targets = [
+        connect("collector", &collector, 7400),
+        connect("metrics", &metrics_ip, 8080),
+    ]
+    .join("; ");
+    let (lease_ns, other_ns) = ("e2e-in-cluster-lease", "e2e-in-cluster-other");
+    fresh_namespace(&c.client, lease_ns, &[(LEASE_LABEL, "e2e")]).await;
+    apply_lease_policy(&c.client, lease_ns, RELEASE_NAMESPACE).await;
+    fresh_namespace(&c.client, other_ns, &[]).await;
+    // Only the operator creates pods in lease namespaces (the admission policy): the probe there
+    // is created with its identity.
+    assert_eq!(
+        probe(&c.operator_client().await, lease_ns, "probe", &targets).await,
+        expect(&[("collector", true), ("metrics", false)]),
+        "from a lease namespace"
+    );
+    assert_eq!(
+        probe(&c.client, other_ns, "probe", &targets).await,
+        expect(&[("collector", false), ("metrics", true)]),
+        "from another namespace"
+    );
 
     // A lease from the network on the real node's GPUs.
     let offer = std::fs::read_to_string(repo().join("e2e/real-node-offer.yaml")).unwrap();
@@ -304,9 +335,9 @@ async fn the_operator_runs_from_its_image_on_the_real_node_and_a_lease_there_set
         "node/var-upper/log/pods/{}_{POD_NAME}_{uid}/workload/0.log",
         namespace_for(&lease_id)
     ));
-    let said = eventually("the workload to print", 30 * SECOND, || async {
+    let said = eventually("the workload to print and finish", 60 * SECOND, || async {
         let text = std::fs::read_to_string(&log).map_err(|e| e.to_string())?;
-        match text.contains(&format!("hello from {lease_id} on GPU-")) {
+        match text.contains(&format!("hello from {lease_id} on GPU-")) && text.contains(" done\n") {
             true => Ok(text),
             false => Err(text),
         }
@@ -314,9 +345,10 @@ async fn the_operator_runs_from_its_image_on_the_real_node_and_a_lease_there_set
     .await;
     println!("the workload said: {said}");
 
-    // The lease ends: the kubelet stops the pod, the meter seals its final receipt, and the
-    // network settles exactly what the meter logged.
-    wait_phase(&c.client, &lease_id, LeasePhase::Expired, 120 * SECOND).await;
+    // The workload ends before the lease would: the kubelet stops the sidecars, the meter
+    // seals its final receipt, and the network charges exactly what the meter logged, less than
+    // the hold, and refunds the rest.
+    wait_phase(&c.client, &lease_id, LeasePhase::Succeeded, 120 * SECOND).await;
     let ended = order_reaches(&buyer, &placed.order_id, OrderState::Ended, 90 * SECOND).await;
     follower.abort();
     let logged = ReceiptLog::read_all(receipts.path()).unwrap();
@@ -325,7 +357,11 @@ async fn the_operator_runs_from_its_image_on_the_real_node_and_a_lease_there_set
         .await
         .unwrap();
     settled_exactly(&lease, &ended, &logged, PRICE);
-    assert!(logged.len() >= 3, "{} receipts in 60 s", logged.len());
+    assert!(
+        ended.charged.parse::<u128>().unwrap() < ended.held.parse::<u128>().unwrap(),
+        "a 20 s workload is charged less than a minute's hold: {ended:?}"
+    );
+    assert!(logged.len() >= 2, "{} receipts in 20 s", logged.len());
 
     delete_lease(&c.client, &lease_id).await;
     Api::<gpubridge::crd::GpuOffer>::all(c.client.clone())

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -64,14 +65,20 @@ where
 }
 
 /// A namespace created afresh (an earlier run's is deleted first), with Pod Security
-/// `restricted` enforced, as the operator's lease namespaces have it.
-async fn fresh_namespace(client: &Client, name: &str) {
+/// `restricted` enforced, as the operator's lease namespaces have it, and `labels`.
+pub(crate) async fn fresh_namespace(client: &Client, name: &str, labels: &[(&str, &str)]) {
     let namespaces = Api::<Namespace>::all(client.clone());
     delete_and_wait(&namespaces, name).await;
+    let mut labels: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    labels.insert(
+        "pod-security.kubernetes.io/enforce".to_string(),
+        json!("restricted"),
+    );
     let namespace = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {
-            "pod-security.kubernetes.io/enforce": "restricted",
-        }},
+        "metadata": {"name": name, "labels": labels},
     }))
     .unwrap();
     namespaces
@@ -80,7 +87,9 @@ async fn fresh_namespace(client: &Client, name: &str) {
         .unwrap();
 }
 
-/// A busybox pod on the real node running `script` under the restricted profile.
+/// A busybox pod on the real node running `script` under the restricted profile, without a
+/// service-account token and with its memory request equal to its limit, as the lease-pod
+/// admission policy asks of pods in lease namespaces.
 fn busybox_pod(name: &str, labels: serde_json::Value, script: &str, restart: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "labels": labels},
@@ -88,6 +97,7 @@ fn busybox_pod(name: &str, labels: serde_json::Value, script: &str, restart: &st
             "nodeSelector": {"gpubridge.dev/real-node": "true"},
             "restartPolicy": restart,
             "terminationGracePeriodSeconds": 1,
+            "automountServiceAccountToken": false,
             "securityContext": {
                 "runAsNonRoot": true, "runAsUser": 65532,
                 "seccompProfile": {"type": "RuntimeDefault"},
@@ -97,6 +107,10 @@ fn busybox_pod(name: &str, labels: serde_json::Value, script: &str, restart: &st
                 "image": BUSYBOX,
                 "imagePullPolicy": "Never",
                 "command": ["sh", "-c", script],
+                "resources": {
+                    "requests": {"cpu": "10m", "memory": "16Mi"},
+                    "limits": {"memory": "16Mi"},
+                },
                 "securityContext": {
                     "allowPrivilegeEscalation": false,
                     "readOnlyRootFilesystem": true,
@@ -157,11 +171,12 @@ pub(crate) fn on_node(command: &str) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// Runs `script` in a new pod and returns what it wrote to its termination message. The script
+/// Runs `script` in a new pod created by `client` and returns what it wrote to its termination
+/// message. The script
 /// starts only once kube-router has programmed the pod's firewall chain: the firewall learns a
 /// pod's address after the pod starts, and a probe that raced it would see the network before
 /// its policy. The gate is a file the test writes into the pod's emptyDir from the node.
-async fn probe(client: &Client, namespace: &str, name: &str, script: &str) -> String {
+pub(crate) async fn probe(client: &Client, namespace: &str, name: &str, script: &str) -> String {
     probe_with_gpus(client, namespace, name, script, 0).await
 }
 
@@ -181,10 +196,12 @@ async fn probe_with_gpus(
     let mut pod = busybox_pod(name, json!({"role": "probe"}), &script, "Never");
     let spec = pod.spec.as_mut().unwrap();
     if gpus > 0 {
-        spec.containers[0].resources = Some(
-            serde_json::from_value(json!({"limits": {"nvidia.com/gpu": gpus.to_string()}}))
-                .unwrap(),
-        );
+        let resources = spec.containers[0].resources.as_mut().unwrap();
+        resources
+            .limits
+            .as_mut()
+            .unwrap()
+            .insert("nvidia.com/gpu".to_string(), Quantity(gpus.to_string()));
     }
     spec.volumes = Some(vec![
         serde_json::from_value(json!({"name": "gate", "emptyDir": {}})).unwrap(),
@@ -234,7 +251,7 @@ async fn probe_with_gpus(
 }
 
 /// `name open` or `name closed` for a TCP connection to host:port, two seconds at most.
-fn connect(name: &str, host: &str, port: u16) -> String {
+pub(crate) fn connect(name: &str, host: &str, port: u16) -> String {
     format!(
         "if nc -w 2 {host} {port} </dev/null >/dev/null 2>&1; then echo '{name} open'; \
          else echo '{name} closed'; fi"
@@ -242,7 +259,7 @@ fn connect(name: &str, host: &str, port: u16) -> String {
 }
 
 /// The lines a probe of the same targets should print, in its order.
-fn expect(lines: &[(&str, bool)]) -> String {
+pub(crate) fn expect(lines: &[(&str, bool)]) -> String {
     lines
         .iter()
         .map(|(name, open)| format!("{name} {}\n", if *open { "open" } else { "closed" }))
@@ -256,7 +273,7 @@ async fn a_pod_on_the_real_node_runs_under_containerd_with_cluster_dns_and_servi
     };
     let client = &cluster.client;
     let namespace = "e2e-real-node";
-    fresh_namespace(client, namespace).await;
+    fresh_namespace(client, namespace, &[]).await;
     let message = probe(
         client,
         namespace,
@@ -298,7 +315,7 @@ async fn the_device_plugin_gives_a_container_exactly_the_gpus_it_was_allocated()
     assert_eq!(allocatable["nvidia.com/gpu"].0, "8");
 
     let namespace = "e2e-real-node-gpus";
-    fresh_namespace(client, namespace).await;
+    fresh_namespace(client, namespace, &[]).await;
     let seen = probe_with_gpus(client, namespace, "two", "echo $NVIDIA_VISIBLE_DEVICES", 2).await;
     let ids: Vec<&str> = seen.trim().split(',').collect();
     assert_eq!(ids.len(), 2, "{seen:?}");
@@ -320,7 +337,11 @@ async fn the_device_plugin_gives_a_container_exactly_the_gpus_it_was_allocated()
 
 /// The lease box's NetworkPolicy, exactly as the builder makes it (the golden fixture the
 /// builder's unit test guards), with its collector namespace pointed at `collector_namespace`.
-async fn apply_lease_policy(client: &Client, namespace: &str, collector_namespace: &str) {
+pub(crate) async fn apply_lease_policy(
+    client: &Client,
+    namespace: &str,
+    collector_namespace: &str,
+) {
     let golden = std::fs::read_to_string(repo().join("tests/fixtures/golden/network-policy.yaml"))
         .expect("the golden NetworkPolicy");
     let mut policy: NetworkPolicy = serde_yaml::from_str(&golden).unwrap();
@@ -358,7 +379,7 @@ async fn a_lease_network_policy_holds_for_real_packets() {
         "e2e-no-policy",
     );
     for namespace in [lease, other_lease, collector_ns, open_ns] {
-        fresh_namespace(client, namespace).await;
+        fresh_namespace(client, namespace, &[]).await;
     }
     apply_lease_policy(client, lease, collector_ns).await;
     apply_lease_policy(client, other_lease, collector_ns).await;
