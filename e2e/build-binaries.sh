@@ -2,7 +2,8 @@
 # Builds the real Kubernetes control plane used by e2e tests from the Go module proxy, and caches
 # it outside git, keyed by version: kube-apiserver, kube-controller-manager, kube-scheduler and
 # kubectl from k8s.io/kubernetes; etcd from go.etcd.io/etcd; kwok and kwokctl; helm; Prometheus
-# and promtool (for the dashboard and metrics checks).
+# and promtool (for the dashboard and metrics checks); umoci (the images); dashboard-schema and
+# Checkov (the dashboard's schema, the manifests' and the Dockerfile's security scan).
 # Idempotent: a second run with the same versions only checks the cache.
 set -euo pipefail
 
@@ -13,6 +14,7 @@ HELM_VERSION="${HELM_VERSION:-4.3.1}"
 # Prometheus v3.x publishes its Go module as v0.3xx.y.
 PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-0.316.0}"
 UMOCI_VERSION="${UMOCI_VERSION:-0.6.0}"
+CHECKOV_VERSION="${CHECKOV_VERSION:-3.3.30}"
 CACHE="${GPUBRIDGE_CACHE:-$HOME/.cache/gpubridge}"
 BIN="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION"
 export GOFLAGS="${GOFLAGS:--mod=mod}" CGO_ENABLED=0
@@ -116,5 +118,34 @@ else
   say "umoci: cached"
 fi
 ln -sfn "$umoci_bin/umoci" "$BIN/umoci"
+
+# dashboard-schema (ours, e2e/dashboard-schema): Grafana's dashboard schema as the Apache-licensed
+# grafana-foundation-sdk generates it, for the dashboard's check. Cached by its source's hash.
+schema_src="$(cd "$(dirname "$0")" && pwd)/dashboard-schema"
+schema_bin="$CACHE/bin/dashboard-schema-$(cat "$schema_src"/go.mod "$schema_src"/go.sum "$schema_src"/*.go | sha256sum | cut -c1-12)"
+if [ ! -x "$schema_bin/dashboard-schema" ]; then
+  say "dashboard-schema: building with github.com/grafana/grafana-foundation-sdk/go"
+  start=$SECONDS
+  (cd "$schema_src" && GOFLAGS=-mod=readonly go build -trimpath -ldflags "-s -w" -o "$schema_bin/dashboard-schema" .)
+  say "dashboard-schema: built in $((SECONDS - start))s"
+else
+  say "dashboard-schema: cached"
+fi
+ln -sfn "$schema_bin/dashboard-schema" "$BIN/dashboard-schema"
+
+# Checkov (Apache-2.0, from PyPI into a virtual environment): the Kubernetes and Dockerfile
+# security scanner the chart's and the Dockerfile's annotations are written for.
+checkov_dir="$CACHE/bin/checkov-$CHECKOV_VERSION"
+if [ ! -x "$checkov_dir/bin/checkov" ]; then
+  say "checkov: installing $CHECKOV_VERSION"
+  start=$SECONDS
+  rm -rf "$checkov_dir"
+  python3 -m venv "$checkov_dir"
+  "$checkov_dir/bin/pip" install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION"
+  say "checkov: installed in $((SECONDS - start))s"
+else
+  say "checkov: cached"
+fi
+ln -sfn "$checkov_dir/bin/checkov" "$BIN/checkov"
 
 echo "$BIN"

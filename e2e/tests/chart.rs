@@ -179,6 +179,107 @@ async fn the_chart_lints_renders_the_committed_install_manifest_and_refuses_bad_
     }
 }
 
+/// Checkov's findings on `files` (Kubernetes manifests and Dockerfiles, relative to the
+/// repository): the failed and the skipped checks, each as "CHECK resource", sorted.
+fn checkov(files: &[&std::path::Path]) -> (Vec<String>, Vec<String>) {
+    let mut command = std::process::Command::new(crate::support::bin_dir().join("checkov"));
+    command.current_dir(repo()).args([
+        "--framework",
+        "kubernetes",
+        "dockerfile",
+        "--skip-download",
+        "--output",
+        "json",
+    ]);
+    for file in files {
+        command.arg("--file").arg(file);
+    }
+    let out = command.output().expect("checkov runs");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("checkov's report: {e}: {}", stderr(&out)));
+    let reports = match report {
+        Value::Array(reports) => reports,
+        one => vec![one],
+    };
+    let findings = |kind: &str| -> Vec<String> {
+        let mut found: Vec<String> = reports
+            .iter()
+            .flat_map(|r| r["results"][kind].as_array().cloned().unwrap_or_default())
+            .map(|c| {
+                format!(
+                    "{} {}",
+                    c["check_id"].as_str().unwrap(),
+                    c["resource"].as_str().unwrap()
+                )
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    let parsed = reports.iter().all(|r| {
+        r["summary"]["parsing_errors"] == 0 && r["summary"]["resource_count"].as_u64() > Some(0)
+    });
+    assert!(
+        parsed,
+        "checkov could not parse {files:?}: {report_summary:?}",
+        report_summary = reports.iter().map(|r| &r["summary"]).collect::<Vec<_>>()
+    );
+    (findings("failed_checks"), findings("skipped_checks"))
+}
+
+#[tokio::test]
+async fn the_manifests_and_the_dockerfile_pass_checkov_with_each_deliberate_choice_annotated() {
+    let Some(c) = cluster("chart-checkov").await else {
+        return;
+    };
+    let (failed, skipped) = checkov(&[
+        std::path::Path::new("manifests/install.yaml"),
+        std::path::Path::new("Dockerfile"),
+    ]);
+    assert_eq!(failed, Vec::<String>::new(), "checkov's findings");
+    // Exactly the deliberate choices, each annotated with its reason where it is made.
+    assert_eq!(
+        skipped,
+        [
+            "CKV_DOCKER_2 Dockerfile.",
+            "CKV_K8S_11 Deployment.gpubridge-system.gpubridge",
+            "CKV_K8S_15 Deployment.gpubridge-system.gpubridge",
+            "CKV_K8S_21 Role.default.gpubridge-operator-events",
+            "CKV_K8S_21 RoleBinding.default.gpubridge-operator-events",
+            "CKV_K8S_38 Deployment.gpubridge-system.gpubridge",
+            "CKV_K8S_43 Deployment.gpubridge-system.gpubridge",
+        ]
+    );
+    // The scan can fail: a writable root filesystem is found; a pinned digest needs no excuse.
+    let rendered = c.helm(&[
+        "template",
+        "gpubridge",
+        "charts/gpubridge",
+        "--namespace",
+        "gpubridge-system",
+        "--skip-tests",
+        "--set",
+        "networkPolicy.apiServer.cidrs={10.0.0.1/32}",
+        "--set",
+        "securityContext.readOnlyRootFilesystem=false",
+        "--set",
+        "image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000",
+    ]);
+    assert!(
+        rendered.status.success(),
+        "helm template: {}",
+        stderr(&rendered)
+    );
+    let file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    std::fs::write(file.path(), &rendered.stdout).unwrap();
+    let (failed, skipped) = checkov(&[file.path()]);
+    assert_eq!(failed, ["CKV_K8S_22 Deployment.gpubridge-system.gpubridge"]);
+    assert!(
+        !skipped.iter().any(|s| s.starts_with("CKV_K8S_43 ")),
+        "{skipped:?}"
+    );
+}
+
 /// A pod that passes every rule of the admission policy, in `namespace`.
 fn boxed_pod(namespace: &str, name: &str) -> Value {
     json!({
