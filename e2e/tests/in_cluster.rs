@@ -5,7 +5,6 @@
 //! containers and settles exactly what the meter logged.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use gpubridge::crd::{ComputeLease, LEASE_LABEL, LeasePhase};
@@ -21,7 +20,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::network::{UNIT, order_reaches, settled_exactly, wait_published};
 use crate::real_node::{
-    BUSYBOX, REAL_NODE, apply_lease_policy, connect, expect, fresh_namespace, probe,
+    BUSYBOX, REAL_NODE, apply_lease_policy, connect, expect, fresh_namespace, node_sh, probe,
     real_node_cluster,
 };
 use crate::support::{
@@ -36,22 +35,6 @@ const NETWORK_ADDRESS: &str = "203.0.113.30:7300";
 const OFFER: &str = "real-node";
 /// The offer's price per GPU-hour (e2e/real-node-offer.yaml), in atto units of its denomination.
 const PRICE: u128 = 2 * UNIT;
-
-/// Runs `e2e/node.sh` with `args`; its stdout.
-fn node_sh(args: &[&str]) -> String {
-    let out = Command::new("bash")
-        .arg(repo().join("e2e/node.sh"))
-        .args(args)
-        .output()
-        .expect("e2e/node.sh runs");
-    assert!(
-        out.status.success(),
-        "e2e/node.sh {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// The OCI layout `make image-build` writes: $CARGO_TARGET_DIR/image/oci.
 fn image_layout() -> PathBuf {

@@ -158,17 +158,23 @@ async fn listener(
 
 /// Runs a command inside the real node's namespaces (`e2e/node.sh exec`); its stdout.
 pub(crate) fn on_node(command: &str) -> String {
-    let output = std::process::Command::new("bash")
+    node_sh(&["exec", "sh", "-c", command])
+}
+
+/// Runs `e2e/node.sh` with `args`; its stdout.
+pub(crate) fn node_sh(args: &[&str]) -> String {
+    let out = std::process::Command::new("bash")
         .arg(repo().join("e2e/node.sh"))
-        .args(["exec", "sh", "-c", command])
+        .args(args)
         .output()
-        .expect("run e2e/node.sh exec");
+        .expect("e2e/node.sh runs");
     assert!(
-        output.status.success(),
-        "on the node: {command}: {}",
-        String::from_utf8_lossy(&output.stderr)
+        out.status.success(),
+        "e2e/node.sh {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs `script` in a new pod created by `client` and returns what it wrote to its termination
