@@ -9,7 +9,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use gpubridge::identity::{generate_key, issue_lease_certificate};
 use gpubridge::metering::{ChainHead, LeaseTerms, Step, check_next, seal_receipt};
 use gpubridge::node::matching::{BookOffer, OrderTerms, best_offer};
-use gpubridge::node::{HubSettings, Store};
+use gpubridge::node::{Params, Store};
 use gpubridge::wire::amount::Amount;
 use gpubridge::wire::envelope::seal;
 use gpubridge::wire::proto::{
@@ -97,12 +97,7 @@ fn matching(c: &mut Criterion) {
 fn open_store(name: &str) -> (std::path::PathBuf, Store, i64) {
     let dir = std::env::temp_dir().join(format!("gpubridge-bench-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let store = Store::open(
-        &dir.join("network.redb"),
-        generate_key(),
-        HubSettings::default(),
-    )
-    .unwrap();
+    let store = Store::open(&dir.join("network.redb"), generate_key(), Params::default()).unwrap();
     (dir, store, jiff::Timestamp::now().as_second())
 }
 

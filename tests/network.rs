@@ -84,7 +84,7 @@ struct World {
 /// A node with one provider (offer "h100", blocks 8 and 4) and a buyer holding 100 USDC.
 /// Providers have 10 s to answer a lease and 30 s between heartbeats.
 async fn world() -> World {
-    let node = Node::start_with(gpubridge::node::HubSettings {
+    let node = Node::start_with(gpubridge::node::Params {
         answer_seconds: 10,
         ..Default::default()
     })
@@ -1083,7 +1083,7 @@ async fn an_answered_challenge_is_renewed_by_the_sweep() {
         provider.lease_challenge(&lease_id).await.unwrap().nonce,
         first.nonce
     );
-    let due = now() + i64::from(w.node.store.settings.challenge_seconds);
+    let due = now() + i64::from(w.node.store.params().unwrap().challenge_seconds);
     w.node.store.sweep(due).unwrap();
     let renewed = provider.lease_challenge(&lease_id).await.unwrap();
     assert_ne!(renewed.nonce, first.nonce);

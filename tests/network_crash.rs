@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gpubridge::identity::{generate_key, keyfile, public_key_base58};
-use gpubridge::node::{HubSettings, Store};
+use gpubridge::node::{Params, Store};
 use gpubridge::wire::amount::Amount;
 use gpubridge::wire::client::NetworkClient;
 use gpubridge::wire::proto::{OrderState, lease_event};
@@ -132,12 +132,8 @@ async fn kill_9_mid_traffic_loses_no_acknowledged_order_lease_or_entry() {
 
         // The node is dead: read its database directly and compare with every reply.
         let key = keyfile::load(&dir.path().join("network.key")).unwrap();
-        let store = Store::open(
-            &dir.path().join("network.redb"),
-            key,
-            HubSettings::default(),
-        )
-        .expect("the database opens after kill -9");
+        let store = Store::open(&dir.path().join("network.redb"), key, Params::default())
+            .expect("the database opens after kill -9");
         let stored: BTreeMap<String, OrderState> = store
             .orders()
             .unwrap()

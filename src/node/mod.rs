@@ -1,14 +1,16 @@
-//! `gpubridge network`: the reference network node (DESIGN §6) — provider registry, offer book
-//! with expiry, matching, a double-entry escrow ledger, persisted in an embedded database.
+//! `gpubridge network`: the reference network node (DESIGN §7) — provider registry, offer book
+//! with expiry, matching, a double-entry escrow ledger.
 //!
-//! `matching`, `ledger` and `transitions` (an order and its lease as one state machine) hold the
-//! decisions and are pure; `store` applies them durably, one file per aggregate;
-//! `service` is the gRPC surface.
+//! `state` is the network's rules as one deterministic state machine over signed transactions,
+//! pure, with `matching`, `ledger` and `transitions` (an order and its lease) beneath it; `store`
+//! is its embedded driver, which orders transactions itself and persists each block in an
+//! embedded database; `service` is the gRPC surface.
 
 pub mod ledger;
 pub mod matching;
 pub mod records;
 pub mod service;
+pub mod state;
 pub mod store;
 pub mod transitions;
 
@@ -23,7 +25,8 @@ use crate::identity::{keyfile, public_key_base58};
 use crate::process::shutdown::Shutdown;
 use crate::wire::MAX_MESSAGE_BYTES;
 use crate::wire::proto::gateway_server::GatewayServer;
-pub use store::{HubError, HubSettings, Store};
+pub use state::Params;
+pub use store::{HubError, Store};
 
 /// Flags of `gpubridge network`.
 #[derive(clap::Args, Debug, Clone)]
@@ -98,7 +101,7 @@ pub async fn run(args: NetworkArgs) -> Result<(), NetworkError> {
         .clone()
         .unwrap_or_else(|| args.data_dir.join("network.key"));
     let key = keyfile::load_or_create(&key_path)?;
-    let settings = HubSettings {
+    let params = Params {
         offer_ttl_seconds: args.offer_ttl_seconds,
         heartbeat_timeout_seconds: args.heartbeat_timeout_seconds,
         answer_seconds: args.answer_seconds,
@@ -106,7 +109,7 @@ pub async fn run(args: NetworkArgs) -> Result<(), NetworkError> {
     };
     let db_path = args.data_dir.join("network.redb");
     let store = Arc::new(tokio::task::block_in_place(|| {
-        Store::open(&db_path, key, settings)
+        Store::open(&db_path, key, params)
     })?);
     info!(
         network_key = %public_key_base58(&store.network_key()),

@@ -189,8 +189,9 @@ pub struct LeaseRecord {
     pub denomination: String,
     pub duration_seconds: u64,
     pub state: LeaseState,
-    /// The network-signed lease, protobuf `Signed`, resent on every new provider stream.
-    pub signed: Vec<u8>,
+    /// The lease as the network made it, protobuf `LeaseBody`, resent on every new provider
+    /// stream.
+    pub body: Vec<u8>,
     pub matched_at: i64,
     pub answer_by: i64,
     /// When the provider accepted it.

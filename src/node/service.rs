@@ -122,11 +122,12 @@ impl Gateway for GatewayService {
     }
 
     async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoReply>, Status> {
+        let params = self.store.params()?;
         Ok(Response::new(InfoReply {
             network_key: self.store.network_key().as_bytes().to_vec(),
             protocol: PROTOCOL.into(),
-            offer_ttl_seconds: self.store.settings.offer_ttl_seconds,
-            heartbeat_timeout_seconds: self.store.settings.heartbeat_timeout_seconds,
+            offer_ttl_seconds: params.offer_ttl_seconds,
+            heartbeat_timeout_seconds: params.heartbeat_timeout_seconds,
         }))
     }
 
@@ -144,11 +145,11 @@ impl Gateway for GatewayService {
         let signed = request.into_inner();
         self.blocking("Register", move |s, now| s.register(&signed, now))
             .await?;
-        let settings = self.store.settings;
+        let params = self.store.params()?;
         Ok(Response::new(RegisterReply {
             network_key: self.store.network_key().as_bytes().to_vec(),
-            offer_ttl_seconds: settings.offer_ttl_seconds,
-            heartbeat_timeout_seconds: settings.heartbeat_timeout_seconds,
+            offer_ttl_seconds: params.offer_ttl_seconds,
+            heartbeat_timeout_seconds: params.heartbeat_timeout_seconds,
         }))
     }
 

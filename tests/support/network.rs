@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ed25519_dalek::SigningKey;
 use gpubridge::identity::generate_key;
 use gpubridge::node::service::GatewayService;
-use gpubridge::node::{HubSettings, Store};
+use gpubridge::node::{Params, Store};
 use gpubridge::wire::MAX_MESSAGE_BYTES;
 use gpubridge::wire::client::{NetworkClient, Target, channel};
 use gpubridge::wire::proto::gateway_client::GatewayClient;
@@ -26,10 +26,10 @@ pub struct Node {
 
 impl Node {
     pub async fn start() -> Node {
-        Node::start_with(HubSettings::default()).await
+        Node::start_with(Params::default()).await
     }
 
-    pub async fn start_with(settings: HubSettings) -> Node {
+    pub async fn start_with(settings: Params) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(
             Store::open(&dir.path().join("network.redb"), generate_key(), settings).unwrap(),

@@ -1,7 +1,6 @@
 //! A running lease's receipts and attestation challenges.
 
-use rand_core::{OsRng, RngCore};
-use redb::ReadableTable;
+use sha2::{Digest, Sha256};
 
 use crate::attestation::{EvidenceRejection, verify_evidence};
 use crate::identity::{public_key_base58, public_key_from_base58, verify_lease_certificate};
@@ -17,14 +16,10 @@ use crate::wire::proto::{
 };
 use crate::wire::{Opened, Rejection, validate};
 
-use super::accounts::post;
-use super::leases::owned_lease;
-use super::{
-    HubError, LEASES, ORDERS, RECEIPTS, Result, Store, consume_nonce, get, put, read_json,
-};
+use super::{Block, LEASES, ORDERS, RECEIPTS, Result, State, StateError};
 
 /// Evidence refusals as protocol errors; the kind leads the message so a forwarder can tell.
-fn evidence_rejection(e: EvidenceRejection) -> HubError {
+fn evidence_rejection(e: EvidenceRejection) -> StateError {
     let message = format!("{}: {e}", e.kind());
     match e {
         EvidenceRejection::BadSignature => Rejection::Unauthenticated(message),
@@ -66,7 +61,7 @@ fn receipt_key(lease_id: &str, sequence: u64) -> String {
 /// The lease's certificate, checked against the provider that owns the lease.
 fn lease_terms(lease: &LeaseRecord, certificate: &[u8], now: i64) -> Result<LeaseTerms> {
     let provider = public_key_from_base58(&lease.provider)
-        .map_err(|e| HubError::Inconsistent(format!("stored provider key: {e}")))?;
+        .map_err(|e| StateError::Inconsistent(format!("stored provider key: {e}")))?;
     let cert = verify_lease_certificate(certificate, &provider, now)
         .map_err(|e| Rejection::Unauthenticated(format!("certificate: {e}")))?;
     if cert.lease_id != lease.lease_id {
@@ -86,23 +81,31 @@ fn lease_terms(lease: &LeaseRecord, certificate: &[u8], now: i64) -> Result<Leas
     })
 }
 
-/// A new attestation challenge: 32 random bytes.
-pub(super) fn fresh_challenge(now: i64) -> ChallengeRecord {
-    let mut nonce = vec![0u8; 32];
-    OsRng.fill_bytes(&mut nonce);
-    ChallengeRecord {
-        nonce,
-        issued_at: now,
-        answered: false,
+impl State {
+    /// A new attestation challenge for `lease_id`: 32 bytes nobody knew before the block,
+    /// derived from its entropy so that every replica draws the same.
+    pub(super) fn fresh_challenge(block: &Block, lease_id: &str) -> ChallengeRecord {
+        let mut hasher = Sha256::new();
+        hasher.update(b"gpubridge/v1/challenge-nonce\0");
+        hasher.update(block.entropy);
+        hasher.update(lease_id.as_bytes());
+        ChallengeRecord {
+            nonce: hasher.finalize().to_vec(),
+            issued_at: block.time,
+            answered: false,
+        }
     }
-}
 
-impl Store {
     /// Verifies and settles a batch of receipts (DESIGN §6): each accepted receipt pays the
     /// provider what the lease's cumulative allocated time is worth, less what was paid before,
     /// so the payments add up to exactly ⌊Σ GPU-ms × price / 3 600 000⌋ whatever the batching.
     /// A refused receipt stops the batch; those before it stay accepted.
-    pub fn submit_receipts(&self, signed: &Signed, now: i64) -> Result<ReceiptsReply> {
+    pub(super) fn submit_receipts(
+        &mut self,
+        signed: &Signed,
+        block: &Block,
+    ) -> Result<ReceiptsReply> {
+        let now = block.time;
         let opened: Opened<ReceiptsBody> = open(signed, now)?;
         let body = &opened.body;
         validate::object_id("receipts.leaseId", &body.lease_id)?;
@@ -114,82 +117,75 @@ impl Store {
             .into());
         }
         let provider = public_key_base58(&opened.signer);
-        self.write(|txn| {
-            consume_nonce(txn, &opened)?;
-            let mut lease = owned_lease(txn, &body.lease_id, &provider)?;
-            let terms = lease_terms(&lease, &body.certificate, now)?;
-            let mut order: OrderRecord = get(txn, ORDERS, &lease.order_id)?
-                .ok_or_else(|| HubError::Inconsistent("lease without order".into()))?;
-            let (held, price) = (order.held, lease.price);
-            let mut rejection = None;
-            let mut hashes = txn.open_table(RECEIPTS)?;
-            for receipt in &body.receipts {
-                let step = check_next(&terms, &lease.chain, receipt, now.saturating_mul(1000));
-                match step {
-                    Ok(Step::Earlier { sequence, hash }) => {
-                        let stored = hashes
-                            .get(receipt_key(&lease.lease_id, sequence).as_str())?
-                            .map(|v| v.value().to_vec());
-                        if stored.as_deref() != Some(hash.as_slice()) {
-                            rejection = Some(ReceiptRejection::Fork { sequence });
-                            break;
-                        }
-                    }
-                    Ok(Step::Next { .. }) if !transitions::meters(lease.state) => {
-                        rejection = Some(ReceiptRejection::LeaseClosed {
-                            sequence: lease.chain.sequence + 1,
-                            state: transitions::name(lease.state),
-                        });
-                        break;
-                    }
-                    Ok(Step::Next { receipt, hash }) => {
-                        hashes.insert(
-                            receipt_key(&lease.lease_id, receipt.sequence).as_str(),
-                            hash.as_slice(),
-                        )?;
-                        lease.chain = lease.chain.advance(&receipt, hash);
-                        lease.totals.add(&receipt);
-                        let owed =
-                            ledger::charge_for(held, price, lease.totals.allocated_gpu_millis)?;
-                        let paid = lease.charged;
-                        post(
-                            txn,
-                            now,
-                            Account::Escrow(order.order_id.clone()),
-                            Account::Provider(provider.clone()),
-                            owed.checked_sub(paid.min(owed), "a charge")?,
-                            &order.denomination,
-                            format!("charge {} receipt {}", order.order_id, receipt.sequence),
-                        )?;
-                        lease.charged = owed.max(paid);
-                    }
-                    Err(e) => {
-                        rejection = Some(e);
+        self.consume_nonce(&opened)?;
+        let mut lease = self.owned_lease(&body.lease_id, &provider)?;
+        let terms = lease_terms(&lease, &body.certificate, now)?;
+        let mut order: OrderRecord = self.order_of(&lease)?;
+        let (held, price) = (order.held, lease.price);
+        let mut rejection = None;
+        for receipt in &body.receipts {
+            let step = check_next(&terms, &lease.chain, receipt, now.saturating_mul(1000));
+            match step {
+                Ok(Step::Earlier { sequence, hash }) => {
+                    let stored: Option<String> =
+                        self.get(RECEIPTS, &receipt_key(&lease.lease_id, sequence))?;
+                    if stored != Some(hex::encode(hash)) {
+                        rejection = Some(ReceiptRejection::Fork { sequence });
                         break;
                     }
                 }
+                Ok(Step::Next { .. }) if !transitions::meters(lease.state) => {
+                    rejection = Some(ReceiptRejection::LeaseClosed {
+                        sequence: lease.chain.sequence + 1,
+                        state: transitions::name(lease.state),
+                    });
+                    break;
+                }
+                Ok(Step::Next { receipt, hash }) => {
+                    self.put(
+                        RECEIPTS,
+                        &receipt_key(&lease.lease_id, receipt.sequence),
+                        &hex::encode(hash),
+                    )?;
+                    lease.chain = lease.chain.advance(&receipt, hash);
+                    lease.totals.add(&receipt);
+                    let owed = ledger::charge_for(held, price, lease.totals.allocated_gpu_millis)?;
+                    let paid = lease.charged;
+                    self.post(
+                        block,
+                        (
+                            Account::Escrow(order.order_id.clone()),
+                            Account::Provider(provider.clone()),
+                        ),
+                        owed.checked_sub(paid.min(owed), "a charge")?,
+                        &order.denomination,
+                        format!("charge {} receipt {}", order.order_id, receipt.sequence),
+                    )?;
+                    lease.charged = owed.max(paid);
+                }
+                Err(e) => {
+                    rejection = Some(e);
+                    break;
+                }
             }
-            drop(hashes);
-            put(txn, LEASES, &lease.lease_id.clone(), &lease)?;
-            if order.charged != lease.charged && transitions::meters(lease.state) {
-                order.charged = lease.charged;
-                order.updated_at = now;
-                put(txn, ORDERS, &order.order_id.clone(), &order)?;
-            }
-            Ok(receipts_reply(&lease, rejection))
-        })
+        }
+        self.put(LEASES, &lease.lease_id, &lease)?;
+        if order.charged != lease.charged && transitions::meters(lease.state) {
+            order.charged = lease.charged;
+            order.updated_at = now;
+            self.put(ORDERS, &order.order_id, &order)?;
+        }
+        Ok(receipts_reply(&lease, rejection))
     }
 
-    /// The lease's outstanding attestation challenge.
+    /// The lease's outstanding attestation challenge, asked by its provider.
     pub fn lease_challenge(&self, signed: &Signed, now: i64) -> Result<ChallengeReply> {
         let opened: Opened<ChallengeBody> = open(signed, now)?;
         validate::object_id("challenge.leaseId", &opened.body.lease_id)?;
         let provider = public_key_base58(&opened.signer);
-        let txn = self.read()?;
-        let lease: LeaseRecord = read_json(&txn.open_table(LEASES)?, &opened.body.lease_id)?
-            .ok_or_else(|| {
-                Rejection::NotFound(format!("lease {} does not exist", opened.body.lease_id))
-            })?;
+        let lease: LeaseRecord = self.get(LEASES, &opened.body.lease_id)?.ok_or_else(|| {
+            Rejection::NotFound(format!("lease {} does not exist", opened.body.lease_id))
+        })?;
         if lease.provider != provider {
             return Err(Rejection::PermissionDenied(format!(
                 "lease {} belongs to another provider",
@@ -213,7 +209,12 @@ impl Store {
     }
 
     /// Accepts evidence that answers the lease's outstanding challenge, once.
-    pub fn submit_evidence(&self, signed: &Signed, now: i64) -> Result<EvidenceReply> {
+    pub(super) fn submit_evidence(
+        &mut self,
+        signed: &Signed,
+        block: &Block,
+    ) -> Result<EvidenceReply> {
+        let now = block.time;
         let opened: Opened<EvidenceSubmitBody> = open(signed, now)?;
         let body = &opened.body;
         validate::object_id("evidence.leaseId", &body.lease_id)?;
@@ -222,38 +223,36 @@ impl Store {
             .as_ref()
             .ok_or_else(|| Rejection::invalid("evidence.evidence", "is required"))?;
         let provider = public_key_base58(&opened.signer);
-        self.write(|txn| {
-            consume_nonce(txn, &opened)?;
-            let mut lease = owned_lease(txn, &body.lease_id, &provider)?;
-            let terms = lease_terms(&lease, &body.certificate, now)?;
-            let verified = verify_evidence(&terms.lease_key, &lease.lease_id, evidence, now)
-                .map_err(evidence_rejection)?;
-            let challenge = lease
-                .challenge
-                .as_mut()
-                .filter(|_| transitions::meters(lease.state))
-                .ok_or_else(|| {
-                    Rejection::Precondition(format!("lease {} is not challenged", body.lease_id))
-                })?;
-            if challenge.nonce != verified.evidence.nonce {
-                return Err(evidence_rejection(EvidenceRejection::WrongNonce));
-            }
-            if challenge.answered {
-                return Err(evidence_rejection(EvidenceRejection::ReplayedNonce));
-            }
-            challenge.answered = true;
-            let record = AttestationRecord {
-                trust_tier: verified.tier.as_str().to_string(),
-                digest: verified.digest.to_vec(),
-                verified_at: now,
-            };
-            lease.attestation = Some(record.clone());
-            put(txn, LEASES, &lease.lease_id.clone(), &lease)?;
-            Ok(EvidenceReply {
-                trust_tier: record.trust_tier,
-                digest: record.digest,
-                verified_at: now,
-            })
+        self.consume_nonce(&opened)?;
+        let mut lease = self.owned_lease(&body.lease_id, &provider)?;
+        let terms = lease_terms(&lease, &body.certificate, now)?;
+        let verified = verify_evidence(&terms.lease_key, &lease.lease_id, evidence, now)
+            .map_err(evidence_rejection)?;
+        let challenge = lease
+            .challenge
+            .as_mut()
+            .filter(|_| transitions::meters(lease.state))
+            .ok_or_else(|| {
+                Rejection::Precondition(format!("lease {} is not challenged", body.lease_id))
+            })?;
+        if challenge.nonce != verified.evidence.nonce {
+            return Err(evidence_rejection(EvidenceRejection::WrongNonce));
+        }
+        if challenge.answered {
+            return Err(evidence_rejection(EvidenceRejection::ReplayedNonce));
+        }
+        challenge.answered = true;
+        let record = AttestationRecord {
+            trust_tier: verified.tier.as_str().to_string(),
+            digest: verified.digest.to_vec(),
+            verified_at: now,
+        };
+        lease.attestation = Some(record.clone());
+        self.put(LEASES, &lease.lease_id, &lease)?;
+        Ok(EvidenceReply {
+            trust_tier: record.trust_tier,
+            digest: record.digest,
+            verified_at: now,
         })
     }
 }

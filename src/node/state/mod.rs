@@ -1,0 +1,347 @@
+//! The network's rules as one deterministic state machine (DESIGN §7), pure: every change is a
+//! signed transaction applied with its block's height and time, never the wall clock; records
+//! live in one ordered map ([`kv`]) iterated only in key order; money is integer atto units; and
+//! the whole state has a hash. A driver orders the transactions into blocks and persists what
+//! each block changed: the embedded node ([`crate::node::store`]) today.
+//!
+//! A refused transaction changes nothing: [`State::apply`] rolls it back whole.
+
+pub mod kv;
+
+mod accounts;
+mod leases;
+mod metering;
+mod offers;
+mod orders;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::identity::public_key_base58;
+use crate::wire::amount;
+use crate::wire::proto::{
+    BalanceReply, EvidenceReply, LeaseBody, LeaseEndReply, OrderView, PublishOfferReply,
+    ReceiptsReply, Signed,
+};
+use crate::wire::{Opened, Rejection};
+
+pub use accounts::{Audit, AuditError};
+use kv::Kv;
+
+/// A table: the prefix of its keys in the one map. No prefix is a prefix of another's.
+#[derive(Clone, Copy, Debug)]
+struct Table(&'static str);
+
+const PROVIDERS: Table = Table("providers/");
+const OFFERS: Table = Table("offers/");
+const ORDERS: Table = Table("orders/");
+const LEASES: Table = Table("leases/");
+/// `<buyer>/<order id>` → created_at, for listing one buyer's orders.
+const BUYER_ORDERS: Table = Table("buyer-orders/");
+/// `<signer>/<nonce hex>` → issued_at.
+const NONCES: Table = Table("nonces/");
+/// Posting sequence, 20 digits → the posting.
+const POSTINGS: Table = Table("postings/");
+/// Account key → balance.
+const BALANCES: Table = Table("balances/");
+const COUNTERS: Table = Table("counters/");
+/// `<lease id>/<sequence, 20 digits>` → SHA-256 of the accepted receipt's body, hex.
+const RECEIPTS: Table = Table("receipts/");
+/// `current` → the parameters in force.
+const PARAMS: Table = Table("params/");
+/// `height`, `time`: the last block that changed the state.
+const META: Table = Table("meta/");
+
+const POSTING_SEQ: &str = "posting_seq";
+const OFFER_SEQ: &str = "offer_seq";
+const ORDER_SEQ: &str = "order_seq";
+
+/// The network's parameters, part of the state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Params {
+    /// Longest an offer lives without being published again.
+    pub offer_ttl_seconds: u32,
+    /// A provider silent this long has its offers dropped from matching.
+    pub heartbeat_timeout_seconds: u32,
+    /// How long a provider has to answer a lease.
+    pub answer_seconds: u32,
+    /// How often an accepted lease is challenged for fresh attestation evidence.
+    pub challenge_seconds: u32,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            offer_ttl_seconds: 120,
+            heartbeat_timeout_seconds: 30,
+            answer_seconds: 30,
+            challenge_seconds: 300,
+        }
+    }
+}
+
+/// The block a transaction is applied in: the only clock and the only randomness the rules see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    pub height: u64,
+    /// Seconds since the epoch, as the block says.
+    pub time: i64,
+    /// Unpredictable before the block: what the driver draws it from (the embedded node's
+    /// random source, a consensus block's hash) is the driver's.
+    pub entropy: [u8; 32],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error("a stored record is unreadable: {0}")]
+    Record(#[from] serde_json::Error),
+    #[error("a stored lease is unreadable: {0}")]
+    StoredLease(#[from] prost::DecodeError),
+    /// Records that should refer to each other do not: a broken invariant.
+    #[error("the state is inconsistent: {0}")]
+    Inconsistent(String),
+    /// Money arithmetic left its 128 bits: a broken invariant, refused rather than guessed.
+    #[error(transparent)]
+    Money(#[from] amount::Overflow),
+}
+
+type Result<T> = std::result::Result<T, StateError>;
+
+/// A state-changing request, as a block carries it: the signed envelope, verified when applied.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Tx {
+    Register(Signed),
+    PublishOffer(Signed),
+    WithdrawOffer(Signed),
+    Heartbeat(Signed),
+    /// A provider opens its lease stream: recorded so that a replayed opening is refused.
+    OpenLeaseStream(Signed),
+    DecideLease(Signed),
+    ReportLeaseEnd(Signed),
+    Deposit(Signed),
+    SubmitOrder(Signed),
+    CancelOrder(Signed),
+    SubmitReceipts(Signed),
+    SubmitEvidence(Signed),
+}
+
+/// The outcome of a submitted order: how it stands, and the lease to send its provider.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Placed {
+    pub order: OrderView,
+    /// The provider's public key and the lease made for it.
+    pub lease: Option<(String, LeaseBody)>,
+}
+
+/// What an applied transaction answers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Done,
+    Published(PublishOfferReply),
+    /// The provider whose stream opened, and its leases still waiting for an answer.
+    StreamOpened(String, Vec<LeaseBody>),
+    Ended(LeaseEndReply),
+    Balance(BalanceReply),
+    Ordered(Box<Placed>),
+    Order(Box<OrderView>),
+    Receipts(ReceiptsReply),
+    Evidence(EvidenceReply),
+}
+
+/// The network's state. Built empty by [`State::genesis`] or from persisted entries by
+/// [`State::restore`].
+#[derive(Clone, Debug)]
+pub struct State {
+    kv: Kv,
+}
+
+impl State {
+    /// A new network with `params`.
+    pub fn genesis(params: Params) -> Result<State> {
+        let mut state = State { kv: Kv::default() };
+        state.put(PARAMS, "current", &params)?;
+        state.kv.settle();
+        Ok(state)
+    }
+
+    /// The state holding `entries`, as a driver persisted them.
+    pub fn restore(entries: impl IntoIterator<Item = (String, Vec<u8>)>) -> Result<State> {
+        let state = State {
+            kv: Kv::restore(entries),
+        };
+        state.params()?;
+        Ok(state)
+    }
+
+    pub fn params(&self) -> Result<Params> {
+        self.get(PARAMS, "current")?
+            .ok_or_else(|| StateError::Inconsistent("the state has no parameters".into()))
+    }
+
+    /// Replaces the parameters: the embedded node's operator sets them from its flags.
+    pub fn set_params(&mut self, params: Params) -> Result<()> {
+        self.put(PARAMS, "current", &params)
+    }
+
+    /// Height of the last block that changed the state; 0 before any.
+    pub fn height(&self) -> Result<u64> {
+        Ok(self.get(META, "height")?.unwrap_or(0))
+    }
+
+    /// Time of the last block that changed the state.
+    pub fn time(&self) -> Result<i64> {
+        Ok(self.get(META, "time")?.unwrap_or(0))
+    }
+
+    pub fn hash(&self) -> [u8; 32] {
+        self.kv.hash()
+    }
+
+    /// Every entry, as a driver persists a new state.
+    pub fn snapshot(&self) -> Vec<kv::Change> {
+        self.kv.snapshot()
+    }
+
+    /// Number of entries, for logs and benchmarks.
+    pub fn entries(&self) -> usize {
+        self.kv.len()
+    }
+
+    /// Applies one transaction in `block`, whole or not at all.
+    pub fn apply(&mut self, tx: &Tx, block: &Block) -> Result<Outcome> {
+        let savepoint = self.kv.savepoint();
+        let outcome = self.dispatch(tx, block);
+        if outcome.is_err() {
+            self.kv.rollback(savepoint);
+        }
+        outcome
+    }
+
+    /// Applies a whole block: the upkeep of [`State::sweep`] when `upkeep`, then each
+    /// transaction in order, each whole or refused. An error of the upkeep is a broken invariant
+    /// and fails the block.
+    pub fn finalize(
+        &mut self,
+        block: &Block,
+        upkeep: bool,
+        txs: &[Tx],
+    ) -> Result<Vec<Result<Outcome>>> {
+        if upkeep {
+            self.sweep(block)?;
+        }
+        Ok(txs.iter().map(|tx| self.apply(tx, block)).collect())
+    }
+
+    fn dispatch(&mut self, tx: &Tx, block: &Block) -> Result<Outcome> {
+        Ok(match tx {
+            Tx::Register(s) => self.register(s, block).map(|()| Outcome::Done)?,
+            Tx::PublishOffer(s) => Outcome::Published(self.publish(s, block)?),
+            Tx::WithdrawOffer(s) => self.withdraw(s, block).map(|()| Outcome::Done)?,
+            Tx::Heartbeat(s) => self.heartbeat(s, block).map(|()| Outcome::Done)?,
+            Tx::OpenLeaseStream(s) => {
+                let (provider, waiting) = self.open_lease_stream(s, block)?;
+                Outcome::StreamOpened(provider, waiting)
+            }
+            Tx::DecideLease(s) => self.decide_lease(s, block).map(|()| Outcome::Done)?,
+            Tx::ReportLeaseEnd(s) => Outcome::Ended(self.report_end(s, block)?),
+            Tx::Deposit(s) => Outcome::Balance(self.deposit(s, block)?),
+            Tx::SubmitOrder(s) => Outcome::Ordered(Box::new(self.submit_order(s, block)?)),
+            Tx::CancelOrder(s) => Outcome::Order(Box::new(self.cancel(s, block)?)),
+            Tx::SubmitReceipts(s) => Outcome::Receipts(self.submit_receipts(s, block)?),
+            Tx::SubmitEvidence(s) => Outcome::Evidence(self.submit_evidence(s, block)?),
+        })
+    }
+
+    /// Ends a block: records its height and time when it changed anything, and returns the
+    /// changes for the driver to persist. They stay undoable by [`State::abort_block`] until
+    /// [`State::settle_block`].
+    pub fn end_block(&mut self, block: &Block) -> Result<Vec<kv::Change>> {
+        if self.kv.changed() {
+            self.put(META, "height", &block.height)?;
+            self.put(META, "time", &block.time)?;
+        }
+        Ok(self.kv.changes())
+    }
+
+    /// The block's changes are persisted: they are final.
+    pub fn settle_block(&mut self) {
+        self.kv.settle();
+    }
+
+    /// Undoes the whole block (its changes could not be persisted).
+    pub fn abort_block(&mut self) {
+        self.kv.rollback(kv::Savepoint::START);
+    }
+
+    fn key(table: Table, key: &str) -> String {
+        format!("{}{key}", table.0)
+    }
+
+    fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>> {
+        match self.kv.get(&Self::key(table, key)) {
+            Some(bytes) => Ok(Some(serde_json::from_slice(bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put<T: Serialize>(&mut self, table: Table, key: &str, value: &T) -> Result<()> {
+        self.kv
+            .put(&Self::key(table, key), serde_json::to_vec(value)?);
+        Ok(())
+    }
+
+    fn delete(&mut self, table: Table, key: &str) -> bool {
+        self.kv.remove(&Self::key(table, key))
+    }
+
+    /// Records of `table` whose key starts with `prefix`, in key order, each with the rest of
+    /// its key.
+    fn scan<T: DeserializeOwned>(&self, table: Table, prefix: &str) -> Result<Vec<(String, T)>> {
+        let full = Self::key(table, prefix);
+        self.kv
+            .scan(&full)
+            .map(|(rest, bytes)| Ok((format!("{prefix}{rest}"), serde_json::from_slice(bytes)?)))
+            .collect()
+    }
+
+    /// Every record of `table`, in key order.
+    fn all<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<T>> {
+        Ok(self.scan(table, "")?.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// The keys of `table`, in order.
+    fn keys(&self, table: Table) -> Vec<String> {
+        self.kv.scan(table.0).map(|(k, _)| k.to_string()).collect()
+    }
+
+    fn count(&self, table: Table) -> usize {
+        self.kv.scan(table.0).count()
+    }
+
+    fn next_seq(&mut self, counter: &str) -> Result<u64> {
+        let value = self.get::<u64>(COUNTERS, counter)?.unwrap_or(0) + 1;
+        self.put(COUNTERS, counter, &value)?;
+        Ok(value)
+    }
+
+    /// Refuses a (signer, nonce) pair seen before; records it otherwise.
+    fn consume_nonce<M>(&mut self, opened: &Opened<M>) -> Result<()> {
+        let key = format!(
+            "{}/{}",
+            public_key_base58(&opened.signer),
+            hex::encode(&opened.nonce)
+        );
+        if self.get::<i64>(NONCES, &key)?.is_some() {
+            return Err(Rejection::Duplicate(
+                "header.nonce: this request was already received (replay)".into(),
+            )
+            .into());
+        }
+        self.put(NONCES, &key, &opened.issued_at)
+    }
+}
+
+#[cfg(test)]
+mod tests;

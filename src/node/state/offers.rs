@@ -1,0 +1,146 @@
+//! Providers and their offers: registration, heartbeats, publication, withdrawal, the book.
+
+use crate::identity::public_key_base58;
+use crate::node::records::{LeaseRecord, OfferRecord, ProviderRecord};
+use crate::wire::envelope::open;
+use crate::wire::proto::{
+    HeartbeatBody, OfferBody, OfferView, PublishOfferReply, RegisterBody, Signed, WithdrawBody,
+};
+use crate::wire::{Opened, Rejection, validate};
+
+use super::{Block, OFFER_SEQ, OFFERS, PROVIDERS, Result, State};
+
+impl State {
+    /// Gives a lease's GPUs back to its offer, when the offer was not published again since.
+    pub(super) fn release_capacity(&mut self, lease: &LeaseRecord) -> Result<()> {
+        if let Some(mut offer) = self.get::<OfferRecord>(OFFERS, &lease.offer_id)?
+            && offer.published_seq == lease.offer_seq
+        {
+            if let Some(block) = offer.free_blocks.get_mut(lease.block) {
+                *block += lease.gpus;
+            }
+            self.put(OFFERS, &lease.offer_id, &offer)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn registered(&self, provider: &str) -> Result<ProviderRecord> {
+        self.get(PROVIDERS, provider)?.ok_or_else(|| {
+            Rejection::PermissionDenied(format!(
+                "provider {provider} is not registered: call Register first"
+            ))
+            .into()
+        })
+    }
+
+    pub(super) fn register(&mut self, signed: &Signed, block: &Block) -> Result<()> {
+        let opened: Opened<RegisterBody> = open(signed, block.time)?;
+        validate::name("register.name", &opened.body.name)?;
+        validate::region("register.region", &opened.body.region)?;
+        let key = public_key_base58(&opened.signer);
+        self.consume_nonce(&opened)?;
+        let registered_at = self
+            .get::<ProviderRecord>(PROVIDERS, &key)?
+            .map_or(block.time, |p| p.registered_at);
+        let record = ProviderRecord {
+            key: key.clone(),
+            name: opened.body.name.clone(),
+            region: opened.body.region.clone(),
+            registered_at,
+            last_heartbeat: block.time,
+        };
+        self.put(PROVIDERS, &key, &record)
+    }
+
+    pub(super) fn publish(&mut self, signed: &Signed, block: &Block) -> Result<PublishOfferReply> {
+        let now = block.time;
+        let opened: Opened<OfferBody> = open(signed, now)?;
+        let checked = validate::offer(&opened.body, now)?;
+        let body = &opened.body;
+        let provider = public_key_base58(&opened.signer);
+        let offer_id = format!("{provider}/{}", body.offer_name);
+        let expires_at = body
+            .expires_at
+            .min(now + i64::from(self.params()?.offer_ttl_seconds));
+        self.consume_nonce(&opened)?;
+        self.registered(&provider)?;
+        let mut free_blocks = body.free_blocks.clone();
+        free_blocks.sort_unstable_by(|a, b| b.cmp(a));
+        free_blocks.retain(|b| *b > 0);
+        let record = OfferRecord {
+            offer_id: offer_id.clone(),
+            provider: provider.clone(),
+            offer_name: body.offer_name.clone(),
+            model: body.model.clone(),
+            resource_name: body.resource_name.clone(),
+            free_blocks,
+            price: checked.price,
+            denomination: body.denomination.clone(),
+            min_duration_seconds: body.min_duration_seconds,
+            max_duration_seconds: body.max_duration_seconds,
+            max_gpus_per_lease: body.max_gpus_per_lease,
+            allowed_registries: body.allowed_registries.clone(),
+            region: body.region.clone(),
+            attributes: checked.attributes.clone(),
+            expires_at,
+            published_seq: self.next_seq(OFFER_SEQ)?,
+        };
+        self.put(OFFERS, &offer_id, &record)?;
+        Ok(PublishOfferReply {
+            offer_id,
+            expires_at,
+        })
+    }
+
+    pub(super) fn withdraw(&mut self, signed: &Signed, block: &Block) -> Result<()> {
+        let opened: Opened<WithdrawBody> = open(signed, block.time)?;
+        validate::dns_subdomain("withdraw.offerName", &opened.body.offer_name)?;
+        let offer_id = format!(
+            "{}/{}",
+            public_key_base58(&opened.signer),
+            opened.body.offer_name
+        );
+        self.consume_nonce(&opened)?;
+        if self.delete(OFFERS, &offer_id) {
+            Ok(())
+        } else {
+            Err(Rejection::NotFound(format!("offer {offer_id} is not published")).into())
+        }
+    }
+
+    pub(super) fn heartbeat(&mut self, signed: &Signed, block: &Block) -> Result<()> {
+        let opened: Opened<HeartbeatBody> = open(signed, block.time)?;
+        let provider = public_key_base58(&opened.signer);
+        self.consume_nonce(&opened)?;
+        let mut record = self.registered(&provider)?;
+        record.last_heartbeat = block.time;
+        self.put(PROVIDERS, &provider, &record)
+    }
+
+    /// Offers that can be matched at `now`, each with its provider: unexpired, from a provider
+    /// that heartbeat within the timeout. The one rule for matching, the book and the sweep.
+    pub(super) fn live_offers(&self, now: i64) -> Result<Vec<(OfferRecord, ProviderRecord)>> {
+        let timeout = i64::from(self.params()?.heartbeat_timeout_seconds);
+        let mut live = Vec::new();
+        for offer in self.all::<OfferRecord>(OFFERS)? {
+            if offer.expires_at <= now {
+                continue;
+            }
+            if let Some(provider) = self.get::<ProviderRecord>(PROVIDERS, &offer.provider)?
+                && now - provider.last_heartbeat <= timeout
+            {
+                live.push((offer, provider));
+            }
+        }
+        Ok(live)
+    }
+
+    /// The offer book at `now`.
+    pub fn list_offers(&self, now: i64) -> Result<Vec<OfferView>> {
+        Ok(self
+            .live_offers(now)?
+            .iter()
+            .map(|(offer, provider)| offer.to_view(&provider.name))
+            .collect())
+    }
+}

@@ -1,0 +1,271 @@
+//! Orders: submission and matching, cancellation, the buyer's queries.
+
+use sha2::{Digest, Sha256};
+
+use crate::identity::public_key_base58;
+use crate::metering::{ChainHead, Totals};
+use crate::node::ledger::{self, Account};
+use crate::node::matching::{self, OrderTerms};
+use crate::node::records::{
+    LeaseRecord, LeaseState, OfferRecord, OrderRecord, OrderState, ProviderRecord,
+};
+use crate::node::transitions::{self, Event, Step};
+use crate::wire::amount::Amount;
+use crate::wire::envelope::open;
+use crate::wire::proto::{CancelBody, LeaseBody, OrderBody, OrderView, QueryBody, Signed};
+use crate::wire::{Opened, Rejection, validate};
+
+use super::{
+    BUYER_ORDERS, Block, LEASES, OFFERS, ORDER_SEQ, ORDERS, PROVIDERS, Placed, Result, State,
+    StateError,
+};
+
+impl State {
+    /// Returns a lease's whole hold to its buyer and closes the order and the lease with the
+    /// states of the step that closed them, and `reason`.
+    pub(super) fn refund_and_close(
+        &mut self,
+        block: &Block,
+        lease: &mut LeaseRecord,
+        mut order: OrderRecord,
+        (order_state, lease_state): (OrderState, LeaseState),
+        reason: String,
+    ) -> Result<OrderRecord> {
+        let held = order.held;
+        self.post(
+            block,
+            (
+                Account::Escrow(order.order_id.clone()),
+                Account::Buyer(order.buyer.clone()),
+            ),
+            held,
+            &order.denomination,
+            format!("refund {}", order.order_id),
+        )?;
+        self.release_capacity(lease)?;
+        lease.state = lease_state;
+        self.put(LEASES, &lease.lease_id, lease)?;
+        order.state = order_state;
+        order.reason = reason;
+        order.refunded = held;
+        order.updated_at = block.time;
+        self.put(ORDERS, &order.order_id, &order)?;
+        Ok(order)
+    }
+
+    pub(super) fn submit_order(&mut self, signed: &Signed, block: &Block) -> Result<Placed> {
+        let now = block.time;
+        let opened: Opened<OrderBody> = open(signed, now)?;
+        let checked = validate::order(&opened.body)?;
+        let body = &opened.body;
+        let buyer = public_key_base58(&opened.signer);
+        let order_id = hex::encode(&Sha256::digest(&signed.body)[..16]);
+        let image = body
+            .workload
+            .as_ref()
+            .map(|w| w.image.clone())
+            .unwrap_or_default();
+        let resource = validate::ordered_resource(body).to_string();
+        let terms = OrderTerms {
+            gpus: body.gpus,
+            resource: resource.clone(),
+            model: body.model.clone(),
+            duration_seconds: body.duration_seconds,
+            max_price: checked.max_price,
+            denomination: body.denomination.clone(),
+            region: body.region.clone(),
+            attributes: checked.attributes,
+            image: image.clone(),
+        };
+        self.consume_nonce(&opened)?;
+        let mut order = OrderRecord {
+            order_id: order_id.clone(),
+            buyer: buyer.clone(),
+            gpus: body.gpus,
+            resource_name: resource,
+            model: body.model.clone(),
+            duration_seconds: body.duration_seconds,
+            max_price: checked.max_price,
+            denomination: body.denomination.clone(),
+            image,
+            state: OrderState::Rejected,
+            reason: String::new(),
+            lease_id: None,
+            offer_id: None,
+            price: None,
+            held: Amount::ZERO,
+            charged: Amount::ZERO,
+            refunded: Amount::ZERO,
+            created_at: now,
+            updated_at: now,
+            sequence: self.next_seq(ORDER_SEQ)?,
+        };
+        let offers: Vec<OfferRecord> = self
+            .live_offers(now)?
+            .into_iter()
+            .map(|(offer, _)| offer)
+            .collect();
+        let book: Vec<_> = offers.iter().map(OfferRecord::to_book).collect();
+        let mut lease_out = None;
+        match matching::best_offer(&terms, &book) {
+            Err(no_match) => order.reason = no_match.to_string(),
+            Ok(found) => {
+                let mut offer = offers[found.offer].clone();
+                let price = offer.price;
+                let hold = ledger::hold_amount(price, body.gpus, body.duration_seconds)
+                    .map_err(|e| Rejection::invalid("order", &e.to_string()))?;
+                self.post(
+                    block,
+                    (
+                        Account::Buyer(buyer.clone()),
+                        Account::Escrow(order_id.clone()),
+                    ),
+                    hold,
+                    &body.denomination,
+                    format!("hold {order_id}"),
+                )?;
+                offer.free_blocks[found.block] -= body.gpus;
+                self.put(OFFERS, &offer.offer_id, &offer)?;
+                let lease_id = hex::encode(&Sha256::digest(format!("lease\0{order_id}"))[..12]);
+                let provider_key = crate::identity::public_key_from_base58(&offer.provider)
+                    .map_err(|e| StateError::Inconsistent(format!("stored provider key: {e}")))?;
+                let lease_body = LeaseBody {
+                    lease_id: lease_id.clone(),
+                    provider: provider_key.as_bytes().to_vec(),
+                    offer_name: offer.offer_name.clone(),
+                    order: Some(signed.clone()),
+                    gpus: body.gpus,
+                    price_per_gpu_hour: price.to_string(),
+                    denomination: body.denomination.clone(),
+                    duration_seconds: body.duration_seconds,
+                    matched_at: now,
+                    answer_by: now + i64::from(self.params()?.answer_seconds),
+                };
+                let record = LeaseRecord {
+                    lease_id: lease_id.clone(),
+                    order_id: order_id.clone(),
+                    buyer: buyer.clone(),
+                    provider: offer.provider.clone(),
+                    offer_id: offer.offer_id.clone(),
+                    offer_seq: offer.published_seq,
+                    block: found.block,
+                    gpus: body.gpus,
+                    price,
+                    denomination: body.denomination.clone(),
+                    duration_seconds: body.duration_seconds,
+                    state: LeaseState::Offered,
+                    body: prost::Message::encode_to_vec(&lease_body),
+                    matched_at: now,
+                    answer_by: lease_body.answer_by,
+                    accepted_at: None,
+                    end: None,
+                    chain: ChainHead::default(),
+                    totals: Totals::default(),
+                    charged: Amount::ZERO,
+                    challenge: None,
+                    attestation: None,
+                };
+                self.put(LEASES, &lease_id, &record)?;
+                order.state = OrderState::Matched;
+                order.lease_id = Some(lease_id);
+                order.offer_id = Some(offer.offer_id.clone());
+                order.price = Some(price);
+                order.held = hold;
+                lease_out = Some((offer.provider.clone(), lease_body));
+            }
+        }
+        self.put(ORDERS, &order_id, &order)?;
+        self.put(BUYER_ORDERS, &format!("{buyer}/{order_id}"), &now)?;
+        Ok(Placed {
+            order: order.to_view(),
+            lease: lease_out,
+        })
+    }
+
+    pub(super) fn cancel(&mut self, signed: &Signed, block: &Block) -> Result<OrderView> {
+        let opened: Opened<CancelBody> = open(signed, block.time)?;
+        validate::object_id("cancel.orderId", &opened.body.order_id)?;
+        let buyer = public_key_base58(&opened.signer);
+        self.consume_nonce(&opened)?;
+        let order = self.owned_order(&opened.body.order_id, &buyer)?;
+        let mut lease: Option<LeaseRecord> = match &order.lease_id {
+            Some(lease_id) => Some(self.get(LEASES, lease_id)?.ok_or_else(|| {
+                StateError::Inconsistent(format!("order {} has no lease", order.order_id))
+            })?),
+            None => None,
+        };
+        let step = transitions::next(order.state, lease.as_ref().map(|l| l.state), Event::Cancel)
+            .map_err(|refused| {
+            Rejection::Precondition(format!("order {} {refused}", order.order_id))
+        })?;
+        match (step, lease.as_mut()) {
+            (
+                Step::Moves {
+                    order: order_state,
+                    lease: lease_state,
+                    ..
+                },
+                Some(lease),
+            ) => Ok(self
+                .refund_and_close(
+                    block,
+                    lease,
+                    order,
+                    (order_state, lease_state),
+                    "cancelled by the buyer before the provider accepted".into(),
+                )?
+                .to_view()),
+            _ => Ok(order.to_view()),
+        }
+    }
+
+    fn owned_order(&self, order_id: &str, buyer: &str) -> Result<OrderRecord> {
+        match self.get::<OrderRecord>(ORDERS, order_id)? {
+            Some(order) if order.buyer == buyer => Ok(order),
+            // Another buyer's order is reported as absent: ids reveal nothing.
+            _ => Err(Rejection::NotFound(format!("order {order_id} does not exist")).into()),
+        }
+    }
+
+    /// Queries are read-only, so they are checked for signature and freshness but their nonce
+    /// is not recorded: a replay within the freshness window shows only what was already shown.
+    pub fn query(signed: &Signed, now: i64) -> Result<(String, QueryBody)> {
+        let opened: Opened<QueryBody> = open(signed, now)?;
+        Ok((public_key_base58(&opened.signer), opened.body))
+    }
+
+    /// The orders of `buyer`, newest first.
+    pub fn list_orders(&self, buyer: &str) -> Result<Vec<OrderView>> {
+        let mut out: Vec<OrderRecord> = Vec::new();
+        for (index_key, _) in self.scan::<i64>(BUYER_ORDERS, &format!("{buyer}/"))? {
+            if let Some(order) = self.get::<OrderRecord>(ORDERS, &index_key[buyer.len() + 1..])? {
+                out.push(order);
+            }
+        }
+        out.sort_by(|a, b| {
+            (b.created_at, b.sequence, &b.order_id).cmp(&(a.created_at, a.sequence, &a.order_id))
+        });
+        Ok(out.iter().map(OrderRecord::to_view).collect())
+    }
+
+    /// One order of `buyer`, with its lease.
+    pub fn order_status(&self, buyer: &str, order_id: &str) -> Result<OrderView> {
+        validate::object_id("query.orderId", order_id)?;
+        let order = self.owned_order(order_id, buyer)?;
+        let mut view = order.to_view();
+        if let Some(lease_id) = &order.lease_id {
+            let lease: LeaseRecord = self.get(LEASES, lease_id)?.ok_or_else(|| {
+                StateError::Inconsistent(format!("order {} has no lease", order.order_id))
+            })?;
+            let provider: Option<ProviderRecord> = self.get(PROVIDERS, &lease.provider)?;
+            view.lease = Some(lease.to_view(provider.as_ref()));
+        }
+        Ok(view)
+    }
+
+    /// Every order, for tests and the crash check.
+    pub fn orders(&self) -> Result<Vec<OrderView>> {
+        let orders: Vec<OrderRecord> = self.all(ORDERS)?;
+        Ok(orders.iter().map(OrderRecord::to_view).collect())
+    }
+}

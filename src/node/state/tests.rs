@@ -1,0 +1,380 @@
+//! The state machine is deterministic: random transaction sequences applied to two fresh states,
+//! and through the embedded driver to disk and back, end in the same hash; a refused transaction
+//! changes nothing; the books balance after any sequence.
+
+use ed25519_dalek::SigningKey;
+use proptest::prelude::*;
+use sha2::{Digest, Sha256};
+
+use super::*;
+use crate::identity::issue_lease_certificate;
+use crate::metering::ChainHead;
+use crate::metering::chain::seal_receipt;
+use crate::node::records::LeaseRecord;
+use crate::node::store::Store;
+use crate::wire::envelope::seal;
+use crate::wire::proto::{
+    Attribution, CancelBody, DepositBody, GpuUsage, HeartbeatBody, LeaseDecisionBody, LeaseEndBody,
+    OfferBody, OrderBody, ReceiptsBody, RegisterBody, WithdrawBody, Workload,
+};
+
+const UNIT: u128 = 1_000_000_000_000_000_000;
+const START: i64 = 1_800_000_000;
+
+/// One step of a random history, in terms of who and which: made concrete against the state
+/// it is applied to (the lease's provider, the chain's head).
+#[derive(Clone, Debug)]
+enum Op {
+    Register(usize),
+    Publish(usize, u32),
+    Withdraw(usize),
+    Heartbeat(usize),
+    Deposit(usize, u8),
+    Order(usize, u32),
+    Cancel(usize),
+    Decide(usize, bool),
+    End(usize),
+    Receipts(usize, u16),
+    /// An earlier transaction again, byte for byte.
+    Replay(usize),
+    /// An earlier transaction with one bit of its signature flipped.
+    Forge(usize),
+    /// The block ends; the next starts this many seconds later.
+    NextBlock(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        1 => (0..2usize).prop_map(Op::Register),
+        2 => (0..2usize, 1..9u32).prop_map(|(p, g)| Op::Publish(p, g)),
+        1 => (0..2usize).prop_map(Op::Withdraw),
+        2 => (0..2usize).prop_map(Op::Heartbeat),
+        1 => (0..3usize, 1..200u8).prop_map(|(b, u)| Op::Deposit(b, u)),
+        4 => (0..3usize, 1..5u32).prop_map(|(b, g)| Op::Order(b, g)),
+        1 => (0..8usize).prop_map(Op::Cancel),
+        4 => (0..8usize, prop::bool::weighted(0.8)).prop_map(|(o, a)| Op::Decide(o, a)),
+        1 => (0..8usize).prop_map(Op::End),
+        5 => (0..8usize, 1..900u16).prop_map(|(o, s)| Op::Receipts(o, s)),
+        1 => (0..64usize).prop_map(Op::Replay),
+        1 => (0..64usize).prop_map(Op::Forge),
+        3 => (0..20u8).prop_map(Op::NextBlock),
+        1 => (20..90u8).prop_map(Op::NextBlock),
+    ]
+}
+
+fn key(role: u8, i: usize) -> SigningKey {
+    SigningKey::from_bytes(&Sha256::digest([role, i as u8]).into())
+}
+
+fn offer(name: &str, gpus: u32, now: i64) -> OfferBody {
+    OfferBody {
+        header: None,
+        offer_name: name.into(),
+        model: "NVIDIA-H100-80GB-HBM3".into(),
+        resource_name: "nvidia.com/gpu".into(),
+        free_blocks: vec![gpus, gpus],
+        price_per_gpu_hour: (5 * UNIT / 2).to_string(),
+        denomination: "USDC".into(),
+        min_duration_seconds: 60,
+        max_duration_seconds: 86_400,
+        max_gpus_per_lease: 8,
+        allowed_registries: vec!["ghcr.io".into()],
+        region: String::new(),
+        attributes: vec![],
+        expires_at: now + 600,
+    }
+}
+
+fn order(gpus: u32) -> OrderBody {
+    OrderBody {
+        header: None,
+        resource_name: String::new(),
+        gpus,
+        model: "NVIDIA-H100-80GB-HBM3".into(),
+        duration_seconds: 3600,
+        max_price_per_gpu_hour: (3 * UNIT).to_string(),
+        denomination: "USDC".into(),
+        region: String::new(),
+        attributes: vec![],
+        workload: Some(Workload {
+            image: "ghcr.io/acme/train:1".into(),
+            command: vec![],
+            args: vec![],
+            env: vec![],
+            cpu: "1".into(),
+            memory: "1Gi".into(),
+        }),
+    }
+}
+
+/// A history being written: the transactions so far, grouped in blocks, made concrete against
+/// `state` as it goes.
+struct History {
+    state: State,
+    time: i64,
+    /// Orders placed, by who placed them, with their lease id.
+    orders: Vec<(usize, String, String)>,
+    sent: Vec<Tx>,
+    blocks: Vec<(Block, Vec<Tx>)>,
+    current: Vec<Tx>,
+    refused: usize,
+}
+
+impl History {
+    fn new() -> History {
+        History {
+            state: State::genesis(Params::default()).unwrap(),
+            time: START,
+            orders: Vec::new(),
+            sent: Vec::new(),
+            blocks: Vec::new(),
+            current: Vec::new(),
+            refused: 0,
+        }
+    }
+
+    fn block(&self) -> Block {
+        let height = self.blocks.len() as u64 + 1;
+        Block {
+            height,
+            time: self.time,
+            entropy: Sha256::digest(height.to_be_bytes()).into(),
+        }
+    }
+
+    fn lease(&self, index: usize) -> Option<LeaseRecord> {
+        let (_, _, lease_id) = self.orders.get(index % self.orders.len().max(1))?;
+        self.state.get(LEASES, lease_id).unwrap()
+    }
+
+    fn provider_of(lease: &LeaseRecord) -> SigningKey {
+        (0..2)
+            .map(|i| key(1, i))
+            .find(|k| public_key_base58(&k.verifying_key()) == lease.provider)
+            .expect("leases are made for the two providers")
+    }
+
+    fn concrete(&mut self, op: &Op) -> Option<Tx> {
+        let now = self.time;
+        Some(match op.clone() {
+            Op::Register(p) => {
+                let body = RegisterBody {
+                    header: None,
+                    name: format!("provider-{p}"),
+                    region: String::new(),
+                };
+                Tx::Register(seal(&key(1, p), body, now))
+            }
+            Op::Publish(p, gpus) => {
+                Tx::PublishOffer(seal(&key(1, p), offer("h100", gpus, now), now))
+            }
+            Op::Withdraw(p) => {
+                let body = WithdrawBody {
+                    header: None,
+                    offer_name: "h100".into(),
+                };
+                Tx::WithdrawOffer(seal(&key(1, p), body, now))
+            }
+            Op::Heartbeat(p) => {
+                Tx::Heartbeat(seal(&key(1, p), HeartbeatBody { header: None }, now))
+            }
+            Op::Deposit(b, units) => {
+                let body = DepositBody {
+                    header: None,
+                    amount: (u128::from(units) * UNIT).to_string(),
+                    denomination: "USDC".into(),
+                };
+                Tx::Deposit(seal(&key(2, b), body, now))
+            }
+            Op::Order(b, gpus) => {
+                let signed = seal(&key(2, b), order(gpus), now);
+                let order_id = hex::encode(&Sha256::digest(&signed.body)[..16]);
+                let lease_id = hex::encode(&Sha256::digest(format!("lease\0{order_id}"))[..12]);
+                self.orders.push((b, order_id, lease_id));
+                Tx::SubmitOrder(signed)
+            }
+            Op::Cancel(i) => {
+                let (b, order_id, _) = self.orders.get(i % self.orders.len().max(1))?.clone();
+                let body = CancelBody {
+                    header: None,
+                    order_id,
+                };
+                Tx::CancelOrder(seal(&key(2, b), body, now))
+            }
+            Op::Decide(i, accept) => {
+                let lease = self.lease(i)?;
+                let body = LeaseDecisionBody {
+                    header: None,
+                    lease_id: lease.lease_id.clone(),
+                    accept,
+                    reason: if accept { "" } else { "busy" }.into(),
+                };
+                Tx::DecideLease(seal(&Self::provider_of(&lease), body, now))
+            }
+            Op::End(i) => {
+                let lease = self.lease(i)?;
+                let body = LeaseEndBody {
+                    header: None,
+                    lease_id: lease.lease_id.clone(),
+                    phase: "Succeeded".into(),
+                    reason: String::new(),
+                    fault: "none".into(),
+                    started_at: lease.matched_at,
+                    ended_at: now,
+                    gpu_seconds: 0,
+                };
+                Tx::ReportLeaseEnd(seal(&Self::provider_of(&lease), body, now))
+            }
+            Op::Receipts(i, seconds) => {
+                let lease = self.lease(i)?;
+                let provider = Self::provider_of(&lease);
+                let lease_key = key(3, lease.sequence_hint());
+                let certificate = issue_lease_certificate(
+                    &provider,
+                    &lease.lease_id,
+                    &lease_key.verifying_key(),
+                    now + 86_400,
+                );
+                let head: &ChainHead = &lease.chain;
+                let start = head.window_end_ms.unwrap_or(lease.matched_at * 1000);
+                let usage = (0..lease.gpus)
+                    .map(|g| GpuUsage {
+                        uuid: format!("GPU-{g}"),
+                        utilization_percent: 50,
+                        memory_high_water_bytes: 0,
+                        energy_millijoules: 1000,
+                    })
+                    .collect();
+                let (receipt, _) = seal_receipt(
+                    &lease_key,
+                    &lease.lease_id,
+                    lease.gpus,
+                    head,
+                    lease.matched_at * 1000,
+                    (start + i64::from(seconds) * 1000).min(now * 1000),
+                    usage,
+                    Attribution::Measured,
+                    false,
+                );
+                let body = ReceiptsBody {
+                    header: None,
+                    lease_id: lease.lease_id.clone(),
+                    certificate: prost::Message::encode_to_vec(&certificate),
+                    receipts: vec![receipt],
+                };
+                Tx::SubmitReceipts(seal(&provider, body, now))
+            }
+            Op::Replay(i) => self.sent.get(i % self.sent.len().max(1))?.clone(),
+            Op::Forge(i) => {
+                let mut tx = self.sent.get(i % self.sent.len().max(1))?.clone();
+                let signed = match &mut tx {
+                    Tx::Register(s)
+                    | Tx::PublishOffer(s)
+                    | Tx::WithdrawOffer(s)
+                    | Tx::Heartbeat(s)
+                    | Tx::OpenLeaseStream(s)
+                    | Tx::DecideLease(s)
+                    | Tx::ReportLeaseEnd(s)
+                    | Tx::Deposit(s)
+                    | Tx::SubmitOrder(s)
+                    | Tx::CancelOrder(s)
+                    | Tx::SubmitReceipts(s)
+                    | Tx::SubmitEvidence(s) => s,
+                };
+                signed.signature[0] ^= 1;
+                tx
+            }
+            Op::NextBlock(_) => return None,
+        })
+    }
+
+    /// Applies `ops` to the history's state, one block per `NextBlock`, checking that each
+    /// refused transaction leaves the hash as it was.
+    fn run(ops: &[Op]) -> History {
+        let mut h = History::new();
+        h.state.sweep(&h.block()).unwrap();
+        // A market to trade in, which the random steps then change.
+        let opening = [
+            Op::Register(0),
+            Op::Register(1),
+            Op::Publish(0, 8),
+            Op::Publish(1, 4),
+            Op::Deposit(0, 200),
+            Op::Deposit(1, 200),
+        ];
+        for op in opening.iter().chain(ops) {
+            if let Op::NextBlock(seconds) = op {
+                h.end_block();
+                h.time += i64::from(*seconds);
+                let block = h.block();
+                h.state.sweep(&block).unwrap();
+                continue;
+            }
+            let Some(tx) = h.concrete(op) else { continue };
+            let before = h.state.hash();
+            let outcome = h.state.apply(&tx, &h.block());
+            if outcome.is_err() {
+                assert_eq!(
+                    h.state.hash(),
+                    before,
+                    "{op:?} was refused but changed the state"
+                );
+                h.refused += 1;
+            }
+            h.sent.push(tx.clone());
+            h.current.push(tx);
+        }
+        h.end_block();
+        h
+    }
+
+    fn end_block(&mut self) {
+        let block = self.block();
+        self.state.end_block(&block).unwrap();
+        self.state.settle_block();
+        self.blocks.push((block, std::mem::take(&mut self.current)));
+    }
+}
+
+impl LeaseRecord {
+    /// A number that tells leases apart, for their test keys.
+    fn sequence_hint(&self) -> usize {
+        usize::from(Sha256::digest(self.lease_id.as_bytes())[0])
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The same blocks give the same state: applied again to a fresh state, and through the
+    /// embedded driver to disk and opened again. Refused transactions change nothing, and the
+    /// books balance.
+    #[test]
+    fn the_same_blocks_give_the_same_hash_again_and_from_disk(ops in prop::collection::vec(op(), 1..80)) {
+        let history = History::run(&ops);
+        let expected = history.state.hash();
+
+        let mut again = State::genesis(Params::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("network.redb");
+        let store = Store::open(&path, key(0, 0), Params::default()).unwrap();
+        prop_assert_eq!(store.head().unwrap(), (0, again.hash()));
+        for (block, txs) in &history.blocks {
+            let outcomes = again.finalize(block, true, txs).unwrap();
+            again.end_block(block).unwrap();
+            again.settle_block();
+            let persisted = store.finalize(block, true, txs).unwrap();
+            prop_assert_eq!(format!("{outcomes:?}"), format!("{persisted:?}"));
+        }
+        prop_assert_eq!(again.hash(), expected);
+        prop_assert_eq!(store.head().unwrap().1, expected);
+        history.state.audit().unwrap();
+        // Something happened, and some of it was refused: the hash is not the genesis hash.
+        prop_assume!(history.sent.len() > history.refused);
+        prop_assert_ne!(expected, State::genesis(Params::default()).unwrap().hash());
+
+        drop(store);
+        let reopened = Store::open(&path, key(0, 0), Params::default()).unwrap();
+        prop_assert_eq!(reopened.head().unwrap().1, expected);
+    }
+}

@@ -1,0 +1,435 @@
+//! The embedded driver of the network's state machine: one process orders the transactions it
+//! receives, each a block of its own stamped with the host's clock, and persists what each block
+//! changed in an embedded database (redb) before it answers.
+//!
+//! A block's changes are one write transaction that commits durably (fsync) before the reply is
+//! sent: a `kill -9` at any moment leaves either all of a request's effects or none, and never
+//! loses one that was acknowledged. The nonce of a state-changing request is part of the same
+//! block as its effects, so a replay is refused even across a restart.
+//!
+//! The network's lease is signed here, with the node's key, as it leaves: the state machine
+//! holds no key (every replica of it must compute the same state).
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use ed25519_dalek::SigningKey;
+use rand_core::{OsRng, RngCore};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+
+use crate::node::records::LeaseRecord;
+use crate::node::state::{self, Audit, AuditError, Block, Outcome, Params, State, StateError, Tx};
+use crate::wire::Rejection;
+use crate::wire::envelope::sign_body;
+use crate::wire::proto::{
+    BalanceReply, ChallengeReply, EvidenceReply, LeaseBody, LeaseEndReply, OfferView, OrderView,
+    PublishOfferReply, ReceiptsReply, Signed,
+};
+
+/// The state machine's map, key → value, as it stands after the last persisted block.
+const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+/// Tables of the database format before the state machine (one table per record kind).
+const EARLIER_FORMAT: &[&str] = &["providers", "offers", "orders", "leases", "postings"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("database: {0}")]
+    Database(#[from] redb::Error),
+    #[error(
+        "{path}: written by an earlier gpubridge, which kept one table per record kind; this \
+         version keeps the network's state machine as one ordered table. Start the node with a \
+         new --data-dir"
+    )]
+    EarlierFormat { path: String },
+}
+
+/// redb's errors, each as the one `redb::Error` they all convert into.
+macro_rules! database_errors {
+    ($($error:ty),*) => {$(
+        impl From<$error> for HubError {
+            fn from(e: $error) -> HubError { HubError::Database(e.into()) }
+        }
+    )*};
+}
+database_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl From<Rejection> for HubError {
+    fn from(r: Rejection) -> HubError {
+        HubError::State(r.into())
+    }
+}
+
+impl From<HubError> for tonic::Status {
+    fn from(e: HubError) -> tonic::Status {
+        match e {
+            HubError::State(StateError::Rejected(r)) => r.into(),
+            other => tonic::Status::internal(other.to_string()),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, HubError>;
+
+/// The outcome of a submitted order: how it stands, and the signed lease to send its provider.
+pub struct Submitted {
+    pub order: OrderView,
+    pub lease: Option<(String, Signed)>,
+}
+
+pub struct Store {
+    db: Database,
+    key: SigningKey,
+    state: Mutex<State>,
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`. The node's flags are the parameters of a new
+    /// network, and replace those of an existing one: the embedded node's operator is its
+    /// governance.
+    pub fn open(path: &Path, key: SigningKey, params: Params) -> Result<Store> {
+        let db = Database::create(path)?;
+        let read = db.begin_read()?;
+        let tables: Vec<String> = read
+            .list_tables()
+            .map_err(redb::Error::from)?
+            .map(|t| t.name().to_string())
+            .collect();
+        if tables.iter().any(|t| EARLIER_FORMAT.contains(&t.as_str())) {
+            return Err(HubError::EarlierFormat {
+                path: path.display().to_string(),
+            });
+        }
+        let existing = tables.iter().any(|t| t == STATE.name());
+        let state = if existing {
+            let table = read.open_table(STATE)?;
+            let mut entries = Vec::new();
+            for entry in table.iter()? {
+                let (k, v) = entry?;
+                entries.push((k.value().to_string(), v.value().to_vec()));
+            }
+            State::restore(entries)?
+        } else {
+            State::genesis(params)?
+        };
+        drop(read);
+        let store = Store {
+            db,
+            key,
+            state: Mutex::new(state),
+        };
+        if !existing {
+            store.persist(&store.lock().snapshot())?;
+        } else if store.params()? != params {
+            store.commit(jiff::Timestamp::now().as_second(), |state, _| {
+                state.set_params(params)
+            })?;
+        }
+        Ok(store)
+    }
+
+    pub fn network_key(&self) -> ed25519_dalek::VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    pub fn params(&self) -> Result<Params> {
+        Ok(self.lock().params()?)
+    }
+
+    /// The state's hash and the height of the last block that changed it.
+    pub fn head(&self) -> Result<(u64, [u8; 32])> {
+        let state = self.lock();
+        Ok((state.height()?, state.hash()))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic inside the lock happens before a block is persisted, and the block is
+        // undone by the abort below it; the state is whole.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `change` as one block at `now`, persists what it changed, and only then answers;
+    /// a refusal, or a failure to persist, leaves the state as it was.
+    fn commit<T>(
+        &self,
+        now: i64,
+        change: impl FnOnce(&mut State, &Block) -> std::result::Result<T, StateError>,
+    ) -> Result<T> {
+        let mut entropy = [0u8; 32];
+        OsRng.fill_bytes(&mut entropy);
+        let block = |height| Block {
+            height,
+            time: now,
+            entropy,
+        };
+        self.commit_block(block, change)
+    }
+
+    /// Runs `change` as the block `block` makes of the next height, persists what it changed,
+    /// and only then answers.
+    fn commit_block<T>(
+        &self,
+        block: impl FnOnce(u64) -> Block,
+        change: impl FnOnce(&mut State, &Block) -> std::result::Result<T, StateError>,
+    ) -> Result<T> {
+        let mut state = self.lock();
+        let block = block(state.height()? + 1);
+        let out = match change(&mut state, &block) {
+            Ok(out) => out,
+            Err(e) => {
+                state.abort_block();
+                return Err(e.into());
+            }
+        };
+        match state
+            .end_block(&block)
+            .map_err(HubError::from)
+            .and_then(|changes| self.persist(&changes))
+        {
+            Ok(()) => {
+                state.settle_block();
+                Ok(out)
+            }
+            Err(e) => {
+                state.abort_block();
+                Err(e)
+            }
+        }
+    }
+
+    fn persist(&self, changes: &[state::kv::Change]) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(STATE)?;
+            for (key, value) in changes {
+                match value {
+                    Some(value) => table.insert(key.as_str(), value.as_slice())?,
+                    None => table.remove(key.as_str())?,
+                };
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Applies a whole block whose time and entropy are given (not drawn here): its upkeep when
+    /// `upkeep`, then each transaction; persists it once. Each transaction's own outcome.
+    pub fn finalize(
+        &self,
+        block: &Block,
+        upkeep: bool,
+        txs: &[Tx],
+    ) -> Result<Vec<std::result::Result<Outcome, StateError>>> {
+        self.commit_block(
+            |_| *block,
+            |state, block| state.finalize(block, upkeep, txs),
+        )
+    }
+
+    /// Applies one transaction as a block at `now`.
+    pub fn apply(&self, tx: &Tx, now: i64) -> Result<Outcome> {
+        self.commit(now, |state, block| state.apply(tx, block))
+    }
+
+    /// The upkeep of [`State::sweep`], as a block at `now`; the lapsed lease ids.
+    pub fn sweep(&self, now: i64) -> Result<Vec<String>> {
+        self.commit(now, |state, block| state.sweep(block))
+    }
+
+    fn sign(&self, lease: &LeaseBody) -> Signed {
+        sign_body(&self.key, lease)
+    }
+
+    pub fn register(&self, signed: &Signed, now: i64) -> Result<()> {
+        self.apply(&Tx::Register(signed.clone()), now).map(drop)
+    }
+
+    pub fn publish(&self, signed: &Signed, now: i64) -> Result<PublishOfferReply> {
+        match self.apply(&Tx::PublishOffer(signed.clone()), now)? {
+            Outcome::Published(reply) => Ok(reply),
+            other => Err(unexpected("PublishOffer", &other)),
+        }
+    }
+
+    pub fn withdraw(&self, signed: &Signed, now: i64) -> Result<()> {
+        self.apply(&Tx::WithdrawOffer(signed.clone()), now)
+            .map(drop)
+    }
+
+    pub fn heartbeat(&self, signed: &Signed, now: i64) -> Result<()> {
+        self.apply(&Tx::Heartbeat(signed.clone()), now).map(drop)
+    }
+
+    /// Opens a provider's lease stream: who it is, and every lease still waiting for its
+    /// answer, signed.
+    pub fn open_lease_stream(&self, signed: &Signed, now: i64) -> Result<(String, Vec<Signed>)> {
+        match self.apply(&Tx::OpenLeaseStream(signed.clone()), now)? {
+            Outcome::StreamOpened(provider, waiting) => {
+                Ok((provider, waiting.iter().map(|l| self.sign(l)).collect()))
+            }
+            other => Err(unexpected("Leases", &other)),
+        }
+    }
+
+    pub fn decide_lease(&self, signed: &Signed, now: i64) -> Result<()> {
+        self.apply(&Tx::DecideLease(signed.clone()), now).map(drop)
+    }
+
+    pub fn report_end(&self, signed: &Signed, now: i64) -> Result<LeaseEndReply> {
+        match self.apply(&Tx::ReportLeaseEnd(signed.clone()), now)? {
+            Outcome::Ended(reply) => Ok(reply),
+            other => Err(unexpected("ReportLeaseEnd", &other)),
+        }
+    }
+
+    pub fn deposit(&self, signed: &Signed, now: i64) -> Result<BalanceReply> {
+        match self.apply(&Tx::Deposit(signed.clone()), now)? {
+            Outcome::Balance(reply) => Ok(reply),
+            other => Err(unexpected("Deposit", &other)),
+        }
+    }
+
+    pub fn submit_order(&self, signed: &Signed, now: i64) -> Result<Submitted> {
+        match self.apply(&Tx::SubmitOrder(signed.clone()), now)? {
+            Outcome::Ordered(placed) => Ok(Submitted {
+                order: placed.order,
+                lease: placed
+                    .lease
+                    .map(|(provider, lease)| (provider, self.sign(&lease))),
+            }),
+            other => Err(unexpected("SubmitOrder", &other)),
+        }
+    }
+
+    pub fn cancel(&self, signed: &Signed, now: i64) -> Result<OrderView> {
+        match self.apply(&Tx::CancelOrder(signed.clone()), now)? {
+            Outcome::Order(view) => Ok(*view),
+            other => Err(unexpected("CancelOrder", &other)),
+        }
+    }
+
+    pub fn submit_receipts(&self, signed: &Signed, now: i64) -> Result<ReceiptsReply> {
+        match self.apply(&Tx::SubmitReceipts(signed.clone()), now)? {
+            Outcome::Receipts(reply) => Ok(reply),
+            other => Err(unexpected("SubmitReceipts", &other)),
+        }
+    }
+
+    pub fn submit_evidence(&self, signed: &Signed, now: i64) -> Result<EvidenceReply> {
+        match self.apply(&Tx::SubmitEvidence(signed.clone()), now)? {
+            Outcome::Evidence(reply) => Ok(reply),
+            other => Err(unexpected("SubmitEvidence", &other)),
+        }
+    }
+
+    pub fn lease_challenge(&self, signed: &Signed, now: i64) -> Result<ChallengeReply> {
+        Ok(self.lock().lease_challenge(signed, now)?)
+    }
+
+    pub fn list_offers(&self, now: i64) -> Result<Vec<OfferView>> {
+        Ok(self.lock().list_offers(now)?)
+    }
+
+    pub fn list_orders(&self, signed: &Signed, now: i64) -> Result<Vec<OrderView>> {
+        let (buyer, _) = State::query(signed, now)?;
+        Ok(self.lock().list_orders(&buyer)?)
+    }
+
+    pub fn order_status(&self, signed: &Signed, now: i64) -> Result<OrderView> {
+        let (buyer, body) = State::query(signed, now)?;
+        Ok(self.lock().order_status(&buyer, &body.order_id)?)
+    }
+
+    pub fn balance(&self, signed: &Signed, now: i64) -> Result<BalanceReply> {
+        let (key, _) = State::query(signed, now)?;
+        self.balances_of(&key)
+    }
+
+    pub fn balances_of(&self, key: &str) -> Result<BalanceReply> {
+        Ok(self.lock().balances_of(key)?)
+    }
+
+    /// Every order, for tests and the crash check.
+    pub fn orders(&self) -> Result<Vec<OrderView>> {
+        Ok(self.lock().orders()?)
+    }
+
+    /// Every lease, for tests and the crash check.
+    pub fn leases(&self) -> Result<Vec<LeaseRecord>> {
+        Ok(self.lock().leases()?)
+    }
+
+    pub fn audit(&self) -> std::result::Result<Audit, AuditError> {
+        self.lock().audit()
+    }
+}
+
+/// A transaction answered with another kind's outcome: a broken invariant of `State::apply`.
+fn unexpected(call: &str, outcome: &Outcome) -> HubError {
+    StateError::Inconsistent(format!("{call} was answered with {outcome:?}")).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::generate_key;
+
+    #[test]
+    fn a_database_of_the_earlier_format_is_refused_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("network.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            let old: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
+            txn.open_table(old)
+                .unwrap()
+                .insert("o1", &b"{}"[..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let error = Store::open(&path, generate_key(), Params::default())
+            .err()
+            .expect("the earlier format is refused");
+        assert!(matches!(error, HubError::EarlierFormat { .. }), "{error}");
+        assert!(error.to_string().contains("new --data-dir"), "{error}");
+        let db = Database::create(&path).unwrap();
+        let read = db.begin_read().unwrap();
+        assert!(read.open_table(STATE).is_err(), "nothing was written");
+    }
+
+    #[test]
+    fn parameters_are_the_flags_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("network.redb");
+        let key = generate_key();
+        let first = Params {
+            answer_seconds: 7,
+            ..Params::default()
+        };
+        let store = Store::open(&path, key.clone(), first).unwrap();
+        assert_eq!(store.params().unwrap(), first);
+        assert_eq!(store.head().unwrap().0, 0, "a new network is at height 0");
+        drop(store);
+        let store = Store::open(&path, key.clone(), first).unwrap();
+        assert_eq!(store.head().unwrap().0, 0, "the same flags change nothing");
+        drop(store);
+        let second = Params {
+            answer_seconds: 9,
+            ..first
+        };
+        let store = Store::open(&path, key, second).unwrap();
+        assert_eq!(store.params().unwrap(), second);
+        assert_eq!(store.head().unwrap().0, 1, "new flags are a block");
+    }
+}
