@@ -249,3 +249,91 @@ async fn a_buyers_orders_from_rejection_to_detail() {
         "{err}"
     );
 }
+
+/// A provider's stake through the CLI on a network that asks 10 USDC per GPU: unbonded, its
+/// offer matches nothing; bonded, it matches what the bond covers and the book shows the bond;
+/// an unbond that would uncover its lease is refused with the rule; a lease it accepts and never
+/// starts ends at the deadline as its fault, and the slash is the buyer's.
+#[tokio::test]
+async fn a_providers_bond_covers_its_leases_and_pays_the_buyer_when_it_never_starts() {
+    use gpubridge::wire::amount::Amount;
+    let node = Node::start_with(gpubridge::node::Params {
+        bond_per_gpu: Amount::from_atto(10 * support::network::UNIT),
+        start_deadline_seconds: 300,
+        ..gpubridge::node::Params::default()
+    })
+    .await;
+    let url = node.url.as_str();
+    let (buyer, seller) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for config in [&buyer, &seller] {
+        assert!(
+            order(config.path(), url, &["keygen"])
+                .await
+                .status
+                .success()
+        );
+        assert!(
+            order(config.path(), url, &["deposit", "100"])
+                .await
+                .status
+                .success()
+        );
+    }
+    let provider =
+        gpubridge::identity::keyfile::load(&seller.path().join("gpubridge/buyer.key")).unwrap();
+    let p = node.client(provider.clone());
+    p.register("acme", "eu-west").await.unwrap();
+    p.publish(offer("h100", &[8])).await.unwrap();
+
+    let (code, _, err) = says(&order(buyer.path(), url, &SUBMIT).await);
+    assert_eq!(code, Some(3), "no bond, no match: {err}");
+
+    let (code, out, err) = says(&order(seller.path(), url, &["bond", "25"]).await);
+    assert_eq!(code, Some(0), "{err}");
+    let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row, ["USDC", "25", "2", "0"], "{out}");
+    let (code, out, _) = says(&order(buyer.path(), url, &["offers"]).await);
+    assert_eq!(code, Some(0));
+    assert!(out.lines().next().unwrap().ends_with("BONDED"), "{out}");
+    assert!(out.lines().nth(1).unwrap().ends_with(" 25"), "{out}");
+
+    let (code, out, err) =
+        says(&order(buyer.path(), url, &[&SUBMIT[..], &["-o", "json"]].concat()).await);
+    assert_eq!(code, Some(0), "two GPUs are covered: {err}");
+    let matched: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let lease_id = matched[0]["leaseId"].as_str().unwrap().to_string();
+    p.decide(&lease_id, true, "").await.unwrap();
+
+    let (code, _, err) = says(&order(seller.path(), url, &["unbond", "10"]).await);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("unbond.amount: would leave 15 USDC bonded, less than the 2 GPUs"),
+        "{err}"
+    );
+    let (code, _, err) = says(&order(seller.path(), url, &["bond", "0"]).await);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("bond.amount"), "{err}");
+
+    // The lease sends no receipt; the upkeep at the deadline ends it.
+    node.store.sweep(support::network::now() + 301).unwrap();
+    let (code, out, err) = says(&order(buyer.path(), url, &["status", &lease_id]).await);
+    assert_eq!(code, Some(3), "failed by the provider's fault: {out}{err}");
+    assert!(
+        out.contains("NeverStarted") && out.contains("slashed 2.5 USDC"),
+        "{out}"
+    );
+    let (_, out, _) = says(&order(buyer.path(), url, &["balance", "-o", "json"]).await);
+    let balance: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        balance[0]["available"], "102.5",
+        "the hold back and the slash: {out}"
+    );
+    let (code, out, err) = says(&order(seller.path(), url, &["stake", "-o", "json"]).await);
+    assert_eq!(code, Some(0), "{err}");
+    let stake: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stake["bonded"], "22.5");
+    assert_eq!(stake["committedGpus"], 0);
+    assert_eq!(stake["slashes"][0]["kind"], "never-started");
+    assert_eq!(stake["slashes"][0]["leaseId"], lease_id.as_str());
+    node.store.audit().unwrap();
+}

@@ -19,6 +19,10 @@ pub enum Account {
     Escrow(String),
     /// A provider's earnings, by public key.
     Provider(String),
+    /// A provider's bonded stake, by public key: slashable, covers its leases' GPUs.
+    Bond(String),
+    /// Stake a provider unbonds, until its release: still slashable.
+    Unbonding(String),
 }
 
 impl Account {
@@ -30,6 +34,8 @@ impl Account {
             Account::Buyer(k) => format!("buyer/{k}/{denomination}"),
             Account::Escrow(o) => format!("escrow/{o}/{denomination}"),
             Account::Provider(k) => format!("provider/{k}/{denomination}"),
+            Account::Bond(k) => format!("bond/{k}/{denomination}"),
+            Account::Unbonding(k) => format!("unbonding/{k}/{denomination}"),
         }
     }
 }

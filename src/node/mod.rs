@@ -66,6 +66,23 @@ pub struct NetworkArgs {
     /// Seconds between attestation challenges of a running lease, once the last is answered.
     #[arg(long, default_value_t = 300)]
     pub challenge_seconds: u32,
+    /// Denomination stake is bonded in.
+    #[arg(long, default_value = "USDC")]
+    pub stake_denomination: String,
+    /// Stake each GPU of a provider's matched and running leases needs, in units of the stake
+    /// denomination (for example 50 or 12.5); 0 asks no bond.
+    #[arg(long, default_value = "0")]
+    pub bond_per_gpu: String,
+    /// Seconds unbonded stake stays slashable before it is paid back.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    pub unbonding_seconds: u32,
+    /// Seconds after acceptance by which a lease's first receipt must arrive; past it the lease
+    /// never started and its provider is slashed. 0 sets no deadline.
+    #[arg(long, default_value_t = 600)]
+    pub start_deadline_seconds: u32,
+    /// Share of a provider's stake one slash takes, in basis points (1000 = 10 %).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub slash_basis_points: u32,
     /// Log format.
     #[arg(long, env = "GPUBRIDGE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: crate::process::telemetry::LogFormat,
@@ -82,6 +99,8 @@ pub enum NetworkError {
     Key(#[from] keyfile::KeyFileError),
     #[error("cannot open the database: {0}")]
     Store(#[from] HubError),
+    #[error(transparent)]
+    Flag(#[from] crate::wire::Rejection),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("cannot serve on {addr}: {source}")]
@@ -101,11 +120,20 @@ pub async fn run(args: NetworkArgs) -> Result<(), NetworkError> {
         .clone()
         .unwrap_or_else(|| args.data_dir.join("network.key"));
     let key = keyfile::load_or_create(&key_path)?;
+    crate::wire::validate::denomination("--stake-denomination", &args.stake_denomination)?;
     let params = Params {
         offer_ttl_seconds: args.offer_ttl_seconds,
         heartbeat_timeout_seconds: args.heartbeat_timeout_seconds,
         answer_seconds: args.answer_seconds,
         challenge_seconds: args.challenge_seconds,
+        bond_per_gpu: crate::wire::amount::from_decimal_units(
+            "--bond-per-gpu",
+            &args.bond_per_gpu,
+        )?,
+        stake_denomination: args.stake_denomination.clone(),
+        unbonding_seconds: args.unbonding_seconds,
+        start_deadline_seconds: args.start_deadline_seconds,
+        slash_basis_points: args.slash_basis_points,
     };
     let db_path = args.data_dir.join("network.redb");
     let store = Arc::new(tokio::task::block_in_place(|| {

@@ -72,6 +72,7 @@ impl OfferRecord {
             max_duration_seconds: self.max_duration_seconds,
             region: self.region.clone(),
             expires_at: self.expires_at,
+            bonded: String::new(),
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::wire::proto::gateway_server::Gateway;
 use crate::wire::proto::{
     Ack, BalanceReply, ChallengeReply, EvidenceReply, HeartbeatReply, InfoReply, InfoRequest,
     LeaseEndReply, LeaseEvent, ListOffersReply, ListOffersRequest, ListOrdersReply, OrderView,
-    PublishOfferReply, ReceiptsReply, RegisterReply, Signed, lease_event,
+    PublishOfferReply, ReceiptsReply, RegisterReply, Signed, StakeReply, lease_event,
 };
 
 type LeaseSender = mpsc::Sender<Result<LeaseEvent, Status>>;
@@ -104,6 +104,30 @@ impl Gateway for GatewayService {
             .blocking("LeaseChallenge", move |s, now| {
                 s.lease_challenge(&signed, now)
             })
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn bond(&self, request: Request<Signed>) -> Result<Response<StakeReply>, Status> {
+        let signed = request.into_inner();
+        let reply = self
+            .blocking("Bond", move |s, now| s.bond(&signed, now))
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn unbond(&self, request: Request<Signed>) -> Result<Response<StakeReply>, Status> {
+        let signed = request.into_inner();
+        let reply = self
+            .blocking("Unbond", move |s, now| s.unbond(&signed, now))
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn stake(&self, request: Request<Signed>) -> Result<Response<StakeReply>, Status> {
+        let signed = request.into_inner();
+        let reply = self
+            .blocking("Stake", move |s, now| s.stake(&signed, now))
             .await?;
         Ok(Response::new(reply))
     }

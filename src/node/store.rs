@@ -23,7 +23,7 @@ use crate::wire::Rejection;
 use crate::wire::envelope::sign_body;
 use crate::wire::proto::{
     BalanceReply, ChallengeReply, EvidenceReply, LeaseBody, LeaseEndReply, OfferView, OrderView,
-    PublishOfferReply, ReceiptsReply, Signed,
+    PublishOfferReply, ReceiptsReply, Signed, StakeReply,
 };
 
 /// The state machine's map, key → value, as it stands after the last persisted block.
@@ -117,7 +117,7 @@ impl Store {
             }
             State::restore(entries)?
         } else {
-            State::genesis(params)?
+            State::genesis(params.clone())?
         };
         drop(read);
         let store = Store {
@@ -325,6 +325,25 @@ impl Store {
         }
     }
 
+    pub fn bond(&self, signed: &Signed, now: i64) -> Result<StakeReply> {
+        match self.apply(&Tx::Bond(signed.clone()), now)? {
+            Outcome::Stake(reply) => Ok(reply),
+            other => Err(unexpected("Bond", &other)),
+        }
+    }
+
+    pub fn unbond(&self, signed: &Signed, now: i64) -> Result<StakeReply> {
+        match self.apply(&Tx::Unbond(signed.clone()), now)? {
+            Outcome::Stake(reply) => Ok(reply),
+            other => Err(unexpected("Unbond", &other)),
+        }
+    }
+
+    pub fn stake(&self, signed: &Signed, now: i64) -> Result<StakeReply> {
+        let (provider, _) = State::query(signed, now)?;
+        Ok(self.lock().stake_of(&provider)?)
+    }
+
     pub fn submit_evidence(&self, signed: &Signed, now: i64) -> Result<EvidenceReply> {
         match self.apply(&Tx::SubmitEvidence(signed.clone()), now)? {
             Outcome::Evidence(reply) => Ok(reply),
@@ -417,18 +436,18 @@ mod tests {
             answer_seconds: 7,
             ..Params::default()
         };
-        let store = Store::open(&path, key.clone(), first).unwrap();
+        let store = Store::open(&path, key.clone(), first.clone()).unwrap();
         assert_eq!(store.params().unwrap(), first);
         assert_eq!(store.head().unwrap().0, 0, "a new network is at height 0");
         drop(store);
-        let store = Store::open(&path, key.clone(), first).unwrap();
+        let store = Store::open(&path, key.clone(), first.clone()).unwrap();
         assert_eq!(store.head().unwrap().0, 0, "the same flags change nothing");
         drop(store);
         let second = Params {
             answer_seconds: 9,
             ..first
         };
-        let store = Store::open(&path, key, second).unwrap();
+        let store = Store::open(&path, key, second.clone()).unwrap();
         assert_eq!(store.params().unwrap(), second);
         assert_eq!(store.head().unwrap().0, 1, "new flags are a block");
     }

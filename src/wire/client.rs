@@ -11,11 +11,11 @@ use crate::wire::amount::Amount;
 use crate::wire::envelope::{HasHeader, Signable, seal};
 use crate::wire::proto::gateway_client::GatewayClient;
 use crate::wire::proto::{
-    BalanceReply, CancelBody, ChallengeBody, ChallengeReply, DepositBody, EvidenceReply,
+    BalanceReply, BondBody, CancelBody, ChallengeBody, ChallengeReply, DepositBody, EvidenceReply,
     EvidenceSubmitBody, HeartbeatBody, InfoReply, InfoRequest, LeaseDecisionBody, LeaseEndBody,
     LeaseEndReply, LeaseEvent, LeaseStreamBody, ListOffersRequest, OfferBody, OfferView, OrderBody,
     OrderView, PublishOfferReply, QueryBody, ReceiptsBody, ReceiptsReply, RegisterBody,
-    RegisterReply, Signed, WithdrawBody,
+    RegisterReply, Signed, StakeReply, UnbondBody, WithdrawBody,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -269,5 +269,31 @@ impl NetworkClient {
     pub async fn balance(&self) -> Result<BalanceReply, Status> {
         let signed = self.seal(QueryBody::default());
         Ok(self.inner.clone().balance(signed).await?.into_inner())
+    }
+
+    /// Bonds `amount` of the network's stake denomination, from `source` ("available" or
+    /// "earnings").
+    pub async fn bond(&self, amount: Amount, source: &str) -> Result<StakeReply, Status> {
+        let body = BondBody {
+            header: None,
+            amount: amount.to_string(),
+            source: source.into(),
+        };
+        let signed = self.seal(body);
+        Ok(self.inner.clone().bond(signed).await?.into_inner())
+    }
+
+    pub async fn unbond(&self, amount: Amount) -> Result<StakeReply, Status> {
+        let body = UnbondBody {
+            header: None,
+            amount: amount.to_string(),
+        };
+        let signed = self.seal(body);
+        Ok(self.inner.clone().unbond(signed).await?.into_inner())
+    }
+
+    pub async fn stake(&self) -> Result<StakeReply, Status> {
+        let signed = self.seal(QueryBody::default());
+        Ok(self.inner.clone().stake(signed).await?.into_inner())
     }
 }

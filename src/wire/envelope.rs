@@ -8,10 +8,10 @@ use rand_core::{OsRng, RngCore};
 use crate::identity;
 use crate::wire::Rejection;
 use crate::wire::proto::{
-    CancelBody, ChallengeBody, DepositBody, Evidence, EvidenceSubmitBody, HeartbeatBody, LeaseBody,
-    LeaseDecisionBody, LeaseEndBody, LeaseStreamBody, OfferBody, OrderBody, QueryBody, Receipt,
-    ReceiptsBody, RegisterBody, RequestHeader, SidecarChallengeBody, SidecarEvidenceBody,
-    SidecarReceiptsBody, Signed, WithdrawBody,
+    BondBody, CancelBody, ChallengeBody, DepositBody, Evidence, EvidenceSubmitBody, HeartbeatBody,
+    LeaseBody, LeaseDecisionBody, LeaseEndBody, LeaseStreamBody, OfferBody, OrderBody, QueryBody,
+    Receipt, ReceiptsBody, RegisterBody, RequestHeader, SidecarChallengeBody, SidecarEvidenceBody,
+    SidecarReceiptsBody, Signed, UnbondBody, WithdrawBody,
 };
 
 /// Largest signed body accepted: an order with a long command and environment fits easily.
@@ -56,6 +56,8 @@ signable! {
     OrderBody => "gpubridge/v1/order";
     CancelBody => "gpubridge/v1/cancel";
     QueryBody => "gpubridge/v1/query";
+    BondBody => "gpubridge/v1/bond";
+    UnbondBody => "gpubridge/v1/unbond";
     // A meter receipt and attestation evidence, signed by the lease key.
     Receipt => "gpubridge/v1/receipt";
     Evidence => "gpubridge/v1/evidence", MAX_BATCH_BODY_BYTES;
@@ -95,6 +97,8 @@ has_header!(
     OrderBody,
     CancelBody,
     QueryBody,
+    BondBody,
+    UnbondBody,
     ReceiptsBody,
     ChallengeBody,
     EvidenceSubmitBody,

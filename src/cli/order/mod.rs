@@ -96,8 +96,35 @@ pub enum OrderCommand {
     },
     /// The buyer's balances: available, held for orders, earned.
     Balance,
-    /// The offer book: what is for sale, where, for how long, at what price.
+    /// The offer book: what is for sale, where, for how long, at what price, and each
+    /// provider's bond.
     Offers,
+    /// Bond stake as a provider (--key names the provider's key): its offers match only as many
+    /// GPUs as its bond covers, and a slash on evidence takes from it.
+    Bond {
+        /// The amount in whole units of the network's stake denomination, such as 500.
+        #[arg(allow_negative_numbers = true)]
+        amount: String,
+        /// Where it comes from: the spendable balance, or the provider's earnings.
+        #[arg(long, value_enum, default_value = "available")]
+        from: StakeSource,
+    },
+    /// Start unbonding stake: paid back after the network's unbonding period, slashable until
+    /// then; refused while it would leave running leases uncovered.
+    Unbond {
+        /// The amount in whole units, such as 100.
+        #[arg(allow_negative_numbers = true)]
+        amount: String,
+    },
+    /// The provider's stake: bonded, the GPUs it covers, unbonding, and the slashes it took.
+    Stake,
+}
+
+/// Where bonded stake comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StakeSource {
+    Available,
+    Earnings,
 }
 
 #[derive(Args, Debug)]
@@ -291,6 +318,9 @@ enum Request {
     Status { id: String, watch: bool },
     Cancel { id: String },
     Balance,
+    Bond(Amount, StakeSource),
+    Unbond(Amount),
+    Stake,
 }
 
 /// Checks a command's input, before any key is read or anything is sent.
@@ -314,6 +344,13 @@ fn checked(command: OrderCommand) -> Result<Request, OrderError> {
         OrderCommand::Status { id, watch } => Request::Status { id, watch },
         OrderCommand::Cancel { id } => Request::Cancel { id },
         OrderCommand::Balance => Request::Balance,
+        OrderCommand::Bond { amount, from } => {
+            Request::Bond(from_decimal_units("amount", &amount).map_err(usage)?, from)
+        }
+        OrderCommand::Unbond { amount } => {
+            Request::Unbond(from_decimal_units("amount", &amount).map_err(usage)?)
+        }
+        OrderCommand::Stake => Request::Stake,
     })
 }
 
@@ -389,6 +426,22 @@ async fn command(args: OrderArgs) -> Result<(), OrderError> {
         Request::Balance => {
             let reply = client.balance().await.map_err(call)?;
             print(view::balances(&reply, output))
+        }
+        Request::Bond(amount, from) => {
+            let source = match from {
+                StakeSource::Available => "available",
+                StakeSource::Earnings => "earnings",
+            };
+            let reply = client.bond(amount, source).await.map_err(call)?;
+            print(view::stake(&reply, output))
+        }
+        Request::Unbond(amount) => {
+            let reply = client.unbond(amount).await.map_err(call)?;
+            print(view::stake(&reply, output))
+        }
+        Request::Stake => {
+            let reply = client.stake().await.map_err(call)?;
+            print(view::stake(&reply, output))
         }
     }
 }

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::wire::amount::{self, in_units};
-use crate::wire::proto::{BalanceReply, LeaseView, OfferView, OrderState, OrderView};
+use crate::wire::proto::{BalanceReply, LeaseView, OfferView, OrderState, OrderView, StakeReply};
 
 use super::Output;
 
@@ -345,6 +345,7 @@ pub(super) fn offers(offers: &[OfferView], output: Output) -> String {
                     "pricePerGpuHour": units(&o.price_per_gpu_hour), "denomination": o.denomination,
                     "minDurationSeconds": o.min_duration_seconds, "maxDurationSeconds": o.max_duration_seconds,
                     "region": o.region, "expiresAt": o.expires_at,
+                    "bonded": units(&o.bonded),
                 })
             })
             .collect();
@@ -374,6 +375,7 @@ pub(super) fn offers(offers: &[OfferView], output: Output) -> String {
                     span(o.max_duration_seconds)
                 ),
                 or_dash(&o.region),
+                units(&o.bonded),
             ]
         })
         .collect();
@@ -387,9 +389,68 @@ pub(super) fn offers(offers: &[OfferView], output: Output) -> String {
             "PRICE/GPU-H",
             "DURATION",
             "REGION",
+            "BONDED",
         ],
         &rows,
     )
+}
+
+pub(super) fn stake(reply: &StakeReply, output: Output) -> String {
+    let covers = reply
+        .covered_gpus
+        .map_or_else(|| "any (no bond asked)".to_string(), |c| c.to_string());
+    if output == Output::Json {
+        return pretty(&json!({
+            "denomination": reply.denomination,
+            "bonded": units(&reply.bonded),
+            "coveredGpus": reply.covered_gpus,
+            "committedGpus": reply.committed_gpus,
+            "unbonding": reply.unbonding.iter().map(|u| json!({"amount": units(&u.amount), "releaseAt": u.release_at})).collect::<Vec<_>>(),
+            "slashes": reply.slashes.iter().map(|s| json!({
+                "leaseId": s.lease_id, "kind": s.kind, "amount": units(&s.amount),
+                "at": s.at, "buyer": s.buyer, "evidence": s.evidence,
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    let mut text = table(
+        &["DENOMINATION", "BONDED", "COVERS GPUS", "COMMITTED GPUS"],
+        &[vec![
+            reply.denomination.clone(),
+            units(&reply.bonded),
+            covers,
+            reply.committed_gpus.to_string(),
+        ]],
+    );
+    if !reply.unbonding.is_empty() {
+        let rows: Vec<Vec<String>> = reply
+            .unbonding
+            .iter()
+            .map(|u| vec![units(&u.amount), when(u.release_at)])
+            .collect();
+        text.push('\n');
+        text.push_str(&table(&["UNBONDING", "RELEASED AT"], &rows));
+    }
+    if !reply.slashes.is_empty() {
+        let rows: Vec<Vec<String>> = reply
+            .slashes
+            .iter()
+            .map(|s| {
+                vec![
+                    s.lease_id.clone(),
+                    s.kind.clone(),
+                    units(&s.amount),
+                    when(s.at),
+                    s.evidence.clone(),
+                ]
+            })
+            .collect();
+        text.push('\n');
+        text.push_str(&table(
+            &["SLASHED LEASE", "KIND", "AMOUNT", "AT", "EVIDENCE"],
+            &rows,
+        ));
+    }
+    text
 }
 
 #[cfg(test)]

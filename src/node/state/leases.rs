@@ -4,7 +4,7 @@ use prost::Message;
 
 use crate::identity::public_key_base58;
 use crate::node::ledger::Account;
-use crate::node::records::{LeaseEnd, LeaseRecord, OrderRecord};
+use crate::node::records::{LeaseEnd, LeaseRecord, LeaseState, OrderRecord, OrderState};
 use crate::node::transitions::{self, Event, Step};
 use crate::wire::envelope::{self, open};
 use crate::wire::proto::{
@@ -175,55 +175,77 @@ impl State {
         let refund = order
             .held
             .checked_sub(charge, "the refund (hold less what was charged)")?;
-        let gpu_seconds = body
-            .gpu_seconds
-            .min(u64::from(lease.gpus).saturating_mul(lease.duration_seconds));
-        self.post(
-            block,
-            (
-                Account::Escrow(order.order_id.clone()),
-                Account::Buyer(order.buyer.clone()),
-            ),
-            refund,
-            &order.denomination,
-            format!("refund {}", order.order_id),
-        )?;
-        self.release_capacity(&lease)?;
         let end = LeaseEnd {
             phase: body.phase.clone(),
             reason: body.reason.clone(),
             fault: body.fault.clone(),
             started_at: body.started_at,
             ended_at: body.ended_at,
-            gpu_seconds,
+            gpu_seconds: body
+                .gpu_seconds
+                .min(u64::from(lease.gpus).saturating_mul(lease.duration_seconds)),
             charged: charge,
             refunded: refund,
         };
-        lease.state = lease_state;
-        lease.end = Some(end);
-        self.put(LEASES, &body.lease_id, &lease)?;
-        order.state = order_state;
-        order.reason = end_sentence(&body.phase, &body.reason, &body.fault);
-        order.charged = charge;
-        order.refunded = refund;
-        order.updated_at = block.time;
-        self.put(ORDERS, &lease.order_id, &order)?;
+        self.settle_end(
+            block,
+            &mut lease,
+            &mut order,
+            end,
+            (order_state, lease_state),
+        )?;
         Ok(LeaseEndReply {
             charged: charge.to_string(),
             refunded: refund.to_string(),
         })
     }
 
+    /// Closes an accepted lease with `end`: what was not charged goes back to the buyer, the
+    /// GPUs to the offer, and both records take the end's states.
+    pub(super) fn settle_end(
+        &mut self,
+        block: &Block,
+        lease: &mut LeaseRecord,
+        order: &mut OrderRecord,
+        end: LeaseEnd,
+        (order_state, lease_state): (OrderState, LeaseState),
+    ) -> Result<()> {
+        self.post(
+            block,
+            (
+                Account::Escrow(order.order_id.clone()),
+                Account::Buyer(order.buyer.clone()),
+            ),
+            end.refunded,
+            &order.denomination,
+            format!("refund {}", order.order_id),
+        )?;
+        self.release_capacity(lease)?;
+        order.state = order_state;
+        order.reason = end_sentence(&end.phase, &end.reason, &end.fault);
+        order.charged = end.charged;
+        order.refunded = end.refunded;
+        order.updated_at = block.time;
+        lease.state = lease_state;
+        lease.end = Some(end);
+        self.put(LEASES, &lease.lease_id, lease)?;
+        self.put(ORDERS, &order.order_id, order)
+    }
+
     /// The upkeep every block begins with: leases not answered in time lapse (the buyer is
-    /// refunded), expired offers and those of silent providers are dropped, answered challenges
+    /// refunded), accepted leases that never started end and their provider is slashed,
+    /// unbonding stake due is paid back, expired offers and those of silent providers are dropped, answered challenges
     /// that are due are renewed, nonces past the freshness window are forgotten. Returns the
     /// lapsed lease ids.
     pub fn sweep(&mut self, block: &Block) -> Result<Vec<String>> {
         let now = block.time;
-        let challenge_seconds = i64::from(self.params()?.challenge_seconds);
+        let params = self.params()?;
+        let challenge_seconds = i64::from(params.challenge_seconds);
         let mut lapsed = Vec::new();
         for mut lease in self.all::<LeaseRecord>(LEASES)? {
-            if transitions::lapses(lease.state, lease.answer_by, now) {
+            if Self::never_started(&lease, params.start_deadline_seconds, now) {
+                self.end_never_started(block, lease)?;
+            } else if transitions::lapses(lease.state, lease.answer_by, now) {
                 let order = self.order_of(&lease)?;
                 let Step::Moves {
                     order: order_state,
@@ -260,6 +282,7 @@ impl State {
             .into_iter()
             .map(|(offer, _)| offer.offer_id)
             .collect();
+        self.release_unbonded(block)?;
         for offer_id in self.keys(OFFERS).iter().filter(|id| !live.contains(*id)) {
             self.delete(OFFERS, offer_id);
         }

@@ -13,15 +13,16 @@ mod leases;
 mod metering;
 mod offers;
 mod orders;
+mod stake;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::public_key_base58;
-use crate::wire::amount;
+use crate::wire::amount::{self, Amount};
 use crate::wire::proto::{
     BalanceReply, EvidenceReply, LeaseBody, LeaseEndReply, OrderView, PublishOfferReply,
-    ReceiptsReply, Signed,
+    ReceiptsReply, Signed, StakeReply,
 };
 use crate::wire::{Opened, Rejection};
 
@@ -47,6 +48,12 @@ const BALANCES: Table = Table("balances/");
 const COUNTERS: Table = Table("counters/");
 /// `<lease id>/<sequence, 20 digits>` → SHA-256 of the accepted receipt's body, hex.
 const RECEIPTS: Table = Table("receipts/");
+/// `<provider>/<release_at, 20 digits>/<sequence, 20 digits>` → stake unbonding.
+const UNBONDING: Table = Table("unbonding/");
+/// `<provider>/<sequence, 20 digits>` → a slash and its evidence.
+const SLASHES: Table = Table("slashes/");
+/// `<provider>` → GPUs in its matched and running leases.
+const COMMITTED: Table = Table("committed/");
 /// `current` → the parameters in force.
 const PARAMS: Table = Table("params/");
 /// `height`, `time`: the last block that changed the state.
@@ -55,9 +62,10 @@ const META: Table = Table("meta/");
 const POSTING_SEQ: &str = "posting_seq";
 const OFFER_SEQ: &str = "offer_seq";
 const ORDER_SEQ: &str = "order_seq";
+const STAKE_SEQ: &str = "stake_seq";
 
 /// The network's parameters, part of the state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Params {
     /// Longest an offer lives without being published again.
     pub offer_ttl_seconds: u32,
@@ -67,6 +75,17 @@ pub struct Params {
     pub answer_seconds: u32,
     /// How often an accepted lease is challenged for fresh attestation evidence.
     pub challenge_seconds: u32,
+    /// The denomination stake is bonded in.
+    pub stake_denomination: String,
+    /// Stake each GPU of a provider's matched and running leases needs; zero asks no bond.
+    pub bond_per_gpu: Amount,
+    /// How long unbonded stake stays slashable before it is paid back.
+    pub unbonding_seconds: u32,
+    /// How long after acceptance a lease's first receipt may come; past it the lease never
+    /// started, ends as the provider's fault and its provider is slashed. Zero sets no deadline.
+    pub start_deadline_seconds: u32,
+    /// The share of a provider's stake (bonded and unbonding) one slash takes, basis points.
+    pub slash_basis_points: u32,
 }
 
 impl Default for Params {
@@ -76,6 +95,11 @@ impl Default for Params {
             heartbeat_timeout_seconds: 30,
             answer_seconds: 30,
             challenge_seconds: 300,
+            stake_denomination: "USDC".into(),
+            bond_per_gpu: Amount::ZERO,
+            unbonding_seconds: 7 * 24 * 3600,
+            start_deadline_seconds: 600,
+            slash_basis_points: 1000,
         }
     }
 }
@@ -125,6 +149,8 @@ pub enum Tx {
     CancelOrder(Signed),
     SubmitReceipts(Signed),
     SubmitEvidence(Signed),
+    Bond(Signed),
+    Unbond(Signed),
 }
 
 /// The outcome of a submitted order: how it stands, and the lease to send its provider.
@@ -148,6 +174,7 @@ pub enum Outcome {
     Order(Box<OrderView>),
     Receipts(ReceiptsReply),
     Evidence(EvidenceReply),
+    Stake(StakeReply),
 }
 
 /// The network's state. Built empty by [`State::genesis`] or from persisted entries by
@@ -251,6 +278,8 @@ impl State {
             Tx::CancelOrder(s) => Outcome::Order(Box::new(self.cancel(s, block)?)),
             Tx::SubmitReceipts(s) => Outcome::Receipts(self.submit_receipts(s, block)?),
             Tx::SubmitEvidence(s) => Outcome::Evidence(self.submit_evidence(s, block)?),
+            Tx::Bond(s) => Outcome::Stake(self.bond(s, block)?),
+            Tx::Unbond(s) => Outcome::Stake(self.unbond(s, block)?),
         })
     }
 

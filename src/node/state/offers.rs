@@ -1,6 +1,7 @@
 //! Providers and their offers: registration, heartbeats, publication, withdrawal, the book.
 
 use crate::identity::public_key_base58;
+use crate::node::ledger::Account;
 use crate::node::records::{LeaseRecord, OfferRecord, ProviderRecord};
 use crate::wire::envelope::open;
 use crate::wire::proto::{
@@ -11,8 +12,10 @@ use crate::wire::{Opened, Rejection, validate};
 use super::{Block, OFFER_SEQ, OFFERS, PROVIDERS, Result, State};
 
 impl State {
-    /// Gives a lease's GPUs back to its offer, when the offer was not published again since.
+    /// Gives a lease's GPUs back: to its provider's bond, and to its offer when the offer was
+    /// not published again since.
     pub(super) fn release_capacity(&mut self, lease: &LeaseRecord) -> Result<()> {
+        self.commit_gpus(&lease.provider, lease.gpus, false)?;
         if let Some(mut offer) = self.get::<OfferRecord>(OFFERS, &lease.offer_id)?
             && offer.published_seq == lease.offer_seq
         {
@@ -137,10 +140,16 @@ impl State {
 
     /// The offer book at `now`.
     pub fn list_offers(&self, now: i64) -> Result<Vec<OfferView>> {
-        Ok(self
-            .live_offers(now)?
+        let denomination = self.params()?.stake_denomination;
+        self.live_offers(now)?
             .iter()
-            .map(|(offer, provider)| offer.to_view(&provider.name))
-            .collect())
+            .map(|(offer, provider)| {
+                let mut view = offer.to_view(&provider.name);
+                view.bonded = self
+                    .balance(&Account::Bond(provider.key.clone()), &denomination)?
+                    .to_string();
+                Ok(view)
+            })
+            .collect()
     }
 }

@@ -1,5 +1,7 @@
 //! Orders: submission and matching, cancellation, the buyer's queries.
 
+use std::collections::BTreeMap;
+
 use sha2::{Digest, Sha256};
 
 use crate::identity::public_key_base58;
@@ -105,7 +107,28 @@ impl State {
             .into_iter()
             .map(|(offer, _)| offer)
             .collect();
-        let book: Vec<_> = offers.iter().map(OfferRecord::to_book).collect();
+        // Each offer matches only as many GPUs as its provider's bond still covers.
+        let params = self.params()?;
+        let mut cover: BTreeMap<&str, Option<u64>> = BTreeMap::new();
+        let mut book = Vec::with_capacity(offers.len());
+        for offer in &offers {
+            let provider = offer.provider.as_str();
+            let covers = match cover.get(provider) {
+                Some(c) => *c,
+                None => *cover
+                    .entry(provider)
+                    .or_insert(self.uncommitted_cover(provider, &params)?),
+            };
+            let mut entry = offer.to_book();
+            if let Some(gpus) = covers {
+                let gpus = u32::try_from(gpus).unwrap_or(u32::MAX);
+                entry
+                    .free_blocks
+                    .iter_mut()
+                    .for_each(|b| *b = (*b).min(gpus));
+            }
+            book.push(entry);
+        }
         let mut lease_out = None;
         match matching::best_offer(&terms, &book) {
             Err(no_match) => order.reason = no_match.to_string(),
@@ -126,6 +149,7 @@ impl State {
                 )?;
                 offer.free_blocks[found.block] -= body.gpus;
                 self.put(OFFERS, &offer.offer_id, &offer)?;
+                self.commit_gpus(&offer.provider, body.gpus, true)?;
                 let lease_id = hex::encode(&Sha256::digest(format!("lease\0{order_id}"))[..12]);
                 let provider_key = crate::identity::public_key_from_base58(&offer.provider)
                     .map_err(|e| StateError::Inconsistent(format!("stored provider key: {e}")))?;
@@ -139,7 +163,7 @@ impl State {
                     denomination: body.denomination.clone(),
                     duration_seconds: body.duration_seconds,
                     matched_at: now,
-                    answer_by: now + i64::from(self.params()?.answer_seconds),
+                    answer_by: now + i64::from(params.answer_seconds),
                 };
                 let record = LeaseRecord {
                     lease_id: lease_id.clone(),

@@ -14,8 +14,9 @@ use crate::node::records::LeaseRecord;
 use crate::node::store::Store;
 use crate::wire::envelope::seal;
 use crate::wire::proto::{
-    Attribution, CancelBody, DepositBody, GpuUsage, HeartbeatBody, LeaseDecisionBody, LeaseEndBody,
-    OfferBody, OrderBody, ReceiptsBody, RegisterBody, WithdrawBody, Workload,
+    Attribution, BondBody, CancelBody, DepositBody, GpuUsage, HeartbeatBody, LeaseDecisionBody,
+    LeaseEndBody, OfferBody, OrderBody, ReceiptsBody, RegisterBody, StakeReply, UnbondBody,
+    WithdrawBody, Workload,
 };
 
 const UNIT: u128 = 1_000_000_000_000_000_000;
@@ -35,6 +36,9 @@ enum Op {
     Decide(usize, bool),
     End(usize),
     Receipts(usize, u16),
+    /// A provider bonds units from its spendable balance (or its earnings).
+    Bond(usize, u8, bool),
+    Unbond(usize, u8),
     /// An earlier transaction again, byte for byte.
     Replay(usize),
     /// An earlier transaction with one bit of its signature flipped.
@@ -49,12 +53,14 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..2usize, 1..9u32).prop_map(|(p, g)| Op::Publish(p, g)),
         1 => (0..2usize).prop_map(Op::Withdraw),
         2 => (0..2usize).prop_map(Op::Heartbeat),
-        1 => (0..3usize, 1..200u8).prop_map(|(b, u)| Op::Deposit(b, u)),
+        1 => (0..5usize, 1..200u8).prop_map(|(w, u)| Op::Deposit(w, u)),
         4 => (0..3usize, 1..5u32).prop_map(|(b, g)| Op::Order(b, g)),
         1 => (0..8usize).prop_map(Op::Cancel),
         4 => (0..8usize, prop::bool::weighted(0.8)).prop_map(|(o, a)| Op::Decide(o, a)),
         1 => (0..8usize).prop_map(Op::End),
         5 => (0..8usize, 1..900u16).prop_map(|(o, s)| Op::Receipts(o, s)),
+        2 => (0..2usize, 1..60u8, any::<bool>()).prop_map(|(p, u, e)| Op::Bond(p, u, e)),
+        1 => (0..2usize, 1..60u8).prop_map(|(p, u)| Op::Unbond(p, u)),
         1 => (0..64usize).prop_map(Op::Replay),
         1 => (0..64usize).prop_map(Op::Forge),
         3 => (0..20u8).prop_map(Op::NextBlock),
@@ -123,7 +129,7 @@ struct History {
 impl History {
     fn new() -> History {
         History {
-            state: State::genesis(Params::default()).unwrap(),
+            state: State::genesis(history_params()).unwrap(),
             time: START,
             orders: Vec::new(),
             sent: Vec::new(),
@@ -184,7 +190,9 @@ impl History {
                     amount: (u128::from(units) * UNIT).to_string(),
                     denomination: "USDC".into(),
                 };
-                Tx::Deposit(seal(&key(2, b), body, now))
+                // Buyers 0 to 2, then providers 0 and 1.
+                let who = if b < 3 { key(2, b) } else { key(1, b - 3) };
+                Tx::Deposit(seal(&who, body, now))
             }
             Op::Order(b, gpus) => {
                 let signed = seal(&key(2, b), order(gpus), now);
@@ -264,6 +272,21 @@ impl History {
                 };
                 Tx::SubmitReceipts(seal(&provider, body, now))
             }
+            Op::Bond(p, units, earnings) => {
+                let body = BondBody {
+                    header: None,
+                    amount: (u128::from(units) * UNIT).to_string(),
+                    source: if earnings { "earnings" } else { "available" }.into(),
+                };
+                Tx::Bond(seal(&key(1, p), body, now))
+            }
+            Op::Unbond(p, units) => {
+                let body = UnbondBody {
+                    header: None,
+                    amount: (u128::from(units) * UNIT).to_string(),
+                };
+                Tx::Unbond(seal(&key(1, p), body, now))
+            }
             Op::Replay(i) => self.sent.get(i % self.sent.len().max(1))?.clone(),
             Op::Forge(i) => {
                 let mut tx = self.sent.get(i % self.sent.len().max(1))?.clone();
@@ -279,7 +302,9 @@ impl History {
                     | Tx::SubmitOrder(s)
                     | Tx::CancelOrder(s)
                     | Tx::SubmitReceipts(s)
-                    | Tx::SubmitEvidence(s) => s,
+                    | Tx::SubmitEvidence(s)
+                    | Tx::Bond(s)
+                    | Tx::Unbond(s) => s,
                 };
                 signed.signature[0] ^= 1;
                 tx
@@ -301,6 +326,10 @@ impl History {
             Op::Publish(1, 4),
             Op::Deposit(0, 200),
             Op::Deposit(1, 200),
+            Op::Deposit(3, 200),
+            Op::Deposit(4, 200),
+            Op::Bond(0, 50, false),
+            Op::Bond(1, 20, false),
         ];
         for op in opening.iter().chain(ops) {
             if let Op::NextBlock(seconds) = op {
@@ -343,6 +372,17 @@ impl LeaseRecord {
     }
 }
 
+/// The parameters of the random histories: bonds matter, and a lease that sends no receipt
+/// within two minutes of acceptance is slashed.
+fn history_params() -> Params {
+    Params {
+        bond_per_gpu: Amount::from_atto(UNIT),
+        unbonding_seconds: 300,
+        start_deadline_seconds: 120,
+        ..Params::default()
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
@@ -354,10 +394,10 @@ proptest! {
         let history = History::run(&ops);
         let expected = history.state.hash();
 
-        let mut again = State::genesis(Params::default()).unwrap();
+        let mut again = State::genesis(history_params()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("network.redb");
-        let store = Store::open(&path, key(0, 0), Params::default()).unwrap();
+        let store = Store::open(&path, key(0, 0), history_params()).unwrap();
         prop_assert_eq!(store.head().unwrap(), (0, again.hash()));
         for (block, txs) in &history.blocks {
             let outcomes = again.finalize(block, true, txs).unwrap();
@@ -371,10 +411,328 @@ proptest! {
         history.state.audit().unwrap();
         // Something happened, and some of it was refused: the hash is not the genesis hash.
         prop_assume!(history.sent.len() > history.refused);
-        prop_assert_ne!(expected, State::genesis(Params::default()).unwrap().hash());
+        prop_assert_ne!(expected, State::genesis(history_params()).unwrap().hash());
 
         drop(store);
-        let reopened = Store::open(&path, key(0, 0), Params::default()).unwrap();
+        let reopened = Store::open(&path, key(0, 0), history_params()).unwrap();
         prop_assert_eq!(reopened.head().unwrap().1, expected);
     }
+}
+
+/// A small market driven by hand: one state, blocks at chosen times.
+struct Market {
+    state: State,
+    height: u64,
+}
+
+impl Market {
+    fn new(params: Params) -> Market {
+        Market {
+            state: State::genesis(params).unwrap(),
+            height: 0,
+        }
+    }
+
+    fn block(&mut self, time: i64) -> Block {
+        self.height += 1;
+        Block {
+            height: self.height,
+            time,
+            entropy: [7; 32],
+        }
+    }
+
+    fn apply(&mut self, time: i64, tx: Tx) -> Result<Outcome> {
+        let block = self.block(time);
+        let outcome = self.state.apply(&tx, &block);
+        self.state.end_block(&block).unwrap();
+        self.state.settle_block();
+        outcome
+    }
+
+    fn sweep(&mut self, time: i64) {
+        let block = self.block(time);
+        self.state.sweep(&block).unwrap();
+        self.state.end_block(&block).unwrap();
+        self.state.settle_block();
+    }
+
+    fn provider(&self) -> String {
+        public_key_base58(&key(1, 0).verifying_key())
+    }
+
+    fn buyer(&self) -> String {
+        public_key_base58(&key(2, 0).verifying_key())
+    }
+
+    /// Provider 0 registered and publishing two nodes of 8 GPUs; buyer 0 holding 1000 USDC;
+    /// both at START.
+    fn opened(params: Params) -> Market {
+        let mut m = Market::new(params);
+        let register = RegisterBody {
+            header: None,
+            name: "acme".into(),
+            region: String::new(),
+        };
+        m.apply(START, Tx::Register(seal(&key(1, 0), register, START)))
+            .unwrap();
+        m.apply(
+            START,
+            Tx::PublishOffer(seal(&key(1, 0), offer("h100", 8, START), START)),
+        )
+        .unwrap();
+        for who in [key(2, 0), key(1, 0)] {
+            let deposit = DepositBody {
+                header: None,
+                amount: (1000 * UNIT).to_string(),
+                denomination: "USDC".into(),
+            };
+            m.apply(START, Tx::Deposit(seal(&who, deposit, START)))
+                .unwrap();
+        }
+        m
+    }
+
+    fn bond(&mut self, time: i64, units: u128, source: &str) -> Result<StakeReply> {
+        let body = BondBody {
+            header: None,
+            amount: (units * UNIT).to_string(),
+            source: source.into(),
+        };
+        match self.apply(time, Tx::Bond(seal(&key(1, 0), body, time)))? {
+            Outcome::Stake(reply) => Ok(reply),
+            other => panic!("bond answered {other:?}"),
+        }
+    }
+
+    fn unbond(&mut self, time: i64, units: u128) -> Result<StakeReply> {
+        let body = UnbondBody {
+            header: None,
+            amount: (units * UNIT).to_string(),
+        };
+        match self.apply(time, Tx::Unbond(seal(&key(1, 0), body, time)))? {
+            Outcome::Stake(reply) => Ok(reply),
+            other => panic!("unbond answered {other:?}"),
+        }
+    }
+
+    /// Buyer 0 orders `gpus` for an hour; the order as placed.
+    fn order(&mut self, time: i64, gpus: u32) -> OrderView {
+        match self
+            .apply(time, Tx::SubmitOrder(seal(&key(2, 0), order(gpus), time)))
+            .unwrap()
+        {
+            Outcome::Ordered(placed) => placed.order,
+            other => panic!("order answered {other:?}"),
+        }
+    }
+
+    fn accept(&mut self, time: i64, lease_id: &str) {
+        let body = LeaseDecisionBody {
+            header: None,
+            lease_id: lease_id.into(),
+            accept: true,
+            reason: String::new(),
+        };
+        self.apply(time, Tx::DecideLease(seal(&key(1, 0), body, time)))
+            .unwrap();
+    }
+
+    fn available(&self, who: &str) -> Amount {
+        let reply = self.state.balances_of(who).unwrap();
+        let usdc = reply.balances.iter().find(|b| b.denomination == "USDC");
+        usdc.map_or(Amount::ZERO, |b| {
+            crate::wire::amount::parse("available", &b.available).unwrap()
+        })
+    }
+}
+
+fn staked() -> Params {
+    Params {
+        bond_per_gpu: Amount::from_atto(10 * UNIT),
+        unbonding_seconds: 3600,
+        start_deadline_seconds: 300,
+        slash_basis_points: 2000,
+        ..Params::default()
+    }
+}
+
+#[test]
+fn a_bond_bounds_the_gpus_a_provider_leases_and_frees_with_them() {
+    let mut m = Market::opened(staked());
+    let t = START + 1;
+    let unbonded = m.order(t, 1);
+    assert_eq!(unbonded.state(), crate::wire::proto::OrderState::Rejected);
+    let stake = m.bond(t, 25, "available").unwrap();
+    assert_eq!((stake.covered_gpus, stake.committed_gpus), (Some(2), 0));
+    assert_eq!(
+        m.order(t, 4).state(),
+        crate::wire::proto::OrderState::Rejected,
+        "4 GPUs need 40 USDC bonded"
+    );
+    let first = m.order(t, 2);
+    assert_eq!(first.state(), crate::wire::proto::OrderState::Matched);
+    assert_eq!(m.state.stake_of(&m.provider()).unwrap().committed_gpus, 2);
+    assert_eq!(
+        m.order(t, 1).state(),
+        crate::wire::proto::OrderState::Rejected,
+        "the bond is used up"
+    );
+    let cancel = CancelBody {
+        header: None,
+        order_id: first.order_id.clone(),
+    };
+    m.apply(t, Tx::CancelOrder(seal(&key(2, 0), cancel, t)))
+        .unwrap();
+    assert_eq!(m.state.stake_of(&m.provider()).unwrap().committed_gpus, 0);
+    assert_eq!(
+        m.order(t, 1).state(),
+        crate::wire::proto::OrderState::Matched
+    );
+    let offers = m.state.list_offers(t).unwrap();
+    assert_eq!(offers[0].bonded, (25 * UNIT).to_string());
+    m.state.audit().unwrap();
+}
+
+#[test]
+fn bonds_and_unbonds_are_refused_with_the_field_and_the_rule() {
+    let mut m = Market::opened(staked());
+    let t = START + 1;
+    let refusal = |r: Result<StakeReply>| r.expect_err("refused").to_string();
+    let before = m.state.hash();
+    assert_eq!(
+        refusal(m.bond(t, 5, "savings")),
+        "bond.source: must be available or earnings"
+    );
+    assert!(
+        refusal(m.bond(t, 5000, "available"))
+            .starts_with("insufficient funds: bond needs 5000 USDC")
+    );
+    assert!(refusal(m.bond(t, 5, "earnings")).starts_with("insufficient funds"));
+    assert!(refusal(m.unbond(t, 1)).contains("unbond.amount: 1 USDC is more than the 0 bonded"));
+    assert_eq!(m.state.hash(), before, "refusals change nothing");
+
+    m.bond(t, 30, "available").unwrap();
+    let order = m.order(t, 2);
+    m.accept(t, &order.lease_id);
+    let uncovered = refusal(m.unbond(t, 15));
+    assert!(
+        uncovered
+            .contains("less than the 2 GPUs of the provider's matched and running leases need"),
+        "{uncovered}"
+    );
+    let stake = m.unbond(t, 10).unwrap();
+    assert_eq!(stake.bonded, (20 * UNIT).to_string());
+    assert_eq!(stake.unbonding.len(), 1);
+    assert_eq!(stake.unbonding[0].release_at, t + 3600);
+
+    // Paid back at its release time, not before.
+    let spendable = m.available(&m.provider());
+    m.sweep(t + 3599);
+    assert_eq!(m.available(&m.provider()), spendable);
+    m.sweep(t + 3600);
+    assert_eq!(
+        m.available(&m.provider()),
+        spendable
+            .checked_add(Amount::from_atto(10 * UNIT), "")
+            .unwrap()
+    );
+    assert!(
+        m.state
+            .stake_of(&m.provider())
+            .unwrap()
+            .unbonding
+            .is_empty()
+    );
+    m.state.audit().unwrap();
+}
+
+#[test]
+fn a_lease_never_started_ends_and_its_provider_is_slashed_to_the_buyer() {
+    let mut m = Market::opened(staked());
+    let t = START + 1;
+    m.bond(t, 40, "available").unwrap();
+    m.unbond(t, 10).unwrap();
+    let order = m.order(t, 2);
+    let spent = m.available(&m.buyer());
+    m.accept(t + 5, &order.lease_id);
+
+    assert!(!State::never_started(
+        &m.state
+            .get::<LeaseRecord>(LEASES, &order.lease_id)
+            .unwrap()
+            .unwrap(),
+        300,
+        t + 5 + 299
+    ));
+    m.sweep(t + 5 + 299);
+    let lease: LeaseRecord = m.state.get(LEASES, &order.lease_id).unwrap().unwrap();
+    assert_eq!(lease.state, crate::node::records::LeaseState::Accepted);
+
+    m.sweep(t + 5 + 300);
+    let view = m.state.order_status(&m.buyer(), &order.order_id).unwrap();
+    let lease = view.lease.as_ref().unwrap();
+    assert_eq!(
+        (lease.state.as_str(), lease.fault.as_str()),
+        ("ended", "provider")
+    );
+    assert_eq!(lease.end_reason, "NeverStarted");
+    // 20 % of the 40 USDC of stake (30 bonded, 10 unbonding) is 8 USDC, and the hold comes back.
+    let hold = crate::wire::amount::parse("held", &view.held).unwrap();
+    let slashed = Amount::from_atto(8 * UNIT);
+    assert_eq!(
+        m.available(&m.buyer()),
+        spent
+            .checked_add(hold, "")
+            .unwrap()
+            .checked_add(slashed, "")
+            .unwrap()
+    );
+    assert!(view.reason.contains("no receipt by"), "{}", view.reason);
+    let stake = m.state.stake_of(&m.provider()).unwrap();
+    assert_eq!(stake.bonded, (22 * UNIT).to_string(), "the bond pays first");
+    assert_eq!(stake.unbonding[0].amount, (10 * UNIT).to_string());
+    assert_eq!(stake.committed_gpus, 0);
+    assert_eq!(stake.slashes.len(), 1);
+    let slash = &stake.slashes[0];
+    assert_eq!(
+        (
+            slash.kind.as_str(),
+            slash.lease_id.as_str(),
+            slash.buyer.as_str()
+        ),
+        ("never-started", order.lease_id.as_str(), m.buyer().as_str())
+    );
+    assert_eq!(
+        slash.evidence,
+        format!(
+            "accepted at {}; no receipt by {} (300 s later)",
+            t + 5,
+            t + 305
+        )
+    );
+    // Once: the next sweep finds an ended lease.
+    m.sweep(t + 1000);
+    assert_eq!(m.state.stake_of(&m.provider()).unwrap().slashes.len(), 1);
+    m.state.audit().unwrap();
+}
+
+#[test]
+fn a_slash_beyond_the_bond_takes_from_unbonding_stake() {
+    let params = Params {
+        slash_basis_points: 10_000,
+        ..staked()
+    };
+    let mut m = Market::opened(params);
+    let t = START + 1;
+    m.bond(t, 40, "available").unwrap();
+    let order = m.order(t, 1);
+    m.accept(t, &order.lease_id);
+    m.unbond(t, 25).unwrap();
+    m.sweep(t + 300);
+    let stake = m.state.stake_of(&m.provider()).unwrap();
+    assert_eq!(stake.bonded, "0");
+    assert!(stake.unbonding.is_empty(), "{:?}", stake.unbonding);
+    assert_eq!(stake.slashes[0].amount, (40 * UNIT).to_string());
+    m.state.audit().unwrap();
 }
