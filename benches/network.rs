@@ -40,6 +40,9 @@ fn book(offers: usize) -> Vec<BookOffer> {
             max_gpus_per_lease: 8,
             allowed_registries: vec!["ghcr.io".into(), "nvcr.io".into()],
             published_seq: i as u64,
+            provider: format!("provider-{i}"),
+            bond_covers: None,
+            uptime_basis_points: 10_000,
         })
         .collect()
 }
@@ -55,6 +58,8 @@ fn terms() -> OrderTerms {
         region: String::new(),
         attributes: vec![],
         image: "ghcr.io/acme/train:1".into(),
+        provider: String::new(),
+        min_uptime_basis_points: 0,
     }
 }
 
@@ -62,6 +67,8 @@ fn order_body() -> OrderBody {
     OrderBody {
         header: None,
         resource_name: String::new(),
+        provider: String::new(),
+        min_uptime_basis_points: 0,
         gpus: 1,
         model: String::new(),
         duration_seconds: 3600,

@@ -83,6 +83,14 @@ async fn errors_name_the_target_and_the_fix_before_anything_is_sent() {
         ),
         (vec!["--max-price", "-2"], "--max-price: "),
         (vec!["--memory", "lots"], "--memory: "),
+        (
+            vec!["--min-uptime", "100.5"],
+            "invalid value '100.5' for '--min-uptime <PERCENT>': must be a percentage from 0 to 100",
+        ),
+        (
+            vec!["--provider", "acme"],
+            "--provider: must be a provider's base58 public key",
+        ),
     ] {
         // The case's flag replaces the one SUBMIT gives.
         let mut args: Vec<&str> = SUBMIT.to_vec();
@@ -294,9 +302,18 @@ async fn a_providers_bond_covers_its_leases_and_pays_the_buyer_when_it_never_sta
     assert_eq!(row, ["USDC", "25", "2", "0"], "{out}");
     let (code, out, _) = says(&order(buyer.path(), url, &["offers"]).await);
     assert_eq!(code, Some(0));
-    assert!(out.lines().next().unwrap().ends_with("BONDED"), "{out}");
-    assert!(out.lines().nth(1).unwrap().ends_with(" 25"), "{out}");
-
+    let header = out.lines().next().unwrap();
+    for column in ["BONDED", "UPTIME", "DONE/FAULTS", "PROVIDER KEY"] {
+        assert!(header.contains(column), "{out}");
+    }
+    let (_, out, _) = says(&order(buyer.path(), url, &["offers", "-o", "json"]).await);
+    let book: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(book[0]["bonded"], "25", "{out}");
+    assert_eq!(
+        book[0]["providerKey"],
+        gpubridge::identity::public_key_base58(&provider.verifying_key()).as_str()
+    );
+    assert_eq!(book[0]["uptimeBasisPoints"], 10_000, "{out}");
     let (code, out, err) =
         says(&order(buyer.path(), url, &[&SUBMIT[..], &["-o", "json"]].concat()).await);
     assert_eq!(code, Some(0), "two GPUs are covered: {err}");

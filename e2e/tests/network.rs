@@ -31,6 +31,8 @@ fn order(gpus: u32, model: &str, seconds: u64, max_price: u128) -> OrderBody {
     OrderBody {
         header: None,
         resource_name: String::new(),
+        provider: String::new(),
+        min_uptime_basis_points: 0,
         gpus,
         model: model.into(),
         duration_seconds: seconds,

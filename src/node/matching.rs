@@ -1,4 +1,4 @@
-//! Order matching (DESIGN §6): constraints first, then price, then time. Pure: the store hands
+//! Order matching (DESIGN §7): constraints first, then price, then time. Pure: the store hands
 //! it the live offer book and commits what it decides.
 
 use crate::admission::image_registry_allowed;
@@ -10,6 +10,8 @@ use crate::wire::amount::Amount;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BookOffer {
     pub offer_id: String,
+    /// The provider's public key, base58.
+    pub provider: String,
     /// Whole GPUs (`nvidia.com/gpu`) or a MIG profile.
     pub resource: String,
     pub model: String,
@@ -25,6 +27,10 @@ pub struct BookOffer {
     pub allowed_registries: Vec<String>,
     /// Publication order: earlier offers win ties on price.
     pub published_seq: u64,
+    /// GPUs the provider's bond still covers for new leases; `None` when no bond is asked.
+    pub bond_covers: Option<u64>,
+    /// The provider's uptime over the network's window, basis points.
+    pub uptime_basis_points: u32,
 }
 
 /// What an order asks for.
@@ -40,6 +46,10 @@ pub struct OrderTerms {
     pub region: String,
     pub attributes: Vec<(String, String)>,
     pub image: String,
+    /// The provider the buyer names; any when empty.
+    pub provider: String,
+    /// The least provider uptime, basis points; 0 asks none.
+    pub min_uptime_basis_points: u32,
 }
 
 /// The chosen offer and the node-block the lease takes.
@@ -52,15 +62,18 @@ pub struct Match {
 /// Why an offer cannot take an order, in the order the constraints are checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Mismatch {
+    Provider,
     Denomination,
     Resource,
     Model,
     Region,
+    Uptime,
     Attributes,
     Duration,
     LeaseSize,
     Registry,
     Capacity,
+    Bond,
     Price,
 }
 
@@ -73,6 +86,7 @@ impl Mismatch {
     /// What the offers failing on this constraint do, as (one offer, several offers).
     fn describe(self) -> (&'static str, &'static str) {
         match self {
+            Mismatch::Provider => ("is another provider's", "are other providers'"),
             Mismatch::Denomination => (
                 "sells in another denomination",
                 "sell in another denomination",
@@ -83,6 +97,10 @@ impl Mismatch {
             ),
             Mismatch::Model => ("offers another GPU model", "offer other GPU models"),
             Mismatch::Region => ("is in another region", "are in other regions"),
+            Mismatch::Uptime => (
+                "is from a provider with less uptime than the order asks",
+                "are from providers with less uptime than the order asks",
+            ),
             Mismatch::Attributes => ("lacks a required attribute", "lack a required attribute"),
             Mismatch::Duration => ("does not allow this duration", "do not allow this duration"),
             Mismatch::LeaseSize => ("allows fewer GPUs per lease", "allow fewer GPUs per lease"),
@@ -93,6 +111,10 @@ impl Mismatch {
             Mismatch::Capacity => (
                 "has no node with that many free GPUs",
                 "have no node with that many free GPUs",
+            ),
+            Mismatch::Bond => (
+                "is from a provider whose bond covers fewer GPUs",
+                "are from providers whose bonds cover fewer GPUs",
             ),
             Mismatch::Price => (
                 "costs more than the order's maximum price",
@@ -116,6 +138,8 @@ impl Mismatch {
             format!("on offer: {}{more}", shown.join(", "))
         };
         Some(match self {
+            // Other providers' keys are not the buyer's business.
+            Mismatch::Provider => return None,
             Mismatch::Denomination => {
                 listed(offers.iter().map(|o| o.denomination.as_str()).collect())
             }
@@ -133,6 +157,10 @@ impl Mismatch {
                     .map(|o| or_when_empty(&o.region, "none"))
                     .collect(),
             ),
+            Mismatch::Uptime => {
+                let best = offers.iter().map(|o| o.uptime_basis_points).max()?;
+                format!("the best: {}.{:02} %", best / 100, best % 100)
+            }
             Mismatch::Attributes => return None,
             Mismatch::Duration => {
                 let shortest = offers.iter().map(|o| o.min_duration_seconds).min()?;
@@ -157,6 +185,10 @@ impl Mismatch {
                     .max()
                     .unwrap_or(0);
                 format!("the most free on one node: {most}")
+            }
+            Mismatch::Bond => {
+                let most = offers.iter().filter_map(|o| o.bond_covers).max()?;
+                format!("the most GPUs a bond still covers: {most}")
             }
             Mismatch::Price => {
                 let cheapest = offers.iter().min_by_key(|o| o.price)?;
@@ -222,6 +254,9 @@ impl std::fmt::Display for NoMatch {
 
 /// The first constraint `offer` fails for `order`, or `None` when it can take it.
 pub fn mismatch(order: &OrderTerms, offer: &BookOffer) -> Option<Mismatch> {
+    if !order.provider.is_empty() && offer.provider != order.provider {
+        return Some(Mismatch::Provider);
+    }
     if offer.denomination != order.denomination {
         return Some(Mismatch::Denomination);
     }
@@ -233,6 +268,9 @@ pub fn mismatch(order: &OrderTerms, offer: &BookOffer) -> Option<Mismatch> {
     }
     if !order.region.is_empty() && offer.region != order.region {
         return Some(Mismatch::Region);
+    }
+    if offer.uptime_basis_points < order.min_uptime_basis_points {
+        return Some(Mismatch::Uptime);
     }
     if !order
         .attributes
@@ -254,6 +292,9 @@ pub fn mismatch(order: &OrderTerms, offer: &BookOffer) -> Option<Mismatch> {
     }
     if best_fit(&offer.free_blocks, order.gpus).is_none() {
         return Some(Mismatch::Capacity);
+    }
+    if offer.bond_covers.is_some_and(|c| u64::from(order.gpus) > c) {
+        return Some(Mismatch::Bond);
     }
     if offer.price > order.max_price {
         return Some(Mismatch::Price);
@@ -333,6 +374,9 @@ mod tests {
             max_gpus_per_lease: 8,
             allowed_registries: vec!["ghcr.io".into()],
             published_seq: seq,
+            provider: "provider-a".into(),
+            bond_covers: None,
+            uptime_basis_points: 10_000,
         }
     }
 
@@ -347,6 +391,8 @@ mod tests {
             region: String::new(),
             attributes: vec![],
             image: "ghcr.io/acme/train:1".into(),
+            provider: String::new(),
+            min_uptime_basis_points: 0,
         }
     }
 
@@ -401,9 +447,21 @@ mod tests {
         type Edit = Box<dyn Fn(&mut OrderTerms, &mut BookOffer)>;
         let cases: Vec<(Edit, Mismatch)> = vec![
             (
+                Box::new(|o, _| o.provider = "provider-b".into()),
+                Mismatch::Provider,
+            ),
+            (
                 Box::new(|o, _| o.denomination = "EUR".into()),
                 Mismatch::Denomination,
             ),
+            (
+                Box::new(|o, b| {
+                    o.min_uptime_basis_points = 9_950;
+                    b.uptime_basis_points = 9_949
+                }),
+                Mismatch::Uptime,
+            ),
+            (Box::new(|_, b| b.bond_covers = Some(1)), Mismatch::Bond),
             (Box::new(|o, _| o.model = "A100".into()), Mismatch::Model),
             (Box::new(|o, _| o.region = "us".into()), Mismatch::Region),
             (
@@ -437,8 +495,15 @@ mod tests {
             edit(&mut o, &mut b);
             assert_eq!(mismatch(&o, &b), Some(expected));
         }
-        let (o, b) = (order(2, 10), base);
+        let (mut o, mut b) = (order(2, 10), base);
         assert_eq!(mismatch(&o, &b), None);
+        // The bounds themselves pass: the named provider, uptime just enough, a bond just covering.
+        o.provider = "provider-a".into();
+        o.min_uptime_basis_points = 9_950;
+        b.uptime_basis_points = 9_950;
+        b.bond_covers = Some(2);
+        assert_eq!(mismatch(&o, &b), None);
+        b.bond_covers = None;
         let any_model = OrderTerms {
             model: String::new(),
             ..order(2, 10)
@@ -458,7 +523,10 @@ mod tests {
         second.max_duration_seconds = 7200;
         second.max_gpus_per_lease = 4;
         second.allowed_registries = vec!["nvcr.io".into()];
-        let book = vec![offer("o", 5 * UNIT, &[8], 1), second];
+        let mut first = offer("o", 5 * UNIT, &[8], 1);
+        (first.uptime_basis_points, second.uptime_basis_points) = (9_990, 9_000);
+        (first.bond_covers, second.bond_covers) = (Some(3), Some(2));
+        let book = vec![first, second];
         type Edit = Box<dyn Fn(&mut OrderTerms)>;
         let cases: Vec<(Edit, &str)> = vec![
             (
@@ -495,6 +563,18 @@ mod tests {
             (
                 Box::new(|o| o.max_price = Amount::from_atto(UNIT)),
                 "2 cost more than the order's maximum price (the cheapest asks 1.5 USDC per GPU-hour)",
+            ),
+            (
+                Box::new(|o| o.provider = "provider-z".into()),
+                "2 are other providers'",
+            ),
+            (
+                Box::new(|o| o.min_uptime_basis_points = 10_000),
+                "2 are from providers with less uptime than the order asks (the best: 99.90 %)",
+            ),
+            (
+                Box::new(|o| o.gpus = 4),
+                "2 are from providers whose bonds cover fewer GPUs (the most GPUs a bond still covers: 3)",
             ),
         ];
         for (edit, expected) in cases {

@@ -13,6 +13,7 @@ pub mod service;
 pub mod state;
 pub mod store;
 pub mod transitions;
+pub mod uptime;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,6 +61,12 @@ pub struct NetworkArgs {
     /// Seconds without a heartbeat after which a provider's offers are dropped.
     #[arg(long, default_value_t = 30)]
     pub heartbeat_timeout_seconds: u32,
+    /// Seconds of the slot uptime is counted in: providers heartbeat at least this often.
+    #[arg(long, default_value_t = 10)]
+    pub heartbeat_interval_seconds: u32,
+    /// Seconds of the window a provider's uptime is measured over.
+    #[arg(long, default_value_t = 24 * 3600)]
+    pub uptime_window_seconds: u32,
     /// Seconds a provider has to accept or reject a lease.
     #[arg(long, default_value_t = 30)]
     pub answer_seconds: u32,
@@ -124,6 +131,8 @@ pub async fn run(args: NetworkArgs) -> Result<(), NetworkError> {
     let params = Params {
         offer_ttl_seconds: args.offer_ttl_seconds,
         heartbeat_timeout_seconds: args.heartbeat_timeout_seconds,
+        heartbeat_interval_seconds: args.heartbeat_interval_seconds,
+        uptime_window_seconds: args.uptime_window_seconds,
         answer_seconds: args.answer_seconds,
         challenge_seconds: args.challenge_seconds,
         bond_per_gpu: crate::wire::amount::from_decimal_units(

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metering::{ChainHead, Totals};
 use crate::node::matching::BookOffer;
+use crate::node::uptime::Uptime;
 use crate::wire::amount::Amount;
 use crate::wire::proto::{LeaseView, OfferView, OrderState as WireOrderState, OrderView};
 
@@ -15,6 +16,14 @@ pub struct ProviderRecord {
     pub region: String,
     pub registered_at: i64,
     pub last_heartbeat: i64,
+    /// Heartbeats the network counted, for the provider's uptime.
+    #[serde(default)]
+    pub uptime: Uptime,
+    /// Its leases that ended without its fault, and those that ended by it.
+    #[serde(default)]
+    pub completed_leases: u64,
+    #[serde(default)]
+    pub provider_fault_ends: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,9 +49,13 @@ pub struct OfferRecord {
 }
 
 impl OfferRecord {
-    pub fn to_book(&self) -> BookOffer {
+    /// The offer as matching sees it, with what the network knows of its provider.
+    pub fn to_book(&self, bond_covers: Option<u64>, uptime_basis_points: u32) -> BookOffer {
         BookOffer {
             offer_id: self.offer_id.clone(),
+            provider: self.provider.clone(),
+            bond_covers,
+            uptime_basis_points,
             resource: self.resource_name.clone(),
             model: self.model.clone(),
             region: self.region.clone(),
@@ -73,6 +86,10 @@ impl OfferRecord {
             region: self.region.clone(),
             expires_at: self.expires_at,
             bonded: String::new(),
+            provider: String::new(),
+            uptime_basis_points: 0,
+            completed_leases: 0,
+            provider_fault_ends: 0,
         }
     }
 }

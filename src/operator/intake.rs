@@ -263,6 +263,8 @@ pub(crate) mod tests {
             region: String::new(),
             attributes: vec![],
             resource_name: String::new(),
+            provider: String::new(),
+            min_uptime_basis_points: 0,
             workload: Some(Workload {
                 image: "ghcr.io/acme/train:1".into(),
                 command: vec!["python".into(), "train.py".into()],

@@ -293,6 +293,19 @@ pub fn order(body: &OrderBody) -> Result<CheckedOrder, Rejection> {
     region("order.region", &body.region)?;
     let attributes = attributes("order.attributes", &body.attributes)?;
     workload("order.workload", body.workload.as_ref())?;
+    if !body.provider.is_empty() && crate::identity::public_key_from_base58(&body.provider).is_err()
+    {
+        return invalid(
+            "order.provider",
+            "must be a provider's base58 public key, or empty",
+        );
+    }
+    if body.min_uptime_basis_points > 10_000 {
+        return invalid(
+            "order.minUptimeBasisPoints",
+            "must be at most 10000 (100 %)",
+        );
+    }
     Ok(CheckedOrder {
         max_price,
         attributes,
@@ -372,7 +385,7 @@ pub fn reason(field: &str, text: &str) -> Result<(), Rejection> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::wire::proto::EnvVar;
 
@@ -387,6 +400,8 @@ mod tests {
             region: String::new(),
             attributes: vec![],
             resource_name: String::new(),
+            provider: String::new(),
+            min_uptime_basis_points: 0,
             workload: Some(Workload {
                 image: "ghcr.io/acme/train:1.2".into(),
                 command: vec!["python".into()],
@@ -473,6 +488,11 @@ mod tests {
             (
                 |o| o.workload.as_mut().unwrap().command = vec!["x".into(); 65],
                 "order.workload.command",
+            ),
+            (|o| o.provider = "not-a-key".into(), "order.provider"),
+            (
+                |o| o.min_uptime_basis_points = 10_001,
+                "order.minUptimeBasisPoints",
             ),
         ];
         for (edit, field) in cases {

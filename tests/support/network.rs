@@ -128,6 +128,8 @@ pub fn order(gpus: u32) -> OrderBody {
     OrderBody {
         header: None,
         resource_name: String::new(),
+        provider: String::new(),
+        min_uptime_basis_points: 0,
         gpus,
         model: "NVIDIA-H100-80GB-HBM3".into(),
         duration_seconds: 3600,

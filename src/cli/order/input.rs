@@ -34,6 +34,22 @@ pub(super) fn seconds(text: &str) -> Result<u64, String> {
     }
 }
 
+/// `--min-uptime`: a percentage with at most two decimals, such as 99.5, as basis points.
+pub(super) fn percent(text: &str) -> Result<u32, String> {
+    let rule = || "must be a percentage from 0 to 100 with at most two decimals, such as 99.5";
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || (text.contains('.') && !digits(fraction)) || fraction.len() > 2 {
+        return Err(rule().into());
+    }
+    let whole: u32 = whole.parse().map_err(|_| rule())?;
+    let fraction: u32 = format!("{fraction:0<2}").parse().map_err(|_| rule())?;
+    match whole.checked_mul(100).and_then(|w| w.checked_add(fraction)) {
+        Some(bp) if bp <= 10_000 => Ok(bp),
+        _ => Err(rule().into()),
+    }
+}
+
 /// `NAME=VALUE` for `--env` and `--attribute`.
 pub(super) fn pair(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
@@ -52,6 +68,8 @@ fn flag_of(field: &str) -> String {
         "order.maxPricePerGpuHour" => "--max-price",
         "order.denomination" => "--denomination",
         "order.region" => "--region",
+        "order.provider" => "--provider",
+        "order.minUptimeBasisPoints" => "--min-uptime",
         "order.workload.image" => "--image",
         "order.workload.cpu" => "--cpu",
         "order.workload.memory" => "--memory",
@@ -80,6 +98,8 @@ pub(super) fn order_body(args: SubmitArgs) -> Result<OrderBody, String> {
         header: None,
         gpus: args.gpus,
         resource_name: args.resource,
+        provider: args.provider,
+        min_uptime_basis_points: args.min_uptime,
         model: args.model,
         duration_seconds,
         max_price_per_gpu_hour: max_price.to_string(),
@@ -171,6 +191,22 @@ mod tests {
         assert!(seconds("-60").is_err());
         assert_eq!(pair("A=b=c"), Ok(("A".into(), "b=c".into())));
         assert!(pair("A").is_err());
+        for (text, bp) in [("99.5", 9_950), ("100", 10_000), ("0", 0), ("99.95", 9_995)] {
+            assert_eq!(percent(text), Ok(bp), "{text}");
+        }
+        for bad in [
+            "100.01",
+            "99.555",
+            "-1",
+            "",
+            ".5",
+            "5.",
+            "x",
+            "1e2",
+            "4294967296",
+        ] {
+            assert!(percent(bad).unwrap_err().contains("from 0 to 100"), "{bad}");
+        }
     }
 
     fn submit() -> SubmitArgs {
@@ -187,6 +223,8 @@ mod tests {
             memory: "16Gi".into(),
             env: vec![],
             region: String::new(),
+            provider: String::new(),
+            min_uptime: 0,
             attributes: vec![],
             command: vec!["python".into(), "train.py".into()],
         }
@@ -224,6 +262,10 @@ mod tests {
             (
                 |a| a.attributes = vec![("".into(), "x".into())],
                 "--attribute: ",
+            ),
+            (
+                |a| a.provider = "acme".into(),
+                "--provider: must be a provider's",
             ),
         ];
         for (edit, says) in cases {

@@ -168,6 +168,14 @@ pub struct SubmitArgs {
     /// The region the provider must be in; any when absent.
     #[arg(long, default_value = "", hide_default_value = true)]
     pub region: String,
+    /// The provider to lease from, by its public key (the offer book's PROVIDER KEY); any when
+    /// absent.
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub provider: String,
+    /// The least uptime the provider must have shown, in percent, such as 99.5; none when
+    /// absent.
+    #[arg(long, value_parser = input::percent, default_value = "0", hide_default_value = true, value_name = "PERCENT")]
+    pub min_uptime: u32,
     /// An offer attribute the provider must have, KEY=VALUE; repeatable.
     #[arg(long = "attribute", value_parser = input::pair, value_name = "KEY=VALUE")]
     pub attributes: Vec<(String, String)>,

@@ -346,6 +346,10 @@ pub(super) fn offers(offers: &[OfferView], output: Output) -> String {
                     "minDurationSeconds": o.min_duration_seconds, "maxDurationSeconds": o.max_duration_seconds,
                     "region": o.region, "expiresAt": o.expires_at,
                     "bonded": units(&o.bonded),
+                    "providerKey": o.provider,
+                    "uptimeBasisPoints": o.uptime_basis_points,
+                    "completedLeases": o.completed_leases,
+                    "providerFaultEnds": o.provider_fault_ends,
                 })
             })
             .collect();
@@ -376,6 +380,13 @@ pub(super) fn offers(offers: &[OfferView], output: Output) -> String {
                 ),
                 or_dash(&o.region),
                 units(&o.bonded),
+                format!(
+                    "{}.{:02} %",
+                    o.uptime_basis_points / 100,
+                    o.uptime_basis_points % 100
+                ),
+                format!("{} / {}", o.completed_leases, o.provider_fault_ends),
+                o.provider.clone(),
             ]
         })
         .collect();
@@ -390,6 +401,9 @@ pub(super) fn offers(offers: &[OfferView], output: Output) -> String {
             "DURATION",
             "REGION",
             "BONDED",
+            "UPTIME",
+            "DONE/FAULTS",
+            "PROVIDER KEY",
         ],
         &rows,
     )

@@ -12,7 +12,7 @@ use crate::wire::proto::{
 };
 use crate::wire::{Opened, Rejection, validate};
 
-use super::{Block, LEASES, NONCES, OFFERS, ORDERS, Result, State, StateError};
+use super::{Block, LEASES, NONCES, OFFERS, ORDERS, PROVIDERS, Result, State, StateError};
 
 /// The state machine's step for `event` on `lease` and its order, or the refusal.
 fn step(lease: &LeaseRecord, order: &OrderRecord, event: Event) -> Result<Step> {
@@ -221,6 +221,13 @@ impl State {
             format!("refund {}", order.order_id),
         )?;
         self.release_capacity(lease)?;
+        let mut provider = self.registered(&lease.provider)?;
+        if end.fault == "provider" {
+            provider.provider_fault_ends += 1;
+        } else {
+            provider.completed_leases += 1;
+        }
+        self.put(PROVIDERS, &lease.provider, &provider)?;
         order.state = order_state;
         order.reason = end_sentence(&end.phase, &end.reason, &end.fault);
         order.charged = end.charged;

@@ -71,6 +71,10 @@ pub struct Params {
     pub offer_ttl_seconds: u32,
     /// A provider silent this long has its offers dropped from matching.
     pub heartbeat_timeout_seconds: u32,
+    /// The slot uptime is counted in: a provider heartbeats at least this often.
+    pub heartbeat_interval_seconds: u32,
+    /// The window uptime is measured over.
+    pub uptime_window_seconds: u32,
     /// How long a provider has to answer a lease.
     pub answer_seconds: u32,
     /// How often an accepted lease is challenged for fresh attestation evidence.
@@ -93,6 +97,8 @@ impl Default for Params {
         Params {
             offer_ttl_seconds: 120,
             heartbeat_timeout_seconds: 30,
+            heartbeat_interval_seconds: 10,
+            uptime_window_seconds: 24 * 3600,
             answer_seconds: 30,
             challenge_seconds: 300,
             stake_denomination: "USDC".into(),

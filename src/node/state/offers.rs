@@ -3,6 +3,7 @@
 use crate::identity::public_key_base58;
 use crate::node::ledger::Account;
 use crate::node::records::{LeaseRecord, OfferRecord, ProviderRecord};
+use crate::node::uptime::Uptime;
 use crate::wire::envelope::open;
 use crate::wire::proto::{
     HeartbeatBody, OfferBody, OfferView, PublishOfferReply, RegisterBody, Signed, WithdrawBody,
@@ -42,16 +43,22 @@ impl State {
         validate::region("register.region", &opened.body.region)?;
         let key = public_key_base58(&opened.signer);
         self.consume_nonce(&opened)?;
-        let registered_at = self
-            .get::<ProviderRecord>(PROVIDERS, &key)?
-            .map_or(block.time, |p| p.registered_at);
-        let record = ProviderRecord {
-            key: key.clone(),
-            name: opened.body.name.clone(),
-            region: opened.body.region.clone(),
-            registered_at,
-            last_heartbeat: block.time,
+        let mut record = match self.get::<ProviderRecord>(PROVIDERS, &key)? {
+            Some(known) => known,
+            None => ProviderRecord {
+                key: key.clone(),
+                name: String::new(),
+                region: String::new(),
+                registered_at: block.time,
+                last_heartbeat: block.time,
+                uptime: Uptime::default(),
+                completed_leases: 0,
+                provider_fault_ends: 0,
+            },
         };
+        record.name = opened.body.name.clone();
+        record.region = opened.body.region.clone();
+        self.beat(&mut record, block.time)?;
         self.put(PROVIDERS, &key, &record)
     }
 
@@ -116,8 +123,31 @@ impl State {
         let provider = public_key_base58(&opened.signer);
         self.consume_nonce(&opened)?;
         let mut record = self.registered(&provider)?;
-        record.last_heartbeat = block.time;
+        self.beat(&mut record, block.time)?;
         self.put(PROVIDERS, &provider, &record)
+    }
+
+    /// A sign of life from `provider` at `now`: registering counts as one.
+    fn beat(&self, provider: &mut ProviderRecord, now: i64) -> Result<()> {
+        let params = self.params()?;
+        provider.last_heartbeat = now;
+        provider.uptime.heartbeat(
+            now,
+            params.heartbeat_interval_seconds,
+            params.uptime_window_seconds,
+        );
+        Ok(())
+    }
+
+    /// `provider`'s uptime at `now`, basis points.
+    pub(super) fn uptime_of(&self, provider: &ProviderRecord, now: i64) -> Result<u32> {
+        let params = self.params()?;
+        Ok(provider.uptime.basis_points(
+            provider.registered_at,
+            now,
+            params.heartbeat_interval_seconds,
+            params.uptime_window_seconds,
+        ))
     }
 
     /// Offers that can be matched at `now`, each with its provider: unexpired, from a provider
@@ -148,6 +178,10 @@ impl State {
                 view.bonded = self
                     .balance(&Account::Bond(provider.key.clone()), &denomination)?
                     .to_string();
+                view.provider = provider.key.clone();
+                view.uptime_basis_points = self.uptime_of(provider, now)?;
+                view.completed_leases = provider.completed_leases;
+                view.provider_fault_ends = provider.provider_fault_ends;
                 Ok(view)
             })
             .collect()

@@ -1,16 +1,12 @@
 //! Orders: submission and matching, cancellation, the buyer's queries.
 
-use std::collections::BTreeMap;
-
 use sha2::{Digest, Sha256};
 
 use crate::identity::public_key_base58;
 use crate::metering::{ChainHead, Totals};
 use crate::node::ledger::{self, Account};
 use crate::node::matching::{self, OrderTerms};
-use crate::node::records::{
-    LeaseRecord, LeaseState, OfferRecord, OrderRecord, OrderState, ProviderRecord,
-};
+use crate::node::records::{LeaseRecord, LeaseState, OrderRecord, OrderState, ProviderRecord};
 use crate::node::transitions::{self, Event, Step};
 use crate::wire::amount::Amount;
 use crate::wire::envelope::open;
@@ -78,6 +74,8 @@ impl State {
             region: body.region.clone(),
             attributes: checked.attributes,
             image: image.clone(),
+            provider: body.provider.clone(),
+            min_uptime_basis_points: body.min_uptime_basis_points,
         };
         self.consume_nonce(&opened)?;
         let mut order = OrderRecord {
@@ -102,32 +100,15 @@ impl State {
             updated_at: now,
             sequence: self.next_seq(ORDER_SEQ)?,
         };
-        let offers: Vec<OfferRecord> = self
-            .live_offers(now)?
-            .into_iter()
-            .map(|(offer, _)| offer)
-            .collect();
-        // Each offer matches only as many GPUs as its provider's bond still covers.
+        // Each offer as matching sees it: with its provider's uptime, and the GPUs its
+        // provider's bond still covers.
         let params = self.params()?;
-        let mut cover: BTreeMap<&str, Option<u64>> = BTreeMap::new();
-        let mut book = Vec::with_capacity(offers.len());
-        for offer in &offers {
-            let provider = offer.provider.as_str();
-            let covers = match cover.get(provider) {
-                Some(c) => *c,
-                None => *cover
-                    .entry(provider)
-                    .or_insert(self.uncommitted_cover(provider, &params)?),
-            };
-            let mut entry = offer.to_book();
-            if let Some(gpus) = covers {
-                let gpus = u32::try_from(gpus).unwrap_or(u32::MAX);
-                entry
-                    .free_blocks
-                    .iter_mut()
-                    .for_each(|b| *b = (*b).min(gpus));
-            }
-            book.push(entry);
+        let mut offers = Vec::new();
+        let mut book = Vec::new();
+        for (offer, provider) in self.live_offers(now)? {
+            let covers = self.uncommitted_cover(&provider.key, &params)?;
+            book.push(offer.to_book(covers, self.uptime_of(&provider, now)?));
+            offers.push(offer);
         }
         let mut lease_out = None;
         match matching::best_offer(&terms, &book) {

@@ -16,7 +16,7 @@ use crate::wire::envelope::seal;
 use crate::wire::proto::{
     Attribution, BondBody, CancelBody, DepositBody, GpuUsage, HeartbeatBody, LeaseDecisionBody,
     LeaseEndBody, OfferBody, OrderBody, ReceiptsBody, RegisterBody, StakeReply, UnbondBody,
-    WithdrawBody, Workload,
+    WithdrawBody,
 };
 
 const UNIT: u128 = 1_000_000_000_000_000_000;
@@ -93,23 +93,8 @@ fn offer(name: &str, gpus: u32, now: i64) -> OfferBody {
 
 fn order(gpus: u32) -> OrderBody {
     OrderBody {
-        header: None,
-        resource_name: String::new(),
         gpus,
-        model: "NVIDIA-H100-80GB-HBM3".into(),
-        duration_seconds: 3600,
-        max_price_per_gpu_hour: (3 * UNIT).to_string(),
-        denomination: "USDC".into(),
-        region: String::new(),
-        attributes: vec![],
-        workload: Some(Workload {
-            image: "ghcr.io/acme/train:1".into(),
-            command: vec![],
-            args: vec![],
-            env: vec![],
-            cpu: "1".into(),
-            memory: "1Gi".into(),
-        }),
+        ..crate::wire::validate::tests::valid_order()
     }
 }
 
@@ -735,4 +720,126 @@ fn a_slash_beyond_the_bond_takes_from_unbonding_stake() {
     assert!(stake.unbonding.is_empty(), "{:?}", stake.unbonding);
     assert_eq!(stake.slashes[0].amount, (40 * UNIT).to_string());
     m.state.audit().unwrap();
+}
+
+#[test]
+fn a_buyer_names_a_provider_or_asks_for_uptime_and_the_book_shows_both() {
+    let mut m = Market::opened(Params::default());
+    let other = key(1, 1);
+    let register = RegisterBody {
+        header: None,
+        name: "budget".into(),
+        region: String::new(),
+    };
+    m.apply(START, Tx::Register(seal(&other, register, START)))
+        .unwrap();
+    // Provider 0 heartbeats every slot for ten minutes; the other every other slot.
+    for s in 1..=60 {
+        let t = START + s * 10;
+        m.apply(
+            t,
+            Tx::Heartbeat(seal(&key(1, 0), HeartbeatBody { header: None }, t)),
+        )
+        .unwrap();
+        if s % 2 == 0 {
+            m.apply(
+                t,
+                Tx::Heartbeat(seal(&other, HeartbeatBody { header: None }, t)),
+            )
+            .unwrap();
+        }
+    }
+    // Both publish (offers live two minutes); the other sells cheaper.
+    let t = START + 600;
+    let mut cheap = offer("h100", 8, t);
+    cheap.price_per_gpu_hour = (2 * UNIT).to_string();
+    m.apply(t, Tx::PublishOffer(seal(&other, cheap, t)))
+        .unwrap();
+    m.apply(
+        t,
+        Tx::PublishOffer(seal(&key(1, 0), offer("h100", 8, t), t)),
+    )
+    .unwrap();
+    let book = m.state.list_offers(t).unwrap();
+    let uptime = |name: &str| {
+        book.iter()
+            .find(|o| o.provider_name == name)
+            .unwrap()
+            .uptime_basis_points
+    };
+    assert_eq!(uptime("acme"), 10_000);
+    assert!(
+        (4_900..=5_200).contains(&uptime("budget")),
+        "{}",
+        uptime("budget")
+    );
+
+    let place = |m: &mut Market, edit: &dyn Fn(&mut OrderBody)| {
+        let mut body = order(1);
+        edit(&mut body);
+        match m
+            .apply(t, Tx::SubmitOrder(seal(&key(2, 0), body, t)))
+            .unwrap()
+        {
+            Outcome::Ordered(placed) => *placed,
+            other => panic!("{other:?}"),
+        }
+    };
+    let any = place(&mut m, &|_| ());
+    assert_eq!(
+        any.lease.unwrap().0,
+        public_key_base58(&other.verifying_key()),
+        "the cheaper"
+    );
+    let named = place(&mut m, &|o| o.provider = m_provider());
+    assert_eq!(
+        named.lease.unwrap().0,
+        m_provider(),
+        "the named, though dearer"
+    );
+    let reliable = place(&mut m, &|o| o.min_uptime_basis_points = 9_000);
+    assert_eq!(
+        reliable.lease.unwrap().0,
+        m_provider(),
+        "the one with the uptime"
+    );
+    let refused = place(&mut m, &|o| {
+        o.min_uptime_basis_points = 9_000;
+        o.provider = public_key_base58(&other.verifying_key());
+    });
+    assert!(refused.lease.is_none());
+    assert!(
+        refused.order.reason.contains("is another provider's"),
+        "{}",
+        refused.order.reason
+    );
+
+    // A lease that ends well counts for its provider; one that never starts, against.
+    let lease_id = named.order.lease_id.clone();
+    m.accept(t, &lease_id);
+    let end = LeaseEndBody {
+        header: None,
+        lease_id,
+        phase: "Succeeded".into(),
+        reason: String::new(),
+        fault: "none".into(),
+        started_at: t,
+        ended_at: t + 5,
+        gpu_seconds: 5,
+    };
+    m.apply(t + 5, Tx::ReportLeaseEnd(seal(&key(1, 0), end, t + 5)))
+        .unwrap();
+    m.accept(t + 5, &reliable.order.lease_id);
+    m.sweep(t + 5 + 600);
+    let record: crate::node::records::ProviderRecord =
+        m.state.get(PROVIDERS, &m_provider()).unwrap().unwrap();
+    assert_eq!(
+        (record.completed_leases, record.provider_fault_ends),
+        (1, 1)
+    );
+}
+
+/// Provider 0's public key.
+fn m_provider() -> String {
+    public_key_base58(&key(1, 0).verifying_key())
 }
