@@ -23,6 +23,8 @@ pub enum Account {
     Bond(String),
     /// Stake a provider unbonds, until its release: still slashable.
     Unbonding(String),
+    /// A proposal's deposit, by proposal id, until its vote ends.
+    Proposal(String),
 }
 
 impl Account {
@@ -36,6 +38,7 @@ impl Account {
             Account::Provider(k) => format!("provider/{k}/{denomination}"),
             Account::Bond(k) => format!("bond/{k}/{denomination}"),
             Account::Unbonding(k) => format!("unbonding/{k}/{denomination}"),
+            Account::Proposal(id) => format!("proposal/{id}/{denomination}"),
         }
     }
 }

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::identity::{keyfile, public_key_base58};
 use crate::process::shutdown::Shutdown;
@@ -90,6 +90,19 @@ pub struct NetworkArgs {
     /// Share of a provider's stake one slash takes, in basis points (1000 = 10 %).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub slash_basis_points: u32,
+    /// Blocks a proposal is voted on. This and the three below are governance's own rules: no
+    /// proposal changes them.
+    #[arg(long, default_value_t = 100)]
+    pub voting_blocks: u64,
+    /// The least deposit of a proposal, in units of the stake denomination.
+    #[arg(long, default_value = "10")]
+    pub min_deposit: String,
+    /// Bonded stake that must vote for a tally to count, basis points.
+    #[arg(long, default_value_t = 3_340, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub quorum_basis_points: u32,
+    /// Yes votes, basis points of the stake that voted, above which a proposal passes.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub threshold_basis_points: u32,
     /// Log format.
     #[arg(long, env = "GPUBRIDGE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: crate::process::telemetry::LogFormat,
@@ -143,11 +156,23 @@ pub async fn run(args: NetworkArgs) -> Result<(), NetworkError> {
         unbonding_seconds: args.unbonding_seconds,
         start_deadline_seconds: args.start_deadline_seconds,
         slash_basis_points: args.slash_basis_points,
+        voting_blocks: args.voting_blocks,
+        min_deposit: crate::wire::amount::from_decimal_units("--min-deposit", &args.min_deposit)?,
+        quorum_basis_points: args.quorum_basis_points,
+        threshold_basis_points: args.threshold_basis_points,
     };
     let db_path = args.data_dir.join("network.redb");
     let store = Arc::new(tokio::task::block_in_place(|| {
-        Store::open(&db_path, key, params)
+        Store::open(&db_path, key, params.clone())
     })?);
+    let in_force = store.params()?;
+    if in_force != params {
+        warn!(
+            ?in_force,
+            "the network's parameters are its state's: the flags set them only for a new \
+             network, and only governance changes them"
+        );
+    }
     info!(
         network_key = %public_key_base58(&store.network_key()),
         listen = %args.listen,

@@ -15,7 +15,8 @@ use crate::wire::proto::gateway_server::Gateway;
 use crate::wire::proto::{
     Ack, BalanceReply, ChallengeReply, EvidenceReply, HeartbeatReply, InfoReply, InfoRequest,
     LeaseEndReply, LeaseEvent, ListOffersReply, ListOffersRequest, ListOrdersReply, OrderView,
-    PublishOfferReply, ReceiptsReply, RegisterReply, Signed, StakeReply, lease_event,
+    ParamsReply, ParamsRequest, ProposalView, PublishOfferReply, ReceiptsReply, RegisterReply,
+    Signed, StakeReply, lease_event,
 };
 
 type LeaseSender = mpsc::Sender<Result<LeaseEvent, Status>>;
@@ -120,6 +121,27 @@ impl Gateway for GatewayService {
         let signed = request.into_inner();
         let reply = self
             .blocking("Unbond", move |s, now| s.unbond(&signed, now))
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn params(&self, _: Request<ParamsRequest>) -> Result<Response<ParamsReply>, Status> {
+        let reply = self.blocking("Params", |s, _| s.params_view()).await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn propose(&self, request: Request<Signed>) -> Result<Response<ProposalView>, Status> {
+        let signed = request.into_inner();
+        let reply = self
+            .blocking("Propose", move |s, now| s.propose(&signed, now))
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn vote(&self, request: Request<Signed>) -> Result<Response<ProposalView>, Status> {
+        let signed = request.into_inner();
+        let reply = self
+            .blocking("Vote", move |s, now| s.vote(&signed, now))
             .await?;
         Ok(Response::new(reply))
     }

@@ -23,7 +23,7 @@ use crate::wire::Rejection;
 use crate::wire::envelope::sign_body;
 use crate::wire::proto::{
     BalanceReply, ChallengeReply, EvidenceReply, LeaseBody, LeaseEndReply, OfferView, OrderView,
-    PublishOfferReply, ReceiptsReply, Signed, StakeReply,
+    ParamsReply, ProposalView, PublishOfferReply, ReceiptsReply, Signed, StakeReply,
 };
 
 /// The state machine's map, key → value, as it stands after the last persisted block.
@@ -91,9 +91,8 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the database at `path`. The node's flags are the parameters of a new
-    /// network, and replace those of an existing one: the embedded node's operator is its
-    /// governance.
+    /// Opens (or creates) the database at `path`. `params` are those of a new network; an
+    /// existing one keeps its own, which only governance changes.
     pub fn open(path: &Path, key: SigningKey, params: Params) -> Result<Store> {
         let db = Database::create(path)?;
         let read = db.begin_read()?;
@@ -127,10 +126,6 @@ impl Store {
         };
         if !existing {
             store.persist(&store.lock().snapshot())?;
-        } else if store.params()? != params {
-            store.commit(jiff::Timestamp::now().as_second(), |state, _| {
-                state.set_params(params)
-            })?;
         }
         Ok(store)
     }
@@ -339,6 +334,24 @@ impl Store {
         }
     }
 
+    pub fn propose(&self, signed: &Signed, now: i64) -> Result<ProposalView> {
+        match self.apply(&Tx::Propose(signed.clone()), now)? {
+            Outcome::Proposal(view) => Ok(view),
+            other => Err(unexpected("Propose", &other)),
+        }
+    }
+
+    pub fn vote(&self, signed: &Signed, now: i64) -> Result<ProposalView> {
+        match self.apply(&Tx::Vote(signed.clone()), now)? {
+            Outcome::Proposal(view) => Ok(view),
+            other => Err(unexpected("Vote", &other)),
+        }
+    }
+
+    pub fn params_view(&self) -> Result<ParamsReply> {
+        Ok(self.lock().params_view()?)
+    }
+
     pub fn stake(&self, signed: &Signed, now: i64) -> Result<StakeReply> {
         let (provider, _) = State::query(signed, now)?;
         Ok(self.lock().stake_of(&provider)?)
@@ -428,7 +441,7 @@ mod tests {
     }
 
     #[test]
-    fn parameters_are_the_flags_and_survive_a_restart() {
+    fn parameters_are_fixed_at_genesis_and_flags_do_not_override_them() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("network.redb");
         let key = generate_key();
@@ -445,10 +458,14 @@ mod tests {
         drop(store);
         let second = Params {
             answer_seconds: 9,
-            ..first
+            ..first.clone()
         };
-        let store = Store::open(&path, key, second.clone()).unwrap();
-        assert_eq!(store.params().unwrap(), second);
-        assert_eq!(store.head().unwrap().0, 1, "new flags are a block");
+        let store = Store::open(&path, key, second).unwrap();
+        assert_eq!(
+            store.params().unwrap(),
+            first,
+            "only governance changes them"
+        );
+        assert_eq!(store.head().unwrap().0, 0);
     }
 }

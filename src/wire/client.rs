@@ -14,8 +14,9 @@ use crate::wire::proto::{
     BalanceReply, BondBody, CancelBody, ChallengeBody, ChallengeReply, DepositBody, EvidenceReply,
     EvidenceSubmitBody, HeartbeatBody, InfoReply, InfoRequest, LeaseDecisionBody, LeaseEndBody,
     LeaseEndReply, LeaseEvent, LeaseStreamBody, ListOffersRequest, OfferBody, OfferView, OrderBody,
-    OrderView, PublishOfferReply, QueryBody, ReceiptsBody, ReceiptsReply, RegisterBody,
-    RegisterReply, Signed, StakeReply, UnbondBody, WithdrawBody,
+    OrderView, ParamChange, ParamsReply, ParamsRequest, ProposalView, ProposeBody,
+    PublishOfferReply, QueryBody, ReceiptsBody, ReceiptsReply, RegisterBody, RegisterReply, Signed,
+    StakeReply, UnbondBody, VoteBody, WithdrawBody,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -295,5 +296,44 @@ impl NetworkClient {
     pub async fn stake(&self) -> Result<StakeReply, Status> {
         let signed = self.seal(QueryBody::default());
         Ok(self.inner.clone().stake(signed).await?.into_inner())
+    }
+
+    pub async fn params(&self) -> Result<ParamsReply, Status> {
+        Ok(self
+            .inner
+            .clone()
+            .params(ParamsRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// Proposes `changes` (name, value), effective at `effective_height`, with `deposit`.
+    pub async fn propose(
+        &self,
+        changes: Vec<(String, String)>,
+        effective_height: u64,
+        deposit: Amount,
+    ) -> Result<ProposalView, Status> {
+        let body = ProposeBody {
+            header: None,
+            changes: changes
+                .into_iter()
+                .map(|(name, value)| ParamChange { name, value })
+                .collect(),
+            effective_height,
+            deposit: deposit.to_string(),
+        };
+        let signed = self.seal(body);
+        Ok(self.inner.clone().propose(signed).await?.into_inner())
+    }
+
+    pub async fn vote(&self, proposal_id: u64, yes: bool) -> Result<ProposalView, Status> {
+        let body = VoteBody {
+            header: None,
+            proposal_id,
+            yes,
+        };
+        let signed = self.seal(body);
+        Ok(self.inner.clone().vote(signed).await?.into_inner())
     }
 }

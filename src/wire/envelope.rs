@@ -9,9 +9,9 @@ use crate::identity;
 use crate::wire::Rejection;
 use crate::wire::proto::{
     BondBody, CancelBody, ChallengeBody, DepositBody, Evidence, EvidenceSubmitBody, HeartbeatBody,
-    LeaseBody, LeaseDecisionBody, LeaseEndBody, LeaseStreamBody, OfferBody, OrderBody, QueryBody,
-    Receipt, ReceiptsBody, RegisterBody, RequestHeader, SidecarChallengeBody, SidecarEvidenceBody,
-    SidecarReceiptsBody, Signed, UnbondBody, WithdrawBody,
+    LeaseBody, LeaseDecisionBody, LeaseEndBody, LeaseStreamBody, OfferBody, OrderBody, ProposeBody,
+    QueryBody, Receipt, ReceiptsBody, RegisterBody, RequestHeader, SidecarChallengeBody,
+    SidecarEvidenceBody, SidecarReceiptsBody, Signed, UnbondBody, VoteBody, WithdrawBody,
 };
 
 /// Largest signed body accepted: an order with a long command and environment fits easily.
@@ -57,6 +57,8 @@ signable! {
     CancelBody => "gpubridge/v1/cancel";
     QueryBody => "gpubridge/v1/query";
     BondBody => "gpubridge/v1/bond";
+    ProposeBody => "gpubridge/v1/propose";
+    VoteBody => "gpubridge/v1/vote";
     UnbondBody => "gpubridge/v1/unbond";
     // A meter receipt and attestation evidence, signed by the lease key.
     Receipt => "gpubridge/v1/receipt";
@@ -99,6 +101,8 @@ has_header!(
     QueryBody,
     BondBody,
     UnbondBody,
+    ProposeBody,
+    VoteBody,
     ReceiptsBody,
     ChallengeBody,
     EvidenceSubmitBody,

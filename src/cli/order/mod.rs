@@ -118,6 +118,35 @@ pub enum OrderCommand {
     },
     /// The provider's stake: bonded, the GPUs it covers, unbonding, and the slashes it took.
     Stake,
+    /// The network's parameters, the rules that change them, the height, and the proposals.
+    Params,
+    /// Propose parameter changes, effective at a height after the vote; the deposit comes from
+    /// the spendable balance and comes back when the vote reaches quorum.
+    Propose {
+        /// A change, NAME=VALUE (a whole number; atto units for an amount); repeatable.
+        #[arg(long = "set", value_parser = input::pair, value_name = "NAME=VALUE", required = true)]
+        changes: Vec<(String, String)>,
+        /// The height the changes take effect at (`params` shows the height and the vote's
+        /// length).
+        #[arg(long)]
+        effective_height: u64,
+        /// The deposit in whole units of the stake denomination.
+        #[arg(long, default_value = "10")]
+        deposit: String,
+    },
+    /// Vote on a proposal with the key's bonded stake; a later vote replaces an earlier one.
+    Vote {
+        /// The proposal's number.
+        proposal: u64,
+        #[arg(value_enum)]
+        choice: VoteChoice,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum VoteChoice {
+    Yes,
+    No,
 }
 
 /// Where bonded stake comes from.
@@ -329,6 +358,9 @@ enum Request {
     Bond(Amount, StakeSource),
     Unbond(Amount),
     Stake,
+    Params,
+    Propose(Vec<(String, String)>, u64, Amount),
+    Vote(u64, bool),
 }
 
 /// Checks a command's input, before any key is read or anything is sent.
@@ -359,6 +391,19 @@ fn checked(command: OrderCommand) -> Result<Request, OrderError> {
             Request::Unbond(from_decimal_units("amount", &amount).map_err(usage)?)
         }
         OrderCommand::Stake => Request::Stake,
+        OrderCommand::Params => Request::Params,
+        OrderCommand::Propose {
+            changes,
+            effective_height,
+            deposit,
+        } => Request::Propose(
+            changes,
+            effective_height,
+            from_decimal_units("--deposit", &deposit).map_err(usage)?,
+        ),
+        OrderCommand::Vote { proposal, choice } => {
+            Request::Vote(proposal, choice == VoteChoice::Yes)
+        }
     })
 }
 
@@ -377,8 +422,13 @@ async fn command(args: OrderArgs) -> Result<(), OrderError> {
     let channel = client::channel(&target)?;
     let url = args.network.as_str();
     let call = |status: tonic::Status| OrderError::from_status(url, &status);
-    if let Request::Offers = request {
+    if let Request::Offers | Request::Params = request {
+        // Public: no key needed.
         let client = NetworkClient::new(channel, crate::identity::generate_key());
+        if let Request::Params = request {
+            let reply = client.params().await.map_err(call)?;
+            return print(view::params(&reply, output));
+        }
         let offers = client.list_offers().await.map_err(call)?;
         return print(view::offers(&offers, output));
     }
@@ -393,7 +443,9 @@ async fn command(args: OrderArgs) -> Result<(), OrderError> {
     };
     let client = NetworkClient::new(channel, key);
     match request {
-        Request::Keygen | Request::Offers => unreachable!("answered without the buyer's key"),
+        Request::Keygen | Request::Offers | Request::Params => {
+            unreachable!("answered without the buyer's key")
+        }
         Request::Deposit(atto, denomination) => {
             let reply = client.deposit(atto, &denomination).await.map_err(call)?;
             print(view::balances(&reply, output))
@@ -450,6 +502,17 @@ async fn command(args: OrderArgs) -> Result<(), OrderError> {
         Request::Stake => {
             let reply = client.stake().await.map_err(call)?;
             print(view::stake(&reply, output))
+        }
+        Request::Propose(changes, effective_height, deposit) => {
+            let proposal = client
+                .propose(changes, effective_height, deposit)
+                .await
+                .map_err(call)?;
+            print(view::proposals(&[proposal], output))
+        }
+        Request::Vote(proposal, yes) => {
+            let proposal = client.vote(proposal, yes).await.map_err(call)?;
+            print(view::proposals(&[proposal], output))
         }
     }
 }

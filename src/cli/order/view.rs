@@ -4,7 +4,10 @@
 use serde_json::{Value, json};
 
 use crate::wire::amount::{self, in_units};
-use crate::wire::proto::{BalanceReply, LeaseView, OfferView, OrderState, OrderView, StakeReply};
+use crate::wire::proto::{
+    BalanceReply, LeaseView, OfferView, OrderState, OrderView, ParamsReply, ProposalView,
+    StakeReply,
+};
 
 use super::Output;
 
@@ -463,6 +466,77 @@ pub(super) fn stake(reply: &StakeReply, output: Output) -> String {
             &["SLASHED LEASE", "KIND", "AMOUNT", "AT", "EVIDENCE"],
             &rows,
         ));
+    }
+    text
+}
+
+fn proposal_json(p: &ProposalView) -> Value {
+    json!({
+        "id": p.id, "proposer": p.proposer,
+        "changes": p.changes.iter().map(|c| json!({"name": c.name, "value": c.value})).collect::<Vec<_>>(),
+        "deposit": units(&p.deposit), "submittedHeight": p.submitted_height,
+        "votingEndHeight": p.voting_end_height, "effectiveHeight": p.effective_height,
+        "status": p.status, "outcome": p.outcome, "yes": units(&p.yes), "no": units(&p.no),
+    })
+}
+
+pub(super) fn proposals(proposals: &[ProposalView], output: Output) -> String {
+    if output == Output::Json {
+        return pretty(&Value::Array(proposals.iter().map(proposal_json).collect()));
+    }
+    let rows: Vec<Vec<String>> = proposals
+        .iter()
+        .map(|p| {
+            let changes: Vec<String> = p
+                .changes
+                .iter()
+                .map(|c| format!("{}={}", c.name, c.value))
+                .collect();
+            vec![
+                p.id.to_string(),
+                p.status.clone(),
+                changes.join(" "),
+                format!("{} to {}", p.submitted_height, p.voting_end_height),
+                p.effective_height.to_string(),
+                units(&p.yes),
+                units(&p.no),
+                or_dash(&p.outcome),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "PROPOSAL",
+            "STATUS",
+            "CHANGES",
+            "VOTE",
+            "EFFECTIVE",
+            "YES",
+            "NO",
+            "OUTCOME",
+        ],
+        &rows,
+    )
+}
+
+pub(super) fn params(reply: &ParamsReply, output: Output) -> String {
+    if output == Output::Json {
+        return pretty(&json!({
+            "height": reply.height,
+            "params": reply.params.iter().map(|p| (p.name.clone(), Value::from(p.value.clone()))).collect::<serde_json::Map<_, _>>(),
+            "proposals": reply.proposals.iter().map(proposal_json).collect::<Vec<_>>(),
+        }));
+    }
+    let rows: Vec<Vec<String>> = reply
+        .params
+        .iter()
+        .map(|p| vec![p.name.clone(), p.value.clone()])
+        .collect();
+    let mut text = format!("Height: {}\n", reply.height);
+    text.push_str(&table(&["PARAMETER", "VALUE"], &rows));
+    if !reply.proposals.is_empty() {
+        text.push('\n');
+        text.push_str(&proposals(&reply.proposals, Output::Table));
     }
     text
 }

@@ -241,7 +241,7 @@ impl State {
 
     /// The upkeep every block begins with: leases not answered in time lapse (the buyer is
     /// refunded), accepted leases that never started end and their provider is slashed,
-    /// unbonding stake due is paid back, expired offers and those of silent providers are dropped, answered challenges
+    /// unbonding stake due is paid back, proposals are tallied and applied, expired offers and those of silent providers are dropped, answered challenges
     /// that are due are renewed, nonces past the freshness window are forgotten. Returns the
     /// lapsed lease ids.
     pub fn sweep(&mut self, block: &Block) -> Result<Vec<String>> {
@@ -290,6 +290,7 @@ impl State {
             .map(|(offer, _)| offer.offer_id)
             .collect();
         self.release_unbonded(block)?;
+        self.govern(block)?;
         for offer_id in self.keys(OFFERS).iter().filter(|id| !live.contains(*id)) {
             self.delete(OFFERS, offer_id);
         }

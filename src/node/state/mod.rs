@@ -9,25 +9,28 @@
 pub mod kv;
 
 mod accounts;
+mod governance;
 mod leases;
 mod metering;
 mod offers;
 mod orders;
+mod params;
 mod stake;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 use crate::identity::public_key_base58;
-use crate::wire::amount::{self, Amount};
+use crate::wire::amount;
 use crate::wire::proto::{
-    BalanceReply, EvidenceReply, LeaseBody, LeaseEndReply, OrderView, PublishOfferReply,
-    ReceiptsReply, Signed, StakeReply,
+    BalanceReply, EvidenceReply, LeaseBody, LeaseEndReply, OrderView, ProposalView,
+    PublishOfferReply, ReceiptsReply, Signed, StakeReply,
 };
 use crate::wire::{Opened, Rejection};
 
 pub use accounts::{Audit, AuditError};
 use kv::Kv;
+pub use params::Params;
 
 /// A table: the prefix of its keys in the one map. No prefix is a prefix of another's.
 #[derive(Clone, Copy, Debug)]
@@ -54,6 +57,10 @@ const UNBONDING: Table = Table("unbonding/");
 const SLASHES: Table = Table("slashes/");
 /// `<provider>` → GPUs in its matched and running leases.
 const COMMITTED: Table = Table("committed/");
+/// Proposal id, 20 digits → the proposal.
+const PROPOSALS: Table = Table("proposals/");
+/// `<proposal id, 20 digits>/<voter>` → yes.
+const VOTES: Table = Table("votes/");
 /// `current` → the parameters in force.
 const PARAMS: Table = Table("params/");
 /// `height`, `time`: the last block that changed the state.
@@ -63,52 +70,7 @@ const POSTING_SEQ: &str = "posting_seq";
 const OFFER_SEQ: &str = "offer_seq";
 const ORDER_SEQ: &str = "order_seq";
 const STAKE_SEQ: &str = "stake_seq";
-
-/// The network's parameters, part of the state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Params {
-    /// Longest an offer lives without being published again.
-    pub offer_ttl_seconds: u32,
-    /// A provider silent this long has its offers dropped from matching.
-    pub heartbeat_timeout_seconds: u32,
-    /// The slot uptime is counted in: a provider heartbeats at least this often.
-    pub heartbeat_interval_seconds: u32,
-    /// The window uptime is measured over.
-    pub uptime_window_seconds: u32,
-    /// How long a provider has to answer a lease.
-    pub answer_seconds: u32,
-    /// How often an accepted lease is challenged for fresh attestation evidence.
-    pub challenge_seconds: u32,
-    /// The denomination stake is bonded in.
-    pub stake_denomination: String,
-    /// Stake each GPU of a provider's matched and running leases needs; zero asks no bond.
-    pub bond_per_gpu: Amount,
-    /// How long unbonded stake stays slashable before it is paid back.
-    pub unbonding_seconds: u32,
-    /// How long after acceptance a lease's first receipt may come; past it the lease never
-    /// started, ends as the provider's fault and its provider is slashed. Zero sets no deadline.
-    pub start_deadline_seconds: u32,
-    /// The share of a provider's stake (bonded and unbonding) one slash takes, basis points.
-    pub slash_basis_points: u32,
-}
-
-impl Default for Params {
-    fn default() -> Self {
-        Params {
-            offer_ttl_seconds: 120,
-            heartbeat_timeout_seconds: 30,
-            heartbeat_interval_seconds: 10,
-            uptime_window_seconds: 24 * 3600,
-            answer_seconds: 30,
-            challenge_seconds: 300,
-            stake_denomination: "USDC".into(),
-            bond_per_gpu: Amount::ZERO,
-            unbonding_seconds: 7 * 24 * 3600,
-            start_deadline_seconds: 600,
-            slash_basis_points: 1000,
-        }
-    }
-}
+const PROPOSAL_SEQ: &str = "proposal_seq";
 
 /// The block a transaction is applied in: the only clock and the only randomness the rules see.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,6 +119,8 @@ pub enum Tx {
     SubmitEvidence(Signed),
     Bond(Signed),
     Unbond(Signed),
+    Propose(Signed),
+    Vote(Signed),
 }
 
 /// The outcome of a submitted order: how it stands, and the lease to send its provider.
@@ -181,6 +145,7 @@ pub enum Outcome {
     Receipts(ReceiptsReply),
     Evidence(EvidenceReply),
     Stake(StakeReply),
+    Proposal(ProposalView),
 }
 
 /// The network's state. Built empty by [`State::genesis`] or from persisted entries by
@@ -211,11 +176,6 @@ impl State {
     pub fn params(&self) -> Result<Params> {
         self.get(PARAMS, "current")?
             .ok_or_else(|| StateError::Inconsistent("the state has no parameters".into()))
-    }
-
-    /// Replaces the parameters: the embedded node's operator sets them from its flags.
-    pub fn set_params(&mut self, params: Params) -> Result<()> {
-        self.put(PARAMS, "current", &params)
     }
 
     /// Height of the last block that changed the state; 0 before any.
@@ -286,6 +246,8 @@ impl State {
             Tx::SubmitEvidence(s) => Outcome::Evidence(self.submit_evidence(s, block)?),
             Tx::Bond(s) => Outcome::Stake(self.bond(s, block)?),
             Tx::Unbond(s) => Outcome::Stake(self.unbond(s, block)?),
+            Tx::Propose(s) => Outcome::Proposal(self.propose(s, block)?),
+            Tx::Vote(s) => Outcome::Proposal(self.vote(s, block)?),
         })
     }
 

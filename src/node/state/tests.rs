@@ -12,11 +12,12 @@ use crate::metering::ChainHead;
 use crate::metering::chain::seal_receipt;
 use crate::node::records::LeaseRecord;
 use crate::node::store::Store;
+use crate::wire::amount::Amount;
 use crate::wire::envelope::seal;
 use crate::wire::proto::{
     Attribution, BondBody, CancelBody, DepositBody, GpuUsage, HeartbeatBody, LeaseDecisionBody,
-    LeaseEndBody, OfferBody, OrderBody, ReceiptsBody, RegisterBody, StakeReply, UnbondBody,
-    WithdrawBody,
+    LeaseEndBody, OfferBody, OrderBody, ParamChange, ProposeBody, ReceiptsBody, RegisterBody,
+    StakeReply, UnbondBody, VoteBody, WithdrawBody,
 };
 
 const UNIT: u128 = 1_000_000_000_000_000_000;
@@ -39,6 +40,10 @@ enum Op {
     /// A provider bonds units from its spendable balance (or its earnings).
     Bond(usize, u8, bool),
     Unbond(usize, u8),
+    /// A party proposes one of a few parameter changes, some out of bounds.
+    Propose(usize, usize),
+    /// A provider votes on a proposal by number.
+    Vote(usize, u64, bool),
     /// An earlier transaction again, byte for byte.
     Replay(usize),
     /// An earlier transaction with one bit of its signature flipped.
@@ -61,6 +66,8 @@ fn op() -> impl Strategy<Value = Op> {
         5 => (0..8usize, 1..900u16).prop_map(|(o, s)| Op::Receipts(o, s)),
         2 => (0..2usize, 1..60u8, any::<bool>()).prop_map(|(p, u, e)| Op::Bond(p, u, e)),
         1 => (0..2usize, 1..60u8).prop_map(|(p, u)| Op::Unbond(p, u)),
+        1 => (0..5usize, 0..4usize).prop_map(|(w, c)| Op::Propose(w, c)),
+        4 => (0..2usize, 1..3u64, prop::bool::weighted(0.8)).prop_map(|(p, id, y)| Op::Vote(p, id, y)),
         1 => (0..64usize).prop_map(Op::Replay),
         1 => (0..64usize).prop_map(Op::Forge),
         3 => (0..20u8).prop_map(Op::NextBlock),
@@ -272,6 +279,33 @@ impl History {
                 };
                 Tx::Unbond(seal(&key(1, p), body, now))
             }
+            Op::Propose(w, c) => {
+                let (name, value) = [
+                    ("answer-seconds", "45"),
+                    ("bond-per-gpu", "2000000000000000000"),
+                    ("slash-basis-points", "99999"),
+                    ("start-deadline-seconds", "60"),
+                ][c];
+                let body = ProposeBody {
+                    header: None,
+                    changes: vec![ParamChange {
+                        name: name.into(),
+                        value: value.into(),
+                    }],
+                    effective_height: self.block().height + 4,
+                    deposit: (10 * UNIT).to_string(),
+                };
+                let who = if w < 3 { key(2, w) } else { key(1, w - 3) };
+                Tx::Propose(seal(&who, body, now))
+            }
+            Op::Vote(p, id, yes) => {
+                let body = VoteBody {
+                    header: None,
+                    proposal_id: id,
+                    yes,
+                };
+                Tx::Vote(seal(&key(1, p), body, now))
+            }
             Op::Replay(i) => self.sent.get(i % self.sent.len().max(1))?.clone(),
             Op::Forge(i) => {
                 let mut tx = self.sent.get(i % self.sent.len().max(1))?.clone();
@@ -289,7 +323,9 @@ impl History {
                     | Tx::SubmitReceipts(s)
                     | Tx::SubmitEvidence(s)
                     | Tx::Bond(s)
-                    | Tx::Unbond(s) => s,
+                    | Tx::Unbond(s)
+                    | Tx::Propose(s)
+                    | Tx::Vote(s) => s,
                 };
                 signed.signature[0] ^= 1;
                 tx
@@ -361,6 +397,7 @@ impl LeaseRecord {
 /// within two minutes of acceptance is slashed.
 fn history_params() -> Params {
     Params {
+        voting_blocks: 2,
         bond_per_gpu: Amount::from_atto(UNIT),
         unbonding_seconds: 300,
         start_deadline_seconds: 120,
@@ -842,4 +879,154 @@ fn a_buyer_names_a_provider_or_asks_for_uptime_and_the_book_shows_both() {
 /// Provider 0's public key.
 fn m_provider() -> String {
     public_key_base58(&key(1, 0).verifying_key())
+}
+
+#[test]
+fn a_proposal_passes_by_bonded_stake_and_takes_effect_at_its_height() {
+    let params = Params {
+        voting_blocks: 6,
+        quorum_basis_points: 5_000,
+        ..staked()
+    };
+    let mut m = Market::opened(params);
+    let t = START + 1;
+    m.bond(t, 100, "available").unwrap();
+    let propose =
+        |m: &mut Market, who: &SigningKey, changes: &[(&str, &str)], at: u64, units: u128| {
+            let body = ProposeBody {
+                header: None,
+                changes: changes
+                    .iter()
+                    .map(|(n, v)| ParamChange {
+                        name: n.to_string(),
+                        value: v.to_string(),
+                    })
+                    .collect(),
+                effective_height: at,
+                deposit: (units * UNIT).to_string(),
+            };
+            m.apply(t, Tx::Propose(seal(who, body, t)))
+        };
+    let vote = |m: &mut Market, who: &SigningKey, id: u64, yes: bool| {
+        let body = VoteBody {
+            header: None,
+            proposal_id: id,
+            yes,
+        };
+        m.apply(t, Tx::Vote(seal(who, body, t)))
+    };
+    let refused = |r: Result<Outcome>| r.expect_err("refused").to_string();
+    let buyer = key(2, 0);
+    let h = m.height;
+    assert!(
+        refused(propose(&mut m, &buyer, &[("price", "1")], h + 10, 10))
+            .starts_with("change.name: \"price\" is not a governed parameter")
+    );
+    assert_eq!(
+        refused(propose(
+            &mut m,
+            &buyer,
+            &[("answer-seconds", "1")],
+            h + 10,
+            10
+        )),
+        "change.value: answer-seconds must be a whole number from 5 to 3600"
+    );
+    assert!(
+        refused(propose(
+            &mut m,
+            &buyer,
+            &[("answer-seconds", "60")],
+            h + 3,
+            10
+        ))
+        .starts_with("propose.effectiveHeight: must be after the vote ends at height")
+    );
+    assert!(
+        refused(propose(
+            &mut m,
+            &buyer,
+            &[("answer-seconds", "60")],
+            h + 10,
+            1
+        ))
+        .starts_with("propose.deposit: must be at least")
+    );
+
+    // The buyer proposes; only the bonded provider's vote counts.
+    let before = m.available(&m.buyer());
+    let at = m.height + 9;
+    let Outcome::Proposal(p) = propose(
+        &mut m,
+        &buyer,
+        &[("answer-seconds", "60"), ("slash-basis-points", "500")],
+        at,
+        10,
+    )
+    .unwrap() else {
+        panic!()
+    };
+    assert_eq!((p.id, p.status.as_str()), (1, "voting"));
+    assert!(refused(vote(&mut m, &buyer, 1, true)).contains("only bonded stake votes"));
+    assert!(refused(vote(&mut m, &key(1, 0), 9, true)).contains("proposal 9 does not exist"));
+    vote(&mut m, &key(1, 0), 1, false).unwrap();
+    vote(&mut m, &key(1, 0), 1, true).unwrap();
+    m.sweep(t);
+    assert_eq!(m.state.params().unwrap().answer_seconds, 30, "still voting");
+    while m.height <= p.voting_end_height {
+        m.sweep(t);
+    }
+    let view = m.state.params_view().unwrap();
+    assert_eq!(
+        view.proposals[0].status, "passed",
+        "{:?}",
+        view.proposals[0]
+    );
+    assert_eq!(
+        m.available(&m.buyer()),
+        before,
+        "quorum reached: the deposit is back"
+    );
+    assert!(refused(vote(&mut m, &key(1, 0), 1, false)).contains("its vote ended"));
+    while m.height < p.effective_height - 1 {
+        m.sweep(t);
+    }
+    assert_eq!(
+        m.state.params().unwrap().answer_seconds,
+        30,
+        "not before its height"
+    );
+    m.sweep(t);
+    let now = m.state.params().unwrap();
+    assert_eq!((now.answer_seconds, now.slash_basis_points), (60, 500));
+    assert_eq!(
+        m.state.params_view().unwrap().proposals[0].status,
+        "applied"
+    );
+
+    // Without quorum the proposal fails and the deposit stays with the network.
+    let at = m.height + 9;
+    let Outcome::Proposal(p) =
+        propose(&mut m, &buyer, &[("answer-seconds", "90")], at, 10).unwrap()
+    else {
+        panic!()
+    };
+    while m.height <= p.voting_end_height + 3 {
+        m.sweep(t);
+    }
+    let view = m.state.params_view().unwrap();
+    assert_eq!(view.proposals[1].status, "rejected");
+    assert!(
+        view.proposals[1].outcome.starts_with("no quorum"),
+        "{}",
+        view.proposals[1].outcome
+    );
+    assert_eq!(m.state.params().unwrap().answer_seconds, 60);
+    assert_eq!(
+        m.available(&m.buyer()),
+        before
+            .checked_sub(Amount::from_atto(10 * UNIT), "")
+            .unwrap()
+    );
+    m.state.audit().unwrap();
 }
