@@ -354,3 +354,101 @@ async fn a_providers_bond_covers_its_leases_and_pays_the_buyer_when_it_never_sta
     assert_eq!(stake["slashes"][0]["leaseId"], lease_id.as_str());
     node.store.audit().unwrap();
 }
+
+/// Governance through the CLI: the parameters are public; a proposal with a deposit passes by
+/// the provider's bonded vote and takes effect at its height, which `params` then shows.
+#[tokio::test]
+async fn a_parameter_changes_by_proposal_and_bonded_vote_only() {
+    let node = Node::start_with(gpubridge::node::Params {
+        voting_blocks: 2,
+        ..gpubridge::node::Params::default()
+    })
+    .await;
+    let url = node.url.as_str();
+    let (buyer, seller) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for config in [&buyer, &seller] {
+        for args in [&["keygen"][..], &["deposit", "100"]] {
+            let (code, _, err) = says(&order(config.path(), url, args).await);
+            assert_eq!(code, Some(0), "{err}");
+        }
+    }
+    let provider =
+        gpubridge::identity::keyfile::load(&seller.path().join("gpubridge/buyer.key")).unwrap();
+    node.client(provider).register("acme", "").await.unwrap();
+    let (code, _, err) = says(&order(seller.path(), url, &["bond", "50"]).await);
+    assert_eq!(code, Some(0), "{err}");
+
+    let (code, out, err) = says(&order(buyer.path(), url, &["params", "-o", "json"]).await);
+    assert_eq!(code, Some(0), "{err}");
+    let params: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(params["params"]["answer-seconds"], "30");
+    let height = params["height"].as_u64().unwrap();
+
+    let at = (height + 5).to_string();
+    let (code, _, err) = says(
+        &order(
+            buyer.path(),
+            url,
+            &[
+                "propose",
+                "--set",
+                "answer-seconds=2",
+                "--effective-height",
+                &at,
+            ],
+        )
+        .await,
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("change.value: answer-seconds must be a whole number from 5 to 3600"),
+        "{err}"
+    );
+    let (code, out, err) = says(
+        &order(
+            buyer.path(),
+            url,
+            &[
+                "propose",
+                "--set",
+                "answer-seconds=45",
+                "--effective-height",
+                &at,
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let proposal: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = proposal[0]["id"].to_string();
+    let (code, _, err) = says(&order(buyer.path(), url, &["vote", &id, "yes"]).await);
+    assert_eq!(code, Some(1), "a buyer has no bond: {err}");
+    assert!(err.contains("only bonded stake votes"), "{err}");
+    let (code, out, err) = says(&order(seller.path(), url, &["vote", &id, "yes"]).await);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("voting") && out.contains("answer-seconds=45"),
+        "{out}"
+    );
+
+    // Blocks pass (the upkeep is one each here) until the proposal's height.
+    for _ in 0..6 {
+        node.store.sweep(support::network::now()).unwrap();
+        node.client(generate_key())
+            .deposit(gpubridge::wire::amount::Amount::from_atto(1), "USDC")
+            .await
+            .unwrap();
+    }
+    let (_, out, _) = says(&order(buyer.path(), url, &["params", "-o", "json"]).await);
+    let params: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(params["params"]["answer-seconds"], "45", "{out}");
+    assert_eq!(params["proposals"][0]["status"], "applied", "{out}");
+    let (_, out, _) = says(&order(buyer.path(), url, &["params"]).await);
+    assert!(
+        out.starts_with("Height: ") && out.contains("answer-seconds"),
+        "{out}"
+    );
+    node.store.audit().unwrap();
+}
