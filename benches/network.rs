@@ -69,6 +69,7 @@ fn order_body() -> OrderBody {
         resource_name: String::new(),
         provider: String::new(),
         min_uptime_basis_points: 0,
+        wait_until: 0,
         gpus: 1,
         model: String::new(),
         duration_seconds: 3600,

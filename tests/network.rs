@@ -268,7 +268,7 @@ async fn rejection_lapse_cancel_and_silence_refund_and_free_the_gpus() {
     assert!(late.message().contains("cancelled"), "{}", late.message());
 
     let unanswered = buyer.submit(order(8)).await.unwrap();
-    let lapsed = w.node.store.sweep(now() + 11).unwrap();
+    let (lapsed, _) = w.node.store.sweep(now() + 11).unwrap();
     assert_eq!(lapsed, vec![unanswered.lease_id.clone()]);
     let view = buyer.order_status(&unanswered.order_id).await.unwrap();
     assert_eq!(view.state(), OrderState::Rejected);
@@ -1088,4 +1088,54 @@ async fn an_answered_challenge_is_renewed_by_the_sweep() {
     let renewed = provider.lease_challenge(&lease_id).await.unwrap();
     assert_ne!(renewed.nonce, first.nonce);
     assert!(!renewed.answered);
+}
+
+/// A standing order waits in the running node (its own process, its own upkeep every second)
+/// until capacity comes, and the lease made then reaches the provider's open stream.
+#[tokio::test]
+async fn a_standing_order_is_matched_by_the_nodes_upkeep_and_its_lease_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::network::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let _node = support::network::spawn_node(dir.path(), port, &[]);
+    let provider = generate_key();
+    let p = support::network::client(&url, provider.clone()).await;
+    p.register("acme", "eu-west").await.unwrap();
+    p.publish(offer("h100", &[2])).await.unwrap();
+    let mut stream = p.leases().await.unwrap();
+    let buyer = support::network::client(&url, generate_key()).await;
+    buyer
+        .deposit(Amount::from_atto(100 * UNIT), "USDC")
+        .await
+        .unwrap();
+
+    let mut standing = order(8);
+    standing.wait_until = now() + 120;
+    let placed = buyer.submit(standing).await.unwrap();
+    assert_eq!(placed.state(), OrderState::Waiting, "{}", placed.reason);
+    assert!(
+        placed.held.is_empty() || placed.held == "0",
+        "nothing held while waiting"
+    );
+
+    p.publish(offer("h100", &[8])).await.unwrap();
+    let event = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+        .await
+        .expect("the lease arrives within the upkeep's second")
+        .unwrap()
+        .unwrap();
+    let Some(lease_event::Event::Lease(signed)) = event.event else {
+        panic!("{event:?}")
+    };
+    let lease = gpubridge::wire::proto::LeaseBody::decode(signed.body.as_slice()).unwrap();
+    let view = buyer.order_status(&placed.order_id).await.unwrap();
+    assert_eq!(view.state(), OrderState::Matched);
+    assert_eq!(view.lease_id, lease.lease_id);
+    let info = p.info().await.unwrap();
+    let network_key = ed25519_dalek::VerifyingKey::try_from(info.network_key.as_slice()).unwrap();
+    gpubridge::wire::envelope::open_from::<gpubridge::wire::proto::LeaseBody>(
+        &signed,
+        &network_key,
+    )
+    .expect("signed by the node");
 }

@@ -5,47 +5,18 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gpubridge::identity::{generate_key, keyfile, public_key_base58};
 use gpubridge::node::{Params, Store};
 use gpubridge::wire::amount::Amount;
-use gpubridge::wire::client::NetworkClient;
 use gpubridge::wire::proto::{OrderState, lease_event};
 use rand_core::{OsRng, RngCore};
-use support::network::{KillOnDrop, UNIT, free_port, offer, order};
+use support::network::{UNIT, client, free_port, offer, order, spawn_node};
 
 const BUYERS: usize = 4;
 const ROUNDS: usize = 3;
-
-fn start_node(dir: &std::path::Path, port: u16) -> KillOnDrop {
-    let child = Command::new(env!("CARGO_BIN_EXE_gpubridge"))
-        .args(["network", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the network node starts");
-    KillOnDrop(child)
-}
-
-async fn client(url: &str, key: ed25519_dalek::SigningKey) -> NetworkClient {
-    let target = gpubridge::wire::client::Target {
-        url: url.into(),
-        ca_file: None,
-    };
-    let client = NetworkClient::new(gpubridge::wire::client::channel(&target).unwrap(), key);
-    for _ in 0..100 {
-        if client.info().await.is_ok() {
-            return client;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the network node did not come up at {url}");
-}
 
 /// What the clients were told: order id → state in the reply; deposits acknowledged per buyer,
 /// and deposits whose reply never came (the kill), which may or may not have committed.
@@ -66,7 +37,7 @@ async fn kill_9_mid_traffic_loses_no_acknowledged_order_lease_or_entry() {
     let acked = Arc::new(Mutex::new(Acknowledged::default()));
 
     for round in 0..ROUNDS {
-        let mut node = start_node(dir.path(), port);
+        let mut node = spawn_node(dir.path(), port, &[]);
         let p = client(&url, provider.clone()).await;
         p.register("acme", "").await.unwrap();
         p.publish(offer("h100", &[64; 64])).await.unwrap();

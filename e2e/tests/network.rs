@@ -33,6 +33,7 @@ fn order(gpus: u32, model: &str, seconds: u64, max_price: u128) -> OrderBody {
         resource_name: String::new(),
         provider: String::new(),
         min_uptime_basis_points: 0,
+        wait_until: 0,
         gpus,
         model: model.into(),
         duration_seconds: seconds,

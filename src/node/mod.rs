@@ -180,17 +180,25 @@ pub async fn run(args: NetworkArgs) -> Result<(), NetworkError> {
         "network node starting"
     );
 
-    let sweeper = store.clone();
+    let gateway = service::GatewayService::new(store.clone());
+    let sweeper = gateway.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            let store = sweeper.clone();
+            let store = store.clone();
             let now = jiff::Timestamp::now().as_second();
             match tokio::task::spawn_blocking(move || store.sweep(now)).await {
-                Ok(Ok(lapsed)) if !lapsed.is_empty() => info!(?lapsed, "leases lapsed"),
+                Ok(Ok((lapsed, matched))) => {
+                    if !lapsed.is_empty() {
+                        info!(?lapsed, "leases lapsed");
+                    }
+                    for (provider, lease) in matched {
+                        sweeper.deliver(&provider, lease);
+                    }
+                }
                 Ok(Err(e)) => error!(error = %e, "sweep failed"),
-                _ => {}
+                Err(e) => error!(error = %e, "sweep task failed"),
             }
         }
     });
@@ -205,8 +213,7 @@ pub async fn run(args: NetworkArgs) -> Result<(), NetworkError> {
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
             .map_err(|e| NetworkError::Tls(e.to_string()))?;
     }
-    let service = GatewayServer::new(service::GatewayService::new(store))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let service = GatewayServer::new(gateway).max_decoding_message_size(MAX_MESSAGE_BYTES);
     server
         .add_service(service)
         .serve_with_shutdown(args.listen, Shutdown::on_signals().signalled())

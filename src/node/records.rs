@@ -101,6 +101,8 @@ pub enum OrderState {
     Ended,
     Rejected,
     Cancelled,
+    /// A standing order no offer fits yet.
+    Waiting,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +144,7 @@ impl OrderRecord {
                 OrderState::Ended => WireOrderState::Ended,
                 OrderState::Rejected => WireOrderState::Rejected,
                 OrderState::Cancelled => WireOrderState::Cancelled,
+                OrderState::Waiting => WireOrderState::Waiting,
             } as i32,
             reason: self.reason.clone(),
             gpus: self.gpus,

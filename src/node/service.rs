@@ -63,7 +63,7 @@ impl GatewayService {
 
     /// Sends a lease to its provider's stream when one is open; otherwise it waits there for
     /// the provider's next stream.
-    fn deliver(&self, provider: &str, lease: Signed) {
+    pub fn deliver(&self, provider: &str, lease: Signed) {
         let sender = self
             .streams
             .lock()

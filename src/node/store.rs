@@ -78,10 +78,13 @@ impl From<HubError> for tonic::Status {
 
 type Result<T> = std::result::Result<T, HubError>;
 
-/// The outcome of a submitted order: how it stands, and the signed lease to send its provider.
+/// A lease to send: its provider's key, and the lease signed by this node.
+pub type Delivery = (String, Signed);
+
+/// The outcome of a submitted order: how it stands, and the lease to send its provider.
 pub struct Submitted {
     pub order: OrderView,
-    pub lease: Option<(String, Signed)>,
+    pub lease: Option<Delivery>,
 }
 
 pub struct Store {
@@ -236,9 +239,16 @@ impl Store {
         self.commit(now, |state, block| state.apply(tx, block))
     }
 
-    /// The upkeep of [`State::sweep`], as a block at `now`; the lapsed lease ids.
-    pub fn sweep(&self, now: i64) -> Result<Vec<String>> {
-        self.commit(now, |state, block| state.sweep(block))
+    /// The upkeep of [`State::sweep`], as a block at `now`: the lapsed lease ids, and the
+    /// leases made for standing orders, signed, with their providers.
+    pub fn sweep(&self, now: i64) -> Result<(Vec<String>, Vec<Delivery>)> {
+        let swept = self.commit(now, |state, block| state.sweep(block))?;
+        let matched = swept
+            .matched
+            .iter()
+            .map(|(provider, lease)| (provider.clone(), self.sign(lease)))
+            .collect();
+        Ok((swept.lapsed, matched))
     }
 
     fn sign(&self, lease: &LeaseBody) -> Signed {

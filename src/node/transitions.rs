@@ -1,8 +1,12 @@
 //! An order and its lease as one state machine, pure: which event may happen in which state and
 //! what both become. The store moves the money and writes the records around each step.
 //!
+//! A standing order waiting for an offer has no lease: a cancel or its deadline closes it, and
+//! nothing else happens to it.
+//!
 //! ```text
 //!  order/lease       Accept           Reject             Lapse            Cancel               End
+//!  Waiting/-         refused          refused            Rejected         Cancelled            refused
 //!  Matched/Offered   Leased/Accepted  Rejected/Rejected  Rejected/Lapsed  Cancelled/Cancelled  refused
 //!  Leased/Accepted   again            refused            refused          refused (it runs)    Ended/Ended
 //!  closed            refused, except the same answer or end report again
@@ -39,6 +43,8 @@ pub enum Step {
     },
     /// The event already happened (a retried answer or end report): nothing changes.
     Again,
+    /// An order that never matched closes with this state; nothing was held.
+    Unmatched(OrderState),
 }
 
 /// Why an event cannot happen in the lease's state.
@@ -54,6 +60,8 @@ pub enum Refused {
     NotAccepted(LeaseState),
     #[error("is {}: only an offered lease lapses", name(.0))]
     NotOffered(LeaseState),
+    #[error("is waiting for an offer and has no lease yet")]
+    Waiting,
 }
 
 /// The next step of an order whose lease is in `lease`. An order without a lease (nothing
@@ -63,7 +71,12 @@ pub fn next(order: OrderState, lease: Option<LeaseState>, event: Event) -> Resul
     use LeaseState as L;
     use OrderState as O;
     let Some(lease) = lease else {
-        return Err(Refused::Closed(order));
+        return match (order, event) {
+            (O::Waiting, Cancel) => Ok(Step::Unmatched(O::Cancelled)),
+            (O::Waiting, Lapse) => Ok(Step::Unmatched(O::Rejected)),
+            (O::Waiting, _) => Err(Refused::Waiting),
+            _ => Err(Refused::Closed(order)),
+        };
     };
     let moves = |order, lease, refund_hold| {
         Ok(Step::Moves {
@@ -121,8 +134,10 @@ mod tests {
     use OrderState as O;
 
     /// Every (order, lease) pair the store can hold: the lease's state fixes the order's.
-    const PAIRS: [(OrderState, Option<LeaseState>); 7] = [
+    const PAIRS: [(OrderState, Option<LeaseState>); 9] = [
         (O::Rejected, None),
+        (O::Waiting, None),
+        (O::Cancelled, None),
         (O::Matched, Some(L::Offered)),
         (O::Leased, Some(L::Accepted)),
         (O::Ended, Some(L::Ended)),
@@ -144,7 +159,37 @@ mod tests {
     #[test]
     fn every_event_in_every_state() {
         type Row = (OrderState, Option<LeaseState>, Event, Result<Step, Refused>);
-        let table: [Row; 35] = [
+        let table: [Row; 45] = [
+            (
+                O::Cancelled,
+                None,
+                Accept,
+                Err(Refused::Closed(O::Cancelled)),
+            ),
+            (
+                O::Cancelled,
+                None,
+                Reject,
+                Err(Refused::Closed(O::Cancelled)),
+            ),
+            (
+                O::Cancelled,
+                None,
+                Lapse,
+                Err(Refused::Closed(O::Cancelled)),
+            ),
+            (
+                O::Cancelled,
+                None,
+                Cancel,
+                Err(Refused::Closed(O::Cancelled)),
+            ),
+            (O::Cancelled, None, End, Err(Refused::Closed(O::Cancelled))),
+            (O::Waiting, None, Accept, Err(Refused::Waiting)),
+            (O::Waiting, None, Reject, Err(Refused::Waiting)),
+            (O::Waiting, None, Lapse, Ok(Step::Unmatched(O::Rejected))),
+            (O::Waiting, None, Cancel, Ok(Step::Unmatched(O::Cancelled))),
+            (O::Waiting, None, End, Err(Refused::Waiting)),
             (O::Rejected, None, Accept, Err(Refused::Closed(O::Rejected))),
             (O::Rejected, None, Reject, Err(Refused::Closed(O::Rejected))),
             (O::Rejected, None, Lapse, Err(Refused::Closed(O::Rejected))),
@@ -325,18 +370,24 @@ mod tests {
     fn steps_stay_within_the_pairs_and_closed_states_are_final() {
         for pair in PAIRS {
             for event in EVENTS {
-                if let Ok(Step::Moves { order, lease, .. }) = next(pair.0, pair.1, event) {
-                    assert!(
+                match next(pair.0, pair.1, event) {
+                    Ok(Step::Moves { order, lease, .. }) => assert!(
                         PAIRS.contains(&(order, Some(lease))),
                         "{event:?} on {pair:?} → {order:?}/{lease:?}"
-                    );
+                    ),
+                    Ok(Step::Unmatched(order)) => assert!(
+                        pair.0 == O::Waiting && PAIRS.contains(&(order, None)),
+                        "{event:?} on {pair:?} → {order:?}"
+                    ),
+                    _ => {}
                 }
             }
         }
-        for pair in PAIRS.into_iter().filter(|p| !holds_escrow(p.0)) {
+        let closed = |p: &(OrderState, Option<LeaseState>)| !holds_escrow(p.0) && p.0 != O::Waiting;
+        for pair in PAIRS.into_iter().filter(closed) {
             for event in EVENTS {
                 assert!(
-                    !matches!(next(pair.0, pair.1, event), Ok(Step::Moves { .. })),
+                    matches!(next(pair.0, pair.1, event), Err(_) | Ok(Step::Again)),
                     "{event:?} moved the closed {pair:?}"
                 );
             }

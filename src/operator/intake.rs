@@ -265,6 +265,7 @@ pub(crate) mod tests {
             resource_name: String::new(),
             provider: String::new(),
             min_uptime_basis_points: 0,
+            wait_until: 0,
             workload: Some(Workload {
                 image: "ghcr.io/acme/train:1".into(),
                 command: vec!["python".into(), "train.py".into()],

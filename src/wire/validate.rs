@@ -402,6 +402,7 @@ pub(crate) mod tests {
             resource_name: String::new(),
             provider: String::new(),
             min_uptime_basis_points: 0,
+            wait_until: 0,
             workload: Some(Workload {
                 image: "ghcr.io/acme/train:1.2".into(),
                 command: vec!["python".into()],

@@ -88,6 +88,36 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// `gpubridge network` as its own process on `port`, with its database in `dir`.
+pub fn spawn_node(dir: &std::path::Path, port: u16, flags: &[&str]) -> KillOnDrop {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_gpubridge"))
+        .args(["network", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(flags)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the network node starts");
+    KillOnDrop(child)
+}
+
+/// A client of the node at `url` signing with `key`, once the node answers.
+pub async fn client(url: &str, key: SigningKey) -> NetworkClient {
+    let target = Target {
+        url: url.into(),
+        ca_file: None,
+    };
+    let client = NetworkClient::new(channel(&target).unwrap(), key);
+    for _ in 0..100 {
+        if client.info().await.is_ok() {
+            return client;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the network node did not come up at {url}");
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -130,6 +160,7 @@ pub fn order(gpus: u32) -> OrderBody {
         resource_name: String::new(),
         provider: String::new(),
         min_uptime_basis_points: 0,
+        wait_until: 0,
         gpus,
         model: "NVIDIA-H100-80GB-HBM3".into(),
         duration_seconds: 3600,

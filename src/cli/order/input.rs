@@ -50,6 +50,45 @@ pub(super) fn percent(text: &str) -> Result<u32, String> {
     }
 }
 
+/// `--wait-until`: a time (RFC 3339, such as 2026-12-03T18:00:00Z) or how long from now
+/// (`90s`, `30m`, `2h`, `1d`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitUntil {
+    At(i64),
+    For(i64),
+}
+
+impl WaitUntil {
+    /// Unix seconds, for an order sent at `now`.
+    pub(super) fn at(self, now: i64) -> i64 {
+        match self {
+            WaitUntil::At(t) => t,
+            WaitUntil::For(s) => now.saturating_add(s),
+        }
+    }
+}
+
+pub(super) fn wait_until(text: &str) -> Result<WaitUntil, String> {
+    if let Ok(t) = text.parse::<jiff::Timestamp>() {
+        return Ok(WaitUntil::At(t.as_second()));
+    }
+    let unit = |u: &str| match u {
+        "s" => Some(1),
+        "m" => Some(60),
+        "h" => Some(3600),
+        "d" => Some(86_400),
+        _ => None,
+    };
+    // The last character is the unit, wherever its bytes start.
+    let split = text.char_indices().last().map_or(0, |(at, _)| at);
+    match (text[..split].parse::<i64>(), unit(&text[split..])) {
+        (Ok(n), Some(u)) if n > 0 => Ok(WaitUntil::For(n.saturating_mul(u))),
+        _ => Err(
+            "must be a time such as 2026-12-03T18:00:00Z, or a length such as 30m, 2h or 1d".into(),
+        ),
+    }
+}
+
 /// `NAME=VALUE` for `--env` and `--attribute`.
 pub(super) fn pair(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
@@ -70,6 +109,7 @@ fn flag_of(field: &str) -> String {
         "order.region" => "--region",
         "order.provider" => "--provider",
         "order.minUptimeBasisPoints" => "--min-uptime",
+        "order.waitUntil" => "--wait-until",
         "order.workload.image" => "--image",
         "order.workload.cpu" => "--cpu",
         "order.workload.memory" => "--memory",
@@ -100,6 +140,9 @@ pub(super) fn order_body(args: SubmitArgs) -> Result<OrderBody, String> {
         resource_name: args.resource,
         provider: args.provider,
         min_uptime_basis_points: args.min_uptime,
+        wait_until: args
+            .wait_until
+            .map_or(0, |w| w.at(jiff::Timestamp::now().as_second())),
         model: args.model,
         duration_seconds,
         max_price_per_gpu_hour: max_price.to_string(),
@@ -225,6 +268,7 @@ mod tests {
             region: String::new(),
             provider: String::new(),
             min_uptime: 0,
+            wait_until: None,
             attributes: vec![],
             command: vec!["python".into(), "train.py".into()],
         }

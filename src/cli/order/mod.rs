@@ -205,6 +205,11 @@ pub struct SubmitArgs {
     /// absent.
     #[arg(long, value_parser = input::percent, default_value = "0", hide_default_value = true, value_name = "PERCENT")]
     pub min_uptime: u32,
+    /// When no offer fits now, wait for one until this time (such as 2026-12-03T18:00:00Z) or for
+    /// this long (30m, 2h, at most 7d) instead of being rejected at once; cancel works until it
+    /// matches.
+    #[arg(long, value_parser = input::wait_until, value_name = "TIME|LENGTH")]
+    pub wait_until: Option<input::WaitUntil>,
     /// An offer attribute the provider must have, KEY=VALUE; repeatable.
     #[arg(long = "attribute", value_parser = input::pair, value_name = "KEY=VALUE")]
     pub attributes: Vec<(String, String)>,

@@ -35,6 +35,7 @@ pub(super) fn state(order: &OrderView) -> &'static str {
         OrderState::Ended => "ended",
         OrderState::Rejected => "rejected",
         OrderState::Cancelled => "cancelled",
+        OrderState::Waiting => "waiting",
     }
 }
 

@@ -14,11 +14,28 @@ use crate::wire::{Opened, Rejection, validate};
 
 use super::{Block, LEASES, NONCES, OFFERS, ORDERS, PROVIDERS, Result, State, StateError};
 
-/// The state machine's step for `event` on `lease` and its order, or the refusal.
+/// What a block's upkeep did that its driver tells others.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Swept {
+    /// Leases whose provider did not answer in time.
+    pub lapsed: Vec<String>,
+    /// Leases made for standing orders, with their providers' keys.
+    pub matched: Vec<(String, LeaseBody)>,
+}
+
+/// The state machine's step for `event` on `lease` and its order, or the refusal. An order
+/// with a lease never closes as one without.
 fn step(lease: &LeaseRecord, order: &OrderRecord, event: Event) -> Result<Step> {
-    transitions::next(order.state, Some(lease.state), event).map_err(|refused| {
-        Rejection::Precondition(format!("lease {} {refused}", lease.lease_id)).into()
-    })
+    match transitions::next(order.state, Some(lease.state), event) {
+        Ok(Step::Unmatched(_)) => Err(StateError::Inconsistent(format!(
+            "order {} has lease {} but closed as unmatched",
+            order.order_id, lease.lease_id
+        ))),
+        Ok(step) => Ok(step),
+        Err(refused) => {
+            Err(Rejection::Precondition(format!("lease {} {refused}", lease.lease_id)).into())
+        }
+    }
 }
 
 /// How a lease ended, as the buyer reads it: "Expired at its end; no fault", "Failed
@@ -98,7 +115,7 @@ impl State {
             Event::Reject
         };
         match step(&lease, &order, event)? {
-            Step::Again => Ok(()),
+            Step::Again | Step::Unmatched(_) => Ok(()),
             Step::Moves {
                 order: order_state,
                 lease: lease_state,
@@ -169,6 +186,7 @@ impl State {
                 });
             }
             Step::Moves { order, lease, .. } => (order, lease),
+            Step::Unmatched(_) => return Err(StateError::Inconsistent("unmatched end".into())),
         };
         // The provider was paid per accepted receipt; the end returns the rest to the buyer.
         let charge = lease.charged;
@@ -241,10 +259,10 @@ impl State {
 
     /// The upkeep every block begins with: leases not answered in time lapse (the buyer is
     /// refunded), accepted leases that never started end and their provider is slashed,
-    /// unbonding stake due is paid back, proposals are tallied and applied, expired offers and those of silent providers are dropped, answered challenges
-    /// that are due are renewed, nonces past the freshness window are forgotten. Returns the
-    /// lapsed lease ids.
-    pub fn sweep(&mut self, block: &Block) -> Result<Vec<String>> {
+    /// unbonding stake due is paid back, proposals are tallied and applied, standing orders are
+    /// matched or closed at their deadline, expired offers and those of silent providers are dropped, answered challenges
+    /// that are due are renewed, nonces past the freshness window are forgotten.
+    pub fn sweep(&mut self, block: &Block) -> Result<Swept> {
         let now = block.time;
         let params = self.params()?;
         let challenge_seconds = i64::from(params.challenge_seconds);
@@ -291,6 +309,7 @@ impl State {
             .collect();
         self.release_unbonded(block)?;
         self.govern(block)?;
+        let matched = self.match_waiting(block)?;
         for offer_id in self.keys(OFFERS).iter().filter(|id| !live.contains(*id)) {
             self.delete(OFFERS, offer_id);
         }
@@ -304,7 +323,7 @@ impl State {
         for key in &stale {
             self.delete(NONCES, key);
         }
-        Ok(lapsed)
+        Ok(Swept { lapsed, matched })
     }
 
     /// Every lease, for tests and the crash check.

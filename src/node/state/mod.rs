@@ -30,6 +30,7 @@ use crate::wire::{Opened, Rejection};
 
 pub use accounts::{Audit, AuditError};
 use kv::Kv;
+pub use leases::Swept;
 pub use params::Params;
 
 /// A table: the prefix of its keys in the one map. No prefix is a prefix of another's.
@@ -57,6 +58,8 @@ const UNBONDING: Table = Table("unbonding/");
 const SLASHES: Table = Table("slashes/");
 /// `<provider>` → GPUs in its matched and running leases.
 const COMMITTED: Table = Table("committed/");
+/// Order sequence, 20 digits → a standing order waiting for an offer.
+const WAITING: Table = Table("waiting/");
 /// Proposal id, 20 digits → the proposal.
 const PROPOSALS: Table = Table("proposals/");
 /// `<proposal id, 20 digits>/<voter>` → yes.

@@ -1,5 +1,6 @@
 //! Orders: submission and matching, cancellation, the buyer's queries.
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::identity::public_key_base58;
@@ -15,8 +16,28 @@ use crate::wire::{Opened, Rejection, validate};
 
 use super::{
     BUYER_ORDERS, Block, LEASES, OFFERS, ORDER_SEQ, ORDERS, PROVIDERS, Placed, Result, State,
-    StateError,
+    StateError, WAITING,
 };
+
+/// The longest a standing order waits for an offer.
+const MAX_WAIT: i64 = 7 * 24 * 3600;
+
+/// A standing order, as the upkeep matches it: its signed bytes, kept to make its lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct WaitingOrder {
+    order_id: String,
+    wait_until: i64,
+    /// The signed order, protobuf, hex.
+    signed: String,
+}
+
+/// The image an order's workload runs.
+fn image_of(body: &OrderBody) -> String {
+    body.workload
+        .as_ref()
+        .map(|w| w.image.clone())
+        .unwrap_or_default()
+}
 
 impl State {
     /// Returns a lease's whole hold to its buyer and closes the order and the lease with the
@@ -56,38 +77,26 @@ impl State {
         let opened: Opened<OrderBody> = open(signed, now)?;
         let checked = validate::order(&opened.body)?;
         let body = &opened.body;
+        if body.wait_until != 0 && !(now < body.wait_until && body.wait_until <= now + MAX_WAIT) {
+            return Err(Rejection::invalid(
+                "order.waitUntil",
+                &format!("must be 0, or later than now ({now}) and at most 7 days ahead"),
+            )
+            .into());
+        }
         let buyer = public_key_base58(&opened.signer);
         let order_id = hex::encode(&Sha256::digest(&signed.body)[..16]);
-        let image = body
-            .workload
-            .as_ref()
-            .map(|w| w.image.clone())
-            .unwrap_or_default();
-        let resource = validate::ordered_resource(body).to_string();
-        let terms = OrderTerms {
-            gpus: body.gpus,
-            resource: resource.clone(),
-            model: body.model.clone(),
-            duration_seconds: body.duration_seconds,
-            max_price: checked.max_price,
-            denomination: body.denomination.clone(),
-            region: body.region.clone(),
-            attributes: checked.attributes,
-            image: image.clone(),
-            provider: body.provider.clone(),
-            min_uptime_basis_points: body.min_uptime_basis_points,
-        };
         self.consume_nonce(&opened)?;
         let mut order = OrderRecord {
             order_id: order_id.clone(),
             buyer: buyer.clone(),
             gpus: body.gpus,
-            resource_name: resource,
+            resource_name: validate::ordered_resource(body).to_string(),
             model: body.model.clone(),
             duration_seconds: body.duration_seconds,
             max_price: checked.max_price,
             denomination: body.denomination.clone(),
-            image,
+            image: image_of(body),
             state: OrderState::Rejected,
             reason: String::new(),
             lease_id: None,
@@ -100,6 +109,52 @@ impl State {
             updated_at: now,
             sequence: self.next_seq(ORDER_SEQ)?,
         };
+        let lease = self.place(&mut order, body, checked, signed, block)?;
+        if lease.is_none() && body.wait_until != 0 {
+            order.state = OrderState::Waiting;
+            order.reason = format!(
+                "waiting for an offer until {}: {}",
+                body.wait_until, order.reason
+            );
+            let waiting = WaitingOrder {
+                order_id: order_id.clone(),
+                wait_until: body.wait_until,
+                signed: hex::encode(prost::Message::encode_to_vec(signed)),
+            };
+            self.put(WAITING, &format!("{:020}", order.sequence), &waiting)?;
+        }
+        self.put(ORDERS, &order_id, &order)?;
+        self.put(BUYER_ORDERS, &format!("{buyer}/{order_id}"), &now)?;
+        Ok(Placed {
+            order: order.to_view(),
+            lease,
+        })
+    }
+
+    /// Matches `order` against the live book and, when an offer fits, holds the escrow, takes
+    /// the GPUs and makes the lease; otherwise says why in the order's reason.
+    fn place(
+        &mut self,
+        order: &mut OrderRecord,
+        body: &OrderBody,
+        checked: validate::CheckedOrder,
+        signed: &Signed,
+        block: &Block,
+    ) -> Result<Option<(String, LeaseBody)>> {
+        let now = block.time;
+        let terms = OrderTerms {
+            gpus: body.gpus,
+            resource: order.resource_name.clone(),
+            model: body.model.clone(),
+            duration_seconds: body.duration_seconds,
+            max_price: checked.max_price,
+            denomination: body.denomination.clone(),
+            region: body.region.clone(),
+            attributes: checked.attributes,
+            image: order.image.clone(),
+            provider: body.provider.clone(),
+            min_uptime_basis_points: body.min_uptime_basis_points,
+        };
         // Each offer as matching sees it: with its provider's uptime, and the GPUs its
         // provider's bond still covers.
         let params = self.params()?;
@@ -110,81 +165,130 @@ impl State {
             book.push(offer.to_book(covers, self.uptime_of(&provider, now)?));
             offers.push(offer);
         }
-        let mut lease_out = None;
-        match matching::best_offer(&terms, &book) {
-            Err(no_match) => order.reason = no_match.to_string(),
-            Ok(found) => {
-                let mut offer = offers[found.offer].clone();
-                let price = offer.price;
-                let hold = ledger::hold_amount(price, body.gpus, body.duration_seconds)
-                    .map_err(|e| Rejection::invalid("order", &e.to_string()))?;
-                self.post(
-                    block,
-                    (
-                        Account::Buyer(buyer.clone()),
-                        Account::Escrow(order_id.clone()),
-                    ),
-                    hold,
-                    &body.denomination,
-                    format!("hold {order_id}"),
-                )?;
-                offer.free_blocks[found.block] -= body.gpus;
-                self.put(OFFERS, &offer.offer_id, &offer)?;
-                self.commit_gpus(&offer.provider, body.gpus, true)?;
-                let lease_id = hex::encode(&Sha256::digest(format!("lease\0{order_id}"))[..12]);
-                let provider_key = crate::identity::public_key_from_base58(&offer.provider)
-                    .map_err(|e| StateError::Inconsistent(format!("stored provider key: {e}")))?;
-                let lease_body = LeaseBody {
-                    lease_id: lease_id.clone(),
-                    provider: provider_key.as_bytes().to_vec(),
-                    offer_name: offer.offer_name.clone(),
-                    order: Some(signed.clone()),
-                    gpus: body.gpus,
-                    price_per_gpu_hour: price.to_string(),
-                    denomination: body.denomination.clone(),
-                    duration_seconds: body.duration_seconds,
-                    matched_at: now,
-                    answer_by: now + i64::from(params.answer_seconds),
-                };
-                let record = LeaseRecord {
-                    lease_id: lease_id.clone(),
-                    order_id: order_id.clone(),
-                    buyer: buyer.clone(),
-                    provider: offer.provider.clone(),
-                    offer_id: offer.offer_id.clone(),
-                    offer_seq: offer.published_seq,
-                    block: found.block,
-                    gpus: body.gpus,
-                    price,
-                    denomination: body.denomination.clone(),
-                    duration_seconds: body.duration_seconds,
-                    state: LeaseState::Offered,
-                    body: prost::Message::encode_to_vec(&lease_body),
-                    matched_at: now,
-                    answer_by: lease_body.answer_by,
-                    accepted_at: None,
-                    end: None,
-                    chain: ChainHead::default(),
-                    totals: Totals::default(),
-                    charged: Amount::ZERO,
-                    challenge: None,
-                    attestation: None,
-                };
-                self.put(LEASES, &lease_id, &record)?;
-                order.state = OrderState::Matched;
-                order.lease_id = Some(lease_id);
-                order.offer_id = Some(offer.offer_id.clone());
-                order.price = Some(price);
-                order.held = hold;
-                lease_out = Some((offer.provider.clone(), lease_body));
+        let found = match matching::best_offer(&terms, &book) {
+            Err(no_match) => {
+                order.reason = no_match.to_string();
+                return Ok(None);
             }
+            Ok(found) => found,
+        };
+        let order_id = order.order_id.clone();
+        let mut offer = offers[found.offer].clone();
+        let price = offer.price;
+        let hold = ledger::hold_amount(price, body.gpus, body.duration_seconds)
+            .map_err(|e| Rejection::invalid("order", &e.to_string()))?;
+        self.post(
+            block,
+            (
+                Account::Buyer(order.buyer.clone()),
+                Account::Escrow(order_id.clone()),
+            ),
+            hold,
+            &body.denomination,
+            format!("hold {order_id}"),
+        )?;
+        offer.free_blocks[found.block] -= body.gpus;
+        self.put(OFFERS, &offer.offer_id, &offer)?;
+        self.commit_gpus(&offer.provider, body.gpus, true)?;
+        let lease_id = hex::encode(&Sha256::digest(format!("lease\0{order_id}"))[..12]);
+        let provider_key = crate::identity::public_key_from_base58(&offer.provider)
+            .map_err(|e| StateError::Inconsistent(format!("stored provider key: {e}")))?;
+        let lease_body = LeaseBody {
+            lease_id: lease_id.clone(),
+            provider: provider_key.as_bytes().to_vec(),
+            offer_name: offer.offer_name.clone(),
+            order: Some(signed.clone()),
+            gpus: body.gpus,
+            price_per_gpu_hour: price.to_string(),
+            denomination: body.denomination.clone(),
+            duration_seconds: body.duration_seconds,
+            matched_at: now,
+            answer_by: now + i64::from(params.answer_seconds),
+        };
+        let record = LeaseRecord {
+            lease_id: lease_id.clone(),
+            order_id,
+            buyer: order.buyer.clone(),
+            provider: offer.provider.clone(),
+            offer_id: offer.offer_id.clone(),
+            offer_seq: offer.published_seq,
+            block: found.block,
+            gpus: body.gpus,
+            price,
+            denomination: body.denomination.clone(),
+            duration_seconds: body.duration_seconds,
+            state: LeaseState::Offered,
+            body: prost::Message::encode_to_vec(&lease_body),
+            matched_at: now,
+            answer_by: lease_body.answer_by,
+            accepted_at: None,
+            end: None,
+            chain: ChainHead::default(),
+            totals: Totals::default(),
+            charged: Amount::ZERO,
+            challenge: None,
+            attestation: None,
+        };
+        self.put(LEASES, &lease_id, &record)?;
+        order.state = OrderState::Matched;
+        order.reason = String::new();
+        order.lease_id = Some(lease_id);
+        order.offer_id = Some(offer.offer_id.clone());
+        order.price = Some(price);
+        order.held = hold;
+        order.updated_at = now;
+        Ok(Some((offer.provider.clone(), lease_body)))
+    }
+
+    /// Standing orders, oldest first, at the block's upkeep: each matched when an offer now
+    /// fits (or rejected when its buyer cannot pay the hold), or closed at its deadline. The
+    /// leases made, for their providers.
+    pub(super) fn match_waiting(&mut self, block: &Block) -> Result<Vec<(String, LeaseBody)>> {
+        let mut leases = Vec::new();
+        for (key, waiting) in self.scan::<WaitingOrder>(WAITING, "")? {
+            let mut order: OrderRecord = self.get(ORDERS, &waiting.order_id)?.ok_or_else(|| {
+                StateError::Inconsistent(format!("waiting order {} is missing", waiting.order_id))
+            })?;
+            let bytes = hex::decode(&waiting.signed)
+                .map_err(|e| StateError::Inconsistent(format!("waiting order bytes: {e}")))?;
+            let signed = <Signed as prost::Message>::decode(bytes.as_slice())?;
+            // Verified when it was submitted: these are the state's own bytes.
+            let body = <OrderBody as prost::Message>::decode(signed.body.as_slice())?;
+            let checked = validate::order(&body)?;
+            let reason_before = order.reason.clone();
+            if waiting.wait_until < block.time {
+                let Ok(Step::Unmatched(state)) = transitions::next(order.state, None, Event::Lapse)
+                else {
+                    return Err(StateError::Inconsistent(format!(
+                        "waiting order {} cannot lapse",
+                        order.order_id
+                    )));
+                };
+                order.state = state;
+                order.reason = format!(
+                    "no offer matched by {}: {}",
+                    waiting.wait_until,
+                    reason_before.split_once(": ").map_or("", |(_, why)| why)
+                );
+                order.updated_at = block.time;
+            } else {
+                let savepoint = self.kv.savepoint();
+                match self.place(&mut order, &body, checked, &signed, block) {
+                    Ok(Some(lease)) => leases.push(lease),
+                    Ok(None) => continue,
+                    Err(StateError::Rejected(why)) => {
+                        self.kv.rollback(savepoint);
+                        order.state = OrderState::Rejected;
+                        order.reason = format!("an offer fitted, but {why}");
+                        order.updated_at = block.time;
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+            self.delete(WAITING, &key);
+            self.put(ORDERS, &order.order_id, &order)?;
         }
-        self.put(ORDERS, &order_id, &order)?;
-        self.put(BUYER_ORDERS, &format!("{buyer}/{order_id}"), &now)?;
-        Ok(Placed {
-            order: order.to_view(),
-            lease: lease_out,
-        })
+        Ok(leases)
     }
 
     pub(super) fn cancel(&mut self, signed: &Signed, block: &Block) -> Result<OrderView> {
@@ -220,6 +324,15 @@ impl State {
                     "cancelled by the buyer before the provider accepted".into(),
                 )?
                 .to_view()),
+            (Step::Unmatched(state), None) => {
+                self.delete(WAITING, &format!("{:020}", order.sequence));
+                let mut order = order;
+                order.state = state;
+                order.reason = "cancelled by the buyer while it waited for an offer".into();
+                order.updated_at = block.time;
+                self.put(ORDERS, &order.order_id, &order)?;
+                Ok(order.to_view())
+            }
             _ => Ok(order.to_view()),
         }
     }

@@ -32,7 +32,8 @@ enum Op {
     Withdraw(usize),
     Heartbeat(usize),
     Deposit(usize, u8),
-    Order(usize, u32),
+    /// A buyer orders GPUs, waiting for an offer for two minutes when `true`.
+    Order(usize, u32, bool),
     Cancel(usize),
     Decide(usize, bool),
     End(usize),
@@ -59,7 +60,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..2usize).prop_map(Op::Withdraw),
         2 => (0..2usize).prop_map(Op::Heartbeat),
         1 => (0..5usize, 1..200u8).prop_map(|(w, u)| Op::Deposit(w, u)),
-        4 => (0..3usize, 1..5u32).prop_map(|(b, g)| Op::Order(b, g)),
+        4 => (0..3usize, 1..10u32, any::<bool>()).prop_map(|(b, g, w)| Op::Order(b, g, w)),
         1 => (0..8usize).prop_map(Op::Cancel),
         4 => (0..8usize, prop::bool::weighted(0.8)).prop_map(|(o, a)| Op::Decide(o, a)),
         1 => (0..8usize).prop_map(Op::End),
@@ -186,8 +187,12 @@ impl History {
                 let who = if b < 3 { key(2, b) } else { key(1, b - 3) };
                 Tx::Deposit(seal(&who, body, now))
             }
-            Op::Order(b, gpus) => {
-                let signed = seal(&key(2, b), order(gpus), now);
+            Op::Order(b, gpus, wait) => {
+                let body = OrderBody {
+                    wait_until: if wait { now + 120 } else { 0 },
+                    ..order(gpus)
+                };
+                let signed = seal(&key(2, b), body, now);
                 let order_id = hex::encode(&Sha256::digest(&signed.body)[..16]);
                 let lease_id = hex::encode(&Sha256::digest(format!("lease\0{order_id}"))[..12]);
                 self.orders.push((b, order_id, lease_id));
@@ -1027,6 +1032,120 @@ fn a_proposal_passes_by_bonded_stake_and_takes_effect_at_its_height() {
         before
             .checked_sub(Amount::from_atto(10 * UNIT), "")
             .unwrap()
+    );
+    m.state.audit().unwrap();
+}
+
+#[test]
+fn a_standing_order_waits_for_capacity_matches_when_it_comes_and_closes_at_its_deadline() {
+    let mut m = Market::opened(Params::default());
+    let t = START + 1;
+    let waiting = |m: &mut Market, gpus: u32, until: i64, at: i64| {
+        let body = OrderBody {
+            wait_until: until,
+            ..order(gpus)
+        };
+        match m.apply(at, Tx::SubmitOrder(seal(&key(2, 0), body, at))) {
+            Ok(Outcome::Ordered(placed)) => Ok(*placed),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    assert!(
+        waiting(&mut m, 1, t, t)
+            .unwrap_err()
+            .starts_with("order.waitUntil: must be 0, or later than now")
+    );
+    assert!(
+        waiting(&mut m, 1, t + 8 * 86_400, t).is_err(),
+        "at most 7 days"
+    );
+
+    // 9 GPUs fit no node of 8: the order waits, holding nothing.
+    let spendable = m.available(&m.buyer());
+    let big = waiting(&mut m, 9, t + 600, t).unwrap();
+    assert_eq!(big.order.state(), crate::wire::proto::OrderState::Waiting);
+    assert!(
+        big.order.reason.starts_with(&format!(
+            "waiting for an offer until {}: no offer matches",
+            t + 600
+        )),
+        "{}",
+        big.order.reason
+    );
+    assert_eq!(m.available(&m.buyer()), spendable);
+    // 4 GPUs fit nothing either while a new offer is missing: the book holds 8 + 8, so first
+    // fill it with two matched orders of 8, then wait for 4.
+    for _ in 0..2 {
+        let full = waiting(&mut m, 8, 0, t).unwrap();
+        assert!(full.lease.is_some());
+    }
+    let four = waiting(&mut m, 4, t + 600, t).unwrap();
+    assert_eq!(four.order.state(), crate::wire::proto::OrderState::Waiting);
+    let cancel_me = waiting(&mut m, 2, t + 600, t).unwrap();
+    let cancel = CancelBody {
+        header: None,
+        order_id: cancel_me.order.order_id.clone(),
+    };
+    let Outcome::Order(view) = m
+        .apply(t, Tx::CancelOrder(seal(&key(2, 0), cancel, t)))
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(view.state(), crate::wire::proto::OrderState::Cancelled);
+
+    // The provider publishes a node more: at the next upkeep the oldest waiting order that fits
+    // matches, with its hold; the others keep waiting.
+    let t2 = t + 10;
+    m.apply(
+        t2,
+        Tx::PublishOffer(seal(
+            &key(1, 0),
+            OfferBody {
+                free_blocks: vec![8, 8, 8],
+                ..offer("h100", 8, t2)
+            },
+            t2,
+        )),
+    )
+    .unwrap();
+    let block = m.block(t2);
+    let swept = m.state.sweep(&block).unwrap();
+    m.state.end_block(&block).unwrap();
+    m.state.settle_block();
+    assert_eq!(swept.matched.len(), 1, "{swept:?}");
+    let view = m
+        .state
+        .order_status(&m.buyer(), &four.order.order_id)
+        .unwrap();
+    assert_eq!(view.state(), crate::wire::proto::OrderState::Matched);
+    assert_eq!(swept.matched[0].1.lease_id, view.lease_id);
+    assert_ne!(view.held, "0");
+    let view = m
+        .state
+        .order_status(&m.buyer(), &cancel_me.order.order_id)
+        .unwrap();
+    assert_eq!(
+        view.state(),
+        crate::wire::proto::OrderState::Cancelled,
+        "a cancelled order never matches"
+    );
+
+    // Past its deadline the 9-GPU order closes, saying what it waited for.
+    m.sweep(t + 601);
+    let view = m
+        .state
+        .order_status(&m.buyer(), &big.order.order_id)
+        .unwrap();
+    assert_eq!(view.state(), crate::wire::proto::OrderState::Rejected);
+    assert!(
+        view.reason.starts_with(&format!(
+            "no offer matched by {}: no offer matches",
+            t + 600
+        )),
+        "{}",
+        view.reason
     );
     m.state.audit().unwrap();
 }
