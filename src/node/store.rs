@@ -148,9 +148,17 @@ impl Store {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic inside the lock happens before a block is persisted, and the block is
-        // undone by the abort below it; the state is whole.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        match self.state.lock() {
+            Ok(state) => state,
+            // A block panicked before it was persisted: what it changed is undone, so the next
+            // block neither sees nor persists it.
+            Err(poisoned) => {
+                let mut state = poisoned.into_inner();
+                state.abort_block();
+                self.state.clear_poison();
+                state
+            }
+        }
     }
 
     /// Runs `change` as one block at `now`, persists what it changed, and only then answers;
@@ -448,6 +456,43 @@ mod tests {
         let db = Database::create(&path).unwrap();
         let read = db.begin_read().unwrap();
         assert!(read.open_table(STATE).is_err(), "nothing was written");
+    }
+
+    #[test]
+    fn a_block_that_panics_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("network.redb");
+        let store = Store::open(&path, generate_key(), Params::default()).unwrap();
+        let now = jiff::Timestamp::now().as_second();
+        let deposit = |key: &SigningKey| {
+            let body = crate::wire::proto::DepositBody {
+                header: None,
+                amount: "5".into(),
+                denomination: "USDC".into(),
+            };
+            Tx::Deposit(crate::wire::envelope::seal(key, body, now))
+        };
+        let (lost, kept) = (generate_key(), generate_key());
+        let before = store.head().unwrap();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _: Result<()> = store.commit(now, |state, block| {
+                state.apply(&deposit(&lost), block)?;
+                panic!("a bug in the middle of a block");
+            });
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(store.head().unwrap(), before, "the half block is undone");
+        store.apply(&deposit(&kept), now).unwrap();
+        drop(store);
+        let reopened = Store::open(&path, generate_key(), Params::default()).unwrap();
+        let balance = |key: &SigningKey| {
+            reopened
+                .balances_of(&crate::identity::public_key_base58(&key.verifying_key()))
+                .unwrap()
+                .balances
+                .len()
+        };
+        assert_eq!((balance(&lost), balance(&kept)), (0, 1), "never persisted");
     }
 
     #[test]

@@ -102,14 +102,6 @@ impl Kv {
             .map_while(move |(k, e)| Some((k.strip_prefix(prefix)?, e.value.as_slice())))
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     pub fn savepoint(&self) -> Savepoint {
         Savepoint(self.journal.len())
     }

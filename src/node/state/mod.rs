@@ -200,11 +200,6 @@ impl State {
         self.kv.snapshot()
     }
 
-    /// Number of entries, for logs and benchmarks.
-    pub fn entries(&self) -> usize {
-        self.kv.len()
-    }
-
     /// Applies one transaction in `block`, whole or not at all.
     pub fn apply(&mut self, tx: &Tx, block: &Block) -> Result<Outcome> {
         let savepoint = self.kv.savepoint();
