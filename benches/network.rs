@@ -9,6 +9,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use gpubridge::identity::{generate_key, issue_lease_certificate};
 use gpubridge::metering::{ChainHead, LeaseTerms, Step, check_next, seal_receipt};
 use gpubridge::node::matching::{BookOffer, OrderTerms, best_offer};
+use gpubridge::node::state::{Block, State, Tx};
 use gpubridge::node::{Params, Store};
 use gpubridge::wire::amount::Amount;
 use gpubridge::wire::envelope::seal;
@@ -109,17 +110,21 @@ fn open_store(name: &str) -> (std::path::PathBuf, Store, i64) {
     (dir, store, jiff::Timestamp::now().as_second())
 }
 
-/// A registered provider with one offer of 8 blocks of 1024 H100s, priced `i` atto above one unit.
-fn provider_with_offer(store: &Store, i: usize, now: i64) -> ed25519_dalek::SigningKey {
+/// Applies transactions through the embedded driver, as blocks at `now`.
+fn through(store: &Store, now: i64) -> impl FnMut(Tx) + '_ {
+    move |tx| drop(store.apply(&tx, now).unwrap())
+}
+
+/// A registered provider with one offer of 8 blocks of 1024 H100s, priced `i` atto above one
+/// unit, made by `apply`.
+fn provider_with_offer(apply: &mut dyn FnMut(Tx), i: usize, now: i64) -> ed25519_dalek::SigningKey {
     let provider = generate_key();
     let register = gpubridge::wire::proto::RegisterBody {
         header: None,
         name: format!("p{i}"),
         region: String::new(),
     };
-    store
-        .register(&seal(&provider, register, now), now)
-        .unwrap();
+    apply(Tx::Register(seal(&provider, register, now)));
     let offer = OfferBody {
         header: None,
         offer_name: "gpus".into(),
@@ -136,18 +141,18 @@ fn provider_with_offer(store: &Store, i: usize, now: i64) -> ed25519_dalek::Sign
         attributes: vec![],
         expires_at: now + 3000,
     };
-    store.publish(&seal(&provider, offer, now), now).unwrap();
+    apply(Tx::PublishOffer(seal(&provider, offer, now)));
     provider
 }
 
-fn funded_buyer(store: &Store, amount: u128, now: i64) -> ed25519_dalek::SigningKey {
+fn funded_buyer(apply: &mut dyn FnMut(Tx), amount: u128, now: i64) -> ed25519_dalek::SigningKey {
     let buyer = generate_key();
     let deposit = gpubridge::wire::proto::DepositBody {
         header: None,
         amount: amount.to_string(),
         denomination: "USDC".into(),
     };
-    store.deposit(&seal(&buyer, deposit, now), now).unwrap();
+    apply(Tx::Deposit(seal(&buyer, deposit, now)));
     buyer
 }
 
@@ -156,9 +161,9 @@ fn funded_buyer(store: &Store, amount: u128, now: i64) -> ed25519_dalek::Signing
 fn store_submit(c: &mut Criterion) {
     let (dir, store, now) = open_store("orders");
     for i in 0..100 {
-        provider_with_offer(&store, i, now);
+        provider_with_offer(&mut through(&store, now), i, now);
     }
-    let buyer = funded_buyer(&store, u64::MAX as u128 * UNIT, now);
+    let buyer = funded_buyer(&mut through(&store, now), u64::MAX as u128 * UNIT, now);
     let mut group = c.benchmark_group("network_node");
     group.throughput(Throughput::Elements(1));
     group.sample_size(30);
@@ -172,6 +177,42 @@ fn store_submit(c: &mut Criterion) {
     group.finish();
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One order through the pure state machine, as a validator applies it in a block: the same
+/// work as `submit_order` without the disk. Beside it, the state hash a block ends with, over
+/// the state those orders built.
+fn state_apply(c: &mut Criterion) {
+    let now = jiff::Timestamp::now().as_second();
+    let state = std::cell::RefCell::new(State::genesis(Params::default()).unwrap());
+    let block = Block {
+        height: 1,
+        time: now,
+        entropy: [0; 32],
+    };
+    let mut apply = |tx: Tx| drop(state.borrow_mut().apply(&tx, &block).unwrap());
+    for i in 0..100 {
+        provider_with_offer(&mut apply, i, now);
+    }
+    let buyer = funded_buyer(&mut apply, u64::MAX as u128 * UNIT, now);
+    let mut group = c.benchmark_group("state_machine");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("apply_order/100_offers", |b| {
+        b.iter_batched(
+            || Tx::SubmitOrder(seal(&buyer, order_body(), now)),
+            |tx| black_box(state.borrow_mut().apply(&tx, &block).unwrap()),
+            BatchSize::SmallInput,
+        )
+    });
+    // The hash is over whatever the apply benchmark built: say how much that was.
+    eprintln!(
+        "state_machine/state_hash: over a state of {} orders",
+        state.borrow().orders().unwrap().len()
+    );
+    group.bench_function("state_hash/after_those_orders", |b| {
+        b.iter(|| black_box(state.borrow().hash()))
+    });
+    group.finish();
 }
 
 fn usage() -> Vec<GpuUsage> {
@@ -232,8 +273,8 @@ fn receipt_verification(c: &mut Criterion) {
 fn store_receipts(c: &mut Criterion) {
     const BATCH: usize = 64;
     let (dir, store, now) = open_store("receipts");
-    let provider = provider_with_offer(&store, 0, now);
-    let buyer = funded_buyer(&store, 1_000_000 * UNIT, now);
+    let provider = provider_with_offer(&mut through(&store, now), 0, now);
+    let buyer = funded_buyer(&mut through(&store, now), 1_000_000 * UNIT, now);
     let order = OrderBody {
         duration_seconds: 86_400,
         ..order_body()
@@ -312,6 +353,7 @@ criterion_group!(
     benches,
     matching,
     store_submit,
+    state_apply,
     receipt_verification,
     store_receipts
 );
