@@ -191,8 +191,9 @@ impl State {
     /// The tally of proposal `id` as bonds stand now.
     fn tally(&self, id: u64) -> Result<Tally> {
         let (mut yes, mut no) = (Amount::ZERO, Amount::ZERO);
-        for (key, said_yes) in self.scan::<bool>(VOTES, &format!("{id:020}/"))? {
-            let voter = &key[21..];
+        let prefix = format!("{id:020}/");
+        for (key, said_yes) in self.scan::<bool>(VOTES, &prefix)? {
+            let voter = &key[prefix.len()..];
             let power = self.bonded(voter)?;
             if said_yes {
                 yes = yes.checked_add(power, "the yes votes")?;

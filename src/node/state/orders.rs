@@ -29,6 +29,8 @@ struct WaitingOrder {
     wait_until: i64,
     /// The signed order, protobuf, hex.
     signed: String,
+    /// Why no offer fitted when it was submitted.
+    unmatched: String,
 }
 
 /// The image an order's workload runs.
@@ -111,16 +113,17 @@ impl State {
         };
         let lease = self.place(&mut order, body, checked, signed, block)?;
         if lease.is_none() && body.wait_until != 0 {
-            order.state = OrderState::Waiting;
-            order.reason = format!(
-                "waiting for an offer until {}: {}",
-                body.wait_until, order.reason
-            );
             let waiting = WaitingOrder {
                 order_id: order_id.clone(),
                 wait_until: body.wait_until,
                 signed: hex::encode(prost::Message::encode_to_vec(signed)),
+                unmatched: order.reason.clone(),
             };
+            order.state = OrderState::Waiting;
+            order.reason = format!(
+                "waiting for an offer until {}: {}",
+                body.wait_until, waiting.unmatched
+            );
             self.put(WAITING, &format!("{:020}", order.sequence), &waiting)?;
         }
         self.put(ORDERS, &order_id, &order)?;
@@ -255,7 +258,6 @@ impl State {
             // Verified when it was submitted: these are the state's own bytes.
             let body = <OrderBody as prost::Message>::decode(signed.body.as_slice())?;
             let checked = validate::order(&body)?;
-            let reason_before = order.reason.clone();
             if waiting.wait_until < block.time {
                 let Ok(Step::Unmatched(state)) = transitions::next(order.state, None, Event::Lapse)
                 else {
@@ -267,8 +269,7 @@ impl State {
                 order.state = state;
                 order.reason = format!(
                     "no offer matched by {}: {}",
-                    waiting.wait_until,
-                    reason_before.split_once(": ").map_or("", |(_, why)| why)
+                    waiting.wait_until, waiting.unmatched
                 );
                 order.updated_at = block.time;
             } else {
