@@ -3,7 +3,8 @@
 # it outside git, keyed by version: kube-apiserver, kube-controller-manager, kube-scheduler and
 # kubectl from k8s.io/kubernetes; etcd from go.etcd.io/etcd; kwok and kwokctl; helm; Prometheus
 # and promtool (for the dashboard and metrics checks); umoci (the images); dashboard-schema and
-# Checkov (the dashboard's schema, the manifests' and the Dockerfile's security scan).
+# Checkov (the dashboard's schema, the manifests' and the Dockerfile's security scan); CometBFT
+# (the consensus engine the network's validators run).
 # Idempotent: a second run with the same versions only checks the cache.
 set -euo pipefail
 
@@ -15,6 +16,8 @@ HELM_VERSION="${HELM_VERSION:-4.3.1}"
 PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-0.316.0}"
 UMOCI_VERSION="${UMOCI_VERSION:-0.6.0}"
 CHECKOV_VERSION="${CHECKOV_VERSION:-3.3.30}"
+# The maintained 0.38 line (ABCI 2.0); never @latest, which resolves to a stale v1.0.1.
+COMETBFT_VERSION="${COMETBFT_VERSION:-0.38.26}"
 CACHE="${GPUBRIDGE_CACHE:-$HOME/.cache/gpubridge}"
 BIN="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION"
 export GOFLAGS="${GOFLAGS:--mod=mod}" CGO_ENABLED=0
@@ -103,6 +106,19 @@ for tool in prometheus promtool; do
   fi
   ln -sfn "$prom_bin/$tool" "$BIN/$tool"
 done
+
+# CometBFT, in a folder of its own version like Prometheus.
+cometbft_bin="$CACHE/bin/cometbft-$COMETBFT_VERSION"
+if [ ! -x "$cometbft_bin/cometbft" ]; then
+  say "cometbft: building github.com/cometbft/cometbft/cmd/cometbft@v$COMETBFT_VERSION"
+  start=$SECONDS
+  GOBIN="$cometbft_bin" go install -trimpath -ldflags "-s -w" \
+    "github.com/cometbft/cometbft/cmd/cometbft@v$COMETBFT_VERSION"
+  say "cometbft: built in $((SECONDS - start))s"
+else
+  say "cometbft: cached"
+fi
+ln -sfn "$cometbft_bin/cometbft" "$BIN/cometbft"
 
 # umoci, in a folder of its own version like Prometheus. Its module carries a replace directive,
 # which `go install` refuses, so it is built inside its own module as downloaded.

@@ -208,11 +208,22 @@ async fn a_metered_lease_survives_crashes_of_everything_and_settles_exactly() {
     let ended = order_reaches(&buyer, &placed.order_id, OrderState::Ended, 60 * SECOND).await;
 
     let logged = ReceiptLog::read_all(&sidecars.receipts_dir()).unwrap();
-    let lease = leases.get(&lease_id).await.unwrap();
+    // The network settles the end first; the operator records that it reported it just after.
+    let lease = eventually(
+        "the end report recorded on the lease",
+        30 * SECOND,
+        || async {
+            let lease = leases.get(&lease_id).await.map_err(|e| e.to_string())?;
+            match lease.status.as_ref().and_then(|s| s.reported_at.as_ref()) {
+                Some(_) => Ok(lease),
+                None => Err("status.reportedAt unset".to_string()),
+            }
+        },
+    )
+    .await;
     settled_exactly(&lease, &ended, &logged, 9 * UNIT / 10);
     let attestation = lease.status.as_ref().unwrap().attestation.clone().unwrap();
     assert_eq!(attestation.trust_tier, "self-reported");
-    assert!(lease.status.unwrap().reported_at.is_some());
 
     // What the operator exports passes promtool's checks, and every dashboard panel has data.
     let scrape = http_get(&format!("{}/metrics", operator.http))

@@ -6,6 +6,7 @@
 //! is its embedded driver, which orders transactions itself and persists each block in an
 //! embedded database; `service` is the gRPC surface.
 
+pub mod chain;
 pub mod ledger;
 pub mod matching;
 pub mod records;
@@ -103,6 +104,15 @@ pub struct NetworkArgs {
     /// Yes votes, basis points of the stake that voted, above which a proposal passes.
     #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub threshold_basis_points: u32,
+    /// Run as one validator's application: serve ABCI 2.0 on this address to a CometBFT node
+    /// (0.38), which orders the transactions; the parameters are then the genesis file's
+    /// `app_state`, not these flags. Without it the node orders them itself (the embedded
+    /// network).
+    #[arg(long, value_name = "ABCI_ADDRESS")]
+    pub cometbft: Option<SocketAddr>,
+    /// Print these flags' parameters as a CometBFT genesis `app_state` and exit.
+    #[arg(long)]
+    pub print_app_state: bool,
     /// Log format.
     #[arg(long, env = "GPUBRIDGE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: crate::process::telemetry::LogFormat,
@@ -123,6 +133,8 @@ pub enum NetworkError {
     Flag(#[from] crate::wire::Rejection),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("ABCI: {0}")]
+    Abci(#[from] tendermint_abci::Error),
     #[error("cannot serve on {addr}: {source}")]
     Serve {
         addr: SocketAddr,
@@ -131,6 +143,15 @@ pub enum NetworkError {
 }
 
 pub async fn run(args: NetworkArgs) -> Result<(), NetworkError> {
+    let params = params(&args)?;
+    if args.print_app_state {
+        let app_state = chain::app::AppState { params };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&app_state).expect("params serialize")
+        );
+        return Ok(());
+    }
     std::fs::create_dir_all(&args.data_dir).map_err(|source| NetworkError::DataDir {
         path: args.data_dir.clone(),
         source,
@@ -140,31 +161,21 @@ pub async fn run(args: NetworkArgs) -> Result<(), NetworkError> {
         .clone()
         .unwrap_or_else(|| args.data_dir.join("network.key"));
     let key = keyfile::load_or_create(&key_path)?;
-    crate::wire::validate::denomination("--stake-denomination", &args.stake_denomination)?;
-    let params = Params {
-        offer_ttl_seconds: args.offer_ttl_seconds,
-        heartbeat_timeout_seconds: args.heartbeat_timeout_seconds,
-        heartbeat_interval_seconds: args.heartbeat_interval_seconds,
-        uptime_window_seconds: args.uptime_window_seconds,
-        answer_seconds: args.answer_seconds,
-        challenge_seconds: args.challenge_seconds,
-        bond_per_gpu: crate::wire::amount::from_decimal_units(
-            "--bond-per-gpu",
-            &args.bond_per_gpu,
-        )?,
-        stake_denomination: args.stake_denomination.clone(),
-        unbonding_seconds: args.unbonding_seconds,
-        start_deadline_seconds: args.start_deadline_seconds,
-        slash_basis_points: args.slash_basis_points,
-        voting_blocks: args.voting_blocks,
-        min_deposit: crate::wire::amount::from_decimal_units("--min-deposit", &args.min_deposit)?,
-        quorum_basis_points: args.quorum_basis_points,
-        threshold_basis_points: args.threshold_basis_points,
-    };
     let db_path = args.data_dir.join("network.redb");
-    let store = Arc::new(tokio::task::block_in_place(|| {
-        Store::open(&db_path, key, params.clone())
-    })?);
+    let store = tokio::task::block_in_place(|| Store::open(&db_path, key, params.clone()))?;
+    if let Some(abci) = args.cometbft {
+        info!(
+            node_key = %public_key_base58(&store.network_key()),
+            database = %db_path.display(),
+            "validator application starting"
+        );
+        let app = chain::abci::AbciApp::new(Arc::new(chain::app::Chain::new(store)));
+        return tokio::task::spawn_blocking(move || app.serve(abci))
+            .await
+            .expect("the ABCI server does not panic")
+            .map_err(NetworkError::from);
+    }
+    let store = Arc::new(store);
     let in_force = store.params()?;
     if in_force != params {
         warn!(
@@ -222,4 +233,29 @@ pub async fn run(args: NetworkArgs) -> Result<(), NetworkError> {
             addr: args.listen,
             source,
         })
+}
+
+/// The network parameters the flags set (a new embedded network's, or a genesis `app_state`).
+fn params(args: &NetworkArgs) -> Result<Params, NetworkError> {
+    crate::wire::validate::denomination("--stake-denomination", &args.stake_denomination)?;
+    Ok(Params {
+        offer_ttl_seconds: args.offer_ttl_seconds,
+        heartbeat_timeout_seconds: args.heartbeat_timeout_seconds,
+        heartbeat_interval_seconds: args.heartbeat_interval_seconds,
+        uptime_window_seconds: args.uptime_window_seconds,
+        answer_seconds: args.answer_seconds,
+        challenge_seconds: args.challenge_seconds,
+        bond_per_gpu: crate::wire::amount::from_decimal_units(
+            "--bond-per-gpu",
+            &args.bond_per_gpu,
+        )?,
+        stake_denomination: args.stake_denomination.clone(),
+        unbonding_seconds: args.unbonding_seconds,
+        start_deadline_seconds: args.start_deadline_seconds,
+        slash_basis_points: args.slash_basis_points,
+        voting_blocks: args.voting_blocks,
+        min_deposit: crate::wire::amount::from_decimal_units("--min-deposit", &args.min_deposit)?,
+        quorum_basis_points: args.quorum_basis_points,
+        threshold_basis_points: args.threshold_basis_points,
+    })
 }

@@ -9,6 +9,10 @@
 //!
 //! The network's lease is signed here, with the node's key, as it leaves: the state machine
 //! holds no key (every replica of it must compute the same state).
+//!
+//! The consensus driver ([`crate::node::chain`]) persists through the same store, in two steps:
+//! [`Store::decide`] applies a block consensus decided, and [`Store::commit_decided`] persists
+//! it with the chain's height when CometBFT says Commit.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -28,6 +32,8 @@ use crate::wire::proto::{
 
 /// The state machine's map, key → value, as it stands after the last persisted block.
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+/// `height` → the last block of the chain this state is the result of (consensus driver only).
+const CHAIN: TableDefinition<&str, u64> = TableDefinition::new("chain");
 /// Tables of the database format before the state machine (one table per record kind).
 const EARLIER_FORMAT: &[&str] = &["providers", "offers", "orders", "leases", "postings"];
 
@@ -91,6 +97,15 @@ pub struct Store {
     db: Database,
     key: SigningKey,
     state: Mutex<State>,
+    chain: Mutex<Chain>,
+}
+
+/// Where the consensus driver stands: the last committed height, and the block decided since,
+/// whose changes wait for Commit.
+#[derive(Default)]
+struct Chain {
+    height: u64,
+    decided: Option<(u64, Vec<state::kv::Change>)>,
 }
 
 impl Store {
@@ -110,6 +125,13 @@ impl Store {
             });
         }
         let existing = tables.iter().any(|t| t == STATE.name());
+        let height = if tables.iter().any(|t| t == CHAIN.name()) {
+            read.open_table(CHAIN)?
+                .get("height")?
+                .map_or(0, |h| h.value())
+        } else {
+            0
+        };
         let state = if existing {
             let table = read.open_table(STATE)?;
             let mut entries = Vec::new();
@@ -126,9 +148,13 @@ impl Store {
             db,
             key,
             state: Mutex::new(state),
+            chain: Mutex::new(Chain {
+                height,
+                decided: None,
+            }),
         };
         if !existing {
-            store.persist(&store.lock().snapshot())?;
+            store.persist(&store.lock().snapshot(), None)?;
         }
         Ok(store)
     }
@@ -197,7 +223,7 @@ impl Store {
         match state
             .end_block(&block)
             .map_err(HubError::from)
-            .and_then(|changes| self.persist(&changes))
+            .and_then(|changes| self.persist(&changes, None))
         {
             Ok(()) => {
                 state.settle_block();
@@ -210,8 +236,9 @@ impl Store {
         }
     }
 
-    fn persist(&self, changes: &[state::kv::Change]) -> Result<()> {
-        if changes.is_empty() {
+    /// Writes `changes`, and the chain's height when given, in one durable transaction.
+    fn persist(&self, changes: &[state::kv::Change], chain_height: Option<u64>) -> Result<()> {
+        if changes.is_empty() && chain_height.is_none() {
             return Ok(());
         }
         let txn = self.db.begin_write()?;
@@ -223,9 +250,103 @@ impl Store {
                     None => table.remove(key.as_str())?,
                 };
             }
+            if let Some(height) = chain_height {
+                txn.open_table(CHAIN)?.insert("height", height)?;
+            }
         }
         txn.commit()?;
         Ok(())
+    }
+
+    fn chain(&self) -> MutexGuard<'_, Chain> {
+        // Nothing is left half done under this lock: a panic leaves it as it was.
+        self.chain.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The last height of the chain persisted, and the state's hash: what a restarted
+    /// validator's CometBFT replays from.
+    pub fn chain_head(&self) -> (u64, [u8; 32]) {
+        let chain = self.chain();
+        (chain.height, self.lock().hash())
+    }
+
+    /// Starts the chain with `params`, at height 0, before any block; the state's hash.
+    pub fn init_chain(&self, params: Params) -> Result<[u8; 32]> {
+        let chain = self.chain();
+        if chain.height != 0 || chain.decided.is_some() {
+            return Err(StateError::Inconsistent(format!(
+                "InitChain at height {}: a chain is started once, before its first block",
+                chain.height
+            ))
+            .into());
+        }
+        let genesis = State::genesis(params)?;
+        let hash = genesis.hash();
+        let mut state = self.lock();
+        let mut changes = genesis.snapshot();
+        // Whatever the node was opened with goes: the genesis decides.
+        let kept: std::collections::BTreeSet<String> =
+            changes.iter().map(|(key, _)| key.clone()).collect();
+        let gone: Vec<_> = state
+            .snapshot()
+            .into_iter()
+            .filter(|(key, _)| !kept.contains(key))
+            .map(|(key, _)| (key, None))
+            .collect();
+        changes.extend(gone);
+        self.persist(&changes, Some(0))?;
+        *state = genesis;
+        Ok(hash)
+    }
+
+    /// Applies a block consensus decided: its upkeep, then each transaction; keeps its changes
+    /// for [`Store::commit_decided`]. Each transaction's outcome, and the state's hash after it.
+    #[allow(clippy::type_complexity)]
+    pub fn decide(
+        &self,
+        block: &Block,
+        txs: &[Tx],
+    ) -> Result<(Vec<std::result::Result<Outcome, StateError>>, [u8; 32])> {
+        let mut chain = self.chain();
+        if block.height != chain.height + 1 || chain.decided.is_some() {
+            return Err(StateError::Inconsistent(format!(
+                "block {} decided after {} (and {:?} not committed)",
+                block.height,
+                chain.height,
+                chain.decided.as_ref().map(|(h, _)| h)
+            ))
+            .into());
+        }
+        let mut state = self.lock();
+        let outcomes = match state
+            .finalize(block, true, txs)
+            .and_then(|outcomes| Ok((outcomes, state.end_block(block)?)))
+        {
+            Ok(done) => done,
+            Err(e) => {
+                state.abort_block();
+                return Err(e.into());
+            }
+        };
+        let (outcomes, changes) = outcomes;
+        chain.decided = Some((block.height, changes));
+        Ok((outcomes, state.hash()))
+    }
+
+    /// Persists the block decided last, with its height; its height.
+    pub fn commit_decided(&self) -> Result<u64> {
+        let mut chain = self.chain();
+        let Some((height, changes)) = chain.decided.take() else {
+            return Err(StateError::Inconsistent("Commit without a decided block".into()).into());
+        };
+        let mut state = self.lock();
+        if let Err(e) = self.persist(&changes, Some(height)) {
+            state.abort_block();
+            return Err(e);
+        }
+        state.settle_block();
+        chain.height = height;
+        Ok(height)
     }
 
     /// Applies a whole block whose time and entropy are given (not drawn here): its upkeep when

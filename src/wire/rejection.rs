@@ -48,7 +48,8 @@ impl Rejection {
         }
     }
 
-    fn code(&self) -> Code {
+    /// The gRPC status code a refusal is answered with.
+    pub fn code(&self) -> Code {
         match self {
             Rejection::Invalid { .. } => Code::InvalidArgument,
             Rejection::Unauthenticated(_) => Code::Unauthenticated,

@@ -10,6 +10,8 @@ use super::*;
 use crate::identity::issue_lease_certificate;
 use crate::metering::ChainHead;
 use crate::metering::chain::seal_receipt;
+use crate::node::chain::app::{AppState, Chain, DecidedBlock};
+use crate::node::chain::codec;
 use crate::node::records::LeaseRecord;
 use crate::node::store::Store;
 use crate::wire::amount::Amount;
@@ -413,9 +415,9 @@ fn history_params() -> Params {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
-    /// The same blocks give the same state: applied again to a fresh state, and through the
-    /// embedded driver to disk and opened again. Refused transactions change nothing, and the
-    /// books balance.
+    /// The same blocks give the same state: applied again to a fresh state, through the
+    /// embedded driver to disk and opened again, and as the bytes of consensus blocks through
+    /// the ABCI application's driver. Refused transactions change nothing, and the books balance.
     #[test]
     fn the_same_blocks_give_the_same_hash_again_and_from_disk(ops in prop::collection::vec(op(), 1..80)) {
         let history = History::run(&ops);
@@ -426,15 +428,33 @@ proptest! {
         let path = dir.path().join("network.redb");
         let store = Store::open(&path, key(0, 0), history_params()).unwrap();
         prop_assert_eq!(store.head().unwrap(), (0, again.hash()));
+        let chain_path = dir.path().join("chain.redb");
+        let open_chain = || Chain::new(Store::open(&chain_path, key(0, 1), Params::default()).unwrap());
+        let chain = open_chain();
+        let app_state = serde_json::to_vec(&AppState { params: history_params() }).unwrap();
+        prop_assert_eq!(chain.init_chain(&app_state).unwrap(), again.hash());
         for (block, txs) in &history.blocks {
             let outcomes = again.finalize(block, true, txs).unwrap();
             again.end_block(block).unwrap();
             again.settle_block();
             let persisted = store.finalize(block, true, txs).unwrap();
             prop_assert_eq!(format!("{outcomes:?}"), format!("{persisted:?}"));
+            let decided = DecidedBlock {
+                height: block.height,
+                time: block.time,
+                hash: block.entropy.to_vec(),
+                txs: txs.iter().map(codec::encode_tx).collect(),
+            };
+            let finalized = chain.finalize_block(&decided).unwrap();
+            prop_assert_eq!(chain.commit().unwrap(), block.height);
+            let results: Vec<_> = outcomes.iter().map(codec::result_of).collect();
+            prop_assert_eq!(finalized.results, results);
+            prop_assert_eq!(finalized.app_hash, again.hash());
         }
         prop_assert_eq!(again.hash(), expected);
         prop_assert_eq!(store.head().unwrap().1, expected);
+        drop(chain);
+        prop_assert_eq!(open_chain().info(), (history.blocks.len() as u64, expected));
         history.state.audit().unwrap();
         // Something happened, and some of it was refused: the hash is not the genesis hash.
         prop_assume!(history.sent.len() > history.refused);

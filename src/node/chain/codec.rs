@@ -1,0 +1,302 @@
+//! The chain's encodings, pure: a [`Tx`] as the bytes a block carries, and what it did as the
+//! bytes its result records. Prost encodes fields in number order and this protocol has no maps,
+//! so one value always gives the same bytes on every validator.
+
+use prost::Message;
+use tonic::Code;
+
+use crate::node::state::{Outcome, Placed, StateError, Tx};
+use crate::wire::envelope::open;
+use crate::wire::proto::{
+    Ack, BondBody, CancelBody, DepositBody, EvidenceSubmitBody, HeartbeatBody, LeaseDecisionBody,
+    LeaseEndBody, LeaseStreamBody, OfferBody, OrderBody, ProposeBody, ReceiptsBody, RegisterBody,
+    StreamOpened, Transaction, TxOutcome, UnbondBody, VoteBody, WithdrawBody, transaction,
+    tx_outcome,
+};
+use crate::wire::{MAX_MESSAGE_BYTES, Rejection};
+
+/// Largest transaction a block may carry: the largest request the gateway takes.
+pub const MAX_TX_BYTES: usize = MAX_MESSAGE_BYTES;
+
+/// What one transaction of a block did: `code` 0 and the encoded [`TxOutcome`] when applied;
+/// otherwise the gRPC status code of the refusal and its reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TxResult {
+    pub code: u32,
+    pub data: Vec<u8>,
+    pub log: String,
+}
+
+macro_rules! transactions {
+    ($($variant:ident => $body:ty),* $(,)?) => {
+        /// The bytes of `tx` in a block.
+        pub fn encode_tx(tx: &Tx) -> Vec<u8> {
+            let kind = match tx {
+                $(Tx::$variant(signed) => transaction::Kind::$variant(signed.clone()),)*
+            };
+            Transaction { kind: Some(kind) }.encode_to_vec()
+        }
+
+        fn from_kind(kind: transaction::Kind) -> Tx {
+            match kind {
+                $(transaction::Kind::$variant(signed) => Tx::$variant(signed),)*
+            }
+        }
+
+        /// The signed request `tx` carries, verified as its type's body over the received
+        /// bytes and fresh at `now`; whether its nonce was seen is the state's to say.
+        pub fn verify_envelope(tx: &Tx, now: i64) -> Result<(), Rejection> {
+            match tx {
+                $(Tx::$variant(signed) => open::<$body>(signed, now).map(drop),)*
+            }
+        }
+    };
+}
+
+transactions! {
+    Register => RegisterBody,
+    PublishOffer => OfferBody,
+    WithdrawOffer => WithdrawBody,
+    Heartbeat => HeartbeatBody,
+    OpenLeaseStream => LeaseStreamBody,
+    DecideLease => LeaseDecisionBody,
+    ReportLeaseEnd => LeaseEndBody,
+    Deposit => DepositBody,
+    SubmitOrder => OrderBody,
+    CancelOrder => CancelBody,
+    SubmitReceipts => ReceiptsBody,
+    SubmitEvidence => EvidenceSubmitBody,
+    Bond => BondBody,
+    Unbond => UnbondBody,
+    Propose => ProposeBody,
+    Vote => VoteBody,
+}
+
+/// A transaction from a block's bytes; anything else is refused with the rule it breaks.
+pub fn decode_tx(bytes: &[u8]) -> Result<Tx, Rejection> {
+    if bytes.len() > MAX_TX_BYTES {
+        return Err(Rejection::TooLarge(format!(
+            "transaction: {} bytes is over the limit of {MAX_TX_BYTES}",
+            bytes.len()
+        )));
+    }
+    let decoded = Transaction::decode(bytes).map_err(|e| {
+        Rejection::invalid("transaction", &format!("is not a valid Transaction: {e}"))
+    })?;
+    let kind = decoded
+        .kind
+        .ok_or_else(|| Rejection::invalid("transaction.kind", "is required"))?;
+    Ok(from_kind(kind))
+}
+
+/// The result a block records for one transaction.
+pub fn result_of(outcome: &Result<Outcome, StateError>) -> TxResult {
+    match outcome {
+        Ok(outcome) => TxResult {
+            code: 0,
+            data: encode_outcome(outcome),
+            log: String::new(),
+        },
+        Err(StateError::Rejected(rejection)) => refused(rejection),
+        // A broken invariant, the same on every validator: the transaction is refused as an
+        // internal error and the chain goes on.
+        Err(other) => TxResult {
+            code: Code::Internal as u32,
+            data: Vec::new(),
+            log: other.to_string(),
+        },
+    }
+}
+
+/// The result of a transaction refused before it reached the state (undecodable, forged).
+pub fn refused(rejection: &Rejection) -> TxResult {
+    TxResult {
+        code: rejection.code() as u32,
+        data: Vec::new(),
+        log: rejection.to_string(),
+    }
+}
+
+/// What a committed result says to the client that sent its transaction: the outcome, or the
+/// refusal as the gRPC status the embedded node would have answered.
+pub fn outcome_of(result: &TxResult) -> Result<Outcome, tonic::Status> {
+    if result.code != 0 {
+        let code = i32::try_from(result.code).map_or(Code::Unknown, Code::from_i32);
+        return Err(tonic::Status::new(code, result.log.clone()));
+    }
+    decode_outcome(&result.data)
+        .map_err(|e| tonic::Status::internal(format!("the chain's result is unreadable: {e}")))
+}
+
+fn encode_outcome(outcome: &Outcome) -> Vec<u8> {
+    use tx_outcome::Kind;
+    let kind = match outcome.clone() {
+        Outcome::Done => Kind::Done(Ack {}),
+        Outcome::Published(reply) => Kind::Published(reply),
+        Outcome::StreamOpened(provider, waiting) => {
+            Kind::StreamOpened(StreamOpened { provider, waiting })
+        }
+        Outcome::Ended(reply) => Kind::Ended(reply),
+        Outcome::Balance(reply) => Kind::Balance(reply),
+        Outcome::Ordered(placed) => {
+            let (provider, lease) = placed.lease.unzip();
+            Kind::Ordered(crate::wire::proto::Placed {
+                order: Some(placed.order),
+                provider: provider.unwrap_or_default(),
+                lease,
+            })
+        }
+        Outcome::Order(view) => Kind::Order(*view),
+        Outcome::Receipts(reply) => Kind::Receipts(reply),
+        Outcome::Evidence(reply) => Kind::Evidence(reply),
+        Outcome::Stake(reply) => Kind::Stake(reply),
+        Outcome::Proposal(view) => Kind::Proposal(view),
+    };
+    TxOutcome { kind: Some(kind) }.encode_to_vec()
+}
+
+fn decode_outcome(bytes: &[u8]) -> Result<Outcome, String> {
+    use tx_outcome::Kind;
+    let kind = TxOutcome::decode(bytes)
+        .map_err(|e| e.to_string())?
+        .kind
+        .ok_or("no outcome")?;
+    Ok(match kind {
+        Kind::Done(Ack {}) => Outcome::Done,
+        Kind::Published(reply) => Outcome::Published(reply),
+        Kind::StreamOpened(opened) => Outcome::StreamOpened(opened.provider, opened.waiting),
+        Kind::Ended(reply) => Outcome::Ended(reply),
+        Kind::Balance(reply) => Outcome::Balance(reply),
+        Kind::Ordered(placed) => Outcome::Ordered(Box::new(Placed {
+            order: placed.order.ok_or("an order's outcome without its order")?,
+            lease: placed.lease.map(|lease| (placed.provider, lease)),
+        })),
+        Kind::Order(view) => Outcome::Order(Box::new(view)),
+        Kind::Receipts(reply) => Outcome::Receipts(reply),
+        Kind::Evidence(reply) => Outcome::Evidence(reply),
+        Kind::Stake(reply) => Outcome::Stake(reply),
+        Kind::Proposal(view) => Outcome::Proposal(view),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::generate_key;
+    use crate::wire::envelope::seal;
+    use crate::wire::proto::{LeaseBody, OrderView, Signed};
+
+    fn deposit(now: i64) -> Signed {
+        let body = DepositBody {
+            header: None,
+            amount: "5".into(),
+            denomination: "USDC".into(),
+        };
+        seal(&generate_key(), body, now)
+    }
+
+    #[test]
+    fn every_kind_of_transaction_comes_back_as_it_went() {
+        let s = deposit(1_000);
+        let all = [
+            Tx::Register(s.clone()),
+            Tx::PublishOffer(s.clone()),
+            Tx::WithdrawOffer(s.clone()),
+            Tx::Heartbeat(s.clone()),
+            Tx::OpenLeaseStream(s.clone()),
+            Tx::DecideLease(s.clone()),
+            Tx::ReportLeaseEnd(s.clone()),
+            Tx::Deposit(s.clone()),
+            Tx::SubmitOrder(s.clone()),
+            Tx::CancelOrder(s.clone()),
+            Tx::SubmitReceipts(s.clone()),
+            Tx::SubmitEvidence(s.clone()),
+            Tx::Bond(s.clone()),
+            Tx::Unbond(s.clone()),
+            Tx::Propose(s.clone()),
+            Tx::Vote(s),
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for tx in &all {
+            let bytes = encode_tx(tx);
+            assert_eq!(&decode_tx(&bytes).unwrap(), tx);
+            assert_eq!(encode_tx(&decode_tx(&bytes).unwrap()), bytes, "canonical");
+            seen.insert(bytes);
+        }
+        assert_eq!(
+            seen.len(),
+            all.len(),
+            "each kind is told apart by its bytes"
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_no_transaction_are_refused_with_the_rule() {
+        let error = decode_tx(b"\xff\xff\xff").unwrap_err();
+        assert!(
+            error.to_string().starts_with("transaction: is not a valid"),
+            "{error}"
+        );
+        let error = decode_tx(&[]).unwrap_err();
+        assert_eq!(error.to_string(), "transaction.kind: is required");
+        let error = decode_tx(&vec![0; MAX_TX_BYTES + 1]).unwrap_err();
+        assert!(matches!(error, Rejection::TooLarge(_)), "{error}");
+    }
+
+    #[test]
+    fn a_request_signed_as_another_kind_or_forged_fails_its_envelope_check() {
+        let now = 1_000;
+        let signed = deposit(now);
+        verify_envelope(&Tx::Deposit(signed.clone()), now).unwrap();
+        let error = verify_envelope(&Tx::Bond(signed.clone()), now).unwrap_err();
+        assert!(
+            error.to_string().contains("gpubridge/v1/bond"),
+            "a deposit's signature is no bond's: {error}"
+        );
+        let mut forged = signed.clone();
+        let last = forged.body.len() - 1;
+        forged.body[last] ^= 1;
+        let error = verify_envelope(&Tx::Deposit(forged), now).unwrap_err();
+        assert!(matches!(error, Rejection::Unauthenticated(_)), "{error}");
+        let error = verify_envelope(&Tx::Deposit(signed), now + 3_600).unwrap_err();
+        assert!(error.to_string().contains("header.issued_at"), "{error}");
+    }
+
+    #[test]
+    fn outcomes_and_refusals_come_back_as_the_client_would_have_been_answered() {
+        let order = OrderView {
+            order_id: "o-1".into(),
+            ..Default::default()
+        };
+        let lease = LeaseBody {
+            lease_id: "l-1".into(),
+            ..Default::default()
+        };
+        let outcomes = [
+            Outcome::Done,
+            Outcome::StreamOpened("p".into(), vec![lease.clone()]),
+            Outcome::Ordered(Box::new(Placed {
+                order: order.clone(),
+                lease: Some(("p".into(), lease)),
+            })),
+            Outcome::Ordered(Box::new(Placed {
+                order: order.clone(),
+                lease: None,
+            })),
+            Outcome::Order(Box::new(order)),
+        ];
+        for outcome in outcomes {
+            let result = result_of(&Ok(outcome.clone()));
+            assert_eq!(result.code, 0);
+            assert_eq!(outcome_of(&result).unwrap(), outcome);
+        }
+        let refusal = Rejection::Duplicate("header.nonce: replay".into());
+        let result = result_of(&Err(refusal.clone().into()));
+        assert_eq!(result.code, Code::AlreadyExists as u32);
+        let status = outcome_of(&result).unwrap_err();
+        assert_eq!(status.code(), tonic::Status::from(refusal).code());
+        assert_eq!(status.message(), "header.nonce: replay");
+        let broken = result_of(&Err(StateError::Inconsistent("x".into())));
+        assert_eq!(outcome_of(&broken).unwrap_err().code(), Code::Internal);
+    }
+}

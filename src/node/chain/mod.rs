@@ -1,0 +1,10 @@
+//! The consensus driver of the network's state machine (DESIGN §6): each validator runs this
+//! application beside a CometBFT node, which orders the transactions into blocks, so no single
+//! party decides what the network does.
+//!
+//! `codec` is the chain's encodings (pure); `app` what each consensus request does to the state
+//! and its store; `abci` the socket server CometBFT connects to.
+
+pub mod abci;
+pub mod app;
+pub mod codec;
