@@ -134,7 +134,7 @@ pub enum NetworkError {
     #[error("TLS: {0}")]
     Tls(String),
     #[error("ABCI: {0}")]
-    Abci(#[from] tendermint_abci::Error),
+    Abci(#[from] Box<tendermint_abci::Error>),
     #[error("cannot serve on {addr}: {source}")]
     Serve {
         addr: SocketAddr,

@@ -49,12 +49,12 @@ impl AbciApp {
     }
 
     /// Serves CometBFT on `addr` until the process ends.
-    pub fn serve(self, addr: SocketAddr) -> Result<(), tendermint_abci::Error> {
+    pub fn serve(self, addr: SocketAddr) -> Result<(), Box<tendermint_abci::Error>> {
         // A request carries at most one block of transactions; CometBFT's default block is
         // 21 MiB (max_bytes), read in chunks of this size.
         let server = ServerBuilder::new(MAX_TX_BYTES).bind(addr, self)?;
         info!(abci = %addr, "serving ABCI to CometBFT");
-        server.listen()
+        Ok(server.listen()?)
     }
 }
 
