@@ -4,6 +4,7 @@
 //! real ones. Run with `make e2e`, which brings the cluster up and down.
 
 mod chart;
+mod consensus;
 mod dashboard;
 mod dra;
 mod in_cluster;

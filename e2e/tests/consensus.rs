@@ -1,0 +1,339 @@
+//! The network on four validators: each a CometBFT node (v0.38, built by
+//! `e2e/build-binaries.sh`) beside its own `gpubridge network --cometbft` application, all on
+//! loopback ports. Transactions are the real ones (signed requests), broadcast through
+//! CometBFT's RPC; what is checked is what CometBFT and each application say.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use gpubridge::identity::generate_key;
+use gpubridge::node::chain::codec::{TxResult, encode_tx, outcome_of};
+use gpubridge::node::state::{Outcome, Tx};
+use gpubridge::wire::envelope::seal;
+use gpubridge::wire::proto::DepositBody;
+use serde_json::Value;
+
+use crate::support::{bin_dir, eventually, free_port, http_get, now_unix};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// One validator: its CometBFT node and its application, supervised together (if the
+/// application dies its node exits, so both are killed and started as one).
+struct Validator {
+    home: PathBuf,
+    rpc: u16,
+    abci: u16,
+    processes: Option<(Child, Child)>,
+}
+
+impl Validator {
+    fn start(&mut self) {
+        assert!(self.processes.is_none(), "already running");
+        let log = |name: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.home.join(name))
+                .unwrap()
+        };
+        let app = Command::new(env!("CARGO_BIN_EXE_gpubridge"))
+            .args(["network", "--cometbft", &format!("127.0.0.1:{}", self.abci)])
+            .arg("--data-dir")
+            .arg(self.home.join("app"))
+            .stdout(log("app.log"))
+            .stderr(log("app.log"))
+            .spawn()
+            .unwrap();
+        // CometBFT dials the application at start: it must be listening first.
+        let abci = format!("127.0.0.1:{}", self.abci);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&abci).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let node = Command::new(bin_dir().join("cometbft"))
+            .args(["start", "--home"])
+            .arg(&self.home)
+            .stdout(log("cometbft.log"))
+            .stderr(log("cometbft.log"))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.processes = Some((app, node));
+    }
+
+    /// `kill -9` of both.
+    fn kill(&mut self) {
+        if let Some((mut app, mut node)) = self.processes.take() {
+            let _ = node.kill();
+            let _ = app.kill();
+            let _ = node.wait();
+            let _ = app.wait();
+        }
+    }
+
+    async fn rpc(&self, path: &str) -> Result<Value, String> {
+        let (code, body) = http_get(&format!("http://127.0.0.1:{}/{path}", self.rpc)).await?;
+        let json: Value = serde_json::from_str(&body).map_err(|e| format!("{code} {e}: {body}"))?;
+        match json.get("result") {
+            Some(result) => Ok(result.clone()),
+            None => Err(format!("{code} {body}")),
+        }
+    }
+
+    async fn height(&self) -> Result<u64, String> {
+        let status = self.rpc("status").await?;
+        number(&status["sync_info"]["latest_block_height"])
+    }
+
+    /// What the application says it persisted last: height and app hash (Info).
+    async fn app_head(&self) -> Result<(u64, Vec<u8>), String> {
+        let info = self.rpc("abci_info").await?;
+        let response = &info["response"];
+        let height = number(&response["last_block_height"]).unwrap_or(0);
+        let hash = base64::engine::general_purpose::STANDARD
+            .decode(response["last_block_app_hash"].as_str().unwrap_or(""))
+            .map_err(|e| e.to_string())?;
+        Ok((height, hash))
+    }
+
+    /// The app hash the header of block `height` carries: the state after `height - 1`.
+    async fn header_app_hash(&self, height: u64) -> Result<Vec<u8>, String> {
+        let block = self.rpc(&format!("block?height={height}")).await?;
+        hex::decode(
+            block["block"]["header"]["app_hash"]
+                .as_str()
+                .ok_or("no app_hash")?,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// Broadcasts `tx` and waits for its block: the check's and the block's results.
+    async fn commit(&self, tx: &Tx) -> Result<(TxResult, TxResult), String> {
+        let hex = hex::encode(encode_tx(tx));
+        let result = self.rpc(&format!("broadcast_tx_commit?tx=0x{hex}")).await?;
+        let parse = |r: &Value| TxResult {
+            code: r["code"].as_u64().unwrap_or(0) as u32,
+            data: base64::engine::general_purpose::STANDARD
+                .decode(r["data"].as_str().unwrap_or(""))
+                .unwrap_or_default(),
+            log: r["log"].as_str().unwrap_or("").to_string(),
+        };
+        Ok((parse(&result["check_tx"]), parse(&result["tx_result"])))
+    }
+
+    fn log_tail(&self) -> String {
+        ["app.log", "cometbft.log"]
+            .iter()
+            .map(|name| {
+                let text = std::fs::read_to_string(self.home.join(name)).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                format!(
+                    "--- {} {name}\n{}",
+                    self.home.display(),
+                    lines[lines.len().saturating_sub(15)..].join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Validator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn number(v: &Value) -> Result<u64, String> {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .or_else(|| v.as_u64())
+        .ok_or_else(|| format!("not a number: {v}"))
+}
+
+/// A fresh network of `n` validators in `dir`, not started: CometBFT's own `testnet` layout,
+/// each node on its own loopback ports, blocks every ~200 ms, and the genesis `app_state` that
+/// `gpubridge network --print-app-state` prints for `params_flags`.
+fn testnet(dir: &Path, n: usize, params_flags: &[&str]) -> Vec<Validator> {
+    let out = Command::new(bin_dir().join("cometbft"))
+        .args(["testnet", "--v", &n.to_string(), "--o"])
+        .arg(dir)
+        .args(["--populate-persistent-peers=false"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let app_state = Command::new(env!("CARGO_BIN_EXE_gpubridge"))
+        .args(["network", "--print-app-state"])
+        .args(params_flags)
+        .output()
+        .unwrap();
+    assert!(app_state.status.success());
+    let app_state: Value = serde_json::from_slice(&app_state.stdout).unwrap();
+    let ports: Vec<(u16, u16, u16)> = (0..n)
+        .map(|_| (free_port(), free_port(), free_port()))
+        .collect();
+    let peers: Vec<String> = (0..n)
+        .map(|i| {
+            let home = dir.join(format!("node{i}"));
+            let id = Command::new(bin_dir().join("cometbft"))
+                .args(["show-node-id", "--home"])
+                .arg(&home)
+                .output()
+                .unwrap();
+            let id = String::from_utf8(id.stdout).unwrap();
+            format!("{}@127.0.0.1:{}", id.trim(), ports[i].0)
+        })
+        .collect();
+    (0..n)
+        .map(|i| {
+            let home = dir.join(format!("node{i}"));
+            let (p2p, rpc, abci) = ports[i];
+            let config = home.join("config/config.toml");
+            let others: Vec<&str> = (0..n)
+                .filter(|&j| j != i)
+                .map(|j| peers[j].as_str())
+                .collect();
+            let text = std::fs::read_to_string(&config)
+                .unwrap()
+                .replace(
+                    "proxy_app = \"tcp://127.0.0.1:26658\"",
+                    &format!("proxy_app = \"tcp://127.0.0.1:{abci}\""),
+                )
+                .replace(
+                    "laddr = \"tcp://127.0.0.1:26657\"",
+                    &format!("laddr = \"tcp://127.0.0.1:{rpc}\""),
+                )
+                .replace(
+                    "laddr = \"tcp://0.0.0.0:26656\"",
+                    &format!("laddr = \"tcp://127.0.0.1:{p2p}\""),
+                )
+                .replace(
+                    "persistent_peers = \"\"",
+                    &format!("persistent_peers = \"{}\"", others.join(",")),
+                )
+                .replace("timeout_commit = \"1s\"", "timeout_commit = \"200ms\"")
+                .replace("timeout_propose = \"3s\"", "timeout_propose = \"1s\"")
+                .replace("log_level = \"info\"", "log_level = \"error\"");
+            std::fs::write(&config, text).unwrap();
+            let genesis = home.join("config/genesis.json");
+            let mut doc: Value =
+                serde_json::from_str(&std::fs::read_to_string(&genesis).unwrap()).unwrap();
+            doc["app_state"] = app_state.clone();
+            std::fs::write(&genesis, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+            Validator {
+                home,
+                rpc,
+                abci,
+                processes: None,
+            }
+        })
+        .collect()
+}
+
+fn deposit(key: &ed25519_dalek::SigningKey, units: &str) -> Tx {
+    let body = DepositBody {
+        header: None,
+        amount: units.into(),
+        denomination: "USDC".into(),
+    };
+    Tx::Deposit(seal(key, body, now_unix()))
+}
+
+/// Waits until `validator`'s chain is past `height`; its height then.
+async fn past(validator: &Validator, height: u64, timeout: Duration) -> u64 {
+    eventually(&format!("a block past {height}"), timeout, || async {
+        match validator.height().await {
+            Ok(h) if h > height => Ok(h),
+            Ok(h) => Err(format!("at {h}\n{}", validator.log_tail())),
+            Err(e) => Err(format!("{e}\n{}", validator.log_tail())),
+        }
+    })
+    .await
+}
+
+/// Every running validator's application persisted the state that the chain's next header
+/// commits to: no application diverged.
+async fn applications_agree_with_the_chain(validators: &[Validator]) {
+    for v in validators.iter().filter(|v| v.processes.is_some()) {
+        let (height, hash) = v.app_head().await.unwrap();
+        past(v, height, 10 * SECOND).await;
+        let committed = v.header_app_hash(height + 1).await.unwrap();
+        assert_eq!(
+            hex::encode(&hash),
+            hex::encode(&committed),
+            "{}'s application at {height} vs the header of {}",
+            v.home.display(),
+            height + 1
+        );
+    }
+}
+
+#[tokio::test]
+async fn four_validators_agree_survive_one_down_halt_at_two_and_catch_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut validators = testnet(dir.path(), 4, &["--voting-blocks", "5"]);
+    for v in &mut validators {
+        v.start();
+    }
+    past(&validators[0], 2, 60 * SECOND).await;
+
+    // Real requests, each committed by the four: deposits credit; a replay and a forgery do not.
+    let buyers: Vec<_> = (0..8).map(|_| generate_key()).collect();
+    for (i, buyer) in buyers.iter().enumerate() {
+        let tx = deposit(buyer, "5");
+        let (check, result) = validators[i % 4].commit(&tx).await.unwrap();
+        assert_eq!((check.code, result.code), (0, 0), "{check:?} {result:?}");
+        match outcome_of(&result).unwrap() {
+            Outcome::Balance(reply) => assert_eq!(reply.balances[0].available, "5"),
+            other => panic!("a deposit answered {other:?}"),
+        }
+        if i == 0 {
+            // A replay stops at the mempools' cache; one a proposer put in a block anyway is
+            // refused by the state (`chain::app`'s tests).
+            let error = validators[1].commit(&tx).await.unwrap_err();
+            assert!(error.contains("tx already exists in cache"), "{error}");
+        }
+    }
+    let Tx::Deposit(mut forged) = deposit(&buyers[0], "1000") else { unreachable!() };
+    let last = forged.body.len() - 1;
+    forged.body[last] ^= 1;
+    let (check, _) = validators[2].commit(&Tx::Deposit(forged)).await.unwrap();
+    assert_eq!(check.code, tonic::Code::Unauthenticated as u32, "{}", check.log);
+    applications_agree_with_the_chain(&validators).await;
+
+    // One of four down: the other three hold more than 2/3 of the power and go on.
+    validators[3].kill();
+    let before = validators[0].height().await.unwrap();
+    past(&validators[0], before + 3, 30 * SECOND).await;
+    let (_, result) = validators[1].commit(&deposit(&buyers[1], "2")).await.unwrap();
+    assert_eq!(result.code, 0, "{}", result.log);
+
+    // Restarted, it replays what it missed and reaches the same state.
+    validators[3].start();
+    let tip = validators[0].height().await.unwrap();
+    past(&validators[3], tip, 60 * SECOND).await;
+    applications_agree_with_the_chain(&validators).await;
+
+    // Two of four down: no 2/3, no block, and no fork.
+    validators[2].kill();
+    validators[3].kill();
+    tokio::time::sleep(2 * SECOND).await;
+    let halted = validators[0].height().await.unwrap();
+    tokio::time::sleep(3 * SECOND).await;
+    assert_eq!(
+        validators[0].height().await.unwrap(),
+        halted,
+        "two of four validators down: the chain halts"
+    );
+    assert_eq!(validators[1].height().await.unwrap(), halted);
+    // One back: three of four, and the chain goes on from where it stopped.
+    validators[2].start();
+    past(&validators[0], halted + 2, 60 * SECOND).await;
+    validators[3].start();
+    past(&validators[3], halted + 2, 60 * SECOND).await;
+    applications_agree_with_the_chain(&validators).await;
+}
