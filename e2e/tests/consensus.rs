@@ -5,17 +5,19 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use gpubridge::identity::generate_key;
 use gpubridge::node::chain::codec::{TxResult, encode_tx, outcome_of};
-use gpubridge::node::state::{Outcome, Tx};
+use gpubridge::node::state::{Outcome, Params, Tx};
+use gpubridge::node::store::Store;
 use gpubridge::wire::envelope::seal;
-use gpubridge::wire::proto::DepositBody;
+use gpubridge::wire::proto::{DepositBody, OfferBody, OrderBody, RegisterBody, Workload};
 use serde_json::Value;
 
-use crate::support::{bin_dir, eventually, free_port, http_get, now_unix};
+use crate::support::{bin_dir, eventually, free_port, http_get, now_unix, percentile};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -165,7 +167,11 @@ fn testnet(dir: &Path, n: usize, params_flags: &[&str]) -> Vec<Validator> {
         .args(["--populate-persistent-peers=false"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let app_state = Command::new(env!("CARGO_BIN_EXE_gpubridge"))
         .args(["network", "--print-app-state"])
         .args(params_flags)
@@ -216,6 +222,11 @@ fn testnet(dir: &Path, n: usize, params_flags: &[&str]) -> Vec<Validator> {
                     &format!("persistent_peers = \"{}\"", others.join(",")),
                 )
                 .replace("timeout_commit = \"1s\"", "timeout_commit = \"200ms\"")
+                // broadcast_tx_commit subscribes once per call: room for the benchmark's.
+                .replace(
+                    "max_subscription_clients = 100",
+                    "max_subscription_clients = 400",
+                )
                 .replace("timeout_propose = \"3s\"", "timeout_propose = \"1s\"")
                 .replace("log_level = \"info\"", "log_level = \"error\"");
             std::fs::write(&config, text).unwrap();
@@ -298,18 +309,28 @@ async fn four_validators_agree_survive_one_down_halt_at_two_and_catch_up() {
             assert!(error.contains("tx already exists in cache"), "{error}");
         }
     }
-    let Tx::Deposit(mut forged) = deposit(&buyers[0], "1000") else { unreachable!() };
+    let Tx::Deposit(mut forged) = deposit(&buyers[0], "1000") else {
+        unreachable!()
+    };
     let last = forged.body.len() - 1;
     forged.body[last] ^= 1;
     let (check, _) = validators[2].commit(&Tx::Deposit(forged)).await.unwrap();
-    assert_eq!(check.code, tonic::Code::Unauthenticated as u32, "{}", check.log);
+    assert_eq!(
+        check.code,
+        tonic::Code::Unauthenticated as u32,
+        "{}",
+        check.log
+    );
     applications_agree_with_the_chain(&validators).await;
 
     // One of four down: the other three hold more than 2/3 of the power and go on.
     validators[3].kill();
     let before = validators[0].height().await.unwrap();
     past(&validators[0], before + 3, 30 * SECOND).await;
-    let (_, result) = validators[1].commit(&deposit(&buyers[1], "2")).await.unwrap();
+    let (_, result) = validators[1]
+        .commit(&deposit(&buyers[1], "2"))
+        .await
+        .unwrap();
     assert_eq!(result.code, 0, "{}", result.log);
 
     // Restarted, it replays what it missed and reaches the same state.
@@ -336,4 +357,139 @@ async fn four_validators_agree_survive_one_down_halt_at_two_and_catch_up() {
     validators[3].start();
     past(&validators[3], halted + 2, 60 * SECOND).await;
     applications_agree_with_the_chain(&validators).await;
+}
+
+/// A provider with one offer of 8 blocks of 1024 H100s, and the transactions that make it.
+fn provider_with_offer(i: usize) -> Vec<Tx> {
+    let provider = generate_key();
+    let now = now_unix();
+    let register = RegisterBody {
+        header: None,
+        name: format!("p{i}"),
+        region: String::new(),
+    };
+    let offer = OfferBody {
+        header: None,
+        offer_name: "gpus".into(),
+        model: "NVIDIA-H100-80GB-HBM3".into(),
+        resource_name: "nvidia.com/gpu".into(),
+        free_blocks: vec![1024; 8],
+        price_per_gpu_hour: "2".into(),
+        denomination: "USDC".into(),
+        min_duration_seconds: 60,
+        max_duration_seconds: 86_400,
+        max_gpus_per_lease: 8,
+        allowed_registries: vec!["ghcr.io".into()],
+        region: String::new(),
+        attributes: vec![],
+        expires_at: now + 600,
+    };
+    vec![
+        Tx::Register(seal(&provider, register, now)),
+        Tx::PublishOffer(seal(&provider, offer, now)),
+    ]
+}
+
+fn order(buyer: &ed25519_dalek::SigningKey) -> Tx {
+    let body = OrderBody {
+        gpus: 1,
+        duration_seconds: 3600,
+        max_price_per_gpu_hour: "3".into(),
+        denomination: "USDC".into(),
+        workload: Some(Workload {
+            image: "ghcr.io/acme/train:1".into(),
+            cpu: "4".into(),
+            memory: "16Gi".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Tx::SubmitOrder(seal(buyer, body, now_unix()))
+}
+
+/// `make bench`: orders per second the four validators commit, and how long each order takes
+/// from broadcast to commit (in time and in blocks), beside the same orders through the
+/// embedded driver in this process (each its own fsynced block) as the baseline.
+#[tokio::test]
+#[ignore = "a benchmark: `make bench` runs it"]
+async fn consensus_order_benchmark() {
+    const ORDERS: usize = 2_000;
+    const IN_FLIGHT: usize = 160;
+    let dir = tempfile::tempdir().unwrap();
+    // Providers that registered during the setup stay in the book without heartbeats.
+    let mut validators = testnet(dir.path(), 4, &["--heartbeat-timeout-seconds", "3600"]);
+    for v in &mut validators {
+        v.start();
+    }
+    past(&validators[0], 1, 60 * SECOND).await;
+    let setup: Vec<Tx> = (0..10).flat_map(provider_with_offer).collect();
+    let buyers: Vec<_> = (0..40).map(|_| generate_key()).collect();
+    let deposits: Vec<Tx> = buyers.iter().map(|b| deposit(b, "100000")).collect();
+    for tx in setup.iter().chain(&deposits) {
+        let (check, result) = validators[0].commit(tx).await.unwrap();
+        assert_eq!((check.code, result.code), (0, 0), "{check:?} {result:?}");
+    }
+    let orders: Vec<Tx> = (0..ORDERS)
+        .map(|i| order(&buyers[i % buyers.len()]))
+        .collect();
+
+    // The baseline: the same orders, after the same setup, through the embedded driver.
+    let base = tempfile::tempdir().unwrap();
+    let params = Params {
+        heartbeat_timeout_seconds: 3600,
+        ..Params::default()
+    };
+    let store = Store::open(&base.path().join("network.redb"), generate_key(), params).unwrap();
+    for tx in setup.iter().chain(&deposits) {
+        store.apply(tx, now_unix()).unwrap();
+    }
+    let started = Instant::now();
+    for tx in &orders {
+        match store.apply(tx, now_unix()).unwrap() {
+            Outcome::Ordered(placed) => assert!(placed.lease.is_some(), "{:?}", placed.order),
+            other => panic!("{other:?}"),
+        }
+    }
+    let embedded = started.elapsed();
+
+    let validators = Arc::new(validators);
+    let gate = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let first_height = validators[0].height().await.unwrap();
+    let started = Instant::now();
+    let mut sent = Vec::new();
+    for (i, tx) in orders.into_iter().enumerate() {
+        let permit = gate.clone().acquire_owned().await.unwrap();
+        let validators = validators.clone();
+        sent.push(tokio::spawn(async move {
+            let at = Instant::now();
+            let (check, result) = validators[i % 4].commit(&tx).await.unwrap();
+            drop(permit);
+            assert_eq!((check.code, result.code), (0, 0), "{check:?} {result:?}");
+            match outcome_of(&result).unwrap() {
+                Outcome::Ordered(placed) => assert!(placed.lease.is_some(), "{:?}", placed.order),
+                other => panic!("{other:?}"),
+            }
+            at.elapsed()
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in sent {
+        latencies.push(task.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    let blocks = validators[0].height().await.unwrap() - first_height;
+    latencies.sort();
+    let block_time = elapsed / u32::try_from(blocks.max(1)).unwrap();
+    let p = |q| percentile(&latencies, q);
+    println!(
+        "{ORDERS} orders, {IN_FLIGHT} in flight, 4 validators: {:.0} orders/s over {blocks} blocks \
+         ({block_time:?} a block); commit latency p50 {:?} ({:.1} blocks), p99 {:?} ({:.1} blocks)\n\
+         the same orders through the embedded driver (one fsynced block each): {:.0} orders/s",
+        ORDERS as f64 / elapsed.as_secs_f64(),
+        p(50.0),
+        p(50.0).as_secs_f64() / block_time.as_secs_f64(),
+        p(99.0),
+        p(99.0).as_secs_f64() / block_time.as_secs_f64(),
+        ORDERS as f64 / embedded.as_secs_f64(),
+    );
 }

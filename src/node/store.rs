@@ -283,6 +283,14 @@ impl Store {
         let genesis = State::genesis(params)?;
         let hash = genesis.hash();
         let mut state = self.lock();
+        let embedded = state.height()?;
+        if embedded > 0 {
+            return Err(StateError::Inconsistent(format!(
+                "InitChain: this database holds an embedded network's state (block {embedded}); \
+                 a validator starts from the genesis, with a new --data-dir"
+            ))
+            .into());
+        }
         let mut changes = genesis.snapshot();
         // Whatever the node was opened with goes: the genesis decides.
         let kept: std::collections::BTreeSet<String> =

@@ -218,6 +218,25 @@ mod tests {
     }
 
     #[test]
+    fn an_embedded_networks_database_is_never_reset_to_a_genesis() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = 1_800_000_000;
+        let store = Store::open(
+            &dir.path().join("network.redb"),
+            generate_key(),
+            Params::default(),
+        )
+        .unwrap();
+        let tx = codec::decode_tx(&deposit(&generate_key(), now)).unwrap();
+        store.apply(&tx, now).unwrap();
+        let before = store.head().unwrap();
+        let chain = Chain::new(store);
+        let error = chain.init_chain(b"").unwrap_err();
+        assert!(error.to_string().contains("new --data-dir"), "{error}");
+        assert_eq!(chain.store().head().unwrap(), before, "nothing was lost");
+    }
+
+    #[test]
     fn a_block_is_answered_in_order_and_persisted_only_at_commit() {
         let dir = tempfile::tempdir().unwrap();
         let now = 1_800_000_000;

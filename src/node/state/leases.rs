@@ -212,6 +212,14 @@ impl State {
             end,
             (order_state, lease_state),
         )?;
+        // The provider's own signed report that the lease ended by its fault is the evidence.
+        if body.fault == "provider" {
+            let evidence = format!(
+                "the provider reported the end ({}, {}) as its fault",
+                body.phase, body.reason
+            );
+            self.slash(block, &lease, "provider-fault", evidence)?;
+        }
         Ok(LeaseEndReply {
             charged: charge.to_string(),
             refunded: refund.to_string(),

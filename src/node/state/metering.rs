@@ -16,7 +16,7 @@ use crate::wire::proto::{
 };
 use crate::wire::{Opened, Rejection, validate};
 
-use super::{Block, LEASES, ORDERS, RECEIPTS, Result, State, StateError};
+use super::{Block, FORKS, LEASES, ORDERS, RECEIPTS, Result, State, StateError};
 
 /// Evidence refusals as protocol errors; the kind leads the message so a forwarder can tell.
 fn evidence_rejection(e: EvidenceRejection) -> StateError {
@@ -130,6 +130,9 @@ impl State {
                     let stored: Option<String> =
                         self.get(RECEIPTS, &receipt_key(&lease.lease_id, sequence))?;
                     if stored != Some(hex::encode(hash)) {
+                        if let Some(accepted) = stored {
+                            self.slash_fork(block, &lease, sequence, &accepted, hash)?;
+                        }
                         rejection = Some(ReceiptRejection::Fork { sequence });
                         break;
                     }
@@ -179,6 +182,29 @@ impl State {
     }
 
     /// The lease's outstanding attestation challenge, asked by its provider.
+    /// A second receipt signed by a lease's key for a sequence whose receipt was accepted: the
+    /// key signed two histories of one lease, which no honest meter does (it re-sends what it
+    /// logged). The provider is slashed to the buyer, once per forked sequence.
+    fn slash_fork(
+        &mut self,
+        block: &Block,
+        lease: &LeaseRecord,
+        sequence: u64,
+        accepted: &str,
+        second: [u8; 32],
+    ) -> Result<()> {
+        let key = receipt_key(&lease.lease_id, sequence);
+        if self.get::<String>(FORKS, &key)?.is_some() {
+            return Ok(());
+        }
+        let second = hex::encode(second);
+        self.put(FORKS, &key, &second)?;
+        let evidence = format!(
+            "receipt {sequence} signed twice by the lease key: {accepted} accepted, then {second}"
+        );
+        self.slash(block, lease, "fork", evidence).map(drop)
+    }
+
     pub fn lease_challenge(&self, signed: &Signed, now: i64) -> Result<ChallengeReply> {
         let opened: Opened<ChallengeBody> = open(signed, now)?;
         validate::object_id("challenge.leaseId", &opened.body.lease_id)?;

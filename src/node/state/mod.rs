@@ -54,6 +54,8 @@ const COUNTERS: Table = Table("counters/");
 const RECEIPTS: Table = Table("receipts/");
 /// `<provider>/<release_at, 20 digits>/<sequence, 20 digits>` → stake unbonding.
 const UNBONDING: Table = Table("unbonding/");
+/// `<lease id>/<sequence, 20 digits>` → the hash of a second receipt signed for that sequence.
+const FORKS: Table = Table("forks/");
 /// `<provider>/<sequence, 20 digits>` → a slash and its evidence.
 const SLASHES: Table = Table("slashes/");
 /// `<provider>` → GPUs in its matched and running leases.

@@ -213,7 +213,7 @@ impl State {
     /// Takes the network's share of `lease`'s provider's stake, bond first and then unbonding
     /// stake (oldest release first), pays it to the lease's buyer, and records it with
     /// `evidence`. The amount taken.
-    fn slash(
+    pub(super) fn slash(
         &mut self,
         block: &Block,
         lease: &LeaseRecord,

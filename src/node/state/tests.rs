@@ -18,8 +18,8 @@ use crate::wire::amount::Amount;
 use crate::wire::envelope::seal;
 use crate::wire::proto::{
     Attribution, BondBody, CancelBody, DepositBody, GpuUsage, HeartbeatBody, LeaseDecisionBody,
-    LeaseEndBody, OfferBody, OrderBody, ParamChange, ProposeBody, ReceiptsBody, RegisterBody,
-    StakeReply, UnbondBody, VoteBody, WithdrawBody,
+    LeaseEndBody, OfferBody, OrderBody, ParamChange, ProposeBody, ReceiptsBody, ReceiptsReply,
+    RegisterBody, StakeReply, UnbondBody, VoteBody, WithdrawBody,
 };
 
 const UNIT: u128 = 1_000_000_000_000_000_000;
@@ -235,41 +235,9 @@ impl History {
             Op::Receipts(i, seconds) => {
                 let lease = self.lease(i)?;
                 let provider = Self::provider_of(&lease);
-                let lease_key = key(3, lease.sequence_hint());
-                let certificate = issue_lease_certificate(
-                    &provider,
-                    &lease.lease_id,
-                    &lease_key.verifying_key(),
-                    now + 86_400,
-                );
-                let head: &ChainHead = &lease.chain;
-                let start = head.window_end_ms.unwrap_or(lease.matched_at * 1000);
-                let usage = (0..lease.gpus)
-                    .map(|g| GpuUsage {
-                        uuid: format!("GPU-{g}"),
-                        utilization_percent: 50,
-                        memory_high_water_bytes: 0,
-                        energy_millijoules: 1000,
-                    })
-                    .collect();
-                let (receipt, _) = seal_receipt(
-                    &lease_key,
-                    &lease.lease_id,
-                    lease.gpus,
-                    head,
-                    lease.matched_at * 1000,
-                    (start + i64::from(seconds) * 1000).min(now * 1000),
-                    usage,
-                    Attribution::Measured,
-                    false,
-                );
-                let body = ReceiptsBody {
-                    header: None,
-                    lease_id: lease.lease_id.clone(),
-                    certificate: prost::Message::encode_to_vec(&certificate),
-                    receipts: vec![receipt],
-                };
-                Tx::SubmitReceipts(seal(&provider, body, now))
+                let start = lease.chain.window_end_ms.unwrap_or(lease.matched_at * 1000);
+                let end_ms = (start + i64::from(seconds) * 1000).min(now * 1000);
+                receipts_tx(&provider, &lease, &lease.chain, end_ms, now)
             }
             Op::Bond(p, units, earnings) => {
                 let body = BondBody {
@@ -391,6 +359,50 @@ impl History {
         self.state.settle_block();
         self.blocks.push((block, std::mem::take(&mut self.current)));
     }
+}
+
+/// `provider`'s batch of one receipt of `lease` after `head`, up to `end_ms`, signed by the
+/// lease's key (certified by `provider`).
+fn receipts_tx(
+    provider: &SigningKey,
+    lease: &LeaseRecord,
+    head: &ChainHead,
+    end_ms: i64,
+    now: i64,
+) -> Tx {
+    let lease_key = key(3, lease.sequence_hint());
+    let certificate = issue_lease_certificate(
+        provider,
+        &lease.lease_id,
+        &lease_key.verifying_key(),
+        now + 86_400,
+    );
+    let usage = (0..lease.gpus)
+        .map(|g| GpuUsage {
+            uuid: format!("GPU-{g}"),
+            utilization_percent: 50,
+            memory_high_water_bytes: 0,
+            energy_millijoules: 1000,
+        })
+        .collect();
+    let (receipt, _) = seal_receipt(
+        &lease_key,
+        &lease.lease_id,
+        lease.gpus,
+        head,
+        lease.matched_at * 1000,
+        end_ms,
+        usage,
+        Attribution::Measured,
+        false,
+    );
+    let body = ReceiptsBody {
+        header: None,
+        lease_id: lease.lease_id.clone(),
+        certificate: prost::Message::encode_to_vec(&certificate),
+        receipts: vec![receipt],
+    };
+    Tx::SubmitReceipts(seal(provider, body, now))
 }
 
 impl LeaseRecord {
@@ -761,6 +773,112 @@ fn a_lease_never_started_ends_and_its_provider_is_slashed_to_the_buyer() {
     // Once: the next sweep finds an ended lease.
     m.sweep(t + 1000);
     assert_eq!(m.state.stake_of(&m.provider()).unwrap().slashes.len(), 1);
+    m.state.audit().unwrap();
+}
+
+#[test]
+fn a_receipt_chain_that_forks_slashes_its_provider_to_the_buyer_once() {
+    let mut m = Market::opened(staked());
+    let t = START + 1;
+    m.bond(t, 40, "available").unwrap();
+    let order = m.order(t, 2);
+    m.accept(t + 5, &order.lease_id);
+    let lease =
+        |m: &Market| -> LeaseRecord { m.state.get(LEASES, &order.lease_id).unwrap().unwrap() };
+    let genesis = lease(&m).chain;
+    let submit = |m: &mut Market, end_ms: i64, now: i64| -> ReceiptsReply {
+        let tx = receipts_tx(&key(1, 0), &lease(m), &genesis, end_ms, now);
+        match m.apply(now, tx).unwrap() {
+            Outcome::Receipts(reply) => reply,
+            other => panic!("receipts answered {other:?}"),
+        }
+    };
+    let first = submit(&mut m, (t + 60) * 1000, t + 61);
+    assert_eq!((first.accepted_through, first.rejection), (1, None));
+    let before = m.available(&m.buyer());
+    // The same sequence again, with another window: two histories signed by one lease key.
+    let fork = submit(&mut m, (t + 90) * 1000, t + 91);
+    let rejection = fork.rejection.expect("a fork is refused");
+    assert_eq!((rejection.kind.as_str(), rejection.sequence), ("Fork", 1));
+    let stake = m.state.stake_of(&m.provider()).unwrap();
+    assert_eq!(stake.slashes.len(), 1);
+    let slash = &stake.slashes[0];
+    assert_eq!(
+        (slash.kind.as_str(), slash.buyer.as_str()),
+        ("fork", m.buyer().as_str())
+    );
+    assert!(
+        slash
+            .evidence
+            .starts_with("receipt 1 signed twice by the lease key: "),
+        "{}",
+        slash.evidence
+    );
+    // 20 % of 40 USDC bonded, paid to the buyer.
+    assert_eq!(
+        m.available(&m.buyer()),
+        before.checked_add(Amount::from_atto(8 * UNIT), "").unwrap()
+    );
+    // The same fork sent again is the same evidence: no second slash. The receipt accepted
+    // first, resent, is no fork at all.
+    submit(&mut m, (t + 90) * 1000, t + 92);
+    let again = submit(&mut m, (t + 60) * 1000, t + 93);
+    assert_eq!((again.accepted_through, again.rejection), (1, None));
+    assert_eq!(m.state.stake_of(&m.provider()).unwrap().slashes.len(), 1);
+    m.state.audit().unwrap();
+}
+
+#[test]
+fn an_end_the_provider_reports_as_its_fault_slashes_it_and_others_do_not() {
+    let mut m = Market::opened(staked());
+    let t = START + 1;
+    m.bond(t, 40, "available").unwrap();
+    let end = |m: &mut Market, lease_id: &str, fault: &str, now: i64| {
+        let body = LeaseEndBody {
+            header: None,
+            lease_id: lease_id.into(),
+            phase: "Failed".into(),
+            reason: "NodeLost".into(),
+            fault: fault.into(),
+            started_at: t + 10,
+            ended_at: now,
+            gpu_seconds: 0,
+        };
+        m.apply(now, Tx::ReportLeaseEnd(seal(&key(1, 0), body, now)))
+            .unwrap();
+    };
+    for fault in ["tenant", "network", "none"] {
+        let order = m.order(t, 1);
+        m.accept(t + 5, &order.lease_id);
+        end(&mut m, &order.lease_id, fault, t + 20);
+    }
+    assert!(m.state.stake_of(&m.provider()).unwrap().slashes.is_empty());
+    let order = m.order(t, 1);
+    m.accept(t + 5, &order.lease_id);
+    let before = m.available(&m.buyer());
+    end(&mut m, &order.lease_id, "provider", t + 30);
+    // Retried, the report is answered as before and slashes nothing more.
+    end(&mut m, &order.lease_id, "provider", t + 31);
+    let stake = m.state.stake_of(&m.provider()).unwrap();
+    assert_eq!(stake.slashes.len(), 1);
+    let slash = &stake.slashes[0];
+    assert_eq!(
+        (slash.kind.as_str(), slash.evidence.as_str()),
+        (
+            "provider-fault",
+            "the provider reported the end (Failed, NodeLost) as its fault"
+        )
+    );
+    let hold = crate::wire::amount::parse("held", &order.held).unwrap();
+    assert_eq!(
+        m.available(&m.buyer()),
+        before
+            .checked_add(hold, "")
+            .unwrap()
+            .checked_add(Amount::from_atto(8 * UNIT), "")
+            .unwrap(),
+        "the hold back, and 20 % of the 40 USDC bonded"
+    );
     m.state.audit().unwrap();
 }
 
