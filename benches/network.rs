@@ -288,7 +288,7 @@ fn store_receipts(c: &mut Criterion) {
         reason: String::new(),
     };
     store
-        .decide_lease(&seal(&provider, decision, now), now)
+        .apply(&Tx::DecideLease(seal(&provider, decision, now)), now)
         .unwrap();
     let lease_key = generate_key();
     let certificate = issue_lease_certificate(

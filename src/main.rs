@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         }
         Command::Network(args) => {
             telemetry::init(args.log_format);
-            block_on(node::run(args)).map_err(Into::into)
+            block_on(node::run(*args)).map_err(Into::into)
         }
         Command::SimulatedGpuPlugin(args) => {
             telemetry::init(args.log_format);

@@ -26,7 +26,7 @@ pub enum Command {
     /// Run the operator: offers from idle GPUs, leases as boxed GPU pods.
     Operator(Box<OperatorArgs>),
     /// Run the reference network node: offer book, matching, escrow, settlement.
-    Network(NetworkArgs),
+    Network(Box<NetworkArgs>),
     /// Buy GPU time on a network: keys, deposits, orders.
     #[command(after_help = order::EXIT_STATUS)]
     Order(order::OrderArgs),

@@ -110,6 +110,9 @@ pub struct NetworkArgs {
     /// network).
     #[arg(long, value_name = "ABCI_ADDRESS")]
     pub cometbft: Option<SocketAddr>,
+    /// The JSON-RPC of this validator's CometBFT node, which the gateway sends transactions to.
+    #[arg(long, default_value = "http://127.0.0.1:26657/")]
+    pub cometbft_rpc: hyper::Uri,
     /// Print these flags' parameters as a CometBFT genesis `app_state` and exit.
     #[arg(long)]
     pub print_app_state: bool,
@@ -135,6 +138,8 @@ pub enum NetworkError {
     Tls(String),
     #[error("ABCI: {0}")]
     Abci(#[from] Box<tendermint_abci::Error>),
+    #[error("the ABCI server stopped: {0}")]
+    AbciStopped(tokio::task::JoinError),
     #[error("cannot serve on {addr}: {source}")]
     Serve {
         addr: SocketAddr,
@@ -162,35 +167,64 @@ pub async fn run(args: NetworkArgs) -> Result<(), NetworkError> {
         .unwrap_or_else(|| args.data_dir.join("network.key"));
     let key = keyfile::load_or_create(&key_path)?;
     let db_path = args.data_dir.join("network.redb");
-    let store = tokio::task::block_in_place(|| Store::open(&db_path, key, params.clone()))?;
-    if let Some(abci) = args.cometbft {
-        info!(
-            node_key = %public_key_base58(&store.network_key()),
-            database = %db_path.display(),
-            "validator application starting"
-        );
-        let app = chain::abci::AbciApp::new(Arc::new(chain::app::Chain::new(store)));
-        return tokio::task::spawn_blocking(move || app.serve(abci))
-            .await
-            .expect("the ABCI server does not panic")
-            .map_err(NetworkError::from);
+    let store = Arc::new(tokio::task::block_in_place(|| {
+        Store::open(&db_path, key, params.clone())
+    })?);
+    info!(
+        node_key = %public_key_base58(&store.network_key()),
+        listen = %args.listen,
+        database = %db_path.display(),
+        validator = args.cometbft.is_some(),
+        "network node starting"
+    );
+    let (gateway, consensus) = match args.cometbft {
+        Some(abci) => {
+            let (gateway, abci) = validator(&args, abci, store)?;
+            (gateway, Some(abci))
+        }
+        None => (embedded(&params, store)?, None),
+    };
+    let mut server = tonic::transport::Server::builder();
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|e| NetworkError::Tls(format!("{}: {e}", p.display())))
+        };
+        let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+        server = server
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| NetworkError::Tls(e.to_string()))?;
     }
-    let store = Arc::new(store);
+    let service = GatewayServer::new(gateway).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let served = server
+        .add_service(service)
+        .serve_with_shutdown(args.listen, Shutdown::on_signals().signalled());
+    let served = async {
+        served.await.map_err(|source| NetworkError::Serve {
+            addr: args.listen,
+            source,
+        })
+    };
+    match consensus {
+        None => served.await,
+        // The ABCI server runs until the process ends; it returning is a failure to serve.
+        Some(abci) => tokio::select! {
+            done = served => done,
+            stopped = abci => stopped.unwrap_or_else(|e| Err(NetworkError::AbciStopped(e))),
+        },
+    }
+}
+
+/// The embedded network: a sweeper makes each second's upkeep a block of its own and delivers
+/// the leases it made.
+fn embedded(params: &Params, store: Arc<Store>) -> Result<service::GatewayService, NetworkError> {
     let in_force = store.params()?;
-    if in_force != params {
+    if &in_force != params {
         warn!(
             ?in_force,
             "the network's parameters are its state's: the flags set them only for a new \
              network, and only governance changes them"
         );
     }
-    info!(
-        network_key = %public_key_base58(&store.network_key()),
-        listen = %args.listen,
-        database = %db_path.display(),
-        "network node starting"
-    );
-
     let gateway = service::GatewayService::new(store.clone());
     let sweeper = gateway.clone();
     tokio::spawn(async move {
@@ -213,27 +247,50 @@ pub async fn run(args: NetworkArgs) -> Result<(), NetworkError> {
             }
         }
     });
-
-    let mut server = tonic::transport::Server::builder();
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        let read = |p: &PathBuf| {
-            std::fs::read(p).map_err(|e| NetworkError::Tls(format!("{}: {e}", p.display())))
-        };
-        let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
-        server = server
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-            .map_err(|e| NetworkError::Tls(e.to_string()))?;
-    }
-    let service = GatewayServer::new(gateway).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    server
-        .add_service(service)
-        .serve_with_shutdown(args.listen, Shutdown::on_signals().signalled())
-        .await
-        .map_err(|source| NetworkError::Serve {
-            addr: args.listen,
-            source,
-        })
+    Ok(gateway)
 }
+
+/// A validator: the ABCI application CometBFT drives, on a thread of its own, and a gateway
+/// whose transactions go through CometBFT and which hears of every committed block.
+fn validator(
+    args: &NetworkArgs,
+    abci: SocketAddr,
+    store: Arc<Store>,
+) -> Result<
+    (
+        service::GatewayService,
+        tokio::task::JoinHandle<Result<(), NetworkError>>,
+    ),
+    NetworkError,
+> {
+    let app = chain::abci::AbciApp::new(Arc::new(chain::app::Chain::new(store.clone())));
+    let mut committed = app.subscribe();
+    let broadcaster = Arc::new(chain::broadcast::Broadcaster::new(
+        args.cometbft_rpc.clone(),
+        COMMIT_TIMEOUT,
+    ));
+    let gateway = service::GatewayService::validator(store, broadcaster);
+    let listener = gateway.clone();
+    tokio::spawn(async move {
+        loop {
+            match committed.recv().await {
+                Ok(block) => listener.committed(&block.block),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => warn!(
+                    missed,
+                    "the gateway fell behind the chain: clients of those blocks time out and \
+                     their providers' leases come with their next stream"
+                ),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+    let serving = tokio::task::spawn_blocking(move || app.serve(abci).map_err(NetworkError::from));
+    Ok((gateway, serving))
+}
+
+/// How long a validator's gateway waits for a transaction's block before answering that it
+/// was not committed (yet).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The network parameters the flags set (a new embedded network's, or a genesis `app_state`).
 fn params(args: &NetworkArgs) -> Result<Params, NetworkError> {

@@ -1,5 +1,8 @@
-//! The gateway's gRPC service: each call verifies, applies through the [`Store`], and answers.
-//! Store work runs on the blocking pool: every write waits for its fsync.
+//! The gateway's gRPC service. A state-changing call is a transaction: the embedded node applies
+//! it as a block of its own through the [`Store`] (on the blocking pool: every write waits for
+//! its fsync); a validator's gateway broadcasts it to its CometBFT node and answers when it is
+//! committed. Queries read the store's committed state. Leases go to their provider's stream
+//! from the outcomes: at once on the embedded node, from each committed block on a validator.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,6 +12,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use crate::node::chain::app::Finalized;
+use crate::node::chain::broadcast::Broadcaster;
+use crate::node::state::{Outcome, Tx};
 use crate::node::store::{HubError, Store};
 use crate::wire::PROTOCOL;
 use crate::wire::proto::gateway_server::Gateway;
@@ -24,8 +30,26 @@ type LeaseSender = mpsc::Sender<Result<LeaseEvent, Status>>;
 #[derive(Clone)]
 pub struct GatewayService {
     store: Arc<Store>,
+    /// How transactions are ordered: here (`None`), or by consensus.
+    validator: Option<Arc<Broadcaster>>,
     /// The open lease stream of each provider, by public key; a new stream replaces the old.
     streams: Arc<Mutex<HashMap<String, LeaseSender>>>,
+}
+
+/// A state-changing call: its name, the transaction it sends, and the outcome it answers with.
+macro_rules! transact {
+    ($self:ident, $request:ident, $call:ident, $answer:pat => $reply:expr) => {{
+        let tx = Tx::$call($request.into_inner());
+        match $self.submit(stringify!($call), tx).await? {
+            $answer => $reply,
+            other => {
+                return Err(Status::internal(format!(
+                    "{} was answered with {other:?}",
+                    stringify!($call)
+                )));
+            }
+        }
+    }};
 }
 
 fn now() -> i64 {
@@ -39,10 +63,56 @@ fn lease_event(signed: Signed) -> LeaseEvent {
 }
 
 impl GatewayService {
+    /// The embedded node's gateway.
     pub fn new(store: Arc<Store>) -> GatewayService {
         GatewayService {
             store,
+            validator: None,
             streams: Arc::default(),
+        }
+    }
+
+    /// A validator's gateway: transactions go through `broadcaster`, and [`Self::committed`]
+    /// hears of each block.
+    pub fn validator(store: Arc<Store>, broadcaster: Arc<Broadcaster>) -> GatewayService {
+        GatewayService {
+            validator: Some(broadcaster),
+            ..GatewayService::new(store)
+        }
+    }
+
+    /// Applies `tx` the way this gateway orders transactions; its outcome.
+    async fn submit(&self, call: &'static str, tx: Tx) -> Result<Outcome, Status> {
+        let Some(broadcaster) = &self.validator else {
+            let outcome = self.blocking(call, move |s, now| s.apply(&tx, now)).await?;
+            self.deliver_outcome(&outcome);
+            return Ok(outcome);
+        };
+        let outcome = broadcaster.submit(&tx).await;
+        if let Err(status) = &outcome {
+            warn!(call, error = %status.message(), "request refused");
+        }
+        outcome
+    }
+
+    /// A block committed on a validator: its clients are answered, its leases delivered.
+    pub fn committed(&self, block: &Finalized) {
+        if let Some(broadcaster) = &self.validator {
+            broadcaster.committed(block);
+        }
+        for (_, outcome) in &block.applied {
+            self.deliver_outcome(outcome);
+        }
+        for (provider, lease) in &block.matched {
+            self.deliver(provider, self.store.sign_lease(lease));
+        }
+    }
+
+    fn deliver_outcome(&self, outcome: &Outcome) {
+        if let Outcome::Ordered(placed) = outcome
+            && let Some((provider, lease)) = &placed.lease
+        {
+            self.deliver(provider, self.store.sign_lease(lease));
         }
     }
 
@@ -84,12 +154,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<Signed>,
     ) -> Result<Response<ReceiptsReply>, Status> {
-        let signed = request.into_inner();
-        let reply = self
-            .blocking("SubmitReceipts", move |s, now| {
-                s.submit_receipts(&signed, now)
-            })
-            .await?;
+        let reply = transact!(self, request, SubmitReceipts, Outcome::Receipts(reply) => reply);
         if let Some(r) = &reply.rejection {
             warn!(kind = %r.kind, sequence = r.sequence, message = %r.message, "receipt refused");
         }
@@ -110,18 +175,12 @@ impl Gateway for GatewayService {
     }
 
     async fn bond(&self, request: Request<Signed>) -> Result<Response<StakeReply>, Status> {
-        let signed = request.into_inner();
-        let reply = self
-            .blocking("Bond", move |s, now| s.bond(&signed, now))
-            .await?;
+        let reply = transact!(self, request, Bond, Outcome::Stake(reply) => reply);
         Ok(Response::new(reply))
     }
 
     async fn unbond(&self, request: Request<Signed>) -> Result<Response<StakeReply>, Status> {
-        let signed = request.into_inner();
-        let reply = self
-            .blocking("Unbond", move |s, now| s.unbond(&signed, now))
-            .await?;
+        let reply = transact!(self, request, Unbond, Outcome::Stake(reply) => reply);
         Ok(Response::new(reply))
     }
 
@@ -131,18 +190,12 @@ impl Gateway for GatewayService {
     }
 
     async fn propose(&self, request: Request<Signed>) -> Result<Response<ProposalView>, Status> {
-        let signed = request.into_inner();
-        let reply = self
-            .blocking("Propose", move |s, now| s.propose(&signed, now))
-            .await?;
+        let reply = transact!(self, request, Propose, Outcome::Proposal(view) => view);
         Ok(Response::new(reply))
     }
 
     async fn vote(&self, request: Request<Signed>) -> Result<Response<ProposalView>, Status> {
-        let signed = request.into_inner();
-        let reply = self
-            .blocking("Vote", move |s, now| s.vote(&signed, now))
-            .await?;
+        let reply = transact!(self, request, Vote, Outcome::Proposal(view) => view);
         Ok(Response::new(reply))
     }
 
@@ -158,12 +211,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<Signed>,
     ) -> Result<Response<EvidenceReply>, Status> {
-        let signed = request.into_inner();
-        let reply = self
-            .blocking("SubmitEvidence", move |s, now| {
-                s.submit_evidence(&signed, now)
-            })
-            .await?;
+        let reply = transact!(self, request, SubmitEvidence, Outcome::Evidence(reply) => reply);
         Ok(Response::new(reply))
     }
 
@@ -188,9 +236,7 @@ impl Gateway for GatewayService {
     }
 
     async fn register(&self, request: Request<Signed>) -> Result<Response<RegisterReply>, Status> {
-        let signed = request.into_inner();
-        self.blocking("Register", move |s, now| s.register(&signed, now))
-            .await?;
+        transact!(self, request, Register, Outcome::Done => ());
         let params = self.store.params()?;
         Ok(Response::new(RegisterReply {
             network_key: self.store.network_key().as_bytes().to_vec(),
@@ -203,17 +249,12 @@ impl Gateway for GatewayService {
         &self,
         request: Request<Signed>,
     ) -> Result<Response<PublishOfferReply>, Status> {
-        let signed = request.into_inner();
-        let reply = self
-            .blocking("PublishOffer", move |s, now| s.publish(&signed, now))
-            .await?;
+        let reply = transact!(self, request, PublishOffer, Outcome::Published(reply) => reply);
         Ok(Response::new(reply))
     }
 
     async fn withdraw_offer(&self, request: Request<Signed>) -> Result<Response<Ack>, Status> {
-        let signed = request.into_inner();
-        self.blocking("WithdrawOffer", move |s, now| s.withdraw(&signed, now))
-            .await?;
+        transact!(self, request, WithdrawOffer, Outcome::Done => ());
         Ok(Response::new(Ack {}))
     }
 
@@ -221,9 +262,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<Signed>,
     ) -> Result<Response<HeartbeatReply>, Status> {
-        let signed = request.into_inner();
-        self.blocking("Heartbeat", move |s, now| s.heartbeat(&signed, now))
-            .await?;
+        transact!(self, request, Heartbeat, Outcome::Done => ());
         Ok(Response::new(HeartbeatReply { server_time: now() }))
     }
 
@@ -246,11 +285,15 @@ impl Gateway for GatewayService {
             .lock()
             .expect("streams lock")
             .insert(provider.clone(), tx.clone());
-        let opened = self
-            .blocking("Leases", move |s, now| s.open_lease_stream(&signed, now))
-            .await;
+        let opened = match self.submit("Leases", Tx::OpenLeaseStream(signed)).await {
+            Ok(Outcome::StreamOpened(_, waiting)) => Ok(waiting),
+            Ok(other) => Err(Status::internal(format!(
+                "Leases was answered with {other:?}"
+            ))),
+            Err(status) => Err(status),
+        };
         let waiting = match opened {
-            Ok((_, waiting)) => waiting,
+            Ok(waiting) => waiting,
             Err(status) => {
                 let mut streams = self.streams.lock().expect("streams lock");
                 match previous {
@@ -262,15 +305,14 @@ impl Gateway for GatewayService {
         };
         info!(%provider, waiting = waiting.len(), "lease stream opened");
         for lease in waiting {
-            let _ = tx.send(Ok(lease_event(lease))).await;
+            let signed = self.store.sign_lease(&lease);
+            let _ = tx.send(Ok(lease_event(signed))).await;
         }
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn decide_lease(&self, request: Request<Signed>) -> Result<Response<Ack>, Status> {
-        let signed = request.into_inner();
-        self.blocking("DecideLease", move |s, now| s.decide_lease(&signed, now))
-            .await?;
+        transact!(self, request, DecideLease, Outcome::Done => ());
         Ok(Response::new(Ack {}))
     }
 
@@ -278,37 +320,22 @@ impl Gateway for GatewayService {
         &self,
         request: Request<Signed>,
     ) -> Result<Response<LeaseEndReply>, Status> {
-        let signed = request.into_inner();
-        let reply = self
-            .blocking("ReportLeaseEnd", move |s, now| s.report_end(&signed, now))
-            .await?;
+        let reply = transact!(self, request, ReportLeaseEnd, Outcome::Ended(reply) => reply);
         Ok(Response::new(reply))
     }
 
     async fn deposit(&self, request: Request<Signed>) -> Result<Response<BalanceReply>, Status> {
-        let signed = request.into_inner();
-        let reply = self
-            .blocking("Deposit", move |s, now| s.deposit(&signed, now))
-            .await?;
+        let reply = transact!(self, request, Deposit, Outcome::Balance(reply) => reply);
         Ok(Response::new(reply))
     }
 
     async fn submit_order(&self, request: Request<Signed>) -> Result<Response<OrderView>, Status> {
-        let signed = request.into_inner();
-        let submitted = self
-            .blocking("SubmitOrder", move |s, now| s.submit_order(&signed, now))
-            .await?;
-        if let Some((provider, lease)) = submitted.lease {
-            self.deliver(&provider, lease);
-        }
-        Ok(Response::new(submitted.order))
+        let order = transact!(self, request, SubmitOrder, Outcome::Ordered(placed) => placed.order);
+        Ok(Response::new(order))
     }
 
     async fn cancel_order(&self, request: Request<Signed>) -> Result<Response<OrderView>, Status> {
-        let signed = request.into_inner();
-        let view = self
-            .blocking("CancelOrder", move |s, now| s.cancel(&signed, now))
-            .await?;
+        let view = transact!(self, request, CancelOrder, Outcome::Order(view) => *view);
         Ok(Response::new(view))
     }
 

@@ -22,12 +22,14 @@ use rand_core::{OsRng, RngCore};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use crate::node::records::LeaseRecord;
-use crate::node::state::{self, Audit, AuditError, Block, Outcome, Params, State, StateError, Tx};
+use crate::node::state::{
+    self, Applied, Audit, AuditError, Block, Outcome, Params, State, StateError, Tx,
+};
 use crate::wire::Rejection;
 use crate::wire::envelope::sign_body;
 use crate::wire::proto::{
-    BalanceReply, ChallengeReply, EvidenceReply, LeaseBody, LeaseEndReply, OfferView, OrderView,
-    ParamsReply, ProposalView, PublishOfferReply, ReceiptsReply, Signed, StakeReply,
+    BalanceReply, ChallengeReply, LeaseBody, OfferView, OrderView, ParamsReply, ReceiptsReply,
+    Signed, StakeReply,
 };
 
 /// The state machine's map, key → value, as it stands after the last persisted block.
@@ -308,13 +310,8 @@ impl Store {
     }
 
     /// Applies a block consensus decided: its upkeep, then each transaction; keeps its changes
-    /// for [`Store::commit_decided`]. Each transaction's outcome, and the state's hash after it.
-    #[allow(clippy::type_complexity)]
-    pub fn decide(
-        &self,
-        block: &Block,
-        txs: &[Tx],
-    ) -> Result<(Vec<std::result::Result<Outcome, StateError>>, [u8; 32])> {
+    /// for [`Store::commit_decided`]. What it did, and the state's hash after it.
+    pub fn decide(&self, block: &Block, txs: &[Tx]) -> Result<(Applied, [u8; 32])> {
         let mut chain = self.chain();
         if block.height != chain.height + 1 || chain.decided.is_some() {
             return Err(StateError::Inconsistent(format!(
@@ -358,13 +355,8 @@ impl Store {
     }
 
     /// Applies a whole block whose time and entropy are given (not drawn here): its upkeep when
-    /// `upkeep`, then each transaction; persists it once. Each transaction's own outcome.
-    pub fn finalize(
-        &self,
-        block: &Block,
-        upkeep: bool,
-        txs: &[Tx],
-    ) -> Result<Vec<std::result::Result<Outcome, StateError>>> {
+    /// `upkeep`, then each transaction; persists it once. What it did.
+    pub fn finalize(&self, block: &Block, upkeep: bool, txs: &[Tx]) -> Result<Applied> {
         self.commit_block(
             |_| *block,
             |state, block| state.finalize(block, upkeep, txs),
@@ -383,62 +375,14 @@ impl Store {
         let matched = swept
             .matched
             .iter()
-            .map(|(provider, lease)| (provider.clone(), self.sign(lease)))
+            .map(|(provider, lease)| (provider.clone(), self.sign_lease(lease)))
             .collect();
         Ok((swept.lapsed, matched))
     }
 
-    fn sign(&self, lease: &LeaseBody) -> Signed {
+    /// The network's lease as it leaves this node, signed with the node's key.
+    pub fn sign_lease(&self, lease: &LeaseBody) -> Signed {
         sign_body(&self.key, lease)
-    }
-
-    pub fn register(&self, signed: &Signed, now: i64) -> Result<()> {
-        self.apply(&Tx::Register(signed.clone()), now).map(drop)
-    }
-
-    pub fn publish(&self, signed: &Signed, now: i64) -> Result<PublishOfferReply> {
-        match self.apply(&Tx::PublishOffer(signed.clone()), now)? {
-            Outcome::Published(reply) => Ok(reply),
-            other => Err(unexpected("PublishOffer", &other)),
-        }
-    }
-
-    pub fn withdraw(&self, signed: &Signed, now: i64) -> Result<()> {
-        self.apply(&Tx::WithdrawOffer(signed.clone()), now)
-            .map(drop)
-    }
-
-    pub fn heartbeat(&self, signed: &Signed, now: i64) -> Result<()> {
-        self.apply(&Tx::Heartbeat(signed.clone()), now).map(drop)
-    }
-
-    /// Opens a provider's lease stream: who it is, and every lease still waiting for its
-    /// answer, signed.
-    pub fn open_lease_stream(&self, signed: &Signed, now: i64) -> Result<(String, Vec<Signed>)> {
-        match self.apply(&Tx::OpenLeaseStream(signed.clone()), now)? {
-            Outcome::StreamOpened(provider, waiting) => {
-                Ok((provider, waiting.iter().map(|l| self.sign(l)).collect()))
-            }
-            other => Err(unexpected("Leases", &other)),
-        }
-    }
-
-    pub fn decide_lease(&self, signed: &Signed, now: i64) -> Result<()> {
-        self.apply(&Tx::DecideLease(signed.clone()), now).map(drop)
-    }
-
-    pub fn report_end(&self, signed: &Signed, now: i64) -> Result<LeaseEndReply> {
-        match self.apply(&Tx::ReportLeaseEnd(signed.clone()), now)? {
-            Outcome::Ended(reply) => Ok(reply),
-            other => Err(unexpected("ReportLeaseEnd", &other)),
-        }
-    }
-
-    pub fn deposit(&self, signed: &Signed, now: i64) -> Result<BalanceReply> {
-        match self.apply(&Tx::Deposit(signed.clone()), now)? {
-            Outcome::Balance(reply) => Ok(reply),
-            other => Err(unexpected("Deposit", &other)),
-        }
     }
 
     pub fn submit_order(&self, signed: &Signed, now: i64) -> Result<Submitted> {
@@ -447,16 +391,9 @@ impl Store {
                 order: placed.order,
                 lease: placed
                     .lease
-                    .map(|(provider, lease)| (provider, self.sign(&lease))),
+                    .map(|(provider, lease)| (provider, self.sign_lease(&lease))),
             }),
             other => Err(unexpected("SubmitOrder", &other)),
-        }
-    }
-
-    pub fn cancel(&self, signed: &Signed, now: i64) -> Result<OrderView> {
-        match self.apply(&Tx::CancelOrder(signed.clone()), now)? {
-            Outcome::Order(view) => Ok(*view),
-            other => Err(unexpected("CancelOrder", &other)),
         }
     }
 
@@ -467,34 +404,6 @@ impl Store {
         }
     }
 
-    pub fn bond(&self, signed: &Signed, now: i64) -> Result<StakeReply> {
-        match self.apply(&Tx::Bond(signed.clone()), now)? {
-            Outcome::Stake(reply) => Ok(reply),
-            other => Err(unexpected("Bond", &other)),
-        }
-    }
-
-    pub fn unbond(&self, signed: &Signed, now: i64) -> Result<StakeReply> {
-        match self.apply(&Tx::Unbond(signed.clone()), now)? {
-            Outcome::Stake(reply) => Ok(reply),
-            other => Err(unexpected("Unbond", &other)),
-        }
-    }
-
-    pub fn propose(&self, signed: &Signed, now: i64) -> Result<ProposalView> {
-        match self.apply(&Tx::Propose(signed.clone()), now)? {
-            Outcome::Proposal(view) => Ok(view),
-            other => Err(unexpected("Propose", &other)),
-        }
-    }
-
-    pub fn vote(&self, signed: &Signed, now: i64) -> Result<ProposalView> {
-        match self.apply(&Tx::Vote(signed.clone()), now)? {
-            Outcome::Proposal(view) => Ok(view),
-            other => Err(unexpected("Vote", &other)),
-        }
-    }
-
     pub fn params_view(&self) -> Result<ParamsReply> {
         Ok(self.lock().params_view()?)
     }
@@ -502,13 +411,6 @@ impl Store {
     pub fn stake(&self, signed: &Signed, now: i64) -> Result<StakeReply> {
         let (provider, _) = State::query(signed, now)?;
         Ok(self.lock().stake_of(&provider)?)
-    }
-
-    pub fn submit_evidence(&self, signed: &Signed, now: i64) -> Result<EvidenceReply> {
-        match self.apply(&Tx::SubmitEvidence(signed.clone()), now)? {
-            Outcome::Evidence(reply) => Ok(reply),
-            other => Err(unexpected("SubmitEvidence", &other)),
-        }
     }
 
     pub fn lease_challenge(&self, signed: &Signed, now: i64) -> Result<ChallengeReply> {

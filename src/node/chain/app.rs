@@ -7,11 +7,14 @@
 //! (persist it with its height). `Info` answers the height and hash persisted last, from which a
 //! restarted CometBFT replays the blocks the application has not seen.
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::node::state::{Block, Outcome, Params, StateError, Tx};
 use crate::node::store::{HubError, Store};
+use crate::wire::proto::LeaseBody;
 
 use super::codec::{self, TxResult};
 
@@ -49,18 +52,22 @@ pub struct DecidedBlock {
 pub struct Finalized {
     /// One per transaction, in the block's order.
     pub results: Vec<TxResult>,
+    /// The SHA-256 of each transaction's bytes (CometBFT's transaction hash), in the same order.
+    pub tx_hashes: Vec<[u8; 32]>,
     /// The state's hash after the block: the app hash the next block's header commits to.
     pub app_hash: [u8; 32],
     /// Each applied transaction with its outcome, for the gateway to answer and deliver from.
     pub applied: Vec<(Tx, Outcome)>,
+    /// Leases the block's upkeep made for standing orders, with their providers' keys.
+    pub matched: Vec<(String, LeaseBody)>,
 }
 
 pub struct Chain {
-    store: Store,
+    store: Arc<Store>,
 }
 
 impl Chain {
-    pub fn new(store: Store) -> Chain {
+    pub fn new(store: Arc<Store>) -> Chain {
         Chain { store }
     }
 
@@ -98,7 +105,7 @@ impl Chain {
     pub fn finalize_block(&self, block: &DecidedBlock) -> Result<Finalized, ChainError> {
         let decoded: Vec<_> = block.txs.iter().map(|b| codec::decode_tx(b)).collect();
         let txs: Vec<Tx> = decoded.iter().filter_map(|d| d.clone().ok()).collect();
-        let (outcomes, app_hash) = self.store.decide(
+        let ((swept, outcomes), app_hash) = self.store.decide(
             &Block {
                 height: block.height,
                 time: block.time,
@@ -127,8 +134,14 @@ impl Chain {
         }
         Ok(Finalized {
             results,
+            tx_hashes: block
+                .txs
+                .iter()
+                .map(|tx| Sha256::digest(tx).into())
+                .collect(),
             app_hash,
             applied,
+            matched: swept.matched,
         })
     }
 
@@ -160,7 +173,7 @@ mod tests {
             Params::default(),
         )
         .unwrap();
-        Chain::new(store)
+        Chain::new(Arc::new(store))
     }
 
     fn deposit(key: &ed25519_dalek::SigningKey, now: i64) -> Vec<u8> {
@@ -230,7 +243,7 @@ mod tests {
         let tx = codec::decode_tx(&deposit(&generate_key(), now)).unwrap();
         store.apply(&tx, now).unwrap();
         let before = store.head().unwrap();
-        let chain = Chain::new(store);
+        let chain = Chain::new(Arc::new(store));
         let error = chain.init_chain(b"").unwrap_err();
         assert!(error.to_string().contains("new --data-dir"), "{error}");
         assert_eq!(chain.store().head().unwrap(), before, "nothing was lost");

@@ -3,8 +3,10 @@
 //! party decides what the network does.
 //!
 //! `codec` is the chain's encodings (pure); `app` what each consensus request does to the state
-//! and its store; `abci` the socket server CometBFT connects to.
+//! and its store; `abci` the socket server CometBFT connects to; `broadcast` how a validator's
+//! gateway sends requests to its CometBFT node and answers them once committed.
 
 pub mod abci;
 pub mod app;
+pub mod broadcast;
 pub mod codec;

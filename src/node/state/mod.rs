@@ -106,6 +106,9 @@ pub enum StateError {
 
 type Result<T> = std::result::Result<T, StateError>;
 
+/// What a block's upkeep did, and each of its transactions' outcome in order.
+pub type Applied = (Swept, Vec<Result<Outcome>>);
+
 /// A state-changing request, as a block carries it: the signed envelope, verified when applied.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Tx {
@@ -213,18 +216,16 @@ impl State {
     }
 
     /// Applies a whole block: the upkeep of [`State::sweep`] when `upkeep`, then each
-    /// transaction in order, each whole or refused. An error of the upkeep is a broken invariant
-    /// and fails the block.
-    pub fn finalize(
-        &mut self,
-        block: &Block,
-        upkeep: bool,
-        txs: &[Tx],
-    ) -> Result<Vec<Result<Outcome>>> {
-        if upkeep {
-            self.sweep(block)?;
-        }
-        Ok(txs.iter().map(|tx| self.apply(tx, block)).collect())
+    /// transaction in order, each whole or refused. What the upkeep did, and each transaction's
+    /// outcome. An error of the upkeep is a broken invariant and fails the block.
+    pub fn finalize(&mut self, block: &Block, upkeep: bool, txs: &[Tx]) -> Result<Applied> {
+        let swept = if upkeep {
+            self.sweep(block)?
+        } else {
+            Swept::default()
+        };
+        let outcomes = txs.iter().map(|tx| self.apply(tx, block)).collect();
+        Ok((swept, outcomes))
     }
 
     fn dispatch(&mut self, tx: &Tx, block: &Block) -> Result<Outcome> {

@@ -441,15 +441,18 @@ proptest! {
         let store = Store::open(&path, key(0, 0), history_params()).unwrap();
         prop_assert_eq!(store.head().unwrap(), (0, again.hash()));
         let chain_path = dir.path().join("chain.redb");
-        let open_chain = || Chain::new(Store::open(&chain_path, key(0, 1), Params::default()).unwrap());
+        let open_chain = || {
+            let store = Store::open(&chain_path, key(0, 1), Params::default()).unwrap();
+            Chain::new(std::sync::Arc::new(store))
+        };
         let chain = open_chain();
         let app_state = serde_json::to_vec(&AppState { params: history_params() }).unwrap();
         prop_assert_eq!(chain.init_chain(&app_state).unwrap(), again.hash());
         for (block, txs) in &history.blocks {
-            let outcomes = again.finalize(block, true, txs).unwrap();
+            let (_, outcomes) = again.finalize(block, true, txs).unwrap();
             again.end_block(block).unwrap();
             again.settle_block();
-            let persisted = store.finalize(block, true, txs).unwrap();
+            let (_, persisted) = store.finalize(block, true, txs).unwrap();
             prop_assert_eq!(format!("{outcomes:?}"), format!("{persisted:?}"));
             let decided = DecidedBlock {
                 height: block.height,
