@@ -13,13 +13,19 @@ use gpubridge::identity::generate_key;
 use gpubridge::node::chain::codec::{TxResult, encode_tx, outcome_of};
 use gpubridge::node::state::{Outcome, Params, Tx};
 use gpubridge::node::store::Store;
-use gpubridge::wire::envelope::seal;
-use gpubridge::wire::proto::{DepositBody, OfferBody, OrderBody, RegisterBody, Workload};
+use gpubridge::wire::client::{NetworkClient, Target, channel};
+use gpubridge::wire::envelope::{open_from, seal, verifying_key};
+use gpubridge::wire::proto::{
+    DepositBody, LeaseBody, OfferBody, OrderBody, OrderState, RegisterBody, Workload, lease_event,
+};
 use serde_json::Value;
+
+use gpubridge::wire::amount::Amount;
 
 use crate::support::{bin_dir, eventually, free_port, http_get, now_unix, percentile};
 
 const SECOND: Duration = Duration::from_secs(1);
+const UNIT: u128 = 1_000_000_000_000_000_000;
 
 /// One validator: its CometBFT node and its application, supervised together (if the
 /// application dies its node exits, so both are killed and started as one).
@@ -27,6 +33,7 @@ struct Validator {
     home: PathBuf,
     rpc: u16,
     abci: u16,
+    gateway: u16,
     processes: Option<(Child, Child)>,
 }
 
@@ -42,6 +49,8 @@ impl Validator {
         };
         let app = Command::new(env!("CARGO_BIN_EXE_gpubridge"))
             .args(["network", "--cometbft", &format!("127.0.0.1:{}", self.abci)])
+            .args(["--listen", &format!("127.0.0.1:{}", self.gateway)])
+            .args(["--cometbft-rpc", &format!("http://127.0.0.1:{}/", self.rpc)])
             .arg("--data-dir")
             .arg(self.home.join("app"))
             .stdout(log("app.log"))
@@ -75,6 +84,15 @@ impl Validator {
             let _ = node.wait();
             let _ = app.wait();
         }
+    }
+
+    /// A client of this validator's gateway, signing with `key`.
+    fn client(&self, key: &ed25519_dalek::SigningKey) -> NetworkClient {
+        let target = Target {
+            url: format!("http://127.0.0.1:{}", self.gateway),
+            ca_file: None,
+        };
+        NetworkClient::new(channel(&target).unwrap(), key.clone())
     }
 
     async fn rpc(&self, path: &str) -> Result<Value, String> {
@@ -179,8 +197,8 @@ fn testnet(dir: &Path, n: usize, params_flags: &[&str]) -> Vec<Validator> {
         .unwrap();
     assert!(app_state.status.success());
     let app_state: Value = serde_json::from_slice(&app_state.stdout).unwrap();
-    let ports: Vec<(u16, u16, u16)> = (0..n)
-        .map(|_| (free_port(), free_port(), free_port()))
+    let ports: Vec<(u16, u16, u16, u16)> = (0..n)
+        .map(|_| (free_port(), free_port(), free_port(), free_port()))
         .collect();
     let peers: Vec<String> = (0..n)
         .map(|i| {
@@ -197,7 +215,7 @@ fn testnet(dir: &Path, n: usize, params_flags: &[&str]) -> Vec<Validator> {
     (0..n)
         .map(|i| {
             let home = dir.join(format!("node{i}"));
-            let (p2p, rpc, abci) = ports[i];
+            let (p2p, rpc, abci, gateway) = ports[i];
             let config = home.join("config/config.toml");
             let others: Vec<&str> = (0..n)
                 .filter(|&j| j != i)
@@ -239,16 +257,18 @@ fn testnet(dir: &Path, n: usize, params_flags: &[&str]) -> Vec<Validator> {
                 home,
                 rpc,
                 abci,
+                gateway,
                 processes: None,
             }
         })
         .collect()
 }
 
-fn deposit(key: &ed25519_dalek::SigningKey, units: &str) -> Tx {
+/// A deposit of `atto` units of USDC.
+fn deposit(key: &ed25519_dalek::SigningKey, atto: &str) -> Tx {
     let body = DepositBody {
         header: None,
-        amount: units.into(),
+        amount: atto.into(),
         denomination: "USDC".into(),
     };
     Tx::Deposit(seal(key, body, now_unix()))
@@ -359,6 +379,110 @@ async fn four_validators_agree_survive_one_down_halt_at_two_and_catch_up() {
     applications_agree_with_the_chain(&validators).await;
 }
 
+#[tokio::test]
+async fn a_market_through_four_gateways_each_answering_from_committed_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut validators = testnet(dir.path(), 4, &[]);
+    for v in &mut validators {
+        v.start();
+    }
+    past(&validators[0], 1, 60 * SECOND).await;
+    let (provider_key, buyer_key) = (generate_key(), generate_key());
+    // The provider speaks to validator 1's gateway, the buyer to validator 3's.
+    let provider = validators[1].client(&provider_key);
+    let buyer = validators[3].client(&buyer_key);
+    let gateway_key = provider.register("acme", "").await.unwrap().network_key;
+    provider.publish(h100s(now_unix())).await.unwrap();
+    let mut stream = provider.leases().await.unwrap();
+    let balance = buyer
+        .deposit(Amount::from_atto(100 * UNIT), "USDC")
+        .await
+        .unwrap();
+    let hundred = (100 * UNIT).to_string();
+    assert_eq!(balance.balances[0].available, hundred);
+    // Committed, so every validator's gateway answers the same.
+    let elsewhere = validators[0].client(&buyer_key);
+    eventually("the deposit on validator 0", 10 * SECOND, || async {
+        let balance = elsewhere.balance().await.map_err(|e| e.to_string())?;
+        match balance.balances.first() {
+            Some(b) if b.available == hundred => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    let placed = buyer.submit(one_gpu()).await.unwrap();
+    assert_eq!(placed.state, OrderState::Matched as i32, "{placed:?}");
+    // The lease comes on the provider's stream from the committed block, signed by the key
+    // its gateway registered it with.
+    let event = tokio::time::timeout(10 * SECOND, stream.message())
+        .await
+        .expect("the lease within 10 s")
+        .unwrap()
+        .expect("the stream stays open");
+    let Some(lease_event::Event::Lease(signed)) = event.event else {
+        panic!("{event:?}")
+    };
+    let lease: LeaseBody = open_from(
+        &signed,
+        &verifying_key("network_key", &gateway_key).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(lease.lease_id, placed.lease_id);
+    validators[2]
+        .client(&provider_key)
+        .decide(&lease.lease_id, true, "")
+        .await
+        .unwrap();
+    eventually(
+        "the order leased, seen from validator 0",
+        10 * SECOND,
+        || async {
+            let view = elsewhere
+                .order_status(&placed.order_id)
+                .await
+                .map_err(|e| e.to_string())?;
+            if view.state == OrderState::Leased as i32 {
+                Ok(())
+            } else {
+                Err(format!("{view:?}"))
+            }
+        },
+    )
+    .await;
+
+    // Refusals come back as the embedded node gives them: the state's, and the mempool's.
+    let malformed = OrderBody {
+        gpus: 4096,
+        ..one_gpu()
+    };
+    let error = buyer.submit(malformed).await.unwrap_err();
+    assert_eq!(
+        (error.code(), error.message()),
+        (
+            tonic::Code::InvalidArgument,
+            "order.gpus: must be between 1 and 64"
+        )
+    );
+    let unmatched = OrderBody {
+        gpus: 16,
+        ..one_gpu()
+    };
+    let refused = buyer.submit(unmatched).await.unwrap();
+    assert_eq!(refused.state, OrderState::Rejected as i32, "{refused:?}");
+    let signed = seal(&buyer_key, one_gpu(), now_unix());
+    buyer.submit_signed(signed.clone()).await.unwrap();
+    let replay = elsewhere.submit_signed(signed).await.unwrap_err();
+    assert_eq!(replay.code(), tonic::Code::AlreadyExists, "{replay}");
+    let stranger = validators[2].client(&generate_key());
+    let error = stranger
+        .decide(&lease.lease_id, true, "")
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::PermissionDenied, "{error}");
+    applications_agree_with_the_chain(&validators).await;
+}
+
 /// A provider with one offer of 8 blocks of 1024 H100s, and the transactions that make it.
 fn provider_with_offer(i: usize) -> Vec<Tx> {
     let provider = generate_key();
@@ -368,7 +492,15 @@ fn provider_with_offer(i: usize) -> Vec<Tx> {
         name: format!("p{i}"),
         region: String::new(),
     };
-    let offer = OfferBody {
+    vec![
+        Tx::Register(seal(&provider, register, now)),
+        Tx::PublishOffer(seal(&provider, h100s(now), now)),
+    ]
+}
+
+/// An offer of 8 blocks of 1024 H100s at 2 USDC per GPU-hour.
+fn h100s(now: i64) -> OfferBody {
+    OfferBody {
         header: None,
         offer_name: "gpus".into(),
         model: "NVIDIA-H100-80GB-HBM3".into(),
@@ -383,15 +515,16 @@ fn provider_with_offer(i: usize) -> Vec<Tx> {
         region: String::new(),
         attributes: vec![],
         expires_at: now + 600,
-    };
-    vec![
-        Tx::Register(seal(&provider, register, now)),
-        Tx::PublishOffer(seal(&provider, offer, now)),
-    ]
+    }
 }
 
 fn order(buyer: &ed25519_dalek::SigningKey) -> Tx {
-    let body = OrderBody {
+    Tx::SubmitOrder(seal(buyer, one_gpu(), now_unix()))
+}
+
+/// One H100 for an hour, at most 3 USDC.
+fn one_gpu() -> OrderBody {
+    OrderBody {
         gpus: 1,
         duration_seconds: 3600,
         max_price_per_gpu_hour: "3".into(),
@@ -403,8 +536,7 @@ fn order(buyer: &ed25519_dalek::SigningKey) -> Tx {
             ..Default::default()
         }),
         ..Default::default()
-    };
-    Tx::SubmitOrder(seal(buyer, body, now_unix()))
+    }
 }
 
 /// `make bench`: orders per second the four validators commit, and how long each order takes
