@@ -87,8 +87,9 @@ bench-scale:
 	  --ignored --nocapture --test-threads=1 the_operator_at_5000_nodes_and_100000_pods; \
 	  status=$$?; bash e2e/cluster.sh down; exit $$status
 
-## bench: criterion benchmarks (capacity, network matching, receipts), then intake latency and
-## the meter's footprint on the e2e control plane (release build); figures print to the terminal.
+## bench: criterion benchmarks (capacity, network matching, receipts), then intake latency,
+## the meter's footprint on the e2e control plane and orders per second on four CometBFT
+## validators (release build); figures print to the terminal.
 bench:
 	$(CARGO) bench --locked --bench capacity --bench network
 	bash e2e/cluster.sh up

@@ -546,7 +546,7 @@ fn one_gpu() -> OrderBody {
 #[ignore = "a benchmark: `make bench` runs it"]
 async fn consensus_order_benchmark() {
     const ORDERS: usize = 2_000;
-    const IN_FLIGHT: usize = 160;
+    const IN_FLIGHT: usize = 400;
     let dir = tempfile::tempdir().unwrap();
     // Providers that registered during the setup stay in the book without heartbeats.
     let mut validators = testnet(dir.path(), 4, &["--heartbeat-timeout-seconds", "3600"]);
