@@ -175,6 +175,11 @@ impl Store {
         Ok((state.height()?, state.hash()))
     }
 
+    /// Whether `signer` used `nonce` in a request applied before.
+    pub fn nonce_seen(&self, signer: &ed25519_dalek::VerifyingKey, nonce: &[u8]) -> Result<bool> {
+        Ok(self.lock().nonce_seen(signer, nonce)?)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         match self.state.lock() {
             Ok(state) => state,

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::node::state::{Block, Outcome, Params, StateError, Tx};
 use crate::node::store::{HubError, Store};
+use crate::wire::Rejection;
 use crate::wire::proto::LeaseBody;
 
 use super::codec::{self, TxResult};
@@ -90,11 +91,26 @@ impl Chain {
         self.store.chain_head()
     }
 
-    /// CheckTx, before a transaction enters the mempool: it decodes, and its request is signed
-    /// by its signer over the received bytes and fresh at `now` (the node's clock: the mempool is
-    /// not consensus). What the state says of it is decided in its block.
+    /// CheckTx, before a transaction enters the mempool: it decodes, its request is signed by
+    /// its signer over the received bytes and fresh at `now` (the node's clock: the mempool is
+    /// not consensus), and its nonce was not used in a block applied before (CometBFT rechecks
+    /// the mempool after each Commit, so a replay waiting there is dropped too). What the state says of
+    /// it otherwise is decided in its block.
     pub fn check_tx(&self, bytes: &[u8], now: i64) -> TxResult {
-        match codec::decode_tx(bytes).and_then(|tx| codec::verify_envelope(&tx, now)) {
+        let checked = codec::decode_tx(bytes)
+            .and_then(|tx| codec::verify_envelope(&tx, now))
+            .and_then(
+                |(signer, nonce)| match self.store.nonce_seen(&signer, &nonce) {
+                    Ok(false) => Ok(()),
+                    Ok(true) => Err(Rejection::Duplicate(
+                        "header.nonce: this request was already received (replay)".into(),
+                    )),
+                    Err(e) => Err(Rejection::Precondition(format!(
+                        "the state is unreadable: {e}"
+                    ))),
+                },
+            );
+        match checked {
             Ok(()) => TxResult::default(),
             Err(rejection) => codec::refused(&rejection),
         }
@@ -310,7 +326,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let chain = chain(&dir);
         let now = 1_800_000_000;
-        assert_eq!(chain.check_tx(&deposit(&generate_key(), now), now).code, 0);
+        let key = generate_key();
+        let fresh = deposit(&key, now);
+        assert_eq!(chain.check_tx(&fresh, now).code, 0);
+        chain.init_chain(b"").unwrap();
+        chain
+            .finalize_block(&block(1, now, vec![fresh.clone()]))
+            .unwrap();
+        chain.commit().unwrap();
+        let replay = chain.check_tx(&fresh, now);
+        assert_eq!(
+            replay.code,
+            tonic::Code::AlreadyExists as u32,
+            "{}",
+            replay.log
+        );
         let stale = chain.check_tx(&deposit(&generate_key(), now - 3_600), now);
         assert_eq!(
             stale.code,

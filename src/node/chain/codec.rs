@@ -2,6 +2,7 @@
 //! bytes its result records. Prost encodes fields in number order and this protocol has no maps,
 //! so one value always gives the same bytes on every validator.
 
+use ed25519_dalek::VerifyingKey;
 use prost::Message;
 use tonic::Code;
 
@@ -44,10 +45,10 @@ macro_rules! transactions {
         }
 
         /// The signed request `tx` carries, verified as its type's body over the received
-        /// bytes and fresh at `now`; whether its nonce was seen is the state's to say.
-        pub fn verify_envelope(tx: &Tx, now: i64) -> Result<(), Rejection> {
+        /// bytes and fresh at `now`: its signer and nonce, whose use is the state's to judge.
+        pub fn verify_envelope(tx: &Tx, now: i64) -> Result<(VerifyingKey, Vec<u8>), Rejection> {
             match tx {
-                $(Tx::$variant(signed) => open::<$body>(signed, now).map(drop),)*
+                $(Tx::$variant(signed) => open::<$body>(signed, now).map(|o| (o.signer, o.nonce)),)*
             }
         }
     };
@@ -247,7 +248,15 @@ mod tests {
     fn a_request_signed_as_another_kind_or_forged_fails_its_envelope_check() {
         let now = 1_000;
         let signed = deposit(now);
-        verify_envelope(&Tx::Deposit(signed.clone()), now).unwrap();
+        let (signer, nonce) = verify_envelope(&Tx::Deposit(signed.clone()), now).unwrap();
+        let header = DepositBody::decode(signed.body.as_slice())
+            .unwrap()
+            .header
+            .unwrap();
+        assert_eq!(
+            (signer.as_bytes().to_vec(), nonce),
+            (header.signer, header.nonce)
+        );
         let error = verify_envelope(&Tx::Bond(signed.clone()), now).unwrap_err();
         assert!(
             error.to_string().contains("gpubridge/v1/bond"),

@@ -324,19 +324,25 @@ impl State {
         Ok(value)
     }
 
+    /// Whether `signer` used `nonce` in a request applied before.
+    pub fn nonce_seen(&self, signer: &ed25519_dalek::VerifyingKey, nonce: &[u8]) -> Result<bool> {
+        let key = format!("{}/{}", public_key_base58(signer), hex::encode(nonce));
+        Ok(self.get::<i64>(NONCES, &key)?.is_some())
+    }
+
     /// Refuses a (signer, nonce) pair seen before; records it otherwise.
     fn consume_nonce<M>(&mut self, opened: &Opened<M>) -> Result<()> {
-        let key = format!(
-            "{}/{}",
-            public_key_base58(&opened.signer),
-            hex::encode(&opened.nonce)
-        );
-        if self.get::<i64>(NONCES, &key)?.is_some() {
+        if self.nonce_seen(&opened.signer, &opened.nonce)? {
             return Err(Rejection::Duplicate(
                 "header.nonce: this request was already received (replay)".into(),
             )
             .into());
         }
+        let key = format!(
+            "{}/{}",
+            public_key_base58(&opened.signer),
+            hex::encode(&opened.nonce)
+        );
         self.put(NONCES, &key, &opened.issued_at)
     }
 }
