@@ -382,7 +382,17 @@ async fn four_validators_agree_survive_one_down_halt_at_two_and_catch_up() {
 #[tokio::test]
 async fn a_market_through_four_gateways_each_answering_from_committed_blocks() {
     let dir = tempfile::tempdir().unwrap();
-    let mut validators = testnet(dir.path(), 4, &[]);
+    let genesis = [
+        "--bond-per-gpu",
+        "1",
+        "--start-deadline-seconds",
+        "5",
+        "--voting-blocks",
+        "4",
+        "--min-deposit",
+        "1",
+    ];
+    let mut validators = testnet(dir.path(), 4, &genesis);
     for v in &mut validators {
         v.start();
     }
@@ -392,6 +402,15 @@ async fn a_market_through_four_gateways_each_answering_from_committed_blocks() {
     let provider = validators[1].client(&provider_key);
     let buyer = validators[3].client(&buyer_key);
     let gateway_key = provider.register("acme", "").await.unwrap().network_key;
+    provider
+        .deposit(Amount::from_atto(50 * UNIT), "USDC")
+        .await
+        .unwrap();
+    let bonded = provider
+        .bond(Amount::from_atto(10 * UNIT), "available")
+        .await
+        .unwrap();
+    assert_eq!(bonded.covered_gpus, Some(10));
     provider.publish(h100s(now_unix())).await.unwrap();
     let mut stream = provider.leases().await.unwrap();
     let balance = buyer
@@ -450,6 +469,76 @@ async fn a_market_through_four_gateways_each_answering_from_committed_blocks() {
         },
     )
     .await;
+
+    // No receipt within the start deadline (5 s of block time): every validator's upkeep ends
+    // the lease as the provider's fault and slashes 10 % of its bond to the buyer.
+    let stake = eventually("the never-started slash", 30 * SECOND, || async {
+        let stake = validators[0]
+            .client(&provider_key)
+            .stake()
+            .await
+            .map_err(|e| e.to_string())?;
+        if stake.slashes.is_empty() {
+            Err(format!("{stake:?}"))
+        } else {
+            Ok(stake)
+        }
+    })
+    .await;
+    assert_eq!(
+        (
+            stake.slashes[0].kind.as_str(),
+            stake.slashes[0].lease_id.as_str()
+        ),
+        ("never-started", lease.lease_id.as_str())
+    );
+    assert_eq!(stake.bonded, (9 * UNIT).to_string());
+    let refunded = elsewhere.balance().await.unwrap();
+    assert_eq!(
+        refunded.balances[0].available,
+        (101 * UNIT).to_string(),
+        "the whole hold back and the slash"
+    );
+
+    // Governance on the chain: a proposal by bonded stake takes effect at its height.
+    let tip = validators[0].height().await.unwrap();
+    let proposal = provider
+        .propose(
+            vec![("answer-seconds".into(), "45".into())],
+            tip + 15,
+            Amount::from_atto(UNIT),
+        )
+        .await
+        .unwrap();
+    let voted = validators[0]
+        .client(&provider_key)
+        .vote(proposal.id, true)
+        .await
+        .unwrap();
+    assert_eq!(voted.status, "voting", "{voted:?}");
+    let answer_seconds = |params: &gpubridge::wire::proto::ParamsReply| {
+        params
+            .params
+            .iter()
+            .find(|p| p.name == "answer-seconds")
+            .map(|p| p.value.clone())
+    };
+    let observer = validators[2].client(&generate_key());
+    assert_eq!(
+        answer_seconds(&observer.params().await.unwrap()).as_deref(),
+        Some("30"),
+        "not before its height"
+    );
+    eventually("the proposal applied", 60 * SECOND, || async {
+        let params = observer.params().await.map_err(|e| e.to_string())?;
+        let status = params.proposals.iter().find(|p| p.id == proposal.id);
+        match (answer_seconds(&params).as_deref(), status) {
+            (Some("45"), Some(p)) if p.status == "applied" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(validators[2].height().await.unwrap() >= tip + 15);
 
     // Refusals come back as the embedded node gives them: the state's, and the mempool's.
     let malformed = OrderBody {
