@@ -4,7 +4,8 @@
 //! `state` is the network's rules as one deterministic state machine over signed transactions,
 //! pure, with `matching`, `ledger` and `transitions` (an order and its lease) beneath it; `store`
 //! is its embedded driver, which orders transactions itself and persists each block in an
-//! embedded database; `service` is the gRPC surface.
+//! embedded database; `chain` its consensus driver, an ABCI application beside each validator's
+//! CometBFT node, persisting through the same store; `service` is the gRPC surface of both.
 
 pub mod chain;
 pub mod ledger;
@@ -179,7 +180,7 @@ pub async fn run(args: NetworkArgs) -> Result<(), NetworkError> {
     );
     let (gateway, consensus) = match args.cometbft {
         Some(abci) => {
-            let (gateway, abci) = validator(&args, abci, store)?;
+            let (gateway, abci) = validator(&args, abci, store);
             (gateway, Some(abci))
         }
         None => (embedded(&params, store)?, None),
@@ -256,13 +257,10 @@ fn validator(
     args: &NetworkArgs,
     abci: SocketAddr,
     store: Arc<Store>,
-) -> Result<
-    (
-        service::GatewayService,
-        tokio::task::JoinHandle<Result<(), NetworkError>>,
-    ),
-    NetworkError,
-> {
+) -> (
+    service::GatewayService,
+    tokio::task::JoinHandle<Result<(), NetworkError>>,
+) {
     let app = chain::abci::AbciApp::new(Arc::new(chain::app::Chain::new(store.clone())));
     let mut committed = app.subscribe();
     let broadcaster = Arc::new(chain::broadcast::Broadcaster::new(
@@ -285,7 +283,7 @@ fn validator(
         }
     });
     let serving = tokio::task::spawn_blocking(move || app.serve(abci).map_err(NetworkError::from));
-    Ok((gateway, serving))
+    (gateway, serving)
 }
 
 /// How long a validator's gateway waits for a transaction's block before answering that it
