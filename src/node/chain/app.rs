@@ -94,8 +94,8 @@ impl Chain {
     /// CheckTx, before a transaction enters the mempool: it decodes, its request is signed by
     /// its signer over the received bytes and fresh at `now` (the node's clock: the mempool is
     /// not consensus), and its nonce was not used in a block applied before (CometBFT rechecks
-    /// the mempool after each Commit, so a replay waiting there is dropped too). What the state says of
-    /// it otherwise is decided in its block.
+    /// the mempool after each Commit, so a replay waiting there is dropped too). What the state
+    /// says of it otherwise is decided in its block.
     pub fn check_tx(&self, bytes: &[u8], now: i64) -> TxResult {
         let checked = codec::decode_tx(bytes)
             .and_then(|tx| codec::verify_envelope(&tx, now))
