@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use gpubridge::identity::generate_key;
 use gpubridge::node::chain::codec::{TxResult, encode_tx, outcome_of};
+use gpubridge::node::chain::proof;
 use gpubridge::node::state::{Outcome, Params, Tx};
 use gpubridge::node::store::Store;
 use gpubridge::wire::client::{NetworkClient, Target, channel};
@@ -131,18 +132,34 @@ impl Validator {
         .map_err(|e| e.to_string())
     }
 
+    /// The results block `height` recorded, as CometBFT serves them.
+    async fn block_results(&self, height: u64) -> Result<Vec<TxResult>, String> {
+        let results = self.rpc(&format!("block_results?height={height}")).await?;
+        Ok(results["txs_results"]
+            .as_array()
+            .map(|all| all.iter().map(parse_result).collect())
+            .unwrap_or_default())
+    }
+
+    /// The `LastResultsHash` the header of block `height` carries.
+    async fn header_results_hash(&self, height: u64) -> Result<Vec<u8>, String> {
+        let block = self.rpc(&format!("block?height={height}")).await?;
+        hex::decode(
+            block["block"]["header"]["last_results_hash"]
+                .as_str()
+                .ok_or("no last_results_hash")?,
+        )
+        .map_err(|e| e.to_string())
+    }
+
     /// Broadcasts `tx` and waits for its block: the check's and the block's results.
     async fn commit(&self, tx: &Tx) -> Result<(TxResult, TxResult), String> {
         let hex = hex::encode(encode_tx(tx));
         let result = self.rpc(&format!("broadcast_tx_commit?tx=0x{hex}")).await?;
-        let parse = |r: &Value| TxResult {
-            code: r["code"].as_u64().unwrap_or(0) as u32,
-            data: base64::engine::general_purpose::STANDARD
-                .decode(r["data"].as_str().unwrap_or(""))
-                .unwrap_or_default(),
-            log: r["log"].as_str().unwrap_or("").to_string(),
-        };
-        Ok((parse(&result["check_tx"]), parse(&result["tx_result"])))
+        Ok((
+            parse_result(&result["check_tx"]),
+            parse_result(&result["tx_result"]),
+        ))
     }
 
     fn log_tail(&self) -> String {
@@ -165,6 +182,16 @@ impl Validator {
 impl Drop for Validator {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+fn parse_result(r: &Value) -> TxResult {
+    TxResult {
+        code: r["code"].as_u64().unwrap_or(0) as u32,
+        data: base64::engine::general_purpose::STANDARD
+            .decode(r["data"].as_str().unwrap_or(""))
+            .unwrap_or_default(),
+        log: r["log"].as_str().unwrap_or("").to_string(),
     }
 }
 
@@ -341,6 +368,22 @@ async fn four_validators_agree_survive_one_down_halt_at_two_and_catch_up() {
         "{}",
         check.log
     );
+    // What a client can check a result against: every block's results hash, as computed here,
+    // is the LastResultsHash of the next header the validators signed; and each result proves.
+    let tip = validators[0].height().await.unwrap();
+    past(&validators[0], tip, 10 * SECOND).await;
+    let mut proven = 0;
+    for height in 1..=tip {
+        let results = validators[0].block_results(height).await.unwrap();
+        let committed = validators[0].header_results_hash(height + 1).await.unwrap();
+        let root = proof::results_hash(&results);
+        assert_eq!(hex::encode(root), hex::encode(&committed), "block {height}");
+        for (i, result) in results.iter().enumerate() {
+            proof::verify(&root, result, &proof::prove(&results, i).unwrap()).unwrap();
+            proven += 1;
+        }
+    }
+    assert!(proven >= buyers.len(), "{proven} results proven");
     applications_agree_with_the_chain(&validators).await;
 
     // One of four down: the other three hold more than 2/3 of the power and go on.
