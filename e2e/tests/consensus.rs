@@ -121,15 +121,14 @@ impl Validator {
         Ok((height, hash))
     }
 
-    /// The app hash the header of block `height` carries: the state after `height - 1`.
-    async fn header_app_hash(&self, height: u64) -> Result<Vec<u8>, String> {
+    /// A hash the header of block `height` carries: `app_hash` (the state after `height - 1`)
+    /// or `last_results_hash` (the results of `height - 1`).
+    async fn header_hash(&self, height: u64, field: &str) -> Result<Vec<u8>, String> {
         let block = self.rpc(&format!("block?height={height}")).await?;
-        hex::decode(
-            block["block"]["header"]["app_hash"]
-                .as_str()
-                .ok_or("no app_hash")?,
-        )
-        .map_err(|e| e.to_string())
+        let hash = block["block"]["header"][field]
+            .as_str()
+            .ok_or_else(|| format!("no {field}"))?;
+        hex::decode(hash).map_err(|e| e.to_string())
     }
 
     /// The results block `height` recorded, as CometBFT serves them.
@@ -139,17 +138,6 @@ impl Validator {
             .as_array()
             .map(|all| all.iter().map(parse_result).collect())
             .unwrap_or_default())
-    }
-
-    /// The `LastResultsHash` the header of block `height` carries.
-    async fn header_results_hash(&self, height: u64) -> Result<Vec<u8>, String> {
-        let block = self.rpc(&format!("block?height={height}")).await?;
-        hex::decode(
-            block["block"]["header"]["last_results_hash"]
-                .as_str()
-                .ok_or("no last_results_hash")?,
-        )
-        .map_err(|e| e.to_string())
     }
 
     /// Broadcasts `tx` and waits for its block: the check's and the block's results.
@@ -319,7 +307,7 @@ async fn applications_agree_with_the_chain(validators: &[Validator]) {
     for v in validators.iter().filter(|v| v.processes.is_some()) {
         let (height, hash) = v.app_head().await.unwrap();
         past(v, height, 10 * SECOND).await;
-        let committed = v.header_app_hash(height + 1).await.unwrap();
+        let committed = v.header_hash(height + 1, "app_hash").await.unwrap();
         assert_eq!(
             hex::encode(&hash),
             hex::encode(&committed),
@@ -375,7 +363,10 @@ async fn four_validators_agree_survive_one_down_halt_at_two_and_catch_up() {
     let mut proven = 0;
     for height in 1..=tip {
         let results = validators[0].block_results(height).await.unwrap();
-        let committed = validators[0].header_results_hash(height + 1).await.unwrap();
+        let committed = validators[0]
+            .header_hash(height + 1, "last_results_hash")
+            .await
+            .unwrap();
         let root = proof::results_hash(&results);
         assert_eq!(hex::encode(root), hex::encode(&committed), "block {height}");
         for (i, result) in results.iter().enumerate() {
