@@ -14,6 +14,7 @@ pub mod admission;
 pub mod attestation;
 pub mod capacity;
 pub mod cli;
+pub mod commitment;
 pub mod crd;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod decoders;

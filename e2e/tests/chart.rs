@@ -74,6 +74,23 @@ async fn the_chart_lints_renders_the_committed_install_manifest_and_refuses_bad_
             .contains("kind: ServiceMonitor")
     );
     assert!(!kinds(&["--set", "replicas=1"]).contains("kind: PodDisruptionBudget"));
+    // A network of validators: every gateway, and the genesis that pins them, mounted read-only.
+    let validators = kinds(&[
+        "--set",
+        "network.url=https://v0:7300\\,https://v1:7300",
+        "--set",
+        "networkPolicy.network.cidrs={10.0.0.0/24}",
+        "--set",
+        "network.genesisConfigMap=network-genesis",
+    ]);
+    for expected in [
+        "- --network-url=https://v0:7300,https://v1:7300",
+        "- --network-genesis=/etc/gpubridge/network-genesis/genesis.json",
+        "name: network-genesis\n          mountPath: /etc/gpubridge/network-genesis\n          readOnly: true",
+        "configMap:\n          name: network-genesis",
+    ] {
+        assert!(validators.contains(expected), "{expected}: {validators}");
+    }
 
     // The operator's NetworkPolicy names every destination it lets the operator reach: the API
     // server as the cluster's EndpointSlice gives it (looked up by an install), the network's
@@ -138,6 +155,17 @@ async fn the_chart_lints_renders_the_committed_install_manifest_and_refuses_bad_
                 "network.url=https://n:7300",
             ],
             "networkPolicy.network.cidrs: give the addresses of network.url's gateways",
+        ),
+        (
+            vec![
+                "--set",
+                "networkPolicy.apiServer.cidrs={10.96.0.1/32}",
+                "--set",
+                "network.key=4vJ9JU1bJJE96FWSJKvHsmmFADCg4gpZQff4P3bkLKi",
+                "--set",
+                "network.genesisConfigMap=network-genesis",
+            ],
+            "network.key and network.genesisConfigMap: set one",
         ),
     ] {
         let mut args = vec!["template", "gpubridge", "charts/gpubridge"];

@@ -9,24 +9,34 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use gpubridge::commitment::results as proof;
+use gpubridge::commitment::{LeaseProofError, PinnedNetwork, TxResult, verify_committed_lease};
+use gpubridge::crd::{ComputeLease, LeasePhase};
 use gpubridge::identity::generate_key;
-use gpubridge::node::chain::codec::{TxResult, encode_tx, outcome_of};
-use gpubridge::node::chain::proof;
+use gpubridge::node::chain::codec::{encode_tx, outcome_of};
 use gpubridge::node::state::{Outcome, Params, Tx};
 use gpubridge::node::store::Store;
+use gpubridge::sidecar::receipt_log::ReceiptLog;
 use gpubridge::wire::client::{NetworkClient, Target, channel};
 use gpubridge::wire::envelope::{open_from, seal, verifying_key};
 use gpubridge::wire::proto::{
     DepositBody, LeaseBody, OfferBody, OrderBody, OrderState, RegisterBody, Workload, lease_event,
 };
+use kube::Api;
+use kube::api::DeleteParams;
 use serde_json::Value;
 
 use gpubridge::wire::amount::Amount;
 
-use crate::support::{bin_dir, eventually, free_port, http_get, now_unix, percentile};
+use crate::network::{UNIT, order as model_order, order_reaches, settled_exactly, wait_published};
+use crate::sidecars::Sidecars;
+use crate::support::{
+    NetworkNode, Operator, apply_yaml, bin_dir, cluster, eventually, free_port, http_get, now_unix,
+    percentile,
+};
+use crate::{delete_lease, install_crds, wait_phase, workstation_offer};
 
 const SECOND: Duration = Duration::from_secs(1);
-const UNIT: u128 = 1_000_000_000_000_000_000;
 
 /// One validator: its CometBFT node and its application, supervised together (if the
 /// application dies its node exits, so both are killed and started as one).
@@ -87,10 +97,15 @@ impl Validator {
         }
     }
 
+    /// Where its gateway listens.
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.gateway)
+    }
+
     /// A client of this validator's gateway, signing with `key`.
     fn client(&self, key: &ed25519_dalek::SigningKey) -> NetworkClient {
         let target = Target {
-            url: format!("http://127.0.0.1:{}", self.gateway),
+            url: self.url(),
             ca_file: None,
         };
         NetworkClient::new(channel(&target).unwrap(), key.clone())
@@ -467,21 +482,55 @@ async fn a_market_through_four_gateways_each_answering_from_committed_blocks() {
     let placed = buyer.submit(one_gpu()).await.unwrap();
     assert_eq!(placed.state, OrderState::Matched as i32, "{placed:?}");
     // The lease comes on the provider's stream from the committed block, signed by the key
-    // its gateway registered it with.
-    let event = tokio::time::timeout(10 * SECOND, stream.message())
-        .await
-        .expect("the lease within 10 s")
-        .unwrap()
-        .expect("the stream stays open");
-    let Some(lease_event::Event::Lease(signed)) = event.event else {
-        panic!("{event:?}")
+    // its gateway registered it with, and proven by the next header: the four validators'
+    // signatures checked against the genesis, as a provider pins it.
+    let genesis = std::fs::read(validators[0].home.join("config/genesis.json")).unwrap();
+    let pinned = PinnedNetwork::from_genesis(&genesis).unwrap();
+    let mut next_lease = async || {
+        let event = tokio::time::timeout(10 * SECOND, stream.message())
+            .await
+            .expect("a lease within 10 s")
+            .unwrap()
+            .expect("the stream stays open");
+        let Some(lease_event::Event::Lease(signed)) = event.event else {
+            panic!("{event:?}")
+        };
+        let height = verify_committed_lease(&pinned, &signed.body, event.proof.as_ref())
+            .unwrap_or_else(|e| panic!("the lease's proof: {e}"));
+        (signed, event.proof.unwrap(), height)
     };
+    let (signed, proof, ordered_at) = next_lease().await;
     let lease: LeaseBody = open_from(
         &signed,
         &verifying_key("network_key", &gateway_key).unwrap(),
     )
     .unwrap();
     assert_eq!(lease.lease_id, placed.lease_id);
+    // The provider's heartbeat lists the lease still waiting for its answer: sent again,
+    // proven by the heartbeat's own block.
+    validators[0]
+        .client(&provider_key)
+        .heartbeat()
+        .await
+        .unwrap();
+    let (again, _, beat_at) = next_lease().await;
+    assert_eq!(again.body, signed.body);
+    assert!(beat_at > ordered_at, "{beat_at} after {ordered_at}");
+    // What a gateway cannot do: relay a lease changed or without its proof.
+    let mut cheaper = lease.clone();
+    cheaper.price_per_gpu_hour = "1".into();
+    assert_eq!(
+        verify_committed_lease(
+            &pinned,
+            &prost::Message::encode_to_vec(&cheaper),
+            Some(&proof)
+        ),
+        Err(LeaseProofError::NotInOutcome)
+    );
+    assert_eq!(
+        verify_committed_lease(&pinned, &signed.body, None),
+        Err(LeaseProofError::Missing)
+    );
     validators[2]
         .client(&provider_key)
         .decide(&lease.lease_id, true, "")
@@ -604,6 +653,181 @@ async fn a_market_through_four_gateways_each_answering_from_committed_blocks() {
         .unwrap_err();
     assert_eq!(error.code(), tonic::Code::PermissionDenied, "{error}");
     applications_agree_with_the_chain(&validators).await;
+}
+
+/// Every network session the operator lost so far, whatever the reason.
+async fn sessions_lost(operator: &Operator) -> f64 {
+    let (_, body) = http_get(&format!("{}/metrics", operator.http))
+        .await
+        .unwrap_or_default();
+    body.lines()
+        .filter(|l| l.starts_with("gpubridge_network_session_failures_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn an_operator_on_four_validators_refuses_a_forged_lease_fails_over_and_settles_exactly() {
+    let Some(c) = cluster("validators-lease").await else {
+        return;
+    };
+    install_crds(&c.client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut validators = testnet(dir.path(), 4, &[]);
+    for v in &mut validators {
+        v.start();
+    }
+    past(&validators[0], 1, 60 * SECOND).await;
+    let genesis = validators[0].home.join("config/genesis.json");
+    let gateways: Vec<String> = validators.iter().map(Validator::url).collect();
+    let flags = |urls: &[String]| -> Vec<String> {
+        vec![
+            "--network-url".into(),
+            urls.join(","),
+            "--network-genesis".into(),
+            genesis.display().to_string(),
+            "--provider-name".into(),
+            "e2e".into(),
+        ]
+    };
+
+    // A rogue gateway first in the list: a network of its own that invents a lease.
+    let rogue = NetworkNode::start("validators-rogue");
+    let listed: Vec<String> = std::iter::once(rogue.url.clone())
+        .chain(gateways.iter().cloned())
+        .collect();
+    let operator = Operator::start_with(&c, "validators-lease", &flags(&listed));
+    apply_yaml(&c.client, &workstation_offer()).await;
+    operator.wait_ready().await;
+    let fooled = rogue.client(generate_key()).await;
+    wait_published(&fooled, "rtx-workstation", 2).await;
+    fooled
+        .deposit(Amount::from_atto(10 * UNIT), "USDC")
+        .await
+        .unwrap();
+    let invented = fooled
+        .submit(model_order(
+            1,
+            "NVIDIA-GeForce-RTX-4090",
+            60,
+            12 * UNIT / 10,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(invented.state, OrderState::Matched as i32, "{invented:?}");
+    operator
+        .wait_metric_at_least(
+            r#"gpubridge_intake_leases_total{decision="rejected",reason="uncommitted"}"#,
+            1,
+            30 * SECOND,
+        )
+        .await;
+    operator
+        .wait_metric_at_least(
+            r#"gpubridge_network_session_failures_total{reason="uncommitted_lease"}"#,
+            1,
+            10 * SECOND,
+        )
+        .await;
+    // On to validator 0: the offer in the validators' book; nothing made of the forgery.
+    let buyer_key = generate_key();
+    let buyer = validators[3].client(&buyer_key);
+    wait_published(&buyer, "rtx-workstation", 2).await;
+    let leases: Api<ComputeLease> = Api::all(c.client.clone());
+    assert!(leases.get_opt(&invented.lease_id).await.unwrap().is_none());
+    // The platform team drops the rogue gateway from the list.
+    operator.kill();
+    let operator = Operator::start_with(&c, "validators-lease", &flags(&gateways));
+    operator.wait_ready().await;
+
+    // A buyer's lease through validator 3, taken by the operator through validator 0.
+    buyer
+        .deposit(Amount::from_atto(10 * UNIT), "USDC")
+        .await
+        .unwrap();
+    let placed = buyer
+        .submit(model_order(
+            1,
+            "NVIDIA-GeForce-RTX-4090",
+            90,
+            12 * UNIT / 10,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(placed.state, OrderState::Matched as i32, "{placed:?}");
+    let lease_id = placed.lease_id.clone();
+    wait_phase(&c.client, &lease_id, LeasePhase::Running, 60 * SECOND).await;
+    let mut sidecars = Sidecars::start(&c.client, &lease_id, 1).await;
+    let accepted = async || {
+        leases
+            .get(&lease_id)
+            .await
+            .ok()
+            .and_then(|l| l.status?.usage)
+            .map_or(0, |u| u.receipts_accepted)
+    };
+    let at_least = async |n: u64, what: &str| {
+        eventually(what, 60 * SECOND, || async {
+            let now = accepted().await;
+            if now >= n {
+                Ok(now)
+            } else {
+                Err(format!("{now} accepted"))
+            }
+        })
+        .await
+    };
+    let before = at_least(2, "receipts settled through validator 0").await;
+
+    // kill -9 of the operator's validator: it moves to the next; receipts go on.
+    let lost = sessions_lost(&operator).await;
+    validators[0].kill();
+    eventually("the session to fail over", 60 * SECOND, || async {
+        let now = sessions_lost(&operator).await;
+        if now > lost {
+            Ok(())
+        } else {
+            Err(format!("{now} sessions lost"))
+        }
+    })
+    .await;
+    operator
+        .wait_metric("gpubridge_network_session_up 1", 60 * SECOND)
+        .await;
+    let during = at_least(before + 3, "receipts settled with validator 0 down").await;
+
+    // A second down: the chain halts, nothing settles, nothing is lost; one back, it resumes.
+    validators[1].kill();
+    let halted = validators[2].height().await.unwrap();
+    tokio::time::sleep(5 * SECOND).await;
+    assert_eq!(validators[2].height().await.unwrap(), halted, "halted");
+    validators[0].start();
+    past(&validators[2], halted + 2, 60 * SECOND).await;
+    at_least(during + 3, "receipts settled after the halt").await;
+    validators[1].start();
+
+    wait_phase(&c.client, &lease_id, LeasePhase::Expired, 150 * SECOND).await;
+    sidecars.stop_meter();
+    let ended = order_reaches(&buyer, &placed.order_id, OrderState::Ended, 90 * SECOND).await;
+    let logged = ReceiptLog::read_all(&sidecars.receipts_dir()).unwrap();
+    let lease = eventually("the end report recorded", 60 * SECOND, || async {
+        let lease = leases.get(&lease_id).await.map_err(|e| e.to_string())?;
+        match lease.status.as_ref().and_then(|s| s.reported_at.as_ref()) {
+            Some(_) => Ok(lease),
+            None => Err("status.reportedAt unset".to_string()),
+        }
+    })
+    .await;
+    settled_exactly(&lease, &ended, &logged, 9 * UNIT / 10);
+    // The restarted validators caught up: every application holds what the chain commits to.
+    past(&validators[1], halted + 2, 60 * SECOND).await;
+    applications_agree_with_the_chain(&validators).await;
+
+    delete_lease(&c.client, &lease_id).await;
+    Api::<gpubridge::crd::GpuOffer>::all(c.client.clone())
+        .delete("rtx-workstation", &DeleteParams::default())
+        .await
+        .unwrap();
 }
 
 /// A provider with one offer of 8 blocks of 1024 H100s, and the transactions that make it.

@@ -27,7 +27,7 @@ use crate::{
 
 pub(crate) const UNIT: u128 = 1_000_000_000_000_000_000;
 
-fn order(gpus: u32, model: &str, seconds: u64, max_price: u128) -> OrderBody {
+pub(crate) fn order(gpus: u32, model: &str, seconds: u64, max_price: u128) -> OrderBody {
     OrderBody {
         header: None,
         resource_name: String::new(),

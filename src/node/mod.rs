@@ -240,7 +240,7 @@ fn embedded(params: &Params, store: Arc<Store>) -> Result<service::GatewayServic
                         info!(?lapsed, "leases lapsed");
                     }
                     for (provider, lease) in matched {
-                        sweeper.deliver(&provider, lease);
+                        sweeper.deliver(&provider, lease, None);
                     }
                 }
                 Ok(Err(e)) => error!(error = %e, "sweep failed"),

@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use crate::commitment::results;
 use crate::node::chain::app::Finalized;
 use crate::node::chain::broadcast::Broadcaster;
 use crate::node::state::{Outcome, Tx};
@@ -20,9 +21,9 @@ use crate::wire::PROTOCOL;
 use crate::wire::proto::gateway_server::Gateway;
 use crate::wire::proto::{
     Ack, BalanceReply, ChallengeReply, EvidenceReply, HeartbeatReply, InfoReply, InfoRequest,
-    LeaseEndReply, LeaseEvent, ListOffersReply, ListOffersRequest, ListOrdersReply, OrderView,
-    ParamsReply, ParamsRequest, ProposalView, PublishOfferReply, ReceiptsReply, RegisterReply,
-    Signed, StakeReply, lease_event,
+    LeaseBody, LeaseEndReply, LeaseEvent, LeaseProof, ListOffersReply, ListOffersRequest,
+    ListOrdersReply, OrderView, ParamsReply, ParamsRequest, ProposalView, PublishOfferReply,
+    ReceiptsReply, RegisterReply, Signed, StakeReply, lease_event,
 };
 
 type LeaseSender = mpsc::Sender<Result<LeaseEvent, Status>>;
@@ -56,9 +57,27 @@ fn now() -> i64 {
     jiff::Timestamp::now().as_second()
 }
 
-fn lease_event(signed: Signed) -> LeaseEvent {
+fn lease_event(signed: Signed, proof: Option<LeaseProof>) -> LeaseEvent {
     LeaseEvent {
         event: Some(lease_event::Event::Lease(signed)),
+        proof,
+    }
+}
+
+/// The leases an outcome sends to providers, with their providers' keys: an order's match, and
+/// the leases waiting for a provider whose stream opened or whose heartbeat arrived.
+fn leases_of(outcome: &Outcome) -> Vec<(&str, &LeaseBody)> {
+    match outcome {
+        Outcome::Ordered(placed) => placed
+            .lease
+            .iter()
+            .map(|(provider, lease)| (provider.as_str(), lease))
+            .collect(),
+        Outcome::Waiting(provider, waiting) => waiting
+            .iter()
+            .map(|lease| (provider.as_str(), lease))
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -85,7 +104,10 @@ impl GatewayService {
     async fn submit(&self, call: &'static str, tx: Tx) -> Result<Outcome, Status> {
         let Some(broadcaster) = &self.validator else {
             let outcome = self.blocking(call, move |s, now| s.apply(&tx, now)).await?;
-            self.deliver_outcome(&outcome);
+            // The embedded network's key signs what it decided alone: no proof to add.
+            for (provider, lease) in leases_of(&outcome) {
+                self.deliver(provider, self.store.sign_lease(lease), None);
+            }
             return Ok(outcome);
         };
         let outcome = broadcaster.submit(&tx).await;
@@ -95,25 +117,63 @@ impl GatewayService {
         outcome
     }
 
-    /// A block committed on a validator: its clients are answered, its leases delivered.
+    /// A block committed on a validator: its clients are answered, and its leases are
+    /// delivered with the proof that the validators committed them (DESIGN §4 step 2) once the
+    /// next block's header is signed. Leases the upkeep matched for standing orders are in no
+    /// transaction's result: they reach the provider with its next heartbeat's, which lists them.
     pub fn committed(&self, block: &Finalized) {
-        if let Some(broadcaster) = &self.validator {
-            broadcaster.committed(block);
+        let Some(broadcaster) = &self.validator else {
+            return;
+        };
+        broadcaster.committed(block);
+        let mut proven = Vec::new();
+        for (index, outcome) in &block.applied {
+            let leases = leases_of(outcome);
+            if leases.is_empty() {
+                continue;
+            }
+            let Some(place) = results::prove(&block.results, *index) else {
+                warn!(
+                    index,
+                    "no result for an applied transaction; its leases wait"
+                );
+                continue;
+            };
+            let proof = LeaseProof {
+                height: block.height as i64,
+                outcome: block.results[*index].data.clone(),
+                index: place.index,
+                total: place.total,
+                aunts: place.aunts.iter().map(|a| a.to_vec()).collect(),
+                signed_header: Vec::new(),
+            };
+            for (provider, lease) in leases {
+                proven.push((
+                    provider.to_string(),
+                    self.store.sign_lease(lease),
+                    proof.clone(),
+                ));
+            }
         }
-        for (_, outcome) in &block.applied {
-            self.deliver_outcome(outcome);
+        if proven.is_empty() {
+            return;
         }
-        for (provider, lease) in &block.matched {
-            self.deliver(provider, self.store.sign_lease(lease));
-        }
-    }
-
-    fn deliver_outcome(&self, outcome: &Outcome) {
-        if let Outcome::Ordered(placed) = outcome
-            && let Some((provider, lease)) = &placed.lease
-        {
-            self.deliver(provider, self.store.sign_lease(lease));
-        }
+        let (gateway, broadcaster, next) = (self.clone(), broadcaster.clone(), block.height + 1);
+        tokio::spawn(async move {
+            match broadcaster.signed_header(next).await {
+                Ok(header) => {
+                    for (provider, lease, mut proof) in proven {
+                        proof.signed_header = header.clone();
+                        gateway.deliver(&provider, lease, Some(proof));
+                    }
+                }
+                Err(status) => warn!(
+                    height = next,
+                    error = %status.message(),
+                    "no signed header to prove leases by; they are resent with the provider's next heartbeat"
+                ),
+            }
+        });
     }
 
     async fn blocking<T: Send + 'static>(
@@ -133,7 +193,7 @@ impl GatewayService {
 
     /// Sends a lease to its provider's stream when one is open; otherwise it waits there for
     /// the provider's next stream.
-    pub fn deliver(&self, provider: &str, lease: Signed) {
+    pub fn deliver(&self, provider: &str, lease: Signed, proof: Option<LeaseProof>) {
         let sender = self
             .streams
             .lock()
@@ -141,7 +201,7 @@ impl GatewayService {
             .get(provider)
             .cloned();
         if let Some(sender) = sender
-            && sender.try_send(Ok(lease_event(lease))).is_err()
+            && sender.try_send(Ok(lease_event(lease, proof))).is_err()
         {
             warn!(%provider, "lease stream full or closed; the lease is resent on its next stream");
         }
@@ -262,7 +322,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<Signed>,
     ) -> Result<Response<HeartbeatReply>, Status> {
-        transact!(self, request, Heartbeat, Outcome::Done => ());
+        transact!(self, request, Heartbeat, Outcome::Waiting(..) => ());
         Ok(Response::new(HeartbeatReply { server_time: now() }))
     }
 
@@ -285,28 +345,22 @@ impl Gateway for GatewayService {
             .lock()
             .expect("streams lock")
             .insert(provider.clone(), tx.clone());
-        let opened = match self.submit("Leases", Tx::OpenLeaseStream(signed)).await {
-            Ok(Outcome::StreamOpened(_, waiting)) => Ok(waiting),
-            Ok(other) => Err(Status::internal(format!(
-                "Leases was answered with {other:?}"
-            ))),
-            Err(status) => Err(status),
-        };
-        let waiting = match opened {
-            Ok(waiting) => waiting,
-            Err(status) => {
+        // The leases waiting for the provider are in the outcome, delivered like any other.
+        match self.submit("Leases", Tx::OpenLeaseStream(signed)).await {
+            Ok(Outcome::Waiting(_, waiting)) => {
+                info!(%provider, waiting = waiting.len(), "lease stream opened");
+            }
+            opened => {
                 let mut streams = self.streams.lock().expect("streams lock");
                 match previous {
                     Some(previous) => streams.insert(provider, previous),
                     None => streams.remove(&provider),
                 };
-                return Err(status);
+                return Err(match opened {
+                    Err(status) => status,
+                    Ok(other) => Status::internal(format!("Leases was answered with {other:?}")),
+                });
             }
-        };
-        info!(%provider, waiting = waiting.len(), "lease stream opened");
-        for lease in waiting {
-            let signed = self.store.sign_lease(&lease);
-            let _ = tx.send(Ok(lease_event(signed))).await;
         }
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -38,6 +38,7 @@ use kube::{Api, Client};
 use tracing::{error, info};
 
 use crate::capacity::Inventory;
+use crate::commitment::PinnedNetwork;
 use crate::crd::{ComputeLease, GpuOffer};
 use crate::identity::{
     generate_key, public_key_base58, public_key_from_base58, signing_key_from_bytes,
@@ -54,7 +55,7 @@ use crate::workload::CollectorEndpoint;
 use collector::CollectorService;
 use controller::{Context, Settings};
 use leader::ElectionSettings;
-use session::SessionSettings;
+use session::{NetworkTrust, SessionSettings};
 
 const PROVIDER_KEY_FIELD: &str = "provider.key";
 const PROVIDER_PUBLIC_KEY_FIELD: &str = "provider.pub";
@@ -112,13 +113,24 @@ pub struct OperatorArgs {
         default_value = "gpubridge-provider-key"
     )]
     pub provider_key_secret: String,
-    /// The network node's gateway, `http://host:port` or `https://host:port`. Without it the
-    /// operator computes and shows offers but publishes them nowhere.
-    #[arg(long, env = "GPUBRIDGE_NETWORK_URL")]
-    pub network_url: Option<String>,
-    /// The network's public key, base58. When set, a network presenting another key is refused.
-    #[arg(long, env = "GPUBRIDGE_NETWORK_KEY")]
+    /// The network's gateways, `http://host:port` or `https://host:port`, comma-separated:
+    /// every validator serves one, and the session moves to the next when one fails. Without
+    /// any the operator computes and shows offers but publishes them nowhere.
+    #[arg(long, env = "GPUBRIDGE_NETWORK_URL", value_delimiter = ',')]
+    pub network_url: Vec<String>,
+    /// The embedded network's public key, base58. When set, a network presenting another key
+    /// is refused.
+    #[arg(
+        long,
+        env = "GPUBRIDGE_NETWORK_KEY",
+        conflicts_with = "network_genesis"
+    )]
     pub network_key: Option<String>,
+    /// The CometBFT genesis document of a network run by validators: its chain id and
+    /// validator set are pinned, and a lease is taken only with the proof that validators
+    /// holding more than 2/3 of that set's voting power committed it.
+    #[arg(long, env = "GPUBRIDGE_NETWORK_GENESIS")]
+    pub network_genesis: Option<std::path::PathBuf>,
     /// PEM CA bundle that signs the network's TLS certificate; the system roots when absent.
     #[arg(long, env = "GPUBRIDGE_NETWORK_CA_FILE")]
     pub network_ca_file: Option<std::path::PathBuf>,
@@ -176,6 +188,8 @@ pub enum OperatorError {
     NetworkUrl(#[source] client::ConnectError),
     #[error("--network-key: {0}")]
     NetworkKey(String),
+    #[error("--network-genesis {path}: {reason}")]
+    NetworkGenesis { path: String, reason: String },
     #[error("cannot serve the collector on {addr}: {source}")]
     Collector {
         addr: SocketAddr,
@@ -259,7 +273,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     let collector = {
         let network = match &session_settings {
             Some(settings) => Some(NetworkClient::new(
-                client::channel(&settings.target).map_err(OperatorError::NetworkUrl)?,
+                client::any_channel(&settings.targets).map_err(OperatorError::NetworkUrl)?,
                 provider_key.clone(),
             )),
             None => None,
@@ -395,21 +409,41 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
 }
 
 fn session_settings(args: &OperatorArgs) -> Result<Option<SessionSettings>, OperatorError> {
-    let Some(url) = &args.network_url else {
+    if args.network_url.is_empty() {
         return Ok(None);
+    }
+    let trust = match (&args.network_genesis, &args.network_key) {
+        (Some(path), _) => {
+            let fail = |reason: String| OperatorError::NetworkGenesis {
+                path: path.display().to_string(),
+                reason,
+            };
+            let json = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+            let pinned = PinnedNetwork::from_genesis(&json).map_err(|e| fail(e.to_string()))?;
+            let (validators, power) = pinned.size();
+            info!(
+                chain = pinned.chain_id(),
+                validators, power, "leases are taken only as committed by these validators"
+            );
+            NetworkTrust::Validators(Arc::new(pinned))
+        }
+        (None, key) => NetworkTrust::Key(
+            key.as_deref()
+                .map(public_key_from_base58)
+                .transpose()
+                .map_err(|e| OperatorError::NetworkKey(e.to_string()))?,
+        ),
     };
-    let pinned_key = args
-        .network_key
-        .as_deref()
-        .map(public_key_from_base58)
-        .transpose()
-        .map_err(|e| OperatorError::NetworkKey(e.to_string()))?;
     Ok(Some(SessionSettings {
-        target: Target {
-            url: url.clone(),
-            ca_file: args.network_ca_file.clone(),
-        },
-        pinned_key,
+        targets: args
+            .network_url
+            .iter()
+            .map(|url| Target {
+                url: url.clone(),
+                ca_file: args.network_ca_file.clone(),
+            })
+            .collect(),
+        trust,
         provider_name: args.provider_name.clone(),
         region: args.region.clone(),
     }))

@@ -38,6 +38,24 @@ pub struct Target {
 
 /// A lazily connected channel to `target`: calls fail (and the caller retries) until it is up.
 pub fn channel(target: &Target) -> Result<Channel, ConnectError> {
+    Ok(endpoint(target)?.connect_lazy())
+}
+
+/// One channel over several gateways of one network: each call goes to one that is up, so the
+/// calls go on while any answers.
+pub fn any_channel(targets: &[Target]) -> Result<Channel, ConnectError> {
+    match targets {
+        [one] => channel(one),
+        many => Ok(Channel::balance_list(
+            many.iter()
+                .map(endpoint)
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter(),
+        )),
+    }
+}
+
+fn endpoint(target: &Target) -> Result<Endpoint, ConnectError> {
     let fail = |reason: String| ConnectError::Endpoint {
         url: target.url.clone(),
         reason,
@@ -59,7 +77,7 @@ pub fn channel(target: &Target) -> Result<Channel, ConnectError> {
         }
         endpoint = endpoint.tls_config(tls).map_err(|e| fail(e.to_string()))?;
     }
-    Ok(endpoint.connect_lazy())
+    Ok(endpoint)
 }
 
 #[derive(Clone)]

@@ -17,7 +17,8 @@ use crate::node::store::{HubError, Store};
 use crate::wire::Rejection;
 use crate::wire::proto::LeaseBody;
 
-use super::codec::{self, TxResult};
+use super::codec;
+use crate::commitment::TxResult;
 
 /// The application's part of CometBFT's `genesis.json`: `app_state`.
 #[derive(Debug, Default, Deserialize, serde::Serialize)]
@@ -57,8 +58,11 @@ pub struct Finalized {
     pub tx_hashes: Vec<[u8; 32]>,
     /// The state's hash after the block: the app hash the next block's header commits to.
     pub app_hash: [u8; 32],
-    /// Each applied transaction with its outcome, for the gateway to answer and deliver from.
-    pub applied: Vec<(Tx, Outcome)>,
+    /// The block's height.
+    pub height: u64,
+    /// Each applied transaction's outcome with the index of its result, for the gateway to
+    /// deliver leases from and prove them by.
+    pub applied: Vec<(usize, Outcome)>,
     /// Leases the block's upkeep made for standing orders, with their providers' keys.
     pub matched: Vec<(String, LeaseBody)>,
 }
@@ -129,26 +133,27 @@ impl Chain {
             },
             &txs,
         )?;
-        let mut outcomes = txs.into_iter().zip(outcomes);
+        let mut outcomes = outcomes.into_iter();
         let mut results = Vec::with_capacity(block.txs.len());
         let mut applied = Vec::new();
         for d in decoded {
             match d {
                 Err(rejection) => results.push(codec::refused(&rejection)),
                 Ok(_) => {
-                    let (tx, outcome) = outcomes.next().ok_or_else(|| {
+                    let outcome = outcomes.next().ok_or_else(|| {
                         HubError::State(StateError::Inconsistent(
                             "fewer outcomes than transactions".into(),
                         ))
                     })?;
                     results.push(codec::result_of(&outcome));
                     if let Ok(outcome) = outcome {
-                        applied.push((tx, outcome));
+                        applied.push((results.len() - 1, outcome));
                     }
                 }
             }
         }
         Ok(Finalized {
+            height: block.height,
             results,
             tx_hashes: block
                 .txs
@@ -291,7 +296,8 @@ mod tests {
                     0
                 ]
             );
-            assert_eq!(done.applied.len(), 2);
+            let indices: Vec<usize> = done.applied.iter().map(|(i, _)| *i).collect();
+            assert_eq!(indices, [0, 3], "each outcome with its result's place");
             assert_ne!(done.app_hash, genesis);
             assert_eq!(
                 chain.info(),

@@ -14,13 +14,17 @@ use hyper::{Request, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use prost::Message;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tendermint::block::signed_header::SignedHeader;
+use tendermint_proto::v0_38::types::SignedHeader as RawSignedHeader;
 use tokio::sync::oneshot;
 use tonic::Status;
 
 use super::app::Finalized;
-use super::codec::{TxResult, encode_tx, outcome_of};
+use super::codec::{encode_tx, outcome_of};
+use crate::commitment::TxResult;
 use crate::node::state::{Outcome, Tx};
 
 pub struct Broadcaster {
@@ -90,12 +94,34 @@ impl Broadcaster {
     }
 
     async fn broadcast(&self, tx: &[u8]) -> Result<TxResult, Status> {
-        let call = json!({
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "broadcast_tx_sync",
-            "params": {"tx": STANDARD.encode(tx)},
-        });
+        let answer = self
+            .call("broadcast_tx_sync", json!({"tx": STANDARD.encode(tx)}))
+            .await?;
+        check_result(&answer)
+    }
+
+    /// The header of block `height` with the commit that signs it, as a protobuf SignedHeader:
+    /// what proves the results of block `height − 1`. Waits for the block up to the commit
+    /// timeout.
+    pub async fn signed_header(&self, height: u64) -> Result<Vec<u8>, Status> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let answer = self
+                .call("commit", json!({"height": height.to_string()}))
+                .await
+                .and_then(|body| signed_header_of(&body));
+            match answer {
+                Ok(header) => return Ok(header),
+                Err(status) if tokio::time::Instant::now() >= deadline => return Err(status),
+                // Most often the block is not committed yet.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// One JSON-RPC call to the node; the answer's bytes.
+    async fn call(&self, method: &str, params: Value) -> Result<Bytes, Status> {
+        let call = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
         let unreachable = |e: &dyn std::fmt::Display| {
             Status::unavailable(format!("the validator's CometBFT RPC at {}: {e}", self.rpc))
         };
@@ -108,13 +134,34 @@ impl Broadcaster {
             .request(request)
             .await
             .map_err(|e| unreachable(&e))?;
-        let body = response
+        Ok(response
             .into_body()
             .collect()
             .await
             .map_err(|e| unreachable(&e))?
-            .to_bytes();
-        check_result(&body)
+            .to_bytes())
+    }
+}
+
+/// CometBFT's answer to `commit` as a protobuf SignedHeader. Pure.
+pub fn signed_header_of(body: &[u8]) -> Result<Vec<u8>, Status> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        result: Option<CommitResult>,
+        error: Option<Value>,
+    }
+    #[derive(serde::Deserialize)]
+    struct CommitResult {
+        signed_header: SignedHeader,
+    }
+    let answer: Answer = serde_json::from_slice(body)
+        .map_err(|e| Status::unavailable(format!("CometBFT's commit is unreadable: {e}")))?;
+    match (answer.result, answer.error) {
+        (Some(result), _) => Ok(RawSignedHeader::from(result.signed_header).encode_to_vec()),
+        (None, error) => Err(Status::unavailable(format!(
+            "CometBFT has no commit: {}",
+            error.unwrap_or_default()
+        ))),
     }
 }
 
@@ -240,6 +287,7 @@ mod tests {
             log: "insufficient funds".into(),
         };
         broadcaster.committed(&Finalized {
+            height: 1,
             results: vec![TxResult::default(), refused],
             tx_hashes: vec![[0; 32], hash],
             app_hash: [0; 32],

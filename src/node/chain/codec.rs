@@ -6,27 +6,19 @@ use ed25519_dalek::VerifyingKey;
 use prost::Message;
 use tonic::Code;
 
+use crate::commitment::TxResult;
 use crate::node::state::{Outcome, Placed, StateError, Tx};
 use crate::wire::envelope::open;
 use crate::wire::proto::{
     Ack, BondBody, CancelBody, DepositBody, EvidenceSubmitBody, HeartbeatBody, LeaseDecisionBody,
     LeaseEndBody, LeaseStreamBody, OfferBody, OrderBody, ProposeBody, ReceiptsBody, RegisterBody,
-    StreamOpened, Transaction, TxOutcome, UnbondBody, VoteBody, WithdrawBody, transaction,
+    Transaction, TxOutcome, UnbondBody, VoteBody, WaitingLeases, WithdrawBody, transaction,
     tx_outcome,
 };
 use crate::wire::{MAX_MESSAGE_BYTES, Rejection};
 
 /// Largest transaction a block may carry: the largest request the gateway takes.
 pub const MAX_TX_BYTES: usize = MAX_MESSAGE_BYTES;
-
-/// What one transaction of a block did: `code` 0 and the encoded [`TxOutcome`] when applied;
-/// otherwise the gRPC status code of the refusal and its reason.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TxResult {
-    pub code: u32,
-    pub data: Vec<u8>,
-    pub log: String,
-}
 
 macro_rules! transactions {
     ($($variant:ident => $body:ty),* $(,)?) => {
@@ -134,9 +126,7 @@ fn encode_outcome(outcome: &Outcome) -> Vec<u8> {
     let kind = match outcome.clone() {
         Outcome::Done => Kind::Done(Ack {}),
         Outcome::Published(reply) => Kind::Published(reply),
-        Outcome::StreamOpened(provider, waiting) => {
-            Kind::StreamOpened(StreamOpened { provider, waiting })
-        }
+        Outcome::Waiting(provider, waiting) => Kind::Waiting(WaitingLeases { provider, waiting }),
         Outcome::Ended(reply) => Kind::Ended(reply),
         Outcome::Balance(reply) => Kind::Balance(reply),
         Outcome::Ordered(placed) => {
@@ -165,7 +155,7 @@ fn decode_outcome(bytes: &[u8]) -> Result<Outcome, String> {
     Ok(match kind {
         Kind::Done(Ack {}) => Outcome::Done,
         Kind::Published(reply) => Outcome::Published(reply),
-        Kind::StreamOpened(opened) => Outcome::StreamOpened(opened.provider, opened.waiting),
+        Kind::Waiting(w) => Outcome::Waiting(w.provider, w.waiting),
         Kind::Ended(reply) => Outcome::Ended(reply),
         Kind::Balance(reply) => Outcome::Balance(reply),
         Kind::Ordered(placed) => Outcome::Ordered(Box::new(Placed {
@@ -283,7 +273,7 @@ mod tests {
         };
         let outcomes = [
             Outcome::Done,
-            Outcome::StreamOpened("p".into(), vec![lease.clone()]),
+            Outcome::Waiting("p".into(), vec![lease.clone()]),
             Outcome::Ordered(Box::new(Placed {
                 order: order.clone(),
                 lease: Some(("p".into(), lease)),

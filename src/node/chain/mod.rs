@@ -4,11 +4,10 @@
 //!
 //! `codec` is the chain's encodings (pure); `app` what each consensus request does to the state
 //! and its store; `abci` the socket server CometBFT connects to; `broadcast` how a validator's
-//! gateway sends requests to its CometBFT node and answers them once committed; `proof` what a
-//! header commits to about the results of the block before it (pure).
+//! gateway sends requests to its CometBFT node and answers them once committed, and proves the
+//! leases it delivers (`crate::commitment`).
 
 pub mod abci;
 pub mod app;
 pub mod broadcast;
 pub mod codec;
-pub mod proof;

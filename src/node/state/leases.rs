@@ -77,24 +77,24 @@ impl State {
         })
     }
 
-    /// Opens a provider's lease stream: who it is, and every lease still waiting for its
-    /// answer.
-    pub(super) fn open_lease_stream(
-        &mut self,
-        signed: &Signed,
-        block: &Block,
-    ) -> Result<(String, Vec<LeaseBody>)> {
+    /// Opens a provider's lease stream; who it is.
+    pub(super) fn open_lease_stream(&mut self, signed: &Signed, block: &Block) -> Result<String> {
         let opened: Opened<LeaseStreamBody> = open(signed, block.time)?;
         let provider = public_key_base58(&opened.signer);
         self.consume_nonce(&opened)?;
         self.registered(&provider)?;
+        Ok(provider)
+    }
+
+    /// Every lease of `provider` still waiting for its answer.
+    pub(super) fn waiting_for(&self, provider: &str) -> Result<Vec<LeaseBody>> {
         let mut waiting = Vec::new();
         for lease in self.all::<LeaseRecord>(LEASES)? {
             if lease.provider == provider && transitions::awaits_answer(lease.state) {
                 waiting.push(LeaseBody::decode(lease.body.as_slice())?);
             }
         }
-        Ok((provider, waiting))
+        Ok(waiting)
     }
 
     pub(super) fn decide_lease(&mut self, signed: &Signed, block: &Block) -> Result<()> {

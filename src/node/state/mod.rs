@@ -144,8 +144,9 @@ pub struct Placed {
 pub enum Outcome {
     Done,
     Published(PublishOfferReply),
-    /// The provider whose stream opened, and its leases still waiting for an answer.
-    StreamOpened(String, Vec<LeaseBody>),
+    /// A provider's stream opened or its heartbeat arrived: who it is, and its leases still
+    /// waiting for an answer (what a validator's gateway can prove a lease by).
+    Waiting(String, Vec<LeaseBody>),
     Ended(LeaseEndReply),
     Balance(BalanceReply),
     Ordered(Box<Placed>),
@@ -233,10 +234,13 @@ impl State {
             Tx::Register(s) => self.register(s, block).map(|()| Outcome::Done)?,
             Tx::PublishOffer(s) => Outcome::Published(self.publish(s, block)?),
             Tx::WithdrawOffer(s) => self.withdraw(s, block).map(|()| Outcome::Done)?,
-            Tx::Heartbeat(s) => self.heartbeat(s, block).map(|()| Outcome::Done)?,
+            Tx::Heartbeat(s) => {
+                let provider = self.heartbeat(s, block)?;
+                Outcome::Waiting(provider.clone(), self.waiting_for(&provider)?)
+            }
             Tx::OpenLeaseStream(s) => {
-                let (provider, waiting) = self.open_lease_stream(s, block)?;
-                Outcome::StreamOpened(provider, waiting)
+                let provider = self.open_lease_stream(s, block)?;
+                Outcome::Waiting(provider.clone(), self.waiting_for(&provider)?)
             }
             Tx::DecideLease(s) => self.decide_lease(s, block).map(|()| Outcome::Done)?,
             Tx::ReportLeaseEnd(s) => Outcome::Ended(self.report_end(s, block)?),

@@ -118,13 +118,15 @@ impl State {
         }
     }
 
-    pub(super) fn heartbeat(&mut self, signed: &Signed, block: &Block) -> Result<()> {
+    /// A provider's heartbeat; who it is.
+    pub(super) fn heartbeat(&mut self, signed: &Signed, block: &Block) -> Result<String> {
         let opened: Opened<HeartbeatBody> = open(signed, block.time)?;
         let provider = public_key_base58(&opened.signer);
         self.consume_nonce(&opened)?;
         let mut record = self.registered(&provider)?;
         self.beat(&mut record, block.time)?;
-        self.put(PROVIDERS, &provider, &record)
+        self.put(PROVIDERS, &provider, &record)?;
+        Ok(provider)
     }
 
     /// A sign of life from `provider` at `now`: registering counts as one.

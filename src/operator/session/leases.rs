@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use super::{SessionError, now_unix, now_unix_ms};
 use crate::admission::check_terms;
 use crate::capacity::{OfferFacts, compute};
+use crate::commitment::{PinnedNetwork, verify_committed_lease};
 use crate::crd::{ComputeLease, GpuOffer, NODE_ANNOTATION};
 use crate::operator::controller::Context;
 use crate::operator::intake::{Refusal, check_resource, lease_spec, verify_lease};
@@ -23,11 +24,19 @@ use crate::operator::publication::advertised_blocks;
 use crate::wire::client::NetworkClient;
 use crate::wire::proto::{LeaseBody, Signed, lease_event};
 
+/// How a session checks the leases its gateway sends.
+pub(super) struct LeaseCheck<'a> {
+    /// The key of the gateway the session is connected to, which signs the leases it sends.
+    pub gateway: VerifyingKey,
+    /// On a network of validators, the validators whose commit every lease must prove.
+    pub validators: Option<&'a PinnedNetwork>,
+}
+
 pub(super) async fn take_leases(
     ctx: &Arc<Context>,
     client: &NetworkClient,
     mut stream: tonic::Streaming<crate::wire::proto::LeaseEvent>,
-    network_key: &VerifyingKey,
+    check: &LeaseCheck<'_>,
 ) -> Result<Infallible, SessionError> {
     while let Some(event) = stream.message().await? {
         let Some(lease_event::Event::Lease(signed)) = event.event else {
@@ -38,7 +47,21 @@ pub(super) async fn take_leases(
         let lease_id = LeaseBody::decode(signed.body.as_slice())
             .map(|l| l.lease_id)
             .unwrap_or_default();
-        let decision = intake(ctx, &signed, network_key).await;
+        if let Some(validators) = check.validators
+            && let Err(e) = verify_committed_lease(validators, &signed.body, event.proof.as_ref())
+        {
+            // Not known to be a lease at all: nothing is answered about it, and a gateway that
+            // sends such things is left for another.
+            ctx.metrics
+                .intake
+                .with_label_values(&["rejected", "uncommitted"])
+                .inc();
+            return Err(SessionError::Uncommitted {
+                lease: lease_id,
+                reason: e.to_string(),
+            });
+        }
+        let decision = intake(ctx, &signed, &check.gateway).await;
         let (accept, reason, kind) = match &decision {
             Ok(_) => (true, String::new(), "none"),
             Err(refusal) => (false, refusal.to_string(), refusal.kind()),

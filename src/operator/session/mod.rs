@@ -1,8 +1,9 @@
 //! The operator's outbound session with the network (DESIGN §3, §6), run by the leader only:
-//! connect (TLS optional, network key pinned), register, open the lease stream, heartbeat,
+//! connect to one of the network's gateways (TLS optional; the embedded network's key or a
+//! validator network's genesis pinned), register, open the lease stream, heartbeat,
 //! publish offers when they change and before they expire, withdraw paused or deleted ones,
 //! take leases through intake, and report the end of every lease. Any failure drops the session
-//! and reconnects with backoff and jitter; everything it does is level-based, so a reconnect
+//! and reconnects to the next gateway, with backoff and jitter once each was tried; everything it does is level-based, so a reconnect
 //! (or a new leader) picks up where the last one stopped.
 //!
 //! This file connects and runs the session; `leases` takes leases (intake's shell), `publish`
@@ -24,6 +25,7 @@ use rand_core::{OsRng, RngCore};
 use tonic::Status;
 use tracing::{info, warn};
 
+use crate::commitment::PinnedNetwork;
 use crate::crd::ComputeLease;
 use crate::identity::public_key_base58;
 use crate::operator::controller::Context;
@@ -36,11 +38,22 @@ pub const SESSION_FIELD_MANAGER: &str = "gpubridge-network-session";
 /// Settings of the session, from the operator's flags.
 #[derive(Clone, Debug)]
 pub struct SessionSettings {
-    pub target: Target,
-    /// The network's public key; the session refuses a network that presents another.
-    pub pinned_key: Option<VerifyingKey>,
+    /// The network's gateways, tried in turn.
+    pub targets: Vec<Target>,
+    pub trust: NetworkTrust,
     pub provider_name: String,
     pub region: String,
+}
+
+/// What makes a lease the network's.
+#[derive(Clone, Debug)]
+pub enum NetworkTrust {
+    /// The embedded network's key signs its leases; the session refuses a network presenting
+    /// another key than the pinned one.
+    Key(Option<VerifyingKey>),
+    /// A network of validators: a lease is taken only with the proof that the pinned
+    /// validators committed it (`commitment::verify_committed_lease`).
+    Validators(Arc<PinnedNetwork>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +68,11 @@ pub enum SessionError {
     BadNetworkKey(String),
     #[error("the lease stream ended")]
     StreamEnded,
+    #[error(
+        "the gateway sent lease {lease} without proof that the validators committed it \
+         ({reason}); trying another gateway"
+    )]
+    Uncommitted { lease: String, reason: String },
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
 }
@@ -68,6 +86,7 @@ impl SessionError {
             SessionError::WrongNetworkKey { .. } => "wrong_network_key",
             SessionError::BadNetworkKey(_) => "bad_network_key",
             SessionError::StreamEnded => "stream_ended",
+            SessionError::Uncommitted { .. } => "uncommitted_lease",
             SessionError::Kube(_) => "kube",
         }
     }
@@ -92,9 +111,11 @@ pub async fn run(
         _ = catch_up(&ctx) => {}
     }
     let mut failures: u32 = 0;
+    let mut next = 0;
     loop {
         let started = Instant::now();
-        let session = session(&ctx, &settings);
+        let target = &settings.targets[next % settings.targets.len()];
+        let session = session(&ctx, &settings, target);
         let result = tokio::select! {
             _ = shutdown.clone() => return,
             result = session => result,
@@ -105,13 +126,16 @@ pub async fn run(
             failures = 0;
         }
         failures = failures.saturating_add(1);
-        let delay = reconnect_delay(failures);
+        next += 1;
+        // Backing off grows with each round over all the gateways, not with each gateway.
+        let gateways = u32::try_from(settings.targets.len()).unwrap_or(u32::MAX);
+        let delay = reconnect_delay(failures.div_ceil(gateways));
         let Err(e) = result;
         ctx.metrics
             .network_session_failures
             .with_label_values(&[e.metric_label()])
             .inc();
-        warn!(error = %e, retry_in = ?delay, "network session lost");
+        warn!(error = %e, url = %target.url, retry_in = ?delay, "network session lost");
         tokio::select! {
             _ = shutdown.clone() => return,
             _ = tokio::time::sleep(delay) => {}
@@ -162,25 +186,35 @@ fn reconnect_delay(failures: u32) -> Duration {
 async fn session(
     ctx: &Arc<Context>,
     settings: &SessionSettings,
+    target: &Target,
 ) -> Result<Infallible, SessionError> {
-    let channel = client::channel(&settings.target)?;
+    let channel = client::channel(target)?;
     let client = NetworkClient::new(channel, ctx.provider_key.clone());
     let info = client.info().await?;
     let network_key = verifying_key("networkKey", &info.network_key)
         .map_err(|e| SessionError::BadNetworkKey(e.to_string()))?;
-    match &settings.pinned_key {
-        Some(pinned) if pinned != &network_key => {
+    let validators = match &settings.trust {
+        NetworkTrust::Key(Some(pinned)) if pinned != &network_key => {
             return Err(SessionError::WrongNetworkKey {
                 pinned: public_key_base58(pinned),
                 found: public_key_base58(&network_key),
             });
         }
-        Some(_) => {}
-        None => warn!(
-            network = %public_key_base58(&network_key),
-            "no --network-key: trusting the key this network presents; pin it in production"
-        ),
-    }
+        NetworkTrust::Key(Some(_)) => None,
+        NetworkTrust::Key(None) => {
+            warn!(
+                network = %public_key_base58(&network_key),
+                "no --network-key: trusting the key this network presents; pin it in production"
+            );
+            None
+        }
+        // Each validator's gateway signs with its own key; the proofs are what count.
+        NetworkTrust::Validators(pinned) => Some(pinned.as_ref()),
+    };
+    let check = leases::LeaseCheck {
+        gateway: network_key,
+        validators,
+    };
     let registered = client
         .register(&settings.provider_name, &settings.region)
         .await?;
@@ -188,13 +222,13 @@ async fn session(
     ctx.metrics.network_session_up.set(1);
     info!(
         network = %public_key_base58(&network_key),
-        url = %settings.target.url,
+        url = %target.url,
         "network session established"
     );
     let ttl = Duration::from_secs(u64::from(registered.offer_ttl_seconds.max(3)));
     let heartbeat = Duration::from_secs(u64::from(registered.heartbeat_timeout_seconds.max(3)) / 3);
     tokio::select! {
-        r = leases::take_leases(ctx, &client, stream, &network_key) => r,
+        r = leases::take_leases(ctx, &client, stream, &check) => r,
         r = keep_alive(&client, heartbeat) => r,
         r = publish::publish_offers(ctx, &client, settings, ttl) => r,
         r = ends::report_ends(ctx, &client) => r,

@@ -1,4 +1,4 @@
-//! What a block header commits to about its previous block's transaction results, pure: the
+//! What a block header commits to about its previous block's transaction results: the
 //! `LastResultsHash` CometBFT computes, and a Merkle proof that one result is among them. This is
 //! how a client checks a lease against a header the validators signed, rather than trust the
 //! gateway that sent it.
@@ -12,7 +12,14 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tendermint_proto::v0_38::abci::ExecTxResult;
 
-use super::codec::TxResult;
+/// What one transaction of a block did: `code` 0 and the encoded [`TxOutcome`](crate::wire::proto::TxOutcome) when applied;
+/// otherwise the gRPC status code of the refusal and its reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TxResult {
+    pub code: u32,
+    pub data: Vec<u8>,
+    pub log: String,
+}
 
 /// A result's place among its block's results, and the sibling hashes from its leaf up.
 #[derive(Clone, Debug, PartialEq, Eq)]
