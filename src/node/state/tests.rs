@@ -1290,3 +1290,50 @@ fn a_standing_order_waits_for_capacity_matches_when_it_comes_and_closes_at_its_d
     );
     m.state.audit().unwrap();
 }
+
+/// What a validator's gateway proves leases by: the answer to a provider's own stream opening or
+/// heartbeat lists exactly its leases still waiting for an answer, so a lease matched by the
+/// upkeep (in no transaction's result) reaches the provider proven with its next heartbeat.
+#[test]
+fn a_providers_stream_opening_and_heartbeat_list_the_leases_waiting_for_its_answer() {
+    let mut m = Market::opened(Params::default());
+    let waiting = |m: &mut Market, t: i64, open: bool| -> Vec<String> {
+        let tx = if open {
+            Tx::OpenLeaseStream(seal(
+                &key(1, 0),
+                crate::wire::proto::LeaseStreamBody { header: None },
+                t,
+            ))
+        } else {
+            Tx::Heartbeat(seal(&key(1, 0), HeartbeatBody { header: None }, t))
+        };
+        match m.apply(t, tx).unwrap() {
+            Outcome::Waiting(provider, leases) => {
+                assert_eq!(provider, m.provider());
+                leases.into_iter().map(|l| l.lease_id).collect()
+            }
+            other => panic!("answered {other:?}"),
+        }
+    };
+    assert_eq!(waiting(&mut m, START, true), Vec::<String>::new());
+    let first = m.order(START + 1, 2);
+    let second = m.order(START + 2, 2);
+    let mut both = vec![first.lease_id.clone(), second.lease_id.clone()];
+    both.sort();
+    assert_eq!(waiting(&mut m, START + 3, false), both);
+    m.accept(START + 4, &first.lease_id);
+    assert_eq!(waiting(&mut m, START + 5, true), [second.lease_id.clone()]);
+    // Another provider's heartbeat lists none of them.
+    let register = RegisterBody {
+        header: None,
+        name: "other".into(),
+        region: String::new(),
+    };
+    m.apply(
+        START + 6,
+        Tx::Register(seal(&key(1, 1), register, START + 6)),
+    )
+    .unwrap();
+    let beat = Tx::Heartbeat(seal(&key(1, 1), HeartbeatBody { header: None }, START + 6));
+    assert!(matches!(m.apply(START + 6, beat), Ok(Outcome::Waiting(_, w)) if w.is_empty()));
+}
