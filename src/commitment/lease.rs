@@ -93,7 +93,7 @@ pub fn verify_committed_lease(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commitment::results::{prove, results_hash};
+    use crate::commitment::results::{prove_all, results_hash};
     use crate::commitment::testchain::{TestChain, encode};
     use crate::wire::proto::{LeaseBody, Placed, WaitingLeases};
 
@@ -135,7 +135,7 @@ mod tests {
             data: data.clone(),
             log: String::new(),
         }));
-        let place = prove(&results, index + 1).unwrap();
+        let place = prove_all(&results).swap_remove(index + 1);
         let header = chain.signed_header(height as u64 + 1, results_hash(&results), signers, None);
         LeaseProof {
             height,

@@ -94,32 +94,42 @@ pub fn results_hash(results: &[TxResult]) -> [u8; 32] {
     root(&leaves)
 }
 
-/// The proof that `results[index]` is among `results`; `None` past the end.
-pub fn prove(results: &[TxResult], index: usize) -> Option<ResultProof> {
+/// The proof of each of `results`, in order: one pass over the tree, so a block's proofs cost
+/// O(n log n) hashes, not a tree per result.
+pub fn prove_all(results: &[TxResult]) -> Vec<ResultProof> {
     let leaves: Vec<_> = results.iter().map(|r| leaf(&result_bytes(r))).collect();
-    if index >= leaves.len() {
-        return None;
+    if leaves.is_empty() {
+        return Vec::new();
     }
-    let mut aunts = Vec::new();
-    let (mut slice, mut at) = (&leaves[..], index);
-    // Top down, then reversed: CometBFT lists aunts from the leaf up.
-    while slice.len() > 1 {
-        let k = split(slice.len());
-        if at < k {
-            aunts.push(root(&slice[k..]));
-            slice = &slice[..k];
-        } else {
-            aunts.push(root(&slice[..k]));
-            slice = &slice[k..];
-            at -= k;
-        }
+    let total = leaves.len() as u64;
+    let (_, aunts) = subtree(&leaves);
+    aunts
+        .into_iter()
+        .enumerate()
+        .map(|(index, aunts)| ResultProof {
+            total,
+            index: index as u64,
+            aunts,
+        })
+        .collect()
+}
+
+/// The root of `leaves` (at least one) and each leaf's aunts within it, leaf up.
+fn subtree(leaves: &[[u8; 32]]) -> ([u8; 32], Vec<Vec<[u8; 32]>>) {
+    if let [only] = leaves {
+        return (*only, vec![Vec::new()]);
     }
-    aunts.reverse();
-    Some(ResultProof {
-        total: leaves.len() as u64,
-        index: index as u64,
-        aunts,
-    })
+    let (left, right) = leaves.split_at(split(leaves.len()));
+    let (left_root, mut left_aunts) = subtree(left);
+    let (right_root, right_aunts) = subtree(right);
+    for aunts in &mut left_aunts {
+        aunts.push(right_root);
+    }
+    left_aunts.extend(right_aunts.into_iter().map(|mut aunts| {
+        aunts.push(left_root);
+        aunts
+    }));
+    (inner(&left_root, &right_root), left_aunts)
 }
 
 /// Checks that `result` is the `proof.index`th of the results `root` commits to.
@@ -221,11 +231,14 @@ mod tests {
 
     #[test]
     fn every_result_of_every_block_size_proves_and_nothing_else_does() {
+        assert_eq!(prove_all(&[]), []);
         for n in 1..=17 {
             let all = results(n);
             let root = results_hash(&all);
+            let proofs = prove_all(&all);
+            assert_eq!(proofs.len(), n);
             for i in 0..n {
-                let proof = prove(&all, i).unwrap();
+                let proof = proofs[i].clone();
                 assert_eq!(verify(&root, &all[i], &proof), Ok(()), "{i} of {n}");
                 let mut forged = all[i].clone();
                 forged.data.push(0xff);
@@ -242,7 +255,6 @@ mod tests {
                     ));
                 }
             }
-            assert_eq!(prove(&all, n), None);
             let past = ResultProof {
                 total: n as u64,
                 index: n as u64,

@@ -127,12 +127,16 @@ impl GatewayService {
         };
         broadcaster.committed(block);
         let mut proven = Vec::new();
+        let mut places = Vec::new();
         for (index, outcome) in &block.applied {
             let leases = leases_of(outcome);
             if leases.is_empty() {
                 continue;
             }
-            let Some(place) = results::prove(&block.results, *index) else {
+            if places.is_empty() {
+                places = results::prove_all(&block.results);
+            }
+            let Some(place) = places.get(*index) else {
                 warn!(
                     index,
                     "no result for an applied transaction; its leases wait"
@@ -344,7 +348,7 @@ impl Gateway for GatewayService {
             .streams
             .lock()
             .expect("streams lock")
-            .insert(provider.clone(), tx.clone());
+            .insert(provider.clone(), tx);
         // The leases waiting for the provider are in the outcome, delivered like any other.
         match self.submit("Leases", Tx::OpenLeaseStream(signed)).await {
             Ok(Outcome::Waiting(_, waiting)) => {

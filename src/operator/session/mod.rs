@@ -3,8 +3,8 @@
 //! validator network's genesis pinned), register, open the lease stream, heartbeat,
 //! publish offers when they change and before they expire, withdraw paused or deleted ones,
 //! take leases through intake, and report the end of every lease. Any failure drops the session
-//! and reconnects to the next gateway, with backoff and jitter once each was tried; everything it does is level-based, so a reconnect
-//! (or a new leader) picks up where the last one stopped.
+//! and reconnects to the next gateway, with backoff and jitter once each was tried; everything
+//! it does is level-based, so a reconnect (or a new leader) picks up where the last one stopped.
 //!
 //! This file connects and runs the session; `leases` takes leases (intake's shell), `publish`
 //! keeps the offers in the book, `ends` reports the ends.
