@@ -105,7 +105,7 @@ impl GatewayService {
         let Some(broadcaster) = &self.validator else {
             let outcome = self.blocking(call, move |s, now| s.apply(&tx, now)).await?;
             // The embedded network's key signs what it decided alone: no proof to add.
-            for (provider, lease) in leases_of(&outcome) {
+            for (provider, lease) in self.streamed(leases_of(&outcome)) {
                 self.deliver(provider, self.store.sign_lease(lease), None);
             }
             return Ok(outcome);
@@ -129,7 +129,7 @@ impl GatewayService {
         let mut proven = Vec::new();
         let mut places = Vec::new();
         for (index, outcome) in &block.applied {
-            let leases = leases_of(outcome);
+            let leases = self.streamed(leases_of(outcome));
             if leases.is_empty() {
                 continue;
             }
@@ -193,6 +193,16 @@ impl GatewayService {
             warn!(call, error = %e, "request refused");
         }
         result.map_err(Status::from)
+    }
+
+    /// Those of `leases` whose provider has a stream open here: only they are signed and
+    /// proven here (a provider's other leases wait for its next stream or heartbeat).
+    fn streamed<'a>(&self, leases: Vec<(&'a str, &'a LeaseBody)>) -> Vec<(&'a str, &'a LeaseBody)> {
+        let streams = self.streams.lock().expect("streams lock");
+        leases
+            .into_iter()
+            .filter(|(provider, _)| streams.contains_key(*provider))
+            .collect()
     }
 
     /// Sends a lease to its provider's stream when one is open; otherwise it waits there for

@@ -1322,7 +1322,7 @@ fn a_providers_stream_opening_and_heartbeat_list_the_leases_waiting_for_its_answ
     both.sort();
     assert_eq!(waiting(&mut m, START + 3, false), both);
     m.accept(START + 4, &first.lease_id);
-    assert_eq!(waiting(&mut m, START + 5, true), [second.lease_id.clone()]);
+    assert_eq!(waiting(&mut m, START + 5, true), [second.lease_id]);
     // Another provider's heartbeat lists none of them.
     let register = RegisterBody {
         header: None,
