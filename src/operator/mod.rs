@@ -409,7 +409,9 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
 }
 
 fn session_settings(args: &OperatorArgs) -> Result<Option<SessionSettings>, OperatorError> {
-    if args.network_url.is_empty() {
+    // An empty GPUBRIDGE_NETWORK_URL, or a stray comma, names no gateway.
+    let urls: Vec<&String> = args.network_url.iter().filter(|u| !u.is_empty()).collect();
+    if urls.is_empty() {
         return Ok(None);
     }
     let trust = match (&args.network_genesis, &args.network_key) {
@@ -435,9 +437,8 @@ fn session_settings(args: &OperatorArgs) -> Result<Option<SessionSettings>, Oper
         ),
     };
     Ok(Some(SessionSettings {
-        targets: args
-            .network_url
-            .iter()
+        targets: urls
+            .into_iter()
             .map(|url| Target {
                 url: url.clone(),
                 ca_file: args.network_ca_file.clone(),
@@ -566,5 +567,76 @@ impl Probe for OperatorProbe {
             );
         }
         self.metrics.render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        operator: OperatorArgs,
+    }
+
+    fn settings(flags: &[&str]) -> Result<Option<SessionSettings>, OperatorError> {
+        let args = Flags::try_parse_from(
+            ["operator", "--sidecar-image", "i"]
+                .into_iter()
+                .chain(flags.iter().copied()),
+        )
+        .unwrap();
+        session_settings(&args.operator)
+    }
+
+    #[test]
+    fn the_gateways_are_listed_in_order_and_a_network_is_pinned_by_key_or_genesis() {
+        assert!(settings(&["--network-url", ""]).unwrap().is_none());
+        let listed = settings(&["--network-url", "http://a:1,,http://b:2"])
+            .unwrap()
+            .unwrap();
+        let urls: Vec<&str> = listed.targets.iter().map(|t| t.url.as_str()).collect();
+        assert_eq!(urls, ["http://a:1", "http://b:2"]);
+        assert!(matches!(listed.trust, NetworkTrust::Key(None)));
+
+        let dir = tempfile::tempdir().unwrap();
+        let genesis = dir.path().join("genesis.json");
+        let chain = crate::commitment::testchain::TestChain::new("pinned", 4, 1);
+        std::fs::write(&genesis, chain.genesis()).unwrap();
+        let path = genesis.to_str().unwrap();
+        let pinned = settings(&["--network-url", "http://a:1", "--network-genesis", path])
+            .unwrap()
+            .unwrap();
+        assert!(matches!(&pinned.trust, NetworkTrust::Validators(p) if p.chain_id() == "pinned"));
+
+        std::fs::write(&genesis, b"{}").unwrap();
+        let refused = settings(&["--network-url", "http://a:1", "--network-genesis", path])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.starts_with(&format!(
+                "--network-genesis {path}: is not a CometBFT genesis document"
+            )),
+            "{refused}"
+        );
+        let both = Flags::try_parse_from([
+            "operator",
+            "--sidecar-image",
+            "i",
+            "--network-url",
+            "http://a:1",
+            "--network-key",
+            "4vJ9JU1bJJE96FWSJKvHsmmFADCg4gpZQff4P3bkLKi",
+            "--network-genesis",
+            path,
+        ]);
+        assert_eq!(
+            both.err().map(|e| e.kind()),
+            Some(clap::error::ErrorKind::ArgumentConflict),
+            "--network-key with --network-genesis"
+        );
     }
 }
