@@ -27,7 +27,7 @@ pub enum LeaseProofError {
     Aunt(usize),
     #[error("proof.signedHeader.header.lastResultsHash: the header commits to no results")]
     NoResults,
-    #[error("proof: {0}")]
+    #[error(transparent)]
     Result(#[from] ProofError),
     #[error("proof.outcome: is not a transaction outcome: {0}")]
     Outcome(String),

@@ -40,7 +40,7 @@ pub enum ProofError {
         index: u64,
         total: u64,
     },
-    #[error("the result does not hash to the header's LastResultsHash")]
+    #[error("proof.outcome: at its place, does not hash to the header's LastResultsHash")]
     Mismatch,
 }
 

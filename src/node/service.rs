@@ -4,9 +4,10 @@
 //! committed. Queries read the store's committed state. Leases go to their provider's stream
 //! from the outcomes: at once on the embedded node, from each committed block on a validator.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -34,8 +35,19 @@ pub struct GatewayService {
     /// How transactions are ordered: here (`None`), or by consensus.
     validator: Option<Arc<Broadcaster>>,
     /// The open lease stream of each provider, by public key; a new stream replaces the old.
-    streams: Arc<Mutex<HashMap<String, LeaseSender>>>,
+    streams: Arc<Mutex<HashMap<String, LeaseStream>>>,
 }
+
+/// A provider's open lease stream, and the leases already sent on it: a heartbeat's list of
+/// waiting leases then sends only those the stream has not had (a standing order's match).
+struct LeaseStream {
+    sender: LeaseSender,
+    sent: HashSet<String>,
+}
+
+/// Lease ids a stream remembers; past that it forgets them all, at worst sending one again
+/// (providers are idempotent by lease id).
+const REMEMBERED_PER_STREAM: usize = 10_000;
 
 /// A state-changing call: its name, the transaction it sends, and the outcome it answers with.
 macro_rules! transact {
@@ -208,17 +220,28 @@ impl GatewayService {
     /// Sends a lease to its provider's stream when one is open; otherwise it waits there for
     /// the provider's next stream.
     pub fn deliver(&self, provider: &str, lease: Signed, proof: Option<LeaseProof>) {
-        let sender = self
-            .streams
-            .lock()
-            .expect("streams lock")
-            .get(provider)
-            .cloned();
-        if let Some(sender) = sender
-            && sender.try_send(Ok(lease_event(lease, proof))).is_err()
+        let lease_id = LeaseBody::decode(lease.body.as_slice())
+            .map(|l| l.lease_id)
+            .unwrap_or_default();
+        let mut streams = self.streams.lock().expect("streams lock");
+        let Some(stream) = streams.get_mut(provider) else {
+            return;
+        };
+        if stream.sent.contains(&lease_id) {
+            return;
+        }
+        if stream
+            .sender
+            .try_send(Ok(lease_event(lease, proof)))
+            .is_err()
         {
             warn!(%provider, "lease stream full or closed; the lease is resent on its next stream");
+            return;
         }
+        if stream.sent.len() >= REMEMBERED_PER_STREAM {
+            stream.sent.clear();
+        }
+        stream.sent.insert(lease_id);
     }
 }
 
@@ -354,11 +377,13 @@ impl Gateway for GatewayService {
             crate::wire::open(&signed, now())?;
         let provider = crate::identity::public_key_base58(&opened.signer);
         let (tx, rx) = mpsc::channel(1024);
-        let previous = self
-            .streams
-            .lock()
-            .expect("streams lock")
-            .insert(provider.clone(), tx);
+        let previous = self.streams.lock().expect("streams lock").insert(
+            provider.clone(),
+            LeaseStream {
+                sender: tx,
+                sent: HashSet::new(),
+            },
+        );
         // The leases waiting for the provider are in the outcome, delivered like any other.
         match self.submit("Leases", Tx::OpenLeaseStream(signed)).await {
             Ok(Outcome::Waiting(_, waiting)) => {
