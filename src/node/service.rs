@@ -217,8 +217,8 @@ impl GatewayService {
             .collect()
     }
 
-    /// Sends a lease to its provider's stream when one is open; otherwise it waits there for
-    /// the provider's next stream.
+    /// Sends a lease to its provider's stream when one is open and has not had it; otherwise it
+    /// waits there for the provider's next stream.
     pub fn deliver(&self, provider: &str, lease: Signed, proof: Option<LeaseProof>) {
         let lease_id = LeaseBody::decode(lease.body.as_slice())
             .map(|l| l.lease_id)
