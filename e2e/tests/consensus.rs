@@ -28,7 +28,9 @@ use serde_json::Value;
 
 use gpubridge::wire::amount::Amount;
 
-use crate::network::{UNIT, order as model_order, order_reaches, settled_exactly, wait_published};
+use crate::network::{
+    UNIT, end_reported, order as model_order, order_reaches, settled_exactly, wait_published,
+};
 use crate::sidecars::Sidecars;
 use crate::support::{
     NetworkNode, Operator, apply_yaml, bin_dir, cluster, eventually, free_port, http_get, now_unix,
@@ -861,14 +863,7 @@ async fn an_operator_on_four_validators_refuses_a_forged_lease_fails_over_and_se
     sidecars.stop_meter();
     let ended = order_reaches(&buyer, &placed.order_id, OrderState::Ended, 90 * SECOND).await;
     let logged = ReceiptLog::read_all(&sidecars.receipts_dir()).unwrap();
-    let lease = eventually("the end report recorded", 60 * SECOND, || async {
-        let lease = leases.get(&lease_id).await.map_err(|e| e.to_string())?;
-        match lease.status.as_ref().and_then(|s| s.reported_at.as_ref()) {
-            Some(_) => Ok(lease),
-            None => Err("status.reportedAt unset".to_string()),
-        }
-    })
-    .await;
+    let lease = end_reported(&c.client, &lease_id, 60 * SECOND).await;
     settled_exactly(&lease, &ended, &logged, 9 * UNIT / 10);
     // The restarted validators caught up: every application holds what the chain commits to.
     past(&validators[1], halted + 2, 60 * SECOND).await;

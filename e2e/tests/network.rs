@@ -208,19 +208,7 @@ async fn a_metered_lease_survives_crashes_of_everything_and_settles_exactly() {
     let ended = order_reaches(&buyer, &placed.order_id, OrderState::Ended, 60 * SECOND).await;
 
     let logged = ReceiptLog::read_all(&sidecars.receipts_dir()).unwrap();
-    // The network settles the end first; the operator records that it reported it just after.
-    let lease = eventually(
-        "the end report recorded on the lease",
-        30 * SECOND,
-        || async {
-            let lease = leases.get(&lease_id).await.map_err(|e| e.to_string())?;
-            match lease.status.as_ref().and_then(|s| s.reported_at.as_ref()) {
-                Some(_) => Ok(lease),
-                None => Err("status.reportedAt unset".to_string()),
-            }
-        },
-    )
-    .await;
+    let lease = end_reported(&c.client, &lease_id, 30 * SECOND).await;
     settled_exactly(&lease, &ended, &logged, 9 * UNIT / 10);
     let attestation = lease.status.as_ref().unwrap().attestation.clone().unwrap();
     assert_eq!(attestation.trust_tier, "self-reported");
@@ -241,6 +229,24 @@ async fn a_metered_lease_survives_crashes_of_everything_and_settles_exactly() {
         .delete("rtx-workstation", &DeleteParams::default())
         .await
         .unwrap();
+}
+
+/// The lease once the operator recorded its end report: the network settles the end first, and
+/// the operator records that it reported it just after.
+pub(crate) async fn end_reported(
+    client: &Client,
+    lease_id: &str,
+    timeout: Duration,
+) -> ComputeLease {
+    let leases: Api<ComputeLease> = Api::all(client.clone());
+    eventually("the end report recorded on the lease", timeout, || async {
+        let lease = leases.get(lease_id).await.map_err(|e| e.to_string())?;
+        match lease.status.as_ref().and_then(|s| s.reported_at.as_ref()) {
+            Some(_) => Ok(lease),
+            None => Err("status.reportedAt unset".to_string()),
+        }
+    })
+    .await
 }
 
 /// The meter's log and the network's ledger agree: every logged receipt accepted once, the

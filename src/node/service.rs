@@ -139,15 +139,14 @@ impl GatewayService {
         };
         broadcaster.committed(block);
         let mut proven = Vec::new();
-        let mut places = Vec::new();
+        // Proven only when the block has a lease for a stream here; then all at once.
+        let mut places = None;
         for (index, outcome) in &block.applied {
             let leases = self.streamed(leases_of(outcome));
             if leases.is_empty() {
                 continue;
             }
-            if places.is_empty() {
-                places = results::prove_all(&block.results);
-            }
+            let places = places.get_or_insert_with(|| results::prove_all(&block.results));
             let Some(place) = places.get(*index) else {
                 warn!(
                     index,
