@@ -3,8 +3,9 @@
 # version: kubelet and kube-proxy (the Kubernetes tools module build-binaries.sh resolves),
 # containerd v2 with its runc shim and ctr, runc (cgo, seccomp), kube-router (its NetworkPolicy
 # firewall only), CoreDNS, and the pause image's binary compiled from the Kubernetes module's
-# pause.c. The CNI plugins, iptables, ipset and libseccomp come from Debian and are installed
-# when missing. Prints the folder. Idempotent: a second run only checks the cache.
+# pause.c. The CNI plugins, nftables (kube-proxy's nft), iptables, ipset and libseccomp come from
+# Debian and are installed when missing. Prints the folder. Idempotent: a second run only checks
+# the cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +24,7 @@ mkdir -p "$NODE_BIN"
 # Debian packages the node uses as they are.
 packages=()
 for pair in iptables:iptables ipset:ipset conntrack:conntrack nsenter:util-linux \
-  /usr/lib/cni/bridge:containernetworking-plugins /usr/include/seccomp.h:libseccomp-dev gcc:gcc socat:socat openssl:openssl /bin/busybox:busybox-static; do
+  nft:nftables /usr/lib/cni/bridge:containernetworking-plugins /usr/include/seccomp.h:libseccomp-dev gcc:gcc socat:socat openssl:openssl /bin/busybox:busybox-static; do
   probe=${pair%%:*}
   if [ "${probe#/}" != "$probe" ]; then [ -e "$probe" ] && continue; else command -v "$probe" >/dev/null && continue; fi
   packages+=("${pair#*:}")
