@@ -4,13 +4,12 @@
 //! gateway that sent it.
 //!
 //! CometBFT hashes each result as the protobuf encoding of its deterministic fields (`code`,
-//! `data`, `gas_wanted`, `gas_used`; never the log) in an RFC 6962 tree: a leaf is
-//! SHA-256(0x00 ‖ bytes), a node SHA-256(0x01 ‖ left ‖ right), split at the largest power of
-//! two below the count, and no leaves hash to SHA-256 of nothing.
+//! `data`, `gas_wanted`, `gas_used`; never the log) in its RFC 6962 tree ([`merkle`]).
 
 use prost::Message;
-use sha2::{Digest, Sha256};
 use tendermint_proto::v0_38::abci::ExecTxResult;
+
+use super::merkle::{self, leaf};
 
 /// What one transaction of a block did: `code` 0 and the encoded [`TxOutcome`](crate::wire::proto::TxOutcome) when applied;
 /// otherwise the gRPC status code of the refusal and its reason.
@@ -54,56 +53,18 @@ pub fn result_bytes(result: &TxResult) -> Vec<u8> {
     .encode_to_vec()
 }
 
-fn leaf(bytes: &[u8]) -> [u8; 32] {
-    Sha256::new()
-        .chain_update([0u8])
-        .chain_update(bytes)
-        .finalize()
-        .into()
-}
-
-fn inner(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
-    Sha256::new()
-        .chain_update([1u8])
-        .chain_update(left)
-        .chain_update(right)
-        .finalize()
-        .into()
-}
-
-/// The largest power of two below `n` (n ≥ 2).
-fn split(n: usize) -> usize {
-    let power = n.next_power_of_two();
-    if power == n { n / 2 } else { power / 2 }
-}
-
-fn root(leaves: &[[u8; 32]]) -> [u8; 32] {
-    match leaves.len() {
-        0 => Sha256::digest([]).into(),
-        1 => leaves[0],
-        n => {
-            let (left, right) = leaves.split_at(split(n));
-            inner(&root(left), &root(right))
-        }
-    }
-}
-
 /// The `LastResultsHash` of the next block's header, over `results` in block order.
 pub fn results_hash(results: &[TxResult]) -> [u8; 32] {
     let leaves: Vec<_> = results.iter().map(|r| leaf(&result_bytes(r))).collect();
-    root(&leaves)
+    merkle::root(&leaves)
 }
 
 /// The proof of each of `results`, in order: one pass over the tree, so a block's proofs cost
 /// O(n log n) hashes, not a tree per result.
 pub fn prove_all(results: &[TxResult]) -> Vec<ResultProof> {
     let leaves: Vec<_> = results.iter().map(|r| leaf(&result_bytes(r))).collect();
-    if leaves.is_empty() {
-        return Vec::new();
-    }
     let total = leaves.len() as u64;
-    let (_, aunts) = subtree(&leaves);
-    aunts
+    merkle::all_aunts(&leaves)
         .into_iter()
         .enumerate()
         .map(|(index, aunts)| ResultProof {
@@ -112,24 +73,6 @@ pub fn prove_all(results: &[TxResult]) -> Vec<ResultProof> {
             aunts,
         })
         .collect()
-}
-
-/// The root of `leaves` (at least one) and each leaf's aunts within it, leaf up.
-fn subtree(leaves: &[[u8; 32]]) -> ([u8; 32], Vec<Vec<[u8; 32]>>) {
-    if let [only] = leaves {
-        return (*only, vec![Vec::new()]);
-    }
-    let (left, right) = leaves.split_at(split(leaves.len()));
-    let (left_root, mut left_aunts) = subtree(left);
-    let (right_root, right_aunts) = subtree(right);
-    for aunts in &mut left_aunts {
-        aunts.push(right_root);
-    }
-    left_aunts.extend(right_aunts.into_iter().map(|mut aunts| {
-        aunts.push(left_root);
-        aunts
-    }));
-    (inner(&left_root, &right_root), left_aunts)
 }
 
 /// Checks that `result` is the `proof.index`th of the results `root` commits to.
@@ -142,7 +85,14 @@ pub fn verify(
     if index >= total {
         return Err(ProofError::Index { index, total });
     }
-    let computed = from_aunts(index, total, leaf(&result_bytes(result)), &proof.aunts)?;
+    let needed = merkle::depth(index, total);
+    let computed = merkle::root_from_aunts(index, total, leaf(&result_bytes(result)), &proof.aunts)
+        .ok_or(ProofError::Aunts {
+            got: proof.aunts.len(),
+            needed,
+            index,
+            total,
+        })?;
     if &computed == root_hash {
         Ok(())
     } else {
@@ -150,49 +100,9 @@ pub fn verify(
     }
 }
 
-/// The root from a leaf's hash and its aunts, leaf up (CometBFT's `computeHashFromAunts`).
-fn from_aunts(
-    index: u64,
-    total: u64,
-    leaf_hash: [u8; 32],
-    aunts: &[[u8; 32]],
-) -> Result<[u8; 32], ProofError> {
-    let needed = depth(index, total);
-    if aunts.len() != needed {
-        return Err(ProofError::Aunts {
-            got: aunts.len(),
-            needed,
-            index,
-            total,
-        });
-    }
-    if total == 1 {
-        return Ok(leaf_hash);
-    }
-    let k = split(total as usize) as u64;
-    let (last, rest) = aunts.split_last().expect("depth ≥ 1 for total ≥ 2");
-    Ok(if index < k {
-        inner(&from_aunts(index, k, leaf_hash, rest)?, last)
-    } else {
-        inner(last, &from_aunts(index - k, total - k, leaf_hash, rest)?)
-    })
-}
-
-/// How many aunts the leaf at `index` of `total` has.
-fn depth(index: u64, total: u64) -> usize {
-    if total <= 1 {
-        return 0;
-    }
-    let k = split(total as usize) as u64;
-    1 + if index < k {
-        depth(index, k)
-    } else {
-        depth(index - k, total - k)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::merkle::inner;
     use super::*;
 
     fn results(n: usize) -> Vec<TxResult> {
