@@ -1039,7 +1039,12 @@ async fn evidence_answers_the_outstanding_challenge_once() {
         .submit_evidence(&lease_id, meter.certificate(), good.clone())
         .await
         .unwrap();
-    assert_eq!(reply.trust_tier, "hardware-attested");
+    // A report and chain that are not NVIDIA's earn nothing: the network says why.
+    assert_eq!(reply.trust_tier, "self-reported");
+    assert!(
+        reply.detail.contains("CC evidence refused (BadChain)"),
+        "{reply:?}"
+    );
     assert!(provider.lease_challenge(&lease_id).await.unwrap().answered);
     // The same nonce again, even with freshly signed evidence: a replay.
     for again in [good, evidence(&challenge.nonce)] {

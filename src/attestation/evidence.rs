@@ -4,6 +4,7 @@
 use ed25519_dalek::VerifyingKey;
 use prost::Message;
 
+use super::nvidia::{AttestedGpu, Claimed, DeviceRoot, NOT_CHECKED, verify_gpu};
 use crate::gpu::{DeviceInfo, HardwareAttestation};
 use crate::identity;
 use crate::metering::digest;
@@ -15,10 +16,13 @@ const MAX_TEXT_CHARS: usize = 256;
 /// NVML's attestation report is at most 8 KiB and its certificate chain at most 5 KiB.
 const MAX_REPORT_BYTES: usize = 16 * 1024;
 
+static NVIDIA_ROOT: std::sync::LazyLock<DeviceRoot> = std::sync::LazyLock::new(DeviceRoot::nvidia);
+
 /// How much a buyer can trust where the lease runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TrustTier {
-    /// Every GPU is in confidential-computing mode and its report and chain are included.
+    /// Every GPU's confidential-computing evidence verified ([`nvidia::verify_gpu`]): each is a
+    /// distinct genuine NVIDIA GPU in CC mode that signed the network's nonce.
     HardwareAttested,
     /// The provider's own word, signed with the lease key.
     SelfReported,
@@ -33,15 +37,70 @@ impl TrustTier {
     }
 }
 
-pub fn trust_tier(evidence: &Evidence) -> TrustTier {
-    let attested = !evidence.gpus.is_empty()
-        && evidence.gpus.iter().all(|g| {
-            g.cc_mode && !g.attestation_report.is_empty() && !g.certificate_chain.is_empty()
-        });
-    if attested {
-        TrustTier::HardwareAttested
-    } else {
-        TrustTier::SelfReported
+/// The tier evidence earns, and in words what was checked or why it fell short.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attestation {
+    pub tier: TrustTier,
+    pub detail: String,
+}
+
+/// Verifies each GPU's CC evidence against the evidence's nonce and `root` at `now`. Any GPU
+/// without verified evidence, or two GPUs presenting one chip, make the whole lease
+/// self-reported: a lease is only as attested as its least attested GPU.
+pub fn attest(evidence: &Evidence, root: &DeviceRoot, now: i64) -> Attestation {
+    let self_reported = |detail: String| Attestation {
+        tier: TrustTier::SelfReported,
+        detail,
+    };
+    if evidence.gpus.is_empty() {
+        return self_reported("the evidence names no GPU".into());
+    }
+    let mut attested: Vec<AttestedGpu> = Vec::with_capacity(evidence.gpus.len());
+    for (i, gpu) in evidence.gpus.iter().enumerate() {
+        if !gpu.cc_mode || gpu.attestation_report.is_empty() || gpu.certificate_chain.is_empty() {
+            return self_reported(format!(
+                "gpus[{i}] ({}): no confidential-computing report and certificate chain",
+                gpu.uuid
+            ));
+        }
+        let claimed = Claimed {
+            nonce: &evidence.nonce,
+            driver: &gpu.driver,
+            vbios: &gpu.vbios,
+        };
+        match verify_gpu(
+            &gpu.attestation_report,
+            &gpu.certificate_chain,
+            &claimed,
+            root,
+            now,
+        ) {
+            Ok(verified) => {
+                if let Some(j) = attested.iter().position(|a| a.device == verified.device) {
+                    return self_reported(format!(
+                        "gpus[{i}] ({}): presents the evidence of device {}, as gpus[{j}] does; one chip cannot be two GPUs",
+                        gpu.uuid, verified.device
+                    ));
+                }
+                attested.push(verified);
+            }
+            Err(rejection) => {
+                return self_reported(format!(
+                    "gpus[{i}] ({}): CC evidence refused ({}): {rejection}",
+                    gpu.uuid,
+                    rejection.kind()
+                ));
+            }
+        }
+    }
+    let checked: Vec<String> = attested
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("gpus[{i}] {a}"))
+        .collect();
+    Attestation {
+        tier: TrustTier::HardwareAttested,
+        detail: format!("{}; {NOT_CHECKED}", checked.join("; ")),
     }
 }
 
@@ -127,12 +186,12 @@ pub struct VerifiedEvidence {
     pub evidence: Evidence,
     /// SHA-256 of the evidence body.
     pub digest: [u8; 32],
-    pub tier: TrustTier,
+    pub attestation: Attestation,
 }
 
 /// Verifies evidence signed by `lease_key` for `lease_id`: signature first, then shape and
-/// freshness. Whether its nonce is the outstanding challenge is the caller's to check, as only
-/// the network knows it.
+/// freshness, then the GPUs' CC evidence against NVIDIA's root ([`attest`]). Whether its nonce
+/// is the outstanding challenge is the caller's to check, as only the network knows it.
 pub fn verify_evidence(
     lease_key: &VerifyingKey,
     lease_id: &str,
@@ -163,7 +222,7 @@ pub fn verify_evidence(
     }
     Ok(VerifiedEvidence {
         digest: digest(&signed.body),
-        tier: trust_tier(&evidence),
+        attestation: attest(&evidence, &NVIDIA_ROOT, now),
         evidence,
     })
 }
@@ -214,6 +273,9 @@ fn check_shape(evidence: &Evidence) -> Result<(), EvidenceRejection> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attestation::nvidia::tests::{
+        NOW, SAMPLE_CHAIN, SAMPLE_DRIVER, SAMPLE_NONCE, SAMPLE_VBIOS, sample_report,
+    };
     use crate::identity::generate_key;
     use crate::wire::envelope::sign_body;
     use crate::wire::proto::Receipt;
@@ -237,30 +299,82 @@ mod tests {
         })
     }
 
+    fn sample_gpu(uuid: &str) -> GpuIdentity {
+        GpuIdentity {
+            uuid: uuid.into(),
+            model: "NVIDIA H100".into(),
+            driver: SAMPLE_DRIVER.into(),
+            vbios: SAMPLE_VBIOS.into(),
+            cc_mode: true,
+            attestation_report: sample_report(),
+            certificate_chain: SAMPLE_CHAIN.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn sample_evidence(gpus: Vec<GpuIdentity>) -> Evidence {
+        Evidence {
+            lease_id: "l".into(),
+            nonce: SAMPLE_NONCE.to_vec(),
+            gpus,
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn the_tier_is_hardware_attested_only_with_cc_mode_report_and_chain_on_every_gpu() {
-        let build = |gpus: &[(DeviceInfo, Option<HardwareAttestation>)]| {
-            trust_tier(&build_evidence("l", &[0; 32], gpus, "n", "p", "i", 0))
+    fn nvidias_sample_evidence_earns_hardware_attested_and_says_what_it_checked() {
+        let root = DeviceRoot::nvidia();
+        let attested = attest(&sample_evidence(vec![sample_gpu("GPU-a")]), &root, NOW);
+        assert_eq!(attested.tier, TrustTier::HardwareAttested, "{attested:?}");
+        assert!(
+            attested.detail.contains("device 41431D480FE5E87274"),
+            "{attested:?}"
+        );
+        assert!(attested.detail.ends_with(NOT_CHECKED), "{attested:?}");
+    }
+
+    #[test]
+    fn a_lease_is_only_as_attested_as_its_least_attested_gpu() {
+        let root = DeviceRoot::nvidia();
+        let tier = |gpus: Vec<GpuIdentity>| attest(&sample_evidence(gpus), &root, NOW);
+        let refused = |gpus: Vec<GpuIdentity>, why: &str| {
+            let a = tier(gpus);
+            assert_eq!(a.tier, TrustTier::SelfReported, "{a:?}");
+            assert!(a.detail.contains(why), "{why}: {a:?}");
         };
-        assert_eq!(
-            build(&[(device(true), report())]),
-            TrustTier::HardwareAttested
-        );
-        assert_eq!(build(&[]), TrustTier::SelfReported);
-        assert_eq!(build(&[(device(false), report())]), TrustTier::SelfReported);
-        assert_eq!(build(&[(device(true), None)]), TrustTier::SelfReported);
-        assert_eq!(
-            build(&[(device(true), report()), (device(true), None)]),
-            TrustTier::SelfReported
-        );
-        let no_chain = HardwareAttestation {
-            certificate_chain: vec![],
-            ..report().unwrap()
+        refused(vec![], "names no GPU");
+        let off = GpuIdentity {
+            cc_mode: false,
+            ..sample_gpu("GPU-a")
         };
-        assert_eq!(
-            build(&[(device(true), Some(no_chain))]),
-            TrustTier::SelfReported
+        refused(vec![off], "no confidential-computing report");
+        // What the old tier accepted: any non-empty report and chain.
+        let made_up = GpuIdentity {
+            attestation_report: vec![1; 64],
+            certificate_chain: vec![2; 64],
+            ..sample_gpu("GPU-a")
+        };
+        refused(
+            vec![sample_gpu("GPU-a"), made_up],
+            "gpus[1] (GPU-a): CC evidence refused (BadChain)",
         );
+        // One genuine report presented for two GPUs.
+        refused(
+            vec![sample_gpu("GPU-a"), sample_gpu("GPU-b")],
+            "presents the evidence of device 41431D480FE5E87274, as gpus[0] does",
+        );
+        let wrong_driver = GpuIdentity {
+            driver: "560.35.03".into(),
+            ..sample_gpu("GPU-a")
+        };
+        refused(
+            vec![wrong_driver],
+            "driver version is 550.90.07, but the GPU states 560.35.03",
+        );
+        let mut other_nonce = sample_evidence(vec![sample_gpu("GPU-a")]);
+        other_nonce.nonce = vec![7; 32];
+        let a = attest(&other_nonce, &root, NOW);
+        assert!(a.detail.contains("(WrongNonce)"), "{a:?}");
     }
 
     #[test]
@@ -278,7 +392,7 @@ mod tests {
         );
         let signed = sign_body(&key, &evidence);
         let verified = verify_evidence(&vk, "lease-1", &signed, 1_010).unwrap();
-        assert_eq!(verified.tier, TrustTier::HardwareAttested);
+        assert_eq!(verified.attestation.tier, TrustTier::SelfReported);
         assert_eq!(verified.digest, digest(&signed.body));
 
         let kind = |signed: &Signed, lease: &str, now: i64| {

@@ -3,7 +3,10 @@
 //! which trust tier it earns; and the attest sidecar that answers every challenge.
 
 pub mod evidence;
+pub mod nvidia;
+pub mod spdm;
 
 pub use evidence::{
-    EvidenceRejection, TrustTier, VerifiedEvidence, build_evidence, trust_tier, verify_evidence,
+    Attestation, EvidenceRejection, TrustTier, VerifiedEvidence, attest, build_evidence,
+    verify_evidence,
 };

@@ -139,8 +139,9 @@ impl GpuSource for SimulatedSource {
         Ok(Self::reading(index, self.started.elapsed().as_secs_f64()))
     }
 
-    /// A stand-in report: SHA-256 of nonce and UUID, with a placeholder chain. It only lets the
-    /// hardware-attested path be exercised; it proves nothing and names itself as simulated.
+    /// A stand-in report: SHA-256 of nonce and UUID, with a placeholder chain. It exercises the
+    /// path that carries CC evidence to the verifier, which refuses it (no NVIDIA chain signs
+    /// it): a simulated GPU is never hardware-attested.
     fn attestation(
         &self,
         uuid: &str,

@@ -233,6 +233,9 @@ pub struct LeaseRecord {
     /// The last evidence accepted.
     #[serde(default)]
     pub attestation: Option<AttestationRecord>,
+    /// The lease key the first accepted certificate named; no other is accepted after it.
+    #[serde(default)]
+    pub lease_key: Option<Vec<u8>>,
 }
 
 impl LeaseRecord {
@@ -286,6 +289,9 @@ pub struct ChallengeRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttestationRecord {
     pub trust_tier: String,
+    /// What the verification checked, or why the evidence earned no more than its tier.
+    #[serde(default)]
+    pub detail: String,
     pub digest: Vec<u8>,
     pub verified_at: i64,
 }

@@ -58,8 +58,10 @@ fn receipt_key(lease_id: &str, sequence: u64) -> String {
     format!("{lease_id}/{sequence:020}")
 }
 
-/// The lease's certificate, checked against the provider that owns the lease.
-fn lease_terms(lease: &LeaseRecord, certificate: &[u8], now: i64) -> Result<LeaseTerms> {
+/// The lease's certificate, checked against the provider that owns the lease and against the
+/// lease key its first accepted certificate pinned (pinned here when none was): a provider holds
+/// its own key, so it could certify a second lease key and sign a second history with it.
+fn lease_terms(lease: &mut LeaseRecord, certificate: &[u8], now: i64) -> Result<LeaseTerms> {
     let provider = public_key_from_base58(&lease.provider)
         .map_err(|e| StateError::Inconsistent(format!("stored provider key: {e}")))?;
     let cert = verify_lease_certificate(certificate, &provider, now)
@@ -73,6 +75,17 @@ fn lease_terms(lease: &LeaseRecord, certificate: &[u8], now: i64) -> Result<Leas
     }
     let lease_key = ed25519_dalek::VerifyingKey::try_from(cert.lease_public_key.as_slice())
         .map_err(|e| Rejection::invalid("certificate.leasePublicKey", &e.to_string()))?;
+    match &lease.lease_key {
+        None => lease.lease_key = Some(cert.lease_public_key.clone()),
+        Some(pinned) if *pinned == cert.lease_public_key => {}
+        Some(_) => {
+            return Err(Rejection::PermissionDenied(format!(
+                "certificate.leasePublicKey: lease {} is metered under the key its first accepted certificate named; a certificate for another key is refused",
+                lease.lease_id
+            ))
+            .into());
+        }
+    }
     Ok(LeaseTerms {
         lease_id: lease.lease_id.clone(),
         gpus: lease.gpus,
@@ -119,7 +132,7 @@ impl State {
         let provider = public_key_base58(&opened.signer);
         self.consume_nonce(&opened)?;
         let mut lease = self.owned_lease(&body.lease_id, &provider)?;
-        let terms = lease_terms(&lease, &body.certificate, now)?;
+        let terms = lease_terms(&mut lease, &body.certificate, now)?;
         let mut order: OrderRecord = self.order_of(&lease)?;
         let (held, price) = (order.held, lease.price);
         let mut rejection = None;
@@ -181,7 +194,6 @@ impl State {
         Ok(receipts_reply(&lease, rejection))
     }
 
-    /// The lease's outstanding attestation challenge, asked by its provider.
     /// A second receipt signed by a lease's key for a sequence whose receipt was accepted: the
     /// key signed two histories of one lease, which no honest meter does (it re-sends what it
     /// logged). The provider is slashed to the buyer, once per forked sequence.
@@ -205,6 +217,7 @@ impl State {
         self.slash(block, lease, "fork", evidence).map(drop)
     }
 
+    /// The lease's outstanding attestation challenge, asked by its provider.
     pub fn lease_challenge(&self, signed: &Signed, now: i64) -> Result<ChallengeReply> {
         let opened: Opened<ChallengeBody> = open(signed, now)?;
         validate::object_id("challenge.leaseId", &opened.body.lease_id)?;
@@ -251,7 +264,7 @@ impl State {
         let provider = public_key_base58(&opened.signer);
         self.consume_nonce(&opened)?;
         let mut lease = self.owned_lease(&body.lease_id, &provider)?;
-        let terms = lease_terms(&lease, &body.certificate, now)?;
+        let terms = lease_terms(&mut lease, &body.certificate, now)?;
         let verified = verify_evidence(&terms.lease_key, &lease.lease_id, evidence, now)
             .map_err(evidence_rejection)?;
         let challenge = lease
@@ -269,7 +282,8 @@ impl State {
         }
         challenge.answered = true;
         let record = AttestationRecord {
-            trust_tier: verified.tier.as_str().to_string(),
+            trust_tier: verified.attestation.tier.as_str().to_string(),
+            detail: verified.attestation.detail,
             digest: verified.digest.to_vec(),
             verified_at: now,
         };
@@ -279,6 +293,7 @@ impl State {
             trust_tier: record.trust_tier,
             digest: record.digest,
             verified_at: now,
+            detail: record.detail,
         })
     }
 }

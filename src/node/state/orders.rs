@@ -231,6 +231,7 @@ impl State {
             charged: Amount::ZERO,
             challenge: None,
             attestation: None,
+            lease_key: None,
         };
         self.put(LEASES, &lease_id, &record)?;
         order.state = OrderState::Matched;

@@ -370,7 +370,25 @@ fn receipts_tx(
     end_ms: i64,
     now: i64,
 ) -> Tx {
-    let lease_key = key(3, lease.sequence_hint());
+    receipts_signed_by(
+        &key(3, lease.sequence_hint()),
+        provider,
+        lease,
+        head,
+        end_ms,
+        now,
+    )
+}
+
+/// The same, under `lease_key`.
+fn receipts_signed_by(
+    lease_key: &SigningKey,
+    provider: &SigningKey,
+    lease: &LeaseRecord,
+    head: &ChainHead,
+    end_ms: i64,
+    now: i64,
+) -> Tx {
     let certificate = issue_lease_certificate(
         provider,
         &lease.lease_id,
@@ -386,7 +404,7 @@ fn receipts_tx(
         })
         .collect();
     let (receipt, _) = seal_receipt(
-        &lease_key,
+        lease_key,
         &lease.lease_id,
         lease.gpus,
         head,
@@ -828,6 +846,58 @@ fn a_receipt_chain_that_forks_slashes_its_provider_to_the_buyer_once() {
     let again = submit(&mut m, (t + 60) * 1000, t + 93);
     assert_eq!((again.accepted_through, again.rejection), (1, None));
     assert_eq!(m.state.stake_of(&m.provider()).unwrap().slashes.len(), 1);
+    m.state.audit().unwrap();
+}
+
+#[test]
+fn a_lease_key_is_pinned_by_its_first_accepted_certificate() {
+    let mut m = Market::opened(staked());
+    let t = START + 1;
+    m.bond(t, 40, "available").unwrap();
+    let order = m.order(t, 2);
+    m.accept(t + 5, &order.lease_id);
+    let lease =
+        |m: &Market| -> LeaseRecord { m.state.get(LEASES, &order.lease_id).unwrap().unwrap() };
+    let first = key(3, 100);
+    let genesis = lease(&m).chain;
+    let tx = receipts_signed_by(
+        &first,
+        &key(1, 0),
+        &lease(&m),
+        &genesis,
+        (t + 60) * 1000,
+        t + 61,
+    );
+    assert!(matches!(m.apply(t + 61, tx), Ok(Outcome::Receipts(r)) if r.accepted_through == 1));
+    assert_eq!(
+        lease(&m).lease_key,
+        Some(first.verifying_key().as_bytes().to_vec())
+    );
+    // The provider certifies a second key and signs another history with it, from the start.
+    let hash_before = m.state.hash();
+    let second = key(3, 101);
+    let tx = receipts_signed_by(
+        &second,
+        &key(1, 0),
+        &lease(&m),
+        &genesis,
+        (t + 90) * 1000,
+        t + 91,
+    );
+    match m.apply(t + 91, tx) {
+        Err(StateError::Rejected(Rejection::PermissionDenied(message))) => assert!(
+            message.starts_with("certificate.leasePublicKey: lease ")
+                && message.ends_with("a certificate for another key is refused"),
+            "{message}"
+        ),
+        other => panic!("a second lease key was answered {other:?}"),
+    }
+    assert_eq!(lease(&m).chain.sequence, 1);
+    assert_eq!(
+        m.state.hash(),
+        hash_before,
+        "a refused certificate changes nothing"
+    );
     m.state.audit().unwrap();
 }
 

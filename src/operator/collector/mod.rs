@@ -431,8 +431,8 @@ impl CollectorService {
             true,
             reason,
             &format!(
-                "evidence for the network's challenge verified: {}",
-                reply.trust_tier
+                "evidence for the network's challenge verified: {} ({})",
+                reply.trust_tier, reply.detail
             ),
             now(),
         );
