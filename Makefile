@@ -87,11 +87,12 @@ bench-scale:
 	  --ignored --nocapture --test-threads=1 the_operator_at_5000_nodes_and_100000_pods; \
 	  status=$$?; bash e2e/cluster.sh down; exit $$status
 
-## bench: criterion benchmarks (capacity, network matching, receipts), then intake latency,
+## bench: criterion benchmarks (capacity, network matching, receipts, CC evidence and the GPU
+## challenge's probe and verifier), then intake latency,
 ## the meter's footprint on the e2e control plane and orders per second on four CometBFT
 ## validators (release build); figures print to the terminal.
 bench:
-	$(CARGO) bench --locked --bench capacity --bench network
+	$(CARGO) bench --locked --bench capacity --bench network --bench verification
 	bash e2e/cluster.sh up
 	GPUBRIDGE_E2E_REQUIRED=1 $(CARGO) test --locked --release --features e2e --test e2e -- \
 	  --ignored --nocapture --test-threads=1 benchmark; \

@@ -4,8 +4,8 @@
 //! The modules are layers (DESIGN §1); each uses only those below it, and
 //! `tests/layering.rs` fails on an import that runs up:
 //! 1. `wire` (with `identity` beneath it): the protocol both ends speak;
-//! 2. the pure cores: `crd`, `gpu`, `capacity`, `admission`, `workload`, `lifecycle`, `metering`,
-//!    `attestation`; then `process`, what every process shares;
+//! 2. the pure cores: `crd`, `commitment`, `gpu`, `capacity`, `probe`, `admission`, `workload`,
+//!    `lifecycle`, `metering`, `attestation`; then `process`, what every process shares;
 //! 3. the process roles, which never import one another: `operator`, `node`, `sidecar`,
 //!    `deviceplugin`;
 //!    above them `cli`, whose commands only parse arguments and call a role.
@@ -25,6 +25,7 @@ pub mod lifecycle;
 pub mod metering;
 pub mod node;
 pub mod operator;
+pub mod probe;
 pub mod process;
 pub mod sidecar;
 pub mod wire;

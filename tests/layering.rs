@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("commitment", 2),
     ("gpu", 2),
     ("capacity", 3),
+    ("probe", 3),
     ("admission", 4),
     ("workload", 4),
     ("lifecycle", 5),

@@ -1,0 +1,64 @@
+//! Verification's costs, side by side: NVIDIA CC evidence verified (chain of five ECDSA P-384
+//! signatures, the report's signature, parsing), and the GPU challenge on the CPU path — the
+//! probe's work for one tile (generate A and B, multiply) against the verifier's for one round on
+//! it (regenerate, Freivalds, one row opened). `make bench` prints them.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use gpubridge::attestation::nvidia::{Claimed, DeviceRoot, verify_gpu};
+use gpubridge::probe::{Matrix, Prover, Spec, generate, multiply, rounds, verify_round};
+
+const REPORT: &str = include_str!("../src/attestation/testdata/hopperAttestationReport.txt");
+const CHAIN: &[u8] = include_bytes!("../src/attestation/testdata/hopperCertChain.txt");
+
+fn cc_evidence(c: &mut Criterion) {
+    let report = hex::decode(REPORT.trim()).unwrap();
+    let nonce =
+        hex::decode("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb").unwrap();
+    let root = DeviceRoot::nvidia();
+    let claimed = Claimed {
+        nonce: &nonce,
+        driver: "550.90.07",
+        vbios: "96.00.9F.00.01",
+    };
+    c.bench_function(
+        "cc evidence: verify one H100 sample (chain + report)",
+        |b| {
+            b.iter(|| {
+                verify_gpu(black_box(&report), CHAIN, &claimed, &root, 1_796_083_200).unwrap()
+            })
+        },
+    );
+}
+
+fn challenge(c: &mut Criterion) {
+    let seed = [7; 32];
+    let mut group = c.benchmark_group("challenge, CPU path");
+    group.sample_size(10);
+    for size in [128u32, 256, 512] {
+        let spec = Spec { size, tiles: 1 };
+        group.bench_function(
+            format!("probe: one {size}² tile (generate + multiply)"),
+            |b| {
+                b.iter(|| {
+                    let a = generate(&seed, size, 0, Matrix::A);
+                    let m = generate(&seed, size, 0, Matrix::B);
+                    multiply(black_box(&a), &m, size)
+                })
+            },
+        );
+        let prover = Prover::run(spec, &seed);
+        let root = prover.commitment();
+        let round = rounds(&spec, &[9; 32], 1, 1).remove(0);
+        let answer = prover.answer(&round);
+        group.bench_function(
+            format!("verifier: one round on a {size}² tile, one row"),
+            |b| b.iter(|| verify_round(&spec, &seed, &root, black_box(&round), &answer).unwrap()),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, cc_evidence, challenge);
+criterion_main!(benches);
