@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use tendermint_abci::{Application, ServerBuilder};
 use tendermint_proto::v0_38::abci::{
-    ExecTxResult, RequestCheckTx, RequestFinalizeBlock, RequestInfo, RequestInitChain,
+    CheckTxType, ExecTxResult, RequestCheckTx, RequestFinalizeBlock, RequestInfo, RequestInitChain,
     ResponseCheckTx, ResponseCommit, ResponseFinalizeBlock, ResponseInfo, ResponseInitChain,
 };
 use tracing::{error, info};
@@ -95,9 +95,10 @@ impl Application for AbciApp {
     }
 
     fn check_tx(&self, request: RequestCheckTx) -> ResponseCheckTx {
+        let recheck = request.r#type == CheckTxType::Recheck as i32;
         let result = self
             .chain
-            .check_tx(&request.tx, jiff::Timestamp::now().as_second());
+            .check_tx(&request.tx, jiff::Timestamp::now().as_second(), recheck);
         ResponseCheckTx {
             code: result.code,
             log: result.log,

@@ -97,12 +97,19 @@ impl Chain {
 
     /// CheckTx, before a transaction enters the mempool: it decodes, its request is signed by
     /// its signer over the received bytes and fresh at `now` (the node's clock: the mempool is
-    /// not consensus), and its nonce was not used in a block applied before (CometBFT rechecks
-    /// the mempool after each Commit, so a replay waiting there is dropped too). What the state
-    /// says of it otherwise is decided in its block.
-    pub fn check_tx(&self, bytes: &[u8], now: i64) -> TxResult {
+    /// not consensus), and its nonce was not used in a block applied before. CometBFT rechecks
+    /// the mempool after each Commit (`recheck`), so a replay waiting there is dropped too; the
+    /// signature it verified when the bytes came in is not verified again.
+    /// What the state says of it otherwise is decided in its block.
+    pub fn check_tx(&self, bytes: &[u8], now: i64, recheck: bool) -> TxResult {
         let checked = codec::decode_tx(bytes)
-            .and_then(|tx| codec::verify_envelope(&tx, now))
+            .and_then(|tx| {
+                if recheck {
+                    codec::recheck_envelope(&tx, now)
+                } else {
+                    codec::verify_envelope(&tx, now)
+                }
+            })
             .and_then(
                 |(signer, nonce)| match self.store.nonce_seen(&signer, &nonce) {
                     Ok(false) => Ok(()),
@@ -328,38 +335,59 @@ mod tests {
     }
 
     #[test]
-    fn the_mempool_takes_only_signed_fresh_transactions() {
+    fn the_mempool_takes_only_signed_fresh_transactions_and_rechecks_what_may_have_changed() {
         let dir = tempfile::tempdir().unwrap();
         let chain = chain(&dir);
         let now = 1_800_000_000;
         let key = generate_key();
         let fresh = deposit(&key, now);
-        assert_eq!(chain.check_tx(&fresh, now).code, 0);
+        assert_eq!(chain.check_tx(&fresh, now, false).code, 0);
         chain.init_chain(b"").unwrap();
         chain
             .finalize_block(&block(1, now, vec![fresh.clone()]))
             .unwrap();
         chain.commit().unwrap();
-        let replay = chain.check_tx(&fresh, now);
-        assert_eq!(
-            replay.code,
-            tonic::Code::AlreadyExists as u32,
-            "{}",
-            replay.log
-        );
-        let stale = chain.check_tx(&deposit(&generate_key(), now - 3_600), now);
-        assert_eq!(
-            stale.code,
-            tonic::Code::FailedPrecondition as u32,
-            "{}",
-            stale.log
-        );
+        // A replay waiting in the mempool when its twin was committed: dropped on recheck.
+        for recheck in [false, true] {
+            let replay = chain.check_tx(&fresh, now, recheck);
+            assert_eq!(
+                replay.code,
+                tonic::Code::AlreadyExists as u32,
+                "{}",
+                replay.log
+            );
+        }
+        // A transaction admitted fresh and still waiting when it went stale: dropped on recheck.
+        let waiting = deposit(&generate_key(), now);
+        assert_eq!(chain.check_tx(&waiting, now, false).code, 0);
+        for recheck in [false, true] {
+            let stale = chain.check_tx(&waiting, now + 3_600, recheck);
+            assert_eq!(
+                stale.code,
+                tonic::Code::FailedPrecondition as u32,
+                "{}",
+                stale.log
+            );
+        }
         let mut forged = deposit(&generate_key(), now);
         let last = forged.len() - 1;
         forged[last] ^= 1;
-        assert_ne!(chain.check_tx(&forged, now).code, 0);
         assert_eq!(
-            chain.check_tx(b"\x0a", now).code,
+            chain.check_tx(&forged, now, false).code,
+            tonic::Code::Unauthenticated as u32
+        );
+        // Only a recheck skips the signature: CometBFT rechecks only bytes CheckTx admitted.
+        assert_eq!(chain.check_tx(&forged, now, true).code, 0);
+        // And a block does not take the mempool's word: the state verifies every signature.
+        let decided = chain.finalize_block(&block(2, now, vec![forged])).unwrap();
+        assert_eq!(
+            decided.results[0].code,
+            tonic::Code::Unauthenticated as u32,
+            "{:?}",
+            decided.results[0]
+        );
+        assert_eq!(
+            chain.check_tx(b"\x0a", now, false).code,
             tonic::Code::InvalidArgument as u32
         );
     }

@@ -8,7 +8,7 @@ use tonic::Code;
 
 use crate::commitment::TxResult;
 use crate::node::state::{Outcome, Placed, StateError, Tx};
-use crate::wire::envelope::open;
+use crate::wire::envelope::{open, reopen};
 use crate::wire::proto::{
     Ack, BondBody, CancelBody, DepositBody, EvidenceSubmitBody, HeartbeatBody, LeaseDecisionBody,
     LeaseEndBody, LeaseStreamBody, OfferBody, OrderBody, ProposeBody, ReceiptsBody, RegisterBody,
@@ -41,6 +41,14 @@ macro_rules! transactions {
         pub fn verify_envelope(tx: &Tx, now: i64) -> Result<(VerifyingKey, Vec<u8>), Rejection> {
             match tx {
                 $(Tx::$variant(signed) => open::<$body>(signed, now).map(|o| (o.signer, o.nonce)),)*
+            }
+        }
+
+        /// [`verify_envelope`] without the signature, for a transaction this node's mempool
+        /// admitted verified ([`reopen`]).
+        pub fn recheck_envelope(tx: &Tx, now: i64) -> Result<(VerifyingKey, Vec<u8>), Rejection> {
+            match tx {
+                $(Tx::$variant(signed) => reopen::<$body>(signed, now).map(|o| (o.signer, o.nonce)),)*
             }
         }
     };
