@@ -6,6 +6,7 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use gpubridge::attestation::TrustTier;
 use gpubridge::identity::{generate_key, issue_lease_certificate};
 use gpubridge::metering::{ChainHead, LeaseTerms, Step, check_next, seal_receipt};
 use gpubridge::node::matching::{BookOffer, OrderTerms, best_offer};
@@ -44,6 +45,7 @@ fn book(offers: usize) -> Vec<BookOffer> {
             provider: format!("provider-{i}"),
             bond_covers: None,
             uptime_basis_points: 10_000,
+            trust_tier: TrustTier::SelfReported,
         })
         .collect()
 }
@@ -61,6 +63,7 @@ fn terms() -> OrderTerms {
         image: "ghcr.io/acme/train:1".into(),
         provider: String::new(),
         min_uptime_basis_points: 0,
+        min_trust_tier: TrustTier::SelfReported,
     }
 }
 
@@ -71,6 +74,7 @@ fn order_body() -> OrderBody {
         provider: String::new(),
         min_uptime_basis_points: 0,
         wait_until: 0,
+        min_trust_tier: String::new(),
         gpus: 1,
         model: String::new(),
         duration_seconds: 3600,

@@ -303,7 +303,7 @@ async fn a_providers_bond_covers_its_leases_and_pays_the_buyer_when_it_never_sta
     let (code, out, _) = says(&order(buyer.path(), url, &["offers"]).await);
     assert_eq!(code, Some(0));
     let header = out.lines().next().unwrap();
-    for column in ["BONDED", "UPTIME", "DONE/FAULTS", "PROVIDER KEY"] {
+    for column in ["BONDED", "UPTIME", "TIER", "DONE/FAULTS", "PROVIDER KEY"] {
         assert!(header.contains(column), "{out}");
     }
     let (_, out, _) = says(&order(buyer.path(), url, &["offers", "-o", "json"]).await);
@@ -314,6 +314,21 @@ async fn a_providers_bond_covers_its_leases_and_pays_the_buyer_when_it_never_sta
         gpubridge::identity::public_key_base58(&provider.verifying_key()).as_str()
     );
     assert_eq!(book[0]["uptimeBasisPoints"], 10_000, "{out}");
+    // No evidence verified yet: the provider's word only, and an order asking more waits in vain.
+    assert_eq!(book[0]["trustTier"], "self-reported", "{out}");
+    let (code, _, err) = says(
+        &order(
+            buyer.path(),
+            url,
+            &[&SUBMIT[..], &["--min-tier", "hardware-attested"]].concat(),
+        )
+        .await,
+    );
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains("lower trust tier (the best: self-reported)"),
+        "{err}"
+    );
     let (code, out, err) =
         says(&order(buyer.path(), url, &[&SUBMIT[..], &["-o", "json"]].concat()).await);
     assert_eq!(code, Some(0), "two GPUs are covered: {err}");

@@ -171,6 +171,7 @@ fn order(seconds: u64) -> OrderBody {
         resource_name: String::new(),
         provider: String::new(),
         min_uptime_basis_points: 0,
+        min_trust_tier: String::new(),
         wait_until: 0,
         gpus: 1,
         model: "NVIDIA-H100-80GB-HBM3".into(),

@@ -33,6 +33,7 @@ pub(crate) fn order(gpus: u32, model: &str, seconds: u64, max_price: u128) -> Or
         resource_name: String::new(),
         provider: String::new(),
         min_uptime_basis_points: 0,
+        min_trust_tier: String::new(),
         wait_until: 0,
         gpus,
         model: model.into(),

@@ -18,22 +18,45 @@ const MAX_REPORT_BYTES: usize = 16 * 1024;
 
 static NVIDIA_ROOT: std::sync::LazyLock<DeviceRoot> = std::sync::LazyLock::new(DeviceRoot::nvidia);
 
-/// How much a buyer can trust where the lease runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How much a buyer can trust where the lease runs, weakest first.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum TrustTier {
-    /// Every GPU's confidential-computing evidence verified ([`nvidia::verify_gpu`]): each is a
+    /// The provider's own word, signed with the lease key.
+    #[default]
+    SelfReported,
+    /// Every GPU's confidential-computing evidence verified ([`verify_gpu`]): each is a
     /// distinct genuine NVIDIA GPU in CC mode that signed the network's nonce.
     HardwareAttested,
-    /// The provider's own word, signed with the lease key.
-    SelfReported,
 }
 
 impl TrustTier {
+    pub const ALL: [TrustTier; 2] = [TrustTier::SelfReported, TrustTier::HardwareAttested];
+
     pub fn as_str(self) -> &'static str {
         match self {
             TrustTier::HardwareAttested => "hardware-attested",
             TrustTier::SelfReported => "self-reported",
         }
+    }
+
+    /// The tier a name gives; an empty name is the weakest (no requirement).
+    pub fn parse(name: &str) -> Option<TrustTier> {
+        if name.is_empty() {
+            return Some(TrustTier::SelfReported);
+        }
+        TrustTier::ALL.into_iter().find(|t| t.as_str() == name)
     }
 }
 

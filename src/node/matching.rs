@@ -2,6 +2,7 @@
 //! it the live offer book and commits what it decides.
 
 use crate::admission::image_registry_allowed;
+use crate::attestation::TrustTier;
 use crate::capacity::blocks::best_fit;
 use crate::wire::amount::Amount;
 
@@ -31,6 +32,8 @@ pub struct BookOffer {
     pub bond_covers: Option<u64>,
     /// The provider's uptime over the network's window, basis points.
     pub uptime_basis_points: u32,
+    /// The tier the provider's last verified evidence reached.
+    pub trust_tier: TrustTier,
 }
 
 /// What an order asks for.
@@ -50,6 +53,8 @@ pub struct OrderTerms {
     pub provider: String,
     /// The least provider uptime, basis points; 0 asks none.
     pub min_uptime_basis_points: u32,
+    /// The least tier the provider's last verified evidence must have reached.
+    pub min_trust_tier: TrustTier,
 }
 
 /// The chosen offer and the node-block the lease takes.
@@ -68,6 +73,7 @@ pub enum Mismatch {
     Model,
     Region,
     Uptime,
+    TrustTier,
     Attributes,
     Duration,
     LeaseSize,
@@ -100,6 +106,10 @@ impl Mismatch {
             Mismatch::Uptime => (
                 "is from a provider with less uptime than the order asks",
                 "are from providers with less uptime than the order asks",
+            ),
+            Mismatch::TrustTier => (
+                "is from a provider whose last evidence reached a lower trust tier",
+                "are from providers whose last evidence reached a lower trust tier",
             ),
             Mismatch::Attributes => ("lacks a required attribute", "lack a required attribute"),
             Mismatch::Duration => ("does not allow this duration", "do not allow this duration"),
@@ -160,6 +170,10 @@ impl Mismatch {
             Mismatch::Uptime => {
                 let best = offers.iter().map(|o| o.uptime_basis_points).max()?;
                 format!("the best: {}.{:02} %", best / 100, best % 100)
+            }
+            Mismatch::TrustTier => {
+                let best = offers.iter().map(|o| o.trust_tier).max()?;
+                format!("the best: {}", best.as_str())
             }
             Mismatch::Attributes => return None,
             Mismatch::Duration => {
@@ -272,6 +286,9 @@ pub fn mismatch(order: &OrderTerms, offer: &BookOffer) -> Option<Mismatch> {
     if offer.uptime_basis_points < order.min_uptime_basis_points {
         return Some(Mismatch::Uptime);
     }
+    if offer.trust_tier < order.min_trust_tier {
+        return Some(Mismatch::TrustTier);
+    }
     if !order
         .attributes
         .iter()
@@ -377,6 +394,7 @@ mod tests {
             provider: "provider-a".into(),
             bond_covers: None,
             uptime_basis_points: 10_000,
+            trust_tier: TrustTier::SelfReported,
         }
     }
 
@@ -393,6 +411,7 @@ mod tests {
             image: "ghcr.io/acme/train:1".into(),
             provider: String::new(),
             min_uptime_basis_points: 0,
+            min_trust_tier: TrustTier::SelfReported,
         }
     }
 
@@ -461,6 +480,10 @@ mod tests {
                 }),
                 Mismatch::Uptime,
             ),
+            (
+                Box::new(|o, _| o.min_trust_tier = TrustTier::HardwareAttested),
+                Mismatch::TrustTier,
+            ),
             (Box::new(|_, b| b.bond_covers = Some(1)), Mismatch::Bond),
             (Box::new(|o, _| o.model = "A100".into()), Mismatch::Model),
             (Box::new(|o, _| o.region = "us".into()), Mismatch::Region),
@@ -502,6 +525,8 @@ mod tests {
         o.min_uptime_basis_points = 9_950;
         b.uptime_basis_points = 9_950;
         b.bond_covers = Some(2);
+        o.min_trust_tier = TrustTier::HardwareAttested;
+        b.trust_tier = TrustTier::HardwareAttested;
         assert_eq!(mismatch(&o, &b), None);
         b.bond_covers = None;
         let any_model = OrderTerms {
@@ -571,6 +596,10 @@ mod tests {
             (
                 Box::new(|o| o.min_uptime_basis_points = 10_000),
                 "2 are from providers with less uptime than the order asks (the best: 99.90 %)",
+            ),
+            (
+                Box::new(|o| o.min_trust_tier = TrustTier::HardwareAttested),
+                "2 are from providers whose last evidence reached a lower trust tier (the best: self-reported)",
             ),
             (
                 Box::new(|o| o.gpus = 4),

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::attestation::TrustTier;
 use crate::metering::{ChainHead, Totals};
 use crate::node::matching::BookOffer;
 use crate::node::uptime::Uptime;
@@ -24,6 +25,9 @@ pub struct ProviderRecord {
     pub completed_leases: u64,
     #[serde(default)]
     pub provider_fault_ends: u64,
+    /// The tier its last verified evidence reached; self-reported until any.
+    #[serde(default)]
+    pub trust_tier: TrustTier,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,8 +54,14 @@ pub struct OfferRecord {
 
 impl OfferRecord {
     /// The offer as matching sees it, with what the network knows of its provider.
-    pub fn to_book(&self, bond_covers: Option<u64>, uptime_basis_points: u32) -> BookOffer {
+    pub fn to_book(
+        &self,
+        bond_covers: Option<u64>,
+        uptime_basis_points: u32,
+        provider: &ProviderRecord,
+    ) -> BookOffer {
         BookOffer {
+            trust_tier: provider.trust_tier,
             offer_id: self.offer_id.clone(),
             provider: self.provider.clone(),
             bond_covers,
@@ -90,6 +100,7 @@ impl OfferRecord {
             uptime_basis_points: 0,
             completed_leases: 0,
             provider_fault_ends: 0,
+            trust_tier: String::new(),
         }
     }
 }

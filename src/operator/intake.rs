@@ -266,6 +266,7 @@ pub(crate) mod tests {
             provider: String::new(),
             min_uptime_basis_points: 0,
             wait_until: 0,
+            min_trust_tier: String::new(),
             workload: Some(Workload {
                 image: "ghcr.io/acme/train:1".into(),
                 command: vec!["python".into(), "train.py".into()],

@@ -403,6 +403,7 @@ pub(crate) mod tests {
             provider: String::new(),
             min_uptime_basis_points: 0,
             wait_until: 0,
+            min_trust_tier: String::new(),
             workload: Some(Workload {
                 image: "ghcr.io/acme/train:1.2".into(),
                 command: vec!["python".into()],

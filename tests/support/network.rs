@@ -161,6 +161,7 @@ pub fn order(gpus: u32) -> OrderBody {
         provider: String::new(),
         min_uptime_basis_points: 0,
         wait_until: 0,
+        min_trust_tier: String::new(),
         gpus,
         model: "NVIDIA-H100-80GB-HBM3".into(),
         duration_seconds: 3600,

@@ -109,6 +109,7 @@ fn flag_of(field: &str) -> String {
         "order.region" => "--region",
         "order.provider" => "--provider",
         "order.minUptimeBasisPoints" => "--min-uptime",
+        "order.minTrustTier" => "--min-tier",
         "order.waitUntil" => "--wait-until",
         "order.workload.image" => "--image",
         "order.workload.cpu" => "--cpu",
@@ -140,6 +141,7 @@ pub(super) fn order_body(args: SubmitArgs) -> Result<OrderBody, String> {
         resource_name: args.resource,
         provider: args.provider,
         min_uptime_basis_points: args.min_uptime,
+        min_trust_tier: args.min_tier.unwrap_or_default(),
         wait_until: args
             .wait_until
             .map_or(0, |w| w.at(jiff::Timestamp::now().as_second())),
@@ -268,6 +270,7 @@ mod tests {
             region: String::new(),
             provider: String::new(),
             min_uptime: 0,
+            min_tier: None,
             wait_until: None,
             attributes: vec![],
             command: vec!["python".into(), "train.py".into()],

@@ -205,6 +205,10 @@ pub struct SubmitArgs {
     /// absent.
     #[arg(long, value_parser = input::percent, default_value = "0", hide_default_value = true, value_name = "PERCENT")]
     pub min_uptime: u32,
+    /// The least trust tier the provider's last verified evidence must have reached (the offer
+    /// book's TIER); any when absent.
+    #[arg(long, value_parser = ["self-reported", "hardware-attested"], value_name = "TIER")]
+    pub min_tier: Option<String>,
     /// When no offer fits now, wait for one until this time (such as 2026-12-03T18:00:00Z) or for
     /// this long (30m, 2h, at most 7d) instead of being rejected at once; cancel works until it
     /// matches.

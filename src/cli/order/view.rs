@@ -352,6 +352,7 @@ pub(super) fn offers(offers: &[OfferView], output: Output) -> String {
                     "bonded": units(&o.bonded),
                     "providerKey": o.provider,
                     "uptimeBasisPoints": o.uptime_basis_points,
+                    "trustTier": o.trust_tier,
                     "completedLeases": o.completed_leases,
                     "providerFaultEnds": o.provider_fault_ends,
                 })
@@ -389,6 +390,7 @@ pub(super) fn offers(offers: &[OfferView], output: Output) -> String {
                     o.uptime_basis_points / 100,
                     o.uptime_basis_points % 100
                 ),
+                or_dash(&o.trust_tier),
                 format!("{} / {}", o.completed_leases, o.provider_fault_ends),
                 o.provider.clone(),
             ]
@@ -406,6 +408,7 @@ pub(super) fn offers(offers: &[OfferView], output: Output) -> String {
             "REGION",
             "BONDED",
             "UPTIME",
+            "TIER",
             "DONE/FAULTS",
             "PROVIDER KEY",
         ],

@@ -16,7 +16,7 @@ use crate::wire::proto::{
 };
 use crate::wire::{Opened, Rejection, validate};
 
-use super::{Block, FORKS, LEASES, ORDERS, RECEIPTS, Result, State, StateError};
+use super::{Block, FORKS, LEASES, ORDERS, PROVIDERS, RECEIPTS, Result, State, StateError};
 
 /// Evidence refusals as protocol errors; the kind leads the message so a forwarder can tell.
 fn evidence_rejection(e: EvidenceRejection) -> StateError {
@@ -289,6 +289,11 @@ impl State {
         };
         lease.attestation = Some(record.clone());
         self.put(LEASES, &lease.lease_id, &lease)?;
+        // The offer book shows, and orders may ask for, the tier the provider's last evidence
+        // reached: earned again with every challenge, lost with the first that falls short.
+        let mut registered = self.registered(&provider)?;
+        registered.trust_tier = verified.attestation.tier;
+        self.put(PROVIDERS, &provider, &registered)?;
         Ok(EvidenceReply {
             trust_tier: record.trust_tier,
             digest: record.digest,

@@ -1,5 +1,6 @@
 //! Providers and their offers: registration, heartbeats, publication, withdrawal, the book.
 
+use crate::attestation::TrustTier;
 use crate::identity::public_key_base58;
 use crate::node::ledger::Account;
 use crate::node::records::{LeaseRecord, OfferRecord, ProviderRecord};
@@ -54,6 +55,7 @@ impl State {
                 uptime: Uptime::default(),
                 completed_leases: 0,
                 provider_fault_ends: 0,
+                trust_tier: TrustTier::SelfReported,
             },
         };
         record.name = opened.body.name.clone();
@@ -184,6 +186,7 @@ impl State {
                 view.uptime_basis_points = self.uptime_of(provider, now)?;
                 view.completed_leases = provider.completed_leases;
                 view.provider_fault_ends = provider.provider_fault_ends;
+                view.trust_tier = provider.trust_tier.as_str().to_string();
                 Ok(view)
             })
             .collect()

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::attestation::TrustTier;
 use crate::identity::public_key_base58;
 use crate::metering::{ChainHead, Totals};
 use crate::node::ledger::{self, Account};
@@ -39,6 +40,17 @@ fn image_of(body: &OrderBody) -> String {
         .as_ref()
         .map(|w| w.image.clone())
         .unwrap_or_default()
+}
+
+/// The least trust tier an order asks of its provider.
+fn min_trust_tier(body: &OrderBody) -> Result<TrustTier> {
+    TrustTier::parse(&body.min_trust_tier).ok_or_else(|| {
+        Rejection::invalid(
+            "order.minTrustTier",
+            "must be empty, \"self-reported\" or \"hardware-attested\"",
+        )
+        .into()
+    })
 }
 
 impl State {
@@ -79,6 +91,7 @@ impl State {
         let opened: Opened<OrderBody> = open(signed, now)?;
         let checked = validate::order(&opened.body)?;
         let body = &opened.body;
+        min_trust_tier(body)?;
         if body.wait_until != 0 && !(now < body.wait_until && body.wait_until <= now + MAX_WAIT) {
             return Err(Rejection::invalid(
                 "order.waitUntil",
@@ -157,15 +170,16 @@ impl State {
             image: order.image.clone(),
             provider: body.provider.clone(),
             min_uptime_basis_points: body.min_uptime_basis_points,
+            min_trust_tier: min_trust_tier(body)?,
         };
-        // Each offer as matching sees it: with its provider's uptime, and the GPUs its
-        // provider's bond still covers.
+        // Each offer as matching sees it: with its provider's uptime and trust tier, and the
+        // GPUs its provider's bond still covers.
         let params = self.params()?;
         let mut offers = Vec::new();
         let mut book = Vec::new();
         for (offer, provider) in self.live_offers(now)? {
             let covers = self.uncommitted_cover(&provider.key, &params)?;
-            book.push(offer.to_book(covers, self.uptime_of(&provider, now)?));
+            book.push(offer.to_book(covers, self.uptime_of(&provider, now)?, &provider));
             offers.push(offer);
         }
         let found = match matching::best_offer(&terms, &book) {

@@ -1067,6 +1067,48 @@ fn a_buyer_names_a_provider_or_asks_for_uptime_and_the_book_shows_both() {
         refused.order.reason
     );
 
+    // No evidence verified yet: every offer is self-reported and an order asking more matches
+    // none; once acme's evidence reached hardware-attested, it matches acme, though dearer.
+    assert!(
+        book.iter().all(|o| o.trust_tier == "self-reported"),
+        "{book:?}"
+    );
+    let attested = |o: &mut OrderBody| o.min_trust_tier = "hardware-attested".into();
+    let unmet = place(&mut m, &attested);
+    assert!(unmet.lease.is_none());
+    assert!(
+        unmet
+            .order
+            .reason
+            .contains("lower trust tier (the best: self-reported)"),
+        "{}",
+        unmet.order.reason
+    );
+    let mut acme = m.state.registered(&m_provider()).unwrap();
+    acme.trust_tier = crate::attestation::TrustTier::HardwareAttested;
+    m.state.put(PROVIDERS, &m_provider(), &acme).unwrap();
+    assert_eq!(place(&mut m, &attested).lease.unwrap().0, m_provider());
+    let shown = m.state.list_offers(t).unwrap();
+    assert_eq!(
+        shown
+            .iter()
+            .find(|o| o.provider_name == "acme")
+            .unwrap()
+            .trust_tier,
+        "hardware-attested"
+    );
+    let gold = OrderBody {
+        min_trust_tier: "gold".into(),
+        ..order(1)
+    };
+    match m.apply(t, Tx::SubmitOrder(seal(&key(2, 0), gold, t))) {
+        Err(StateError::Rejected(r)) => assert!(
+            r.to_string().contains("order.minTrustTier: must be empty"),
+            "{r}"
+        ),
+        other => panic!("an unknown tier was answered {other:?}"),
+    }
+
     // A lease that ends well counts for its provider; one that never starts, against.
     let lease_id = named.order.lease_id.clone();
     m.accept(t, &lease_id);
