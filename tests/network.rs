@@ -1028,17 +1028,29 @@ async fn evidence_answers_the_outstanding_challenge_once() {
         sign_body(&meter.key, &e)
     };
     let wrong = provider
-        .submit_evidence(&lease_id, meter.certificate(), evidence(&[7; 32]))
+        .submit_evidence(&lease_id, meter.certificate(), evidence(&[7; 32]), "")
         .await
         .unwrap_err();
     assert_eq!(wrong.code(), Code::FailedPrecondition, "{wrong:?}");
     assert!(wrong.message().starts_with("WrongNonce"), "{wrong:?}");
 
     let good = evidence(&challenge.nonce);
+    // The image digest the operator read from the pod: checked for shape, then recorded.
+    let malformed = provider
+        .submit_evidence(&lease_id, meter.certificate(), good.clone(), "train:latest")
+        .await
+        .unwrap_err();
+    assert_eq!(malformed.code(), Code::InvalidArgument, "{malformed:?}");
+    assert!(
+        malformed.message().contains("evidence.imageDigest"),
+        "{malformed:?}"
+    );
+    let digest = format!("ghcr.io/acme/train@sha256:{}", "0f".repeat(32));
     let reply = provider
-        .submit_evidence(&lease_id, meter.certificate(), good.clone())
+        .submit_evidence(&lease_id, meter.certificate(), good.clone(), &digest)
         .await
         .unwrap();
+    assert_eq!(reply.image_digest, digest);
     // A report and chain that are not NVIDIA's earn nothing: the network says why.
     assert_eq!(reply.trust_tier, "self-reported");
     assert!(
@@ -1049,7 +1061,7 @@ async fn evidence_answers_the_outstanding_challenge_once() {
     // The same nonce again, even with freshly signed evidence: a replay.
     for again in [good, evidence(&challenge.nonce)] {
         let replayed = provider
-            .submit_evidence(&lease_id, meter.certificate(), again)
+            .submit_evidence(&lease_id, meter.certificate(), again, "")
             .await
             .unwrap_err();
         assert_eq!(replayed.code(), Code::AlreadyExists, "{replayed:?}");
@@ -1064,7 +1076,7 @@ async fn evidence_answers_the_outstanding_challenge_once() {
         &build_evidence(&lease_id, &challenge.nonce, &[], "n", "u", "i", now()),
     );
     let status = provider
-        .submit_evidence(&lease_id, meter.certificate(), forged)
+        .submit_evidence(&lease_id, meter.certificate(), forged, "")
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
@@ -1079,7 +1091,12 @@ async fn an_answered_challenge_is_renewed_by_the_sweep() {
     let e =
         gpubridge::attestation::build_evidence(&lease_id, &first.nonce, &[], "n", "u", "i", now());
     provider
-        .submit_evidence(&lease_id, meter.certificate(), sign_body(&meter.key, &e))
+        .submit_evidence(
+            &lease_id,
+            meter.certificate(),
+            sign_body(&meter.key, &e),
+            "",
+        )
         .await
         .unwrap();
     // Not yet due: the answered challenge stays.

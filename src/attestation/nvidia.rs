@@ -186,12 +186,7 @@ fn verify_report(
             found: hex::encode(parsed.request_nonce),
         });
     }
-    let leaf_key = leaf
-        .tbs_certificate
-        .subject_public_key_info
-        .subject_public_key
-        .raw_bytes();
-    UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, leaf_key)
+    UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, public_key(leaf))
         .verify(parsed.signed, parsed.signature)
         .map_err(|_| CcRejection::ReportSignature)?;
 
@@ -339,17 +334,20 @@ fn verify_chain(
         }
         let tbs =
             tbs_bytes(der).map_err(|e| CcRejection::Chain(format!("certificate {index}: {e}")))?;
-        let signature = certificate.signature.raw_bytes();
-        let issuer_key = issuer
-            .tbs_certificate
-            .subject_public_key_info
-            .subject_public_key
-            .raw_bytes();
-        UnparsedPublicKey::new(&ECDSA_P384_SHA384_ASN1, issuer_key)
-            .verify(tbs, signature)
+        UnparsedPublicKey::new(&ECDSA_P384_SHA384_ASN1, public_key(issuer))
+            .verify(tbs, certificate.signature.raw_bytes())
             .map_err(|_| CcRejection::ChainSignature { index })?;
     }
     Ok(certificates)
+}
+
+/// The certificate's public key: an uncompressed P-384 point, as [`check_key`] required.
+fn public_key(certificate: &Certificate) -> &[u8] {
+    certificate
+        .tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .raw_bytes()
 }
 
 /// The signed part of a certificate exactly as received (re-encoding a parsed one could differ).

@@ -363,6 +363,10 @@ pub struct LeaseAttestation {
     /// SHA-256 of the last verified evidence, hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence_digest: Option<String>,
+    /// The image the kubelet ran for the workload, as the pod's status names it
+    /// (`repository@sha256:…`), recorded by the network with the evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
 }
 
 /// What the operator observed of a lease.

@@ -266,6 +266,7 @@ conditions: [{type: Ready, status: "True", reason: R, message: "", lastTransitio
                 trust_tier: "self-reported".into(),
                 last_verified: time(),
                 evidence_digest: None,
+                image_digest: None,
             }),
             reported_at: time(),
             conditions: vec![

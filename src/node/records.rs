@@ -303,6 +303,9 @@ pub struct AttestationRecord {
     /// What the verification checked, or why the evidence earned no more than its tier.
     #[serde(default)]
     pub detail: String,
+    /// The workload image's digest the provider reported with the evidence.
+    #[serde(default)]
+    pub image_digest: String,
     pub digest: Vec<u8>,
     pub verified_at: i64,
 }

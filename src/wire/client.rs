@@ -211,17 +211,21 @@ impl NetworkClient {
             .into_inner())
     }
 
+    /// Forwards a lease's evidence, with the digest of the image its pod runs (empty until
+    /// the workload container started).
     pub async fn submit_evidence(
         &self,
         lease_id: &str,
         certificate: Vec<u8>,
         evidence: Signed,
+        image_digest: &str,
     ) -> Result<EvidenceReply, Status> {
         let body = EvidenceSubmitBody {
             header: None,
             lease_id: lease_id.into(),
             certificate,
             evidence: Some(evidence),
+            image_digest: image_digest.into(),
         };
         let signed = self.seal(body);
         Ok(self

@@ -11,6 +11,8 @@ pub const MAX_DURATION_SECONDS: u64 = 31_536_000;
 /// An offer lives at most this long without being published again.
 pub const MAX_OFFER_TTL_SECONDS: i64 = 3600;
 pub const MAX_REASON_CHARS: usize = 1024;
+/// The longest image reference, with or without a digest.
+pub const MAX_IMAGE_CHARS: usize = 512;
 
 fn invalid<T>(field: &str, rule: &str) -> Result<T, Rejection> {
     Err(Rejection::invalid(field, rule))
@@ -174,7 +176,7 @@ fn gpus(field: &str, count: u32) -> Result<(), Rejection> {
 
 /// Whether an image reference names its registry host, as lease images must.
 pub fn image(field: &str, text: &str) -> Result<(), Rejection> {
-    bounded(field, text, 1, 512)?;
+    bounded(field, text, 1, MAX_IMAGE_CHARS)?;
     let Some((host, rest)) = text.split_once('/') else {
         return invalid(
             field,

@@ -35,6 +35,28 @@ fn evidence_rejection(e: EvidenceRejection) -> StateError {
     .into()
 }
 
+/// The image digest a provider reports with evidence: empty (the container has not started),
+/// or a content digest as the kubelet names it, `[repository@]sha256:` and 64 hex digits.
+fn image_digest(reported: &str) -> Result<String> {
+    let digest = reported.rsplit('@').next().unwrap_or_default();
+    let well_formed = digest
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+    let plain = !reported
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control());
+    if reported.is_empty() || (well_formed && plain && reported.len() <= validate::MAX_IMAGE_CHARS)
+    {
+        Ok(reported.to_string())
+    } else {
+        Err(Rejection::invalid(
+            "evidence.imageDigest",
+            "must be empty or [repository@]sha256: and 64 hex digits, as the pod status names it",
+        )
+        .into())
+    }
+}
+
 /// Where a lease's receipts stand, as the network answers.
 fn receipts_reply(lease: &LeaseRecord, rejection: Option<ReceiptRejection>) -> ReceiptsReply {
     ReceiptsReply {
@@ -284,6 +306,7 @@ impl State {
         let record = AttestationRecord {
             trust_tier: verified.attestation.tier.as_str().to_string(),
             detail: verified.attestation.detail,
+            image_digest: image_digest(&body.image_digest)?,
             digest: verified.digest.to_vec(),
             verified_at: now,
         };
@@ -299,6 +322,7 @@ impl State {
             digest: record.digest,
             verified_at: now,
             detail: record.detail,
+            image_digest: record.image_digest,
         })
     }
 }

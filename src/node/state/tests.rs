@@ -797,15 +797,27 @@ fn a_lease_never_started_ends_and_its_provider_is_slashed_to_the_buyer() {
     m.state.audit().unwrap();
 }
 
-#[test]
-fn a_receipt_chain_that_forks_slashes_its_provider_to_the_buyer_once() {
+/// A staked market whose provider bonded 40 and accepted a 2-GPU order at START + 6.
+fn accepted_lease() -> (Market, OrderView) {
     let mut m = Market::opened(staked());
     let t = START + 1;
     m.bond(t, 40, "available").unwrap();
     let order = m.order(t, 2);
     m.accept(t + 5, &order.lease_id);
-    let lease =
-        |m: &Market| -> LeaseRecord { m.state.get(LEASES, &order.lease_id).unwrap().unwrap() };
+    (m, order)
+}
+
+impl Market {
+    fn lease(&self, lease_id: &str) -> LeaseRecord {
+        self.state.get(LEASES, lease_id).unwrap().unwrap()
+    }
+}
+
+#[test]
+fn a_receipt_chain_that_forks_slashes_its_provider_to_the_buyer_once() {
+    let (mut m, order) = accepted_lease();
+    let t = START + 1;
+    let lease = |m: &Market| m.lease(&order.lease_id);
     let genesis = lease(&m).chain;
     let submit = |m: &mut Market, end_ms: i64, now: i64| -> ReceiptsReply {
         let tx = receipts_tx(&key(1, 0), &lease(m), &genesis, end_ms, now);
@@ -851,13 +863,9 @@ fn a_receipt_chain_that_forks_slashes_its_provider_to_the_buyer_once() {
 
 #[test]
 fn a_lease_key_is_pinned_by_its_first_accepted_certificate() {
-    let mut m = Market::opened(staked());
+    let (mut m, order) = accepted_lease();
     let t = START + 1;
-    m.bond(t, 40, "available").unwrap();
-    let order = m.order(t, 2);
-    m.accept(t + 5, &order.lease_id);
-    let lease =
-        |m: &Market| -> LeaseRecord { m.state.get(LEASES, &order.lease_id).unwrap().unwrap() };
+    let lease = |m: &Market| m.lease(&order.lease_id);
     let first = key(3, 100);
     let genesis = lease(&m).chain;
     let tx = receipts_signed_by(

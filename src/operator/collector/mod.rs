@@ -43,7 +43,7 @@ use crate::wire::proto::{
     SidecarChallengeBody, SidecarEvidenceBody, SidecarReceiptsBody, Signed,
 };
 use crate::wire::{Rejection, Signable, open};
-use crate::workload::{POD_NAME, namespace_for};
+use crate::workload::{POD_NAME, WORKLOAD_CONTAINER, namespace_for};
 use summary::{LeaseProgress, Served, usage_from};
 
 /// Field managers of the collector's status writes. Server-side apply drops whatever a manager
@@ -387,14 +387,18 @@ impl CollectorService {
                 Ok(v) => v,
                 Err(e) => return Err(self.evidence_refused(&auth.lease, e).await),
             };
-        if let Err(e) = self
-            .check_placement(&auth.lease, &verified.evidence)
-            .await?
-        {
-            return Err(self.evidence_refused(&auth.lease, e).await);
-        }
+        let pod = self.lease_pod(&auth.lease).await?;
+        let image_digest = match placement(pod.as_ref(), &verified.evidence) {
+            Ok(digest) => digest,
+            Err(e) => return Err(self.evidence_refused(&auth.lease, e).await),
+        };
         let reply = match network
-            .submit_evidence(&lease_id, auth.body.certificate.clone(), evidence)
+            .submit_evidence(
+                &lease_id,
+                auth.body.certificate.clone(),
+                evidence,
+                &image_digest,
+            )
             .await
         {
             Ok(reply) => reply,
@@ -421,6 +425,7 @@ impl CollectorService {
             trust_tier: reply.trust_tier.clone(),
             last_verified: Some(Time(verified_at)),
             evidence_digest: Some(hex::encode(&reply.digest)),
+            image_digest: Some(reply.image_digest.clone()).filter(|d| !d.is_empty()),
         };
         let reason = match reply.trust_tier.as_str() {
             "hardware-attested" => "HardwareAttested",
@@ -442,41 +447,13 @@ impl CollectorService {
         Ok(reply)
     }
 
-    /// The evidence must name the lease's own pod and node.
-    async fn check_placement(
-        &self,
-        lease: &ComputeLease,
-        evidence: &crate::wire::proto::Evidence,
-    ) -> Result<Result<(), EvidenceRejection>, Status> {
+    /// The lease's pod, if it exists.
+    async fn lease_pod(&self, lease: &ComputeLease) -> Result<Option<Pod>, Status> {
         let namespace = namespace_for(&lease.metadata.name.clone().unwrap_or_default());
-        let pod = Api::<Pod>::namespaced(self.client.clone(), &namespace)
+        Api::<Pod>::namespaced(self.client.clone(), &namespace)
             .get_opt(POD_NAME)
             .await
-            .map_err(|e| Status::unavailable(format!("reading the lease pod: {e}")))?;
-        let uid = pod
-            .as_ref()
-            .and_then(|p| p.metadata.uid.clone())
-            .unwrap_or_default();
-        let node = pod
-            .as_ref()
-            .and_then(|p| p.spec.as_ref())
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_default();
-        Ok(if evidence.pod_uid != uid {
-            Err(EvidenceRejection::WrongPlacement {
-                field: "pod",
-                expected: uid,
-                found: evidence.pod_uid.clone(),
-            })
-        } else if evidence.node != node {
-            Err(EvidenceRejection::WrongPlacement {
-                field: "node",
-                expected: node,
-                found: evidence.node.clone(),
-            })
-        } else {
-            Ok(())
-        })
+            .map_err(|e| Status::unavailable(format!("reading the lease pod: {e}")))
     }
 
     async fn evidence_refused(&self, lease: &ComputeLease, e: EvidenceRejection) -> Status {
@@ -497,6 +474,39 @@ impl CollectorService {
             EvidenceRejection::Malformed(_) => Status::invalid_argument(message),
         }
     }
+}
+
+/// The evidence must name the lease's own pod and node; then the image its workload container
+/// runs, as the kubelet reported it (`imageID`; empty until the container started).
+fn placement(
+    pod: Option<&Pod>,
+    evidence: &crate::wire::proto::Evidence,
+) -> Result<String, EvidenceRejection> {
+    let uid = pod.and_then(|p| p.metadata.uid.clone()).unwrap_or_default();
+    let node = pod
+        .and_then(|p| p.spec.as_ref())
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default();
+    if evidence.pod_uid != uid {
+        return Err(EvidenceRejection::WrongPlacement {
+            field: "pod",
+            expected: uid,
+            found: evidence.pod_uid.clone(),
+        });
+    }
+    if evidence.node != node {
+        return Err(EvidenceRejection::WrongPlacement {
+            field: "node",
+            expected: node,
+            found: evidence.node.clone(),
+        });
+    }
+    Ok(pod
+        .and_then(|p| p.status.as_ref())
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == WORKLOAD_CONTAINER))
+        .map(|c| c.image_id.clone())
+        .unwrap_or_default())
 }
 
 #[tonic::async_trait]
@@ -540,4 +550,59 @@ pub async fn serve(
             shutdown,
         )
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::proto::Evidence;
+
+    fn pod(image_id: Option<&str>) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "workload", "uid": "uid-1"},
+            "spec": {"nodeName": "gpu-node-1", "containers": []},
+            "status": {"containerStatuses": image_id.map(|id| vec![
+                serde_json::json!({"name": "attest", "image": "gpubridge:1", "imageID": "sha256:aa",
+                    "ready": true, "restartCount": 0}),
+                serde_json::json!({"name": "workload", "image": "ghcr.io/acme/train:1", "imageID": id,
+                    "ready": true, "restartCount": 0}),
+            ]).unwrap_or_default()}
+        }))
+        .unwrap()
+    }
+
+    fn evidence(pod_uid: &str, node: &str) -> Evidence {
+        Evidence {
+            pod_uid: pod_uid.into(),
+            node: node.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn evidence_must_name_the_lease_pod_and_node_and_gets_the_image_the_kubelet_ran() {
+        let digest = format!("ghcr.io/acme/train@sha256:{}", "ab".repeat(32));
+        let running = pod(Some(&digest));
+        assert_eq!(
+            placement(Some(&running), &evidence("uid-1", "gpu-node-1")),
+            Ok(digest)
+        );
+        // Not started yet: no digest to report.
+        assert_eq!(
+            placement(Some(&pod(None)), &evidence("uid-1", "gpu-node-1")),
+            Ok(String::new())
+        );
+        let kind = |pod: Option<&Pod>, e: Evidence| placement(pod, &e).unwrap_err().to_string();
+        assert_eq!(
+            kind(Some(&running), evidence("uid-2", "gpu-node-1")),
+            "evidence names pod uid-2, but the lease runs in uid-1"
+        );
+        assert_eq!(
+            kind(Some(&running), evidence("uid-1", "other")),
+            "evidence names node other, but the lease runs in gpu-node-1"
+        );
+        assert!(
+            kind(None, evidence("uid-1", "gpu-node-1")).starts_with("evidence names pod uid-1")
+        );
+    }
 }
