@@ -2,7 +2,8 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::attestation::{EvidenceRejection, verify_evidence};
+use crate::attestation::nvidia::DeviceRoot;
+use crate::attestation::{EvidenceRejection, attest, verify_evidence};
 use crate::identity::{public_key_base58, public_key_from_base58, verify_lease_certificate};
 use crate::metering::chain::MAX_RECEIPTS_PER_BATCH;
 use crate::metering::{LeaseTerms, ReceiptRejection, Step, check_next};
@@ -17,6 +18,9 @@ use crate::wire::proto::{
 use crate::wire::{Opened, Rejection, validate};
 
 use super::{Block, FORKS, LEASES, ORDERS, PROVIDERS, RECEIPTS, Result, State, StateError};
+
+/// The root every GPU's device certificate chain must end in, parsed once.
+static NVIDIA_ROOT: std::sync::LazyLock<DeviceRoot> = std::sync::LazyLock::new(DeviceRoot::nvidia);
 
 /// Evidence refusals as protocol errors; the kind leads the message so a forwarder can tell.
 fn evidence_rejection(e: EvidenceRejection) -> StateError {
@@ -37,7 +41,7 @@ fn evidence_rejection(e: EvidenceRejection) -> StateError {
 
 /// The image digest a provider reports with evidence: empty (the container has not started),
 /// or a content digest as the kubelet names it, `[repository@]sha256:` and 64 hex digits.
-fn image_digest(reported: &str) -> Result<String> {
+fn checked_image_digest(reported: &str) -> Result<String> {
     let digest = reported.rsplit('@').next().unwrap_or_default();
     let well_formed = digest
         .strip_prefix("sha256:")
@@ -283,6 +287,7 @@ impl State {
             .evidence
             .as_ref()
             .ok_or_else(|| Rejection::invalid("evidence.evidence", "is required"))?;
+        let image_digest = checked_image_digest(&body.image_digest)?;
         let provider = public_key_base58(&opened.signer);
         self.consume_nonce(&opened)?;
         let mut lease = self.owned_lease(&body.lease_id, &provider)?;
@@ -303,10 +308,12 @@ impl State {
             return Err(evidence_rejection(EvidenceRejection::ReplayedNonce));
         }
         challenge.answered = true;
+        // The challenge answered: now the CC evidence, against NVIDIA's root, at block time.
+        let attestation = attest(&verified.evidence, &NVIDIA_ROOT, now);
         let record = AttestationRecord {
-            trust_tier: verified.attestation.tier.as_str().to_string(),
-            detail: verified.attestation.detail,
-            image_digest: image_digest(&body.image_digest)?,
+            trust_tier: attestation.tier.as_str().to_string(),
+            detail: attestation.detail,
+            image_digest,
             digest: verified.digest.to_vec(),
             verified_at: now,
         };
@@ -315,7 +322,7 @@ impl State {
         // The offer book shows, and orders may ask for, the tier the provider's last evidence
         // reached: earned again with every challenge, lost with the first that falls short.
         let mut registered = self.registered(&provider)?;
-        registered.trust_tier = verified.attestation.tier;
+        registered.trust_tier = attestation.tier;
         self.put(PROVIDERS, &provider, &registered)?;
         Ok(EvidenceReply {
             trust_tier: record.trust_tier,
