@@ -866,16 +866,20 @@ fn a_lease_key_is_pinned_by_its_first_accepted_certificate() {
     let (mut m, order) = accepted_lease();
     let t = START + 1;
     let lease = |m: &Market| m.lease(&order.lease_id);
-    let first = key(3, 100);
     let genesis = lease(&m).chain;
-    let tx = receipts_signed_by(
-        &first,
-        &key(1, 0),
-        &lease(&m),
-        &genesis,
-        (t + 60) * 1000,
-        t + 61,
-    );
+    // The lease's first receipt, under `lease_key`, for a window ending at `end` (seconds).
+    let first_receipt = |m: &Market, lease_key: &SigningKey, end: i64| {
+        receipts_signed_by(
+            lease_key,
+            &key(1, 0),
+            &lease(m),
+            &genesis,
+            end * 1000,
+            end + 1,
+        )
+    };
+    let first = key(3, 100);
+    let tx = first_receipt(&m, &first, t + 60);
     assert!(matches!(m.apply(t + 61, tx), Ok(Outcome::Receipts(r)) if r.accepted_through == 1));
     assert_eq!(
         lease(&m).lease_key,
@@ -883,15 +887,7 @@ fn a_lease_key_is_pinned_by_its_first_accepted_certificate() {
     );
     // The provider certifies a second key and signs another history with it, from the start.
     let hash_before = m.state.hash();
-    let second = key(3, 101);
-    let tx = receipts_signed_by(
-        &second,
-        &key(1, 0),
-        &lease(&m),
-        &genesis,
-        (t + 90) * 1000,
-        t + 91,
-    );
+    let tx = first_receipt(&m, &key(3, 101), t + 90);
     match m.apply(t + 91, tx) {
         Err(StateError::Rejected(Rejection::PermissionDenied(message))) => assert!(
             message.starts_with("certificate.leasePublicKey: lease ")
