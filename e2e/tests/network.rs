@@ -700,8 +700,12 @@ async fn two_hundred_orders_fit_the_pool(c: &Cluster, network: &NetworkNode, pro
         *per_node.entry(node).or_default() += lease.spec.gpus;
     }
     assert!(per_node.values().all(|g| *g <= 8), "{per_node:?}");
-    // Exactly what fits was accepted: each order rejected for capacity wanted more GPUs than any
-    // node has free now (free only shrank while the orders landed).
+    // With one provider, exactly what fits was accepted: each order rejected for capacity wanted
+    // more GPUs than any node has free now (free only shrank while the orders landed). Two
+    // providers on one pool each have an optimistic book: a lease one operator refuses (the other
+    // took its GPUs) holds its provider's book until the refusal lands, and an order arriving in
+    // that window is refused though a GPU is free. What they must never do is promise a GPU
+    // twice, which the counts above check.
     let largest_free = (0..BURST_NODES)
         .map(|i| {
             8 - per_node
@@ -722,7 +726,7 @@ async fn two_hundred_orders_fit_the_pool(c: &Cluster, network: &NetworkNode, pro
             || order.reason.contains("not enough idle GPUs");
         assert!(capacity, "order {}: {}", order.order_id, order.reason);
         assert!(
-            order.gpus > largest_free,
+            providers > 1 || order.gpus > largest_free,
             "order {} for {} GPUs was rejected ({}) but a node still has {largest_free} free",
             order.order_id,
             order.gpus,
