@@ -577,16 +577,7 @@ pub(crate) mod tests {
     #[test]
     fn a_chain_out_of_order_short_or_not_pem_is_refused() {
         let pems = pem_certificates(SAMPLE_CHAIN).unwrap();
-        let chain = |order: &[usize]| -> Vec<u8> {
-            order
-                .iter()
-                .map(|&i| {
-                    x509_cert::der::pem::encode_string("CERTIFICATE", LineEnding::LF, &pems[i])
-                        .unwrap()
-                })
-                .collect::<String>()
-                .into_bytes()
-        };
+        let chain = |order: &[usize]| pem_chain(order.iter().map(|&i| &pems[i]));
         let reordered = verify(&sample_report(), &chain(&[0, 2, 1, 3, 4])).unwrap_err();
         assert_eq!(reordered.kind(), "BadChain");
         assert!(
@@ -663,12 +654,8 @@ pub(crate) mod tests {
         let mut pems = pem_certificates(SAMPLE_CHAIN).unwrap();
         let forged = pem_certificates(&forged_chain(|_, _| {}).0).unwrap();
         pems[1] = forged[1].clone();
-        let spliced: String = pems
-            .iter()
-            .map(|d| x509_cert::der::pem::encode_string("CERTIFICATE", LineEnding::LF, d).unwrap())
-            .collect();
         // The genuine leaf no longer verifies under the substituted device key.
-        let refused = verify(&sample_report(), spliced.as_bytes()).unwrap_err();
+        let refused = verify(&sample_report(), &pem_chain(&pems)).unwrap_err();
         assert_eq!(refused, CcRejection::ChainSignature { index: 0 });
     }
 
@@ -707,11 +694,17 @@ pub(crate) mod tests {
                 .unwrap()
             })
             .collect();
-        let pem = |der: &Vec<u8>| {
-            x509_cert::der::pem::encode_string("CERTIFICATE", LineEnding::LF, der).unwrap()
-        };
-        let chain: String = ders.iter().map(pem).collect();
-        let root = DeviceRoot::from_pem(pem(ders.last().unwrap()).as_bytes()).unwrap();
-        (chain.into_bytes(), root)
+        let root = DeviceRoot::from_pem(&pem_chain(ders.last())).unwrap();
+        (pem_chain(&ders), root)
+    }
+
+    /// Certificates as one PEM text, in order.
+    fn pem_chain<'a>(ders: impl IntoIterator<Item = &'a Vec<u8>>) -> Vec<u8> {
+        ders.into_iter()
+            .map(|der| {
+                x509_cert::der::pem::encode_string("CERTIFICATE", LineEnding::LF, der).unwrap()
+            })
+            .collect::<String>()
+            .into_bytes()
     }
 }
