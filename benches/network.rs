@@ -258,7 +258,7 @@ fn receipt_verification(c: &mut Criterion) {
         lease_id: "lease-1".into(),
         gpus: 1,
         lease_key: key.verifying_key(),
-        not_before_ms: start,
+        metering_from_ms: Some(start),
     };
     assert!(matches!(
         check_next(&terms, &ChainHead::default(), &first, start),

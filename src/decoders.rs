@@ -90,7 +90,7 @@ pub fn receipt_and_evidence(data: &[u8]) {
         lease_id: lease_id.into(),
         gpus: 2,
         lease_key: key.verifying_key(),
-        not_before_ms: 0,
+        metering_from_ms: Some(0),
     };
     let now = i64::MAX / 2;
     let receipt = sign(Receipt::DOMAIN);
@@ -243,7 +243,7 @@ mod tests {
             lease_id: "lease-1".into(),
             gpus: 2,
             lease_key: PROVIDER.verifying_key(),
-            not_before_ms: 0,
+            metering_from_ms: Some(0),
         };
         assert!(matches!(
             check_next(&terms, &ChainHead::default(), &signed, i64::MAX / 2),

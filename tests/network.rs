@@ -17,7 +17,7 @@ use gpubridge::wire::proto::{
 };
 use gpubridge::wire::{Signable, envelope::verifying_key};
 use prost::Message;
-use support::network::{Node, UNIT, now, offer, order};
+use support::network::{Node, UNIT, now, offer, order, pass_probe};
 use tonic::Code;
 
 /// A lease's meter as the tests play it: the lease key, the provider's certificate for it, and
@@ -43,6 +43,21 @@ impl Meter {
             gpus,
             start_ms: now() * 1000,
         }
+    }
+
+    /// A meter for an accepted lease whose GPU probe it passed first, as the pod's probe does
+    /// before the meter starts; its first window starts after the pass.
+    async fn probed(
+        provider_key: &SigningKey,
+        provider: &gpubridge::wire::client::NetworkClient,
+        lease_id: &str,
+        gpus: u32,
+    ) -> Meter {
+        let mut meter = Meter::new(provider_key, lease_id, gpus);
+        let reply = pass_probe(provider, lease_id, meter.certificate()).await;
+        assert_eq!(reply.state, "passed", "{}", reply.detail);
+        meter.start_ms = now() * 1000;
+        meter
     }
 
     fn certificate(&self) -> Vec<u8> {
@@ -86,7 +101,7 @@ struct World {
 async fn world() -> World {
     let node = Node::start_with(gpubridge::node::Params {
         answer_seconds: 10,
-        ..Default::default()
+        ..support::network::params()
     })
     .await;
     let provider = generate_key();
@@ -154,7 +169,7 @@ async fn an_order_is_matched_leased_and_settled_exactly() {
 
     // Three receipts of odd lengths: the charge is the cumulative GPU time at the price,
     // rounded down once, not a sum of per-receipt roundings.
-    let meter = Meter::new(&w.provider, &placed.lease_id, 4);
+    let meter = Meter::probed(&w.provider, &provider, &placed.lease_id, 4).await;
     let receipts = meter.receipts(&[13_334, 13_335, 13_337]);
     let price = 5 * UNIT / 2;
     let total_ms: u128 = 4 * (13_334 + 13_335 + 13_337);
@@ -915,7 +930,7 @@ async fn accepted_lease(w: &World) -> (String, Meter) {
         .await
         .unwrap();
     provider.decide(&placed.lease_id, true, "").await.unwrap();
-    let meter = Meter::new(&w.provider, &placed.lease_id, 4);
+    let meter = Meter::probed(&w.provider, &provider, &placed.lease_id, 4).await;
     (placed.lease_id, meter)
 }
 
@@ -1051,8 +1066,9 @@ async fn evidence_answers_the_outstanding_challenge_once() {
         .await
         .unwrap();
     assert_eq!(reply.image_digest, digest);
-    // A report and chain that are not NVIDIA's earn nothing: the network says why.
-    assert_eq!(reply.trust_tier, "self-reported");
+    // A report and chain that are not NVIDIA's earn nothing beyond what the lease's probe
+    // earned: the network says why.
+    assert_eq!(reply.trust_tier, "challenge-verified");
     assert!(
         reply.detail.contains("CC evidence refused (BadChain)"),
         "{reply:?}"

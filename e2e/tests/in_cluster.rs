@@ -12,7 +12,9 @@ use gpubridge::identity::generate_key;
 use gpubridge::sidecar::receipt_log::ReceiptLog;
 use gpubridge::wire::amount::Amount;
 use gpubridge::wire::proto::{OrderBody, OrderState, Workload};
-use gpubridge::workload::{ATTEST_CONTAINER, METER_CONTAINER, POD_NAME, namespace_for};
+use gpubridge::workload::{
+    ATTEST_CONTAINER, METER_CONTAINER, POD_NAME, PROBE_CONTAINER, namespace_for,
+};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams};
@@ -316,6 +318,15 @@ async fn the_operator_runs_from_its_image_on_the_real_node_and_a_lease_there_set
     );
     let uid = pod.uid().unwrap();
     let (follower, receipts) = follow_receipts(&uid);
+    // The GPU probe ran first, in its own container on the lease's GPUs, and passed.
+    let probe = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .and_then(|statuses| statuses.iter().find(|c| c.name == PROBE_CONTAINER))
+        .and_then(|c| c.state.as_ref()?.terminated.clone())
+        .expect("the probe container ended before the sidecars started");
+    assert_eq!(probe.exit_code, 0, "{probe:?}");
 
     // The workload's own output, from the kubelet's log of its container.
     let log = cache_dir().join(format!(
@@ -344,6 +355,16 @@ async fn the_operator_runs_from_its_image_on_the_real_node_and_a_lease_there_set
         .await
         .unwrap();
     settled_exactly(&lease, &ended, &logged, PRICE);
+    // Metered from the probe's pass, as the network recorded it, and no earlier.
+    let attestation = lease.status.as_ref().unwrap().attestation.clone().unwrap();
+    assert_eq!(attestation.trust_tier, "challenge-verified");
+    let passed = attestation
+        .probe_passed_at
+        .expect("the probe's pass is recorded");
+    assert!(
+        logged[0].window_start_ms >= passed.0.as_millisecond(),
+        "the first window starts after the pass"
+    );
     assert!(
         ended.charged.parse::<u128>().unwrap() < ended.held.parse::<u128>().unwrap(),
         "a 20 s workload is charged less than a minute's hold: {ended:?}"

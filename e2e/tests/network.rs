@@ -159,7 +159,9 @@ async fn a_metered_lease_survives_crashes_of_everything_and_settles_exactly() {
         Some("gpu-4090-0")
     );
     assert!(running.spec.signed_order.is_some());
-    let mut sidecars = Sidecars::start(&c.client, &lease_id, 1).await;
+    let mut sidecars = Sidecars::probed(&c.client, &lease_id, 1).await;
+    an_early_window_is_refused(&c.client, &operator, &sidecars, &lease_id).await;
+    sidecars.start_sidecars();
     let leases: Api<ComputeLease> = Api::all(c.client.clone());
     let usage = |lease: &ComputeLease| lease.status.as_ref().and_then(|s| s.usage.clone());
     eventually("receipts to be settled", 20 * SECOND, || async {
@@ -212,7 +214,25 @@ async fn a_metered_lease_survives_crashes_of_everything_and_settles_exactly() {
     let lease = end_reported(&c.client, &lease_id, 30 * SECOND).await;
     settled_exactly(&lease, &ended, &logged, 9 * UNIT / 10);
     let attestation = lease.status.as_ref().unwrap().attestation.clone().unwrap();
-    assert_eq!(attestation.trust_tier, "self-reported");
+    // The simulated GPU's evidence is self-reported; the probe passed, with no band for the
+    // model: the lease is challenge-verified, metered from the pass.
+    assert_eq!(attestation.trust_tier, "challenge-verified");
+    let passed = attestation
+        .probe_passed_at
+        .expect("the probe's pass is recorded");
+    assert!(
+        attestation
+            .probe
+            .as_deref()
+            .unwrap()
+            .starts_with("passed: passed at "),
+        "{:?}",
+        attestation.probe
+    );
+    assert!(
+        logged[0].window_start_ms >= passed.0.as_millisecond(),
+        "metered from the pass"
+    );
 
     // What the operator exports passes promtool's checks, and every dashboard panel has data.
     let scrape = http_get(&format!("{}/metrics", operator.http))
@@ -314,6 +334,77 @@ async fn wait_condition(client: &Client, lease: &str, type_: &str, status: &str,
     .await;
 }
 
+/// Once the lease's probe passed and before its meter started: the provider signs, with the
+/// lease key, a first window from acceptance, billing the time before the GPUs proved
+/// themselves. The collector refuses it by the network's rule, and the lease shows why.
+async fn an_early_window_is_refused(
+    client: &Client,
+    operator: &Operator,
+    sidecars: &Sidecars,
+    lease_id: &str,
+) {
+    use gpubridge::identity::lease_files;
+    use gpubridge::sidecar::client::SidecarClient;
+    use gpubridge::wire::envelope::sign_body;
+    use gpubridge::wire::proto::Receipt;
+
+    let lease = Api::<ComputeLease>::all(client.clone())
+        .get(lease_id)
+        .await
+        .unwrap();
+    let status = lease.status.as_ref().unwrap();
+    let attestation = status.attestation.as_ref().expect("the probe's verdict");
+    assert_eq!(attestation.trust_tier, "challenge-verified");
+    let passed = attestation
+        .probe_passed_at
+        .as_ref()
+        .unwrap()
+        .0
+        .as_millisecond();
+    let accepted = lease
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .unwrap()
+        .0
+        .as_millisecond();
+    assert!(
+        accepted < passed,
+        "the lease was made before its probe passed"
+    );
+    let credentials = lease_files::load(&sidecars.identity_dir(), lease_id, now_unix()).unwrap();
+    let sidecar = SidecarClient::new(&operator.collector_url, credentials.clone()).unwrap();
+    let end = now_unix() * 1000;
+    let early = Receipt {
+        lease_id: lease_id.into(),
+        sequence: 1,
+        previous_hash: gpubridge::metering::chain::GENESIS_HASH.to_vec(),
+        window_start_ms: accepted,
+        window_end_ms: end,
+        allocated_gpu_millis: (end - accepted) as u64,
+        gpus: vec![],
+        attribution: gpubridge::wire::proto::Attribution::AllocationOnly as i32,
+        r#final: false,
+    };
+    let reply = sidecar
+        .submit_receipts(vec![sign_body(&credentials.key, &early)])
+        .await
+        .unwrap();
+    let rejection = reply.rejection.expect("an early window is refused");
+    assert_eq!(
+        (rejection.kind.as_str(), reply.accepted_through),
+        ("BadWindow", 0)
+    );
+    assert!(
+        rejection.message.contains(&format!(
+            "must not start before the lease passed its challenge ({passed})"
+        )),
+        "{}",
+        rejection.message
+    );
+    wait_condition(client, lease_id, "Metered", "False", "BadWindow").await;
+}
+
 /// Forged receipts, a broken chain, a wrong lease key and a replayed nonce, sent the way a
 /// sidecar would: each refused, counted, and shown on the lease.
 async fn forgeries_are_refused_and_shown(
@@ -388,7 +479,7 @@ async fn forgeries_are_refused_and_shown(
     wait_condition(client, lease_id, "Metered", "False", "WrongLeaseKey").await;
 
     // The attest sidecar answered the challenge; answering it again is a replay.
-    wait_condition(client, lease_id, "Attested", "True", "SelfReported").await;
+    wait_condition(client, lease_id, "Attested", "True", "ChallengeVerified").await;
     let challenge = sidecar.challenge().await.unwrap();
     assert!(challenge.answered);
     let pod = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(

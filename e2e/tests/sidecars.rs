@@ -1,5 +1,5 @@
-//! kwok runs no containers, so the harness runs each lease pod's sidecars as local processes:
-//! with the pod's own arguments, its identity Secret written to a private folder, its downward-
+//! kwok runs no containers, so the harness runs each lease pod's probe, then its sidecars, as
+//! local processes, in the pod's order: with the pod's own arguments, its identity Secret written to a private folder, its downward-
 //! API values, and a simulated GPU.
 
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use gpubridge::workload::{
-    ATTEST_CONTAINER, IDENTITY_SECRET, METER_CONTAINER, POD_NAME, namespace_for,
+    ATTEST_CONTAINER, IDENTITY_SECRET, METER_CONTAINER, POD_NAME, PROBE_CONTAINER, namespace_for,
 };
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{Api, Client};
@@ -48,9 +48,17 @@ fn local_args(pod: &Pod, container: &str, dir: &std::path::Path) -> Vec<String> 
 }
 
 impl Sidecars {
-    /// Reads the lease pod and its identity Secret and starts both sidecars, the meter sealing a
-    /// receipt every `receipt_seconds`.
+    /// Reads the lease pod and its identity Secret, runs its GPU probe to its end as the kubelet
+    /// runs the first init container, then starts both sidecars, the meter sealing a receipt
+    /// every `receipt_seconds`.
     pub async fn start(client: &Client, lease: &str, receipt_seconds: u64) -> Sidecars {
+        let mut sidecars = Sidecars::probed(client, lease, receipt_seconds).await;
+        sidecars.start_sidecars();
+        sidecars
+    }
+
+    /// The same up to the probe's pass: the sidecars not started yet.
+    pub async fn probed(client: &Client, lease: &str, receipt_seconds: u64) -> Sidecars {
         let namespace = namespace_for(lease);
         let pod = Api::<Pod>::namespaced(client.clone(), &namespace)
             .get(POD_NAME)
@@ -92,7 +100,7 @@ impl Sidecars {
             format!("--pod-uid={uid}"),
             format!("--node-name={node}"),
         ]);
-        let mut sidecars = Sidecars {
+        let sidecars = Sidecars {
             lease: lease.to_string(),
             dir,
             meter_args,
@@ -100,9 +108,28 @@ impl Sidecars {
             meter: None,
             attest: None,
         };
-        sidecars.start_meter();
-        sidecars.attest = Some(sidecars.spawn("attest", &sidecars.attest_args.clone()));
+        let mut probe_args = local_args(&pod, PROBE_CONTAINER, sidecars.dir.path());
+        probe_args.extend(["--log-format=text", "--retry-seconds=1"].map(String::from));
+        let mut probe = sidecars.spawn("probe", &probe_args);
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = probe.try_wait().unwrap() {
+                assert!(status.success(), "the lease's GPU probe passed: {status}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the GPU probe did not end within 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         sidecars
+    }
+
+    /// Starts the meter and the attest sidecar, as the kubelet does once the probe ended.
+    pub fn start_sidecars(&mut self) {
+        self.start_meter();
+        self.attest = Some(self.spawn("attest", &self.attest_args.clone()));
     }
 
     fn spawn(&self, name: &str, args: &[String]) -> Child {

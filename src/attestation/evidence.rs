@@ -34,17 +34,26 @@ pub enum TrustTier {
     /// The provider's own word, signed with the lease key.
     #[default]
     SelfReported,
+    /// Every GPU of the lease passed the network's probe ([`crate::probe`]): it multiplied the
+    /// nonce's matrices, committed before the checks were drawn, and answered them, in the time
+    /// its model's calibration band allows where the model has one.
+    ChallengeVerified,
     /// Every GPU's confidential-computing evidence verified ([`verify_gpu`]): each is a
     /// distinct genuine NVIDIA GPU in CC mode that signed the network's nonce.
     HardwareAttested,
 }
 
 impl TrustTier {
-    pub const ALL: [TrustTier; 2] = [TrustTier::SelfReported, TrustTier::HardwareAttested];
+    pub const ALL: [TrustTier; 3] = [
+        TrustTier::SelfReported,
+        TrustTier::ChallengeVerified,
+        TrustTier::HardwareAttested,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             TrustTier::HardwareAttested => "hardware-attested",
+            TrustTier::ChallengeVerified => "challenge-verified",
             TrustTier::SelfReported => "self-reported",
         }
     }

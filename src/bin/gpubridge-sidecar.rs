@@ -4,7 +4,7 @@ use clap::Parser;
 use gpubridge::cli::{SidecarCli, SidecarCommand};
 use gpubridge::process::runtime::{block_on_one_thread, exit_code};
 use gpubridge::process::telemetry;
-use gpubridge::sidecar::{attest, meter};
+use gpubridge::sidecar::{attest, meter, probe};
 
 fn main() -> ExitCode {
     let cli = SidecarCli::parse();
@@ -16,6 +16,10 @@ fn main() -> ExitCode {
         SidecarCommand::Attest(args) => {
             telemetry::init(args.log_format);
             block_on_one_thread(attest::run(args)).map_err(Into::into)
+        }
+        SidecarCommand::Probe(args) => {
+            telemetry::init(args.log_format);
+            block_on_one_thread(probe::run(args)).map_err(Into::into)
         }
     };
     exit_code("gpubridge-sidecar", result)

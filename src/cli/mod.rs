@@ -53,7 +53,7 @@ pub enum Command {
 #[command(
     name = "gpubridge-sidecar",
     version,
-    about = "A gpubridge lease pod's sidecars: metering and attestation"
+    about = "A gpubridge lease pod's sidecars: the GPU probe, metering and attestation"
 )]
 pub struct SidecarCli {
     #[command(subcommand)]
@@ -66,6 +66,8 @@ pub enum SidecarCommand {
     Meter(crate::sidecar::meter::MeterArgs),
     /// Answer the network's attestation challenges with signed evidence.
     Attest(crate::sidecar::attest::AttestArgs),
+    /// Run the network's GPU probe for the lease, once, before the workload starts.
+    Probe(crate::sidecar::probe::ProbeArgs),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +127,7 @@ mod tests {
     use k8s_openapi::api::core::v1::Pod;
 
     use super::SidecarCli;
-    use crate::workload::{ATTEST_CONTAINER, METER_CONTAINER};
+    use crate::workload::{ATTEST_CONTAINER, METER_CONTAINER, PROBE_CONTAINER};
 
     /// The lease pod the workload builders make (its golden file, which `workload`'s tests keep
     /// equal to what they build) runs each sidecar with arguments its binary accepts. The
@@ -135,7 +137,7 @@ mod tests {
         let pod: Pod =
             serde_yaml::from_str(include_str!("../../tests/fixtures/golden/pod.yaml")).unwrap();
         let sidecars = pod.spec.unwrap().init_containers.unwrap();
-        for name in [METER_CONTAINER, ATTEST_CONTAINER] {
+        for name in [PROBE_CONTAINER, METER_CONTAINER, ATTEST_CONTAINER] {
             let sidecar = sidecars.iter().find(|c| c.name == name).unwrap();
             let argv = sidecar
                 .command

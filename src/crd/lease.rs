@@ -355,7 +355,8 @@ pub struct LeaseUsage {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaseAttestation {
-    /// "hardware-attested" or "self-reported".
+    /// "hardware-attested", "challenge-verified" or "self-reported": the stronger of what the
+    /// evidence and the GPU probe earned.
     pub trust_tier: String,
     /// When evidence was last verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -367,6 +368,28 @@ pub struct LeaseAttestation {
     /// (`repository@sha256:…`), recorded by the network with the evidence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_digest: Option<String>,
+    /// When the network recorded the GPU probe passed: metering starts no earlier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_passed_at: Option<Time>,
+    /// What the probe passed (the calibration band matched) or why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<String>,
+    /// When evidence first verified the GPUs as hardware-attested: metering starts no earlier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware_attested_since: Option<Time>,
+}
+
+impl LeaseAttestation {
+    /// When the lease's metering may start, by the rule the network applies, from what the
+    /// network recorded and the collector wrote here.
+    pub fn metering_from_ms(&self) -> Option<i64> {
+        crate::metering::metering_start(
+            self.probe_passed_at.as_ref().map(|t| t.0.as_second()),
+            self.hardware_attested_since
+                .as_ref()
+                .map(|t| t.0.as_second()),
+        )
+    }
 }
 
 /// What the operator observed of a lease.

@@ -267,6 +267,9 @@ conditions: [{type: Ready, status: "True", reason: R, message: "", lastTransitio
                 last_verified: time(),
                 evidence_digest: None,
                 image_digest: None,
+                probe_passed_at: None,
+                probe: None,
+                hardware_attested_since: None,
             }),
             reported_at: time(),
             conditions: vec![

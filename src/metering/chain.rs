@@ -102,8 +102,24 @@ pub struct LeaseTerms {
     pub gpus: u32,
     /// The lease key, from the provider's certificate.
     pub lease_key: VerifyingKey,
-    /// No window may start before this (the lease's creation), Unix milliseconds.
-    pub not_before_ms: i64,
+    /// No window may start before this, Unix milliseconds ([`metering_start`]); none: the
+    /// lease has not passed its challenge, and no window is metered.
+    pub metering_from_ms: Option<i64>,
+}
+
+/// When a lease's metering may begin (DESIGN §8), Unix milliseconds: the first moment the
+/// network recorded the lease's probe passed or its hardware evidence verified (Unix seconds),
+/// whichever came first; none before either. The collector and the network both bound receipts
+/// by it, so a provider cannot bill the time before its GPUs proved themselves.
+pub fn metering_start(
+    probe_passed_at: Option<i64>,
+    hardware_attested_since: Option<i64>,
+) -> Option<i64> {
+    [probe_passed_at, hardware_attested_since]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|seconds| seconds.saturating_mul(1000))
 }
 
 /// Why a receipt was refused. `kind` is a stable word for metrics and conditions.
@@ -127,6 +143,10 @@ pub enum ReceiptRejection {
     AfterFinal { sequence: u64 },
     #[error("receipt {sequence}: the lease is {state} and takes no more receipts")]
     LeaseClosed { sequence: u64, state: String },
+    #[error(
+        "receipt {sequence}: the lease has not passed its challenge; nothing is metered before it does"
+    )]
+    Unverified { sequence: u64 },
 }
 
 impl ReceiptRejection {
@@ -141,6 +161,7 @@ impl ReceiptRejection {
             ReceiptRejection::BadWindow { .. } => "BadWindow",
             ReceiptRejection::AfterFinal { .. } => "AfterFinal",
             ReceiptRejection::LeaseClosed { .. } => "LeaseClosed",
+            ReceiptRejection::Unverified { .. } => "Unverified",
         }
     }
 
@@ -152,7 +173,8 @@ impl ReceiptRejection {
             | ReceiptRejection::Fork { sequence }
             | ReceiptRejection::BadWindow { sequence, .. }
             | ReceiptRejection::AfterFinal { sequence }
-            | ReceiptRejection::LeaseClosed { sequence, .. } => *sequence,
+            | ReceiptRejection::LeaseClosed { sequence, .. }
+            | ReceiptRejection::Unverified { sequence } => *sequence,
             _ => 0,
         }
     }
@@ -252,12 +274,16 @@ fn check_window(
                 ),
             ));
         }
-        None if start < terms.not_before_ms => {
-            return Err(bad_window(
-                sequence,
-                "window must not start before the lease",
-            ));
-        }
+        None => match terms.metering_from_ms {
+            None => return Err(ReceiptRejection::Unverified { sequence }),
+            Some(from) if start < from => {
+                return Err(bad_window(
+                    sequence,
+                    format!("window must not start before the lease passed its challenge ({from})"),
+                ));
+            }
+            Some(_) => {}
+        },
         _ => {}
     }
     if end <= start {

@@ -5,5 +5,6 @@ pub mod chain;
 pub mod window;
 
 pub use chain::{
-    ChainHead, LeaseTerms, ReceiptRejection, Step, Totals, check_next, digest, seal_receipt,
+    ChainHead, LeaseTerms, ReceiptRejection, Step, Totals, check_next, digest, metering_start,
+    seal_receipt,
 };

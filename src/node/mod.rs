@@ -92,6 +92,25 @@ pub struct NetworkArgs {
     /// Share of a provider's stake one slash takes, in basis points (1000 = 10 %).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub slash_basis_points: u32,
+    /// The GPU probe every accepted lease runs: tiles of this size² (16 to 512).
+    #[arg(long, default_value_t = 256)]
+    pub probe_size: u32,
+    /// MiB of each GPU the probe fills (90 % of) on a model with no calibration band.
+    #[arg(long, default_value_t = 16)]
+    pub probe_memory_mib: u32,
+    /// Rounds of checks per GPU (1 to 16): a wrong product answered from what the probe holds
+    /// survives each with probability at most 1/2.
+    #[arg(long, default_value_t = 16)]
+    pub probe_rounds: u32,
+    /// Rows each round opens (0 to 2).
+    #[arg(long, default_value_t = 2)]
+    pub probe_rows: u32,
+    /// Seconds from the probe's commitment by which its checks must be answered.
+    #[arg(long, default_value_t = 120)]
+    pub probe_answer_seconds: u32,
+    /// A GPU model's calibration band, MODEL=MEMORY_MIB:LEAST_GOPS:MOST_GOPS; repeatable.
+    #[arg(long)]
+    pub probe_band: Vec<String>,
     /// Blocks a proposal is voted on. This and the three below are governance's own rules: no
     /// proposal changes them.
     #[arg(long, default_value_t = 100)]
@@ -293,7 +312,7 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The network parameters the flags set (a new embedded network's, or a genesis `app_state`).
 fn params(args: &NetworkArgs) -> Result<Params, NetworkError> {
     crate::wire::validate::denomination("--stake-denomination", &args.stake_denomination)?;
-    Ok(Params {
+    let base = Params {
         offer_ttl_seconds: args.offer_ttl_seconds,
         heartbeat_timeout_seconds: args.heartbeat_timeout_seconds,
         heartbeat_interval_seconds: args.heartbeat_interval_seconds,
@@ -312,5 +331,31 @@ fn params(args: &NetworkArgs) -> Result<Params, NetworkError> {
         min_deposit: crate::wire::amount::from_decimal_units("--min-deposit", &args.min_deposit)?,
         quorum_basis_points: args.quorum_basis_points,
         threshold_basis_points: args.threshold_basis_points,
+        ..Params::default()
+    };
+    // The probe's flags are checked as governance would change them, within the same bounds.
+    let mut probe: Vec<(String, String)> = [
+        ("probe-size", args.probe_size),
+        ("probe-memory-mib", args.probe_memory_mib),
+        ("probe-rounds", args.probe_rounds),
+        ("probe-rows", args.probe_rows),
+        ("probe-answer-seconds", args.probe_answer_seconds),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), value.to_string()))
+    .collect();
+    for band in &args.probe_band {
+        let (model, value) = band.split_once('=').ok_or_else(|| {
+            crate::wire::Rejection::invalid(
+                "--probe-band",
+                "must be MODEL=MEMORY_MIB:LEAST_GOPS:MOST_GOPS",
+            )
+        })?;
+        probe.push((format!("probe-band/{model}"), value.to_string()));
+    }
+    probe.into_iter().try_fold(base, |params, (name, value)| {
+        params
+            .with_change(&name, &value)
+            .map_err(NetworkError::from)
     })
 }

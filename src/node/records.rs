@@ -216,6 +216,9 @@ pub struct LeaseRecord {
     /// The offer publication it was matched against, and the node-block it took there.
     pub offer_seq: u64,
     pub block: usize,
+    /// The GPU model the offer names.
+    #[serde(default)]
+    pub model: String,
     pub gpus: u32,
     pub price: Amount,
     pub denomination: String,
@@ -247,6 +250,12 @@ pub struct LeaseRecord {
     /// The lease key the first accepted certificate named; no other is accepted after it.
     #[serde(default)]
     pub lease_key: Option<Vec<u8>>,
+    /// The GPU probe issued at acceptance.
+    #[serde(default)]
+    pub probe: Option<ProbeRecord>,
+    /// When evidence first verified the lease's GPUs as hardware-attested.
+    #[serde(default)]
+    pub hardware_attested_since: Option<i64>,
 }
 
 impl LeaseRecord {
@@ -295,6 +304,33 @@ pub struct ChallengeRecord {
     pub nonce: Vec<u8>,
     pub issued_at: i64,
     pub answered: bool,
+}
+
+/// A lease's GPU probe (DESIGN §8), fixed when issued so that governance changing the rules
+/// later does not move a probe under way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeRecord {
+    /// The GPU model the lease's offer names, whose calibration band applies.
+    pub model: String,
+    /// Seeds every GPU's matrices.
+    pub nonce: Vec<u8>,
+    pub size: u32,
+    pub tiles: u32,
+    pub rounds: u32,
+    pub rows: u32,
+    pub issued_at: i64,
+    /// Each GPU's Merkle root, once committed.
+    pub roots: Vec<[u8; 32]>,
+    pub kernel_ms: u64,
+    pub committed_at: Option<i64>,
+    /// Drawn from the entropy of the block that took the commitment.
+    pub checks: Option<[u8; 32]>,
+    /// Per GPU: whether its answers verified.
+    pub answered: Vec<bool>,
+    pub passed_at: Option<i64>,
+    pub failed_at: Option<i64>,
+    /// What passed (the band matched) or why it failed.
+    pub detail: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,8 +23,8 @@ use crate::wire::proto::gateway_server::Gateway;
 use crate::wire::proto::{
     Ack, BalanceReply, ChallengeReply, EvidenceReply, HeartbeatReply, InfoReply, InfoRequest,
     LeaseBody, LeaseEndReply, LeaseEvent, LeaseProof, ListOffersReply, ListOffersRequest,
-    ListOrdersReply, OrderView, ParamsReply, ParamsRequest, ProposalView, PublishOfferReply,
-    ReceiptsReply, RegisterReply, Signed, StakeReply, lease_event,
+    ListOrdersReply, OrderView, ParamsReply, ParamsRequest, ProbeReply, ProposalView,
+    PublishOfferReply, ReceiptsReply, RegisterReply, Signed, StakeReply, lease_event,
 };
 
 type LeaseSender = mpsc::Sender<Result<LeaseEvent, Status>>;
@@ -308,6 +308,11 @@ impl Gateway for GatewayService {
         request: Request<Signed>,
     ) -> Result<Response<EvidenceReply>, Status> {
         let reply = transact!(self, request, SubmitEvidence, Outcome::Evidence(reply) => reply);
+        Ok(Response::new(reply))
+    }
+
+    async fn submit_probe(&self, request: Request<Signed>) -> Result<Response<ProbeReply>, Status> {
+        let reply = transact!(self, request, SubmitProbe, Outcome::Probe(reply) => reply);
         Ok(Response::new(reply))
     }
 

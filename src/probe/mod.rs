@@ -13,9 +13,18 @@
 //!   most 1/2, so k rounds with at most 2^-k;
 //! - each opened row hashes to the committed root at its place and equals A_t's row times B_t:
 //!   a commitment to wrong rows is caught with the probability that a wrong row is opened.
+//!
+//! What each check holds against whom: Freivalds catches a probe that answers from the product
+//! it holds (a faulty GPU, or software standing in for one) with probability 1 − 2^-k in k rounds.
+//! A provider who knows the seed can compute C_t·r as A_t·(B_t·r) without the product, so
+//! against it the commitment binds: a probe that committed only a fraction f of its rows
+//! correctly passes m opened rows with probability at most f^m; and the time it took is
+//! compared with the model's calibration band ([`challenge`]).
 
+pub mod challenge;
 pub mod matrices;
 pub mod verify;
+pub mod wire;
 
 pub use matrices::{Matrix, Spec, generate, multiply};
 pub use verify::{Answer, Opened, ProbeFailure, Prover, Round, rounds, verify_round};

@@ -10,8 +10,8 @@ use crate::identity::LeaseCredentials;
 use crate::wire::envelope::{HasHeader, Signable, seal};
 use crate::wire::proto::collector_client::CollectorClient;
 use crate::wire::proto::{
-    ChallengeReply, EvidenceReply, ReceiptsReply, SidecarChallengeBody, SidecarEvidenceBody,
-    SidecarReceiptsBody, Signed,
+    ChallengeReply, EvidenceReply, ProbeReply, ProbeStep, ReceiptsReply, SidecarChallengeBody,
+    SidecarEvidenceBody, SidecarProbeBody, SidecarReceiptsBody, Signed,
 };
 
 #[derive(Clone)]
@@ -79,5 +79,15 @@ impl SidecarClient {
             .submit_evidence(signed)
             .await?
             .into_inner())
+    }
+
+    pub async fn submit_probe(&self, step: ProbeStep) -> Result<ProbeReply, Status> {
+        let body = SidecarProbeBody {
+            header: None,
+            certificate: self.credentials.certificate.clone(),
+            step: Some(step),
+        };
+        let signed = self.seal(body);
+        Ok(self.inner.clone().submit_probe(signed).await?.into_inner())
     }
 }

@@ -14,9 +14,9 @@ use crate::wire::proto::{
     BalanceReply, BondBody, CancelBody, ChallengeBody, ChallengeReply, DepositBody, EvidenceReply,
     EvidenceSubmitBody, HeartbeatBody, InfoReply, InfoRequest, LeaseDecisionBody, LeaseEndBody,
     LeaseEndReply, LeaseEvent, LeaseStreamBody, ListOffersRequest, OfferBody, OfferView, OrderBody,
-    OrderView, ParamChange, ParamsReply, ParamsRequest, ProposalView, ProposeBody,
-    PublishOfferReply, QueryBody, ReceiptsBody, ReceiptsReply, RegisterBody, RegisterReply, Signed,
-    StakeReply, UnbondBody, VoteBody, WithdrawBody,
+    OrderView, ParamChange, ParamsReply, ParamsRequest, ProbeBody, ProbeReply, ProbeStep,
+    ProposalView, ProposeBody, PublishOfferReply, QueryBody, ReceiptsBody, ReceiptsReply,
+    RegisterBody, RegisterReply, Signed, StakeReply, UnbondBody, VoteBody, WithdrawBody,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -234,6 +234,23 @@ impl NetworkClient {
             .submit_evidence(signed)
             .await?
             .into_inner())
+    }
+
+    /// Forwards a step of a lease's GPU probe.
+    pub async fn submit_probe(
+        &self,
+        lease_id: &str,
+        certificate: Vec<u8>,
+        step: ProbeStep,
+    ) -> Result<ProbeReply, Status> {
+        let body = ProbeBody {
+            header: None,
+            lease_id: lease_id.into(),
+            certificate,
+            step: Some(step),
+        };
+        let signed = self.seal(body);
+        Ok(self.inner.clone().submit_probe(signed).await?.into_inner())
     }
 
     pub async fn deposit(

@@ -9,9 +9,10 @@ use crate::identity;
 use crate::wire::Rejection;
 use crate::wire::proto::{
     BondBody, CancelBody, ChallengeBody, DepositBody, Evidence, EvidenceSubmitBody, HeartbeatBody,
-    LeaseBody, LeaseDecisionBody, LeaseEndBody, LeaseStreamBody, OfferBody, OrderBody, ProposeBody,
-    QueryBody, Receipt, ReceiptsBody, RegisterBody, RequestHeader, SidecarChallengeBody,
-    SidecarEvidenceBody, SidecarReceiptsBody, Signed, UnbondBody, VoteBody, WithdrawBody,
+    LeaseBody, LeaseDecisionBody, LeaseEndBody, LeaseStreamBody, OfferBody, OrderBody, ProbeBody,
+    ProposeBody, QueryBody, Receipt, ReceiptsBody, RegisterBody, RequestHeader,
+    SidecarChallengeBody, SidecarEvidenceBody, SidecarProbeBody, SidecarReceiptsBody, Signed,
+    UnbondBody, VoteBody, WithdrawBody,
 };
 
 /// Largest signed body accepted: an order with a long command and environment fits easily.
@@ -67,10 +68,12 @@ signable! {
     ReceiptsBody => "gpubridge/v1/receipts", MAX_BATCH_BODY_BYTES;
     ChallengeBody => "gpubridge/v1/challenge";
     EvidenceSubmitBody => "gpubridge/v1/evidence-submit", MAX_BATCH_BODY_BYTES;
+    ProbeBody => "gpubridge/v1/probe", MAX_BATCH_BODY_BYTES;
     // Sidecar → collector, signed by the lease key.
     SidecarReceiptsBody => "gpubridge/v1/sidecar-receipts", MAX_BATCH_BODY_BYTES;
     SidecarChallengeBody => "gpubridge/v1/sidecar-challenge";
     SidecarEvidenceBody => "gpubridge/v1/sidecar-evidence", MAX_BATCH_BODY_BYTES;
+    SidecarProbeBody => "gpubridge/v1/sidecar-probe", MAX_BATCH_BODY_BYTES;
 }
 
 /// Request bodies that carry a [`RequestHeader`].
@@ -106,9 +109,11 @@ has_header!(
     ReceiptsBody,
     ChallengeBody,
     EvidenceSubmitBody,
+    ProbeBody,
     SidecarReceiptsBody,
     SidecarChallengeBody,
     SidecarEvidenceBody,
+    SidecarProbeBody,
 );
 
 /// A verified request: the body, its signer, and the envelope it came in.

@@ -14,7 +14,8 @@ mod secret;
 pub use claim::{CLAIM_NAME, claim};
 pub use namespace::namespace;
 pub use pod::{
-    ATTEST_CONTAINER, METER_CONTAINER, POD_NAME, WORKLOAD_CONTAINER, parse_sidecar_env, pod,
+    ATTEST_CONTAINER, METER_CONTAINER, POD_NAME, PROBE_CONTAINER, WORKLOAD_CONTAINER,
+    parse_sidecar_env, pod,
 };
 pub use policy::{
     NODE_LOCAL_DNS, PRIVATE_IPV4_RANGES, ipv6_internet, limit_range, network_policy, resource_quota,

@@ -1,4 +1,4 @@
-//! The lease pod: the buyer's container and two native sidecars, boxed in.
+//! The lease pod: the GPU probe, then two native sidecars and the buyer's container, boxed in.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +20,7 @@ pub const POD_NAME: &str = "workload";
 pub const WORKLOAD_CONTAINER: &str = "workload";
 pub const METER_CONTAINER: &str = "meter";
 pub const ATTEST_CONTAINER: &str = "attest";
+pub const PROBE_CONTAINER: &str = "probe";
 
 /// The unprivileged user sidecars (and restricted workloads) run as.
 const NONROOT_UID: i64 = 65532;
@@ -110,6 +111,7 @@ pub fn pod(b: &LeaseBox) -> Pod {
                 ..Default::default()
             }),
             init_containers: Some(vec![
+                probe(b),
                 meter(b),
                 sidecar(
                     b,
@@ -162,7 +164,9 @@ fn claims(b: &LeaseBox) -> Option<Vec<ResourceClaim>> {
     })
 }
 
-fn workload_container(b: &LeaseBox) -> Container {
+/// What the lease bought: its CPU, memory and GPUs. Requests equal limits: the pod is
+/// Guaranteed and the quota sees exactly what was leased.
+fn leased_resources(b: &LeaseBox) -> ResourceRequirements {
     let w = &b.spec.workload;
     let mut resources = BTreeMap::from([
         ("cpu".to_string(), Quantity(w.cpu.clone())),
@@ -174,6 +178,26 @@ fn workload_container(b: &LeaseBox) -> Container {
             Quantity(b.spec.gpus.to_string()),
         );
     }
+    ResourceRequirements {
+        requests: Some(resources.clone()),
+        limits: Some(resources),
+        claims: claims(b),
+    }
+}
+
+/// The GPU probe (DESIGN §8): a plain init container and the first, so that it runs to its end
+/// on the lease's GPUs before the sidecars and the workload start; the devices it is given are
+/// the ones the workload gets. It takes what the lease bought, which the pod's total already
+/// counts (an init container's requests are not added to the containers').
+fn probe(b: &LeaseBox) -> Container {
+    let mut probe = sidecar(b, PROBE_CONTAINER, "0", "0", vec![]);
+    probe.restart_policy = None;
+    probe.resources = Some(leased_resources(b));
+    probe
+}
+
+fn workload_container(b: &LeaseBox) -> Container {
+    let w = &b.spec.workload;
     let mut env: Vec<EnvVar> = w
         .env
         .iter()
@@ -206,12 +230,7 @@ fn workload_container(b: &LeaseBox) -> Container {
                 })
                 .collect()
         }),
-        // Requests equal limits: the pod is Guaranteed and the quota sees exactly what was leased.
-        resources: Some(ResourceRequirements {
-            requests: Some(resources.clone()),
-            limits: Some(resources),
-            claims: claims(b),
-        }),
+        resources: Some(leased_resources(b)),
         security_context: Some(confined(false)),
         ..Default::default()
     }

@@ -113,7 +113,7 @@ fn golden_objects() {
 }
 
 #[test]
-fn a_dra_lease_shares_one_claim_between_the_workload_and_both_sidecars() {
+fn a_dra_lease_shares_one_claim_between_the_workload_the_probe_and_both_sidecars() {
     let o = offer();
     let l = ComputeLeaseSpec {
         resource_name: "gpu.example.com.deviceclass.resource.k8s.io/devices".into(),
@@ -150,7 +150,7 @@ fn a_dra_lease_shares_one_claim_between_the_workload_and_both_sidecars() {
             .iter()
             .chain(spec.init_containers.iter().flatten())
             .collect();
-        assert_eq!(containers.len(), 3);
+        assert_eq!(containers.len(), 4);
         for c in containers {
             let r = c.resources.as_ref().unwrap();
             assert_eq!(r.claims.as_ref().unwrap()[0].name, CLAIM_NAME, "{}", c.name);
@@ -296,12 +296,23 @@ fn pod_is_boxed_in() {
             .all(|e| e.value_from.is_none())
     );
 
-    let sidecars = spec.init_containers.unwrap();
+    let mut init = spec.init_containers.unwrap();
     assert_eq!(
-        sidecars.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
-        [METER_CONTAINER, ATTEST_CONTAINER]
+        init.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        [PROBE_CONTAINER, METER_CONTAINER, ATTEST_CONTAINER]
     );
-    for c in sidecars.iter().chain(std::iter::once(workload)) {
+    // The probe runs first and to its end, on what the lease bought: the workload's GPUs.
+    let probe = init.remove(0);
+    assert_eq!(probe.restart_policy, None, "a plain init container");
+    assert_eq!(probe.resources, workload.resources);
+    assert_eq!(probe.image, init[0].image, "the sidecars' image");
+    assert_eq!(probe.args.as_ref().unwrap()[0], "probe");
+    assert_eq!(
+        probe.security_context.as_ref().unwrap().run_as_non_root,
+        Some(true)
+    );
+    let sidecars = init;
+    for c in sidecars.iter().chain([workload, &probe]) {
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.privileged, Some(false), "{}", c.name);
         assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);

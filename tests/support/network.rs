@@ -24,9 +24,48 @@ pub struct Node {
     _dir: tempfile::TempDir,
 }
 
+/// The default parameters with a probe small enough for a debug build: 90 % of 1 MiB in
+/// tiles of 16², four rounds.
+pub fn params() -> Params {
+    Params {
+        probe_size: 16,
+        probe_memory_mib: 1,
+        probe_rounds: 4,
+        ..Params::default()
+    }
+}
+
+/// Runs the lease's GPU probe to its end as an honest probe does, through `provider`'s client
+/// with the lease `certificate`: the network's last word.
+pub async fn pass_probe(
+    provider: &NetworkClient,
+    lease_id: &str,
+    certificate: Vec<u8>,
+) -> gpubridge::wire::proto::ProbeReply {
+    use gpubridge::probe::wire::{CpuRun, Move};
+    let mut run = CpuRun::default();
+    let mut reply = provider
+        .lease_challenge(lease_id)
+        .await
+        .unwrap()
+        .probe
+        .expect("an accepted lease has a probe");
+    loop {
+        match run.next(&reply) {
+            Move::Send(step) => {
+                reply = provider
+                    .submit_probe(lease_id, certificate.clone(), step)
+                    .await
+                    .unwrap();
+            }
+            Move::Passed(_) | Move::Failed(_) => return reply,
+        }
+    }
+}
+
 impl Node {
     pub async fn start() -> Node {
-        Node::start_with(Params::default()).await
+        Node::start_with(params()).await
     }
 
     pub async fn start_with(settings: Params) -> Node {

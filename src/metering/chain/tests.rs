@@ -22,7 +22,7 @@ fn terms(key: &SigningKey) -> LeaseTerms {
         lease_id: "lease-1".into(),
         gpus: 2,
         lease_key: key.verifying_key(),
-        not_before_ms: START,
+        metering_from_ms: Some(START),
     }
 }
 
@@ -242,7 +242,8 @@ fn every_chain_rule_has_its_rejection() {
 }
 
 #[test]
-fn the_first_window_may_not_start_before_the_lease_and_nothing_follows_the_final_receipt() {
+fn the_first_window_may_not_start_before_the_challenge_passed_and_nothing_follows_the_final_receipt()
+ {
     let key = generate_key();
     let t = terms(&key);
     let genesis = ChainHead::default();
@@ -257,7 +258,30 @@ fn the_first_window_may_not_start_before_the_lease_and_nothing_follows_the_final
         Attribution::AllocationOnly,
         false,
     );
-    assert_eq!(rejection(&t, &genesis, &early).kind(), "BadWindow");
+    assert_eq!(
+        rejection(&t, &genesis, &early).to_string(),
+        format!("receipt 1: window must not start before the lease passed its challenge ({START})")
+    );
+    // Before any challenge passed, no window at all.
+    let unverified = LeaseTerms {
+        metering_from_ms: None,
+        ..t.clone()
+    };
+    let (on_time, _) = seal_receipt(
+        &key,
+        "lease-1",
+        2,
+        &genesis,
+        START,
+        START + 1_000,
+        vec![],
+        Attribution::AllocationOnly,
+        false,
+    );
+    assert_eq!(
+        rejection(&unverified, &genesis, &on_time),
+        ReceiptRejection::Unverified { sequence: 1 }
+    );
 
     let (last, built) = seal_receipt(
         &key,

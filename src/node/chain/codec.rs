@@ -11,9 +11,9 @@ use crate::node::state::{Outcome, Placed, StateError, Tx};
 use crate::wire::envelope::{open, reopen};
 use crate::wire::proto::{
     Ack, BondBody, CancelBody, DepositBody, EvidenceSubmitBody, HeartbeatBody, LeaseDecisionBody,
-    LeaseEndBody, LeaseStreamBody, OfferBody, OrderBody, ProposeBody, ReceiptsBody, RegisterBody,
-    Transaction, TxOutcome, UnbondBody, VoteBody, WaitingLeases, WithdrawBody, transaction,
-    tx_outcome,
+    LeaseEndBody, LeaseStreamBody, OfferBody, OrderBody, ProbeBody, ProposeBody, ReceiptsBody,
+    RegisterBody, Transaction, TxOutcome, UnbondBody, VoteBody, WaitingLeases, WithdrawBody,
+    transaction, tx_outcome,
 };
 use crate::wire::{MAX_MESSAGE_BYTES, Rejection};
 
@@ -71,6 +71,7 @@ transactions! {
     Unbond => UnbondBody,
     Propose => ProposeBody,
     Vote => VoteBody,
+    SubmitProbe => ProbeBody,
 }
 
 /// A transaction from a block's bytes; anything else is refused with the rule it breaks.
@@ -150,6 +151,7 @@ fn encode_outcome(outcome: &Outcome) -> Vec<u8> {
         Outcome::Evidence(reply) => Kind::Evidence(reply),
         Outcome::Stake(reply) => Kind::Stake(reply),
         Outcome::Proposal(view) => Kind::Proposal(view),
+        Outcome::Probe(reply) => Kind::Probe(reply),
     };
     TxOutcome { kind: Some(kind) }.encode_to_vec()
 }
@@ -175,6 +177,7 @@ fn decode_outcome(bytes: &[u8]) -> Result<Outcome, String> {
         Kind::Evidence(reply) => Outcome::Evidence(reply),
         Kind::Stake(reply) => Outcome::Stake(reply),
         Kind::Proposal(view) => Outcome::Proposal(view),
+        Kind::Probe(reply) => Outcome::Probe(reply),
     })
 }
 
@@ -213,7 +216,8 @@ mod tests {
             Tx::Bond(s.clone()),
             Tx::Unbond(s.clone()),
             Tx::Propose(s.clone()),
-            Tx::Vote(s),
+            Tx::Vote(s.clone()),
+            Tx::SubmitProbe(s),
         ];
         let mut seen = std::collections::BTreeSet::new();
         for tx in &all {

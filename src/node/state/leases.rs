@@ -12,6 +12,7 @@ use crate::wire::proto::{
 };
 use crate::wire::{Opened, Rejection, validate};
 
+use super::probe;
 use super::{Block, LEASES, NONCES, OFFERS, ORDERS, PROVIDERS, Result, State, StateError};
 
 /// What a block's upkeep did that its driver tells others.
@@ -136,7 +137,10 @@ impl State {
             } => {
                 lease.state = lease_state;
                 lease.accepted_at = Some(block.time);
-                lease.challenge = Some(Self::fresh_challenge(block, &lease.lease_id));
+                let challenge = Self::fresh_challenge(block, &lease.lease_id);
+                let rules = self.params()?.probe_rules();
+                lease.probe = Some(probe::issue(&rules, &lease, challenge.nonce.clone(), block));
+                lease.challenge = Some(challenge);
                 self.put(LEASES, &body.lease_id, &lease)?;
                 order.state = order_state;
                 order.updated_at = block.time;
@@ -266,7 +270,8 @@ impl State {
     }
 
     /// The upkeep every block begins with: leases not answered in time lapse (the buyer is
-    /// refunded), accepted leases that never started end and their provider is slashed,
+    /// refunded), accepted leases that never started or left their probe's checks unanswered
+    /// end and their provider is slashed,
     /// unbonding stake due is paid back, proposals are tallied and applied, standing orders are
     /// matched or closed at their deadline, expired offers and those of silent providers are dropped, answered challenges
     /// that are due are renewed, nonces past the freshness window are forgotten.
@@ -278,6 +283,8 @@ impl State {
         for mut lease in self.all::<LeaseRecord>(LEASES)? {
             if Self::never_started(&lease, params.start_deadline_seconds, now) {
                 self.end_never_started(block, lease)?;
+            } else if probe::unanswered(&lease, params.probe_answer_seconds, now) {
+                self.fail_unanswered(block, lease, params.probe_answer_seconds)?;
             } else if transitions::lapses(lease.state, lease.answer_by, now) {
                 let order = self.order_of(&lease)?;
                 let Step::Moves {

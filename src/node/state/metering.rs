@@ -3,10 +3,10 @@
 use sha2::{Digest, Sha256};
 
 use crate::attestation::nvidia::DeviceRoot;
-use crate::attestation::{EvidenceRejection, attest, verify_evidence};
+use crate::attestation::{EvidenceRejection, TrustTier, attest, verify_evidence};
 use crate::identity::{public_key_base58, public_key_from_base58, verify_lease_certificate};
 use crate::metering::chain::MAX_RECEIPTS_PER_BATCH;
-use crate::metering::{LeaseTerms, ReceiptRejection, Step, check_next};
+use crate::metering::{LeaseTerms, ReceiptRejection, Step, check_next, metering_start};
 use crate::node::ledger::{self, Account};
 use crate::node::records::{AttestationRecord, ChallengeRecord, LeaseRecord, OrderRecord};
 use crate::node::transitions;
@@ -17,6 +17,7 @@ use crate::wire::proto::{
 };
 use crate::wire::{Opened, Rejection, validate};
 
+use super::probe::{lease_tier, probe_reply};
 use super::{Block, FORKS, LEASES, ORDERS, PROVIDERS, RECEIPTS, Result, State, StateError};
 
 /// The root every GPU's device certificate chain must end in, parsed once.
@@ -87,7 +88,11 @@ fn receipt_key(lease_id: &str, sequence: u64) -> String {
 /// The lease's certificate, checked against the provider that owns the lease and against the
 /// lease key its first accepted certificate pinned (pinned here when none was): a provider holds
 /// its own key, so it could certify a second lease key and sign a second history with it.
-fn lease_terms(lease: &mut LeaseRecord, certificate: &[u8], now: i64) -> Result<LeaseTerms> {
+pub(super) fn lease_terms(
+    lease: &mut LeaseRecord,
+    certificate: &[u8],
+    now: i64,
+) -> Result<LeaseTerms> {
     let provider = public_key_from_base58(&lease.provider)
         .map_err(|e| StateError::Inconsistent(format!("stored provider key: {e}")))?;
     let cert = verify_lease_certificate(certificate, &provider, now)
@@ -116,7 +121,10 @@ fn lease_terms(lease: &mut LeaseRecord, certificate: &[u8], now: i64) -> Result<
         lease_id: lease.lease_id.clone(),
         gpus: lease.gpus,
         lease_key,
-        not_before_ms: lease.matched_at.saturating_mul(1000),
+        metering_from_ms: metering_start(
+            lease.probe.as_ref().and_then(|p| p.passed_at),
+            lease.hardware_attested_since,
+        ),
     })
 }
 
@@ -263,6 +271,7 @@ impl State {
                 nonce: c.nonce.clone(),
                 issued_at: c.issued_at,
                 answered: c.answered,
+                probe: lease.probe.as_ref().map(probe_reply),
             }),
             _ => Err(Rejection::Precondition(format!(
                 "lease {} is {} and is not challenged",
@@ -318,18 +327,22 @@ impl State {
             verified_at: now,
         };
         lease.attestation = Some(record.clone());
+        if attestation.tier == TrustTier::HardwareAttested {
+            lease.hardware_attested_since.get_or_insert(now);
+        }
         self.put(LEASES, &lease.lease_id, &lease)?;
-        // The offer book shows, and orders may ask for, the tier the provider's last evidence
+        // The offer book shows, and orders may ask for, the tier the provider's last lease
         // reached: earned again with every challenge, lost with the first that falls short.
         let mut registered = self.registered(&provider)?;
-        registered.trust_tier = attestation.tier;
+        registered.trust_tier = lease_tier(&lease);
         self.put(PROVIDERS, &provider, &registered)?;
         Ok(EvidenceReply {
-            trust_tier: record.trust_tier,
+            trust_tier: registered.trust_tier.as_str().to_string(),
             digest: record.digest,
             verified_at: now,
             detail: record.detail,
             image_digest: record.image_digest,
+            hardware_attested_since: lease.hardware_attested_since.unwrap_or(0),
         })
     }
 }

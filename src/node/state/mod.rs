@@ -15,6 +15,7 @@ mod metering;
 mod offers;
 mod orders;
 mod params;
+mod probe;
 mod stake;
 
 use serde::Serialize;
@@ -23,7 +24,7 @@ use serde::de::DeserializeOwned;
 use crate::identity::public_key_base58;
 use crate::wire::amount;
 use crate::wire::proto::{
-    BalanceReply, EvidenceReply, LeaseBody, LeaseEndReply, OrderView, ProposalView,
+    BalanceReply, EvidenceReply, LeaseBody, LeaseEndReply, OrderView, ProbeReply, ProposalView,
     PublishOfferReply, ReceiptsReply, Signed, StakeReply,
 };
 use crate::wire::{Opened, Rejection};
@@ -129,6 +130,7 @@ pub enum Tx {
     Unbond(Signed),
     Propose(Signed),
     Vote(Signed),
+    SubmitProbe(Signed),
 }
 
 /// The outcome of a submitted order: how it stands, and the lease to send its provider.
@@ -155,6 +157,7 @@ pub enum Outcome {
     Evidence(EvidenceReply),
     Stake(StakeReply),
     Proposal(ProposalView),
+    Probe(ProbeReply),
 }
 
 /// The network's state. Built empty by [`State::genesis`] or from persisted entries by
@@ -253,6 +256,7 @@ impl State {
             Tx::Unbond(s) => Outcome::Stake(self.unbond(s, block)?),
             Tx::Propose(s) => Outcome::Proposal(self.propose(s, block)?),
             Tx::Vote(s) => Outcome::Proposal(self.vote(s, block)?),
+            Tx::SubmitProbe(s) => Outcome::Probe(self.submit_probe(s, block)?),
         })
     }
 

@@ -230,6 +230,7 @@ impl State {
             offer_id: offer.offer_id.clone(),
             offer_seq: offer.published_seq,
             block: found.block,
+            model: offer.model.clone(),
             gpus: body.gpus,
             price,
             denomination: body.denomination.clone(),
@@ -246,6 +247,8 @@ impl State {
             challenge: None,
             attestation: None,
             lease_key: None,
+            probe: None,
+            hardware_attested_since: None,
         };
         self.put(LEASES, &lease_id, &record)?;
         order.state = OrderState::Matched;

@@ -1,8 +1,11 @@
 //! The network's parameters (DESIGN §7), pure: a typed set that governance changes one named
 //! field at a time, each within its bounds, and governance's own rules, which it cannot change.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
+use crate::probe::challenge::{Calibration, Rules};
 use crate::wire::Rejection;
 use crate::wire::amount::{self, Amount};
 
@@ -32,6 +35,17 @@ pub struct Params {
     pub start_deadline_seconds: u32,
     /// The share of a provider's stake (bonded and unbonding) one slash takes, basis points.
     pub slash_basis_points: u32,
+    /// The GPU probe every accepted lease runs (DESIGN §8): tiles of `probe_size`², filling
+    /// 90 % of the model's calibrated memory or of `probe_memory_mib` for a model with none;
+    /// `probe_rounds` rounds of checks per GPU, each opening `probe_rows` rows, answered within
+    /// `probe_answer_seconds` of the commitment.
+    pub probe_size: u32,
+    pub probe_memory_mib: u32,
+    pub probe_rounds: u32,
+    pub probe_rows: u32,
+    pub probe_answer_seconds: u32,
+    /// Calibration bands by GPU model as offers name it, `probe-band/<model>` to governance.
+    pub probe_bands: BTreeMap<String, Calibration>,
     /// Governance's own rules, fixed at genesis: no proposal changes them.
     /// Blocks a proposal is voted on.
     pub voting_blocks: u64,
@@ -58,6 +72,12 @@ impl Default for Params {
             unbonding_seconds: 7 * 24 * 3600,
             start_deadline_seconds: 600,
             slash_basis_points: 1000,
+            probe_size: 256,
+            probe_memory_mib: 16,
+            probe_rounds: 16,
+            probe_rows: 2,
+            probe_answer_seconds: 120,
+            probe_bands: BTreeMap::new(),
             voting_blocks: 100,
             min_deposit: Amount::from_atto(10 * 1_000_000_000_000_000_000),
             quorum_basis_points: 3_340,
@@ -80,18 +100,30 @@ const GOVERNED: &[(&str, u128, u128)] = &[
     ("unbonding-seconds", 0, 365 * 86_400),
     ("start-deadline-seconds", 0, 86_400),
     ("slash-basis-points", 0, 10_000),
+    // Bounded so that one GPU's answers fit a request body (192 KiB).
+    ("probe-size", 16, 512),
+    ("probe-memory-mib", 1, 1 << 20),
+    ("probe-rounds", 1, 16),
+    ("probe-rows", 0, 2),
+    ("probe-answer-seconds", 5, 3_600),
 ];
+
+/// A model's calibration band is governed as `probe-band/<model>`.
+const PROBE_BAND: &str = "probe-band/";
 
 impl Params {
     /// The parameters with `name` set to `value` (a whole number; atto units for an amount),
     /// or why not.
     pub fn with_change(&self, name: &str, value: &str) -> Result<Params, Rejection> {
+        if let Some(model) = name.strip_prefix(PROBE_BAND) {
+            return self.with_band(model, value);
+        }
         let Some(&(_, least, most)) = GOVERNED.iter().find(|(n, _, _)| *n == name) else {
             let names: Vec<&str> = GOVERNED.iter().map(|(n, _, _)| *n).collect();
             return Err(Rejection::invalid(
                 "change.name",
                 &format!(
-                    "{name:?} is not a governed parameter (one of {})",
+                    "{name:?} is not a governed parameter (one of {}, {PROBE_BAND}<model>)",
                     names.join(", ")
                 ),
             ));
@@ -121,9 +153,56 @@ impl Params {
             "unbonding-seconds" => next.unbonding_seconds = seconds()?,
             "start-deadline-seconds" => next.start_deadline_seconds = seconds()?,
             "slash-basis-points" => next.slash_basis_points = seconds()?,
+            "probe-size" => next.probe_size = seconds()?,
+            "probe-memory-mib" => next.probe_memory_mib = seconds()?,
+            "probe-rounds" => next.probe_rounds = seconds()?,
+            "probe-rows" => next.probe_rows = seconds()?,
+            "probe-answer-seconds" => next.probe_answer_seconds = seconds()?,
             other => unreachable!("{other} is in GOVERNED but not set"),
         }
         Ok(next)
+    }
+
+    /// The parameters with `model`'s calibration band set to `value`
+    /// (`MEMORY_MIB:LEAST_GOPS:MOST_GOPS`), or removed by `none`.
+    fn with_band(&self, model: &str, value: &str) -> Result<Params, Rejection> {
+        if model.is_empty()
+            || model.len() > 63
+            || !model
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(Rejection::invalid(
+                "change.name",
+                &format!(
+                    "{PROBE_BAND}<model>: the model is 1 to 63 letters, digits, '-', '_' or '.', as offers name it"
+                ),
+            ));
+        }
+        let mut next = self.clone();
+        if value == "none" {
+            next.probe_bands.remove(model);
+        } else {
+            let band = Calibration::parse(value).map_err(|rule| {
+                Rejection::invalid(
+                    "change.value",
+                    &format!("{PROBE_BAND}{model} {rule}, or none"),
+                )
+            })?;
+            next.probe_bands.insert(model.to_string(), band);
+        }
+        Ok(next)
+    }
+
+    /// The probe's rules in force.
+    pub fn probe_rules(&self) -> Rules {
+        Rules {
+            size: self.probe_size,
+            default_memory_mib: self.probe_memory_mib,
+            rounds: self.probe_rounds,
+            rows: self.probe_rows,
+            bands: self.probe_bands.clone(),
+        }
     }
 
     /// Every parameter by its name: the governed ones, then those fixed at genesis.
@@ -151,10 +230,21 @@ impl Params {
                 self.start_deadline_seconds.to_string(),
             ),
             ("slash-basis-points", self.slash_basis_points.to_string()),
+            ("probe-size", self.probe_size.to_string()),
+            ("probe-memory-mib", self.probe_memory_mib.to_string()),
+            ("probe-rounds", self.probe_rounds.to_string()),
+            ("probe-rows", self.probe_rows.to_string()),
+            (
+                "probe-answer-seconds",
+                self.probe_answer_seconds.to_string(),
+            ),
         ]
         .into_iter()
         .map(|(n, v)| (n.to_string(), v))
         .collect();
+        for (model, band) in &self.probe_bands {
+            out.push((format!("{PROBE_BAND}{model}"), band.to_string()));
+        }
         for (name, value) in [
             ("stake-denomination", self.stake_denomination.clone()),
             ("voting-blocks", self.voting_blocks.to_string()),
@@ -205,6 +295,39 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_models_calibration_band_is_set_listed_and_removed_by_name() {
+        let base = Params::default();
+        let h100 = "probe-band/NVIDIA-H100-80GB-HBM3";
+        let with = base.with_change(h100, "81559:400:3000").unwrap();
+        assert!(
+            with.listed()
+                .contains(&(h100.to_string(), "81559:400:3000".to_string()))
+        );
+        assert_eq!(
+            with.probe_rules().spec("NVIDIA-H100-80GB-HBM3").tiles,
+            // 90 % of 81 559 MiB in tiles of 6 × 256² bytes.
+            195_742
+        );
+        assert_eq!(with.with_change(h100, "none").unwrap(), base);
+        let bad = base.with_change(h100, "400:3000").unwrap_err();
+        assert!(
+            bad.to_string()
+                .starts_with("change.value: probe-band/NVIDIA-H100-80GB-HBM3 must be"),
+            "{bad}"
+        );
+        for model in ["", "a b", &"x".repeat(64)] {
+            let bad = base
+                .with_change(&format!("probe-band/{model}"), "1:1:1")
+                .unwrap_err();
+            assert!(
+                bad.to_string()
+                    .starts_with("change.name: probe-band/<model>"),
+                "{bad}"
+            );
         }
     }
 

@@ -286,12 +286,26 @@ impl State {
 
     /// Ends an accepted lease that never started: the buyer gets the whole hold back and the
     /// slash, the provider the fault.
-    pub(super) fn end_never_started(
+    pub(super) fn end_never_started(&mut self, block: &Block, lease: LeaseRecord) -> Result<()> {
+        let deadline = self.params()?.start_deadline_seconds;
+        let accepted_at = lease.accepted_at.unwrap_or(lease.matched_at);
+        let evidence = format!(
+            "accepted at {accepted_at}; no receipt by {} ({deadline} s later)",
+            accepted_at + i64::from(deadline)
+        );
+        self.end_unstarted(block, lease, "NeverStarted", "never-started", evidence)
+    }
+
+    /// Ends an accepted lease before anything was metered, as its provider's fault (`reason`):
+    /// the buyer gets the whole hold back and the slash (`kind`, with its `evidence`).
+    pub(super) fn end_unstarted(
         &mut self,
         block: &Block,
         mut lease: LeaseRecord,
+        reason: &str,
+        kind: &str,
+        evidence: String,
     ) -> Result<()> {
-        let deadline = self.params()?.start_deadline_seconds;
         let mut order = self.order_of(&lease)?;
         let Step::Moves {
             order: order_state,
@@ -303,16 +317,11 @@ impl State {
         else {
             return Ok(());
         };
-        let accepted_at = lease.accepted_at.unwrap_or(lease.matched_at);
-        let evidence = format!(
-            "accepted at {accepted_at}; no receipt by {} ({deadline} s later)",
-            accepted_at + i64::from(deadline)
-        );
         let end = LeaseEnd {
             phase: "Failed".into(),
-            reason: "NeverStarted".into(),
+            reason: reason.into(),
             fault: "provider".into(),
-            started_at: accepted_at,
+            started_at: lease.accepted_at.unwrap_or(lease.matched_at),
             ended_at: block.time,
             gpu_seconds: 0,
             charged: Amount::ZERO,
@@ -325,7 +334,7 @@ impl State {
             end,
             (order_state, lease_state),
         )?;
-        let slashed = self.slash(block, &lease, "never-started", evidence.clone())?;
+        let slashed = self.slash(block, &lease, kind, evidence.clone())?;
         order.reason = format!(
             "{}: {evidence}; the provider was slashed {} {}, paid to the buyer",
             order.reason,

@@ -6,20 +6,25 @@ use ed25519_dalek::SigningKey;
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 
+use super::probe::probe_reply;
 use super::*;
 use crate::identity::issue_lease_certificate;
 use crate::metering::ChainHead;
 use crate::metering::chain::seal_receipt;
 use crate::node::chain::app::{AppState, Chain, DecidedBlock};
 use crate::node::chain::codec;
-use crate::node::records::LeaseRecord;
+use crate::node::records::{LeaseRecord, ProbeRecord};
 use crate::node::store::Store;
+use crate::probe::challenge::{gpu_rounds, gpu_seed};
+use crate::probe::wire::issued;
+use crate::probe::{Matrix, Prover, generate, multiply};
 use crate::wire::amount::Amount;
 use crate::wire::envelope::seal;
 use crate::wire::proto::{
     Attribution, BondBody, CancelBody, DepositBody, GpuUsage, HeartbeatBody, LeaseDecisionBody,
-    LeaseEndBody, OfferBody, OrderBody, ParamChange, ProposeBody, ReceiptsBody, ReceiptsReply,
-    RegisterBody, StakeReply, UnbondBody, VoteBody, WithdrawBody,
+    LeaseEndBody, OfferBody, OrderBody, ParamChange, ProbeBody, ProbeCommit, ProbeReply, ProbeStep,
+    ProposeBody, ReceiptsBody, ReceiptsReply, RegisterBody, StakeReply, UnbondBody, VoteBody,
+    WithdrawBody, probe_step,
 };
 
 const UNIT: u128 = 1_000_000_000_000_000_000;
@@ -40,6 +45,8 @@ enum Op {
     Decide(usize, bool),
     End(usize),
     Receipts(usize, u16),
+    /// A lease's probe takes its next step: honest, or from products that are all wrong.
+    Probe(usize, bool),
     /// A provider bonds units from its spendable balance (or its earnings).
     Bond(usize, u8, bool),
     Unbond(usize, u8),
@@ -67,6 +74,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0..8usize, prop::bool::weighted(0.8)).prop_map(|(o, a)| Op::Decide(o, a)),
         1 => (0..8usize).prop_map(Op::End),
         5 => (0..8usize, 1..900u16).prop_map(|(o, s)| Op::Receipts(o, s)),
+        4 => (0..8usize, prop::bool::weighted(0.9)).prop_map(|(o, h)| Op::Probe(o, h)),
         2 => (0..2usize, 1..60u8, any::<bool>()).prop_map(|(p, u, e)| Op::Bond(p, u, e)),
         1 => (0..2usize, 1..60u8).prop_map(|(p, u)| Op::Unbond(p, u)),
         1 => (0..5usize, 0..4usize).prop_map(|(w, c)| Op::Propose(w, c)),
@@ -235,9 +243,13 @@ impl History {
             Op::Receipts(i, seconds) => {
                 let lease = self.lease(i)?;
                 let provider = Self::provider_of(&lease);
-                let start = lease.chain.window_end_ms.unwrap_or(lease.matched_at * 1000);
+                let start = lease.chain.window_end_ms.unwrap_or(first_window_ms(&lease));
                 let end_ms = (start + i64::from(seconds) * 1000).min(now * 1000);
                 receipts_tx(&provider, &lease, &lease.chain, end_ms, now)
+            }
+            Op::Probe(i, honest) => {
+                let lease = self.lease(i)?;
+                probe_tx(&Self::provider_of(&lease), &lease, honest, now)?
             }
             Op::Bond(p, units, earnings) => {
                 let body = BondBody {
@@ -300,7 +312,8 @@ impl History {
                     | Tx::Bond(s)
                     | Tx::Unbond(s)
                     | Tx::Propose(s)
-                    | Tx::Vote(s) => s,
+                    | Tx::Vote(s)
+                    | Tx::SubmitProbe(s) => s,
                 };
                 signed.signature[0] ^= 1;
                 tx
@@ -408,7 +421,7 @@ fn receipts_signed_by(
         &lease.lease_id,
         lease.gpus,
         head,
-        lease.matched_at * 1000,
+        first_window_ms(lease),
         end_ms,
         usage,
         Attribution::Measured,
@@ -423,6 +436,75 @@ fn receipts_signed_by(
     Tx::SubmitReceipts(seal(provider, body, now))
 }
 
+/// Where an honest meter starts the lease's first window: when its probe passed; before that,
+/// at its match (which the network refuses).
+fn first_window_ms(lease: &LeaseRecord) -> i64 {
+    crate::metering::metering_start(
+        lease.probe.as_ref().and_then(|p| p.passed_at),
+        lease.hardware_attested_since,
+    )
+    .unwrap_or(lease.matched_at * 1000)
+}
+
+/// Every GPU's products for the lease's probe: right, or each element off by one.
+fn probe_provers(probe: &ProbeRecord, honest: bool) -> Vec<Prover> {
+    let (spec, _) = issued(&probe_reply(probe));
+    (0..probe.answered.len() as u32)
+        .map(|g| {
+            let seed = gpu_seed(&probe.nonce, g);
+            if honest {
+                return Prover::run(spec, &seed);
+            }
+            let wrong = (0..spec.tiles)
+                .map(|t| {
+                    let a = generate(&seed, spec.size, t, Matrix::A);
+                    let b = generate(&seed, spec.size, t, Matrix::B);
+                    multiply(&a, &b, spec.size).iter().map(|v| v + 1).collect()
+                })
+                .collect();
+            Prover::holding(spec, wrong)
+        })
+        .collect()
+}
+
+/// The next step of the lease's probe, by its provider with the lease's test key: the
+/// commitment, then the first GPU not answered yet; none once the probe is over.
+fn probe_tx(provider: &SigningKey, lease: &LeaseRecord, honest: bool, now: i64) -> Option<Tx> {
+    let probe = lease.probe.as_ref()?;
+    if probe.passed_at.is_some() || probe.failed_at.is_some() {
+        return None;
+    }
+    let provers = probe_provers(probe, honest);
+    let kind = match probe.checks {
+        None => probe_step::Kind::Commit(ProbeCommit {
+            roots: provers.iter().map(|p| p.commitment().to_vec()).collect(),
+            kernel_ms: 1_000,
+        }),
+        Some(checks) => {
+            let gpu = probe.answered.iter().position(|a| !a)? as u32;
+            let (spec, rules) = issued(&probe_reply(probe));
+            let answers: Vec<_> = gpu_rounds(&rules, &spec, &checks, gpu)
+                .iter()
+                .map(|r| provers[gpu as usize].answer(r))
+                .collect();
+            probe_step::Kind::Answers(crate::probe::wire::to_wire(gpu, &answers))
+        }
+    };
+    let certificate = issue_lease_certificate(
+        provider,
+        &lease.lease_id,
+        &key(3, lease.sequence_hint()).verifying_key(),
+        now + 86_400,
+    );
+    let body = ProbeBody {
+        header: None,
+        lease_id: lease.lease_id.clone(),
+        certificate: prost::Message::encode_to_vec(&certificate),
+        step: Some(ProbeStep { kind: Some(kind) }),
+    };
+    Some(Tx::SubmitProbe(seal(provider, body, now)))
+}
+
 impl LeaseRecord {
     /// A number that tells leases apart, for their test keys.
     fn sequence_hint(&self) -> usize {
@@ -430,16 +512,27 @@ impl LeaseRecord {
     }
 }
 
+/// A probe small enough for tests: 90 % of 1 MiB in tiles of 16², four rounds of two rows.
+fn small_probe(params: Params) -> Params {
+    Params {
+        probe_size: 16,
+        probe_memory_mib: 1,
+        probe_rounds: 4,
+        probe_rows: 2,
+        ..params
+    }
+}
+
 /// The parameters of the random histories: bonds matter, and a lease that sends no receipt
 /// within two minutes of acceptance is slashed.
 fn history_params() -> Params {
-    Params {
+    small_probe(Params {
         voting_blocks: 2,
         bond_per_gpu: Amount::from_atto(UNIT),
         unbonding_seconds: 300,
         start_deadline_seconds: 120,
         ..Params::default()
-    }
+    })
 }
 
 proptest! {
@@ -628,13 +721,13 @@ impl Market {
 }
 
 fn staked() -> Params {
-    Params {
+    small_probe(Params {
         bond_per_gpu: Amount::from_atto(10 * UNIT),
         unbonding_seconds: 3600,
         start_deadline_seconds: 300,
         slash_basis_points: 2000,
         ..Params::default()
-    }
+    })
 }
 
 #[test]
@@ -807,15 +900,36 @@ fn accepted_lease() -> (Market, OrderView) {
     (m, order)
 }
 
+/// The same, its probe passed at START + 7.
+fn probed_lease() -> (Market, OrderView) {
+    let (mut m, order) = accepted_lease();
+    let reply = m.probe(START + 7, &order.lease_id, true);
+    assert_eq!(reply.state, "passed", "{}", reply.detail);
+    (m, order)
+}
+
 impl Market {
     fn lease(&self, lease_id: &str) -> LeaseRecord {
         self.state.get(LEASES, lease_id).unwrap().unwrap()
+    }
+
+    /// Runs provider 0's lease probe at `time` to its end (a commitment, then each GPU's
+    /// answers, one block each): the last answer.
+    fn probe(&mut self, time: i64, lease_id: &str, honest: bool) -> ProbeReply {
+        let mut last = None;
+        while let Some(tx) = probe_tx(&key(1, 0), &self.lease(lease_id), honest, time) {
+            match self.apply(time, tx) {
+                Ok(Outcome::Probe(reply)) => last = Some(reply),
+                other => panic!("a probe step was answered {other:?}"),
+            }
+        }
+        last.expect("the lease has a probe under way")
     }
 }
 
 #[test]
 fn a_receipt_chain_that_forks_slashes_its_provider_to_the_buyer_once() {
-    let (mut m, order) = accepted_lease();
+    let (mut m, order) = probed_lease();
     let t = START + 1;
     let lease = |m: &Market| m.lease(&order.lease_id);
     let genesis = lease(&m).chain;
@@ -863,7 +977,8 @@ fn a_receipt_chain_that_forks_slashes_its_provider_to_the_buyer_once() {
 
 #[test]
 fn a_lease_key_is_pinned_by_its_first_accepted_certificate() {
-    let (mut m, order) = accepted_lease();
+    // The probe's certificate is the first the network accepts: it pins the lease's test key.
+    let (mut m, order) = probed_lease();
     let t = START + 1;
     let lease = |m: &Market| m.lease(&order.lease_id);
     let genesis = lease(&m).chain;
@@ -878,7 +993,7 @@ fn a_lease_key_is_pinned_by_its_first_accepted_certificate() {
             end + 1,
         )
     };
-    let first = key(3, 100);
+    let first = key(3, lease(&m).sequence_hint());
     let tx = first_receipt(&m, &first, t + 60);
     assert!(matches!(m.apply(t + 61, tx), Ok(Outcome::Receipts(r)) if r.accepted_through == 1));
     assert_eq!(
@@ -1452,4 +1567,214 @@ fn a_providers_stream_opening_and_heartbeat_list_the_leases_waiting_for_its_answ
     .unwrap();
     let beat = Tx::Heartbeat(seal(&key(1, 1), HeartbeatBody { header: None }, START + 6));
     assert!(matches!(m.apply(START + 6, beat), Ok(Outcome::Waiting(_, w)) if w.is_empty()));
+}
+
+/// The lease's first receipt, for the window `start_ms` to `end_ms`, under its test key.
+fn first_window(
+    m: &mut Market,
+    lease_id: &str,
+    start_ms: i64,
+    end_ms: i64,
+    now: i64,
+) -> Result<Outcome> {
+    let lease = m.lease(lease_id);
+    let lease_key = key(3, lease.sequence_hint());
+    let certificate = issue_lease_certificate(
+        &key(1, 0),
+        lease_id,
+        &lease_key.verifying_key(),
+        now + 86_400,
+    );
+    let (receipt, _) = seal_receipt(
+        &lease_key,
+        lease_id,
+        lease.gpus,
+        &ChainHead::default(),
+        start_ms,
+        end_ms,
+        vec![],
+        Attribution::AllocationOnly,
+        false,
+    );
+    let body = ReceiptsBody {
+        header: None,
+        lease_id: lease_id.into(),
+        certificate: prost::Message::encode_to_vec(&certificate),
+        receipts: vec![receipt],
+    };
+    m.apply(now, Tx::SubmitReceipts(seal(&key(1, 0), body, now)))
+}
+
+/// The refusal a receipts batch was answered with, by kind and message.
+fn refusal(outcome: Result<Outcome>) -> Option<(String, String)> {
+    match outcome.unwrap() {
+        Outcome::Receipts(reply) => reply.rejection.map(|r| (r.kind, r.message)),
+        other => panic!("receipts answered {other:?}"),
+    }
+}
+
+#[test]
+fn a_lease_is_metered_only_from_the_moment_its_probe_passed() {
+    let (mut m, order) = accepted_lease();
+    let id = order.lease_id.clone();
+    let accepted = START + 6;
+    // Before the probe passed, no window at all, however it is dated.
+    let before = first_window(
+        &mut m,
+        &id,
+        accepted * 1000,
+        (accepted + 30) * 1000,
+        accepted + 30,
+    );
+    assert_eq!(refusal(before).unwrap().0, "Unverified");
+    let passed_at = START + 40;
+    let reply = m.probe(passed_at, &id, true);
+    assert_eq!(
+        (
+            reply.state.as_str(),
+            reply.passed_at,
+            reply.answered.clone()
+        ),
+        ("passed", passed_at, vec![0, 1])
+    );
+    assert!(
+        reply.detail.contains("has no calibration band"),
+        "{}",
+        reply.detail
+    );
+    // The provider signs a window from acceptance, before the probe: refused, nothing paid.
+    let end = passed_at + 60;
+    let (kind, message) =
+        refusal(first_window(&mut m, &id, accepted * 1000, end * 1000, end)).unwrap();
+    assert_eq!(kind, "BadWindow");
+    assert!(
+        message.contains(&format!(
+            "must not start before the lease passed its challenge ({})",
+            passed_at * 1000
+        )),
+        "{message}"
+    );
+    assert_eq!(m.lease(&id).charged, Amount::ZERO);
+    // From the pass: accepted, and the time charged is the GPUs × (end − pass), no more.
+    assert_eq!(
+        refusal(first_window(&mut m, &id, passed_at * 1000, end * 1000, end)),
+        None
+    );
+    let lease = m.lease(&id);
+    assert_eq!(lease.totals.allocated_gpu_millis, 2 * 60_000);
+    assert!(lease.charged > Amount::ZERO);
+    // The offer book shows the tier the provider's lease reached.
+    assert_eq!(
+        m.state.registered(&m.provider()).unwrap().trust_tier,
+        crate::attestation::TrustTier::ChallengeVerified
+    );
+    m.state.audit().unwrap();
+}
+
+#[test]
+fn a_probe_that_answers_from_wrong_products_fails_and_its_provider_is_slashed_to_the_buyer() {
+    let (mut m, order) = accepted_lease();
+    let id = order.lease_id.clone();
+    let buyer_before = m.available(&m.buyer());
+    let reply = m.probe(START + 10, &id, false);
+    assert_eq!(reply.state, "failed");
+    assert!(
+        reply.detail.starts_with("Freivalds: gpus[0].rounds[0]: "),
+        "{}",
+        reply.detail
+    );
+    let lease = m.lease(&id);
+    let end = lease.end.as_ref().expect("the lease ended");
+    assert_eq!(
+        (end.reason.as_str(), end.fault.as_str(), end.charged),
+        ("ChallengeFailed", "provider", Amount::ZERO)
+    );
+    let stake = m.state.stake_of(&m.provider()).unwrap();
+    assert_eq!(stake.slashes.len(), 1);
+    assert_eq!(stake.slashes[0].kind, "challenge");
+    assert!(
+        stake.slashes[0]
+            .evidence
+            .starts_with("GPU probe failed: Freivalds: ")
+    );
+    // The whole hold back, and 20 % of the 40 bonded.
+    let refunded_and_slashed = buyer_before
+        .checked_add(order_held(&m, &order), "")
+        .unwrap()
+        .checked_add(Amount::from_atto(8 * UNIT), "")
+        .unwrap();
+    assert_eq!(m.available(&m.buyer()), refunded_and_slashed);
+    // An over probe takes no more steps.
+    let again = probe_tx(&key(1, 0), &lease, true, START + 11);
+    assert!(again.is_none());
+    m.state.audit().unwrap();
+}
+
+fn order_held(m: &Market, order: &OrderView) -> Amount {
+    let record: crate::node::records::OrderRecord =
+        m.state.get(ORDERS, &order.order_id).unwrap().unwrap();
+    record.held
+}
+
+#[test]
+fn a_probe_left_unanswered_fails_at_its_deadline_and_steps_out_of_turn_are_refused() {
+    let (mut m, order) = accepted_lease();
+    let id = order.lease_id.clone();
+    let t = START + 10;
+    // Answers before the commitment: refused, nothing changes.
+    let lease = m.lease(&id);
+    let mut committed = lease.clone();
+    committed.probe.as_mut().unwrap().checks = Some([1; 32]);
+    let early = probe_tx(&key(1, 0), &committed, true, t).unwrap();
+    assert!(matches!(
+        m.apply(t, early),
+        Err(StateError::Rejected(Rejection::Precondition(_)))
+    ));
+    let commit = probe_tx(&key(1, 0), &lease, true, t).unwrap();
+    assert!(matches!(m.apply(t, commit), Ok(Outcome::Probe(r)) if r.state == "committed"));
+    // A second commitment: refused.
+    let again = probe_tx(&key(1, 0), &lease, true, t + 1).unwrap();
+    assert!(matches!(
+        m.apply(t + 1, again),
+        Err(StateError::Rejected(Rejection::Duplicate(_)))
+    ));
+    // The checks go unanswered past the deadline.
+    let deadline = t + i64::from(staked().probe_answer_seconds);
+    m.sweep(deadline - 1);
+    assert!(m.lease(&id).end.is_none());
+    m.sweep(deadline);
+    let lease = m.lease(&id);
+    assert_eq!(lease.end.as_ref().unwrap().reason, "ChallengeFailed");
+    assert!(
+        lease
+            .probe
+            .unwrap()
+            .detail
+            .starts_with("Unanswered: the checks were not answered within 120 s")
+    );
+    assert_eq!(
+        m.state.stake_of(&m.provider()).unwrap().slashes[0].kind,
+        "challenge"
+    );
+    m.state.audit().unwrap();
+}
+
+#[test]
+fn a_reported_time_outside_the_models_calibration_band_fails_the_probe() {
+    // The band of the offer's model, far faster than a kernel of 1 s over this spec.
+    let params = staked()
+        .with_change("probe-band/NVIDIA-H100-80GB-HBM3", "1:1000:2000")
+        .unwrap();
+    let mut m = Market::opened(params);
+    let t = START + 1;
+    m.bond(t, 40, "available").unwrap();
+    let order = m.order(t, 1);
+    m.accept(t + 1, &order.lease_id);
+    let reply = m.probe(t + 2, &order.lease_id, true);
+    assert_eq!(reply.state, "failed");
+    assert!(
+        reply.detail.starts_with("OutsideBand: kernelMs: 0 GOPS is outside NVIDIA-H100-80GB-HBM3's calibration band 1000–2000 GOPS"),
+        "{}",
+        reply.detail
+    );
 }

@@ -25,7 +25,7 @@ use serde::Serialize;
 use tonic::{Code, Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::attestation::{EvidenceRejection, verify_evidence};
+use crate::attestation::{EvidenceRejection, TrustTier, verify_evidence};
 use crate::crd::{
     ATTESTED_CONDITION, ComputeLease, LeaseAttestation, LeaseAttestationPart, LeaseMeteringPart,
     METERED_CONDITION,
@@ -39,8 +39,9 @@ use crate::wire::client::NetworkClient;
 use crate::wire::envelope::HasHeader;
 use crate::wire::proto::collector_server::{Collector, CollectorServer};
 use crate::wire::proto::{
-    ChallengeReply, EvidenceReply, Receipt, ReceiptRejection as WireRejection, ReceiptsReply,
-    SidecarChallengeBody, SidecarEvidenceBody, SidecarReceiptsBody, Signed,
+    ChallengeReply, EvidenceReply, ProbeReply, Receipt, ReceiptRejection as WireRejection,
+    ReceiptsReply, SidecarChallengeBody, SidecarEvidenceBody, SidecarProbeBody,
+    SidecarReceiptsBody, Signed,
 };
 use crate::wire::{Rejection, Signable, open};
 use crate::workload::{POD_NAME, WORKLOAD_CONTAINER, namespace_for};
@@ -67,7 +68,8 @@ macro_rules! sidecar_body {
 sidecar_body!(
     SidecarReceiptsBody,
     SidecarChallengeBody,
-    SidecarEvidenceBody
+    SidecarEvidenceBody,
+    SidecarProbeBody
 );
 
 /// A sidecar request whose certificate and signature verified, with its lease.
@@ -273,12 +275,7 @@ impl CollectorService {
             lease_id: lease_id.clone(),
             gpus: auth.lease.spec.gpus,
             lease_key: auth.lease_key,
-            not_before_ms: auth
-                .lease
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map_or(0, |t| t.0.as_millisecond()),
+            metering_from_ms: self.metering_from(&auth.lease, network).await?,
         };
         let (valid, local_rejection) = self.verify_batch(&terms, receipts);
         let certificate = auth.body.certificate.clone();
@@ -366,6 +363,72 @@ impl CollectorService {
         self.write_metering(lease, usage, condition).await;
     }
 
+    /// When the lease's metering may start: from what the status records, or, before the
+    /// collector wrote it, from the network's record of the probe.
+    async fn metering_from(
+        &self,
+        lease: &ComputeLease,
+        network: &NetworkClient,
+    ) -> Result<Option<i64>, Status> {
+        let recorded = lease
+            .status
+            .as_ref()
+            .and_then(|s| s.attestation.as_ref())
+            .and_then(LeaseAttestation::metering_from_ms);
+        if recorded.is_some() {
+            return Ok(recorded);
+        }
+        let challenge = network.lease_challenge(&lease.spec.lease_id).await?;
+        Ok(crate::metering::metering_start(
+            challenge.probe.map(|p| p.passed_at).filter(|at| *at > 0),
+            None,
+        ))
+    }
+
+    /// Forwards a step of the lease's probe; its verdict goes onto the lease.
+    async fn probe(&self, signed: Signed) -> Result<ProbeReply, Status> {
+        let auth: Authenticated<SidecarProbeBody> = self.authenticate(&signed).await?;
+        let step = auth
+            .body
+            .step
+            .clone()
+            .ok_or_else(|| Status::from(Rejection::invalid("step", "is required")))?;
+        let reply = self
+            .network()?
+            .submit_probe(
+                &auth.certificate.lease_id,
+                auth.body.certificate.clone(),
+                step,
+            )
+            .await
+            .inspect_err(|s| self.refused("probe", &format!("{:?}", s.code())))?;
+        let (passed, reason) = match reply.state.as_str() {
+            "passed" => (true, "ChallengeVerified"),
+            "failed" => (false, "ChallengeFailed"),
+            _ => return Ok(reply),
+        };
+        if !passed {
+            self.refused("probe", "ChallengeFailed");
+        }
+        info!(lease = %auth.certificate.lease_id, state = %reply.state, detail = %reply.detail, "GPU probe");
+        let existing = auth
+            .lease
+            .status
+            .as_ref()
+            .and_then(|s| s.attestation.clone());
+        let attestation = with_probe(existing, &reply);
+        let condition = auth.lease.condition(
+            ATTESTED_CONDITION,
+            passed,
+            reason,
+            &format!("GPU probe {}: {}", reply.state, reply.detail),
+            now(),
+        );
+        self.write_attestation(&auth.lease, Some(attestation), condition)
+            .await;
+        Ok(reply)
+    }
+
     async fn challenge(&self, signed: Signed) -> Result<ChallengeReply, Status> {
         let auth: Authenticated<SidecarChallengeBody> = self.authenticate(&signed).await?;
         self.network()?
@@ -421,14 +484,23 @@ impl CollectorService {
             .with_label_values(&[reply.trust_tier.as_str()])
             .inc();
         let verified_at = Timestamp::from_second(reply.verified_at).unwrap_or_else(|_| now());
+        let existing = auth
+            .lease
+            .status
+            .as_ref()
+            .and_then(|s| s.attestation.clone());
         let attestation = LeaseAttestation {
             trust_tier: reply.trust_tier.clone(),
             last_verified: Some(Time(verified_at)),
             evidence_digest: Some(hex::encode(&reply.digest)),
             image_digest: Some(reply.image_digest.clone()).filter(|d| !d.is_empty()),
+            hardware_attested_since: seconds(reply.hardware_attested_since),
+            probe_passed_at: existing.as_ref().and_then(|a| a.probe_passed_at.clone()),
+            probe: existing.and_then(|a| a.probe),
         };
         let reason = match reply.trust_tier.as_str() {
             "hardware-attested" => "HardwareAttested",
+            "challenge-verified" => "ChallengeVerified",
             _ => "SelfReported",
         };
         let condition = auth.lease.condition(
@@ -474,6 +546,39 @@ impl CollectorService {
             EvidenceRejection::Malformed(_) => Status::invalid_argument(message),
         }
     }
+}
+
+/// A time the network recorded, Unix seconds; none for 0.
+fn seconds(at: i64) -> Option<Time> {
+    (at > 0)
+        .then(|| Timestamp::from_second(at).ok())
+        .flatten()
+        .map(Time)
+}
+
+/// The lease's attestation with the probe's verdict: its pass time and what it matched, and the
+/// tier it earned unless the evidence earned more.
+fn with_probe(existing: Option<LeaseAttestation>, reply: &ProbeReply) -> LeaseAttestation {
+    let passed = seconds(reply.passed_at);
+    let mut attestation = existing.unwrap_or(LeaseAttestation {
+        trust_tier: TrustTier::SelfReported.as_str().into(),
+        last_verified: None,
+        evidence_digest: None,
+        image_digest: None,
+        probe_passed_at: None,
+        probe: None,
+        hardware_attested_since: None,
+    });
+    let earned = if passed.is_some() {
+        TrustTier::ChallengeVerified
+    } else {
+        TrustTier::SelfReported
+    };
+    let held = TrustTier::parse(&attestation.trust_tier).unwrap_or_default();
+    attestation.trust_tier = held.max(earned).as_str().into();
+    attestation.probe_passed_at = passed;
+    attestation.probe = Some(format!("{}: {}", reply.state, reply.detail));
+    attestation
 }
 
 /// The evidence must name the lease's own pod and node; then the image its workload container
@@ -532,6 +637,10 @@ impl Collector for CollectorService {
         request: Request<Signed>,
     ) -> Result<Response<EvidenceReply>, Status> {
         self.evidence(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn submit_probe(&self, request: Request<Signed>) -> Result<Response<ProbeReply>, Status> {
+        self.probe(request.into_inner()).await.map(Response::new)
     }
 }
 
