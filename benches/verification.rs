@@ -1,12 +1,15 @@
 //! Verification's costs, side by side: NVIDIA CC evidence verified (chain of five ECDSA P-384
 //! signatures, the report's signature, parsing), and the GPU challenge on the CPU path — the
 //! probe's work for one tile (generate A and B, multiply) against the verifier's for one round on
-//! it (regenerate, Freivalds, one row opened). `make bench` prints them.
+//! it (regenerate, Freivalds, one row opened); and the network's default probe of one GPU whole,
+//! the probe's work against the network's check of its answers. `make bench` prints them.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use gpubridge::attestation::nvidia::{Claimed, DeviceRoot, verify_gpu};
+use gpubridge::node::Params;
+use gpubridge::probe::challenge::{check_gpu, gpu_rounds, gpu_seed};
 use gpubridge::probe::{Matrix, Prover, Spec, generate, multiply, rounds, verify_round};
 
 const REPORT: &str = include_str!("../src/attestation/testdata/hopperAttestationReport.txt");
@@ -60,5 +63,52 @@ fn challenge(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, cc_evidence, challenge);
+/// The probe a lease of one GPU of an uncalibrated model runs under the default parameters
+/// (90 % of 16 MiB in 256² tiles, 16 rounds of two rows), as the pod's probe runs it and as a
+/// validator checks the answers in a block.
+fn default_probe(c: &mut Criterion) {
+    let rules = Params::default().probe_rules();
+    let spec = rules.spec("a model with no calibration");
+    let nonce = [3; 32];
+    let seed = gpu_seed(&nonce, 0);
+    let mut group = c.benchmark_group("the default probe, one GPU");
+    group.sample_size(10);
+    group.bench_function(
+        format!(
+            "probe: {} tiles of {}², products and commitment",
+            spec.tiles, spec.size
+        ),
+        |b| b.iter(|| Prover::run(black_box(spec), &seed).commitment()),
+    );
+    let prover = Prover::run(spec, &seed);
+    let root = prover.commitment();
+    let checks = [4; 32];
+    let answers: Vec<_> = gpu_rounds(&rules, &spec, &checks, 0)
+        .iter()
+        .map(|r| prover.answer(r))
+        .collect();
+    group.bench_function(
+        format!(
+            "network: check {} rounds of {} rows",
+            rules.rounds, rules.rows
+        ),
+        |b| {
+            b.iter(|| {
+                check_gpu(
+                    &rules,
+                    &spec,
+                    &nonce,
+                    &checks,
+                    0,
+                    &root,
+                    black_box(&answers),
+                )
+                .unwrap()
+            })
+        },
+    );
+    group.finish();
+}
+
+criterion_group!(benches, cc_evidence, challenge, default_probe);
 criterion_main!(benches);

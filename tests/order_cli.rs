@@ -210,7 +210,7 @@ async fn a_buyers_orders_from_rejection_to_detail() {
         "Region:       eu-west".to_string(),
         "Price:        2.5 USDC per GPU-hour".to_string(),
         "Hold:         5 USDC held, 0 USDC charged, 0 USDC refunded".to_string(),
-        "Verification: no evidence verified yet".to_string(),
+        "Verification: self-reported: no probe passed, no evidence verified".to_string(),
     ] {
         assert!(
             out.lines().any(|l| l.starts_with(&line)),

@@ -379,19 +379,6 @@ pub struct LeaseAttestation {
     pub hardware_attested_since: Option<Time>,
 }
 
-impl LeaseAttestation {
-    /// When the lease's metering may start, by the rule the network applies, from what the
-    /// network recorded and the collector wrote here.
-    pub fn metering_from_ms(&self) -> Option<i64> {
-        crate::metering::metering_start(
-            self.probe_passed_at.as_ref().map(|t| t.0.as_second()),
-            self.hardware_attested_since
-                .as_ref()
-                .map(|t| t.0.as_second()),
-        )
-    }
-}
-
 /// What the operator observed of a lease.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

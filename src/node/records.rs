@@ -259,6 +259,22 @@ pub struct LeaseRecord {
 }
 
 impl LeaseRecord {
+    /// The tier the lease reached: its hardware evidence's, or its GPU probe's, whichever is
+    /// stronger.
+    pub fn tier(&self) -> TrustTier {
+        let evidence = self
+            .attestation
+            .as_ref()
+            .and_then(|a| TrustTier::parse(&a.trust_tier))
+            .unwrap_or_default();
+        let probe = if self.probe.as_ref().is_some_and(|p| p.passed_at.is_some()) {
+            TrustTier::ChallengeVerified
+        } else {
+            TrustTier::SelfReported
+        };
+        evidence.max(probe)
+    }
+
     /// The buyer's view of the lease; `provider` is its provider's record, when it has one.
     pub fn to_view(&self, provider: Option<&ProviderRecord>) -> LeaseView {
         let end = self.end.as_ref();
@@ -287,11 +303,7 @@ impl LeaseRecord {
             utilization_percent: (self.totals.utilization_weight > 0)
                 .then(|| self.totals.utilization_percent()),
             charged: self.charged.to_string(),
-            trust_tier: self
-                .attestation
-                .as_ref()
-                .map(|a| a.trust_tier.clone())
-                .unwrap_or_default(),
+            trust_tier: self.tier().as_str().to_string(),
             end_phase: end.map(|e| e.phase.clone()).unwrap_or_default(),
             end_reason: end.map(|e| e.reason.clone()).unwrap_or_default(),
             fault: end.map(|e| e.fault.clone()).unwrap_or_default(),

@@ -182,36 +182,62 @@ fn multiply_row(a_row: &[i8], b: &[i8], n: usize) -> Vec<i32> {
 }
 
 /// The probe's side on the CPU: the same arithmetic a GPU runs, for tests and for machines
-/// without one. It holds every product until the checks come, as the GPU does.
+/// without one.
 pub struct Prover {
     spec: Spec,
-    products: Vec<Vec<i32>>,
+    products: Products,
     leaves: Vec<Hash>,
 }
 
+/// Where a prover's products are when the checks come.
+enum Products {
+    /// Every tile's, as a GPU holds them in its memory.
+    Held(Vec<Vec<i32>>),
+    /// None: each checked tile is multiplied again from the seed (the CPU stand-in, whose host
+    /// memory is the lease's, not the GPU's).
+    Remade([u8; 32]),
+}
+
+fn product(seed: &[u8; 32], size: u32, tile: u32) -> Vec<i32> {
+    let a = generate(seed, size, tile, Matrix::A);
+    let b = generate(seed, size, tile, Matrix::B);
+    multiply(&a, &b, size)
+}
+
+fn leaves_of(product: &[i32], n: usize) -> impl Iterator<Item = Hash> + '_ {
+    product.chunks(n).map(row_leaf)
+}
+
 impl Prover {
-    /// Generates and multiplies every tile.
+    /// Generates and multiplies every tile, holding the products.
     pub fn run(spec: Spec, seed: &[u8; 32]) -> Prover {
-        let products: Vec<Vec<i32>> = (0..spec.tiles)
-            .map(|t| {
-                let a = generate(seed, spec.size, t, Matrix::A);
-                let b = generate(seed, spec.size, t, Matrix::B);
-                multiply(&a, &b, spec.size)
-            })
+        let products = (0..spec.tiles)
+            .map(|t| product(seed, spec.size, t))
             .collect();
         Prover::holding(spec, products)
+    }
+
+    /// Generates and multiplies every tile, keeping only the rows' hashes: memory for the
+    /// commitment, not the products, which [`Prover::answer`] makes again for a checked tile.
+    pub fn remaking(spec: Spec, seed: &[u8; 32]) -> Prover {
+        let n = spec.size as usize;
+        let leaves = (0..spec.tiles)
+            .flat_map(|t| leaves_of(&product(seed, spec.size, t), n).collect::<Vec<_>>())
+            .collect();
+        Prover {
+            spec,
+            products: Products::Remade(*seed),
+            leaves,
+        }
     }
 
     /// A prover holding `products` (one per tile), whatever they are.
     pub fn holding(spec: Spec, products: Vec<Vec<i32>>) -> Prover {
         let n = spec.size as usize;
-        let leaves = products
-            .iter()
-            .flat_map(|c| c.chunks(n).map(row_leaf))
-            .collect();
+        let leaves = products.iter().flat_map(|c| leaves_of(c, n)).collect();
         Prover {
             spec,
-            products,
+            products: Products::Held(products),
             leaves,
         }
     }
@@ -223,7 +249,14 @@ impl Prover {
 
     pub fn answer(&self, round: &Round) -> Answer {
         let n = self.spec.size as usize;
-        let c = &self.products[round.tile as usize];
+        let remade;
+        let c = match &self.products {
+            Products::Held(products) => &products[round.tile as usize],
+            Products::Remade(seed) => {
+                remade = product(seed, self.spec.size, round.tile);
+                &remade
+            }
+        };
         Answer {
             product: c.chunks(n).map(|row| dot(row, &round.vector)).collect(),
             rows: round
@@ -257,15 +290,16 @@ mod tests {
     }
 
     #[test]
-    fn an_honest_probe_passes_every_round() {
-        let prover = Prover::run(SPEC, &SEED);
-        let root = prover.commitment();
+    fn an_honest_probe_passes_every_round_holding_its_products_or_making_them_again() {
+        let held = Prover::run(SPEC, &SEED);
+        let remade = Prover::remaking(SPEC, &SEED);
+        let root = held.commitment();
+        assert_eq!(remade.commitment(), root);
         for round in rounds(&SPEC, &checks(1), 8, 4) {
             assert_eq!(round.rows.len(), 4);
-            assert_eq!(
-                verify_round(&SPEC, &SEED, &root, &round, &prover.answer(&round)),
-                Ok(())
-            );
+            let answer = held.answer(&round);
+            assert_eq!(remade.answer(&round), answer);
+            assert_eq!(verify_round(&SPEC, &SEED, &root, &round, &answer), Ok(()));
         }
     }
 
@@ -294,9 +328,10 @@ mod tests {
     /// A probe that skipped work: one element of one product is wrong, and it answers from
     /// what it holds.
     fn cheating(tile: u32, row: usize, column: usize) -> Prover {
-        let honest = Prover::run(SPEC, &SEED);
         let n = SPEC.size as usize;
-        let mut products = honest.products;
+        let mut products: Vec<Vec<i32>> = (0..SPEC.tiles)
+            .map(|t| product(&SEED, SPEC.size, t))
+            .collect();
         products[tile as usize][row * n + column] += 1;
         Prover::holding(SPEC, products)
     }

@@ -102,7 +102,7 @@ pub fn issued(reply: &ProbeReply) -> (Spec, Rules) {
     (spec, rules)
 }
 
-/// A probe run on the CPU: the products it holds between its commitment and its answers.
+/// A probe run on the CPU: the row hashes it keeps between its commitment and its answers.
 #[derive(Default)]
 pub struct CpuRun {
     provers: Option<Vec<Prover>>,
@@ -117,13 +117,14 @@ pub enum Move {
 }
 
 impl CpuRun {
-    /// Every GPU's product, one thread each, as the GPUs would run at once.
+    /// Every GPU's products, one thread each, as the GPUs would run at once; the host keeps
+    /// their row hashes and makes a checked tile again when it answers.
     fn multiply_all(reply: &ProbeReply) -> Vec<Prover> {
         let (spec, _) = issued(reply);
         let nonce = reply.nonce.as_slice();
         std::thread::scope(|scope| {
             let running: Vec<_> = (0..reply.gpus)
-                .map(|g| scope.spawn(move || Prover::run(spec, &gpu_seed(nonce, g))))
+                .map(|g| scope.spawn(move || Prover::remaking(spec, &gpu_seed(nonce, g))))
                 .collect();
             running
                 .into_iter()

@@ -300,7 +300,9 @@ pub(super) fn order_detail(o: &OrderView, output: Output) -> String {
             (
                 "Verification",
                 match lease.trust_tier.as_str() {
-                    "" => "no evidence verified yet".to_string(),
+                    "" | "self-reported" => {
+                        "self-reported: no probe passed, no evidence verified".to_string()
+                    }
                     tier => tier.to_string(),
                 },
             ),

@@ -17,7 +17,7 @@ use crate::wire::proto::{
 };
 use crate::wire::{Opened, Rejection, validate};
 
-use super::probe::{lease_tier, probe_reply};
+use super::probe::probe_reply;
 use super::{Block, FORKS, LEASES, ORDERS, PROVIDERS, RECEIPTS, Result, State, StateError};
 
 /// The root every GPU's device certificate chain must end in, parsed once.
@@ -334,7 +334,7 @@ impl State {
         // The offer book shows, and orders may ask for, the tier the provider's last lease
         // reached: earned again with every challenge, lost with the first that falls short.
         let mut registered = self.registered(&provider)?;
-        registered.trust_tier = lease_tier(&lease);
+        registered.trust_tier = lease.tier();
         self.put(PROVIDERS, &provider, &registered)?;
         Ok(EvidenceReply {
             trust_tier: registered.trust_tier.as_str().to_string(),

@@ -86,21 +86,6 @@ pub(super) fn probe_reply(probe: &ProbeRecord) -> ProbeReply {
     }
 }
 
-/// The tier a lease reached: its hardware evidence's, or the probe's, whichever is stronger.
-pub(super) fn lease_tier(lease: &LeaseRecord) -> TrustTier {
-    let evidence = lease
-        .attestation
-        .as_ref()
-        .and_then(|a| TrustTier::parse(&a.trust_tier))
-        .unwrap_or_default();
-    let probe = if lease.probe.as_ref().is_some_and(|p| p.passed_at.is_some()) {
-        TrustTier::ChallengeVerified
-    } else {
-        TrustTier::SelfReported
-    };
-    evidence.max(probe)
-}
-
 fn hash_of(field: &'static str, bytes: &[u8]) -> Result<Hash> {
     bytes
         .try_into()
@@ -158,7 +143,7 @@ impl State {
         let reply = probe_reply(lease.probe.as_ref().expect("set above"));
         if reply.passed_at != 0 {
             let mut registered = self.registered(&provider)?;
-            registered.trust_tier = lease_tier(&lease);
+            registered.trust_tier = lease.tier();
             self.put(PROVIDERS, &provider, &registered)?;
         }
         self.put(LEASES, &lease.lease_id, &lease)?;

@@ -374,7 +374,7 @@ impl CollectorService {
             .status
             .as_ref()
             .and_then(|s| s.attestation.as_ref())
-            .and_then(LeaseAttestation::metering_from_ms);
+            .and_then(metering_from_status);
         if recorded.is_some() {
             return Ok(recorded);
         }
@@ -546,6 +546,21 @@ impl CollectorService {
             EvidenceRejection::Malformed(_) => Status::invalid_argument(message),
         }
     }
+}
+
+/// When the lease's metering may start, by the rule the network applies, from what the network
+/// recorded and the collector wrote into the status.
+fn metering_from_status(attestation: &LeaseAttestation) -> Option<i64> {
+    crate::metering::metering_start(
+        attestation
+            .probe_passed_at
+            .as_ref()
+            .map(|t| t.0.as_second()),
+        attestation
+            .hardware_attested_since
+            .as_ref()
+            .map(|t| t.0.as_second()),
+    )
 }
 
 /// A time the network recorded, Unix seconds; none for 0.
