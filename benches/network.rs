@@ -10,12 +10,14 @@ use gpubridge::attestation::TrustTier;
 use gpubridge::identity::{generate_key, issue_lease_certificate};
 use gpubridge::metering::{ChainHead, LeaseTerms, Step, check_next, seal_receipt};
 use gpubridge::node::matching::{BookOffer, OrderTerms, best_offer};
-use gpubridge::node::state::{Block, State, Tx};
+use gpubridge::node::state::{Block, Outcome, State, Tx};
 use gpubridge::node::{Params, Store};
+use gpubridge::probe::wire::{CpuRun, Move};
 use gpubridge::wire::amount::Amount;
 use gpubridge::wire::envelope::seal;
 use gpubridge::wire::proto::{
-    Attribution, GpuUsage, OfferBody, OrderBody, ReceiptsBody, Signed, Workload,
+    Attribution, ChallengeBody, GpuUsage, OfferBody, OrderBody, ProbeBody, ReceiptsBody, Signed,
+    Workload,
 };
 use prost::Message;
 
@@ -110,7 +112,12 @@ fn matching(c: &mut Criterion) {
 fn open_store(name: &str) -> (std::path::PathBuf, Store, i64) {
     let dir = std::env::temp_dir().join(format!("gpubridge-bench-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let store = Store::open(&dir.join("network.redb"), generate_key(), Params::default()).unwrap();
+    // The smallest probe: what these benchmarks time comes after it.
+    let params = Params {
+        probe_memory_mib: 1,
+        ..Params::default()
+    };
+    let store = Store::open(&dir.join("network.redb"), generate_key(), params).unwrap();
     (dir, store, jiff::Timestamp::now().as_second())
 }
 
@@ -302,6 +309,30 @@ fn store_receipts(c: &mut Criterion) {
         now + 86_400,
     )
     .encode_to_vec();
+    // The lease's GPU probe passes first: metering starts there.
+    let challenge = ChallengeBody {
+        header: None,
+        lease_id: lease_id.clone(),
+    };
+    let mut reply = store
+        .lease_challenge(&seal(&provider, challenge, now), now)
+        .unwrap()
+        .probe
+        .unwrap();
+    let mut run = CpuRun::default();
+    while let Move::Send(step) = run.next(&reply) {
+        let body = ProbeBody {
+            header: None,
+            lease_id: lease_id.clone(),
+            certificate: certificate.clone(),
+            step: Some(step),
+        };
+        match store.apply(&Tx::SubmitProbe(seal(&provider, body, now)), now) {
+            Ok(Outcome::Probe(next)) => reply = next,
+            other => panic!("a probe step was answered {other:?}"),
+        }
+    }
+    assert_eq!(reply.state, "passed", "{}", reply.detail);
     // Each batch continues the chain with fresh receipts of 10 ms windows, sealed outside the
     // timing; the store's clock moves along so no window ends in its future.
     let mut head = ChainHead::default();
