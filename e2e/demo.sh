@@ -113,12 +113,14 @@ echo "Its box, in namespace lease-$LEASE:"
 kubectl get namespace "lease-$LEASE" --show-labels
 kubectl get networkpolicy,resourcequota,limitrange,secret,pod -n "lease-$LEASE" -o wide
 echo
-echo "The meter and attest sidecars run as containers of the pod, started before the workload:"
+echo "The GPU probe ran first and passed; the meter and attest sidecars started after it, before the workload:"
 kubectl wait pod/workload -n "lease-$LEASE" --for=condition=Ready --timeout=60s >/dev/null
-kubectl get pod workload -n "lease-$LEASE" -o jsonpath='{range .status.initContainerStatuses[*]}  {.name}{"\t"}started {.started}, ready {.ready}{"\n"}{end}{range .status.containerStatuses[*]}  {.name}{"\t"}started {.started}, ready {.ready}{"\n"}{end}'
+kubectl get pod workload -n "lease-$LEASE" -o jsonpath='{range .status.initContainerStatuses[*]}  {.name}{"\t"}started {.started}, ready {.ready} {.state.terminated.reason}{"\n"}{end}{range .status.containerStatuses[*]}  {.name}{"\t"}started {.started}, ready {.ready}{"\n"}{end}'
 kubectl wait "computelease/$LEASE" --for=condition=Attested --timeout=60s >/dev/null
 kubectl wait "computelease/$LEASE" --for=condition=Metered --timeout=60s >/dev/null
 kubectl get computelease "$LEASE" -o custom-columns="$USAGE_COLUMNS"
+echo "The network's verdict on the probe (metering starts no earlier than its pass):"
+kubectl get computelease "$LEASE" -o jsonpath='  passed at {.status.attestation.probePassedAt}{"\n"}  {.status.attestation.probe}{"\n"}'
 
 step "waiting for the lease to reach its end; the meter's final receipt, the end report, escrow settles"
 # The API server cannot reach this node's kubelet (kubectl logs does not work here): the

@@ -20,7 +20,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, ResourceExt};
 
-use crate::network::{UNIT, order_reaches, settled_exactly, wait_published};
+use crate::network::{
+    UNIT, metered_from_the_probes_pass, order_reaches, settled_exactly, wait_published,
+};
 use crate::real_node::{
     BUSYBOX, REAL_NODE, apply_lease_policy, connect, expect, fresh_namespace, node_sh, probe,
     real_node_cluster,
@@ -355,16 +357,7 @@ async fn the_operator_runs_from_its_image_on_the_real_node_and_a_lease_there_set
         .await
         .unwrap();
     settled_exactly(&lease, &ended, &logged, PRICE);
-    // Metered from the probe's pass, as the network recorded it, and no earlier.
-    let attestation = lease.status.as_ref().unwrap().attestation.clone().unwrap();
-    assert_eq!(attestation.trust_tier, "challenge-verified");
-    let passed = attestation
-        .probe_passed_at
-        .expect("the probe's pass is recorded");
-    assert!(
-        logged[0].window_start_ms >= passed.0.as_millisecond(),
-        "the first window starts after the pass"
-    );
+    metered_from_the_probes_pass(&lease, &logged);
     assert!(
         ended.charged.parse::<u128>().unwrap() < ended.held.parse::<u128>().unwrap(),
         "a 20 s workload is charged less than a minute's hold: {ended:?}"

@@ -213,26 +213,7 @@ async fn a_metered_lease_survives_crashes_of_everything_and_settles_exactly() {
     let logged = ReceiptLog::read_all(&sidecars.receipts_dir()).unwrap();
     let lease = end_reported(&c.client, &lease_id, 30 * SECOND).await;
     settled_exactly(&lease, &ended, &logged, 9 * UNIT / 10);
-    let attestation = lease.status.as_ref().unwrap().attestation.clone().unwrap();
-    // The simulated GPU's evidence is self-reported; the probe passed, with no band for the
-    // model: the lease is challenge-verified, metered from the pass.
-    assert_eq!(attestation.trust_tier, "challenge-verified");
-    let passed = attestation
-        .probe_passed_at
-        .expect("the probe's pass is recorded");
-    assert!(
-        attestation
-            .probe
-            .as_deref()
-            .unwrap()
-            .starts_with("passed: passed at "),
-        "{:?}",
-        attestation.probe
-    );
-    assert!(
-        logged[0].window_start_ms >= passed.0.as_millisecond(),
-        "metered from the pass"
-    );
+    metered_from_the_probes_pass(&lease, &logged);
 
     // What the operator exports passes promtool's checks, and every dashboard panel has data.
     let scrape = http_get(&format!("{}/metrics", operator.http))
@@ -268,6 +249,33 @@ pub(crate) async fn end_reported(
         }
     })
     .await
+}
+
+/// The lease's probe passed (its simulated GPU's evidence is self-reported and the model has no
+/// band): it is challenge-verified, and its first logged window starts no earlier than the pass
+/// the network recorded.
+pub(crate) fn metered_from_the_probes_pass(
+    lease: &ComputeLease,
+    logged: &[gpubridge::wire::proto::Receipt],
+) {
+    let attestation = lease.status.as_ref().unwrap().attestation.clone().unwrap();
+    assert_eq!(attestation.trust_tier, "challenge-verified");
+    let passed = attestation
+        .probe_passed_at
+        .expect("the probe's pass is recorded");
+    assert!(
+        attestation
+            .probe
+            .as_deref()
+            .unwrap()
+            .starts_with("passed: passed at "),
+        "{:?}",
+        attestation.probe
+    );
+    assert!(
+        logged[0].window_start_ms >= passed.0.as_millisecond(),
+        "metered from the pass"
+    );
 }
 
 /// The meter's log and the network's ledger agree: every logged receipt accepted once, the

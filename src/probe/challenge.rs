@@ -198,11 +198,11 @@ pub fn check_band(
     let gops = throughput_gops(spec, kernel_ms);
     match rules.bands.get(model) {
         None => Ok(format!(
-            "{} GPU-tiles of {}² verified; {model} has no calibration band, so its speed ({gops} GOPS reported) was not compared",
+            "{} tiles of {}² a GPU verified; {model} has no calibration band, so its speed ({gops} GOPS reported) was not compared",
             spec.tiles, spec.size
         )),
         Some(band) if (band.least_gops..=band.most_gops).contains(&gops) => Ok(format!(
-            "{} tiles of {}² verified; {gops} GOPS within {model}'s band {}–{} GOPS",
+            "{} tiles of {}² a GPU verified; {gops} GOPS within {model}'s band {}–{} GOPS",
             spec.tiles, spec.size, band.least_gops, band.most_gops
         )),
         Some(band) => Err(ProbeRefusal::OutsideBand {
@@ -267,49 +267,29 @@ mod tests {
         let roots: Vec<Hash> = provers.iter().map(Prover::commitment).collect();
         assert_ne!(roots[0], roots[1]);
         let checks = checks_nonce(&[1; 32], "lease-1", &roots);
+        let check = |gpu: u32, answers: &[Answer]| {
+            check_gpu(
+                &rules,
+                &spec,
+                &nonce,
+                &checks,
+                gpu,
+                &roots[gpu as usize],
+                answers,
+            )
+        };
         for (g, prover) in provers.iter().enumerate() {
             let g = g as u32;
             let answers: Vec<Answer> = gpu_rounds(&rules, &spec, &checks, g)
                 .iter()
                 .map(|r| prover.answer(r))
                 .collect();
-            assert_eq!(
-                check_gpu(
-                    &rules,
-                    &spec,
-                    &nonce,
-                    &checks,
-                    g,
-                    &roots[g as usize],
-                    &answers
-                ),
-                Ok(())
-            );
+            assert_eq!(check(g, &answers), Ok(()));
             // GPU 0's answers are not GPU 1's.
-            let other = 1 - g;
-            assert!(
-                check_gpu(
-                    &rules,
-                    &spec,
-                    &nonce,
-                    &checks,
-                    other,
-                    &roots[other as usize],
-                    &answers
-                )
-                .is_err()
-            );
+            assert!(check(1 - g, &answers).is_err());
             // Answers short of the drawn rounds.
             assert_eq!(
-                check_gpu(
-                    &rules,
-                    &spec,
-                    &nonce,
-                    &checks,
-                    g,
-                    &roots[g as usize],
-                    &answers[1..]
-                ),
+                check(g, &answers[1..]),
                 Err(ProbeRefusal::RoundCount {
                     gpu: g,
                     found: 5,

@@ -1,7 +1,6 @@
 //! `gpubridge-sidecar attest`: answers every attestation challenge of the network with evidence
 //! of where the lease runs, signed with the lease key.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -12,17 +11,13 @@ use crate::gpu::GpuSource;
 use crate::identity::lease_files::{self, LeaseFilesError};
 use crate::process::shutdown::Shutdown;
 use crate::process::telemetry::LogFormat;
-use crate::sidecar::client::SidecarClient;
+use crate::sidecar::client::{LeaseArgs, SidecarClient};
 use crate::wire::envelope::sign_body;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct AttestArgs {
-    #[arg(long, env = "GPUBRIDGE_LEASE_ID")]
-    pub lease_id: String,
-    #[arg(long)]
-    pub identity_dir: PathBuf,
-    #[arg(long, env = "GPUBRIDGE_COLLECTOR_URL")]
-    pub collector_url: String,
+    #[command(flatten)]
+    pub lease: LeaseArgs,
     /// The workload image as the pod names it.
     #[arg(long)]
     pub image: String,
@@ -77,7 +72,7 @@ fn sealed_evidence(
         })
         .collect::<Vec<_>>();
     let evidence = build_evidence(
-        &args.lease_id,
+        &args.lease.lease_id,
         nonce,
         &gpus,
         &args.node_name,
@@ -90,11 +85,11 @@ fn sealed_evidence(
 
 pub async fn run(args: AttestArgs) -> Result<(), AttestError> {
     let credentials = lease_files::load(
-        &args.identity_dir,
-        &args.lease_id,
+        &args.lease.identity_dir,
+        &args.lease.lease_id,
         jiff::Timestamp::now().as_second(),
     )?;
-    let client = SidecarClient::new(&args.collector_url, credentials.clone())
+    let client = SidecarClient::new(&args.lease.collector_url, credentials.clone())
         .map_err(AttestError::Collector)?;
     let source = args
         .gpu

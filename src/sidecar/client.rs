@@ -1,6 +1,7 @@
 //! The sidecars' side of the collector: every call signed with the lease key and carrying the
 //! provider's certificate for it.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tonic::Status;
@@ -13,6 +14,21 @@ use crate::wire::proto::{
     ChallengeReply, EvidenceReply, ProbeReply, ProbeStep, ReceiptsReply, SidecarChallengeBody,
     SidecarEvidenceBody, SidecarProbeBody, SidecarReceiptsBody, Signed,
 };
+
+/// What every process of a lease pod is told: its lease, where the lease's identity is mounted,
+/// and the collector.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LeaseArgs {
+    /// The lease this pod runs.
+    #[arg(long, env = "GPUBRIDGE_LEASE_ID")]
+    pub lease_id: String,
+    /// Folder of the mounted identity Secret.
+    #[arg(long)]
+    pub identity_dir: PathBuf,
+    /// The operator's collector.
+    #[arg(long, env = "GPUBRIDGE_COLLECTOR_URL")]
+    pub collector_url: String,
+}
 
 #[derive(Clone)]
 pub struct SidecarClient {

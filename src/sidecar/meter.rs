@@ -21,7 +21,7 @@ use crate::metering::window::Window;
 use crate::process::http::{self, Probe};
 use crate::process::shutdown::Shutdown;
 use crate::process::telemetry::LogFormat;
-use crate::sidecar::client::SidecarClient;
+use crate::sidecar::client::{LeaseArgs, SidecarClient};
 use crate::sidecar::receipt_log::{LogError, ReceiptLog};
 use crate::wire::proto::{Attribution, Signed};
 
@@ -33,21 +33,14 @@ const FINAL_DELIVERY_DEADLINE: Duration = Duration::from_secs(20);
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct MeterArgs {
-    /// The lease this pod runs.
-    #[arg(long, env = "GPUBRIDGE_LEASE_ID")]
-    pub lease_id: String,
+    #[command(flatten)]
+    pub lease: LeaseArgs,
     /// GPUs the lease was allocated: allocated time is this × the window.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub gpus: u32,
-    /// Folder of the mounted identity Secret.
-    #[arg(long)]
-    pub identity_dir: PathBuf,
     /// Folder of the receipt log (the pod's emptyDir).
     #[arg(long)]
     pub receipts_dir: PathBuf,
-    /// The operator's collector.
-    #[arg(long, env = "GPUBRIDGE_COLLECTOR_URL")]
-    pub collector_url: String,
     /// Seconds between two samples of each GPU.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub sample_seconds: u64,
@@ -206,7 +199,7 @@ impl Meter {
         let start = self.log.head.window_end_ms.unwrap_or(self.first_start_ms);
         let (signed, head) = seal_receipt(
             &self.credentials.key,
-            &self.args.lease_id,
+            &self.args.lease.lease_id,
             self.args.gpus,
             &self.log.head,
             self.first_start_ms,
@@ -265,8 +258,12 @@ impl Meter {
 
 pub async fn run(args: MeterArgs) -> Result<(), MeterError> {
     let now = jiff::Timestamp::now();
-    let credentials = lease_files::load(&args.identity_dir, &args.lease_id, now.as_second())?;
-    let client = SidecarClient::new(&args.collector_url, credentials.clone())
+    let credentials = lease_files::load(
+        &args.lease.identity_dir,
+        &args.lease.lease_id,
+        now.as_second(),
+    )?;
+    let client = SidecarClient::new(&args.lease.collector_url, credentials.clone())
         .map_err(MeterError::Collector)?;
     let (source, devices) = match args.gpu.open() {
         Ok(source) => match source.devices() {
@@ -283,7 +280,7 @@ pub async fn run(args: MeterArgs) -> Result<(), MeterError> {
     };
     let attribution = attribution(&devices, args.gpus);
     info!(
-        lease = %args.lease_id,
+        lease = %args.lease.lease_id,
         gpus = args.gpus,
         visible = devices.len(),
         attribution = attribution.as_str_name(),

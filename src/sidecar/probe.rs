@@ -3,7 +3,6 @@
 //! roots, answer the checks the commitment's block drew, and exit once the network recorded the
 //! pass. The arithmetic runs on the CPU ([`CpuRun`]); a CUDA engine is not built yet.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -11,17 +10,13 @@ use tracing::{info, warn};
 use crate::identity::lease_files::{self, LeaseFilesError};
 use crate::probe::wire::{CpuRun, Move};
 use crate::process::telemetry::LogFormat;
-use crate::sidecar::client::SidecarClient;
+use crate::sidecar::client::{LeaseArgs, SidecarClient};
 use crate::wire::proto::ProbeReply;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ProbeArgs {
-    #[arg(long, env = "GPUBRIDGE_LEASE_ID")]
-    pub lease_id: String,
-    #[arg(long)]
-    pub identity_dir: PathBuf,
-    #[arg(long, env = "GPUBRIDGE_COLLECTOR_URL")]
-    pub collector_url: String,
+    #[command(flatten)]
+    pub lease: LeaseArgs,
     /// Seconds between two tries when the collector or the network does not answer.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub retry_seconds: u64,
@@ -46,12 +41,12 @@ pub enum ProbeError {
 
 pub async fn run(args: ProbeArgs) -> Result<(), ProbeError> {
     let credentials = lease_files::load(
-        &args.identity_dir,
-        &args.lease_id,
+        &args.lease.identity_dir,
+        &args.lease.lease_id,
         jiff::Timestamp::now().as_second(),
     )?;
-    let client =
-        SidecarClient::new(&args.collector_url, credentials).map_err(ProbeError::Collector)?;
+    let client = SidecarClient::new(&args.lease.collector_url, credentials)
+        .map_err(ProbeError::Collector)?;
     let give_up = Instant::now() + Duration::from_secs(args.give_up_seconds);
     let retry = Duration::from_secs(args.retry_seconds);
     let mut run = CpuRun::default();
