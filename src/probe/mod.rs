@@ -15,7 +15,9 @@
 //!   a commitment to wrong rows is caught with the probability that a wrong row is opened.
 //!
 //! What each check holds against whom: Freivalds catches a probe that answers from the product
-//! it holds (a faulty GPU, or software standing in for one) with probability 1 − 2^-k in k rounds.
+//! it holds (a faulty GPU, or software standing in for one): a round checks one tile drawn at
+//! random, so products wrong in a share w of the tiles survive a round with probability at most
+//! 1 − w/2, and all wrong at most 2^-k in k rounds.
 //! A provider who knows the seed can compute C_t·r as A_t·(B_t·r) without the product, so
 //! against it the commitment binds: a probe that committed only a fraction f of its rows
 //! correctly passes m opened rows with probability at most f^m; and the time it took is

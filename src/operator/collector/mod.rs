@@ -25,7 +25,7 @@ use serde::Serialize;
 use tonic::{Code, Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::attestation::{EvidenceRejection, TrustTier, verify_evidence};
+use crate::attestation::{EvidenceRejection, verify_evidence};
 use crate::crd::{
     ATTESTED_CONDITION, ComputeLease, LeaseAttestation, LeaseAttestationPart, LeaseMeteringPart,
     METERED_CONDITION,
@@ -45,7 +45,7 @@ use crate::wire::proto::{
 };
 use crate::wire::{Rejection, Signable, open};
 use crate::workload::{POD_NAME, WORKLOAD_CONTAINER, namespace_for};
-use summary::{LeaseProgress, Served, usage_from};
+use summary::{LeaseProgress, Served, metering_from_status, seconds, usage_from, with_probe};
 
 /// Field managers of the collector's status writes. Server-side apply drops whatever a manager
 /// owned and leaves out of its next apply, so each manager writes all of its fields every time:
@@ -546,54 +546,6 @@ impl CollectorService {
             EvidenceRejection::Malformed(_) => Status::invalid_argument(message),
         }
     }
-}
-
-/// When the lease's metering may start, by the rule the network applies, from what the network
-/// recorded and the collector wrote into the status.
-fn metering_from_status(attestation: &LeaseAttestation) -> Option<i64> {
-    crate::metering::metering_start(
-        attestation
-            .probe_passed_at
-            .as_ref()
-            .map(|t| t.0.as_second()),
-        attestation
-            .hardware_attested_since
-            .as_ref()
-            .map(|t| t.0.as_second()),
-    )
-}
-
-/// A time the network recorded, Unix seconds; none for 0.
-fn seconds(at: i64) -> Option<Time> {
-    (at > 0)
-        .then(|| Timestamp::from_second(at).ok())
-        .flatten()
-        .map(Time)
-}
-
-/// The lease's attestation with the probe's verdict: its pass time and what it matched, and the
-/// tier it earned unless the evidence earned more.
-fn with_probe(existing: Option<LeaseAttestation>, reply: &ProbeReply) -> LeaseAttestation {
-    let passed = seconds(reply.passed_at);
-    let mut attestation = existing.unwrap_or(LeaseAttestation {
-        trust_tier: TrustTier::SelfReported.as_str().into(),
-        last_verified: None,
-        evidence_digest: None,
-        image_digest: None,
-        probe_passed_at: None,
-        probe: None,
-        hardware_attested_since: None,
-    });
-    let earned = if passed.is_some() {
-        TrustTier::ChallengeVerified
-    } else {
-        TrustTier::SelfReported
-    };
-    let held = TrustTier::parse(&attestation.trust_tier).unwrap_or_default();
-    attestation.trust_tier = held.max(earned).as_str().into();
-    attestation.probe_passed_at = passed;
-    attestation.probe = Some(format!("{}: {}", reply.state, reply.detail));
-    attestation
 }
 
 /// The evidence must name the lease's own pod and node; then the image its workload container

@@ -5,11 +5,60 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::crd::LeaseUsage;
+use crate::attestation::TrustTier;
+use crate::crd::{LeaseAttestation, LeaseUsage};
 use crate::metering::ChainHead;
 use crate::wire::Rejection;
 use crate::wire::amount::{self, Amount};
-use crate::wire::proto::ReceiptsReply;
+use crate::wire::proto::{ProbeReply, ReceiptsReply};
+
+/// When the lease's metering may start, by the rule the network applies, from what the network
+/// recorded and the collector wrote into the status.
+pub fn metering_from_status(attestation: &LeaseAttestation) -> Option<i64> {
+    crate::metering::metering_start(
+        attestation
+            .probe_passed_at
+            .as_ref()
+            .map(|t| t.0.as_second()),
+        attestation
+            .hardware_attested_since
+            .as_ref()
+            .map(|t| t.0.as_second()),
+    )
+}
+
+/// A time the network recorded, Unix seconds; none for 0.
+pub fn seconds(at: i64) -> Option<Time> {
+    (at > 0)
+        .then(|| Timestamp::from_second(at).ok())
+        .flatten()
+        .map(Time)
+}
+
+/// The lease's attestation with the probe's verdict: its pass time and what it matched, and the
+/// tier it earned unless the evidence earned more.
+pub fn with_probe(existing: Option<LeaseAttestation>, reply: &ProbeReply) -> LeaseAttestation {
+    let passed = seconds(reply.passed_at);
+    let mut attestation = existing.unwrap_or(LeaseAttestation {
+        trust_tier: TrustTier::SelfReported.as_str().into(),
+        last_verified: None,
+        evidence_digest: None,
+        image_digest: None,
+        probe_passed_at: None,
+        probe: None,
+        hardware_attested_since: None,
+    });
+    let earned = if passed.is_some() {
+        TrustTier::ChallengeVerified
+    } else {
+        TrustTier::SelfReported
+    };
+    let held = TrustTier::parse(&attestation.trust_tier).unwrap_or_default();
+    attestation.trust_tier = held.max(earned).as_str().into();
+    attestation.probe_passed_at = passed;
+    attestation.probe = Some(format!("{}: {}", reply.state, reply.detail));
+    attestation
+}
 
 /// The lease's usage as the network's verdict on its receipts states it; `charged` is the
 /// reply's charge, parsed by [`Served::of_reply`].
@@ -298,5 +347,39 @@ mod tests {
             true
         ));
         assert!(write_due(Some(t0), t0 + interval, interval, false));
+    }
+
+    #[test]
+    fn a_probes_verdict_sets_the_pass_and_the_tier_without_lowering_the_evidences() {
+        let passed = ProbeReply {
+            state: "passed".into(),
+            detail: "39 tiles".into(),
+            passed_at: 1_800_000_000,
+            ..Default::default()
+        };
+        let fresh = with_probe(None, &passed);
+        assert_eq!(fresh.trust_tier, "challenge-verified");
+        assert_eq!(fresh.probe.as_deref(), Some("passed: 39 tiles"));
+        assert_eq!(metering_from_status(&fresh), Some(1_800_000_000_000));
+        // Evidence verified first and earlier: the tier stays, metering starts at the earlier.
+        let attested = LeaseAttestation {
+            trust_tier: "hardware-attested".into(),
+            hardware_attested_since: seconds(1_799_999_990),
+            ..fresh.clone()
+        };
+        let both = with_probe(Some(attested), &passed);
+        assert_eq!(both.trust_tier, "hardware-attested");
+        assert_eq!(metering_from_status(&both), Some(1_799_999_990_000));
+        // A failed probe records why and sets no pass.
+        let failed = ProbeReply {
+            state: "failed".into(),
+            detail: "Freivalds: …".into(),
+            ..Default::default()
+        };
+        let after = with_probe(None, &failed);
+        assert_eq!(after.trust_tier, "self-reported");
+        assert_eq!(after.probe_passed_at, None);
+        assert_eq!(metering_from_status(&after), None);
+        assert_eq!(seconds(0), None);
     }
 }
