@@ -58,6 +58,15 @@ impl TrustTier {
         }
     }
 
+    /// This tier, or `challenge-verified` when the lease's GPU probe passed and this is weaker.
+    pub fn with_probe(self, passed: bool) -> TrustTier {
+        if passed {
+            self.max(TrustTier::ChallengeVerified)
+        } else {
+            self
+        }
+    }
+
     /// The tier a name gives; an empty name is the weakest (no requirement).
     pub fn parse(name: &str) -> Option<TrustTier> {
         if name.is_empty() {

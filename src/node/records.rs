@@ -262,17 +262,11 @@ impl LeaseRecord {
     /// The tier the lease reached: its hardware evidence's, or its GPU probe's, whichever is
     /// stronger.
     pub fn tier(&self) -> TrustTier {
-        let evidence = self
-            .attestation
+        self.attestation
             .as_ref()
             .and_then(|a| TrustTier::parse(&a.trust_tier))
-            .unwrap_or_default();
-        let probe = if self.probe.as_ref().is_some_and(|p| p.passed_at.is_some()) {
-            TrustTier::ChallengeVerified
-        } else {
-            TrustTier::SelfReported
-        };
-        evidence.max(probe)
+            .unwrap_or_default()
+            .with_probe(self.probe.as_ref().is_some_and(|p| p.passed_at.is_some()))
     }
 
     /// The buyer's view of the lease; `provider` is its provider's record, when it has one.

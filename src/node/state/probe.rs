@@ -10,7 +10,7 @@ use crate::node::records::{LeaseRecord, ProbeRecord};
 use crate::node::transitions;
 use crate::probe::Spec;
 use crate::probe::challenge::{ProbeRefusal, Rules, check_band, check_gpu, checks_nonce};
-use crate::probe::wire::from_wire;
+use crate::probe::wire::{from_wire, issued};
 use crate::wire::envelope::open;
 use crate::wire::proto::{ProbeAnswers, ProbeBody, ProbeCommit, ProbeReply, Signed, probe_step};
 use crate::wire::{Opened, Rejection, validate};
@@ -42,21 +42,6 @@ pub(super) fn issue(
         failed_at: None,
         detail: String::new(),
     }
-}
-
-/// The rules a probe was issued under: its own spec and rounds, with the bands in force.
-fn issued_rules(probe: &ProbeRecord, bands: &Rules) -> (Rules, Spec) {
-    let rules = Rules {
-        size: probe.size,
-        rounds: probe.rounds,
-        rows: probe.rows,
-        ..bands.clone()
-    };
-    let spec = Spec {
-        size: probe.size,
-        tiles: probe.tiles,
-    };
-    (rules, spec)
 }
 
 pub(super) fn probe_reply(probe: &ProbeRecord) -> ProbeReply {
@@ -126,8 +111,9 @@ impl State {
             ))
             .into());
         }
-        let rules = self.params()?.probe_rules();
-        let (rules, spec) = issued_rules(&probe, &rules);
+        // The spec and rounds the probe was issued with, the bands in force.
+        let (spec, mut rules) = issued(&probe_reply(&probe));
+        rules.bands = self.params()?.probe_bands;
         let verdict = match step {
             probe_step::Kind::Commit(commit) => {
                 self.commit(&mut probe, &lease, &rules, &spec, commit, block)?

@@ -48,13 +48,11 @@ pub fn with_probe(existing: Option<LeaseAttestation>, reply: &ProbeReply) -> Lea
         probe: None,
         hardware_attested_since: None,
     });
-    let earned = if passed.is_some() {
-        TrustTier::ChallengeVerified
-    } else {
-        TrustTier::SelfReported
-    };
-    let held = TrustTier::parse(&attestation.trust_tier).unwrap_or_default();
-    attestation.trust_tier = held.max(earned).as_str().into();
+    attestation.trust_tier = TrustTier::parse(&attestation.trust_tier)
+        .unwrap_or_default()
+        .with_probe(passed.is_some())
+        .as_str()
+        .into();
     attestation.probe_passed_at = passed;
     attestation.probe = Some(format!("{}: {}", reply.state, reply.detail));
     attestation
