@@ -26,8 +26,11 @@ test:
 	  [ $$status = 0 ] && [ $$built = 0 ] || exit 1; \
 	  $(MAKE) image-build e2e
 
+## unit: with NVIDIA's NVRTC on the library path, so the probe's CUDA kernels are compiled too.
 unit:
-	$(CARGO) test --locked --all-targets
+	nvrtc=$$(GPUBRIDGE_CACHE=$(GPUBRIDGE_CACHE) bash packaging/nvrtc.sh) && \
+	  LD_LIBRARY_PATH=$$nvrtc$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH} GPUBRIDGE_NVRTC_REQUIRED=1 \
+	  $(CARGO) test --locked --all-targets
 
 ## e2e: the end-to-end suite on a real control plane with the kwok nodes and the real node,
 ## brought up and down around it; then the check that the node left nothing behind.

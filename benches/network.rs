@@ -12,7 +12,7 @@ use gpubridge::metering::{ChainHead, LeaseTerms, Step, check_next, seal_receipt}
 use gpubridge::node::matching::{BookOffer, OrderTerms, best_offer};
 use gpubridge::node::state::{Block, Outcome, State, Tx};
 use gpubridge::node::{Params, Store};
-use gpubridge::probe::wire::{CpuRun, Move};
+use gpubridge::probe::run::{CpuEngine, Move, ProbeRun};
 use gpubridge::wire::amount::Amount;
 use gpubridge::wire::envelope::seal;
 use gpubridge::wire::proto::{
@@ -319,7 +319,7 @@ fn store_receipts(c: &mut Criterion) {
         .unwrap()
         .probe
         .unwrap();
-    let mut run = CpuRun::default();
+    let mut run = ProbeRun::new(CpuEngine::default());
     while let Move::Send(step) = run.next(&reply) {
         let body = ProbeBody {
             header: None,

@@ -2,8 +2,10 @@
 # The image without a container engine: the Dockerfile's runtime stage built as an OCI layout
 # with umoci, from the same parts — the release binaries build-release.sh made, the C runtime they
 # link (glibc and libgcc of this Debian machine, as gcr.io/distroless/cc-debian12 carries them),
-# CA certificates, distroless' users (root, nobody, nonroot 65532) — with the labels, user,
-# entrypoint and command read from the Dockerfile itself. The runtime stage may hold only what
+# NVIDIA's NVRTC as packaging/nvrtc.sh unpacks it (the Dockerfile's nvrtc stage runs the same
+# script) with the C++ runtime it links, CA certificates, distroless' users (root, nobody, nonroot
+# 65532) — with the labels, environment, user, entrypoint and command read from the Dockerfile
+# itself. The runtime stage may hold only what
 # this script reproduces: any other instruction stops it, so the two cannot drift apart. The
 # binaries are then started inside the image's root filesystem as its user, which proves that it
 # holds everything they load.
@@ -14,7 +16,8 @@ cd "$(dirname "$0")/.."
 say() { printf '[build-image] %s\n' "$*" >&2; }
 fail() { say "$*"; exit 1; }
 
-# Reads the runtime stage of $1 into user, entrypoint, cmd, copied and labels (key=value lines).
+# Reads the runtime stage of $1 into user, entrypoint, cmd, copied, nvrtc_sources, nvrtc_dest,
+# environment and labels (key=value lines).
 read_runtime_stage() {
   local stage from unknown version revision
   # Everything after the last FROM, continuation lines joined.
@@ -23,12 +26,19 @@ read_runtime_stage() {
   from=$(printf '%s\n' "$stage" | sed -n 's/^FROM \([^ ]*\).*/\1/p')
   [ "$from" = "gcr.io/distroless/cc-debian12:nonroot" ] ||
     fail "the runtime stage is FROM $from; this script reproduces gcr.io/distroless/cc-debian12:nonroot"
-  unknown=$(printf '%s\n' "$stage" | grep -vE '^(FROM|ARG|LABEL|COPY|USER|ENTRYPOINT|CMD) |^#|^[[:space:]]*$' || true)
+  # COPY only the release binaries and NVRTC's libraries; ENV only NAME=value.
+  unknown=$(printf '%s\n' "$stage" | grep -vE '^(FROM|ARG|LABEL|USER|ENTRYPOINT|CMD) |^#|^[[:space:]]*$' |
+    grep -vE '^COPY --from=build( +[^ ]+)+ +/usr/local/bin/$' |
+    grep -vE '^COPY --from=nvrtc( +/nvrtc/[^ ]+)+ +/[^ ]+/$' |
+    grep -vE '^ENV [A-Za-z_][A-Za-z0-9_]*=[^ ]*$' || true)
   [ -z "$unknown" ] || fail "the Dockerfile's runtime stage has what this script does not reproduce: $unknown"
   user=$(printf '%s\n' "$stage" | sed -n 's/^USER \(.*\)/\1/p')
   entrypoint=$(printf '%s\n' "$stage" | sed -n 's/^ENTRYPOINT \[\(.*\)\]/\1/p' | tr -d '",')
   cmd=$(printf '%s\n' "$stage" | sed -n 's/^CMD \[\(.*\)\]/\1/p' | tr -d '",')
   copied=$(printf '%s\n' "$stage" | sed -n 's|^COPY --from=build \(.*\) /usr/local/bin/$|\1|p')
+  nvrtc_sources=$(printf '%s\n' "$stage" | sed -n 's|^COPY --from=nvrtc \(.*\) /[^ ]*/$|\1|p')
+  nvrtc_dest=$(printf '%s\n' "$stage" | sed -n 's|^COPY --from=nvrtc .* \(/[^ ]*/\)$|\1|p')
+  environment=$(printf '%s\n' "$stage" | sed -n 's/^ENV //p')
   [ -n "$user" ] && [ -n "$entrypoint" ] && [ -n "$copied" ] ||
     fail "the runtime stage lacks USER, ENTRYPOINT or COPY --from=build … /usr/local/bin/"
   # The ARGs as a build without --build-arg gives them, the revision this checkout's.
@@ -42,6 +52,8 @@ read_runtime_stage() {
 if [ "${1:-}" = "--print-config" ]; then
   read_runtime_stage "${2:-Dockerfile}"
   printf 'user %s\nentrypoint %s\ncmd %s\ncopy %s\n' "$user" "$entrypoint" "$cmd" "$(echo $copied)"
+  printf 'nvrtc %s -> %s\n' "$(echo $nvrtc_sources)" "$nvrtc_dest"
+  printf '%s\n' "$environment" | sed 's/^/env /'
   printf '%s\n' "$labels" | sed 's/^/label /'
   exit 0
 fi
@@ -68,6 +80,15 @@ for path in $copied; do
     install -D -m 0755 "$(readlink -f "$lib")" "$root$lib"
   done
 done
+# NVRTC: the nvrtc stage's /nvrtc is packaging/nvrtc.sh's folder here.
+nvrtc_dir=$(bash packaging/nvrtc.sh)
+nvrtc_dir=${nvrtc_dir%/nvidia/cuda_nvrtc/lib}
+for path in $nvrtc_sources; do
+  install -D -m 0644 "$nvrtc_dir/${path#/nvrtc/}" "$root$nvrtc_dest$(basename "$path")"
+  for lib in $(ldd "$nvrtc_dir/${path#/nvrtc/}" | awk '/=> \//{print $3}'); do
+    install -D -m 0755 "$(readlink -f "$lib")" "$root$lib"
+  done
+done
 install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
 mkdir -p "$root/etc" "$root/tmp" "$root/root" "$root/home/nonroot"
 chmod 1777 "$root/tmp"
@@ -81,11 +102,15 @@ for path in $copied; do
   chroot --userspec="$user" "$root" "/usr/local/bin/$(basename "$path")" --version >/dev/null ||
     fail "/usr/local/bin/$(basename "$path") does not start inside the image as $user"
 done
+# The probe's CUDA kernels compile inside the image, with its environment (NVRTC's path).
+env $environment chroot --userspec="$user" "$root" /usr/local/bin/gpubridge-sidecar probe-engine \
+  --require nvrtc >&2 || fail "NVRTC does not compile the probe's kernels inside the image"
 
 "$umoci" repack --image "$out:$tag" "$work/bundle"
 config=(--config.user "$user" --clear=config.entrypoint --clear=config.cmd)
 for word in $entrypoint; do config+=(--config.entrypoint "$word"); done
 for word in $cmd; do config+=(--config.cmd "$word"); done
+for variable in $environment; do config+=(--config.env "$variable"); done
 while IFS= read -r label; do config+=(--config.label "$label"); done <<<"$labels"
 "$umoci" config --image "$out:$tag" "${config[@]}"
 "$umoci" gc --layout "$out"

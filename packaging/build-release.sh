@@ -10,9 +10,10 @@ cargo build --locked --release --bin gpubridge --bin gpubridge-sidecar
 target=${CARGO_TARGET_DIR:-target}
 for binary in gpubridge gpubridge-sidecar; do
   install -D -m 0755 "$target/release/$binary" "$out/$binary"
-  # Each binary must start without a GPU driver: NVML is loaded at run time, never linked.
-  if ldd "$out/$binary" | grep -qi nvidia-ml; then
-    echo "$binary links libnvidia-ml at build time; it must dlopen it" >&2
+  # Each binary must start without a GPU driver: NVML, CUDA and NVRTC are loaded at run time,
+  # never linked.
+  if ldd "$out/$binary" | grep -Eqi 'nvidia-ml|libcuda|nvrtc'; then
+    echo "$binary links an NVIDIA library at build time; it must dlopen it" >&2
     exit 1
   fi
   "$out/$binary" --version

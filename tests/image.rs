@@ -1,6 +1,7 @@
 //! The image's two recipes stay one: `packaging/build-image.sh`, which builds the image without a
-//! container engine, takes the labels, user, entrypoint, command and binaries from the
-//! Dockerfile's runtime stage, and refuses a runtime stage holding anything it does not reproduce.
+//! container engine, takes the labels, environment, user, entrypoint, command, binaries and
+//! NVRTC's libraries from the Dockerfile's runtime stage, and refuses a runtime stage holding
+//! anything it does not reproduce.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -31,6 +32,9 @@ fn the_engine_free_image_is_configured_as_the_dockerfile_says() {
         "entrypoint /usr/local/bin/gpubridge",
         "cmd operator",
         "copy /out/gpubridge /out/gpubridge-sidecar",
+        "nvrtc /nvrtc/nvidia/cuda_nvrtc/lib/libnvrtc.so.12 \
+         /nvrtc/nvidia/cuda_nvrtc/lib/libnvrtc-builtins.so.12.9 -> /usr/local/lib/gpubridge/",
+        "env LD_LIBRARY_PATH=/usr/local/lib/gpubridge",
         "label org.opencontainers.image.title=gpubridge",
         "label org.opencontainers.image.licenses=Apache-2.0",
         &format!(
@@ -46,10 +50,24 @@ fn the_engine_free_image_is_configured_as_the_dockerfile_says() {
 fn a_runtime_stage_the_script_cannot_reproduce_stops_it() {
     let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, String); 4] = [
+    let cases: [(&str, String); 6] = [
         (
-            "ENV RUST_LOG=debug",
-            dockerfile.replace("USER 65532", "ENV RUST_LOG=debug\nUSER 65532"),
+            "ENV RUST_LOG debug",
+            dockerfile.replace("USER 65532", "ENV RUST_LOG debug\nUSER 65532"),
+        ),
+        (
+            "COPY --from=build /out/gpubridge /etc/",
+            dockerfile.replace(
+                "USER 65532",
+                "COPY --from=build /out/gpubridge /etc/\nUSER 65532",
+            ),
+        ),
+        (
+            "COPY packaging/nvrtc.sh /usr/local/lib/gpubridge/",
+            dockerfile.replace(
+                "USER 65532",
+                "COPY packaging/nvrtc.sh /usr/local/lib/gpubridge/\nUSER 65532",
+            ),
         ),
         (
             "RUN mkdir /data",

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
             telemetry::init(args.log_format);
             block_on_one_thread(probe::run(args)).map_err(Into::into)
         }
+        SidecarCommand::ProbeEngine(args) => probe::check_engine(args).map_err(Into::into),
     };
     exit_code("gpubridge-sidecar", result)
 }

@@ -68,6 +68,8 @@ pub enum SidecarCommand {
     Attest(crate::sidecar::attest::AttestArgs),
     /// Run the network's GPU probe for the lease, once, before the workload starts.
     Probe(crate::sidecar::probe::ProbeArgs),
+    /// Say where a probe would run here (CUDA or the CPU), and whether NVRTC compiles its kernels.
+    ProbeEngine(crate::sidecar::probe::EngineCheckArgs),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -72,22 +72,78 @@ fn subtree(leaves: &[Hash]) -> (Hash, Vec<Vec<Hash>>) {
 
 /// One leaf's aunts, leaf up: O(n) hashes and no more memory than the leaves.
 pub fn aunts(leaves: &[Hash], index: usize) -> Vec<Hash> {
-    let mut path = Vec::new();
-    let (mut lo, mut hi, mut stack) = (0, leaves.len(), Vec::new());
+    path(leaves.len(), index, |lo, hi| root(&leaves[lo..hi]))
+}
+
+/// The aunts of leaf `index` of `count`, leaf up, from the root of any range of leaves.
+fn path(count: usize, index: usize, root_of: impl Fn(usize, usize) -> Hash) -> Vec<Hash> {
+    let (mut lo, mut hi, mut stack) = (0, count, Vec::new());
     while hi - lo > 1 {
         let mid = lo + split((hi - lo) as u64) as usize;
         if index < mid {
-            stack.push(root(&leaves[mid..hi]));
+            stack.push(root_of(mid, hi));
             hi = mid;
         } else {
-            stack.push(root(&leaves[lo..mid]));
+            stack.push(root_of(lo, mid));
             lo = mid;
         }
     }
-    while let Some(aunt) = stack.pop() {
-        path.push(aunt);
+    stack.reverse();
+    stack
+}
+
+/// A tree over many leaves (a GPU probe commits to hundreds of millions of rows) that gives its
+/// root and any leaf's aunts without hashing every leaf again: it keeps the root of every
+/// aligned block of 2^[`Tree::BLOCK_BITS`] leaves and of every aligned pair above, a 128th of
+/// the leaves' memory, and hashes at most a block's leaves for a path.
+pub struct Tree {
+    leaves: Vec<Hash>,
+    /// `blocks[j][i]`: the root of leaves i·2^(B+j) .. (i+1)·2^(B+j), for whole blocks only.
+    blocks: Vec<Vec<Hash>>,
+}
+
+impl Tree {
+    pub const BLOCK_BITS: u32 = 8;
+
+    pub fn new(leaves: Vec<Hash>) -> Tree {
+        let mut blocks = Vec::new();
+        let mut level: Vec<Hash> = leaves
+            .chunks_exact(1 << Tree::BLOCK_BITS)
+            .map(root)
+            .collect();
+        while !level.is_empty() {
+            let above = level
+                .chunks_exact(2)
+                .map(|pair| inner(&pair[0], &pair[1]))
+                .collect();
+            blocks.push(std::mem::replace(&mut level, above));
+        }
+        Tree { leaves, blocks }
     }
-    path
+
+    /// The root of leaves `lo..hi`, as [`root`] gives it. A range of the tree's own splits
+    /// that is a whole power of two starts at a multiple of it, so whole blocks are looked up.
+    fn root_of(&self, lo: usize, hi: usize) -> Hash {
+        let size = hi - lo;
+        let bits = size.trailing_zeros();
+        if size.is_power_of_two() && bits >= Tree::BLOCK_BITS && lo.is_multiple_of(size) {
+            return self.blocks[(bits - Tree::BLOCK_BITS) as usize][lo >> bits];
+        }
+        if size <= 1 << Tree::BLOCK_BITS {
+            return root(&self.leaves[lo..hi]);
+        }
+        let mid = lo + split(size as u64) as usize;
+        inner(&self.root_of(lo, mid), &self.root_of(mid, hi))
+    }
+
+    pub fn root(&self) -> Hash {
+        self.root_of(0, self.leaves.len())
+    }
+
+    /// Leaf `index`'s aunts, leaf up, as [`aunts`] gives them.
+    pub fn aunts(&self, index: usize) -> Vec<Hash> {
+        path(self.leaves.len(), index, |lo, hi| self.root_of(lo, hi))
+    }
 }
 
 /// How many aunts the leaf at `index` of `total` has.
@@ -141,6 +197,40 @@ mod tests {
                     Some(root(&leaves))
                 );
                 assert_eq!(root_from_aunts(n as u64, n as u64, leaves[i], path), None);
+            }
+        }
+    }
+
+    #[test]
+    fn a_tree_gives_the_root_and_aunts_the_leaves_give() {
+        let block = 1usize << Tree::BLOCK_BITS;
+        for n in [
+            0,
+            1,
+            2,
+            3,
+            block - 1,
+            block,
+            block + 1,
+            300,
+            2 * block - 1,
+            2 * block,
+        ]
+        .into_iter()
+        .chain([
+            2 * block + 1,
+            3 * block,
+            4 * block + 7,
+            8 * block,
+            8 * block + 1,
+        ]) {
+            let leaves: Vec<Hash> = (0..n).map(|i| leaf(&i.to_le_bytes())).collect();
+            let tree = Tree::new(leaves.clone());
+            assert_eq!(tree.root(), root(&leaves), "{n} leaves");
+            for i in [0, 1, block - 1, block, n / 2, n.saturating_sub(1)] {
+                if i < n {
+                    assert_eq!(tree.aunts(i), aunts(&leaves, i), "leaf {i} of {n}");
+                }
             }
         }
     }

@@ -76,11 +76,20 @@ pub(crate) fn word(key: u64, stream: u64, counter: u64) -> u64 {
     mix(key.wrapping_add(index.wrapping_add(1).wrapping_mul(GOLDEN)))
 }
 
+/// The same arithmetic for NVIDIA GPUs: CUDA C++ for NVRTC, kernels `probe_generate` and
+/// `probe_multiply`.
+pub const CUDA_SOURCE: &str = include_str!("kernels.cu");
+
+/// The generator key of matrix `which` for `seed`, as [`generate`] and the CUDA kernel take it.
+pub fn matrix_key(seed: &[u8; 32], which: Matrix) -> u64 {
+    keys(seed, "gpubridge/v1/probe-matrices")[which as usize]
+}
+
 /// Matrix `which` of tile `tile`, row-major, `size`² INT8 elements: element e is byte e % 8 of
 /// word e / 8 of the stream (tile, matrix).
 pub fn generate(seed: &[u8; 32], size: u32, tile: u32, which: Matrix) -> Vec<i8> {
     let n = size as usize * size as usize;
-    let k = keys(seed, "gpubridge/v1/probe-matrices")[which as usize];
+    let k = matrix_key(seed, which);
     let stream = (u64::from(tile) << 1) | which as u64;
     let mut out = Vec::with_capacity(n);
     for counter in 0..n.div_ceil(8) as u64 {
@@ -149,5 +158,98 @@ mod tests {
         assert!(u64::from(spec.tiles) * spec.tile_bytes() >= h100 / 10 * 9);
         assert!(u64::from(spec.tiles - 1) * spec.tile_bytes() < h100 / 10 * 9);
         assert_eq!(spec.rows(), u64::from(spec.tiles) * 8192);
+    }
+
+    /// Runs the CUDA kernels' grid one thread after another on the CPU.
+    const CPU_GRID: &str = r#"
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+#define __global__
+#define __device__ static
+struct Index { unsigned x; };
+static Index blockIdx, threadIdx, blockDim, gridDim;
+#include "kernels.cu"
+template <class Kernel> static void grid(unsigned blocks, unsigned threads, Kernel kernel) {
+    gridDim.x = blocks;
+    blockDim.x = threads;
+    for (blockIdx.x = 0; blockIdx.x < blocks; ++blockIdx.x)
+        for (threadIdx.x = 0; threadIdx.x < threads; ++threadIdx.x) kernel();
+}
+int main(int argc, char **argv) {
+    u64 key_a = strtoull(argv[1], 0, 10), key_b = strtoull(argv[2], 0, 10);
+    unsigned n = (unsigned)atoi(argv[3]);
+    u64 tiles = strtoull(argv[4], 0, 10);
+    size_t elements = (size_t)n * n * tiles;
+    std::vector<signed char> a(elements), b(elements);
+    std::vector<int> c(elements);
+    grid(3, 7, [&] { probe_generate(a.data(), key_a, 0, n, tiles); });
+    grid(2, 5, [&] { probe_generate(b.data(), key_b, 1, n, tiles); });
+    grid(3, 4, [&] { probe_multiply(a.data(), b.data(), c.data(), n, tiles); });
+    fwrite(a.data(), 1, elements, stdout);
+    fwrite(b.data(), 1, elements, stdout);
+    fwrite(c.data(), 4, elements, stdout);
+}
+"#;
+
+    /// The CUDA kernels, compiled for the CPU by the C++ compiler Rust links with, computed
+    /// with a grid smaller than the work (so every thread strides): the same matrices and
+    /// products as the Rust reference, element for element. (Compiling them with NVRTC is the
+    /// sidecar's test; running them on a GPU needs one.)
+    #[test]
+    fn the_cuda_kernels_compute_what_the_reference_computes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("kernels.cu"), CUDA_SOURCE).unwrap();
+        std::fs::write(dir.path().join("grid.cpp"), CPU_GRID).unwrap();
+        let compiler = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+        let built = std::process::Command::new(&compiler)
+            .current_dir(dir.path())
+            .args([
+                "-std=c++17",
+                "-O1",
+                "-Wall",
+                "-Werror",
+                "grid.cpp",
+                "-o",
+                "grid",
+            ])
+            .output()
+            .unwrap_or_else(|e| panic!("{compiler} (set CXX for another): {e}"));
+        assert!(
+            built.status.success(),
+            "{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let seed = [0x5a; 32];
+        for (size, tiles) in [(11u32, 3u32), (16, 2)] {
+            let out = std::process::Command::new(dir.path().join("grid"))
+                .args([
+                    matrix_key(&seed, Matrix::A).to_string(),
+                    matrix_key(&seed, Matrix::B).to_string(),
+                    size.to_string(),
+                    tiles.to_string(),
+                ])
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            let per_tile = (size * size) as usize;
+            let all = per_tile * tiles as usize;
+            assert_eq!(out.stdout.len(), 6 * all);
+            let (a, rest) = out.stdout.split_at(all);
+            let (b, c) = rest.split_at(all);
+            for t in 0..tiles {
+                let at = generate(&seed, size, t, Matrix::A);
+                let bt = generate(&seed, size, t, Matrix::B);
+                let range = t as usize * per_tile..(t as usize + 1) * per_tile;
+                let as_i8 = |bytes: &[u8]| bytes.iter().map(|&x| x as i8).collect::<Vec<_>>();
+                assert_eq!(as_i8(&a[range.clone()]), at, "A of tile {t}, size {size}");
+                assert_eq!(as_i8(&b[range.clone()]), bt, "B of tile {t}, size {size}");
+                let ct: Vec<i32> = c[range.start * 4..range.end * 4]
+                    .chunks(4)
+                    .map(|w| i32::from_le_bytes(w.try_into().unwrap()))
+                    .collect();
+                assert_eq!(ct, multiply(&at, &bt, size), "C of tile {t}, size {size}");
+            }
+        }
     }
 }

@@ -25,8 +25,11 @@
 
 pub mod challenge;
 pub mod matrices;
+pub mod run;
 pub mod verify;
 pub mod wire;
 
 pub use matrices::{Matrix, Spec, generate, multiply};
-pub use verify::{Answer, Opened, ProbeFailure, Prover, Round, rounds, verify_round};
+pub use verify::{
+    Answer, Opened, ProbeFailure, Prover, Round, Rows, rounds, row_leaves, verify_round,
+};

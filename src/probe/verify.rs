@@ -181,12 +181,58 @@ fn multiply_row(a_row: &[i8], b: &[i8], n: usize) -> Vec<i32> {
     out
 }
 
+/// The row hashes a probe committed to: with a tile's product, made again or fetched from where
+/// it is held, they answer any round.
+pub struct Rows {
+    spec: Spec,
+    tree: merkle::Tree,
+}
+
+/// The Merkle leaves of a tile's product rows, in row order.
+pub fn row_leaves(product: &[i32], size: u32) -> Vec<Hash> {
+    product.chunks(size.max(1) as usize).map(row_leaf).collect()
+}
+
+impl Rows {
+    /// `leaves`: every tile's [`row_leaves`], in tile order.
+    pub fn new(spec: Spec, leaves: Vec<Hash>) -> Rows {
+        Rows {
+            spec,
+            tree: merkle::Tree::new(leaves),
+        }
+    }
+
+    /// The Merkle root over every row of every product, in tile order.
+    pub fn commitment(&self) -> Hash {
+        self.tree.root()
+    }
+
+    /// The answer to `round` from its tile's product `c`.
+    pub fn answer(&self, round: &Round, c: &[i32]) -> Answer {
+        let n = self.spec.size as usize;
+        Answer {
+            product: c.chunks(n).map(|row| dot(row, &round.vector)).collect(),
+            rows: round
+                .rows
+                .iter()
+                .map(|&row| {
+                    let place = round.tile as usize * n + row as usize;
+                    Opened {
+                        row,
+                        values: c[row as usize * n..(row as usize + 1) * n].to_vec(),
+                        aunts: self.tree.aunts(place),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
 /// The probe's side on the CPU: the same arithmetic a GPU runs, for tests and for machines
 /// without one.
 pub struct Prover {
-    spec: Spec,
+    rows: Rows,
     products: Products,
-    leaves: Vec<Hash>,
 }
 
 /// Where a prover's products are when the checks come.
@@ -204,10 +250,6 @@ fn product(seed: &[u8; 32], size: u32, tile: u32) -> Vec<i32> {
     multiply(&a, &b, size)
 }
 
-fn leaves_of(product: &[i32], n: usize) -> impl Iterator<Item = Hash> + '_ {
-    product.chunks(n).map(row_leaf)
-}
-
 impl Prover {
     /// Generates and multiplies every tile, holding the products.
     pub fn run(spec: Spec, seed: &[u8; 32]) -> Prover {
@@ -220,57 +262,38 @@ impl Prover {
     /// Generates and multiplies every tile, keeping only the rows' hashes: memory for the
     /// commitment, not the products, which [`Prover::answer`] makes again for a checked tile.
     pub fn remaking(spec: Spec, seed: &[u8; 32]) -> Prover {
-        let n = spec.size as usize;
         let leaves = (0..spec.tiles)
-            .flat_map(|t| leaves_of(&product(seed, spec.size, t), n).collect::<Vec<_>>())
+            .flat_map(|t| row_leaves(&product(seed, spec.size, t), spec.size))
             .collect();
         Prover {
-            spec,
+            rows: Rows::new(spec, leaves),
             products: Products::Remade(*seed),
-            leaves,
         }
     }
 
     /// A prover holding `products` (one per tile), whatever they are.
     pub fn holding(spec: Spec, products: Vec<Vec<i32>>) -> Prover {
-        let n = spec.size as usize;
-        let leaves = products.iter().flat_map(|c| leaves_of(c, n)).collect();
+        let leaves = products
+            .iter()
+            .flat_map(|c| row_leaves(c, spec.size))
+            .collect();
         Prover {
-            spec,
+            rows: Rows::new(spec, leaves),
             products: Products::Held(products),
-            leaves,
         }
     }
 
     /// The Merkle root over every row of every product, in tile order.
     pub fn commitment(&self) -> Hash {
-        merkle::root(&self.leaves)
+        self.rows.commitment()
     }
 
     pub fn answer(&self, round: &Round) -> Answer {
-        let n = self.spec.size as usize;
-        let remade;
-        let c = match &self.products {
-            Products::Held(products) => &products[round.tile as usize],
-            Products::Remade(seed) => {
-                remade = product(seed, self.spec.size, round.tile);
-                &remade
-            }
-        };
-        Answer {
-            product: c.chunks(n).map(|row| dot(row, &round.vector)).collect(),
-            rows: round
+        match &self.products {
+            Products::Held(products) => self.rows.answer(round, &products[round.tile as usize]),
+            Products::Remade(seed) => self
                 .rows
-                .iter()
-                .map(|&row| {
-                    let place = round.tile as usize * n + row as usize;
-                    Opened {
-                        row,
-                        values: c[row as usize * n..(row as usize + 1) * n].to_vec(),
-                        aunts: merkle::aunts(&self.leaves, place),
-                    }
-                })
-                .collect(),
+                .answer(round, &product(seed, self.rows.spec.size, round.tile)),
         }
     }
 }

@@ -1,16 +1,12 @@
 //! The probe's messages: answers to and from the wire, and the probe's next step from where the
 //! network says it stands.
 
-use std::time::Instant;
-
-use super::challenge::{Rules, gpu_rounds, gpu_seed};
+use super::challenge::Rules;
 use super::matrices::Spec;
-use super::verify::{Answer, Opened, Prover};
+use super::verify::{Answer, Opened};
 use crate::commitment::merkle::Hash;
 use crate::wire::Rejection;
-use crate::wire::proto::{
-    ProbeAnswers, ProbeCommit, ProbeReply, ProbeRoundAnswer, ProbeRow, ProbeStep, probe_step,
-};
+use crate::wire::proto::{ProbeAnswers, ProbeReply, ProbeRoundAnswer, ProbeRow};
 
 /// GPU `gpu`'s answers as the wire carries them.
 pub fn to_wire(gpu: u32, answers: &[Answer]) -> ProbeAnswers {
@@ -100,79 +96,6 @@ pub fn issued(reply: &ProbeReply) -> (Spec, Rules) {
         bands: Default::default(),
     };
     (spec, rules)
-}
-
-/// A probe run on the CPU: the row hashes it keeps between its commitment and its answers.
-#[derive(Default)]
-pub struct CpuRun {
-    provers: Option<Vec<Prover>>,
-}
-
-/// What a probe run does with the network's latest word.
-#[derive(Debug)]
-pub enum Move {
-    Send(ProbeStep),
-    Passed(String),
-    Failed(String),
-}
-
-impl CpuRun {
-    /// Every GPU's products, one thread each, as the GPUs would run at once; the host keeps
-    /// their row hashes and makes a checked tile again when it answers.
-    fn multiply_all(reply: &ProbeReply) -> Vec<Prover> {
-        let (spec, _) = issued(reply);
-        let nonce = reply.nonce.as_slice();
-        std::thread::scope(|scope| {
-            let running: Vec<_> = (0..reply.gpus)
-                .map(|g| scope.spawn(move || Prover::remaking(spec, &gpu_seed(nonce, g))))
-                .collect();
-            running
-                .into_iter()
-                .map(|t| t.join().expect("a probe thread panicked"))
-                .collect()
-        })
-    }
-
-    /// The move after `reply`: multiply and commit (timing the work), answer the next GPU's
-    /// checks (multiplying again after a restart), or stop.
-    pub fn next(&mut self, reply: &ProbeReply) -> Move {
-        match next(reply) {
-            Next::Passed => Move::Passed(reply.detail.clone()),
-            Next::Failed(detail) => Move::Failed(detail),
-            Next::Commit => {
-                let started = Instant::now();
-                let provers = Self::multiply_all(reply);
-                let kernel_ms = started.elapsed().as_millis().max(1) as u64;
-                let commit = ProbeCommit {
-                    roots: provers.iter().map(|p| p.commitment().to_vec()).collect(),
-                    kernel_ms,
-                };
-                self.provers = Some(provers);
-                Move::Send(ProbeStep {
-                    kind: Some(probe_step::Kind::Commit(commit)),
-                })
-            }
-            Next::Answer(gpus) => {
-                let (spec, rules) = issued(reply);
-                let Ok(checks) = <[u8; 32]>::try_from(reply.checks.as_slice()) else {
-                    return Move::Failed("the network's checks are not 32 bytes".into());
-                };
-                let Some(&gpu) = gpus.first() else {
-                    return Move::Failed("committed, with every GPU answered".into());
-                };
-                let provers = self
-                    .provers
-                    .get_or_insert_with(|| Self::multiply_all(reply));
-                let answers: Vec<Answer> = gpu_rounds(&rules, &spec, &checks, gpu)
-                    .iter()
-                    .map(|round| provers[gpu as usize].answer(round))
-                    .collect();
-                Move::Send(ProbeStep {
-                    kind: Some(probe_step::Kind::Answers(to_wire(gpu, &answers))),
-                })
-            }
-        }
-    }
 }
 
 #[cfg(test)]

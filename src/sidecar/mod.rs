@@ -9,6 +9,7 @@
 
 pub mod attest;
 pub mod client;
+pub mod cuda;
 pub mod gpu;
 pub mod meter;
 mod nvml;

@@ -1,16 +1,18 @@
 //! `gpubridge-sidecar probe`: the network's GPU probe (DESIGN §8), run once in the lease pod
 //! before the sidecars and the workload: multiply what the challenge nonce seeds, commit the
 //! roots, answer the checks the commitment's block drew, and exit once the network recorded the
-//! pass. The arithmetic runs on the CPU ([`CpuRun`]); a CUDA engine is not built yet.
+//! pass. The arithmetic runs on the lease's GPUs through CUDA ([`CudaEngine`]), or on the CPU
+//! ([`CpuEngine`]) where there is no CUDA (the simulated GPUs of the tests).
 
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use crate::identity::lease_files::{self, LeaseFilesError};
-use crate::probe::wire::{CpuRun, Move};
+use crate::probe::run::{CpuEngine, Engine, Move, ProbeRun};
 use crate::process::telemetry::LogFormat;
 use crate::sidecar::client::{LeaseArgs, SidecarClient};
+use crate::sidecar::cuda::{self, CudaEngine};
 use crate::wire::proto::ProbeReply;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -23,8 +25,78 @@ pub struct ProbeArgs {
     /// Seconds after which the probe gives up (the network's own deadlines end the lease).
     #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub give_up_seconds: u64,
+    /// Where the arithmetic runs: `auto` takes CUDA when the driver and NVRTC load and the
+    /// CPU otherwise (a GPU the CPU stands in for fails a governed band; one without a band
+    /// passes on the arithmetic alone).
+    #[arg(
+        long,
+        env = "GPUBRIDGE_PROBE_ENGINE",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub engine: EngineKind,
     #[arg(long, env = "GPUBRIDGE_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    Auto,
+    Cuda,
+    Cpu,
+}
+
+impl EngineKind {
+    fn open(self) -> Result<Box<dyn Engine>, ProbeError> {
+        let cpu = || -> Box<dyn Engine> { Box::new(CpuEngine::default()) };
+        Ok(match self {
+            EngineKind::Cpu => cpu(),
+            EngineKind::Cuda => Box::new(CudaEngine::open().map_err(ProbeError::Engine)?),
+            EngineKind::Auto => match CudaEngine::open() {
+                Ok(cuda) => {
+                    info!("the probe runs on the GPUs through CUDA");
+                    Box::new(cuda)
+                }
+                Err(reason) => {
+                    warn!(%reason, "no CUDA: the probe runs on the CPU");
+                    cpu()
+                }
+            },
+        })
+    }
+}
+
+/// `gpubridge-sidecar probe-engine`: where a probe would run on this machine, no lease needed
+/// (an image's check, or a provider's on a GPU node).
+#[derive(clap::Args, Debug, Clone)]
+pub struct EngineCheckArgs {
+    /// Fail unless this much works: `nvrtc` (the kernels compile; no GPU needed) or `cuda`
+    /// (they load on every GPU the container sees).
+    #[arg(long, value_enum)]
+    pub require: Option<Requirement>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requirement {
+    Nvrtc,
+    Cuda,
+}
+
+/// Prints what compiles and what loads here, and fails when `--require` is not met.
+pub fn check_engine(args: EngineCheckArgs) -> Result<(), ProbeError> {
+    let compiled = cuda::compile().map(|_| "compiles the probe's kernels".to_string());
+    let opened = CudaEngine::open().map(|engine| format!("{} GPUs", engine.gpus()));
+    let said = |result: &Result<String, String>| match result {
+        Ok(what) | Err(what) => what.clone(),
+    };
+    println!("nvrtc: {}", said(&compiled));
+    println!("cuda: {}", said(&opened));
+    println!("engine: {}", if opened.is_ok() { "cuda" } else { "cpu" });
+    match args.require {
+        Some(Requirement::Nvrtc) => compiled.map(drop).map_err(ProbeError::Engine),
+        Some(Requirement::Cuda) => opened.map(drop).map_err(ProbeError::Engine),
+        None => Ok(()),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +107,8 @@ pub enum ProbeError {
     Collector(String),
     #[error("the network failed the probe: {0}")]
     Failed(String),
+    #[error("the probe's engine: {0}")]
+    Engine(String),
     #[error("the probe did not pass within {0} s")]
     GaveUp(u64),
 }
@@ -49,7 +123,7 @@ pub async fn run(args: ProbeArgs) -> Result<(), ProbeError> {
         .map_err(ProbeError::Collector)?;
     let give_up = Instant::now() + Duration::from_secs(args.give_up_seconds);
     let retry = Duration::from_secs(args.retry_seconds);
-    let mut run = CpuRun::default();
+    let mut run = ProbeRun::new(args.engine.open()?);
     let mut last: Option<ProbeReply> = None;
     while Instant::now() < give_up {
         let reply = match last.take() {
@@ -79,6 +153,7 @@ pub async fn run(args: ProbeArgs) -> Result<(), ProbeError> {
                 return Ok(());
             }
             Move::Failed(detail) => return Err(ProbeError::Failed(detail)),
+            Move::Broken(reason) => return Err(ProbeError::Engine(reason)),
             Move::Send(step) => step,
         };
         match client.submit_probe(step).await {

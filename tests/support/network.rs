@@ -42,8 +42,8 @@ pub async fn pass_probe(
     lease_id: &str,
     certificate: Vec<u8>,
 ) -> gpubridge::wire::proto::ProbeReply {
-    use gpubridge::probe::wire::{CpuRun, Move};
-    let mut run = CpuRun::default();
+    use gpubridge::probe::run::{CpuEngine, Move, ProbeRun};
+    let mut run = ProbeRun::new(CpuEngine::default());
     let mut reply = provider
         .lease_challenge(lease_id)
         .await
@@ -59,6 +59,7 @@ pub async fn pass_probe(
                     .unwrap();
             }
             Move::Passed(_) | Move::Failed(_) => return reply,
+            Move::Broken(e) => panic!("the CPU engine broke: {e}"),
         }
     }
 }
