@@ -1,6 +1,7 @@
 //! The command line's output when its reader has gone away, as in `gpubridge crdgen | head -1`
 //! once `head` has what it wants: the command ends quietly and successfully, as Unix tools do.
 
+use std::path::Path;
 use std::process::Command;
 
 #[test]
@@ -44,4 +45,47 @@ fn the_operator_stops_at_once_when_its_port_is_taken() {
         )),
         "{stderr}"
     );
+}
+
+/// `probe-engine` says where a probe would run, and a calibration run prints the figures a
+/// band is set from; `--require cuda` on a machine without CUDA fails naming what is missing.
+#[test]
+fn the_probe_engine_reports_where_a_probe_runs_and_calibrates() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gpubridge-sidecar"))
+        .args([
+            "probe-engine",
+            "--calibrate",
+            "--engine=cpu",
+            "--memory-mib=1",
+            "--size=16",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("nvrtc: ")), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("cuda: ")), "{stdout}");
+    // 90 % of 1 MiB (943,722 bytes, rounded up) in tiles of 6 × 16² bytes.
+    let calibration = stdout
+        .lines()
+        .find(|l| {
+            l.starts_with("calibration (cpu engine): 615 tiles of 16² (1 MiB) multiplied in ")
+        })
+        .unwrap_or_else(|| panic!("no calibration line in {stdout}"));
+    let throughput = calibration
+        .strip_suffix(" GOPS")
+        .and_then(|l| l.rsplit(' ').next())
+        .map(str::parse::<u64>);
+    assert!(matches!(throughput, Some(Ok(_))), "{calibration}");
+
+    let missing = Command::new(env!("CARGO_BIN_EXE_gpubridge-sidecar"))
+        .args(["probe-engine", "--require=cuda"])
+        .env("LD_LIBRARY_PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    if !Path::new("/dev/nvidiactl").exists() {
+        assert!(!missing.status.success());
+        assert!(stderr.contains("libcuda.so.1"), "{stderr}");
+    }
 }

@@ -23,6 +23,8 @@ pub struct Committed {
 /// Where the probe's arithmetic runs. Errors are the engine's own (no driver, out of memory):
 /// the probe stops, and the network's deadline decides.
 pub trait Engine: Send {
+    /// What it runs on, for logs and reports.
+    fn name(&self) -> &'static str;
     /// Generates and multiplies every GPU's tiles (GPU g's seeded by `seeds[g]`), keeping what
     /// answering needs.
     fn multiply(&mut self, spec: Spec, seeds: &[[u8; 32]]) -> Result<Committed, String>;
@@ -31,6 +33,10 @@ pub trait Engine: Send {
 }
 
 impl<E: Engine + ?Sized> Engine for Box<E> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+
     fn multiply(&mut self, spec: Spec, seeds: &[[u8; 32]]) -> Result<Committed, String> {
         (**self).multiply(spec, seeds)
     }
@@ -47,6 +53,10 @@ pub struct CpuEngine {
 }
 
 impl Engine for CpuEngine {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
     fn multiply(&mut self, spec: Spec, seeds: &[[u8; 32]]) -> Result<Committed, String> {
         let started = Instant::now();
         self.provers = std::thread::scope(|scope| {
@@ -158,6 +168,10 @@ mod tests {
     }
 
     impl Engine for Counted {
+        fn name(&self) -> &'static str {
+            "counted cpu"
+        }
+
         fn multiply(&mut self, spec: Spec, seeds: &[[u8; 32]]) -> Result<Committed, String> {
             if self.broken {
                 return Err("out of memory".into());

@@ -205,6 +205,10 @@ impl Gpu {
 }
 
 impl Engine for CudaEngine {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
     fn multiply(&mut self, spec: Spec, seeds: &[[u8; 32]]) -> Result<Committed, String> {
         if seeds.len() > self.gpus.len() {
             return Err(format!(

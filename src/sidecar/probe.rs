@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::identity::lease_files::{self, LeaseFilesError};
+use crate::probe::Spec;
+use crate::probe::challenge::throughput_gops;
 use crate::probe::run::{CpuEngine, Engine, Move, ProbeRun};
 use crate::process::telemetry::LogFormat;
 use crate::sidecar::client::{LeaseArgs, SidecarClient};
@@ -67,13 +69,26 @@ impl EngineKind {
 }
 
 /// `gpubridge-sidecar probe-engine`: where a probe would run on this machine, no lease needed
-/// (an image's check, or a provider's on a GPU node).
+/// (an image's check, or a provider's on a GPU node); with `--calibrate`, a probe's
+/// multiplication timed on GPU 0, the figure a governed band (`probe-band/<model>`) is set from.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EngineCheckArgs {
     /// Fail unless this much works: `nvrtc` (the kernels compile; no GPU needed) or `cuda`
     /// (they load on every GPU the container sees).
     #[arg(long, value_enum)]
     pub require: Option<Requirement>,
+    /// Run one GPU's probe multiplication on the chosen engine and print its time and
+    /// throughput.
+    #[arg(long)]
+    pub calibrate: bool,
+    /// The memory the calibration fills 90 % of: the model's, as its band will say.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub memory_mib: u32,
+    /// Tiles are size × size, as the network's `probe-size`.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(16..=512))]
+    pub size: u32,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub engine: EngineKind,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,7 +97,8 @@ pub enum Requirement {
     Cuda,
 }
 
-/// Prints what compiles and what loads here, and fails when `--require` is not met.
+/// Prints what compiles and what loads here (and a calibration run's figures), and fails when
+/// `--require` is not met.
 pub fn check_engine(args: EngineCheckArgs) -> Result<(), ProbeError> {
     let compiled = cuda::compile().map(|_| "compiles the probe's kernels".to_string());
     let opened = CudaEngine::open().map(|engine| format!("{} GPUs", engine.gpus()));
@@ -93,10 +109,27 @@ pub fn check_engine(args: EngineCheckArgs) -> Result<(), ProbeError> {
     println!("cuda: {}", said(&opened));
     println!("engine: {}", if opened.is_ok() { "cuda" } else { "cpu" });
     match args.require {
-        Some(Requirement::Nvrtc) => compiled.map(drop).map_err(ProbeError::Engine),
-        Some(Requirement::Cuda) => opened.map(drop).map_err(ProbeError::Engine),
-        None => Ok(()),
+        Some(Requirement::Nvrtc) => compiled.map(drop).map_err(ProbeError::Engine)?,
+        Some(Requirement::Cuda) => opened.map(drop).map_err(ProbeError::Engine)?,
+        None => {}
     }
+    if args.calibrate {
+        let spec = Spec::filling(u64::from(args.memory_mib) << 20, args.size);
+        let mut engine = args.engine.open()?;
+        let committed = engine
+            .multiply(spec, &[[0x5a; 32]])
+            .map_err(ProbeError::Engine)?;
+        println!(
+            "calibration ({} engine): {} tiles of {}² ({} MiB) multiplied in {} ms: {} GOPS",
+            engine.name(),
+            spec.tiles,
+            spec.size,
+            args.memory_mib,
+            committed.kernel_ms,
+            throughput_gops(&spec, committed.kernel_ms)
+        );
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
