@@ -234,8 +234,63 @@ pub fn open_from<M: Signable + Default>(
 }
 
 fn verify_signature<M: Signable>(signed: &Signed, key: &VerifyingKey) -> Result<(), Rejection> {
-    identity::verify(key, M::DOMAIN, &signed.body, &signed.signature)
-        .map_err(|e| Rejection::Unauthenticated(format!("signature: {e} (domain {})", M::DOMAIN)))
+    let memo = Verified::digest(M::DOMAIN, key, signed);
+    if VERIFIED.lock().expect("the memo's lock").contains(&memo) {
+        return Ok(());
+    }
+    identity::verify(key, M::DOMAIN, &signed.body, &signed.signature).map_err(|e| {
+        Rejection::Unauthenticated(format!("signature: {e} (domain {})", M::DOMAIN))
+    })?;
+    VERIFIED.lock().expect("the memo's lock").insert(memo);
+    Ok(())
+}
+
+/// Signatures this process verified, by digest of what was verified: the same bytes verify
+/// the same way every time, so a validator that verified a transaction when it entered its
+/// mempool does not verify it again when the transaction's block is applied (nor when the
+/// gateway that received it opened it first). Only successes are kept, at most
+/// [`Verified::CAPACITY`], the oldest forgotten first; a forgotten one is verified again.
+static VERIFIED: std::sync::Mutex<Verified> = std::sync::Mutex::new(Verified {
+    kept: std::collections::BTreeSet::new(),
+    order: std::collections::VecDeque::new(),
+});
+
+struct Verified {
+    kept: std::collections::BTreeSet<[u8; 32]>,
+    order: std::collections::VecDeque<[u8; 32]>,
+}
+
+impl Verified {
+    const CAPACITY: usize = 1 << 16;
+
+    /// SHA-256 over the domain, the key, the signature and the body: what a verification
+    /// depends on, and nothing else.
+    fn digest(domain: &str, key: &VerifyingKey, signed: &Signed) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        Sha256::new()
+            .chain_update(domain.as_bytes())
+            .chain_update([0])
+            .chain_update(key.as_bytes())
+            .chain_update(&signed.signature)
+            .chain_update(&signed.body)
+            .finalize()
+            .into()
+    }
+
+    fn contains(&self, digest: &[u8; 32]) -> bool {
+        self.kept.contains(digest)
+    }
+
+    fn insert(&mut self, digest: [u8; 32]) {
+        if self.kept.insert(digest) {
+            self.order.push_back(digest);
+        }
+        while self.order.len() > Verified::CAPACITY {
+            if let Some(oldest) = self.order.pop_front() {
+                self.kept.remove(&oldest);
+            }
+        }
+    }
 }
 
 /// Decodes a 32-byte ed25519 public key field.
@@ -251,6 +306,46 @@ pub fn verifying_key(field: &str, bytes: &[u8]) -> Result<VerifyingKey, Rejectio
 mod tests {
     use super::*;
     use crate::identity::generate_key;
+
+    #[test]
+    fn a_signature_verified_once_is_remembered_and_nothing_else_rides_on_it() {
+        let key = generate_key();
+        let sealed = seal(&key, HeartbeatBody::default(), 1_000);
+        // Verified, then opened again: the second time from the memo, with the same answer.
+        for _ in 0..2 {
+            assert!(open::<HeartbeatBody>(&sealed, 1_000).is_ok());
+        }
+        let digest = Verified::digest(HeartbeatBody::DOMAIN, &key.verifying_key(), &sealed);
+        assert!(VERIFIED.lock().unwrap().contains(&digest));
+        // The remembered body under another signature, key or domain is verified for real.
+        let mut forged = sealed.clone();
+        forged.signature[0] ^= 1;
+        assert_eq!(
+            open::<HeartbeatBody>(&forged, 1_000).unwrap_err().kind(),
+            "unauthenticated"
+        );
+        let other = generate_key();
+        assert!(verify_signature::<HeartbeatBody>(&sealed, &other.verifying_key()).is_err());
+        assert!(verify_signature::<QueryBody>(&sealed, &key.verifying_key()).is_err());
+    }
+
+    #[test]
+    fn the_memo_forgets_its_oldest_past_its_capacity() {
+        let mut memo = Verified {
+            kept: Default::default(),
+            order: Default::default(),
+        };
+        for i in 0..=Verified::CAPACITY as u32 {
+            let mut digest = [0; 32];
+            digest[..4].copy_from_slice(&i.to_be_bytes());
+            memo.insert(digest);
+        }
+        assert_eq!(memo.kept.len(), Verified::CAPACITY);
+        assert!(!memo.contains(&[0; 32]), "the oldest is forgotten");
+        let mut newest = [0; 32];
+        newest[..4].copy_from_slice(&(Verified::CAPACITY as u32).to_be_bytes());
+        assert!(memo.contains(&newest));
+    }
 
     #[test]
     fn sealed_bodies_open_and_tampering_is_caught() {

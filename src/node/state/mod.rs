@@ -18,6 +18,10 @@ mod params;
 mod probe;
 mod stake;
 
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -162,15 +166,23 @@ pub enum Outcome {
 
 /// The network's state. Built empty by [`State::genesis`] or from persisted entries by
 /// [`State::restore`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct State {
     kv: Kv,
+    /// Records read, decoded, by key: matching reads every live offer and its provider for
+    /// each order, and decoding their JSON each time was a fifth of a validator's work. Not
+    /// state: a key leaves it when written or deleted, and it is emptied when a savepoint is
+    /// rolled back or it grows past [`DECODED_KEPT`].
+    decoded: std::cell::RefCell<BTreeMap<String, Arc<dyn Any + Send + Sync>>>,
 }
+
+/// Decoded records kept at most.
+const DECODED_KEPT: usize = 1 << 16;
 
 impl State {
     /// A new network with `params`.
     pub fn genesis(params: Params) -> Result<State> {
-        let mut state = State { kv: Kv::default() };
+        let mut state = State::default();
         state.put(PARAMS, "current", &params)?;
         state.kv.settle();
         Ok(state)
@@ -180,6 +192,7 @@ impl State {
     pub fn restore(entries: impl IntoIterator<Item = (String, Vec<u8>)>) -> Result<State> {
         let state = State {
             kv: Kv::restore(entries),
+            ..State::default()
         };
         state.params()?;
         Ok(state)
@@ -214,7 +227,7 @@ impl State {
         let savepoint = self.kv.savepoint();
         let outcome = self.dispatch(tx, block);
         if outcome.is_err() {
-            self.kv.rollback(savepoint);
+            self.rollback(savepoint);
         }
         outcome
     }
@@ -278,42 +291,89 @@ impl State {
 
     /// Undoes the whole block (its changes could not be persisted).
     pub fn abort_block(&mut self) {
-        self.kv.rollback(kv::Savepoint::START);
+        self.rollback(kv::Savepoint::START);
+    }
+
+    /// Undoes everything since `savepoint`.
+    fn rollback(&mut self, savepoint: kv::Savepoint) {
+        self.kv.rollback(savepoint);
+        self.decoded.get_mut().clear();
+    }
+
+    /// The record under `key` holding `bytes`, decoded once.
+    fn decode<T: DeserializeOwned + Clone + Send + Sync + 'static>(
+        &self,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<T> {
+        if let Some(value) = self
+            .decoded
+            .borrow()
+            .get(key)
+            .and_then(|v| v.downcast_ref::<T>())
+        {
+            return Ok(value.clone());
+        }
+        let value: T = serde_json::from_slice(bytes)?;
+        let mut decoded = self.decoded.borrow_mut();
+        if decoded.len() >= DECODED_KEPT {
+            decoded.clear();
+        }
+        decoded.insert(key.to_string(), Arc::new(value.clone()));
+        Ok(value)
     }
 
     fn key(table: Table, key: &str) -> String {
         format!("{}{key}", table.0)
     }
 
-    fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>> {
-        match self.kv.get(&Self::key(table, key)) {
-            Some(bytes) => Ok(Some(serde_json::from_slice(bytes)?)),
+    fn get<T: DeserializeOwned + Clone + Send + Sync + 'static>(
+        &self,
+        table: Table,
+        key: &str,
+    ) -> Result<Option<T>> {
+        let key = Self::key(table, key);
+        match self.kv.get(&key) {
+            Some(bytes) => Ok(Some(self.decode(&key, bytes)?)),
             None => Ok(None),
         }
     }
 
     fn put<T: Serialize>(&mut self, table: Table, key: &str, value: &T) -> Result<()> {
-        self.kv
-            .put(&Self::key(table, key), serde_json::to_vec(value)?);
+        let key = Self::key(table, key);
+        self.decoded.get_mut().remove(&key);
+        self.kv.put(&key, serde_json::to_vec(value)?);
         Ok(())
     }
 
     fn delete(&mut self, table: Table, key: &str) -> bool {
-        self.kv.remove(&Self::key(table, key))
+        let key = Self::key(table, key);
+        self.decoded.get_mut().remove(&key);
+        self.kv.remove(&key)
     }
 
     /// Records of `table` whose key starts with `prefix`, in key order, each with the rest of
     /// its key.
-    fn scan<T: DeserializeOwned>(&self, table: Table, prefix: &str) -> Result<Vec<(String, T)>> {
+    fn scan<T: DeserializeOwned + Clone + Send + Sync + 'static>(
+        &self,
+        table: Table,
+        prefix: &str,
+    ) -> Result<Vec<(String, T)>> {
         let full = Self::key(table, prefix);
         self.kv
             .scan(&full)
-            .map(|(rest, bytes)| Ok((format!("{prefix}{rest}"), serde_json::from_slice(bytes)?)))
+            .map(|(rest, bytes)| {
+                let value = self.decode(&format!("{full}{rest}"), bytes)?;
+                Ok((format!("{prefix}{rest}"), value))
+            })
             .collect()
     }
 
     /// Every record of `table`, in key order.
-    fn all<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<T>> {
+    fn all<T: DeserializeOwned + Clone + Send + Sync + 'static>(
+        &self,
+        table: Table,
+    ) -> Result<Vec<T>> {
         Ok(self.scan(table, "")?.into_iter().map(|(_, v)| v).collect())
     }
 

@@ -296,7 +296,7 @@ impl State {
                     Ok(Some(lease)) => leases.push(lease),
                     Ok(None) => continue,
                     Err(StateError::Rejected(why)) => {
-                        self.kv.rollback(savepoint);
+                        self.rollback(savepoint);
                         order.state = OrderState::Rejected;
                         order.reason = format!("an offer fitted, but {why}");
                         order.updated_at = block.time;

@@ -1778,3 +1778,29 @@ fn a_reported_time_outside_the_models_calibration_band_fails_the_probe() {
         reply.detail
     );
 }
+
+/// Decoded records are kept between reads, never past a write, a delete or a rollback: what a
+/// read returns is always what the entries hold.
+#[test]
+fn a_read_after_a_write_delete_or_rollback_sees_the_entries() {
+    let mut state = State::genesis(Params::default()).unwrap();
+    state.put(COUNTERS, "x", &1u64).unwrap();
+    assert_eq!(state.get::<u64>(COUNTERS, "x").unwrap(), Some(1));
+    let savepoint = state.kv.savepoint();
+    state.put(COUNTERS, "x", &2u64).unwrap();
+    assert_eq!(state.get::<u64>(COUNTERS, "x").unwrap(), Some(2), "a write");
+    assert_eq!(state.all::<u64>(COUNTERS).unwrap(), vec![2]);
+    state.rollback(savepoint);
+    assert_eq!(
+        state.get::<u64>(COUNTERS, "x").unwrap(),
+        Some(1),
+        "a rollback"
+    );
+    assert_eq!(state.all::<u64>(COUNTERS).unwrap(), vec![1]);
+    assert!(state.delete(COUNTERS, "x"));
+    assert_eq!(state.get::<u64>(COUNTERS, "x").unwrap(), None, "a delete");
+    // A record read as one type and then as another is decoded as each.
+    state.put(COUNTERS, "y", &7u64).unwrap();
+    assert_eq!(state.get::<u64>(COUNTERS, "y").unwrap(), Some(7));
+    assert_eq!(state.get::<i64>(COUNTERS, "y").unwrap(), Some(7));
+}
