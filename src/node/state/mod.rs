@@ -176,8 +176,8 @@ pub struct State {
     decoded: std::cell::RefCell<BTreeMap<String, Arc<dyn Any + Send + Sync>>>,
 }
 
-/// Decoded records kept at most.
-const DECODED_KEPT: usize = 1 << 16;
+/// Decoded records kept at most: thousands of offers and providers, a few tens of MB at most.
+const DECODED_KEPT: usize = 1 << 14;
 
 impl State {
     /// A new network with `params`.
