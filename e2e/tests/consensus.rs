@@ -222,7 +222,7 @@ fn number(v: &Value) -> Result<u64, String> {
 /// A fresh network of `n` validators in `dir`, not started: CometBFT's own `testnet` layout,
 /// each node on its own loopback ports, blocks every ~200 ms, and the genesis `app_state` that
 /// `gpubridge network --print-app-state` prints for `params_flags`.
-fn testnet(dir: &Path, n: usize, params_flags: &[&str], timeout_commit: &str) -> Vec<Validator> {
+fn testnet(dir: &Path, n: usize, params_flags: &[&str]) -> Vec<Validator> {
     let out = Command::new(bin_dir().join("cometbft"))
         .args(["testnet", "--v", &n.to_string(), "--o"])
         .arg(dir)
@@ -283,10 +283,7 @@ fn testnet(dir: &Path, n: usize, params_flags: &[&str], timeout_commit: &str) ->
                     "persistent_peers = \"\"",
                     &format!("persistent_peers = \"{}\"", others.join(",")),
                 )
-                .replace(
-                    "timeout_commit = \"1s\"",
-                    &format!("timeout_commit = \"{timeout_commit}\""),
-                )
+                .replace("timeout_commit = \"1s\"", "timeout_commit = \"200ms\"")
                 // broadcast_tx_commit subscribes once per call: room for the benchmark's.
                 .replace(
                     "max_subscription_clients = 100",
@@ -363,7 +360,7 @@ async fn applications_agree_with_the_chain(validators: &[Validator]) {
 #[tokio::test]
 async fn four_validators_agree_survive_one_down_halt_at_two_and_catch_up() {
     let dir = tempfile::tempdir().unwrap();
-    let mut validators = testnet(dir.path(), 4, &["--voting-blocks", "5"], "200ms");
+    let mut validators = testnet(dir.path(), 4, &["--voting-blocks", "5"]);
     for v in &mut validators {
         v.start();
     }
@@ -472,7 +469,7 @@ async fn a_market_through_four_gateways_each_answering_from_committed_blocks() {
         "--min-deposit",
         "1",
     ];
-    let mut validators = testnet(dir.path(), 4, &genesis, "200ms");
+    let mut validators = testnet(dir.path(), 4, &genesis);
     for v in &mut validators {
         v.start();
     }
@@ -739,7 +736,7 @@ async fn an_operator_on_four_validators_refuses_a_forged_lease_fails_over_and_se
     };
     install_crds(&c.client).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut validators = testnet(dir.path(), 4, &[], "200ms");
+    let mut validators = testnet(dir.path(), 4, &[]);
     for v in &mut validators {
         v.start();
     }
@@ -960,12 +957,7 @@ async fn consensus_order_benchmark() {
     const PACED_ORDERS: usize = 10_000;
     let dir = tempfile::tempdir().unwrap();
     // Providers that registered during the setup stay in the book without heartbeats.
-    let mut validators = testnet(
-        dir.path(),
-        4,
-        &["--heartbeat-timeout-seconds", "3600"],
-        "500ms",
-    );
+    let mut validators = testnet(dir.path(), 4, &["--heartbeat-timeout-seconds", "3600"]);
     for v in &mut validators {
         v.start();
     }

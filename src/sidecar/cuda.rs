@@ -128,8 +128,8 @@ impl Gpu {
         let mut a = unsafe { stream.alloc::<i8>(elements as usize) }?;
         let mut b = unsafe { stream.alloc::<i8>(elements as usize) }?;
         let mut products = unsafe { stream.alloc::<i32>(elements as usize) }?;
-        for (matrix, out, which) in [(Matrix::A, &mut a, 0u32), (Matrix::B, &mut b, 1)] {
-            let key = matrix_key(seed, matrix);
+        for (matrix, out) in [(Matrix::A, &mut a), (Matrix::B, &mut b)] {
+            let (key, which) = (matrix_key(seed, matrix), matrix as u32);
             let mut launch = stream.launch_builder(&self.generate);
             launch.arg(out).arg(&key).arg(&which).arg(&n).arg(&tiles);
             // SAFETY: the arguments are the kernel's, in order and of its types.
