@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/gpubridge/network/v1/network.proto",
                 "proto/gpubridge/network/v1/collector.proto",
                 "proto/gpubridge/network/v1/chain.proto",
+                "proto/gpubridge/network/v1/relay.proto",
                 "proto/k8s/deviceplugin/v1beta1/api.proto",
             ],
             &["proto"],

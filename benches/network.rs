@@ -91,6 +91,7 @@ fn order_body() -> OrderBody {
             env: vec![],
             cpu: "4".into(),
             memory: "16Gi".into(),
+            ports: vec![],
         }),
     }
 }

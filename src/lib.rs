@@ -4,12 +4,14 @@
 //! The modules are layers (DESIGN §1); each uses only those below it, and
 //! `tests/layering.rs` fails on an import that runs up:
 //! 1. `wire` (with `identity` beneath it): the protocol both ends speak;
-//! 2. the pure cores: `crd`, `commitment`, `gpu`, `capacity`, `probe`, `admission`, `workload`,
-//!    `lifecycle`, `metering`, `attestation`; then `process`, what every process shares;
+//! 2. the pure cores: `crd`, `access`, `commitment`, `gpu`, `capacity`, `probe`, `admission`,
+//!    `workload`, `lifecycle`, `metering`, `attestation`; then `process`, what every process
+//!    shares;
 //! 3. the process roles, which never import one another: `operator`, `node`, `sidecar`,
 //!    `deviceplugin`;
 //!    above them `cli`, whose commands only parse arguments and call a role.
 
+pub mod access;
 pub mod admission;
 pub mod attestation;
 pub mod capacity;

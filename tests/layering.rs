@@ -11,6 +11,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("identity", 0),
     ("wire", 1),
     ("crd", 2),
+    ("access", 2),
     ("commitment", 2),
     ("gpu", 2),
     ("capacity", 3),

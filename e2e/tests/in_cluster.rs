@@ -197,6 +197,7 @@ fn order(seconds: u64) -> OrderBody {
             env: vec![],
             cpu: "100m".into(),
             memory: "32Mi".into(),
+            ports: vec![],
         }),
     }
 }

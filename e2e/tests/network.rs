@@ -52,6 +52,7 @@ pub(crate) fn order(gpus: u32, model: &str, seconds: u64, max_price: u128) -> Or
             }],
             cpu: "4".into(),
             memory: "16Gi".into(),
+            ports: vec![],
         }),
     }
 }

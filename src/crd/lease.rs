@@ -87,7 +87,8 @@ pub struct LeaseWorkload {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 128))]
     pub env: Vec<EnvVar>,
-    /// Ports the workload listens on. Nothing reaches them: lease namespaces deny all ingress.
+    /// Ports the workload listens on. Only the operator's pods reach them (TCP), to relay the
+    /// buyer's `order connect`; nothing else enters a lease namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub ports: Vec<ContainerPort>,

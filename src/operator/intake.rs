@@ -7,7 +7,10 @@ use ed25519_dalek::VerifyingKey;
 use prost::Message;
 
 use crate::admission::{Shortfall, TermsViolation};
-use crate::crd::{ComputeLeaseSpec, EnvVar, GpuOfferSpec, LeaseWorkload, Price, SignedOrder};
+use crate::crd::{
+    ComputeLeaseSpec, ContainerPort, EnvVar, GpuOfferSpec, LeaseWorkload, PortProtocol, Price,
+    SignedOrder,
+};
 use crate::identity::public_key_base58;
 use crate::wire::amount::Amount;
 use crate::wire::envelope::{FRESHNESS_SECONDS, open_from, verifying_key};
@@ -185,7 +188,16 @@ pub fn lease_spec(verified: &VerifiedLease, offer: &GpuOfferSpec) -> ComputeLeas
                     value: e.value,
                 })
                 .collect(),
-            ports: vec![],
+            ports: workload
+                .ports
+                .iter()
+                .filter_map(|p| u16::try_from(*p).ok())
+                .map(|port| ContainerPort {
+                    name: None,
+                    container_port: port,
+                    protocol: PortProtocol::TCP,
+                })
+                .collect(),
             cpu: workload.cpu,
             memory: workload.memory,
         },
@@ -277,6 +289,7 @@ pub(crate) mod tests {
                 }],
                 cpu: "4".into(),
                 memory: "16Gi".into(),
+                ports: vec![],
             }),
         }
     }

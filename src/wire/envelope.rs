@@ -8,11 +8,11 @@ use rand_core::{OsRng, RngCore};
 use crate::identity;
 use crate::wire::Rejection;
 use crate::wire::proto::{
-    BondBody, CancelBody, ChallengeBody, DepositBody, Evidence, EvidenceSubmitBody, HeartbeatBody,
-    LeaseBody, LeaseDecisionBody, LeaseEndBody, LeaseStreamBody, OfferBody, OrderBody, ProbeBody,
-    ProposeBody, QueryBody, Receipt, ReceiptsBody, RegisterBody, RequestHeader,
-    SidecarChallengeBody, SidecarEvidenceBody, SidecarProbeBody, SidecarReceiptsBody, Signed,
-    UnbondBody, VoteBody, WithdrawBody,
+    AccessTokenBody, AttachBody, BondBody, CancelBody, ChallengeBody, DepositBody, Evidence,
+    EvidenceSubmitBody, HeartbeatBody, LeaseBody, LeaseDecisionBody, LeaseEndBody, LeaseStreamBody,
+    OfferBody, OrderBody, ProbeBody, ProposeBody, QueryBody, Receipt, ReceiptsBody, RegisterBody,
+    RelayCallsBody, RequestHeader, SidecarChallengeBody, SidecarEvidenceBody, SidecarProbeBody,
+    SidecarReceiptsBody, Signed, UnbondBody, VoteBody, WithdrawBody,
 };
 
 /// Largest signed body accepted: an order with a long command and environment fits easily.
@@ -74,6 +74,10 @@ signable! {
     SidecarChallengeBody => "gpubridge/v1/sidecar-challenge";
     SidecarEvidenceBody => "gpubridge/v1/sidecar-evidence", MAX_BATCH_BODY_BYTES;
     SidecarProbeBody => "gpubridge/v1/sidecar-probe", MAX_BATCH_BODY_BYTES;
+    // Buyer access (relay.proto): the buyer's token, the provider's relay streams.
+    AccessTokenBody => "gpubridge/v1/access-token";
+    RelayCallsBody => "gpubridge/v1/relay-calls";
+    AttachBody => "gpubridge/v1/relay-attach";
 }
 
 /// Request bodies that carry a [`RequestHeader`].
@@ -114,6 +118,9 @@ has_header!(
     SidecarChallengeBody,
     SidecarEvidenceBody,
     SidecarProbeBody,
+    AccessTokenBody,
+    RelayCallsBody,
+    AttachBody,
 );
 
 /// A verified request: the body, its signer, and the envelope it came in.
@@ -193,6 +200,28 @@ fn open_checking<M: Signable + Default + HasHeader>(
     now: i64,
     verify: bool,
 ) -> Result<Opened<M>, Rejection> {
+    let opened = open_at_any_time::<M>(signed, verify)?;
+    if (opened.issued_at - now).abs() > FRESHNESS_SECONDS {
+        return Err(Rejection::Precondition(format!(
+            "header.issued_at: {} is more than {FRESHNESS_SECONDS} s from the receiver's clock ({now})",
+            opened.issued_at
+        )));
+    }
+    Ok(opened)
+}
+
+/// [`open`] without the freshness check, for a body that states its own validity (an access
+/// token's expiry), which the caller checks.
+pub fn open_signed<M: Signable + Default + HasHeader>(
+    signed: &Signed,
+) -> Result<Opened<M>, Rejection> {
+    open_at_any_time::<M>(signed, true)
+}
+
+fn open_at_any_time<M: Signable + Default + HasHeader>(
+    signed: &Signed,
+    verify: bool,
+) -> Result<Opened<M>, Rejection> {
     check_envelope::<M>(signed)?;
     let body = M::decode(signed.body.as_slice())
         .map_err(|e| Rejection::invalid("body", &format!("is not a valid message: {e}")))?;
@@ -205,12 +234,6 @@ fn open_checking<M: Signable + Default + HasHeader>(
     }
     if !(16..=32).contains(&header.nonce.len()) {
         return Err(Rejection::invalid("header.nonce", "must be 16 to 32 bytes"));
-    }
-    if (header.issued_at - now).abs() > FRESHNESS_SECONDS {
-        return Err(Rejection::Precondition(format!(
-            "header.issued_at: {} is more than {FRESHNESS_SECONDS} s from the receiver's clock ({now})",
-            header.issued_at
-        )));
     }
     let (issued_at, nonce) = (header.issued_at, header.nonce.clone());
     Ok(Opened {

@@ -271,8 +271,31 @@ fn workload(field: &str, w: Option<&Workload>) -> Result<(), Rejection> {
             );
         }
     }
+    ports(&format!("{field}.ports"), &w.ports)?;
     quantity(&format!("{field}.cpu"), &w.cpu)?;
     quantity(&format!("{field}.memory"), &w.memory)
+}
+
+/// Most ports a workload declares (the ComputeLease's rule).
+pub const MAX_PORTS: usize = 16;
+
+/// TCP ports: at most [`MAX_PORTS`], each 1–65535, none twice.
+pub fn ports(field: &str, ports: &[u32]) -> Result<(), Rejection> {
+    if ports.len() > MAX_PORTS {
+        return invalid(field, &format!("must have at most {MAX_PORTS} entries"));
+    }
+    for (i, port) in ports.iter().enumerate() {
+        if !(1..=65535).contains(port) {
+            return invalid(&format!("{field}[{i}]"), "must be a TCP port, 1 to 65535");
+        }
+        if ports[..i].contains(port) {
+            return invalid(
+                &format!("{field}[{i}]"),
+                &format!("port {port} is listed twice"),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// An order's terms, checked.
@@ -416,6 +439,7 @@ pub(crate) mod tests {
                 }],
                 cpu: "8".into(),
                 memory: "64Gi".into(),
+                ports: vec![8000],
             }),
         }
     }
@@ -492,6 +516,22 @@ pub(crate) mod tests {
             (
                 |o| o.workload.as_mut().unwrap().command = vec!["x".into(); 65],
                 "order.workload.command",
+            ),
+            (
+                |o| o.workload.as_mut().unwrap().ports = vec![0],
+                "order.workload.ports[0]",
+            ),
+            (
+                |o| o.workload.as_mut().unwrap().ports = vec![8000, 65_536],
+                "order.workload.ports[1]",
+            ),
+            (
+                |o| o.workload.as_mut().unwrap().ports = vec![80, 8000, 80],
+                "order.workload.ports[2]",
+            ),
+            (
+                |o| o.workload.as_mut().unwrap().ports = (1..=17).collect(),
+                "order.workload.ports",
             ),
             (|o| o.provider = "not-a-key".into(), "order.provider"),
             (

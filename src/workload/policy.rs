@@ -7,8 +7,8 @@ use k8s_openapi::api::core::v1::{
     LimitRange, LimitRangeItem, LimitRangeSpec, ResourceQuota, ResourceQuotaSpec,
 };
 use k8s_openapi::api::networking::v1::{
-    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicyPort,
-    NetworkPolicySpec,
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -18,7 +18,7 @@ use super::pod::{METER_CPU, METER_MEMORY};
 use super::{LeaseBox, OPERATOR_POD_LABELS, stamped};
 use crate::capacity::dra::device_class_of;
 use crate::capacity::quantity;
-use crate::crd::EgressPolicy;
+use crate::crd::{EgressPolicy, PortProtocol};
 
 /// IPv4 ranges lease pods never reach: private (RFC 1918), carrier-grade NAT, loopback,
 /// link-local (cloud metadata at 169.254.169.254), "this network", multicast and reserved.
@@ -69,34 +69,54 @@ pub fn ipv6_internet() -> Vec<(String, Vec<String>)> {
     ]
 }
 
-/// Deny all ingress; egress to the operator's collector, and to the public internet and cluster
-/// DNS (the kube-dns pods, NodeLocal DNSCache) or nothing else at all.
+/// Ingress only from the operator's pods (the buyer's `connect`, DESIGN §9) and only to the
+/// workload's declared TCP ports; egress to the operator's collector, and to the public internet
+/// and cluster DNS (the kube-dns pods, NodeLocal DNSCache) or nothing else at all.
 pub fn network_policy(b: &LeaseBox) -> NetworkPolicy {
-    let collector = NetworkPolicyEgressRule {
-        to: Some(vec![NetworkPolicyPeer {
-            namespace_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(
-                    "kubernetes.io/metadata.name".to_string(),
-                    b.collector.namespace.clone(),
-                )])),
-                ..Default::default()
-            }),
-            pod_selector: Some(LabelSelector {
-                match_labels: Some(
-                    OPERATOR_POD_LABELS
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                ..Default::default()
-            }),
+    let operator_pods = NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                b.collector.namespace.clone(),
+            )])),
             ..Default::default()
-        }]),
-        ports: Some(vec![NetworkPolicyPort {
-            port: Some(IntOrString::Int(i32::from(b.collector.port))),
-            protocol: Some("TCP".to_string()),
-            end_port: None,
-        }]),
+        }),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(
+                OPERATOR_POD_LABELS
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let tcp = |port: u16| NetworkPolicyPort {
+        port: Some(IntOrString::Int(i32::from(port))),
+        protocol: Some("TCP".to_string()),
+        end_port: None,
+    };
+    let declared: Vec<NetworkPolicyPort> = b
+        .spec
+        .workload
+        .ports
+        .iter()
+        .filter(|p| p.protocol == PortProtocol::TCP)
+        .map(|p| tcp(p.container_port))
+        .collect();
+    // No declared port, no rule: an ingress rule without ports would admit every port.
+    let ingress = if declared.is_empty() {
+        vec![]
+    } else {
+        vec![NetworkPolicyIngressRule {
+            from: Some(vec![operator_pods.clone()]),
+            ports: Some(declared),
+        }]
+    };
+    let collector = NetworkPolicyEgressRule {
+        to: Some(vec![operator_pods]),
+        ports: Some(vec![tcp(b.collector.port)]),
     };
     let mut egress = match b.policy.egress {
         EgressPolicy::None => vec![],
@@ -167,7 +187,7 @@ pub fn network_policy(b: &LeaseBox) -> NetworkPolicy {
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector::default()),
             policy_types: Some(vec!["Ingress".to_string(), "Egress".to_string()]),
-            ingress: Some(vec![]),
+            ingress: Some(ingress),
             egress: Some(egress),
         }),
     })

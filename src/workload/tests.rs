@@ -439,8 +439,8 @@ fn baseline_workloads_may_run_as_root_but_sidecars_never() {
 }
 
 #[test]
-fn network_policy_denies_ingress_and_private_egress() {
-    let (o, l) = (offer(), lease());
+fn network_policy_admits_the_operator_to_declared_ports_and_denies_private_egress() {
+    let (o, mut l) = (offer(), lease());
     let spec = with_box(&o, &l, network_policy).spec.unwrap();
     assert_eq!(
         spec.pod_selector,
@@ -448,7 +448,43 @@ fn network_policy_denies_ingress_and_private_egress() {
         "selects every pod"
     );
     assert_eq!(spec.policy_types.unwrap(), ["Ingress", "Egress"]);
-    assert_eq!(spec.ingress, Some(vec![]), "no ingress at all");
+    // Ingress: one rule, from the operator's pods only, to the declared TCP port only.
+    let ingress = spec.ingress.unwrap();
+    assert_eq!(ingress.len(), 1, "{ingress:?}");
+    let from = ingress[0].from.as_ref().unwrap();
+    assert_eq!(from.len(), 1);
+    assert_eq!(
+        from[0].namespace_selector.as_ref().unwrap().match_labels,
+        Some(BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_string(),
+            "gpubridge-system".to_string()
+        )]))
+    );
+    assert_eq!(
+        from[0].pod_selector.as_ref().unwrap().match_labels,
+        Some(
+            OPERATOR_POD_LABELS
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        )
+    );
+    let ports = ingress[0].ports.as_ref().unwrap();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].port, Some(IntOrString::Int(9100)));
+    assert_eq!(ports[0].protocol.as_deref(), Some("TCP"));
+    // A workload that declares no TCP port gets no ingress rule at all (a rule without ports
+    // would admit every port).
+    l.workload.ports[0].protocol = crate::crd::PortProtocol::UDP;
+    let spec = with_box(&o, &l, network_policy).spec.unwrap();
+    assert_eq!(spec.ingress, Some(vec![]), "no ingress without a TCP port");
+    l.workload.ports.clear();
+    let spec = with_box(&o, &l, network_policy).spec.unwrap();
+    assert_eq!(
+        spec.ingress,
+        Some(vec![]),
+        "no ingress without a declared port"
+    );
     let egress = spec.egress.unwrap();
     // Each destination, as a packet to it would fare: allowed only where a rule's address block
     // holds it, outside that block's exceptions, on the rule's ports.

@@ -219,6 +219,7 @@ pub fn order(gpus: u32) -> OrderBody {
             }],
             cpu: "4".into(),
             memory: "16Gi".into(),
+            ports: vec![],
         }),
     }
 }

@@ -166,6 +166,7 @@ pub(super) fn order_body(args: SubmitArgs) -> Result<OrderBody, String> {
                 .collect(),
             cpu: args.cpu,
             memory: args.memory,
+            ports: args.ports,
         }),
     };
     match validate::order(&body) {
@@ -267,6 +268,7 @@ mod tests {
             cpu: "4".into(),
             memory: "16Gi".into(),
             env: vec![],
+            ports: vec![],
             region: String::new(),
             provider: String::new(),
             min_uptime: 0,

@@ -194,6 +194,10 @@ pub struct SubmitArgs {
     /// An environment variable of the workload, NAME=VALUE; repeatable.
     #[arg(long = "env", value_parser = input::pair, value_name = "NAME=VALUE")]
     pub env: Vec<(String, String)>,
+    /// A TCP port the workload listens on, reachable with `order connect`; repeatable, at most
+    /// 16.
+    #[arg(long = "port", value_parser = clap::value_parser!(u32).range(1..=65535))]
+    pub ports: Vec<u32>,
     /// The region the provider must be in; any when absent.
     #[arg(long, default_value = "", hide_default_value = true)]
     pub region: String,
