@@ -174,6 +174,42 @@ pub struct WorkloadPolicy {
     /// The Pod Security Standard enforced in lease namespaces. Defaults to restricted.
     #[serde(default)]
     pub pod_security_level: PodSecurityLevel,
+    /// How buyers reach their leases' logs and declared ports through the operator.
+    #[serde(default)]
+    pub access: AccessPolicy,
+}
+
+/// Limits on buyers' access to a lease (`gpubridge order logs` and `connect`), which the
+/// operator relays from the network to the lease pod.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessPolicy {
+    /// Connections and log streams one lease may have open at once; 0 allows none. Defaults
+    /// to 64.
+    #[serde(default = "default_max_connections")]
+    #[schemars(range(max = 4096))]
+    pub max_connections: u32,
+    /// Seconds after which a connection with no byte either way is closed. Defaults to 300.
+    #[serde(default = "default_idle_timeout_seconds")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub idle_timeout_seconds: u32,
+}
+
+impl Default for AccessPolicy {
+    fn default() -> AccessPolicy {
+        AccessPolicy {
+            max_connections: default_max_connections(),
+            idle_timeout_seconds: default_idle_timeout_seconds(),
+        }
+    }
+}
+
+fn default_max_connections() -> u32 {
+    64
+}
+
+fn default_idle_timeout_seconds() -> u32 {
+    300
 }
 
 /// Outbound network access of lease pods.

@@ -11,6 +11,7 @@ pub mod chain;
 pub mod ledger;
 pub mod matching;
 pub mod records;
+pub mod relay;
 pub mod service;
 pub mod state;
 pub mod store;
@@ -28,6 +29,7 @@ use crate::identity::{keyfile, public_key_base58};
 use crate::process::shutdown::Shutdown;
 use crate::wire::MAX_MESSAGE_BYTES;
 use crate::wire::proto::gateway_server::GatewayServer;
+use crate::wire::proto::relay_server::RelayServer;
 pub use state::Params;
 pub use store::{HubError, Store};
 
@@ -197,6 +199,7 @@ pub async fn run(args: NetworkArgs) -> Result<(), NetworkError> {
         validator = args.cometbft.is_some(),
         "network node starting"
     );
+    let relay = relay::RelayService::new(store.clone());
     let (gateway, consensus) = match args.cometbft {
         Some(abci) => {
             let (gateway, abci) = validator(&args, abci, store);
@@ -204,7 +207,7 @@ pub async fn run(args: NetworkArgs) -> Result<(), NetworkError> {
         }
         None => (embedded(&params, store)?, None),
     };
-    let mut server = tonic::transport::Server::builder();
+    let mut server = crate::wire::server();
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let read = |p: &PathBuf| {
             std::fs::read(p).map_err(|e| NetworkError::Tls(format!("{}: {e}", p.display())))
@@ -215,8 +218,10 @@ pub async fn run(args: NetworkArgs) -> Result<(), NetworkError> {
             .map_err(|e| NetworkError::Tls(e.to_string()))?;
     }
     let service = GatewayServer::new(gateway).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let relay = RelayServer::new(relay).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let served = server
         .add_service(service)
+        .add_service(relay)
         .serve_with_shutdown(args.listen, Shutdown::on_signals().signalled());
     let served = async {
         served.await.map_err(|source| NetworkError::Serve {

@@ -455,6 +455,11 @@ impl Store {
         Ok(self.lock().leases()?)
     }
 
+    /// One lease, as committed.
+    pub fn lease(&self, lease_id: &str) -> Result<Option<LeaseRecord>> {
+        Ok(self.lock().lease(lease_id)?)
+    }
+
     pub fn audit(&self) -> std::result::Result<Audit, AuditError> {
         self.lock().audit()
     }

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub earnings: CounterVec,
     pub verification_failures: IntCounterVec,
     pub attestations: IntCounterVec,
+    pub access_calls: IntCounterVec,
+    pub access_bytes: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -171,6 +173,23 @@ impl Metrics {
             &["tier"],
         )
         .unwrap();
+        let access_calls = IntCounterVec::new(
+            Opts::new(
+                "gpubridge_access_calls_total",
+                "Buyers' log and connect calls relayed to lease pods, by kind and outcome \
+                 (served, or the refusal's kind)",
+            ),
+            &["kind", "outcome"],
+        )
+        .unwrap();
+        let access_bytes = IntCounterVec::new(
+            Opts::new(
+                "gpubridge_access_bytes_total",
+                "Bytes relayed between buyers and lease pods, by direction (to_buyer, to_workload)",
+            ),
+            &["direction"],
+        )
+        .unwrap();
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "gpubridge_build_info",
@@ -200,6 +219,8 @@ impl Metrics {
             Box::new(earnings.clone()),
             Box::new(verification_failures.clone()),
             Box::new(attestations.clone()),
+            Box::new(access_calls.clone()),
+            Box::new(access_bytes.clone()),
             Box::new(build_info.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -223,6 +244,8 @@ impl Metrics {
             earnings,
             verification_failures,
             attestations,
+            access_calls,
+            access_bytes,
             build_info,
         }
     }

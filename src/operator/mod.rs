@@ -9,6 +9,7 @@
 //! - `collector`: the gRPC endpoint the lease pods' sidecars report to;
 //! - `metrics`: what `/metrics` exposes.
 
+pub mod access;
 pub mod collector;
 pub mod controller;
 pub mod intake;
@@ -350,7 +351,25 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         let (ctx, stop) = (ctx.clone(), shutdown.signalled());
         async move {
             match session_settings {
-                Some(settings) => session::run(ctx, settings, stop).await,
+                Some(settings) => {
+                    // Buyers' access rides on outbound streams to every gateway, beside the
+                    // session.
+                    let reach = access::kube::KubeReach {
+                        client: ctx.client.clone(),
+                        offers: ctx.offers.clone(),
+                    };
+                    let metrics = access::AccessMetrics {
+                        calls: ctx.metrics.access_calls.clone(),
+                        bytes: ctx.metrics.access_bytes.clone(),
+                    };
+                    let relay = access::Relay::new(reach, ctx.provider_key.clone(), metrics);
+                    let targets = settings.targets.clone();
+                    futures::future::join(
+                        session::run(ctx, settings, stop.clone()),
+                        access::run(relay, targets, stop),
+                    )
+                    .await;
+                }
                 None => info!("no --network-url: offers are computed but not published"),
             }
         }

@@ -65,7 +65,9 @@ fn endpoint(target: &Target) -> Result<Endpoint, ConnectError> {
         .connect_timeout(Duration::from_secs(5))
         .tcp_keepalive(Some(Duration::from_secs(30)))
         .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10));
+        .keep_alive_timeout(Duration::from_secs(10))
+        .initial_stream_window_size(crate::wire::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(crate::wire::CONNECTION_WINDOW_BYTES);
     if target.url.starts_with("https://") {
         let mut tls = ClientTlsConfig::new().with_native_roots();
         if let Some(path) = &target.ca_file {

@@ -20,6 +20,21 @@ pub use rejection::Rejection;
 /// The protocol version string of `InfoReply.protocol`.
 pub const PROTOCOL: &str = "gpubridge.network.v1";
 
+/// HTTP/2 flow-control windows of the network's connections. Many streams share one connection
+/// (every relayed TCP connection of a provider is a stream on its connection to the gateway),
+/// and data a stalled stream's reader has not taken counts against the connection's window
+/// too: with the connection's window 64 times a stream's, 64 stalled streams still leave the
+/// others room, so one slow reader never blocks the rest.
+pub const STREAM_WINDOW_BYTES: u32 = 512 * 1024;
+pub const CONNECTION_WINDOW_BYTES: u32 = 64 * STREAM_WINDOW_BYTES;
+
+/// A gRPC server with the network's flow-control windows.
+pub fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+}
+
 /// Largest gRPC message either end decodes; signed bodies are capped lower (64 KiB,
 /// 192 KiB for batches of receipts and evidence).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;

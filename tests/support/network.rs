@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 use gpubridge::identity::generate_key;
+use gpubridge::node::relay::RelayService;
 use gpubridge::node::service::GatewayService;
 use gpubridge::node::{Params, Store};
 use gpubridge::wire::MAX_MESSAGE_BYTES;
 use gpubridge::wire::client::{NetworkClient, Target, channel};
 use gpubridge::wire::proto::gateway_client::GatewayClient;
 use gpubridge::wire::proto::gateway_server::GatewayServer;
+use gpubridge::wire::proto::relay_server::RelayServer;
 use gpubridge::wire::proto::{Attribute, EnvVar, OfferBody, OrderBody, Workload};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
@@ -78,9 +80,12 @@ impl Node {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let service = GatewayServer::new(GatewayService::new(store.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let relay = RelayServer::new(RelayService::new(store.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
         tokio::spawn(
-            tonic::transport::Server::builder()
+            gpubridge::wire::server()
                 .add_service(service)
+                .add_service(relay)
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
         Node {

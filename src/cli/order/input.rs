@@ -50,27 +50,35 @@ pub(super) fn percent(text: &str) -> Result<u32, String> {
     }
 }
 
-/// `--wait-until`: a time (RFC 3339, such as 2026-12-03T18:00:00Z) or how long from now
-/// (`90s`, `30m`, `2h`, `1d`).
+/// A time (RFC 3339, such as 2026-12-03T18:00:00Z) or a length (`90s`, `30m`, `2h`, `1d`):
+/// `--wait-until` (from now on) and `logs --since` (back from now).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WaitUntil {
+pub enum TimeOrLength {
     At(i64),
     For(i64),
 }
 
-impl WaitUntil {
-    /// Unix seconds, for an order sent at `now`.
-    pub(super) fn at(self, now: i64) -> i64 {
+impl TimeOrLength {
+    /// Unix seconds, a length after `now`.
+    pub(super) fn after(self, now: i64) -> i64 {
         match self {
-            WaitUntil::At(t) => t,
-            WaitUntil::For(s) => now.saturating_add(s),
+            TimeOrLength::At(t) => t,
+            TimeOrLength::For(s) => now.saturating_add(s),
+        }
+    }
+
+    /// Unix seconds, a length before `now`.
+    pub(super) fn before(self, now: i64) -> i64 {
+        match self {
+            TimeOrLength::At(t) => t,
+            TimeOrLength::For(s) => now.saturating_sub(s),
         }
     }
 }
 
-pub(super) fn wait_until(text: &str) -> Result<WaitUntil, String> {
+pub(super) fn time_or_length(text: &str) -> Result<TimeOrLength, String> {
     if let Ok(t) = text.parse::<jiff::Timestamp>() {
-        return Ok(WaitUntil::At(t.as_second()));
+        return Ok(TimeOrLength::At(t.as_second()));
     }
     let unit = |u: &str| match u {
         "s" => Some(1),
@@ -82,7 +90,7 @@ pub(super) fn wait_until(text: &str) -> Result<WaitUntil, String> {
     // The last character is the unit, wherever its bytes start.
     let split = text.char_indices().last().map_or(0, |(at, _)| at);
     match (text[..split].parse::<i64>(), unit(&text[split..])) {
-        (Ok(n), Some(u)) if n > 0 => Ok(WaitUntil::For(n.saturating_mul(u))),
+        (Ok(n), Some(u)) if n > 0 => Ok(TimeOrLength::For(n.saturating_mul(u))),
         _ => Err(
             "must be a time such as 2026-12-03T18:00:00Z, or a length such as 30m, 2h or 1d".into(),
         ),
@@ -144,7 +152,7 @@ pub(super) fn order_body(args: SubmitArgs) -> Result<OrderBody, String> {
         min_trust_tier: args.min_tier.unwrap_or_default(),
         wait_until: args
             .wait_until
-            .map_or(0, |w| w.at(jiff::Timestamp::now().as_second())),
+            .map_or(0, |w| w.after(jiff::Timestamp::now().as_second())),
         model: args.model,
         duration_seconds,
         max_price_per_gpu_hour: max_price.to_string(),

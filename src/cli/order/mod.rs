@@ -18,9 +18,10 @@ use crate::identity::public_key_base58;
 use crate::wire::amount::Amount;
 use crate::wire::amount::from_decimal_units;
 use crate::wire::client::{self, NetworkClient, Target};
-use crate::wire::proto::{OrderBody, OrderView};
+use crate::wire::proto::{LogOptions, OrderBody, OrderView};
 use crate::wire::validate;
 
+pub mod access;
 mod input;
 mod view;
 
@@ -88,6 +89,41 @@ pub enum OrderCommand {
         /// Follow the order, printing it again whenever it changes, until it ends.
         #[arg(long, short)]
         watch: bool,
+    },
+    /// The workload's log, read by the provider's operator and relayed by the network.
+    Logs {
+        /// An order id or a lease id, or a unique prefix of either.
+        id: String,
+        /// Keep printing new lines until the workload ends; a broken stream (an operator
+        /// restart, a gateway lost) resumes after the last line printed.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only lines since this time (such as 2026-12-03T18:00:00Z) or for this long (such as
+        /// 10m or 2h).
+        #[arg(long, value_parser = input::time_or_length, value_name = "TIME|LENGTH")]
+        since: Option<input::TimeOrLength>,
+        /// Only the last this many lines.
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..), value_name = "LINES")]
+        tail: Option<i64>,
+        /// The container; the workload's when absent (the sidecars' logs are the provider's).
+        #[arg(long, default_value = "", hide_default_value = true)]
+        container: String,
+        /// Print each line's time, as the node stamped it.
+        #[arg(long)]
+        timestamps: bool,
+    },
+    /// Forward a local port to a port the workload declared (`submit --port`): each local
+    /// connection becomes its own call through the network to the lease's pod. Runs until
+    /// stopped (Ctrl-C).
+    Connect {
+        /// An order id or a lease id, or a unique prefix of either.
+        id: String,
+        /// The workload's port.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65535))]
+        port: u32,
+        /// The local address to listen on; 127.0.0.1 and the same port when absent.
+        #[arg(long, value_name = "ADDRESS:PORT")]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Cancel an order no provider has accepted yet; its hold is refunded.
     Cancel {
@@ -216,8 +252,8 @@ pub struct SubmitArgs {
     /// When no offer fits now, wait for one until this time (such as 2026-12-03T18:00:00Z) or for
     /// this long (30m, 2h, at most 7d) instead of being rejected at once; cancel works until it
     /// matches.
-    #[arg(long, value_parser = input::wait_until, value_name = "TIME|LENGTH")]
-    pub wait_until: Option<input::WaitUntil>,
+    #[arg(long, value_parser = input::time_or_length, value_name = "TIME|LENGTH")]
+    pub wait_until: Option<input::TimeOrLength>,
     /// An offer attribute the provider must have, KEY=VALUE; repeatable.
     #[arg(long = "attribute", value_parser = input::pair, value_name = "KEY=VALUE")]
     pub attributes: Vec<(String, String)>,
@@ -365,8 +401,23 @@ enum Request {
     Deposit(Amount, String),
     Submit(Box<OrderBody>),
     List,
-    Status { id: String, watch: bool },
-    Cancel { id: String },
+    Status {
+        id: String,
+        watch: bool,
+    },
+    Logs {
+        id: String,
+        options: LogOptions,
+        timestamps: bool,
+    },
+    Connect {
+        id: String,
+        port: u32,
+        listen: std::net::SocketAddr,
+    },
+    Cancel {
+        id: String,
+    },
     Balance,
     Bond(Amount, StakeSource),
     Unbond(Amount),
@@ -395,6 +446,38 @@ fn checked(command: OrderCommand) -> Result<Request, OrderError> {
         )),
         OrderCommand::List => Request::List,
         OrderCommand::Status { id, watch } => Request::Status { id, watch },
+        OrderCommand::Logs {
+            id,
+            follow,
+            since,
+            tail,
+            container,
+            timestamps,
+        } => Request::Logs {
+            id,
+            options: LogOptions {
+                container,
+                follow,
+                since_time: since
+                    .map(|s| {
+                        let at = s.before(jiff::Timestamp::now().as_second());
+                        jiff::Timestamp::from_second(at)
+                            .map(|t| t.to_string())
+                            .map_err(|e| OrderError::Usage(format!("--since: {e}")))
+                    })
+                    .transpose()?
+                    .unwrap_or_default(),
+                tail_lines: tail.unwrap_or(0),
+            },
+            timestamps,
+        },
+        OrderCommand::Connect { id, port, listen } => Request::Connect {
+            id,
+            port,
+            listen: listen.unwrap_or_else(|| {
+                std::net::SocketAddr::from(([127, 0, 0, 1], u16::try_from(port).unwrap_or(0)))
+            }),
+        },
         OrderCommand::Cancel { id } => Request::Cancel { id },
         OrderCommand::Balance => Request::Balance,
         OrderCommand::Bond { amount, from } => {
@@ -454,7 +537,7 @@ async fn command(args: OrderArgs) -> Result<(), OrderError> {
         }
         loaded => loaded?,
     };
-    let client = NetworkClient::new(channel, key);
+    let client = NetworkClient::new(channel.clone(), key.clone());
     match request {
         Request::Keygen | Request::Offers | Request::Params => {
             unreachable!("answered without the buyer's key")
@@ -490,6 +573,42 @@ async fn command(args: OrderArgs) -> Result<(), OrderError> {
                 }
                 tokio::time::sleep(WATCH_INTERVAL).await;
             }
+        }
+        Request::Logs {
+            id,
+            options,
+            timestamps,
+        } => {
+            let tokens = access::Tokens {
+                key,
+                lease_id: lease_of(&client, &id, url).await?,
+            };
+            let relay = access::relay_client(channel);
+            access::logs(
+                relay,
+                &tokens,
+                options,
+                timestamps,
+                std::io::stdout().lock(),
+            )
+            .await
+            .map_err(call)
+        }
+        Request::Connect { id, port, listen } => {
+            let tokens = access::Tokens {
+                key,
+                lease_id: lease_of(&client, &id, url).await?,
+            };
+            let listener = access::listen(listen)
+                .await
+                .map_err(|e| OrderError::Failed(format!("cannot listen on {listen}: {e}")))?;
+            eprintln!(
+                "forwarding {listen} to port {port} of lease {}; Ctrl-C stops",
+                tokens.lease_id
+            );
+            access::forward(access::relay_client(channel), tokens, port, listener)
+                .await
+                .map_err(|e| OrderError::Failed(format!("accepting on {listen}: {e}")))
         }
         Request::Cancel { id } => {
             let order_id = resolve(&client, &id, url).await?;
@@ -544,6 +663,22 @@ async fn resolve(client: &NetworkClient, given: &str, url: &str) -> Result<Strin
         .await
         .map_err(|status| OrderError::from_status(url, &status))?;
     input::resolve_id(given, &orders).map_err(OrderError::Usage)
+}
+
+/// The lease of the order `given` names, once the order has one.
+async fn lease_of(client: &NetworkClient, given: &str, url: &str) -> Result<String, OrderError> {
+    let order_id = resolve(client, given, url).await?;
+    let order = client
+        .order_status(&order_id)
+        .await
+        .map_err(|status| OrderError::from_status(url, &status))?;
+    if order.lease_id.is_empty() {
+        return Err(OrderError::Failed(format!(
+            "order {order_id} has no lease (it is {})",
+            view::state(&order)
+        )));
+    }
+    Ok(order.lease_id)
 }
 
 /// Ends a command that showed an order as the order turned out.

@@ -345,6 +345,11 @@ impl State {
     pub fn leases(&self) -> Result<Vec<LeaseRecord>> {
         self.all(LEASES)
     }
+
+    /// One lease, as committed.
+    pub fn lease(&self, lease_id: &str) -> Result<Option<LeaseRecord>> {
+        self.get(LEASES, lease_id)
+    }
 }
 
 #[cfg(test)]
