@@ -24,7 +24,22 @@ up)
   say "starting $NAME"
   start=$SECONDS
   log="$CACHE/e2e/kwokctl.log"
-  if ! "$BIN/kwokctl" create cluster --name "$NAME" --runtime binary --config e2e/kwok.yaml \
+  # The API server reaches kubelets through the real node's egress proxy (e2e/node.sh starts
+  # it; until then such calls fail, and no test makes them).
+  cat >"$CACHE/e2e/egress-selector.yaml" <<EOF
+apiVersion: apiserver.k8s.io/v1beta1
+kind: EgressSelectorConfiguration
+egressSelections:
+- name: cluster
+  connection:
+    proxyProtocol: HTTPConnect
+    transport:
+      uds:
+        udsName: $CACHE/node/egress.sock
+EOF
+  sed -e "s#@EGRESS_CONFIG@#$CACHE/e2e/egress-selector.yaml#" \
+    -e "s#@PKI@#$KWOK_WORKDIR/clusters/$NAME/pki#g" e2e/kwok.yaml >"$CACHE/e2e/kwok.yaml"
+  if ! "$BIN/kwokctl" create cluster --name "$NAME" --runtime binary --config "$CACHE/e2e/kwok.yaml" \
     --kube-apiserver-binary "$BIN/kube-apiserver" \
     --kube-controller-manager-binary "$BIN/kube-controller-manager" \
     --kube-scheduler-binary "$BIN/kube-scheduler" \

@@ -97,9 +97,10 @@ order offers
 step "a buyer: a key, a deposit of 100 USDC, and an order for one H100 for 60 seconds, on the real node"
 order keygen
 order deposit 100
+# The workload serves a page on its declared port 8000 and reports its work every 10 s.
 order submit --gpus 1 --model NVIDIA-H100-80GB-HBM3 --seconds 60 --max-price 3.00 \
-  --image gpubridge.test/busybox:e2e --cpu 100m --memory 64Mi -- sh -c \
-  'trap "echo stopped by the kubelet; exit 0" TERM; echo "lease $GPUBRIDGE_LEASE_ID on GPU $NVIDIA_VISIBLE_DEVICES"; i=0; while true; do i=$((i+1)); echo "working: $i"; sleep 10; done'
+  --image gpubridge.test/busybox:e2e --cpu 100m --memory 64Mi --port 8000 -- sh -c \
+  'trap "echo stopped by the kubelet; exit 0" TERM; echo "lease $GPUBRIDGE_LEASE_ID on GPU $NVIDIA_VISIBLE_DEVICES"; httpd -p 8000 -h /www; i=0; while true; do i=$((i+1)); echo "working: $i"; sleep 10; done'
 LEASE=$(order list -o json | sed -n 's/.*"leaseId": "\([a-z0-9]*\)".*/\1/p' | head -1)
 [ -n "$LEASE" ] || { echo "the order was not matched"; order list; exit 1; }
 echo "matched: lease $LEASE"
@@ -122,19 +123,25 @@ kubectl get computelease "$LEASE" -o custom-columns="$USAGE_COLUMNS"
 echo "The network's verdict on the probe (metering starts no earlier than its pass):"
 kubectl get computelease "$LEASE" -o jsonpath='  passed at {.status.attestation.probePassedAt}{"\n"}  {.status.attestation.probe}{"\n"}'
 
+step "the buyer reaches the workload through the network: its log, and its port 8000"
+# Both go through a network gateway and the operator's outbound connection: the provider's
+# cluster takes no inbound traffic. Each call carries a token the buyer's key signed.
+order logs "$LEASE"
+order connect "$LEASE" --port 8000 --listen 127.0.0.1:18000 &
+connect_pid=$!
+for _ in $(seq 1 50); do page=$(curl -fs http://127.0.0.1:18000/index.html) && break; sleep 0.2; done
+echo "GET http://127.0.0.1:18000/index.html → ${page:-no answer}"
+kill "$connect_pid"
+# The buyer follows the log to the workload's end (in the background while the lease runs).
+order logs --follow "$LEASE" >"$NET/workload.log" 2>"$NET/workload-follow.log" &
+follow_pid=$!
+
 step "waiting for the lease to reach its end; the meter's final receipt, the end report, escrow settles"
-# The API server cannot reach this node's kubelet (kubectl logs does not work here): the
-# workload's output is read from the kubelet's log of its container, in the node's /var.
-POD_UID=$(kubectl get pod workload -n "lease-$LEASE" -o jsonpath='{.metadata.uid}')
-# It is followed by name, as the pod and its log go once the lease has settled.
-tail -n +1 -F "$CACHE/node/var-upper/log/pods/lease-${LEASE}_workload_${POD_UID}/workload/0.log" \
-  >"$NET/workload.log" 2>/dev/null &
-tail_pid=$!
 kubectl wait "computelease/$LEASE" --for=jsonpath='{.status.phase}'=Expired --timeout=120s >/dev/null
 kubectl wait "computelease/$LEASE" --for=jsonpath='{.status.usage.finalReceived}'=true --timeout=60s >/dev/null
-kill "$tail_pid"
-echo "The workload's output (the kubelet's log of its container):"
-sed 's/^[^ ]* [^ ]* [^ ]* /  /' "$NET/workload.log"
+wait "$follow_pid" || echo "(order logs --follow: $(cat "$NET/workload-follow.log"))"
+echo "The workload's output, as the buyer followed it (gpubridge order logs --follow):"
+sed 's/^/  /' "$NET/workload.log"
 order status --watch "$LEASE" >/dev/null
 kubectl get computeleases -o wide
 kubectl get computelease "$LEASE" -o custom-columns="$USAGE_COLUMNS"

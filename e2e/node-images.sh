@@ -3,7 +3,8 @@
 # as tarballs that `ctr images import` loads, each beside a .name file (its name without tag):
 #   registry.k8s.io/pause:3.10.2   the pod sandbox, from Kubernetes' pause.c (build-node.sh)
 #   gpubridge.test/coredns:e2e      CoreDNS (build-node.sh)
-#   gpubridge.test/busybox:e2e      Debian's static busybox: a shell and nc for test workloads
+#   gpubridge.test/busybox:e2e      Debian's static busybox: a shell, nc and httpd for test
+#                                   workloads, and a page to serve (/www/index.html)
 # Every image runs as 65532 unless its pod says otherwise.
 # Usage: e2e/node-images.sh NODE_BIN UMOCI OUT
 set -euo pipefail
@@ -24,13 +25,14 @@ image() { # file name, name, tag, staged root, entrypoint|cmd, its arguments...
   echo "$name" >"$out/$file.name"
 }
 
-mkdir -p "$work/pause-root" "$work/coredns-root" "$work/busybox-root/bin"
+mkdir -p "$work/pause-root" "$work/coredns-root" "$work/busybox-root/bin" "$work/busybox-root/www"
 install -m 0755 "$node_bin/pause" "$work/pause-root/pause"
 image pause registry.k8s.io/pause 3.10.2 "$work/pause-root" entrypoint /pause
 install -m 0755 "$node_bin/coredns" "$work/coredns-root/coredns"
 image coredns gpubridge.test/coredns e2e "$work/coredns-root" entrypoint /coredns
 install -m 0755 /bin/busybox "$work/busybox-root/bin/busybox"
-for applet in sh cat echo sleep nc nslookup grep ls env id printf wc head tr cut seq date true false kill; do
+echo "hello from the lease" >"$work/busybox-root/www/index.html"
+for applet in sh cat echo sleep nc nslookup grep ls env id printf wc head tr cut seq date true false kill httpd; do
   ln -s busybox "$work/busybox-root/bin/$applet"
 done
 image busybox gpubridge.test/busybox e2e "$work/busybox-root" cmd /bin/sh

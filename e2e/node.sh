@@ -251,6 +251,10 @@ done
 rm -f "$STATE/apiserver.sock"
 start apiserver-host "" socat "UNIX-LISTEN:$STATE/apiserver.sock,fork,mode=600" "TCP:127.0.0.1:$api_port"
 start apiserver-node node socat "TCP-LISTEN:$api_port,bind=$API_IP,fork,reuseaddr" "UNIX-CONNECT:$STATE/apiserver.sock"
+# ...and the API server reaches the kubelet (logs, exec) through its egress proxy, which dials
+# the node's, pods' and Services' addresses from inside the node's network namespace.
+start egress-proxy "" python3 e2e/node/egress-proxy.py "$STATE/egress.sock" \
+  "/proc/$(holder_pid node)/ns/net" 10.88.0.0/16 10.244.0.0/16 "$SERVICE_CIDR"
 
 say "starting containerd"
 sed -e "s#@STATE@#$STATE#g" -e "s#@NODE_BIN@#$NODE_BIN#g" -e "s#@POD_CIDR@#$POD_CIDR#g" \

@@ -210,6 +210,7 @@ fn context_watching(
             reports_to_network: false,
             final_receipt_grace: Duration::from_secs(120),
             collector: collector(),
+            log_reader: None,
         },
         metrics: Metrics::new(),
         recorder: Recorder::new(
@@ -425,6 +426,7 @@ fn created_state() -> (ComputeLease, Vec<(String, Value)>) {
     let collector = collector();
     let b = gpubridge::workload::LeaseBox {
         collector: &collector,
+        log_reader: None,
         lease_name: "l-01hzx4",
         spec: &lease.spec,
         owner,

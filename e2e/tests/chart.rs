@@ -4,8 +4,9 @@
 //! the operator with the chart ServiceAccount's identity (support::Cluster::operator_kubeconfig).
 
 use gpubridge::crd::LeasePhase;
+use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
-use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -504,6 +505,87 @@ async fn the_apiserver_keeps_lease_pods_in_their_box_whoever_asks() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("no ephemeral containers"), "{err}");
+
+    // Logs: the operator binds the lease log reader to itself in a lease namespace, and nothing
+    // else anywhere; it then reads logs there and nowhere else.
+    let reader = |subject: &str, role: &str| -> RoleBinding {
+        serde_json::from_value(json!({
+            "metadata": {"name": "gpubridge-log-reader"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": subject, "namespace": "gpubridge-system"}],
+        }))
+        .unwrap()
+    };
+    let bindings = |ns: &str| Api::<RoleBinding>::namespaced(operator.clone(), ns);
+    let err = bindings("not-a-lease")
+        .create(
+            &PostParams::default(),
+            &reader("gpubridge", "gpubridge-lease-logs"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("binds roles only in lease namespaces"),
+        "{err}"
+    );
+    let err = bindings(ns)
+        .create(
+            &PostParams::default(),
+            &reader("default", "gpubridge-lease-logs"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("to its own service account"),
+        "{err}"
+    );
+    // Another role: refused by RBAC (no `bind` on it) before the policy is asked.
+    let err = bindings(ns)
+        .create(
+            &PostParams::default(),
+            &reader("gpubridge", "cluster-admin"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 403),
+        "{err}"
+    );
+    let may_read_logs = |ns: &'static str| {
+        let operator = operator.clone();
+        async move {
+            let review: SelfSubjectAccessReview = serde_json::from_value(json!({
+                "spec": {"resourceAttributes": {
+                    "namespace": ns, "verb": "get", "resource": "pods", "subresource": "log"
+                }}
+            }))
+            .unwrap();
+            Api::<SelfSubjectAccessReview>::all(operator)
+                .create(&PostParams::default(), &review)
+                .await
+                .unwrap()
+                .status
+                .is_some_and(|s| s.allowed)
+        }
+    };
+    assert!(
+        !may_read_logs("lease-e2e-box").await,
+        "no logs before the binding"
+    );
+    bindings(ns)
+        .create(
+            &PostParams::default(),
+            &reader("gpubridge", "gpubridge-lease-logs"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        may_read_logs("lease-e2e-box").await,
+        "logs in the lease namespace"
+    );
+    assert!(!may_read_logs("not-a-lease").await, "no logs elsewhere");
+    assert!(!may_read_logs("kube-system").await, "no logs elsewhere");
 
     for ns in ["lease-e2e-box", "not-a-lease"] {
         namespaces

@@ -37,6 +37,8 @@ const VALUES: &str = "e2e/real-node-values.yaml";
 /// Where the node's pods reach the network node that runs on the host (`e2e/node.sh expose`).
 const NETWORK_ADDRESS: &str = "203.0.113.30:7300";
 const OFFER: &str = "real-node";
+/// The port the lease's workload serves its page on.
+const WORKLOAD_PORT: u32 = 8000;
 /// The offer's price per GPU-hour (e2e/real-node-offer.yaml), in atto units of its denomination.
 const PRICE: u128 = 2 * UNIT;
 
@@ -169,6 +171,85 @@ async fn running_lease_pod(client: &Client, lease: &str) -> Pod {
     .await
 }
 
+/// GETs the workload's page through `order connect`'s forwarder, retrying while the workload
+/// starts its server; the whole response.
+async fn call_through_the_relay(
+    network_url: &str,
+    buyer: &ed25519_dalek::SigningKey,
+    lease_id: &str,
+) -> String {
+    use gpubridge::cli::order::access::{Tokens, forward, relay_client};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local = listener.local_addr().unwrap();
+    let target = gpubridge::wire::client::Target {
+        url: network_url.to_string(),
+        ca_file: None,
+    };
+    let relay = relay_client(gpubridge::wire::client::channel(&target).unwrap());
+    let tokens = Tokens {
+        key: buyer.clone(),
+        lease_id: lease_id.to_string(),
+    };
+    let forwarder = tokio::spawn(forward(relay, tokens, WORKLOAD_PORT, listener));
+    let page = eventually(
+        "the workload's page through the relay",
+        30 * SECOND,
+        || async {
+            let mut socket = tokio::net::TcpStream::connect(local)
+                .await
+                .map_err(|e| e.to_string())?;
+            socket
+                .write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut response = String::new();
+            socket
+                .read_to_string(&mut response)
+                .await
+                .map_err(|e| e.to_string())?;
+            match response.starts_with("HTTP/1.0 200") {
+                true => Ok(response),
+                false => Err(format!("answered {response:?}")),
+            }
+        },
+    )
+    .await;
+    forwarder.abort();
+    page
+}
+
+/// The workload's log as `order logs --follow` prints it, to the workload's end.
+async fn follow_log_through_the_relay(
+    network_url: &str,
+    buyer: &ed25519_dalek::SigningKey,
+    lease_id: &str,
+) -> String {
+    use gpubridge::cli::order::access::{Tokens, logs, relay_client};
+    let target = gpubridge::wire::client::Target {
+        url: network_url.to_string(),
+        ca_file: None,
+    };
+    let relay = relay_client(gpubridge::wire::client::channel(&target).unwrap());
+    let tokens = Tokens {
+        key: buyer.clone(),
+        lease_id: lease_id.to_string(),
+    };
+    let options = gpubridge::wire::proto::LogOptions {
+        follow: true,
+        ..Default::default()
+    };
+    let mut printed = Vec::new();
+    tokio::time::timeout(
+        60 * SECOND,
+        logs(relay, &tokens, options, false, &mut printed),
+    )
+    .await
+    .expect("the log ends with the workload")
+    .unwrap();
+    String::from_utf8(printed).unwrap()
+}
+
 fn order(seconds: u64) -> OrderBody {
     OrderBody {
         header: None,
@@ -187,17 +268,17 @@ fn order(seconds: u64) -> OrderBody {
         workload: Some(Workload {
             image: BUSYBOX.into(),
             command: vec!["sh".into(), "-c".into()],
-            // A real command: it prints, works for 20 s and exits; the kubelet then stops the
-            // sidecars (SIGTERM) and the meter seals its final receipt.
-            args: vec![
-                "echo \"hello from $GPUBRIDGE_LEASE_ID on $NVIDIA_VISIBLE_DEVICES\"; sleep 20; \
-                 echo done"
-                    .into(),
-            ],
+            // A real command: it prints, serves a page on its declared port for 20 s and exits;
+            // the kubelet then stops the sidecars (SIGTERM) and the meter seals its final
+            // receipt.
+            args: vec![format!(
+                "echo \"hello from $GPUBRIDGE_LEASE_ID on $NVIDIA_VISIBLE_DEVICES\"; \
+                 httpd -p {WORKLOAD_PORT} -h /www; sleep 20; echo done"
+            )],
             env: vec![],
             cpu: "100m".into(),
             memory: "32Mi".into(),
-            ports: vec![],
+            ports: vec![WORKLOAD_PORT],
         }),
     }
 }
@@ -304,7 +385,8 @@ async fn the_operator_runs_from_its_image_on_the_real_node_and_a_lease_there_set
     // A lease from the network on the real node's GPUs.
     let offer = std::fs::read_to_string(repo().join("e2e/real-node-offer.yaml")).unwrap();
     apply_yaml(&c.client, &offer).await;
-    let buyer = network.client(generate_key()).await;
+    let buyer_key = generate_key();
+    let buyer = network.client(buyer_key.clone()).await;
     wait_published(&buyer, OFFER, 2).await;
     buyer
         .deposit(Amount::from_atto(10 * UNIT), "USDC")
@@ -331,19 +413,32 @@ async fn the_operator_runs_from_its_image_on_the_real_node_and_a_lease_there_set
         .expect("the probe container ended before the sidecars started");
     assert_eq!(probe.exit_code, 0, "{probe:?}");
 
-    // The workload's own output, from the kubelet's log of its container.
-    let log = cache_dir().join(format!(
-        "node/var-upper/log/pods/{}_{POD_NAME}_{uid}/workload/0.log",
-        namespace_for(&lease_id)
-    ));
-    let said = eventually("the workload to print and finish", 60 * SECOND, || async {
-        let text = std::fs::read_to_string(&log).map_err(|e| e.to_string())?;
-        match text.contains(&format!("hello from {lease_id} on GPU-")) && text.contains(" done\n") {
-            true => Ok(text),
-            false => Err(text),
-        }
-    })
-    .await;
+    // The buyer calls the workload (`order connect`): a local port, through the network's
+    // gateway and the operator's outbound relay stream, to the pod's declared port.
+    let page = call_through_the_relay(&network.url, &buyer_key, &lease_id).await;
+    assert!(page.contains("hello from the lease"), "{page}");
+    // Nothing else reaches that port: a pod of another namespace is refused by the lease's
+    // NetworkPolicy (only the operator's pods are admitted, to declared ports only).
+    let pod_ip = pod.status.as_ref().unwrap().pod_ip.clone().unwrap();
+    assert_eq!(
+        super::real_node::probe(
+            &c.client,
+            other_ns,
+            "probe-workload",
+            &connect("workload", &pod_ip, WORKLOAD_PORT as u16)
+        )
+        .await,
+        expect(&[("workload", false)]),
+        "the workload's port from another namespace"
+    );
+
+    // The workload's own output as its buyer reads it (`order logs --follow`): the operator
+    // reads the pod's log through the API server and relays it until the workload ends.
+    let said = follow_log_through_the_relay(&network.url, &buyer_key, &lease_id).await;
+    assert!(
+        said.starts_with(&format!("hello from {lease_id} on GPU-")) && said.ends_with("\ndone\n"),
+        "{said}"
+    );
     println!("the workload said: {said}");
 
     // The workload ends before the lease would: the kubelet stops the sidecars, the meter

@@ -174,7 +174,8 @@ pub struct WorkloadPolicy {
     /// The Pod Security Standard enforced in lease namespaces. Defaults to restricted.
     #[serde(default)]
     pub pod_security_level: PodSecurityLevel,
-    /// How buyers reach their leases' logs and declared ports through the operator.
+    /// How buyers reach their leases' logs and declared ports through the operator. Defaults to
+    /// 64 connections per lease and a 300 s idle timeout.
     #[serde(default)]
     pub access: AccessPolicy,
 }

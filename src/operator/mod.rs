@@ -52,7 +52,7 @@ use crate::process::http::{self, Probe};
 use crate::process::shutdown::Shutdown;
 use crate::process::telemetry::LogFormat;
 use crate::wire::client::{self, NetworkClient, Target};
-use crate::workload::CollectorEndpoint;
+use crate::workload::{CollectorEndpoint, LogReader};
 use collector::CollectorService;
 use controller::{Context, Settings};
 use leader::ElectionSettings;
@@ -152,6 +152,14 @@ pub struct OperatorArgs {
     /// in the operator's namespace, on the collector's port.
     #[arg(long, env = "GPUBRIDGE_COLLECTOR_URL")]
     pub collector_url: Option<String>,
+    /// The ClusterRole granting `pods/log`, which the operator binds to its service account in
+    /// each lease namespace so that it can relay the workload's log to its buyer; logs are
+    /// refused without it.
+    #[arg(long, env = "GPUBRIDGE_LOG_READER_ROLE")]
+    pub log_reader_role: Option<String>,
+    /// The operator's service account (in --namespace), named in those bindings.
+    #[arg(long, env = "GPUBRIDGE_SERVICE_ACCOUNT", default_value = "gpubridge")]
+    pub service_account: String,
     /// Least seconds between two usage summaries of one lease written into its status.
     #[arg(long, env = "GPUBRIDGE_COLLECTOR_STATUS_SECONDS", default_value_t = 10)]
     pub collector_status_seconds: u64,
@@ -321,6 +329,10 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
                 namespace: args.namespace.clone(),
                 port: args.collector_addr.port(),
             },
+            log_reader: args.log_reader_role.clone().map(|cluster_role| LogReader {
+                cluster_role,
+                service_account: args.service_account.clone(),
+            }),
         },
         metrics,
         recorder: Recorder::new(

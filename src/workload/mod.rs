@@ -1,16 +1,19 @@
 //! Builders of everything a lease runs in (DESIGN §3 step 3). Pure: they never touch the API.
 //!
-//! A lease gets its own namespace, and in it a default-deny NetworkPolicy, a ResourceQuota and a
-//! LimitRange that keep it to what it bought, a Secret with its own key and certificate, for an
-//! offer of DRA devices a ResourceClaim, and one Pod: the buyer's container plus the meter and
-//! attest native sidecars.
+//! A lease gets its own namespace, and in it a default-deny NetworkPolicy (but for the
+//! operator's pods, to the workload's declared ports), a ResourceQuota and a LimitRange that keep
+//! it to what it bought, a Secret with its own key and certificate, the operator's right to read
+//! its log, for an offer of DRA devices a ResourceClaim, and one Pod: the buyer's container plus
+//! the meter and attest native sidecars.
 
+mod access;
 mod claim;
 mod namespace;
 mod pod;
 mod policy;
 mod secret;
 
+pub use access::{LOG_READER_BINDING, LogReader, log_reader_binding};
 pub use claim::{CLAIM_NAME, claim};
 pub use namespace::namespace;
 pub use pod::{
@@ -67,6 +70,8 @@ pub struct LeaseBox<'a> {
     /// Environment the provider gives the sidecars (`--sidecar-env`).
     pub sidecar_env: &'a [k8s_openapi::api::core::v1::EnvVar],
     pub collector: &'a CollectorEndpoint,
+    /// How the operator reads the lease pod's log, when it may.
+    pub log_reader: Option<&'a LogReader>,
     /// Seconds the pod may wait for a node and its images before the lease fails.
     pub scheduling_timeout_seconds: u64,
 }

@@ -48,8 +48,13 @@ fn with_box_and_sidecar_env<R>(
         namespace: "gpubridge-system".into(),
         port: 7400,
     };
+    let reader = LogReader {
+        cluster_role: "gpubridge-lease-logs".into(),
+        service_account: "gpubridge".into(),
+    };
     let b = LeaseBox {
         collector: &collector,
+        log_reader: Some(&reader),
         lease_name: "l-01hzx4",
         spec: lease,
         owner: owner(),
@@ -97,6 +102,7 @@ fn golden_objects() {
         golden("resource-quota", &resource_quota(b));
         golden("limit-range", &limit_range(b));
         golden("pod", &pod(b));
+        golden("log-reader-binding", &log_reader_binding(b).unwrap());
         assert!(
             claim(b).is_none(),
             "an extended-resource lease claims nothing"
@@ -695,4 +701,29 @@ fn spec_hash_changes_with_the_desired_state() {
         spec_hash_of(&a),
         spec_hash_of(&with_box(&o, &l, resource_quota))
     );
+}
+
+#[test]
+fn the_log_reader_is_bound_in_the_lease_namespace_only_and_only_when_configured() {
+    let (o, l) = (offer(), lease());
+    with_box(&o, &l, |b| {
+        let binding = log_reader_binding(b).unwrap();
+        assert_eq!(
+            binding.metadata.namespace.as_deref(),
+            Some("lease-l-01hzx4")
+        );
+        assert_eq!(binding.metadata.owner_references, Some(vec![owner()]));
+        assert_eq!(binding.role_ref.kind, "ClusterRole");
+        assert_eq!(binding.role_ref.name, "gpubridge-lease-logs");
+        let subjects = binding.subjects.unwrap();
+        assert_eq!(subjects.len(), 1);
+        assert_eq!(subjects[0].kind, "ServiceAccount");
+        assert_eq!(subjects[0].name, "gpubridge");
+        assert_eq!(subjects[0].namespace.as_deref(), Some("gpubridge-system"));
+        let without = LeaseBox {
+            log_reader: None,
+            ..b.clone()
+        };
+        assert!(log_reader_binding(&without).is_none());
+    });
 }

@@ -34,6 +34,8 @@ pub struct Settings {
     pub final_receipt_grace: Duration,
     /// Where lease sidecars reach the collector.
     pub collector: crate::workload::CollectorEndpoint,
+    /// How the operator reads lease pods' logs for their buyers, when it may.
+    pub log_reader: Option<crate::workload::LogReader>,
 }
 
 pub struct Context {

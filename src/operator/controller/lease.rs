@@ -7,6 +7,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, Pod, ResourceQuota, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -220,6 +221,7 @@ async fn ensure_box(
         sidecar_image: &ctx.settings.sidecar_image,
         sidecar_env: &ctx.settings.sidecar_env,
         collector: &ctx.settings.collector,
+        log_reader: ctx.settings.log_reader.as_ref(),
         scheduling_timeout_seconds: ctx.settings.scheduling_timeout.as_secs(),
     };
     let namespace = b.namespace();
@@ -250,6 +252,13 @@ async fn ensure_box(
     .await?;
     if !with_pod {
         return Ok(());
+    }
+    if let Some(binding) = workload::log_reader_binding(&b) {
+        create_ignoring_existing(
+            &Api::<RoleBinding>::namespaced(client(), &namespace),
+            &binding,
+        )
+        .await?;
     }
     // Created, never read back: the operator may create Secrets in lease namespaces but not read
     // them (least privilege), and an existing identity is never replaced.
