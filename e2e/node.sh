@@ -254,7 +254,7 @@ start apiserver-node node socat "TCP-LISTEN:$api_port,bind=$API_IP,fork,reuseadd
 # ...and the API server reaches the kubelet (logs, exec) through its egress proxy, which dials
 # the node's, pods' and Services' addresses from inside the node's network namespace.
 start egress-proxy "" python3 e2e/node/egress-proxy.py "$STATE/egress.sock" \
-  "/proc/$(holder_pid node)/ns/net" 10.88.0.0/16 10.244.0.0/16 "$SERVICE_CIDR"
+  "/proc/$(holder_pid node)/ns/net" 10.88.0.0/16 10.244.0.0/16 "$SERVICE_CIDR" "$NODE=$NODE_IP"
 
 say "starting containerd"
 sed -e "s#@STATE@#$STATE#g" -e "s#@NODE_BIN@#$NODE_BIN#g" -e "s#@POD_CIDR@#$POD_CIDR#g" \

@@ -26,7 +26,10 @@ use gpubridge::wire::client::Target;
 use gpubridge::wire::envelope::seal;
 use gpubridge::wire::proto::relay_client::RelayClient;
 use gpubridge::wire::proto::relay_server::RelayServer;
-use gpubridge::wire::proto::{AccessTokenBody, Chunk, ConnectRequest, LogOptions, Signed, chunk};
+use gpubridge::wire::proto::{
+    AccessTokenBody, AttachBody, Chunk, ConnectRequest, LogOptions, Refused, RelayCallsBody,
+    Signed, access_call, chunk,
+};
 use support::network::{Node, UNIT, now, offer, order};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -737,4 +740,124 @@ async fn access_tunnel_benchmark() {
             times[ROUND_TRIPS * 99 / 100]
         );
     }
+}
+
+/// The provider's side of a call as a hand-made Attach stream: its first chunk, then nothing.
+async fn attach(
+    relay: &RelayClient<Channel>,
+    key: &SigningKey,
+    call_id: &str,
+    refused: Option<Refused>,
+) -> Result<tonic::Streaming<Chunk>, tonic::Status> {
+    let body = AttachBody {
+        header: None,
+        call_id: call_id.into(),
+        refused,
+    };
+    let (to_relay, outgoing) = mpsc::channel(1);
+    to_relay
+        .send(Chunk {
+            kind: Some(chunk::Kind::Attach(seal(key, body, now()))),
+        })
+        .await
+        .unwrap();
+    let response = relay.clone().attach(ReceiverStream::new(outgoing)).await?;
+    Ok(response.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_joins_a_call_only_to_its_providers_signed_answer() {
+    let w = world().await;
+    let relay = relay(&w.node.url);
+    // The provider's relay stream, opened by hand; its signed request works once.
+    let calls_request = seal(&w.provider, RelayCallsBody { header: None }, now());
+    let mut calls = relay
+        .clone()
+        .calls(calls_request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let replayed = relay.clone().calls(calls_request).await.unwrap_err();
+    assert_eq!(
+        replayed.code(),
+        Code::AlreadyExists,
+        "{}",
+        replayed.message()
+    );
+    let stale = seal(&w.provider, RelayCallsBody { header: None }, now() - 120);
+    let stale = relay.clone().calls(stale).await.unwrap_err();
+    assert_eq!(
+        stale.code(),
+        Code::FailedPrecondition,
+        "{}",
+        stale.message()
+    );
+
+    // A buyer's call reaches the provider's stream with the buyer's token, as the buyer sent it.
+    let token = w.tokens().sign(Scope::Connect, &[PORT]);
+    let buyer = {
+        let (relay, token) = (relay.clone(), token.clone());
+        tokio::spawn(async move { open_tunnel(&relay, token, PORT).await.map(|_| ()) })
+    };
+    let call = calls.message().await.unwrap().unwrap();
+    assert_eq!(call.lease_id, w.lease_id);
+    assert_eq!(call.token, Some(token));
+    assert_eq!(call.what, Some(access_call::What::Port(PORT)));
+
+    // Only the lease's provider answers it: not another key, not an unknown call.
+    let stranger = generate_key();
+    let err = attach(&relay, &stranger, &call.call_id, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    let err = attach(
+        &relay,
+        &w.provider,
+        "00000000000000000000000000000000",
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{}", err.message());
+    // A forged answer: the provider's body with another signature.
+    let mut forged = seal(
+        &w.provider,
+        AttachBody {
+            header: None,
+            call_id: call.call_id.clone(),
+            refused: None,
+        },
+        now(),
+    );
+    forged.signature[0] ^= 1;
+    let (to_relay, outgoing) = mpsc::channel(1);
+    to_relay
+        .send(Chunk {
+            kind: Some(chunk::Kind::Attach(forged)),
+        })
+        .await
+        .unwrap();
+    let err = relay
+        .clone()
+        .attach(ReceiverStream::new(outgoing))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{}", err.message());
+
+    // The provider's signed refusal is what the buyer gets, code and reason.
+    let refusal = Refused {
+        code: Code::ResourceExhausted as i32,
+        message: "the workload's port is busy".into(),
+    };
+    attach(&relay, &w.provider, &call.call_id, Some(refusal))
+        .await
+        .unwrap();
+    let refused = buyer.await.unwrap().unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert_eq!(refused.message(), "the workload's port is busy");
+    // Answered once: a second answer finds no call.
+    let again = attach(&relay, &w.provider, &call.call_id, None)
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::NotFound, "{}", again.message());
 }

@@ -5,9 +5,10 @@
 The API server listens on the host; the node's kubelet listens in the node's own network
 namespace (e2e/node.sh), which no host route reaches. This proxy dials the node's addresses
 (the CIDRs given) from a socket made inside that namespace, and any other address from the
-host's, so nothing of the host's network changes.
+host's, so nothing of the host's network changes. The API server names a node by its host name
+(its preferred address type), which the host cannot resolve: NAME=ADDRESS arguments say where.
 
-Usage: egress-proxy.py SOCKET NODE_NETNS CIDR...
+Usage: egress-proxy.py SOCKET NODE_NETNS (CIDR | NAME=ADDRESS)...
 """
 import ctypes
 import ipaddress
@@ -53,7 +54,7 @@ def pipe(source, target):
         pass
 
 
-def serve(client, networks, node_ns, host_ns):
+def serve(client, networks, names, node_ns, host_ns):
     with client:
         request = b""
         while b"\r\n\r\n" not in request:
@@ -66,6 +67,7 @@ def serve(client, networks, node_ns, host_ns):
             client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
             return
         host, _, port = line[1].rpartition(":")
+        host = names.get(host, host)
         try:
             address = ipaddress.ip_address(host.strip("[]"))
             inside = any(address in network for network in networks)
@@ -87,8 +89,9 @@ def serve(client, networks, node_ns, host_ns):
 
 
 def main():
-    path, netns, cidrs = sys.argv[1], sys.argv[2], sys.argv[3:]
-    networks = [ipaddress.ip_network(cidr) for cidr in cidrs]
+    path, netns, places = sys.argv[1], sys.argv[2], sys.argv[3:]
+    names = dict(place.split("=", 1) for place in places if "=" in place)
+    networks = [ipaddress.ip_network(place) for place in places if "=" not in place]
     node_ns = os.open(netns, os.O_RDONLY)
     host_ns = os.open("/proc/self/ns/net", os.O_RDONLY)
     if os.path.exists(path):
@@ -100,7 +103,7 @@ def main():
     while True:
         client, _ = listener.accept()
         threading.Thread(
-            target=serve, args=(client, networks, node_ns, host_ns), daemon=True
+            target=serve, args=(client, networks, names, node_ns, host_ns), daemon=True
         ).start()
 
 

@@ -208,7 +208,8 @@ async fn call_through_the_relay(
                 .read_to_string(&mut response)
                 .await
                 .map_err(|e| e.to_string())?;
-            match response.starts_with("HTTP/1.0 200") {
+            // busybox httpd answers an HTTP/1.0 request as HTTP/1.1.
+            match response.starts_with("HTTP/1.1 200 OK") {
                 true => Ok(response),
                 false => Err(format!("answered {response:?}")),
             }
@@ -396,7 +397,12 @@ async fn the_operator_runs_from_its_image_on_the_real_node_and_a_lease_there_set
     assert_eq!(placed.state(), OrderState::Matched, "{}", placed.reason);
     let lease_id = placed.lease_id.clone();
     wait_phase(&c.client, &lease_id, LeasePhase::Running, 120 * SECOND).await;
+    let running = std::time::Instant::now();
     let pod = running_lease_pod(&c.client, &lease_id).await;
+    println!(
+        "the lease pod's workload runs {:?} after the lease",
+        running.elapsed()
+    );
     assert_eq!(
         pod.spec.as_ref().unwrap().node_name.as_deref(),
         Some(REAL_NODE)
@@ -415,7 +421,12 @@ async fn the_operator_runs_from_its_image_on_the_real_node_and_a_lease_there_set
 
     // The buyer calls the workload (`order connect`): a local port, through the network's
     // gateway and the operator's outbound relay stream, to the pod's declared port.
+    let asked = std::time::Instant::now();
     let page = call_through_the_relay(&network.url, &buyer_key, &lease_id).await;
+    println!(
+        "the workload's page through the relay, in {:?}",
+        asked.elapsed()
+    );
     assert!(page.contains("hello from the lease"), "{page}");
     // Nothing else reaches that port: a pod of another namespace is refused by the lease's
     // NetworkPolicy (only the operator's pods are admitted, to declared ports only).

@@ -1,8 +1,8 @@
 //! On the real node of `e2e/node.sh`: containers that run under containerd and runc, the CNI
 //! bridge, kube-proxy's Services, CoreDNS, and NetworkPolicy enforced by kube-router's firewall,
 //! proven by packets sent from inside pods. Pods report what they saw in their termination
-//! message, which the kubelet writes into the pod's status: the API server cannot reach the
-//! node's kubelet (it listens in the node's own network namespace), so there are no logs to read.
+//! message, which the kubelet writes into the pod's status, so that a probe's verdict lives as
+//! long as its pod does.
 
 use std::time::Duration;
 

@@ -28,11 +28,14 @@ pub const PROTOCOL: &str = "gpubridge.network.v1";
 pub const STREAM_WINDOW_BYTES: u32 = 512 * 1024;
 pub const CONNECTION_WINDOW_BYTES: u32 = 64 * STREAM_WINDOW_BYTES;
 
-/// A gRPC server with the network's flow-control windows.
+/// A gRPC server with the network's flow-control windows, which pings idle connections so that
+/// a provider's stream on a connection that died unannounced is dropped within half a minute.
 pub fn server() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
 }
 
 /// Largest gRPC message either end decodes; signed bodies are capped lower (64 KiB,
