@@ -5,7 +5,8 @@
 # mount, network and UTS namespaces, so that nothing system-wide changes:
 #   - the node's network namespace holds the pod bridge (10.244.0.0/24), the node address
 #     10.88.0.2 and 10.88.255.1, where the API server is reached through a Unix socket (a socat
-#     pair: the API server listens on the host's loopback only);
+#     pair: the API server listens on the host's loopback only); the API server reaches the
+#     kubelet (logs, exec) through e2e/node/egress-proxy.py, its egress selector's proxy;
 #   - an "outside world" namespace behind a veth (10.88.0.1) serves HTTP on the fake metadata
 #     address 169.254.169.254, a private address 10.99.0.10 and a public documentation address
 #     203.0.113.10, for egress tests; no packet leaves the machine;
