@@ -171,6 +171,27 @@ async fn running_lease_pod(client: &Client, lease: &str) -> Pod {
     .await
 }
 
+/// The buyer's relay client at the network's gateway, and its tokens for the lease.
+fn buyer_relay(
+    network_url: &str,
+    buyer: &ed25519_dalek::SigningKey,
+    lease_id: &str,
+) -> (
+    gpubridge::wire::proto::relay_client::RelayClient<tonic::transport::Channel>,
+    gpubridge::cli::order::access::Tokens,
+) {
+    let target = gpubridge::wire::client::Target {
+        url: network_url.to_string(),
+        ca_file: None,
+    };
+    let channel = gpubridge::wire::client::channel(&target).unwrap();
+    let tokens = gpubridge::cli::order::access::Tokens {
+        key: buyer.clone(),
+        lease_id: lease_id.to_string(),
+    };
+    (gpubridge::cli::order::access::relay_client(channel), tokens)
+}
+
 /// GETs the workload's page through `order connect`'s forwarder, retrying while the workload
 /// starts its server; the whole response.
 async fn call_through_the_relay(
@@ -178,20 +199,16 @@ async fn call_through_the_relay(
     buyer: &ed25519_dalek::SigningKey,
     lease_id: &str,
 ) -> String {
-    use gpubridge::cli::order::access::{Tokens, forward, relay_client};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let local = listener.local_addr().unwrap();
-    let target = gpubridge::wire::client::Target {
-        url: network_url.to_string(),
-        ca_file: None,
-    };
-    let relay = relay_client(gpubridge::wire::client::channel(&target).unwrap());
-    let tokens = Tokens {
-        key: buyer.clone(),
-        lease_id: lease_id.to_string(),
-    };
-    let forwarder = tokio::spawn(forward(relay, tokens, WORKLOAD_PORT, listener));
+    let (relay, tokens) = buyer_relay(network_url, buyer, lease_id);
+    let forwarder = tokio::spawn(gpubridge::cli::order::access::forward(
+        relay,
+        tokens,
+        WORKLOAD_PORT,
+        listener,
+    ));
     let page = eventually(
         "the workload's page through the relay",
         30 * SECOND,
@@ -226,16 +243,8 @@ async fn follow_log_through_the_relay(
     buyer: &ed25519_dalek::SigningKey,
     lease_id: &str,
 ) -> String {
-    use gpubridge::cli::order::access::{Tokens, logs, relay_client};
-    let target = gpubridge::wire::client::Target {
-        url: network_url.to_string(),
-        ca_file: None,
-    };
-    let relay = relay_client(gpubridge::wire::client::channel(&target).unwrap());
-    let tokens = Tokens {
-        key: buyer.clone(),
-        lease_id: lease_id.to_string(),
-    };
+    use gpubridge::cli::order::access::logs;
+    let (relay, tokens) = buyer_relay(network_url, buyer, lease_id);
     let options = gpubridge::wire::proto::LogOptions {
         follow: true,
         ..Default::default()

@@ -21,13 +21,13 @@ use crate::access::{self, Access, LeaseFacts, SeenNonces};
 use crate::identity::{public_key_base58, public_key_from_base58};
 use crate::node::records::{LeaseRecord, LeaseState};
 use crate::node::store::Store;
-use crate::wire::envelope::FRESHNESS_SECONDS;
+use crate::wire::envelope::{FRESHNESS_SECONDS, HasHeader, Signable};
 use crate::wire::proto::relay_server::Relay;
 use crate::wire::proto::{
     AccessCall, AttachBody, Chunk, LeaseBody, LogsRequest, OrderBody, RelayCallsBody, Signed,
     access_call, chunk,
 };
-use crate::wire::{Rejection, open};
+use crate::wire::{Opened, Rejection, open};
 
 /// Largest piece of data either side sends in one chunk.
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
@@ -105,6 +105,23 @@ impl RelayService {
                 nonces: Mutex::new(SeenNonces::new(REMEMBERED_NONCES)),
             }),
         }
+    }
+
+    /// Opens a provider's signed request, fresh and never seen before (its nonce is
+    /// remembered for as long as the request would be fresh).
+    fn open_once<M: Signable + Default + HasHeader>(
+        &self,
+        signed: &Signed,
+    ) -> Result<Opened<M>, Status> {
+        let now = now();
+        let opened = open::<M>(signed, now)?;
+        self.shared.nonces.lock().expect("nonces lock").admit(
+            &opened.signer,
+            &opened.nonce,
+            opened.issued_at + FRESHNESS_SECONDS,
+            now,
+        )?;
+        Ok(opened)
     }
 
     /// Checks a buyer's token for `access`, sends the call to the lease's provider and waits
@@ -311,15 +328,7 @@ impl Relay for RelayService {
     type CallsStream = ReceiverStream<Result<AccessCall, Status>>;
 
     async fn calls(&self, request: Request<Signed>) -> Result<Response<Self::CallsStream>, Status> {
-        let signed = request.into_inner();
-        let now = now();
-        let opened = open::<RelayCallsBody>(&signed, now)?;
-        self.shared.nonces.lock().expect("nonces lock").admit(
-            &opened.signer,
-            &opened.nonce,
-            opened.issued_at + FRESHNESS_SECONDS,
-            now,
-        )?;
+        let opened = self.open_once::<RelayCallsBody>(&request.into_inner())?;
         let provider = public_key_base58(&opened.signer);
         let (calls, stream) = mpsc::channel(QUEUED_CALLS);
         self.shared
@@ -344,14 +353,7 @@ impl Relay for RelayService {
             }) => signed,
             _ => return Err(Rejection::invalid("attach", "must be the first chunk").into()),
         };
-        let now = now();
-        let opened = open::<AttachBody>(&signed, now)?;
-        self.shared.nonces.lock().expect("nonces lock").admit(
-            &opened.signer,
-            &opened.nonce,
-            opened.issued_at + FRESHNESS_SECONDS,
-            now,
-        )?;
+        let opened = self.open_once::<AttachBody>(&signed)?;
         let provider = public_key_base58(&opened.signer);
         let pending = {
             let mut pending = self.shared.pending.lock().expect("pending lock");
