@@ -70,6 +70,12 @@ impl Pod {
         }
     }
 
+    fn set_idle_timeout(&self, seconds: u32) {
+        if let Some(lease) = self.lease.lock().unwrap().as_mut() {
+            lease.limits.idle_timeout_seconds = seconds;
+        }
+    }
+
     fn set_max_connections(&self, max_connections: u32) {
         if let Some(lease) = self.lease.lock().unwrap().as_mut() {
             lease.limits.max_connections = max_connections;
@@ -860,4 +866,40 @@ async fn a_gateway_joins_a_call_only_to_its_providers_signed_answer() {
         .await
         .unwrap_err();
     assert_eq!(again.code(), Code::NotFound, "{}", again.message());
+}
+
+/// Writes `message` on `socket` and reads back its echo.
+async fn echo(socket: &mut TcpStream, message: &[u8]) {
+    socket.write_all(message).await.unwrap();
+    let mut echoed = vec![0u8; message.len()];
+    socket.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(echoed, message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_ends_when_it_idles_past_the_offers_limit_or_its_lease_stops() {
+    let w = world().await;
+    let _operator = w.operator(std::slice::from_ref(&w.node.url));
+    relay_up(&w, &w.node.url).await;
+    let local = forwarder(&w).await;
+    w.pod.set_idle_timeout(1);
+    let mut idle = TcpStream::connect(local).await.unwrap();
+    echo(&mut idle, b"ping").await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut rest))
+        .await
+        .expect("a connection idle past the offer's limit is closed")
+        .unwrap();
+    assert!(rest.is_empty());
+
+    w.pod.set_idle_timeout(300);
+    let mut busy = TcpStream::connect(local).await.unwrap();
+    echo(&mut busy, b"ping").await;
+    w.pod.set_running(false);
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), busy.read_to_end(&mut rest))
+        .await
+        .expect("a connection of a lease that stopped running is closed")
+        .unwrap();
+    assert!(rest.is_empty());
 }

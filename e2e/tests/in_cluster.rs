@@ -406,12 +406,7 @@ async fn the_operator_runs_from_its_image_on_the_real_node_and_a_lease_there_set
     assert_eq!(placed.state(), OrderState::Matched, "{}", placed.reason);
     let lease_id = placed.lease_id.clone();
     wait_phase(&c.client, &lease_id, LeasePhase::Running, 120 * SECOND).await;
-    let running = std::time::Instant::now();
     let pod = running_lease_pod(&c.client, &lease_id).await;
-    println!(
-        "the lease pod's workload runs {:?} after the lease",
-        running.elapsed()
-    );
     assert_eq!(
         pod.spec.as_ref().unwrap().node_name.as_deref(),
         Some(REAL_NODE)
