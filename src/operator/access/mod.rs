@@ -219,12 +219,15 @@ impl<R: Reach> Relay<R> {
             running: lease.running,
             log_containers: Some(&containers),
         };
-        let access = match &call.what {
-            Some(access_call::What::Logs(options)) => Access::Logs {
+        let what = call
+            .what
+            .as_ref()
+            .ok_or_else(|| Rejection::invalid("what", "is required"))?;
+        let access = match what {
+            access_call::What::Logs(options) => Access::Logs {
                 container: &options.container,
             },
-            Some(access_call::What::Port(port)) => Access::Connect { port: *port },
-            None => return Err(Rejection::invalid("what", "is required")),
+            access_call::What::Port(port) => Access::Connect { port: *port },
         };
         access::authorize(&token, &facts, access)?;
         self.tokens.lock().expect("tokens lock").admit(
@@ -234,14 +237,13 @@ impl<R: Reach> Relay<R> {
             now,
         )?;
         let held = self.limits.hold(&lease)?;
-        let served = match &call.what {
-            Some(access_call::What::Logs(options)) => {
+        let served = match what {
+            access_call::What::Logs(options) => {
                 Served::Logs(self.reach.logs(&lease, options).await?)
             }
-            Some(access_call::What::Port(port)) => {
+            access_call::What::Port(port) => {
                 Served::Connection(self.reach.dial(&lease, *port).await?)
             }
-            None => unreachable!("checked above"),
         };
         Ok((served, lease, held))
     }
