@@ -310,20 +310,18 @@ async fn serve_call<R: Reach>(relay: &Relay<R>, client: RelayClient<Channel>, ca
     let mut from_gateway = from_gateway;
     let copied = match served {
         // Nothing comes from the gateway on a log until its end: the buyer left. A quiet
-        // `--follow` is a normal wait: a log has no idle limit.
+        // `--follow` is a normal wait, and the log ends with its container (the kubelet ends
+        // it), its last lines included: a log is not cut when its lease stops running.
         Served::Logs(log) => {
-            let copy = async {
-                tokio::select! {
-                    copied = pipe.copy_out(log, to_gateway) => copied,
-                    _ = ended(&mut from_gateway) => Err("the buyer stopped reading".to_string()),
-                }
-            };
-            pipe.watched(copy, None).await
+            tokio::select! {
+                copied = pipe.copy_out(log, to_gateway) => copied,
+                _ = ended(&mut from_gateway) => Err("the buyer stopped reading".to_string()),
+            }
         }
         Served::Connection(connection) => {
             let idle = Duration::from_secs(u64::from(lease.limits.idle_timeout_seconds));
             let copy = pipe.connection(connection, &mut from_gateway, to_gateway);
-            pipe.watched(copy, Some(idle)).await
+            pipe.watched(copy, idle).await
         }
     };
     match copied {
@@ -361,18 +359,15 @@ impl<R: Reach> Pipe<'_, R> {
     async fn watched(
         &self,
         copy: impl Future<Output = Result<(), String>>,
-        idle: Option<Duration>,
+        idle: Duration,
     ) -> Result<(), String> {
         let watch = async {
-            let every = idle.map_or(LEASE_CHECK_EVERY, |idle| LEASE_CHECK_EVERY.min(idle));
             loop {
-                tokio::time::sleep(every).await;
+                tokio::time::sleep(LEASE_CHECK_EVERY.min(idle)).await;
                 let last = Duration::from_millis(
                     u64::try_from(self.last_activity.load(Ordering::Relaxed)).unwrap_or(0),
                 );
-                if let Some(idle) = idle
-                    && self.started.elapsed().saturating_sub(last) >= idle
-                {
+                if self.started.elapsed().saturating_sub(last) >= idle {
                     return format!("idle for {} s", idle.as_secs());
                 }
                 match self.relay.reach.lease(self.lease_id).await {
