@@ -903,3 +903,40 @@ async fn a_connection_ends_when_it_idles_past_the_offers_limit_or_its_lease_stop
         .unwrap();
     assert!(rest.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_network_node_stops_on_sigterm_while_a_provider_holds_a_relay_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::network::free_port();
+    let mut node = support::network::spawn_node(dir.path(), port, &[]);
+    let url = format!("http://127.0.0.1:{port}");
+    support::network::client(&url, generate_key()).await;
+    let provider = generate_key();
+    let mut calls = relay(&url)
+        .calls(seal(&provider, RelayCallsBody { header: None }, now()))
+        .await
+        .unwrap()
+        .into_inner();
+    let signalled = std::process::Command::new("kill")
+        .args(["-TERM", &node.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let stopped = tokio::task::spawn_blocking(move || {
+        for _ in 0..100 {
+            if let Some(status) = node.0.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    })
+    .await
+    .unwrap();
+    assert!(
+        stopped.is_some_and(|s| s.success()),
+        "the node exits on SIGTERM within 10 s: {stopped:?}"
+    );
+    // The provider saw its stream end, and reconnects elsewhere.
+    assert!(!matches!(calls.message().await, Ok(Some(_))));
+}

@@ -218,11 +218,20 @@ pub async fn run(args: NetworkArgs) -> Result<(), NetworkError> {
             .map_err(|e| NetworkError::Tls(e.to_string()))?;
     }
     let service = GatewayServer::new(gateway).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    // A graceful stop waits for open streams to end: the providers' relay streams never do
+    // of themselves, so they are ended first.
+    let stopped = {
+        let (signalled, relay) = (Shutdown::on_signals().signalled(), relay.clone());
+        async move {
+            signalled.await;
+            relay.end_streams();
+        }
+    };
     let relay = RelayServer::new(relay).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let served = server
         .add_service(service)
         .add_service(relay)
-        .serve_with_shutdown(args.listen, Shutdown::on_signals().signalled());
+        .serve_with_shutdown(args.listen, stopped);
     let served = async {
         served.await.map_err(|source| NetworkError::Serve {
             addr: args.listen,

@@ -107,6 +107,16 @@ impl RelayService {
         }
     }
 
+    /// Ends every provider's relay stream and every call waiting for its answer, for a stop.
+    pub fn end_streams(&self) {
+        self.shared
+            .providers
+            .lock()
+            .expect("providers lock")
+            .clear();
+        self.shared.pending.lock().expect("pending lock").clear();
+    }
+
     /// Opens a provider's signed request, fresh and never seen before (its nonce is
     /// remembered for as long as the request would be fresh).
     fn open_once<M: Signable + Default + HasHeader>(
