@@ -27,10 +27,8 @@ use crate::wire::proto::{
     AccessCall, AttachBody, Chunk, LeaseBody, LogsRequest, OrderBody, RelayCallsBody, Signed,
     access_call, chunk,
 };
-use crate::wire::{Opened, Rejection, open};
+use crate::wire::{MAX_CHUNK_BYTES, Opened, Rejection, open};
 
-/// Largest piece of data either side sends in one chunk.
-pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
 /// Chunks buffered per direction of a call: with HTTP/2's per-stream flow control, what a slow
 /// reader holds up is its own call only.
 const BUFFERED_CHUNKS: usize = 8;

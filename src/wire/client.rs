@@ -10,6 +10,7 @@ use tonic::{Status, Streaming};
 use crate::wire::amount::Amount;
 use crate::wire::envelope::{HasHeader, Signable, seal};
 use crate::wire::proto::gateway_client::GatewayClient;
+use crate::wire::proto::relay_client::RelayClient;
 use crate::wire::proto::{
     BalanceReply, BondBody, CancelBody, ChallengeBody, ChallengeReply, DepositBody, EvidenceReply,
     EvidenceSubmitBody, HeartbeatBody, InfoReply, InfoRequest, LeaseDecisionBody, LeaseEndBody,
@@ -80,6 +81,12 @@ fn endpoint(target: &Target) -> Result<Endpoint, ConnectError> {
         endpoint = endpoint.tls_config(tls).map_err(|e| fail(e.to_string()))?;
     }
     Ok(endpoint)
+}
+
+/// A client of a gateway's relay (buyer access, relay.proto), decoding messages up to the
+/// protocol's limit.
+pub fn relay_client(channel: Channel) -> RelayClient<Channel> {
+    RelayClient::new(channel).max_decoding_message_size(crate::wire::MAX_MESSAGE_BYTES)
 }
 
 #[derive(Clone)]

@@ -38,6 +38,9 @@ pub fn server() -> tonic::transport::Server {
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
 }
 
+/// Largest piece of data one relay chunk carries (relay.proto), either way.
+pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
+
 /// Largest gRPC message either end decodes; signed bodies are capped lower (64 KiB,
 /// 192 KiB for batches of receipts and evidence).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;

@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::access::Scope;
-use crate::wire::MAX_MESSAGE_BYTES;
+use crate::wire::MAX_CHUNK_BYTES;
 use crate::wire::envelope::seal;
 use crate::wire::proto::relay_client::RelayClient;
 use crate::wire::proto::{
@@ -23,8 +23,6 @@ use crate::wire::proto::{
 
 /// How long a token the CLI signs stays valid: long enough to reach the provider.
 const TOKEN_SECONDS: i64 = 120;
-/// Bytes read from a local connection per chunk (the relay's limit).
-const CHUNK_BYTES: usize = 64 * 1024;
 /// The longest wait between attempts to resume a followed log.
 const MAX_RESUME_DELAY: Duration = Duration::from_secs(5);
 
@@ -49,9 +47,7 @@ impl Tokens {
     }
 }
 
-pub fn relay_client(channel: Channel) -> RelayClient<Channel> {
-    RelayClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES)
-}
+pub use crate::wire::client::relay_client;
 
 /// The lines of a log as its chunks arrive: each line starts with the time the kubelet
 /// stamped it with, which is what a resumed stream starts again from. Lines at or before the
@@ -247,7 +243,7 @@ pub async fn tunnel(
         .into_inner();
     let (mut read, mut write) = socket.into_split();
     let upload = async move {
-        let mut buffer = vec![0u8; CHUNK_BYTES];
+        let mut buffer = vec![0u8; MAX_CHUNK_BYTES];
         loop {
             let n = read.read(&mut buffer).await.unwrap_or(0);
             if n == 0 {

@@ -33,12 +33,10 @@ use crate::wire::proto::relay_client::RelayClient;
 use crate::wire::proto::{
     AccessCall, AttachBody, Chunk, LogOptions, Refused, RelayCallsBody, access_call, chunk,
 };
-use crate::wire::{MAX_MESSAGE_BYTES, Rejection};
+use crate::wire::{MAX_CHUNK_BYTES, Rejection};
 
 pub use limits::{LeaseLimits, Limits};
 
-/// Largest chunk of data sent to a gateway (the gateway's limit too).
-const CHUNK_BYTES: usize = 64 * 1024;
 /// Chunks buffered toward a gateway per call.
 const BUFFERED_CHUNKS: usize = 8;
 /// Tokens remembered against replay, each until it expires.
@@ -169,7 +167,7 @@ async fn keep_open<R: Reach>(relay: Arc<Relay<R>>, target: Target) {
 /// One relay stream: each call it brings is served on a task of its own.
 async fn serve_calls<R: Reach>(relay: &Arc<Relay<R>>, target: &Target) -> Result<(), String> {
     let channel = client::channel(target).map_err(|e| e.to_string())?;
-    let client = RelayClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let client = client::relay_client(channel);
     let signed = seal(&relay.key, RelayCallsBody { header: None }, now());
     let mut calls = client
         .clone()
@@ -390,7 +388,7 @@ impl<R: Reach> Pipe<'_, R> {
         mut from: impl AsyncRead + Unpin,
         to_gateway: mpsc::Sender<Chunk>,
     ) -> Result<(), String> {
-        let mut buffer = vec![0u8; CHUNK_BYTES];
+        let mut buffer = vec![0u8; MAX_CHUNK_BYTES];
         loop {
             let n = from
                 .read(&mut buffer)
