@@ -8,7 +8,7 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use gpubridge::attestation::TrustTier;
 use gpubridge::identity::{generate_key, issue_lease_certificate};
-use gpubridge::metering::{ChainHead, LeaseTerms, Step, check_next, seal_receipt};
+use gpubridge::metering::{ChainHead, LeaseTerms, Step, WindowReport, check_next, seal_receipt};
 use gpubridge::node::matching::{BookOffer, OrderTerms, best_offer};
 use gpubridge::node::state::{Block, Outcome, State, Tx};
 use gpubridge::node::{Params, Store};
@@ -246,10 +246,12 @@ fn receipt_verification(c: &mut Criterion) {
         1,
         &ChainHead::default(),
         start,
-        start + 10,
-        usage(),
-        Attribution::Measured,
-        false,
+        WindowReport {
+            window_end_ms: start + 10,
+            gpus: usage(),
+            attribution: Attribution::Measured,
+            ..WindowReport::default()
+        },
     );
     let (second, _) = seal_receipt(
         &key,
@@ -257,10 +259,12 @@ fn receipt_verification(c: &mut Criterion) {
         1,
         &head,
         start,
-        start + 20,
-        usage(),
-        Attribution::Measured,
-        false,
+        WindowReport {
+            window_end_ms: start + 20,
+            gpus: usage(),
+            attribution: Attribution::Measured,
+            ..WindowReport::default()
+        },
     );
     let terms = LeaseTerms {
         lease_id: "lease-1".into(),
@@ -348,10 +352,12 @@ fn store_receipts(c: &mut Criterion) {
                     1,
                     &head,
                     start_ms,
-                    end,
-                    usage(),
-                    Attribution::Measured,
-                    false,
+                    WindowReport {
+                        window_end_ms: end,
+                        gpus: usage(),
+                        attribution: Attribution::Measured,
+                        ..WindowReport::default()
+                    },
                 );
                 head = next;
                 signed

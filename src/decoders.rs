@@ -178,6 +178,7 @@ mod tests {
                 gpus: vec![],
                 attribution: crate::wire::proto::Attribution::AllocationOnly as i32,
                 r#final: false,
+                access: None,
             };
             let mut bytes = receipt.encode_to_vec();
             for (at, value) in flips {
@@ -226,7 +227,9 @@ mod tests {
     /// harness's properties run on it.
     #[test]
     fn a_valid_receipt_reaches_the_checks() {
-        use crate::metering::{ChainHead, LeaseTerms, Step, check_next, seal_receipt};
+        use crate::metering::{
+            ChainHead, LeaseTerms, Step, WindowReport, check_next, seal_receipt,
+        };
         use crate::wire::proto::Attribution;
         let (signed, _) = seal_receipt(
             &PROVIDER,
@@ -234,10 +237,11 @@ mod tests {
             2,
             &ChainHead::default(),
             1_000,
-            2_000,
-            vec![],
-            Attribution::AllocationOnly,
-            false,
+            WindowReport {
+                window_end_ms: 2_000,
+                attribution: Attribution::AllocationOnly,
+                ..WindowReport::default()
+            },
         );
         let terms = LeaseTerms {
             lease_id: "lease-1".into(),

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use gpubridge::access::Scope;
 use gpubridge::cli::order::access::{self as buyer_access, Tokens};
+use gpubridge::crd::LeaseAccess;
 use gpubridge::identity::generate_key;
 use gpubridge::node::relay::RelayService;
 use gpubridge::operator::access::{
@@ -81,6 +82,37 @@ impl Pod {
             lease.limits.max_connections = max_connections;
         }
     }
+
+    fn set_max_bytes_per_second(&self, limit: Option<u32>) {
+        if let Some(lease) = self.lease.lock().unwrap().as_mut() {
+            lease.limits.max_bytes_per_second = limit;
+        }
+    }
+
+    /// What the operator last recorded on the lease's status.
+    fn recorded(&self) -> LeaseAccess {
+        self.lease
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|l| l.access)
+            .unwrap_or_default()
+    }
+
+    /// Waits until the recorded access satisfies `settled`.
+    async fn recorded_when(&self, settled: impl Fn(&LeaseAccess) -> bool) -> LeaseAccess {
+        for _ in 0..150 {
+            let recorded = self.recorded();
+            if settled(&recorded) {
+                return recorded;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "the lease's access was not recorded as expected: {:?}",
+            self.recorded()
+        );
+    }
 }
 
 #[derive(Clone)]
@@ -127,6 +159,17 @@ impl Reach for TestReach {
             }
         });
         Ok(Box::pin(tokio::io::BufReader::new(reader)))
+    }
+
+    async fn record(&self, lease_id: &str, access: LeaseAccess) -> Result<(), Rejection> {
+        // As the status would: the next read of the lease carries it.
+        match self.0.lease.lock().unwrap().as_mut() {
+            Some(lease) if lease.lease_id == lease_id => {
+                lease.access = access;
+                Ok(())
+            }
+            _ => Err(Rejection::NotFound(format!("lease {lease_id} is gone"))),
+        }
     }
 
     async fn dial(&self, _: &LeaseView, port: u32) -> Result<Connection, Rejection> {
@@ -216,6 +259,50 @@ impl Drop for Operator {
     }
 }
 
+/// Another gateway of the network (each validator serves one), in a runtime of its own so that
+/// stopping it cuts every stream it carries, as a crash would.
+struct Gateway {
+    url: String,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Gateway {
+    fn start(store: &Arc<gpubridge::node::Store>) -> Gateway {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let relay = RelayServer::new(RelayService::new(store.clone()));
+        runtime.spawn(async move {
+            let listener = TcpListener::from_std(listener).unwrap();
+            gpubridge::wire::server()
+                .add_service(relay)
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await
+        });
+        Gateway {
+            url,
+            runtime: Some(runtime),
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 struct World {
     node: Node,
     provider: SigningKey,
@@ -252,7 +339,9 @@ async fn world() -> World {
             limits: LeaseLimits {
                 max_connections: 64,
                 idle_timeout_seconds: 60,
+                max_bytes_per_second: None,
             },
+            access: LeaseAccess::default(),
         })),
         echo: echo_server().await,
         log,
@@ -433,17 +522,8 @@ async fn tokens_for_another_buyer_lease_port_scope_time_or_use_are_refused() {
     let stranger = generate_key();
     // A second gateway of the same network (as each validator serves one): the operator keeps
     // a relay stream open to each.
-    let second = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let relay = RelayServer::new(RelayService::new(w.node.store.clone()));
-        tokio::spawn(
-            gpubridge::wire::server()
-                .add_service(relay)
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
-        url
-    };
+    let gateway = Gateway::start(&w.node.store);
+    let second = gateway.url.clone();
     let mut operator = w.operator(&[w.node.url.clone(), second.clone()]);
     relay_up(&w, &w.node.url).await;
     relay_up(&w, &second).await;
@@ -585,6 +665,69 @@ async fn tokens_for_another_buyer_lease_port_scope_time_or_use_are_refused() {
             offline.message()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_and_a_followed_log_go_on_through_another_gateway_when_one_fails() {
+    let w = world().await;
+    let mut gateway = Gateway::start(&w.node.store);
+    let _operator = w.operator(&[w.node.url.clone(), gateway.url.clone()]);
+    relay_up(&w, &w.node.url).await;
+    relay_up(&w, &gateway.url).await;
+    // The buyer's CLI with both gateways (`--network A,B`): one channel over both.
+    let targets: Vec<Target> = [&gateway.url, &w.node.url]
+        .into_iter()
+        .map(|url| Target {
+            url: url.clone(),
+            ca_file: None,
+        })
+        .collect();
+    let both = buyer_access::relay_client(gpubridge::wire::client::any_channel(&targets).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local = listener.local_addr().unwrap();
+    tokio::spawn(buyer_access::forward(
+        both.clone(),
+        w.tokens(),
+        PORT,
+        listener,
+    ));
+    let out = Shared::default();
+    let follow = {
+        let (relay, tokens, out) = (both.clone(), w.tokens(), out.clone());
+        tokio::spawn(async move {
+            let options = LogOptions {
+                follow: true,
+                ..LogOptions::default()
+            };
+            buyer_access::logs(relay, &tokens, options, false, out).await
+        })
+    };
+    w.pod.append("before");
+    out.wait_for_lines(1).await;
+    for i in 0..10u8 {
+        let message = vec![i; 1000];
+        assert_eq!(round_trip(local, &message).await, message);
+    }
+
+    // A gateway fails: what it carried breaks; the log resumes and new connections open
+    // through the other.
+    gateway.stop();
+    w.pod.append("after");
+    for i in 0..10u8 {
+        let message = vec![i; 1000];
+        let echoed = tokio::time::timeout(Duration::from_secs(20), round_trip(local, &message))
+            .await
+            .expect("a connection opened through the gateway still up");
+        assert_eq!(echoed, message, "connection {i} after the failover");
+    }
+    out.wait_for_lines(2).await;
+    w.pod.end_log();
+    tokio::time::timeout(Duration::from_secs(30), follow)
+        .await
+        .expect("the log ends when the container ends")
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.text(), "before\nafter\n", "no line lost or repeated");
 }
 
 /// A `Write` the test reads while the log is followed.
@@ -874,6 +1017,48 @@ async fn echo(socket: &mut TcpStream, message: &[u8]) {
     let mut echoed = vec![0u8; message.len()];
     socket.read_exact(&mut echoed).await.unwrap();
     assert_eq!(echoed, message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leases_bytes_and_calls_are_recorded_on_its_status_and_paced_by_its_offer() {
+    let w = world().await;
+    let _operator = w.operator(std::slice::from_ref(&w.node.url));
+    relay_up(&w, &w.node.url).await;
+    // The probe call of `relay_up` is counted too.
+    let before = w.pod.recorded_when(|a| a.connections >= 1).await;
+    let local = forwarder(&w).await;
+    let message = vec![5u8; 10_000];
+    for _ in 0..3 {
+        assert_eq!(round_trip(local, &message).await, message);
+    }
+    let after = w
+        .pod
+        .recorded_when(|a| {
+            a.connections == before.connections + 3
+                && a.bytes_to_workload >= before.bytes_to_workload + 30_000
+                && a.bytes_from_workload >= before.bytes_from_workload + 30_000
+        })
+        .await;
+    assert_eq!(
+        (
+            after.bytes_to_workload - before.bytes_to_workload,
+            after.bytes_from_workload - before.bytes_from_workload,
+            after.log_streams,
+        ),
+        (30_000, 30_000, 0),
+        "each byte is counted once each way"
+    );
+
+    // At 64 KiB/s, 96 KiB each way pass one burst (64 KiB) at once and the rest at the pace.
+    w.pod.set_max_bytes_per_second(Some(64 * 1024));
+    let message = vec![9u8; 96 * 1024];
+    let started = Instant::now();
+    assert_eq!(round_trip(local, &message).await, message);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1_500),
+        "192 KiB through a 64 KiB/s lease took only {took:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -6,7 +6,7 @@ mod support;
 
 use ed25519_dalek::SigningKey;
 use gpubridge::identity::{generate_key, issue_lease_certificate, public_key_base58};
-use gpubridge::metering::{ChainHead, seal_receipt};
+use gpubridge::metering::{ChainHead, WindowReport, seal_receipt};
 use gpubridge::operator::intake::verify_lease;
 use gpubridge::wire::amount::Amount;
 use gpubridge::wire::envelope::{header, seal, sign_body};
@@ -78,10 +78,11 @@ impl Meter {
                     self.gpus,
                     &head,
                     self.start_ms,
-                    end,
-                    vec![],
-                    Attribution::AllocationOnly,
-                    false,
+                    WindowReport {
+                        window_end_ms: end,
+                        attribution: Attribution::AllocationOnly,
+                        ..WindowReport::default()
+                    },
                 );
                 head = next;
                 signed

@@ -469,6 +469,19 @@ async fn the_operator_runs_from_its_image_on_the_real_node_and_a_lease_there_set
         .unwrap();
     settled_exactly(&lease, &ended, &logged, PRICE);
     metered_from_the_probes_pass(&lease, &logged);
+    // The relay counted the buyer's calls on the lease, and the meter's receipts carried them
+    // to the network: the page's connection (and the probes for the relay coming up), and the
+    // followed log.
+    let access = lease
+        .status
+        .as_ref()
+        .and_then(|s| s.usage.as_ref()?.access)
+        .expect("the receipts carried the buyer's access");
+    assert!(
+        access.connections >= 1 && access.log_streams >= 1 && access.bytes_from_workload > 0,
+        "{access:?}"
+    );
+    println!("metered access: {access:?}");
     assert!(
         ended.charged.parse::<u128>().unwrap() < ended.held.parse::<u128>().unwrap(),
         "a 20 s workload is charged less than a minute's hold: {ended:?}"

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use gpubridge::crd::{ComputeLease, LeasePhase, NODE_ANNOTATION};
+use gpubridge::crd::{ComputeLease, LeaseAccess, LeaseAccessPart, LeasePhase, NODE_ANNOTATION};
 use gpubridge::identity::generate_key;
+use gpubridge::operator::collector::summary::lease_access;
 use gpubridge::sidecar::receipt_log::ReceiptLog;
 use gpubridge::wire::amount::Amount;
 use gpubridge::wire::client::NetworkClient;
-use gpubridge::wire::proto::{EnvVar, OrderBody, OrderState, OrderView, Workload};
+use gpubridge::wire::proto::{AccessUsage, EnvVar, OrderBody, OrderState, OrderView, Workload};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, ResourceExt};
@@ -173,6 +174,15 @@ async fn a_metered_lease_survives_crashes_of_everything_and_settles_exactly() {
         }
     })
     .await;
+    // The buyer's calls, as the operator's relay records them on the lease (its own e2e is
+    // the real node's): the meter carries them into its receipts, across every crash below.
+    let calls = |bytes_to_workload, bytes_from_workload, connections, log_streams| LeaseAccess {
+        bytes_to_workload,
+        bytes_from_workload,
+        connections,
+        log_streams,
+    };
+    record_access(&c.client, &lease_id, calls(1_000, 250_000, 3, 1)).await;
 
     // Crashes at random moments: the meter, the network node, the operator, the meter again.
     tokio::time::sleep(random_ms(3_000)).await;
@@ -189,6 +199,8 @@ async fn a_metered_lease_survives_crashes_of_everything_and_settles_exactly() {
     sidecars.kill_meter();
     sidecars.start_meter();
     operator.wait_ready().await;
+    let all_calls = calls(5_000, 900_000, 7, 2);
+    record_access(&c.client, &lease_id, all_calls).await;
 
     // Refusals, each visible on the lease while the meter is down (it would clear them).
     eventually("the restarted meter to catch up", 30 * SECOND, || async {
@@ -215,6 +227,11 @@ async fn a_metered_lease_survives_crashes_of_everything_and_settles_exactly() {
     let lease = end_reported(&c.client, &lease_id, 30 * SECOND).await;
     settled_exactly(&lease, &ended, &logged, 9 * UNIT / 10);
     metered_from_the_probes_pass(&lease, &logged);
+    assert_eq!(
+        lease.status.as_ref().and_then(|s| s.usage.as_ref()?.access),
+        Some(all_calls),
+        "every call recorded reached the receipts once, across the crashes"
+    );
 
     // What the operator exports passes promtool's checks, and every dashboard panel has data.
     let scrape = http_get(&format!("{}/metrics", operator.http))
@@ -232,6 +249,19 @@ async fn a_metered_lease_survives_crashes_of_everything_and_settles_exactly() {
         .delete("rtx-workstation", &DeleteParams::default())
         .await
         .unwrap();
+}
+
+/// Writes `access` onto the lease's status as the operator's relay does.
+async fn record_access(client: &Client, lease_id: &str, access: LeaseAccess) {
+    gpubridge::operator::status::apply_status::<ComputeLease>(
+        client,
+        lease_id,
+        gpubridge::operator::access::kube::ACCESS_FIELD_MANAGER,
+        None,
+        &LeaseAccessPart { access },
+    )
+    .await
+    .unwrap();
 }
 
 /// The lease once the operator recorded its end report: the network settles the end first, and
@@ -315,6 +345,24 @@ pub(crate) fn settled_exactly(
         settled.charged.map(|c| c.to_string()).as_deref(),
         Some(ended.charged.as_str())
     );
+    // Buyer access: what the receipts carried is what the network summed, for the operator's
+    // status and the buyer's view alike.
+    let carried = logged
+        .iter()
+        .filter_map(|r| r.access)
+        .fold(AccessUsage::default(), |sum, more| {
+            gpubridge::metering::access::add(&sum, &more)
+        });
+    assert_eq!(
+        settled.access,
+        gpubridge::metering::access::any(&carried).then(|| lease_access(carried)),
+        "the network's sum of the access the receipts carried"
+    );
+    assert_eq!(
+        ended.lease.as_ref().and_then(|l| l.access),
+        Some(carried),
+        "the buyer sees the access the receipts carried"
+    );
     println!(
         "settled: {} receipts, {allocated} GPU-ms, charged {} of {hold} held",
         logged.len(),
@@ -394,6 +442,7 @@ async fn an_early_window_is_refused(
         gpus: vec![],
         attribution: gpubridge::wire::proto::Attribution::AllocationOnly as i32,
         r#final: false,
+        access: None,
     };
     let reply = sidecar
         .submit_receipts(vec![sign_body(&credentials.key, &early)])
@@ -452,6 +501,7 @@ async fn forgeries_are_refused_and_shown(
         gpus: vec![],
         attribution: gpubridge::wire::proto::Attribution::AllocationOnly as i32,
         r#final: false,
+        access: None,
     };
 
     let mut forged = sign_body(&credentials.key, &next);

@@ -350,6 +350,23 @@ pub struct LeaseUsage {
     /// The meter's final receipt was accepted: nothing more will be metered.
     #[serde(default)]
     pub final_received: bool,
+    /// Buyer access over the accepted receipts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<LeaseAccess>,
+}
+
+/// Buyer access relayed to a lease's workload.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseAccess {
+    /// Bytes from the buyer to the workload's ports.
+    pub bytes_to_workload: u64,
+    /// Bytes from the workload's ports to the buyer.
+    pub bytes_from_workload: u64,
+    /// Connections opened to the workload's ports.
+    pub connections: u64,
+    /// Log streams read.
+    pub log_streams: u64,
 }
 
 /// What the attestation sidecar proved about where the lease runs.
@@ -411,6 +428,10 @@ pub struct ComputeLeaseStatus {
     /// Usage from accepted meter receipts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<LeaseUsage>,
+    /// Buyer access relayed to the lease so far, as the operator counts it; the meter carries it
+    /// into its receipts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<LeaseAccess>,
     /// Attestation of where the lease runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attestation: Option<LeaseAttestation>,

@@ -194,6 +194,15 @@ pub struct AccessPolicy {
     #[serde(default = "default_idle_timeout_seconds")]
     #[schemars(range(min = 10, max = 86400))]
     pub idle_timeout_seconds: u32,
+    /// Bytes per second one lease's connections and log streams may carry, both ways together;
+    /// unlimited when unset. At least 65536 (one relayed chunk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 65536))]
+    pub max_bytes_per_second: Option<u32>,
+    /// Whether buyers may read the logs of the lease pod's sidecars (probe, meter, attest) as well
+    /// as their workload's: those are the provider's. Defaults to false.
+    #[serde(default)]
+    pub sidecar_logs: bool,
 }
 
 impl Default for AccessPolicy {
@@ -201,6 +210,8 @@ impl Default for AccessPolicy {
         AccessPolicy {
             max_connections: default_max_connections(),
             idle_timeout_seconds: default_idle_timeout_seconds(),
+            max_bytes_per_second: None,
+            sidecar_logs: false,
         }
     }
 }

@@ -9,8 +9,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde::Serialize;
 
 use super::{
-    ComputeLeaseStatus, GpuOfferStatus, LeaseAttestation, LeasePhase, LeaseUsage, ModelCapacity,
-    NodeCapacity, OfferState, Termination,
+    ComputeLeaseStatus, GpuOfferStatus, LeaseAccess, LeaseAttestation, LeasePhase, LeaseUsage,
+    ModelCapacity, NodeCapacity, OfferState, Termination,
 };
 
 /// The lease condition the collector writes with the usage it reports.
@@ -139,6 +139,13 @@ pub struct LeaseAttestationPart {
     pub conditions: [Condition; 1],
 }
 
+/// What the operator's relay writes of a lease's status: the access it counted.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseAccessPart {
+    pub access: LeaseAccess,
+}
+
 /// What the network session writes of a lease's status: when its end was reported.
 #[derive(Serialize, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -161,9 +168,10 @@ impl ComputeLeaseStatus {
             ends_at,
             finished_at,
             termination,
-            // The collector's (LeaseMeteringPart, LeaseAttestationPart) and the session's
-            // (LeaseReportPart).
+            // The collector's (LeaseMeteringPart, LeaseAttestationPart), the session's
+            // (LeaseReportPart) and the relay's (LeaseAccessPart).
             usage: _,
+            access: _,
             attestation: _,
             reported_at: _,
             conditions,
@@ -262,6 +270,7 @@ conditions: [{type: Ready, status: "True", reason: R, message: "", lastTransitio
             finished_at: time(),
             termination: None,
             usage: Some(LeaseUsage::default()),
+            access: Some(LeaseAccess::default()),
             attestation: Some(LeaseAttestation {
                 trust_tier: "self-reported".into(),
                 last_verified: time(),
@@ -280,7 +289,7 @@ conditions: [{type: Ready, status: "True", reason: R, message: "", lastTransitio
         };
         let part = status.phase_part();
         let written = keys(&part);
-        for theirs in ["usage", "attestation", "reportedAt"] {
+        for theirs in ["usage", "access", "attestation", "reportedAt"] {
             assert!(!written.contains(theirs), "{theirs}");
         }
         assert!(written.contains("startedAt") && written.contains("conditions"));

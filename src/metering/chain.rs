@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::identity;
+use crate::metering::access;
 use crate::wire::envelope::{Signable, sign_body};
-use crate::wire::proto::{Attribution, GpuUsage, Receipt, Signed};
+use crate::wire::proto::{AccessUsage, Attribution, GpuUsage, Receipt, Signed};
 
 /// `previous_hash` of the first receipt.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
@@ -66,6 +67,40 @@ pub struct Totals {
     pub utilization_weighted: u128,
     /// Σ allocated GPU-milliseconds of the receipts that measured utilization.
     pub utilization_weight: u128,
+    /// Buyer access over the receipts.
+    #[serde(default)]
+    pub access: AccessTotals,
+}
+
+/// [`AccessUsage`] summed over receipts, in the form the network's state keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessTotals {
+    pub bytes_to_workload: u64,
+    pub bytes_from_workload: u64,
+    pub connections: u64,
+    pub log_streams: u64,
+}
+
+impl From<AccessTotals> for AccessUsage {
+    fn from(t: AccessTotals) -> AccessUsage {
+        AccessUsage {
+            bytes_to_workload: t.bytes_to_workload,
+            bytes_from_workload: t.bytes_from_workload,
+            connections: t.connections,
+            log_streams: t.log_streams,
+        }
+    }
+}
+
+impl From<AccessUsage> for AccessTotals {
+    fn from(u: AccessUsage) -> AccessTotals {
+        AccessTotals {
+            bytes_to_workload: u.bytes_to_workload,
+            bytes_from_workload: u.bytes_from_workload,
+            connections: u.connections,
+            log_streams: u.log_streams,
+        }
+    }
 }
 
 impl Totals {
@@ -84,6 +119,9 @@ impl Totals {
                 / receipt.gpus.len() as u128;
             self.utilization_weighted += mean * u128::from(receipt.allocated_gpu_millis);
             self.utilization_weight += u128::from(receipt.allocated_gpu_millis);
+        }
+        if let Some(access) = &receipt.access {
+            self.access = access::add(&self.access.into(), access).into();
         }
     }
 
@@ -337,21 +375,29 @@ fn check_figures(terms: &LeaseTerms, receipt: &Receipt) -> Result<(), ReceiptRej
     Ok(())
 }
 
-/// The receipt after `head`, for the window from the head's end (or `first_start_ms`) to
-/// `window_end_ms`, signed with the lease key.
-#[allow(clippy::too_many_arguments)]
+/// What a meter closes a window with.
+#[derive(Clone, Debug, Default)]
+pub struct WindowReport {
+    pub window_end_ms: i64,
+    pub gpus: Vec<GpuUsage>,
+    pub attribution: Attribution,
+    /// Buyer access the window added; none when it added nothing.
+    pub access: Option<AccessUsage>,
+    pub r#final: bool,
+}
+
+/// The receipt after `head`, for the window from the head's end (or `first_start_ms`) to the
+/// report's end, signed with the lease key.
 pub fn seal_receipt(
     key: &SigningKey,
     lease_id: &str,
     gpus: u32,
     head: &ChainHead,
     first_start_ms: i64,
-    window_end_ms: i64,
-    usage: Vec<GpuUsage>,
-    attribution: Attribution,
-    r#final: bool,
+    report: WindowReport,
 ) -> (Signed, ChainHead) {
     let window_start_ms = head.window_end_ms.unwrap_or(first_start_ms);
+    let window_end_ms = report.window_end_ms;
     let receipt = Receipt {
         lease_id: lease_id.to_string(),
         sequence: head.sequence + 1,
@@ -359,9 +405,10 @@ pub fn seal_receipt(
         window_start_ms,
         window_end_ms,
         allocated_gpu_millis: u64::from(gpus) * (window_end_ms - window_start_ms).max(0) as u64,
-        gpus: usage,
-        attribution: attribution as i32,
-        r#final,
+        gpus: report.gpus,
+        attribution: report.attribution as i32,
+        r#final: report.r#final,
+        access: report.access,
     };
     let signed = sign_body(key, &receipt);
     let next = head.advance(&receipt, digest(&signed.body));

@@ -1,10 +1,11 @@
 //! Metering (DESIGN §4): receipts — how a meter builds them and how the collector and the
 //! network verify them — and the meter sidecar that samples GPUs and delivers receipts.
 
+pub mod access;
 pub mod chain;
 pub mod window;
 
 pub use chain::{
-    ChainHead, LeaseTerms, ReceiptRejection, Step, Totals, check_next, digest, metering_start,
-    seal_receipt,
+    AccessTotals, ChainHead, LeaseTerms, ReceiptRejection, Step, Totals, WindowReport, check_next,
+    digest, metering_start, seal_receipt,
 };

@@ -301,6 +301,7 @@ impl LeaseRecord {
             end_phase: end.map(|e| e.phase.clone()).unwrap_or_default(),
             end_reason: end.map(|e| e.reason.clone()).unwrap_or_default(),
             fault: end.map(|e| e.fault.clone()).unwrap_or_default(),
+            access: Some(self.totals.access.into()),
         }
     }
 }

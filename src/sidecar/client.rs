@@ -11,8 +11,9 @@ use crate::identity::LeaseCredentials;
 use crate::wire::envelope::{HasHeader, Signable, seal};
 use crate::wire::proto::collector_client::CollectorClient;
 use crate::wire::proto::{
-    ChallengeReply, EvidenceReply, ProbeReply, ProbeStep, ReceiptsReply, SidecarChallengeBody,
-    SidecarEvidenceBody, SidecarProbeBody, SidecarReceiptsBody, Signed,
+    AccessUsage, ChallengeReply, EvidenceReply, ProbeReply, ProbeStep, ReceiptsReply,
+    SidecarAccessBody, SidecarChallengeBody, SidecarEvidenceBody, SidecarProbeBody,
+    SidecarReceiptsBody, Signed,
 };
 
 /// What every process of a lease pod is told: its lease, where the lease's identity is mounted,
@@ -105,5 +106,14 @@ impl SidecarClient {
         };
         let signed = self.seal(body);
         Ok(self.inner.clone().submit_probe(signed).await?.into_inner())
+    }
+
+    pub async fn access_count(&self) -> Result<AccessUsage, Status> {
+        let body = SidecarAccessBody {
+            header: None,
+            certificate: self.credentials.certificate.clone(),
+        };
+        let signed = self.seal(body);
+        Ok(self.inner.clone().access_count(signed).await?.into_inner())
     }
 }

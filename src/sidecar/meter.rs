@@ -16,20 +16,23 @@ use super::gpu::GpuSourceArgs;
 use crate::gpu::{DeviceInfo, GpuSource};
 use crate::identity::LeaseCredentials;
 use crate::identity::lease_files::{self, LeaseFilesError};
-use crate::metering::chain::seal_receipt;
+use crate::metering::access;
+use crate::metering::chain::{WindowReport, seal_receipt};
 use crate::metering::window::Window;
 use crate::process::http::{self, Probe};
 use crate::process::shutdown::Shutdown;
 use crate::process::telemetry::LogFormat;
 use crate::sidecar::client::{LeaseArgs, SidecarClient};
 use crate::sidecar::receipt_log::{LogError, ReceiptLog};
-use crate::wire::proto::{Attribution, Signed};
+use crate::wire::proto::{AccessUsage, Attribution, Signed};
 
 /// Receipts per delivery, and their encoded size, kept well under the collector's body limit.
 const DELIVERY_MAX_RECEIPTS: usize = 64;
 const DELIVERY_MAX_BYTES: usize = 96 * 1024;
 /// How long a stopping meter tries to deliver its final receipt: inside the pod's 30 s grace.
 const FINAL_DELIVERY_DEADLINE: Duration = Duration::from_secs(20);
+/// How long sealing a receipt waits for the lease's access count.
+const ACCESS_COUNT_WITHIN: Duration = Duration::from_secs(3);
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct MeterArgs {
@@ -182,7 +185,27 @@ impl Meter {
         }
     }
 
-    fn seal(&mut self, r#final: bool) -> Result<(), MeterError> {
+    /// What the buyer's access added since the logged receipts, by the operator's count; none
+    /// when the collector cannot say now (the next window carries it).
+    async fn access_increment(&self) -> Option<AccessUsage> {
+        let count = match tokio::time::timeout(ACCESS_COUNT_WITHIN, self.client.access_count())
+            .await
+        {
+            Ok(Ok(count)) => count,
+            Ok(Err(status)) => {
+                warn!(code = ?status.code(), message = %status.message(),
+                        "cannot read the lease's access count; the next receipt carries it");
+                return None;
+            }
+            Err(_) => {
+                warn!("the lease's access count did not come in time; the next receipt carries it");
+                return None;
+            }
+        };
+        Some(access::increment(&count, &self.log.access)).filter(access::any)
+    }
+
+    fn seal(&mut self, access: Option<AccessUsage>, r#final: bool) -> Result<(), MeterError> {
         let (mut usage, next_window) = std::mem::take(&mut self.window).close();
         self.window = next_window;
         let mut attribution = self.attribution;
@@ -203,10 +226,13 @@ impl Meter {
             self.args.gpus,
             &self.log.head,
             self.first_start_ms,
-            now_ms.max(start + 1),
-            usage,
-            attribution,
-            r#final,
+            WindowReport {
+                window_end_ms: now_ms.max(start + 1),
+                gpus: usage,
+                attribution,
+                access,
+                r#final,
+            },
         );
         self.log.append(signed, head)?;
         self.metrics.sealed.inc();
@@ -333,14 +359,16 @@ pub async fn run(args: MeterArgs) -> Result<(), MeterError> {
             _ = sample.tick() => meter.sample(),
             _ = receipt.tick() => {
                 if !meter.log.head.final_received {
-                    meter.seal(false)?;
+                    let access = meter.access_increment().await;
+                    meter.seal(access, false)?;
                 }
                 meter.deliver().await?;
             }
         }
     }
     if !meter.log.head.final_received {
-        meter.seal(true)?;
+        let access = meter.access_increment().await;
+        meter.seal(access, true)?;
         info!(sequence = meter.log.head.sequence, "final receipt sealed");
     }
     let deadline = tokio::time::Instant::now() + FINAL_DELIVERY_DEADLINE;

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
+use crate::metering::access;
 use crate::metering::chain::{ChainHead, digest};
-use crate::wire::proto::{Receipt, Signed};
+use crate::wire::proto::{AccessUsage, Receipt, Signed};
 
 const LOG_FILE: &str = "receipts.log";
 const ACKED_FILE: &str = "acked";
@@ -41,6 +42,8 @@ pub struct ReceiptLog {
     pub acked: u64,
     /// Logged receipts above `acked`, in order.
     pub pending: Vec<(u64, Signed)>,
+    /// Buyer access the logged receipts carry, summed.
+    pub access: AccessUsage,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
@@ -69,8 +72,12 @@ impl ReceiptLog {
         }
         let mut head = ChainHead::default();
         let mut pending = Vec::new();
+        let mut access = AccessUsage::default();
         let end = for_each_record(&path, &bytes, |signed, receipt| {
             head = head.advance(&receipt, digest(&signed.body));
+            if let Some(more) = &receipt.access {
+                access = access::add(&access, more);
+            }
             if receipt.sequence > acked {
                 pending.push((receipt.sequence, signed));
             }
@@ -90,6 +97,7 @@ impl ReceiptLog {
             head,
             acked,
             pending,
+            access,
         };
         log.seek_end()?;
         Ok(log)
@@ -113,6 +121,12 @@ impl ReceiptLog {
         record.extend_from_slice(&encoded);
         self.file.write_all(&record).map_err(io(&path))?;
         self.file.sync_data().map_err(io(&path))?;
+        if let Some(more) = Receipt::decode(signed.body.as_slice())
+            .ok()
+            .and_then(|r| r.access)
+        {
+            self.access = access::add(&self.access, &more);
+        }
         self.pending.push((next_head.sequence, signed));
         self.head = next_head;
         Ok(())
@@ -176,22 +190,68 @@ fn for_each_record(
 mod tests {
     use super::*;
     use crate::identity::generate_key;
-    use crate::metering::chain::seal_receipt;
+    use crate::metering::chain::{WindowReport, seal_receipt};
     use crate::wire::proto::Attribution;
 
     fn append(log: &mut ReceiptLog, key: &ed25519_dalek::SigningKey, end_ms: i64) {
+        append_access(log, key, end_ms, None);
+    }
+
+    fn append_access(
+        log: &mut ReceiptLog,
+        key: &ed25519_dalek::SigningKey,
+        end_ms: i64,
+        access: Option<AccessUsage>,
+    ) {
         let (signed, head) = seal_receipt(
             key,
             "lease-1",
             1,
             &log.head,
             0,
-            end_ms,
-            vec![],
-            Attribution::AllocationOnly,
-            false,
+            WindowReport {
+                window_end_ms: end_ms,
+                attribution: Attribution::AllocationOnly,
+                access,
+                ..WindowReport::default()
+            },
         );
         log.append(signed, head).unwrap();
+    }
+
+    #[test]
+    fn the_access_the_receipts_carry_is_summed_again_when_the_log_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = generate_key();
+        let mut log = ReceiptLog::open(dir.path()).unwrap();
+        let window = |to, from| AccessUsage {
+            bytes_to_workload: to,
+            bytes_from_workload: from,
+            connections: 1,
+            log_streams: 0,
+        };
+        append_access(&mut log, &key, 1_000, Some(window(10, 200)));
+        append(&mut log, &key, 2_000);
+        append_access(&mut log, &key, 3_000, Some(window(5, 50)));
+        let carried = window(15, 250);
+        assert_eq!(
+            log.access,
+            AccessUsage {
+                connections: 2,
+                ..carried
+            }
+        );
+        log.acknowledge(3).unwrap();
+        drop(log);
+        // A restarted meter must not carry into its receipts again what they already carry.
+        let reopened = ReceiptLog::open(dir.path()).unwrap();
+        assert_eq!(
+            reopened.access,
+            AccessUsage {
+                connections: 2,
+                ..carried
+            }
+        );
     }
 
     #[test]

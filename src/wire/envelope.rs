@@ -11,8 +11,8 @@ use crate::wire::proto::{
     AccessTokenBody, AttachBody, BondBody, CancelBody, ChallengeBody, DepositBody, Evidence,
     EvidenceSubmitBody, HeartbeatBody, LeaseBody, LeaseDecisionBody, LeaseEndBody, LeaseStreamBody,
     OfferBody, OrderBody, ProbeBody, ProposeBody, QueryBody, Receipt, ReceiptsBody, RegisterBody,
-    RelayCallsBody, RequestHeader, SidecarChallengeBody, SidecarEvidenceBody, SidecarProbeBody,
-    SidecarReceiptsBody, Signed, UnbondBody, VoteBody, WithdrawBody,
+    RelayCallsBody, RequestHeader, SidecarAccessBody, SidecarChallengeBody, SidecarEvidenceBody,
+    SidecarProbeBody, SidecarReceiptsBody, Signed, UnbondBody, VoteBody, WithdrawBody,
 };
 
 /// Largest signed body accepted: an order with a long command and environment fits easily.
@@ -74,6 +74,7 @@ signable! {
     SidecarChallengeBody => "gpubridge/v1/sidecar-challenge";
     SidecarEvidenceBody => "gpubridge/v1/sidecar-evidence", MAX_BATCH_BODY_BYTES;
     SidecarProbeBody => "gpubridge/v1/sidecar-probe", MAX_BATCH_BODY_BYTES;
+    SidecarAccessBody => "gpubridge/v1/sidecar-access";
     // Buyer access (relay.proto): the buyer's token, the provider's relay streams.
     AccessTokenBody => "gpubridge/v1/access-token";
     RelayCallsBody => "gpubridge/v1/relay-calls";
@@ -118,6 +119,7 @@ has_header!(
     SidecarChallengeBody,
     SidecarEvidenceBody,
     SidecarProbeBody,
+    SidecarAccessBody,
     AccessTokenBody,
     RelayCallsBody,
     AttachBody,

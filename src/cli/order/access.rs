@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::{Code, Status, Streaming};
 
 use crate::access::Scope;
 use crate::wire::MAX_CHUNK_BYTES;
@@ -25,6 +25,8 @@ use crate::wire::proto::{
 const TOKEN_SECONDS: i64 = 120;
 /// The longest wait between attempts to resume a followed log.
 const MAX_RESUME_DELAY: Duration = Duration::from_secs(5);
+/// Tries at opening one connection's call while gateways or the provider are away.
+const OPEN_ATTEMPTS: u32 = 4;
 
 /// Signs tokens for one lease.
 #[derive(Clone)]
@@ -206,9 +208,9 @@ pub async fn forward(
     loop {
         let (socket, peer) = listener.accept().await?;
         socket.set_nodelay(true).ok();
-        let (relay, token) = (relay.clone(), tokens.sign(Scope::Connect, &[port]));
+        let (relay, tokens) = (relay.clone(), tokens.clone());
         tokio::spawn(async move {
-            if let Err(status) = tunnel(relay, token, port, socket).await {
+            if let Err(status) = tunnel(relay, &tokens, port, socket).await {
                 eprintln!(
                     "gpubridge order connect: connection from {peer}: {}",
                     status.message()
@@ -221,26 +223,53 @@ pub async fn forward(
 /// One local connection through one Tunnel call, both ways, each side's close passed on.
 pub async fn tunnel(
     relay: RelayClient<Channel>,
-    token: Signed,
+    tokens: &Tokens,
     port: u32,
     socket: TcpStream,
 ) -> Result<(), Status> {
-    let (to_relay, outgoing) = mpsc::channel(8);
-    let open = Chunk {
-        kind: Some(chunk::Kind::Open(ConnectRequest {
-            token: Some(token),
-            port,
-        })),
-    };
-    to_relay
-        .send(open)
-        .await
-        .map_err(|_| Status::internal("the call closed before it opened"))?;
-    let mut from_relay = relay
-        .clone()
-        .tunnel(ReceiverStream::new(outgoing))
-        .await?
-        .into_inner();
+    let (to_relay, from_relay) = open_tunnel(relay, tokens, port).await?;
+    pipe(socket, to_relay, from_relay).await
+}
+
+/// Opens a Tunnel call to `port`. A call that failed for a while (a gateway that went away, the
+/// provider's relay stream not back yet) is opened again, through whichever gateway answers,
+/// with a fresh token (each is accepted once): nothing of the connection was read yet.
+async fn open_tunnel(
+    relay: RelayClient<Channel>,
+    tokens: &Tokens,
+    port: u32,
+) -> Result<(mpsc::Sender<Chunk>, Streaming<Chunk>), Status> {
+    let mut delay = Duration::from_millis(250);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (to_relay, outgoing) = mpsc::channel(8);
+        let open = Chunk {
+            kind: Some(chunk::Kind::Open(ConnectRequest {
+                token: Some(tokens.sign(Scope::Connect, &[port])),
+                port,
+            })),
+        };
+        to_relay
+            .try_send(open)
+            .expect("an empty channel takes one chunk");
+        match relay.clone().tunnel(ReceiverStream::new(outgoing)).await {
+            Ok(response) => return Ok((to_relay, response.into_inner())),
+            Err(status) if is_transient(&status) && attempt < OPEN_ATTEMPTS => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(status) => return Err(status),
+        }
+    }
+}
+
+/// Copies a local connection to an open Tunnel call and back.
+async fn pipe(
+    socket: TcpStream,
+    to_relay: mpsc::Sender<Chunk>,
+    mut from_relay: Streaming<Chunk>,
+) -> Result<(), Status> {
     let (mut read, mut write) = socket.into_split();
     let upload = async move {
         let mut buffer = vec![0u8; MAX_CHUNK_BYTES];

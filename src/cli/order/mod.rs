@@ -36,15 +36,18 @@ pub const EXIT_STATUS: &str = "Exit status: 0 done; 1 could not be done (no key,
 
 #[derive(Args, Debug)]
 pub struct OrderArgs {
-    /// The network node's gateway: http://HOST:PORT, or https://HOST:PORT for TLS.
+    /// The network's gateways: http://HOST:PORT, or https://HOST:PORT for TLS, comma-separated.
+    /// Each call goes to one that answers: a gateway that fails is left for the others (a
+    /// followed log resumes, new connections open, through another).
     #[arg(
         long,
         env = "GPUBRIDGE_NETWORK_URL",
         default_value = "http://127.0.0.1:7300",
+        value_delimiter = ',',
         global = true,
         help_heading = GLOBAL
     )]
-    pub network: String,
+    pub network: Vec<String>,
     /// PEM CA bundle that signed an https network's certificate; the system's roots when absent.
     #[arg(long, env = "GPUBRIDGE_NETWORK_CA_FILE", global = true, help_heading = GLOBAL)]
     pub ca_file: Option<PathBuf>,
@@ -511,12 +514,23 @@ async fn command(args: OrderArgs) -> Result<(), OrderError> {
         let key = keyfile::create(&buyer_key_path(args.key.as_deref())?)?;
         return print(format!("{}\n", public_key_base58(&key.verifying_key())));
     }
-    let target = Target {
-        url: args.network.clone(),
-        ca_file: args.ca_file.clone(),
-    };
-    let channel = client::channel(&target)?;
-    let url = args.network.as_str();
+    let targets: Vec<Target> = args
+        .network
+        .iter()
+        .filter(|url| !url.is_empty())
+        .map(|url| Target {
+            url: url.clone(),
+            ca_file: args.ca_file.clone(),
+        })
+        .collect();
+    if targets.is_empty() {
+        return Err(OrderError::Usage(
+            "--network: names no gateway; give http://HOST:PORT".into(),
+        ));
+    }
+    let channel = client::any_channel(&targets)?;
+    let gateways = args.network.join(",");
+    let url = gateways.as_str();
     let call = |status: tonic::Status| OrderError::from_status(url, &status);
     if let Request::Offers | Request::Params = request {
         // Public: no key needed.

@@ -141,6 +141,10 @@ fn lease_json(lease: &LeaseView) -> Value {
         "energyJoules": lease.energy_joules, "utilizationPercent": lease.utilization_percent,
         "charged": units(&lease.charged), "trustTier": lease.trust_tier,
         "endPhase": lease.end_phase, "endReason": lease.end_reason, "fault": lease.fault,
+        "access": lease.access.map(|a| json!({
+            "bytesToWorkload": a.bytes_to_workload, "bytesFromWorkload": a.bytes_from_workload,
+            "connections": a.connections, "logStreams": a.log_streams,
+        })),
     })
 }
 
@@ -295,6 +299,24 @@ pub(super) fn order_detail(o: &OrderView, output: Output) -> String {
                         .map(|u| format!(", {u}% mean utilization"))
                         .unwrap_or_default()
                 ),
+            ),
+            (
+                "Access",
+                lease
+                    .access
+                    .filter(crate::metering::access::any)
+                    .map_or_else(
+                        || "none".to_string(),
+                        |a| {
+                            format!(
+                                "{} connections, {} log streams; {} bytes to the workload, {} back",
+                                a.connections,
+                                a.log_streams,
+                                a.bytes_to_workload,
+                                a.bytes_from_workload
+                            )
+                        },
+                    ),
             ),
             ("Paid so far", money(&lease.charged)),
             (
@@ -550,6 +572,7 @@ pub(super) fn params(reply: &ParamsReply, output: Output) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::proto::AccessUsage;
 
     const UNIT: &str = "000000000000000000";
 
@@ -657,6 +680,12 @@ mod tests {
                 end_phase: "Expired".into(),
                 end_reason: "Expired".into(),
                 fault: fault.into(),
+                access: Some(AccessUsage {
+                    bytes_to_workload: 4_096,
+                    bytes_from_workload: 1_048_576,
+                    connections: 12,
+                    log_streams: 2,
+                }),
             }),
             ..Default::default()
         }
@@ -681,6 +710,7 @@ mod tests {
             "Ends by:      2026-12-02 01:00:01 UTC",
             "Started:      2026-12-02 00:00:05 UTC",
             "Usage:        60 receipts, 7200 GPU-seconds metered, 2520000 J, 73% mean utilization",
+            "Access:       12 connections, 2 log streams; 4096 bytes to the workload, 1048576 back",
             "Paid so far:  5 USDC",
             "Verification: software-attested",
         ] {
@@ -693,6 +723,7 @@ mod tests {
             serde_json::from_str(&order_detail(&ended("none"), Output::Json)).unwrap();
         assert_eq!(parsed["lease"]["trustTier"], "software-attested");
         assert_eq!(parsed["lease"]["receipts"], 60);
+        assert_eq!(parsed["lease"]["access"]["bytesFromWorkload"], 1_048_576);
     }
 
     #[test]

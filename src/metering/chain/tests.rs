@@ -35,10 +35,12 @@ fn next(key: &SigningKey, head: &ChainHead, ms: i64) -> (Signed, ChainHead) {
         2,
         head,
         START,
-        end,
-        vec![usage("GPU-a", 40, 500), usage("GPU-b", 60, 700)],
-        Attribution::Measured,
-        false,
+        WindowReport {
+            window_end_ms: end,
+            gpus: vec![usage("GPU-a", 40, 500), usage("GPU-b", 60, 700)],
+            attribution: Attribution::Measured,
+            ..WindowReport::default()
+        },
     )
 }
 
@@ -253,10 +255,11 @@ fn the_first_window_may_not_start_before_the_challenge_passed_and_nothing_follow
         2,
         &genesis,
         START - 1,
-        START + 1_000,
-        vec![],
-        Attribution::AllocationOnly,
-        false,
+        WindowReport {
+            window_end_ms: START + 1_000,
+            attribution: Attribution::AllocationOnly,
+            ..WindowReport::default()
+        },
     );
     assert_eq!(
         rejection(&t, &genesis, &early).to_string(),
@@ -269,10 +272,12 @@ fn the_first_window_may_not_start_before_the_challenge_passed_and_nothing_follow
         2,
         &genesis,
         START,
-        START + 1_000,
-        vec![],
-        Attribution::AllocationOnly,
-        true,
+        WindowReport {
+            window_end_ms: START + 1_000,
+            attribution: Attribution::AllocationOnly,
+            r#final: true,
+            ..WindowReport::default()
+        },
     );
     let unverified = LeaseTerms {
         metering_from_ms: None,

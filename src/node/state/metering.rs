@@ -73,6 +73,7 @@ fn receipts_reply(lease: &LeaseRecord, rejection: Option<ReceiptRejection>) -> R
         utilization_percent: lease.totals.utilization_percent(),
         charged: lease.charged.to_string(),
         final_received: lease.chain.final_received,
+        access: Some(lease.totals.access.into()),
         rejection: rejection.map(|r| WireRejection {
             sequence: r.sequence(),
             kind: r.kind().to_string(),

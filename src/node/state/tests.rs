@@ -10,7 +10,7 @@ use super::probe::probe_reply;
 use super::*;
 use crate::identity::issue_lease_certificate;
 use crate::metering::ChainHead;
-use crate::metering::chain::seal_receipt;
+use crate::metering::chain::{WindowReport, seal_receipt};
 use crate::node::chain::app::{AppState, Chain, DecidedBlock};
 use crate::node::chain::codec;
 use crate::node::records::{LeaseRecord, ProbeRecord};
@@ -21,10 +21,10 @@ use crate::probe::{Matrix, Prover, generate, multiply};
 use crate::wire::amount::Amount;
 use crate::wire::envelope::seal;
 use crate::wire::proto::{
-    Attribution, BondBody, CancelBody, DepositBody, GpuUsage, HeartbeatBody, LeaseDecisionBody,
-    LeaseEndBody, OfferBody, OrderBody, ParamChange, ProbeBody, ProbeCommit, ProbeReply, ProbeStep,
-    ProposeBody, ReceiptsBody, ReceiptsReply, RegisterBody, StakeReply, UnbondBody, VoteBody,
-    WithdrawBody, probe_step,
+    AccessUsage, Attribution, BondBody, CancelBody, DepositBody, GpuUsage, HeartbeatBody,
+    LeaseDecisionBody, LeaseEndBody, OfferBody, OrderBody, ParamChange, ProbeBody, ProbeCommit,
+    ProbeReply, ProbeStep, ProposeBody, ReceiptsBody, ReceiptsReply, RegisterBody, StakeReply,
+    UnbondBody, VoteBody, WithdrawBody, probe_step,
 };
 
 const UNIT: u128 = 1_000_000_000_000_000_000;
@@ -402,6 +402,19 @@ fn receipts_signed_by(
     end_ms: i64,
     now: i64,
 ) -> Tx {
+    receipts_carrying(lease_key, provider, lease, head, end_ms, now, None)
+}
+
+/// The same, carrying buyer `access` in the window.
+fn receipts_carrying(
+    lease_key: &SigningKey,
+    provider: &SigningKey,
+    lease: &LeaseRecord,
+    head: &ChainHead,
+    end_ms: i64,
+    now: i64,
+    access: Option<AccessUsage>,
+) -> Tx {
     let certificate = issue_lease_certificate(
         provider,
         &lease.lease_id,
@@ -422,10 +435,13 @@ fn receipts_signed_by(
         lease.gpus,
         head,
         first_window_ms(lease),
-        end_ms,
-        usage,
-        Attribution::Measured,
-        false,
+        WindowReport {
+            window_end_ms: end_ms,
+            gpus: usage,
+            attribution: Attribution::Measured,
+            access,
+            ..WindowReport::default()
+        },
     );
     let body = ReceiptsBody {
         header: None,
@@ -972,6 +988,53 @@ fn a_receipt_chain_that_forks_slashes_its_provider_to_the_buyer_once() {
     let again = submit(&mut m, (t + 60) * 1000, t + 93);
     assert_eq!((again.accepted_through, again.rejection), (1, None));
     assert_eq!(m.state.stake_of(&m.provider()).unwrap().slashes.len(), 1);
+    m.state.audit().unwrap();
+}
+
+#[test]
+fn the_access_receipts_carry_adds_up_in_the_receipts_summary_and_the_buyers_view() {
+    let (mut m, order) = probed_lease();
+    let t = START + 1;
+    let window = |to, from, connections| AccessUsage {
+        bytes_to_workload: to,
+        bytes_from_workload: from,
+        connections,
+        log_streams: 1,
+    };
+    let mut submit = |end: i64, access: Option<AccessUsage>| -> ReceiptsReply {
+        let lease = m.lease(&order.lease_id);
+        let tx = receipts_carrying(
+            &key(3, lease.sequence_hint()),
+            &key(1, 0),
+            &lease,
+            &lease.chain,
+            end * 1000,
+            end + 1,
+            access,
+        );
+        match m.apply(end + 1, tx).unwrap() {
+            Outcome::Receipts(reply) => reply,
+            other => panic!("receipts answered {other:?}"),
+        }
+    };
+    submit(t + 60, Some(window(100, 4_000, 2)));
+    // A window without access adds nothing.
+    submit(t + 120, None);
+    let reply = submit(t + 180, Some(window(50, 1_000, 1)));
+    assert_eq!(
+        (reply.accepted_through, reply.rejection),
+        (3, None),
+        "every receipt accepted"
+    );
+    let summed = AccessUsage {
+        bytes_to_workload: 150,
+        bytes_from_workload: 5_000,
+        connections: 3,
+        log_streams: 2,
+    };
+    assert_eq!(reply.access, Some(summed));
+    let view = m.lease(&order.lease_id).to_view(None);
+    assert_eq!(view.access, Some(summed));
     m.state.audit().unwrap();
 }
 
@@ -1591,10 +1654,11 @@ fn first_window(
         lease.gpus,
         &ChainHead::default(),
         start_ms,
-        end_ms,
-        vec![],
-        Attribution::AllocationOnly,
-        false,
+        WindowReport {
+            window_end_ms: end_ms,
+            attribution: Attribution::AllocationOnly,
+            ..WindowReport::default()
+        },
     );
     let body = ReceiptsBody {
         header: None,

@@ -12,13 +12,17 @@ use kube::{Api, Client};
 use tokio::net::TcpStream;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
+use super::limits::log_containers;
 use super::{Connection, LeaseLimits, LeaseView, LogReader, Reach};
-use crate::crd::{AccessPolicy, ComputeLease, GpuOffer, LeasePhase, PortProtocol};
+use crate::crd::{ComputeLease, GpuOffer, LeaseAccess, LeaseAccessPart, LeasePhase, PortProtocol};
 use crate::identity::public_key_from_base58;
+use crate::operator::status::apply_status;
 use crate::wire::Rejection;
 use crate::wire::proto::LogOptions;
 use crate::workload::{POD_NAME, WORKLOAD_CONTAINER, namespace_for};
 
+/// The field manager of `status.access`.
+pub const ACCESS_FIELD_MANAGER: &str = "gpubridge-relay-access";
 /// How long dialling a pod may take.
 const DIAL_WITHIN: Duration = Duration::from_secs(5);
 
@@ -75,8 +79,9 @@ impl Reach for KubeReach {
                 .status
                 .as_ref()
                 .is_some_and(|s| s.phase == LeasePhase::Running),
-            log_containers: vec![WORKLOAD_CONTAINER.to_string()],
-            limits: LeaseLimits::from(&policy as &AccessPolicy),
+            log_containers: log_containers(&policy),
+            limits: LeaseLimits::from(&policy),
+            access: lease.status.and_then(|s| s.access).unwrap_or_default(),
         })
     }
 
@@ -106,6 +111,24 @@ impl Reach for KubeReach {
             .await
             .map_err(|e| unreachable("reading the log", e))?;
         Ok(Box::pin(tokio::io::BufReader::new(log.compat())))
+    }
+
+    async fn record(&self, lease_id: &str, access: LeaseAccess) -> Result<(), Rejection> {
+        apply_status::<ComputeLease>(
+            &self.client,
+            lease_id,
+            ACCESS_FIELD_MANAGER,
+            None,
+            &LeaseAccessPart { access },
+        )
+        .await
+        .map(drop)
+        .map_err(|e| match e {
+            kube::Error::Api(status) if status.code == 404 => {
+                Rejection::NotFound(format!("lease {lease_id} is gone"))
+            }
+            e => unreachable("recording the lease's access", e),
+        })
     }
 
     async fn dial(&self, lease: &LeaseView, port: u32) -> Result<Connection, Rejection> {

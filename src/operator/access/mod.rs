@@ -27,6 +27,7 @@ use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use crate::access::{self, Access, LeaseFacts, SeenNonces};
+use crate::crd::LeaseAccess;
 use crate::wire::client::{self, Target};
 use crate::wire::envelope::seal;
 use crate::wire::proto::relay_client::RelayClient;
@@ -35,6 +36,7 @@ use crate::wire::proto::{
 };
 use crate::wire::{MAX_CHUNK_BYTES, Rejection};
 
+use limits::{CallKind, Direction, Held};
 pub use limits::{LeaseLimits, Limits};
 
 /// Chunks buffered toward a gateway per call.
@@ -45,6 +47,9 @@ const REMEMBERED_TOKENS: usize = 1 << 18;
 const CLOSE_WITHIN: Duration = Duration::from_secs(30);
 /// How often a call checks that its lease still runs.
 const LEASE_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How often what the calls carried is recorded on their leases' statuses, where the meter
+/// reads it for its receipts.
+const RECORD_EVERY: Duration = Duration::from_secs(2);
 
 /// A lease as the operator sees it, for access.
 #[derive(Clone, Debug)]
@@ -58,6 +63,8 @@ pub struct LeaseView {
     pub log_containers: Vec<String>,
     /// What its offer allows.
     pub limits: LeaseLimits,
+    /// The access its status records so far.
+    pub access: LeaseAccess,
 }
 
 pub type LogReader = Pin<Box<dyn AsyncBufRead + Send>>;
@@ -84,6 +91,12 @@ pub trait Reach: Send + Sync + 'static {
         lease: &LeaseView,
         port: u32,
     ) -> impl Future<Output = Result<Connection, Rejection>> + Send;
+    /// Records what the lease's calls carried so far on its status (NotFound: it is gone).
+    fn record(
+        &self,
+        lease_id: &str,
+        access: LeaseAccess,
+    ) -> impl Future<Output = Result<(), Rejection>> + Send;
 }
 
 /// The access counters of the operator's metrics (bounded labels: no lease id).
@@ -135,6 +148,32 @@ pub async fn run<R: Reach>(
     tokio::select! {
         _ = shutdown => {}
         _ = streams => {}
+        _ = keep_recording(&relay) => {}
+    }
+    // What was counted since the last record is not lost to a clean stop.
+    record_once(&relay).await;
+}
+
+/// Records, every few seconds, what each lease's calls carried.
+async fn keep_recording<R: Reach>(relay: &Relay<R>) {
+    let mut every = tokio::time::interval(RECORD_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        record_once(relay).await;
+    }
+}
+
+async fn record_once<R: Reach>(relay: &Relay<R>) {
+    for (lease_id, access) in relay.limits.unrecorded() {
+        match relay.reach.record(&lease_id, access).await {
+            Ok(()) => {}
+            Err(Rejection::NotFound(_)) => relay.limits.forget(&lease_id),
+            Err(e) => {
+                warn!(lease = %lease_id, error = %e, "cannot record the lease's access; retrying");
+                relay.limits.not_recorded(&lease_id);
+            }
+        }
     }
 }
 
@@ -234,7 +273,11 @@ impl<R: Reach> Relay<R> {
             token.expires_at,
             now,
         )?;
-        let held = self.limits.hold(&lease)?;
+        let kind = match what {
+            access_call::What::Logs(_) => CallKind::Logs,
+            access_call::What::Port(_) => CallKind::Connection,
+        };
+        let held = self.limits.hold(&lease, kind)?;
         let served = match what {
             access_call::What::Logs(options) => {
                 Served::Logs(self.reach.logs(&lease, options).await?)
@@ -295,12 +338,13 @@ async fn serve_call<R: Reach>(relay: &Relay<R>, client: RelayClient<Channel>, ca
             return;
         }
     };
-    let Ok((served, lease, _held)) = opened else {
+    let Ok((served, lease, held)) = opened else {
         return;
     };
     debug!(call = %call.call_id, lease = %lease.lease_id, kind, "call attached");
     let pipe = Pipe {
         relay,
+        held: &held,
         lease_id: &lease.lease_id,
         last_activity: AtomicI64::new(0),
         started: Instant::now(),
@@ -341,6 +385,8 @@ async fn ended(from_gateway: &mut Streaming<Chunk>) {
 /// The copying of one call, watched for idleness and for its lease's end.
 struct Pipe<'a, R> {
     relay: &'a Relay<R>,
+    /// The call's place in its lease's tally: its count and its pace.
+    held: &'a Held,
     lease_id: &'a str,
     /// Milliseconds since `started` at the last byte either way.
     last_activity: AtomicI64,
@@ -398,6 +444,8 @@ impl<R: Reach> Pipe<'_, R> {
                 return Ok(());
             }
             self.touch();
+            self.held.pace(n).await;
+            self.held.carried(Direction::FromWorkload, n);
             self.relay
                 .metrics
                 .bytes
@@ -432,6 +480,8 @@ impl<R: Reach> Pipe<'_, R> {
                 break;
             }
             self.touch();
+            self.held.pace(data.len()).await;
+            self.held.carried(Direction::ToWorkload, data.len());
             self.relay
                 .metrics
                 .bytes

@@ -39,13 +39,15 @@ use crate::wire::client::NetworkClient;
 use crate::wire::envelope::HasHeader;
 use crate::wire::proto::collector_server::{Collector, CollectorServer};
 use crate::wire::proto::{
-    ChallengeReply, EvidenceReply, ProbeReply, Receipt, ReceiptRejection as WireRejection,
-    ReceiptsReply, SidecarChallengeBody, SidecarEvidenceBody, SidecarProbeBody,
-    SidecarReceiptsBody, Signed,
+    AccessUsage, ChallengeReply, EvidenceReply, ProbeReply, Receipt,
+    ReceiptRejection as WireRejection, ReceiptsReply, SidecarAccessBody, SidecarChallengeBody,
+    SidecarEvidenceBody, SidecarProbeBody, SidecarReceiptsBody, Signed,
 };
 use crate::wire::{Rejection, Signable, open};
 use crate::workload::{POD_NAME, WORKLOAD_CONTAINER, namespace_for};
-use summary::{LeaseProgress, Served, metering_from_status, seconds, usage_from, with_probe};
+use summary::{
+    LeaseProgress, Served, access_count, metering_from_status, seconds, usage_from, with_probe,
+};
 
 /// Field managers of the collector's status writes. Server-side apply drops whatever a manager
 /// owned and leaves out of its next apply, so each manager writes all of its fields every time:
@@ -69,7 +71,8 @@ sidecar_body!(
     SidecarReceiptsBody,
     SidecarChallengeBody,
     SidecarEvidenceBody,
-    SidecarProbeBody
+    SidecarProbeBody,
+    SidecarAccessBody
 );
 
 /// A sidecar request whose certificate and signature verified, with its lease.
@@ -429,6 +432,12 @@ impl CollectorService {
         Ok(reply)
     }
 
+    /// The lease's access count, as the relay recorded it on the lease's status.
+    async fn access_count(&self, signed: Signed) -> Result<AccessUsage, Status> {
+        let auth: Authenticated<SidecarAccessBody> = self.authenticate(&signed).await?;
+        Ok(access_count(auth.lease.status.as_ref()))
+    }
+
     async fn challenge(&self, signed: Signed) -> Result<ChallengeReply, Status> {
         let auth: Authenticated<SidecarChallengeBody> = self.authenticate(&signed).await?;
         self.network()?
@@ -608,6 +617,15 @@ impl Collector for CollectorService {
 
     async fn submit_probe(&self, request: Request<Signed>) -> Result<Response<ProbeReply>, Status> {
         self.probe(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn access_count(
+        &self,
+        request: Request<Signed>,
+    ) -> Result<Response<AccessUsage>, Status> {
+        self.access_count(request.into_inner())
+            .await
+            .map(Response::new)
     }
 }
 

@@ -6,11 +6,11 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::attestation::TrustTier;
-use crate::crd::{LeaseAttestation, LeaseUsage};
+use crate::crd::{ComputeLeaseStatus, LeaseAccess, LeaseAttestation, LeaseUsage};
 use crate::metering::ChainHead;
 use crate::wire::Rejection;
 use crate::wire::amount::{self, Amount};
-use crate::wire::proto::{ProbeReply, ReceiptsReply};
+use crate::wire::proto::{AccessUsage, ProbeReply, ReceiptsReply};
 
 /// When the lease's metering may start, by the rule the network applies, from what the network
 /// recorded and the collector wrote into the status.
@@ -73,6 +73,31 @@ pub fn usage_from(reply: &ReceiptsReply, charged: Amount) -> LeaseUsage {
             .map(Time),
         charged: Some(charged),
         final_received: reply.final_received,
+        access: reply
+            .access
+            .filter(crate::metering::access::any)
+            .map(lease_access),
+    }
+}
+
+/// Access figures as the lease status states them.
+pub fn lease_access(usage: AccessUsage) -> LeaseAccess {
+    LeaseAccess {
+        bytes_to_workload: usage.bytes_to_workload,
+        bytes_from_workload: usage.bytes_from_workload,
+        connections: usage.connections,
+        log_streams: usage.log_streams,
+    }
+}
+
+/// The operator's access count for a lease, from its status: what the meter asks for.
+pub fn access_count(status: Option<&ComputeLeaseStatus>) -> AccessUsage {
+    let access = status.and_then(|s| s.access).unwrap_or_default();
+    AccessUsage {
+        bytes_to_workload: access.bytes_to_workload,
+        bytes_from_workload: access.bytes_from_workload,
+        connections: access.connections,
+        log_streams: access.log_streams,
     }
 }
 
@@ -311,8 +336,23 @@ mod tests {
             charged: "123".into(),
             final_received: true,
             rejection: None,
+            access: Some(AccessUsage {
+                bytes_to_workload: 10,
+                bytes_from_workload: 20,
+                connections: 3,
+                log_streams: 1,
+            }),
         };
         let usage = usage_from(&reply, Served::of_reply(&reply).unwrap().charged);
+        assert_eq!(
+            usage.access,
+            Some(LeaseAccess {
+                bytes_to_workload: 10,
+                bytes_from_workload: 20,
+                connections: 3,
+                log_streams: 1,
+            })
+        );
         assert_eq!(usage.gpu_seconds, 20);
         assert_eq!(usage.energy_joules, 3);
         assert_eq!(usage.receipts_accepted, 7);
@@ -325,6 +365,12 @@ mod tests {
         assert!(usage.final_received);
         let empty = usage_from(&ReceiptsReply::default(), Amount::ZERO);
         assert_eq!((empty.chain_head, empty.metered_through), (None, None));
+        // Access that added up to nothing is left out of the status.
+        let idle = ReceiptsReply {
+            access: Some(AccessUsage::default()),
+            ..ReceiptsReply::default()
+        };
+        assert_eq!(usage_from(&idle, Amount::ZERO).access, None);
     }
 
     #[test]
