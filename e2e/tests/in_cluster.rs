@@ -237,27 +237,130 @@ async fn call_through_the_relay(
     page
 }
 
-/// The workload's log as `order logs --follow` prints it, to the workload's end.
-async fn follow_log_through_the_relay(
+/// What `order logs --follow` has printed so far.
+#[derive(Clone, Default)]
+struct Printed(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Printed {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Printed {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+/// Follows the workload's log as `order logs --follow` does, into `printed`, until the
+/// workload ends.
+fn follow_log_through_the_relay(
     network_url: &str,
     buyer: &ed25519_dalek::SigningKey,
     lease_id: &str,
-) -> String {
+    printed: Printed,
+) -> tokio::task::JoinHandle<()> {
     use gpubridge::cli::order::access::logs;
     let (relay, tokens) = buyer_relay(network_url, buyer, lease_id);
     let options = gpubridge::wire::proto::LogOptions {
         follow: true,
         ..Default::default()
     };
-    let mut printed = Vec::new();
-    tokio::time::timeout(
-        60 * SECOND,
-        logs(relay, &tokens, options, false, &mut printed),
-    )
-    .await
-    .expect("the log ends with the workload")
-    .unwrap();
-    String::from_utf8(printed).unwrap()
+    tokio::spawn(async move {
+        tokio::time::timeout(120 * SECOND, logs(relay, &tokens, options, false, printed))
+            .await
+            .expect("the log ends with the workload")
+            .unwrap();
+    })
+}
+
+/// Opens a Tunnel call with `token` to `port` through the gateway: its refusal (a call that
+/// opens fails the test).
+async fn tunnel_refused(
+    network_url: &str,
+    token: gpubridge::wire::proto::Signed,
+    port: u32,
+) -> tonic::Status {
+    use gpubridge::wire::proto::{Chunk, ConnectRequest, chunk};
+    let (relay, _) = buyer_relay(network_url, &generate_key(), "");
+    let (to_relay, outgoing) = tokio::sync::mpsc::channel(1);
+    to_relay
+        .try_send(Chunk {
+            kind: Some(chunk::Kind::Open(ConnectRequest {
+                token: Some(token),
+                port,
+            })),
+        })
+        .unwrap();
+    match relay
+        .clone()
+        .tunnel(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await
+    {
+        Ok(_) => panic!("a tunnel to port {port} opened"),
+        Err(status) => status,
+    }
+}
+
+/// What no buyer reaches through the relay on the real node: the lease with another buyer's
+/// token or an expired one, and any port the workload did not declare — the API server's and
+/// the kubelet's among them (a call names only a port; the operator dials only the lease's pod).
+async fn refusals_on_the_real_node(
+    network_url: &str,
+    buyer: &ed25519_dalek::SigningKey,
+    lease_id: &str,
+) {
+    use gpubridge::access::Scope;
+    use gpubridge::cli::order::access::Tokens;
+    use tonic::Code;
+    let tokens = |key: &ed25519_dalek::SigningKey| Tokens {
+        key: key.clone(),
+        lease_id: lease_id.to_string(),
+    };
+    let stranger = tokens(&generate_key()).sign(Scope::Connect, &[WORKLOAD_PORT]);
+    let refused = tunnel_refused(network_url, stranger, WORKLOAD_PORT).await;
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("did not order lease"),
+        "{refused:?}"
+    );
+
+    let now = jiff::Timestamp::now().as_second();
+    let expired = gpubridge::wire::envelope::seal(
+        buyer,
+        gpubridge::wire::proto::AccessTokenBody {
+            header: None,
+            lease_id: lease_id.to_string(),
+            scopes: vec!["connect".into()],
+            ports: vec![WORKLOAD_PORT],
+            expires_at: now - 60,
+        },
+        now - 120,
+    );
+    let refused = tunnel_refused(network_url, expired, WORKLOAD_PORT).await;
+    assert!(refused.message().contains("expired"), "{refused:?}");
+
+    for port in [22, 443, 6443, 10250] {
+        let token = tokens(buyer).sign(Scope::Connect, &[port]);
+        let refused = tunnel_refused(network_url, token, port).await;
+        assert_eq!(
+            refused.code(),
+            Code::PermissionDenied,
+            "port {port}: {refused:?}"
+        );
+        assert!(
+            refused
+                .message()
+                .contains(&format!("declares no port {port}")),
+            "port {port}: {refused:?}"
+        );
+    }
 }
 
 fn order(seconds: u64) -> OrderBody {
@@ -278,12 +381,12 @@ fn order(seconds: u64) -> OrderBody {
         workload: Some(Workload {
             image: BUSYBOX.into(),
             command: vec!["sh".into(), "-c".into()],
-            // A real command: it prints, serves a page on its declared port for 20 s and exits;
+            // A real command: it prints, serves a page on its declared port for 40 s and exits;
             // the kubelet then stops the sidecars (SIGTERM) and the meter seals its final
             // receipt.
             args: vec![format!(
                 "echo \"hello from $GPUBRIDGE_LEASE_ID on $NVIDIA_VISIBLE_DEVICES\"; \
-                 httpd -p {WORKLOAD_PORT} -h /www; sleep 20; echo done"
+                 httpd -p {WORKLOAD_PORT} -h /www; sleep 40; echo done"
             )],
             env: vec![],
             cpu: "100m".into(),
@@ -363,7 +466,7 @@ async fn the_operator_runs_from_its_image_on_the_real_node_and_a_lease_there_set
         .delete(&leader, &DeleteParams::default())
         .await
         .unwrap();
-    let (pods, _) = replicas_and_leader(&c.client, Some(&leader)).await;
+    let (pods, leader) = replicas_and_leader(&c.client, Some(&leader)).await;
 
     // The chart's operator NetworkPolicy, by packets to the real replicas: the collector
     // answers pods of lease namespaces only; the metrics port answers any namespace but a
@@ -447,13 +550,32 @@ async fn the_operator_runs_from_its_image_on_the_real_node_and_a_lease_there_set
         "the workload's port from another namespace"
     );
 
+    refusals_on_the_real_node(&network.url, &buyer_key, &lease_id).await;
+
     // The workload's own output as its buyer reads it (`order logs --follow`): the operator
-    // reads the pod's log through the API server and relays it until the workload ends.
-    let said = follow_log_through_the_relay(&network.url, &buyer_key, &lease_id).await;
+    // reads the pod's log through the API server and relays it until the workload ends. The
+    // leading replica goes mid-stream; the other takes over, and the buyer's CLI resumes after
+    // the last line it printed.
+    let printed = Printed::default();
+    let follow = follow_log_through_the_relay(&network.url, &buyer_key, &lease_id, printed.clone());
+    eventually("the log's first line", 30 * SECOND, || async {
+        match printed.text().lines().count() {
+            0 => Err("nothing yet".to_string()),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    Api::<Pod>::namespaced(c.client.clone(), RELEASE_NAMESPACE)
+        .delete(&leader, &DeleteParams::default())
+        .await
+        .unwrap();
+    follow.await.unwrap();
+    let said = printed.text();
     assert!(
         said.starts_with(&format!("hello from {lease_id} on GPU-")) && said.ends_with("\ndone\n"),
         "{said}"
     );
+    assert_eq!(said.lines().count(), 2, "no line lost or repeated: {said}");
     println!("the workload said: {said}");
 
     // The workload ends before the lease would: the kubelet stops the sidecars, the meter
@@ -484,9 +606,9 @@ async fn the_operator_runs_from_its_image_on_the_real_node_and_a_lease_there_set
     println!("metered access: {access:?}");
     assert!(
         ended.charged.parse::<u128>().unwrap() < ended.held.parse::<u128>().unwrap(),
-        "a 20 s workload is charged less than a minute's hold: {ended:?}"
+        "a 40 s workload is charged less than a minute's hold: {ended:?}"
     );
-    assert!(logged.len() >= 2, "{} receipts in 20 s", logged.len());
+    assert!(logged.len() >= 2, "{} receipts in 40 s", logged.len());
 
     delete_lease(&c.client, &lease_id).await;
     Api::<gpubridge::crd::GpuOffer>::all(c.client.clone())
