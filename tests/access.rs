@@ -692,16 +692,7 @@ async fn connections_and_a_followed_log_go_on_through_another_gateway_when_one_f
         listener,
     ));
     let out = Shared::default();
-    let follow = {
-        let (relay, tokens, out) = (both.clone(), w.tokens(), out.clone());
-        tokio::spawn(async move {
-            let options = LogOptions {
-                follow: true,
-                ..LogOptions::default()
-            };
-            buyer_access::logs(relay, &tokens, options, false, out).await
-        })
-    };
+    let follow = out.follow(both.clone(), w.tokens());
     w.pod.append("before");
     out.wait_for_lines(1).await;
     for i in 0..10u8 {
@@ -722,11 +713,7 @@ async fn connections_and_a_followed_log_go_on_through_another_gateway_when_one_f
     }
     out.wait_for_lines(2).await;
     w.pod.end_log();
-    tokio::time::timeout(Duration::from_secs(30), follow)
-        .await
-        .expect("the log ends when the container ends")
-        .unwrap()
-        .unwrap();
+    Shared::ended(follow).await;
     assert_eq!(out.text(), "before\nafter\n", "no line lost or repeated");
 }
 
@@ -746,6 +733,31 @@ impl Write for Shared {
 }
 
 impl Shared {
+    /// Follows the lease's log into this, as `order logs --follow` prints it.
+    fn follow(
+        &self,
+        relay: RelayClient<Channel>,
+        tokens: Tokens,
+    ) -> tokio::task::JoinHandle<Result<(), tonic::Status>> {
+        let out = self.clone();
+        tokio::spawn(async move {
+            let options = LogOptions {
+                follow: true,
+                ..LogOptions::default()
+            };
+            buyer_access::logs(relay, &tokens, options, false, out).await
+        })
+    }
+
+    /// Waits for a followed log to end, as it does when its container ends.
+    async fn ended(follow: tokio::task::JoinHandle<Result<(), tonic::Status>>) {
+        tokio::time::timeout(Duration::from_secs(30), follow)
+            .await
+            .expect("the log ends when the container ends")
+            .unwrap()
+            .unwrap();
+    }
+
     fn text(&self) -> String {
         String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
     }
@@ -786,16 +798,7 @@ async fn a_followed_log_survives_an_operator_restart_without_losing_or_repeating
     );
 
     let out = Shared::default();
-    let follow = {
-        let (relay, tokens, out) = (relay(&w.node.url), w.tokens(), out.clone());
-        tokio::spawn(async move {
-            let options = LogOptions {
-                follow: true,
-                ..LogOptions::default()
-            };
-            buyer_access::logs(relay, &tokens, options, false, out).await
-        })
-    };
+    let follow = out.follow(relay(&w.node.url), w.tokens());
     out.wait_for_lines(3).await;
     // The operator goes away mid-stream; lines keep coming; a new operator comes up.
     operator.stop();
@@ -805,11 +808,7 @@ async fn a_followed_log_survives_an_operator_restart_without_losing_or_repeating
     out.wait_for_lines(5).await;
     w.pod.append("shutting down");
     w.pod.end_log();
-    tokio::time::timeout(Duration::from_secs(30), follow)
-        .await
-        .expect("the log ends when the container ends")
-        .unwrap()
-        .unwrap();
+    Shared::ended(follow).await;
     assert_eq!(
         out.text(),
         "starting\nloading weights\nserving on :8000\nrequest 1\nrequest 2\nshutting down\n"
