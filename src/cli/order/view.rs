@@ -130,6 +130,14 @@ fn pretty(value: &Value) -> String {
     )
 }
 
+/// "1 connection", "2 connections".
+fn counted(n: u64, noun: &str) -> String {
+    match n {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
+    }
+}
+
 fn lease_json(lease: &LeaseView) -> Value {
     json!({
         "leaseId": lease.lease_id, "state": lease.state,
@@ -309,9 +317,9 @@ pub(super) fn order_detail(o: &OrderView, output: Output) -> String {
                         || "none".to_string(),
                         |a| {
                             format!(
-                                "{} connections, {} log streams; {} bytes to the workload, {} back",
-                                a.connections,
-                                a.log_streams,
+                                "{}, {}; {} bytes to the workload, {} back",
+                                counted(a.connections, "connection"),
+                                counted(a.log_streams, "log stream"),
                                 a.bytes_to_workload,
                                 a.bytes_from_workload
                             )
@@ -684,7 +692,7 @@ mod tests {
                     bytes_to_workload: 4_096,
                     bytes_from_workload: 1_048_576,
                     connections: 12,
-                    log_streams: 2,
+                    log_streams: 1,
                 }),
             }),
             ..Default::default()
@@ -710,7 +718,7 @@ mod tests {
             "Ends by:      2026-12-02 01:00:01 UTC",
             "Started:      2026-12-02 00:00:05 UTC",
             "Usage:        60 receipts, 7200 GPU-seconds metered, 2520000 J, 73% mean utilization",
-            "Access:       12 connections, 2 log streams; 4096 bytes to the workload, 1048576 back",
+            "Access:       12 connections, 1 log stream; 4096 bytes to the workload, 1048576 back",
             "Paid so far:  5 USDC",
             "Verification: software-attested",
         ] {
