@@ -800,12 +800,24 @@ async fn a_followed_log_survives_an_operator_restart_without_losing_or_repeating
     let out = Shared::default();
     let follow = out.follow(relay(&w.node.url), w.tokens());
     out.wait_for_lines(3).await;
+    // A token signed before the operator went: the new one cannot know whether it was used.
+    let signed_before = w.tokens().sign(Scope::Connect, &[PORT]);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     // The operator goes away mid-stream; lines keep coming; a new operator comes up.
     operator.stop();
     w.pod.append("request 1");
     w.pod.append("request 2");
     let _restarted = w.operator(std::slice::from_ref(&w.node.url));
     out.wait_for_lines(5).await;
+    let refused = open_tunnel(&relay(&w.node.url), signed_before, PORT)
+        .await
+        .expect_err("a token from before the restart is refused");
+    assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
+    assert!(
+        refused.message().contains("sign a fresh one"),
+        "{}",
+        refused.message()
+    );
     w.pod.append("shutting down");
     w.pod.end_log();
     Shared::ended(follow).await;

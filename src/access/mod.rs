@@ -193,33 +193,46 @@ pub fn authorize(token: &Token, lease: &LeaseFacts, access: Access) -> Result<()
 }
 
 /// (signer, nonce) pairs accepted once each, remembered until the time their message stops being
-/// valid; a full set refuses new ones rather than forgetting live ones.
+/// valid; a full set refuses new ones rather than forgetting live ones. The set is empty when its
+/// process starts, so it refuses what was signed before then: such a message may have been used
+/// with a process that is gone, and its sender signs a fresh one.
 #[derive(Debug)]
 pub struct SeenNonces {
     /// (valid until, signer ‖ nonce), oldest first, to forget them in order.
     until: BTreeSet<(i64, Vec<u8>)>,
     seen: BTreeSet<Vec<u8>>,
     capacity: usize,
+    /// Unix seconds from which this set remembers.
+    since: i64,
 }
 
 impl SeenNonces {
-    pub fn new(capacity: usize) -> SeenNonces {
+    pub fn new(capacity: usize, since: i64) -> SeenNonces {
         SeenNonces {
             until: BTreeSet::new(),
             seen: BTreeSet::new(),
             capacity,
+            since,
         }
     }
 
-    /// Accepts `signer`'s `nonce` once, remembered until `valid_until`; `now` forgets those no
-    /// longer valid, which no one can replay.
+    /// Accepts `signer`'s `nonce`, signed at `issued_at`, once, remembered until `valid_until`;
+    /// `now` forgets those no longer valid, which no one can replay.
     pub fn admit(
         &mut self,
         signer: &VerifyingKey,
         nonce: &[u8],
+        issued_at: i64,
         valid_until: i64,
         now: i64,
     ) -> Result<(), Rejection> {
+        if issued_at < self.since {
+            return Err(Rejection::Unavailable(format!(
+                "header.issuedAt: {issued_at} is before {}, when this relay started remembering \
+                 what was used; sign a fresh one",
+                self.since
+            )));
+        }
         while self.until.first().is_some_and(|(until, _)| *until <= now) {
             if let Some((_, key)) = self.until.pop_first() {
                 self.seen.remove(&key);

@@ -230,20 +230,46 @@ fn a_token_grants_only_its_buyer_its_lease_its_scopes_and_declared_ports() {
 #[test]
 fn a_nonce_is_accepted_once_while_its_token_lives_and_the_set_is_bounded() {
     let key = buyer().verifying_key();
-    let mut seen = SeenNonces::new(2);
-    seen.admit(&key, b"nonce-1", NOW + 10, NOW).unwrap();
-    let again = seen.admit(&key, b"nonce-1", NOW + 10, NOW + 5).unwrap_err();
+    let mut seen = SeenNonces::new(2, NOW);
+    seen.admit(&key, b"nonce-1", NOW, NOW + 10, NOW).unwrap();
+    let again = seen
+        .admit(&key, b"nonce-1", NOW, NOW + 10, NOW + 5)
+        .unwrap_err();
     assert_eq!(again.kind(), "duplicate");
     // Another signer's same nonce is another token.
     let other = SigningKey::from_bytes(&[8; 32]).verifying_key();
-    seen.admit(&other, b"nonce-1", NOW + 20, NOW).unwrap();
+    seen.admit(&other, b"nonce-1", NOW, NOW + 20, NOW).unwrap();
     // Full: refused, not forgetting a live one.
-    let full = seen.admit(&key, b"nonce-2", NOW + 10, NOW + 1).unwrap_err();
+    let full = seen
+        .admit(&key, b"nonce-2", NOW, NOW + 10, NOW + 1)
+        .unwrap_err();
     assert_eq!(full.kind(), "too_large");
     assert_eq!(seen.len(), 2);
     // Once the first token expired it cannot be replayed anyway: forgotten, making room.
-    seen.admit(&key, b"nonce-2", NOW + 30, NOW + 10).unwrap();
+    seen.admit(&key, b"nonce-2", NOW + 10, NOW + 30, NOW + 10)
+        .unwrap();
     assert_eq!(seen.len(), 2);
-    let other_again = seen.admit(&other, b"nonce-1", NOW + 20, NOW + 19);
+    let other_again = seen.admit(&other, b"nonce-1", NOW, NOW + 20, NOW + 19);
     assert_eq!(other_again.unwrap_err().kind(), "duplicate");
+}
+
+#[test]
+fn a_set_that_started_after_a_token_was_signed_refuses_it_for_a_fresh_one() {
+    // The set of a restarted relay knows nothing of what was used before: a token from then,
+    // though still live, may be a replay.
+    let key = buyer().verifying_key();
+    let mut restarted = SeenNonces::new(8, NOW);
+    let before = restarted
+        .admit(&key, b"nonce-1", NOW - 1, NOW + 100, NOW)
+        .unwrap_err();
+    assert_eq!(before.kind(), "unavailable");
+    assert!(
+        before.to_string().starts_with("header.issuedAt: "),
+        "{before}"
+    );
+    // Nothing was remembered: a fresh one passes.
+    assert!(restarted.is_empty());
+    restarted
+        .admit(&key, b"nonce-2", NOW, NOW + 100, NOW)
+        .unwrap();
 }

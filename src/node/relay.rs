@@ -100,7 +100,7 @@ impl RelayService {
             shared: Arc::new(Shared {
                 providers: Mutex::default(),
                 pending: Mutex::default(),
-                nonces: Mutex::new(SeenNonces::new(REMEMBERED_NONCES)),
+                nonces: Mutex::new(SeenNonces::new(REMEMBERED_NONCES, now())),
             }),
         }
     }
@@ -126,6 +126,7 @@ impl RelayService {
         self.shared.nonces.lock().expect("nonces lock").admit(
             &opened.signer,
             &opened.nonce,
+            opened.issued_at,
             opened.issued_at + FRESHNESS_SECONDS,
             now,
         )?;
@@ -168,6 +169,7 @@ impl RelayService {
         self.shared.nonces.lock().expect("nonces lock").admit(
             &token.buyer,
             &token.nonce,
+            token.issued_at,
             token.expires_at,
             now,
         )?;

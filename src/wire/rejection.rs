@@ -25,6 +25,9 @@ pub enum Rejection {
     /// Larger than the protocol allows.
     #[error("{0}")]
     TooLarge(String),
+    /// Not now: the same request, made afresh, may pass.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl Rejection {
@@ -45,6 +48,7 @@ impl Rejection {
             Rejection::Duplicate(_) => "duplicate",
             Rejection::Precondition(_) => "precondition",
             Rejection::TooLarge(_) => "too_large",
+            Rejection::Unavailable(_) => "unavailable",
         }
     }
 
@@ -58,6 +62,7 @@ impl Rejection {
             Rejection::Duplicate(_) => Code::AlreadyExists,
             Rejection::Precondition(_) => Code::FailedPrecondition,
             Rejection::TooLarge(_) => Code::ResourceExhausted,
+            Rejection::Unavailable(_) => Code::Unavailable,
         }
     }
 }

@@ -125,7 +125,7 @@ impl<R: Reach> Relay<R> {
             key,
             metrics,
             limits: Limits::default(),
-            tokens: Mutex::new(SeenNonces::new(REMEMBERED_TOKENS)),
+            tokens: Mutex::new(SeenNonces::new(REMEMBERED_TOKENS, now())),
         })
     }
 }
@@ -271,6 +271,7 @@ impl<R: Reach> Relay<R> {
         self.tokens.lock().expect("tokens lock").admit(
             &token.buyer,
             &token.nonce,
+            token.issued_at,
             token.expires_at,
             now,
         )?;
