@@ -356,6 +356,14 @@ async fn world() -> World {
     }
 }
 
+/// The world with the operator's relay stream open to the node's gateway.
+async fn served() -> (World, Operator) {
+    let w = world().await;
+    let operator = w.operator(std::slice::from_ref(&w.node.url));
+    relay_up(&w, &w.node.url).await;
+    (w, operator)
+}
+
 impl World {
     fn operator(&self, gateways: &[String]) -> Operator {
         Operator::start(gateways, &self.provider, &self.pod, &self.metrics)
@@ -456,9 +464,7 @@ async fn forwarder(w: &World) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_connections_reach_the_workload_while_one_stalls() {
-    let w = world().await;
-    let _operator = w.operator(std::slice::from_ref(&w.node.url));
-    relay_up(&w, &w.node.url).await;
+    let (w, _operator) = served().await;
     let local = forwarder(&w).await;
 
     // One connection sends 16 MiB and never reads its echo: its streams fill up and stop.
@@ -775,9 +781,7 @@ impl Shared {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_followed_log_survives_an_operator_restart_without_losing_or_repeating_a_line() {
-    let w = world().await;
-    let mut operator = w.operator(std::slice::from_ref(&w.node.url));
-    relay_up(&w, &w.node.url).await;
+    let (w, mut operator) = served().await;
     for line in ["starting", "loading weights", "serving on :8000"] {
         w.pod.append(line);
     }
@@ -851,9 +855,7 @@ async fn a_followed_log_survives_an_operator_restart_without_losing_or_repeating
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "a benchmark: run it on its own, in release"]
 async fn access_tunnel_benchmark() {
-    let w = world().await;
-    let _operator = w.operator(std::slice::from_ref(&w.node.url));
-    relay_up(&w, &w.node.url).await;
+    let (w, _operator) = served().await;
     let tunnel = forwarder(&w).await;
     let direct = w.pod.echo;
     const BYTES: usize = 256 << 20;
@@ -1032,9 +1034,7 @@ async fn echo(socket: &mut TcpStream, message: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leases_bytes_and_calls_are_recorded_on_its_status_and_paced_by_its_offer() {
-    let w = world().await;
-    let _operator = w.operator(std::slice::from_ref(&w.node.url));
-    relay_up(&w, &w.node.url).await;
+    let (w, _operator) = served().await;
     // The probe call of `relay_up` is counted too.
     let before = w.pod.recorded_when(|a| a.connections >= 1).await;
     let local = forwarder(&w).await;
@@ -1074,9 +1074,7 @@ async fn a_leases_bytes_and_calls_are_recorded_on_its_status_and_paced_by_its_of
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_connection_ends_when_it_idles_past_the_offers_limit_or_its_lease_stops() {
-    let w = world().await;
-    let _operator = w.operator(std::slice::from_ref(&w.node.url));
-    relay_up(&w, &w.node.url).await;
+    let (w, _operator) = served().await;
     let local = forwarder(&w).await;
     w.pod.set_idle_timeout(1);
     let mut idle = TcpStream::connect(local).await.unwrap();

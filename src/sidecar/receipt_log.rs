@@ -121,6 +121,7 @@ impl ReceiptLog {
         record.extend_from_slice(&encoded);
         self.file.write_all(&record).map_err(io(&path))?;
         self.file.sync_data().map_err(io(&path))?;
+        // Summed from the logged bytes, as `open` sums them: the log is the one account.
         if let Some(more) = Receipt::decode(signed.body.as_slice())
             .ok()
             .and_then(|r| r.access)
