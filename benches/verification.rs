@@ -1,5 +1,6 @@
 //! Verification's costs, side by side: NVIDIA CC evidence verified (chain of five ECDSA P-384
-//! signatures, the report's signature, parsing), and the GPU challenge on the CPU path — the
+//! signatures, the report's signature, parsing), one of NVIDIA's RIMs verified (canonicalizing
+//! the document twice, SHA-384, four certificates and the XML signature) and compared, and the GPU challenge on the CPU path — the
 //! probe's work for one tile (generate A and B, multiply) against the verifier's for one round on
 //! it (regenerate, Freivalds, one row opened); and the network's default probe of one GPU whole,
 //! the probe's work against the network's check of its answers. `make bench` prints them.
@@ -7,7 +8,8 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use gpubridge::attestation::nvidia::{Claimed, DeviceRoot, verify_gpu};
+use gpubridge::attestation::nvidia::{Claimed, PinnedRoot, verify_gpu};
+use gpubridge::attestation::rim::{compare, verify_rim};
 use gpubridge::node::Params;
 use gpubridge::probe::challenge::{check_gpu, gpu_rounds, gpu_seed};
 use gpubridge::probe::{Matrix, Prover, Spec, generate, multiply, rounds, verify_round};
@@ -19,7 +21,7 @@ fn cc_evidence(c: &mut Criterion) {
     let report = hex::decode(REPORT.trim()).unwrap();
     let nonce =
         hex::decode("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb").unwrap();
-    let root = DeviceRoot::nvidia();
+    let root = PinnedRoot::nvidia_device();
     let claimed = Claimed {
         nonce: &nonce,
         driver: "550.90.07",
@@ -33,6 +35,40 @@ fn cc_evidence(c: &mut Criterion) {
             })
         },
     );
+}
+
+fn reference_manifest(c: &mut Criterion) {
+    const RIM: &[u8] = include_bytes!("../src/attestation/testdata/Driver_RIM_test_no_gpu.swidtag");
+    const TEST_REPORT: &str =
+        include_str!("../src/attestation/testdata/testNoGpuAttestationReport.txt");
+    const TEST_CHAIN: &[u8] = include_bytes!("../src/attestation/testdata/gpuAkCertChain.txt");
+    // 2024-06-01, when the manifest's signer was valid.
+    const AT: i64 = 1_717_200_000;
+    let root = PinnedRoot::nvidia_rim();
+    c.bench_function(
+        "rim: verify NVIDIA's driver RIM (20 KiB, signature + chain)",
+        |b| b.iter(|| verify_rim(black_box(RIM), &root, AT).unwrap()),
+    );
+    let manifest = verify_rim(RIM, &root, AT).unwrap();
+    let nonce =
+        hex::decode("4cff7f5380ead8fad8ec2c531c110aca4302a88f603792801a8ca29ee151af2e").unwrap();
+    let claimed = Claimed {
+        nonce: &nonce,
+        driver: "545.00",
+        vbios: "96.00.5e.00.01",
+    };
+    let report = hex::decode(TEST_REPORT.trim()).unwrap();
+    let gpu = verify_gpu(
+        &report,
+        TEST_CHAIN,
+        &claimed,
+        &PinnedRoot::nvidia_device(),
+        AT,
+    )
+    .unwrap();
+    c.bench_function("rim: compare one GPU's 64 measurements with it", |b| {
+        b.iter(|| compare(black_box(&gpu), Some(&manifest), None).unwrap())
+    });
 }
 
 fn challenge(c: &mut Criterion) {
@@ -110,5 +146,11 @@ fn default_probe(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, cc_evidence, challenge, default_probe);
+criterion_group!(
+    benches,
+    cc_evidence,
+    reference_manifest,
+    challenge,
+    default_probe
+);
 criterion_main!(benches);

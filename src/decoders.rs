@@ -121,6 +121,17 @@ pub fn receipt_and_evidence(data: &[u8]) {
     }
 }
 
+/// Bytes as one of NVIDIA's reference integrity manifests, through XML parsing,
+/// canonicalization and the signature checks, at a time NVIDIA's published manifests were valid
+/// so that altered ones reach every check. What verifies holds at least one measurement.
+pub fn manifest(data: &[u8]) -> Option<crate::attestation::rim::ReferenceManifest> {
+    use crate::attestation::nvidia::PinnedRoot;
+    static ROOT: LazyLock<PinnedRoot> = LazyLock::new(PinnedRoot::nvidia_rim);
+    let verified = crate::attestation::rim::verify_rim(data, &ROOT, 1_717_200_000).ok()?;
+    assert!(!verified.golden.is_empty());
+    Some(verified)
+}
+
 /// Bytes as an offer body and as an order body, through the field rules.
 pub fn bodies(data: &[u8]) {
     if let Ok(offer) = OfferBody::decode(data) {
@@ -164,6 +175,36 @@ mod tests {
             bodies(&data);
             amount(&data);
             receipt_and_evidence(&data);
+            manifest(&data);
+        }
+
+        /// A signature over a document, not over its bytes: some bytes of a signed manifest
+        /// can change and it still verifies (whitespace between attributes, inside base64), but
+        /// then what it says is exactly what NVIDIA signed.
+        #[test]
+        fn an_altered_manifest_that_still_verifies_says_what_nvidia_signed(flips in proptest::collection::vec((0usize..20_519, any::<u8>()), 1..4)) {
+            const RIM: &[u8] = include_bytes!("attestation/testdata/Driver_RIM_test_no_gpu.swidtag");
+            let signed = manifest(RIM).unwrap();
+            let mut bytes = RIM.to_vec();
+            for (at, value) in flips {
+                bytes[at % RIM.len()] = value;
+            }
+            if let Some(verified) = manifest(&bytes) {
+                prop_assert_eq!(verified, signed);
+            }
+        }
+
+        /// The same, with the likeliest harmless change: one whitespace byte for another.
+        #[test]
+        fn whitespace_swapped_in_a_manifest_changes_nothing_it_says(at in any::<prop::sample::Index>(), value in prop::sample::select(vec![b' ', b'\t', b'\n', b'\r'])) {
+            const RIM: &[u8] = include_bytes!("attestation/testdata/Driver_RIM_test_no_gpu.swidtag");
+            let signed = manifest(RIM).unwrap();
+            let spaces: Vec<usize> = (0..RIM.len()).filter(|&i| RIM[i].is_ascii_whitespace()).collect();
+            let mut bytes = RIM.to_vec();
+            bytes[*at.get(&spaces)] = value;
+            if let Some(verified) = manifest(&bytes) {
+                prop_assert_eq!(verified, signed);
+            }
         }
 
         #[test]
@@ -202,6 +243,18 @@ mod tests {
             lease(&bytes);
             bodies(&bytes);
         }
+    }
+
+    #[test]
+    fn some_changes_to_a_manifests_bytes_keep_its_signature_and_its_content() {
+        const RIM: &[u8] = include_bytes!("attestation/testdata/Driver_RIM_test_no_gpu.swidtag");
+        let text = String::from_utf8(RIM.to_vec()).unwrap();
+        // Spacing inside a tag and inside base64 is not what the signature covers.
+        let respaced = text
+            .replacen("<ns0:Entity name=", "<ns0:Entity\n\tname=", 1)
+            .replacen("<ds:X509Certificate>MII", "<ds:X509Certificate>\n  MII", 1);
+        assert_ne!(respaced, text);
+        assert_eq!(manifest(respaced.as_bytes()), manifest(RIM));
     }
 
     #[test]

@@ -128,6 +128,48 @@ async fn errors_name_the_target_and_the_fix_before_anything_is_sent() {
     );
 }
 
+/// NVIDIA's manifests go to the network from the CLI and are checked there: NVIDIA's published
+/// ones were signed by certificates that expired in June 2025, so today's network refuses them
+/// with that reason (their acceptance at a time they were valid is the state's test). A missing or
+/// oversized file is refused before anything is sent.
+#[tokio::test]
+async fn manifests_are_handed_to_the_network_and_checked_there() {
+    let node = Node::start().await;
+    let config = tempfile::tempdir().unwrap();
+    assert!(
+        order(config.path(), &node.url, &["keygen"])
+            .await
+            .status
+            .success()
+    );
+    let rim = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/attestation/testdata/Driver_RIM_test_no_gpu.swidtag"
+    );
+    let (code, out, err) = says(&order(config.path(), &node.url, &["rims", rim]).await);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("Driver_RIM_test_no_gpu.swidtag: manifest: RimCertificate")
+            && err.contains("certificateChain[0]: expired"),
+        "{err}"
+    );
+
+    let nowhere = "http://127.0.0.1:9";
+    let large = config.path().join("large.swidtag");
+    std::fs::write(&large, vec![b' '; 128 * 1024 + 1]).unwrap();
+    for (file, expected) in [
+        (
+            "/nonexistent.swidtag",
+            "files: cannot read /nonexistent.swidtag",
+        ),
+        (large.to_str().unwrap(), "over a manifest's limit of 131072"),
+    ] {
+        let (code, _, err) = says(&order(config.path(), nowhere, &["rims", file]).await);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains(expected), "{err}");
+    }
+}
+
 /// A buyer's session: a rejected order exits 3 and says the bound that failed; funds short of
 /// the hold name the deposit; a matched order is found by a prefix of its lease id and shown in
 /// detail; the list is newest first; an order whose lease failed by the provider's fault exits 3.

@@ -4,7 +4,10 @@
 use ed25519_dalek::VerifyingKey;
 use prost::Message;
 
-use super::nvidia::{AttestedGpu, Claimed, DeviceRoot, NOT_CHECKED, verify_gpu};
+use std::collections::BTreeSet;
+
+use super::nvidia::{AttestedGpu, Claimed, NOT_CHECKED, PinnedRoot, verify_gpu};
+use super::rim::{ManifestBook, compare};
 use crate::gpu::{DeviceInfo, HardwareAttestation};
 use crate::identity;
 use crate::metering::digest;
@@ -83,10 +86,16 @@ pub struct Attestation {
     pub detail: String,
 }
 
-/// Verifies each GPU's CC evidence against the evidence's nonce and `root` at `now`. Any GPU
-/// without verified evidence, or two GPUs presenting one chip, make the whole lease
-/// self-reported: a lease is only as attested as its least attested GPU.
-pub fn attest(evidence: &Evidence, root: &DeviceRoot, now: i64) -> Attestation {
+/// Verifies each GPU's CC evidence against the evidence's nonce and `root` at `now`, and its
+/// measurements against the manifests held for its driver and VBIOS. Any GPU without verified
+/// evidence, with a measurement its manifests do not list, or two GPUs presenting one chip,
+/// make the whole lease self-reported: a lease is only as attested as its least attested GPU.
+pub fn attest(
+    evidence: &Evidence,
+    root: &PinnedRoot,
+    manifests: &ManifestBook,
+    now: i64,
+) -> Attestation {
     let self_reported = |detail: String| Attestation {
         tier: TrustTier::SelfReported,
         detail,
@@ -95,6 +104,9 @@ pub fn attest(evidence: &Evidence, root: &DeviceRoot, now: i64) -> Attestation {
         return self_reported("the evidence names no GPU".into());
     }
     let mut attested: Vec<AttestedGpu> = Vec::with_capacity(evidence.gpus.len());
+    let mut checked = Vec::with_capacity(evidence.gpus.len());
+    // (chip, component, version) no manifest is held for, each named once.
+    let mut unchecked = BTreeSet::new();
     for (i, gpu) in evidence.gpus.iter().enumerate() {
         if !gpu.cc_mode || gpu.attestation_report.is_empty() || gpu.certificate_chain.is_empty() {
             return self_reported(format!(
@@ -121,6 +133,25 @@ pub fn attest(evidence: &Evidence, root: &DeviceRoot, now: i64) -> Attestation {
                         gpu.uuid, verified.device
                     ));
                 }
+                let (driver, vbios) = manifests.for_gpu(&verified);
+                match compare(&verified, driver, vbios) {
+                    Ok(matched) => {
+                        checked.push(if matched.compared.is_empty() {
+                            format!("gpus[{i}] {verified}")
+                        } else {
+                            format!("gpus[{i}] {verified}, {matched}")
+                        });
+                        for (component, version) in matched.missing {
+                            unchecked.insert((verified.chip.clone(), component, version));
+                        }
+                    }
+                    Err(mismatch) => {
+                        return self_reported(format!(
+                            "gpus[{i}] ({}): CC evidence refused (MeasurementMismatch): {mismatch}",
+                            gpu.uuid
+                        ));
+                    }
+                }
                 attested.push(verified);
             }
             Err(rejection) => {
@@ -132,14 +163,20 @@ pub fn attest(evidence: &Evidence, root: &DeviceRoot, now: i64) -> Attestation {
             }
         }
     }
-    let checked: Vec<String> = attested
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("gpus[{i}] {a}"))
-        .collect();
+    let mut not_checked = NOT_CHECKED.to_string();
+    if !unchecked.is_empty() {
+        let missing: Vec<String> = unchecked
+            .iter()
+            .map(|(chip, component, version)| format!("{chip} {component} {version}"))
+            .collect();
+        not_checked.push_str(&format!(
+            ", measurements against NVIDIA's RIMs for {} (none held)",
+            missing.join(", ")
+        ));
+    }
     Attestation {
         tier: TrustTier::HardwareAttested,
-        detail: format!("{}; {NOT_CHECKED}", checked.join("; ")),
+        detail: format!("{}; {not_checked}", checked.join("; ")),
     }
 }
 
@@ -361,20 +398,103 @@ mod tests {
 
     #[test]
     fn nvidias_sample_evidence_earns_hardware_attested_and_says_what_it_checked() {
-        let root = DeviceRoot::nvidia();
-        let attested = attest(&sample_evidence(vec![sample_gpu("GPU-a")]), &root, NOW);
+        let root = PinnedRoot::nvidia_device();
+        let attested = attest(
+            &sample_evidence(vec![sample_gpu("GPU-a")]),
+            &root,
+            &ManifestBook::default(),
+            NOW,
+        );
         assert_eq!(attested.tier, TrustTier::HardwareAttested, "{attested:?}");
         assert!(
             attested.detail.contains("device 41431D480FE5E87274"),
             "{attested:?}"
         );
-        assert!(attested.detail.ends_with(NOT_CHECKED), "{attested:?}");
+        // No manifest is held for its driver and VBIOS, and the verdict says so.
+        assert!(
+            attested.detail.ends_with(
+                "not checked: certificate revocation (OCSP), measurements against NVIDIA's RIMs \
+                 for GH100 VBIOS 96.00.9f.00.01, GH100 driver 550.90.07 (none held)"
+            ),
+            "{attested:?}"
+        );
+    }
+
+    #[test]
+    fn a_gpus_measurements_are_held_against_the_manifests_for_its_driver_and_vbios() {
+        use crate::attestation::rim::tests::{
+            CHAIN, DRIVER_RIM, NONCE, SIGNED_AT, VBIOS_RIM, VBIOS_RIM_PROD, report,
+        };
+        use crate::attestation::rim::verify_rim;
+        let evidence = Evidence {
+            lease_id: "l".into(),
+            nonce: hex::decode(NONCE).unwrap(),
+            gpus: vec![GpuIdentity {
+                uuid: "GPU-a".into(),
+                driver: "545.00".into(),
+                vbios: "96.00.5e.00.01".into(),
+                cc_mode: true,
+                attestation_report: report(),
+                certificate_chain: CHAIN.to_vec(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let book = |manifests: &[&[u8]]| {
+            let mut book = ManifestBook::default();
+            for xml in manifests {
+                book.insert(verify_rim(xml, &PinnedRoot::nvidia_rim(), SIGNED_AT).unwrap());
+            }
+            book
+        };
+        let root = PinnedRoot::nvidia_device();
+        let matched = attest(&evidence, &root, &book(&[DRIVER_RIM, VBIOS_RIM]), SIGNED_AT);
+        assert_eq!(matched.tier, TrustTier::HardwareAttested, "{matched:?}");
+        assert!(
+            matched.detail.ends_with(
+                "20 measurements match NVIDIA's driver RIM 545.00, 12 measurements match \
+                 NVIDIA's VBIOS RIM 96.00.5e.00.01; not checked: certificate revocation (OCSP)"
+            ),
+            "{matched:?}"
+        );
+        // A manifest its measurements contradict: not hardware-attested, and why.
+        let contradicted = attest(
+            &evidence,
+            &root,
+            &book(&[DRIVER_RIM, VBIOS_RIM_PROD]),
+            SIGNED_AT,
+        );
+        assert_eq!(
+            contradicted.tier,
+            TrustTier::SelfReported,
+            "{contradicted:?}"
+        );
+        assert!(
+            contradicted.detail.starts_with(
+                "gpus[0] (GPU-a): CC evidence refused (MeasurementMismatch): measurement 1 \
+                 (HashedMeasurement_1_FSP)"
+            ),
+            "{contradicted:?}"
+        );
+        // The driver's manifest only: the VBIOS is named as not checked.
+        let half = attest(&evidence, &root, &book(&[DRIVER_RIM]), SIGNED_AT);
+        assert_eq!(half.tier, TrustTier::HardwareAttested, "{half:?}");
+        assert!(
+            half.detail.ends_with(
+                "20 measurements match NVIDIA's driver RIM 545.00; not checked: certificate \
+                 revocation (OCSP), measurements against NVIDIA's RIMs for GH100 VBIOS \
+                 96.00.5e.00.01 (none held)"
+            ),
+            "{half:?}"
+        );
     }
 
     #[test]
     fn a_lease_is_only_as_attested_as_its_least_attested_gpu() {
-        let root = DeviceRoot::nvidia();
-        let tier = |gpus: Vec<GpuIdentity>| attest(&sample_evidence(gpus), &root, NOW);
+        let root = PinnedRoot::nvidia_device();
+        let tier = |gpus: Vec<GpuIdentity>| {
+            attest(&sample_evidence(gpus), &root, &ManifestBook::default(), NOW)
+        };
         let refused = |gpus: Vec<GpuIdentity>, why: &str| {
             let a = tier(gpus);
             assert_eq!(a.tier, TrustTier::SelfReported, "{a:?}");
@@ -411,7 +531,7 @@ mod tests {
         );
         let mut other_nonce = sample_evidence(vec![sample_gpu("GPU-a")]);
         other_nonce.nonce = vec![7; 32];
-        let a = attest(&other_nonce, &root, NOW);
+        let a = attest(&other_nonce, &root, &ManifestBook::default(), NOW);
         assert!(a.detail.contains("(WrongNonce)"), "{a:?}");
     }
 

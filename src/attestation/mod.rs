@@ -2,8 +2,10 @@
 //! bound to the network's challenge nonce and signed with the lease key; how it is verified and
 //! which trust tier it earns; and the attest sidecar that answers every challenge.
 
+mod c14n;
 pub mod evidence;
 pub mod nvidia;
+pub mod rim;
 pub mod spdm;
 
 pub use evidence::{

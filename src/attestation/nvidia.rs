@@ -13,9 +13,11 @@
 //! 4. the report's FWID is the leaf's, and its driver and VBIOS versions are those the GPU's
 //!    identity states.
 //!
-//! Certificate revocation (OCSP) and the comparison of measurements with NVIDIA's reference
-//! integrity manifests need NVIDIA's services; they are not done here, and [`AttestedGpu`] says so.
+//! The report's measurements are compared with NVIDIA's reference integrity manifests where the
+//! network holds them ([`super::rim`]). Certificate revocation (OCSP) needs NVIDIA's service; it
+//! is not checked, and every verdict says so.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use ring::signature::{ECDSA_P384_SHA384_ASN1, ECDSA_P384_SHA384_FIXED, UnparsedPublicKey};
@@ -25,7 +27,10 @@ use x509_cert::der::oid::ObjectIdentifier;
 use x509_cert::der::{Decode, Reader, SliceReader};
 use x509_cert::ext::pkix::BasicConstraints;
 
-use super::spdm::{self, OPAQUE_DRIVER_VERSION, OPAQUE_FWID, OPAQUE_VBIOS_VERSION};
+use super::spdm::{
+    self, NVDEC_DISABLED, OPAQUE_DRIVER_VERSION, OPAQUE_FWID, OPAQUE_NVDEC0_STATUS,
+    OPAQUE_VBIOS_VERSION,
+};
 
 /// NVIDIA's Device Identity CA, the root of every NVIDIA GPU's device certificate chain
 /// (published in `NVIDIA/nvtrust` as `verifier_device_root.pem`).
@@ -33,33 +38,55 @@ const NVIDIA_DEVICE_ROOT_PEM: &str = include_str!("nvidia_device_identity_ca.pem
 /// Its SHA-256 fingerprint, as the README prints it.
 pub const NVIDIA_DEVICE_ROOT_SHA256: &str =
     "102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48";
+/// NVIDIA's CoRIM signing Root CA, the root of the certificates that sign its reference
+/// integrity manifests (published in `NVIDIA/nvtrust` as `verifier_RIM_root.pem`).
+const NVIDIA_RIM_ROOT_PEM: &str = include_str!("nvidia_corim_signing_root_ca.pem");
+pub const NVIDIA_RIM_ROOT_SHA256: &str =
+    "12977b5115acb0381179279fffeb5a8c4d264971ebb32298023a465fa41df5d1";
 
 const ECDSA_WITH_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
 const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
 const SERIAL_NUMBER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.5");
+const COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
 /// TCG DICE's FWID extension: the measurement of the firmware that holds the leaf's key.
 const TCG_DICE_FWID: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.23.133.5.4.1");
 const FWID_BYTES: usize = 48;
 /// A GPU chain is 5 certificates; anything much longer is not one.
 const MAX_CHAIN: usize = 8;
 
-/// The root a chain must end in.
+/// The root a chain must end in, pinned in the binary.
 #[derive(Clone, Debug)]
-pub struct DeviceRoot {
+pub struct PinnedRoot {
+    name: &'static str,
     der: Vec<u8>,
 }
 
-impl DeviceRoot {
-    /// NVIDIA's Device Identity CA.
-    pub fn nvidia() -> DeviceRoot {
-        DeviceRoot::from_pem(NVIDIA_DEVICE_ROOT_PEM.as_bytes())
-            .expect("the pinned NVIDIA root is one PEM certificate")
+impl PinnedRoot {
+    /// NVIDIA's Device Identity CA: GPUs' certificate chains.
+    pub fn nvidia_device() -> PinnedRoot {
+        PinnedRoot::from_pem(
+            "NVIDIA's Device Identity CA",
+            NVIDIA_DEVICE_ROOT_PEM.as_bytes(),
+        )
+        .expect("the pinned NVIDIA root is one PEM certificate")
     }
 
-    pub fn from_pem(pem: &[u8]) -> Result<DeviceRoot, CcRejection> {
+    /// NVIDIA's CoRIM signing Root CA: the signers of reference integrity manifests.
+    pub fn nvidia_rim() -> PinnedRoot {
+        PinnedRoot::from_pem(
+            "NVIDIA's CoRIM signing Root CA",
+            NVIDIA_RIM_ROOT_PEM.as_bytes(),
+        )
+        .expect("the pinned NVIDIA root is one PEM certificate")
+    }
+
+    pub fn from_pem(name: &'static str, pem: &[u8]) -> Result<PinnedRoot, CcRejection> {
         match pem_certificates(pem)?.as_slice() {
-            [der] => Ok(DeviceRoot { der: der.clone() }),
+            [der] => Ok(PinnedRoot {
+                name,
+                der: der.clone(),
+            }),
             other => Err(CcRejection::Chain(format!(
                 "a root is one certificate, not {}",
                 other.len()
@@ -88,13 +115,17 @@ pub struct Claimed<'a> {
 pub struct AttestedGpu {
     /// The chip's identity: the serial number of its device certificate.
     pub device: String,
+    /// The chip's kind as its device certificate names it (`GH100`): which RIMs apply.
+    pub chip: String,
     /// The firmware measurement in the leaf certificate, hex, when the report carries one (it
     /// then matched).
     pub fwid: Option<String>,
     pub driver: String,
     pub vbios: String,
-    /// How many measurement blocks the signed report holds.
-    pub measurements: usize,
+    /// The signed report's measurements by block index.
+    pub measurements: BTreeMap<u8, Vec<u8>>,
+    /// Whether the report says NVDEC0 is disabled, which leaves one measurement undefined.
+    pub nvdec_disabled: bool,
 }
 
 impl fmt::Display for AttestedGpu {
@@ -103,7 +134,10 @@ impl fmt::Display for AttestedGpu {
             f,
             "device {}: report over the nonce signed by a key certified to NVIDIA's Device \
              Identity CA, {} measurements, driver {} and VBIOS {} as stated",
-            self.device, self.measurements, self.driver, self.vbios
+            self.device,
+            self.measurements.len(),
+            self.driver,
+            self.vbios
         )?;
         if self.fwid.is_some() {
             write!(f, ", firmware ID matches its certificate")?;
@@ -112,19 +146,21 @@ impl fmt::Display for AttestedGpu {
     }
 }
 
-/// What the verifier cannot check offline; every hardware-attested verdict lists it.
-pub const NOT_CHECKED: &str =
-    "not checked: certificate revocation (OCSP), measurements against NVIDIA's RIMs";
+/// What the verifier cannot check offline; every hardware-attested verdict lists it, and the
+/// manifests it was not given ([`super::rim`]).
+pub const NOT_CHECKED: &str = "not checked: certificate revocation (OCSP)";
 
 /// Why CC evidence was refused. `kind` is a stable word for metrics and conditions.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CcRejection {
     #[error("certificateChain: {0}")]
     Chain(String),
-    #[error(
-        "certificateChain: ends in {found} (sha256), not NVIDIA's Device Identity CA ({expected})"
-    )]
-    UnknownRoot { expected: String, found: String },
+    #[error("certificateChain: ends in {found} (sha256), not {root} ({expected})")]
+    UnknownRoot {
+        root: &'static str,
+        expected: String,
+        found: String,
+    },
     #[error("certificateChain[{index}]: {rule}")]
     Validity { index: usize, rule: String },
     #[error("certificateChain[{index}]: its signature does not verify with its issuer's key")]
@@ -165,10 +201,10 @@ pub fn verify_gpu(
     report: &[u8],
     chain: &[u8],
     claimed: &Claimed<'_>,
-    root: &DeviceRoot,
+    root: &PinnedRoot,
     now: i64,
 ) -> Result<AttestedGpu, CcRejection> {
-    let chain = verify_chain(chain, root, now)?;
+    let chain = verify_chain(pem_certificates(chain)?, root, now)?;
     verify_report(&chain, report, claimed)
 }
 
@@ -180,6 +216,7 @@ fn verify_report(
 ) -> Result<AttestedGpu, CcRejection> {
     let leaf = &chain[0].1;
     let device = device_identity(&chain[1].1)?;
+    let chip = chip_kind(&chain[1].1)?;
     let parsed = spdm::parse(report)?;
     if parsed.request_nonce.as_slice() != claimed.nonce {
         return Err(CcRejection::WrongNonce {
@@ -228,10 +265,16 @@ fn verify_report(
     }
     Ok(AttestedGpu {
         device,
+        chip,
         fwid,
         driver,
         vbios,
-        measurements: parsed.measurements.len(),
+        measurements: parsed
+            .measurements
+            .iter()
+            .map(|(&index, value)| (index, value.to_vec()))
+            .collect(),
+        nvdec_disabled: parsed.opaque.get(&OPAQUE_NVDEC0_STATUS) == Some(&&[NVDEC_DISABLED][..]),
     })
 }
 
@@ -272,13 +315,17 @@ fn pem_certificates(pem: &[u8]) -> Result<Vec<Vec<u8>>, CcRejection> {
     Ok(certificates)
 }
 
-/// The chain leaf first, verified to `root`: each certificate with its DER.
-fn verify_chain(
-    pem: &[u8],
-    root: &DeviceRoot,
+/// A chain of DER certificates, leaf first, verified to `root`: each certificate with its DER.
+pub(super) fn verify_chain(
+    ders: Vec<Vec<u8>>,
+    root: &PinnedRoot,
     now: i64,
 ) -> Result<Vec<(Vec<u8>, Certificate)>, CcRejection> {
-    let ders = pem_certificates(pem)?;
+    if ders.len() > MAX_CHAIN {
+        return Err(CcRejection::Chain(format!(
+            "more than {MAX_CHAIN} certificates"
+        )));
+    }
     if ders.len() < 3 {
         return Err(CcRejection::Chain(format!(
             "holds {} certificates; a GPU's chain runs leaf, device certificate, …, root",
@@ -288,6 +335,7 @@ fn verify_chain(
     let last = ders.last().map(|d| hex::encode(Sha256::digest(d)));
     if ders.last() != Some(&root.der) {
         return Err(CcRejection::UnknownRoot {
+            root: root.name,
             expected: root.fingerprint(),
             found: last.unwrap_or_default(),
         });
@@ -342,7 +390,7 @@ fn verify_chain(
 }
 
 /// The certificate's public key: an uncompressed P-384 point, as [`check_key`] required.
-fn public_key(certificate: &Certificate) -> &[u8] {
+pub(super) fn public_key(certificate: &Certificate) -> &[u8] {
     certificate
         .tbs_certificate
         .subject_public_key_info
@@ -398,16 +446,31 @@ fn check_key(index: usize, certificate: &Certificate) -> Result<(), CcRejection>
     Ok(())
 }
 
-/// The device certificate's serial number: the chip's identity.
-fn device_identity(device: &Certificate) -> Result<String, CcRejection> {
-    device
+/// The first word of the device certificate's common name (`GH100 A01 GSP BROM`): the kind
+/// of chip, as NVIDIA's RIMs name it.
+fn chip_kind(device: &Certificate) -> Result<String, CcRejection> {
+    attribute(device, COMMON_NAME)
+        .and_then(|name| name.split_whitespace().next().map(str::to_string))
+        .ok_or_else(|| {
+            CcRejection::Chain("certificate 1 (the device certificate) has no common name".into())
+        })
+}
+
+/// A subject attribute of `certificate` as text.
+fn attribute(certificate: &Certificate, oid: ObjectIdentifier) -> Option<&str> {
+    certificate
         .tbs_certificate
         .subject
         .0
         .iter()
         .flat_map(|rdn| rdn.0.iter())
-        .find(|atv| atv.oid == SERIAL_NUMBER)
+        .find(|atv| atv.oid == oid)
         .and_then(|atv| std::str::from_utf8(atv.value.value()).ok())
+}
+
+/// The device certificate's serial number: the chip's identity.
+fn device_identity(device: &Certificate) -> Result<String, CcRejection> {
+    attribute(device, SERIAL_NUMBER)
         .map(str::to_string)
         .ok_or_else(|| {
             CcRejection::Chain(
@@ -471,7 +534,7 @@ pub(crate) mod tests {
     }
 
     fn verify(report: &[u8], chain: &[u8]) -> Result<AttestedGpu, CcRejection> {
-        verify_gpu(report, chain, &claimed(), &DeviceRoot::nvidia(), NOW)
+        verify_gpu(report, chain, &claimed(), &PinnedRoot::nvidia_device(), NOW)
     }
 
     fn kind(result: Result<AttestedGpu, CcRejection>) -> &'static str {
@@ -481,7 +544,7 @@ pub(crate) mod tests {
     #[test]
     fn the_pinned_root_is_nvidias_device_identity_ca_with_the_readmes_fingerprint() {
         assert_eq!(
-            DeviceRoot::nvidia().fingerprint(),
+            PinnedRoot::nvidia_device().fingerprint(),
             NVIDIA_DEVICE_ROOT_SHA256
         );
         let readme = include_str!("../../README.md");
@@ -491,17 +554,22 @@ pub(crate) mod tests {
     #[test]
     fn nvidias_sample_h100_evidence_verifies() {
         let gpu = verify(&sample_report(), SAMPLE_CHAIN).unwrap();
+        assert_eq!(gpu.measurements.len(), 64);
+        assert_eq!(gpu.measurements.keys().next(), Some(&1));
+        assert!(gpu.measurements.values().all(|m| m.len() == 48));
         assert_eq!(
             gpu,
             AttestedGpu {
                 device: "41431D480FE5E87274".into(),
+                chip: "GH100".into(),
                 fwid: Some(
                     "f5c384aebb579217a2c66b17ed0f28e6a9b8d639041acd7b4721cec004f7275494ba94bb5cdfdb3055ee051762b1f75d"
                         .into()
                 ),
                 driver: SAMPLE_DRIVER.into(),
                 vbios: SAMPLE_VBIOS.into(),
-                measurements: 64,
+                measurements: gpu.measurements.clone(),
+                nvdec_disabled: true,
             }
         );
     }
@@ -510,7 +578,12 @@ pub(crate) mod tests {
     fn every_flipped_bit_of_the_report_is_refused() {
         let report = sample_report();
         // The chain once; then the report's checks, which see every flip.
-        let chain = verify_chain(SAMPLE_CHAIN, &DeviceRoot::nvidia(), NOW).unwrap();
+        let chain = verify_chain(
+            pem_certificates(SAMPLE_CHAIN).unwrap(),
+            &PinnedRoot::nvidia_device(),
+            NOW,
+        )
+        .unwrap();
         assert!(verify_report(&chain, &report, &claimed()).is_ok());
         for at in 0..report.len() {
             let mut flipped = report.clone();
@@ -559,7 +632,7 @@ pub(crate) mod tests {
                 nonce: &other,
                 ..claimed()
             },
-            &DeviceRoot::nvidia(),
+            &PinnedRoot::nvidia_device(),
             NOW,
         );
         assert_eq!(kind(refused), "WrongNonce");
@@ -608,7 +681,7 @@ pub(crate) mod tests {
             &sample_report(),
             SAMPLE_CHAIN,
             &claimed(),
-            &DeviceRoot::nvidia(),
+            &PinnedRoot::nvidia_device(),
             1_500_000_000,
         )
         .unwrap_err();
@@ -667,7 +740,7 @@ pub(crate) mod tests {
 
     /// NVIDIA's sample chain with every key replaced by one of ours and every certificate
     /// re-signed by the next (the root by itself), after `tweak`: the chain and its root.
-    fn forged_chain(tweak: impl Fn(usize, &mut TbsCertificate)) -> (Vec<u8>, DeviceRoot) {
+    fn forged_chain(tweak: impl Fn(usize, &mut TbsCertificate)) -> (Vec<u8>, PinnedRoot) {
         let rng = SystemRandom::new();
         let certificates: Vec<Certificate> = pem_certificates(SAMPLE_CHAIN)
             .unwrap()
@@ -694,7 +767,7 @@ pub(crate) mod tests {
                 .unwrap()
             })
             .collect();
-        let root = DeviceRoot::from_pem(&pem_chain(ders.last())).unwrap();
+        let root = PinnedRoot::from_pem("a test root", &pem_chain(ders.last())).unwrap();
         (pem_chain(&ders), root)
     }
 

@@ -20,6 +20,9 @@ pub const SIGNATURE_BYTES: usize = 96;
 /// Opaque data fields NVIDIA's driver adds to the response (its `OPAQUE_FIELD_ID_*`).
 pub const OPAQUE_DRIVER_VERSION: u16 = 3;
 pub const OPAQUE_VBIOS_VERSION: u16 = 6;
+pub const OPAQUE_NVDEC0_STATUS: u16 = 11;
+/// NVDEC0's status when disabled (enabled is `0xAA`).
+pub const NVDEC_DISABLED: u8 = 0x55;
 pub const OPAQUE_FWID: u16 = 20;
 
 /// A parsed report. `signed` is what the signature covers: the request and the response up to

@@ -24,7 +24,7 @@ use crate::wire::proto::{
     Ack, BalanceReply, ChallengeReply, EvidenceReply, HeartbeatReply, InfoReply, InfoRequest,
     LeaseBody, LeaseEndReply, LeaseEvent, LeaseProof, ListOffersReply, ListOffersRequest,
     ListOrdersReply, OrderView, ParamsReply, ParamsRequest, ProbeReply, ProposalView,
-    PublishOfferReply, ReceiptsReply, RegisterReply, Signed, StakeReply, lease_event,
+    PublishOfferReply, ReceiptsReply, RegisterReply, RimReply, Signed, StakeReply, lease_event,
 };
 
 type LeaseSender = mpsc::Sender<Result<LeaseEvent, Status>>;
@@ -313,6 +313,11 @@ impl Gateway for GatewayService {
 
     async fn submit_probe(&self, request: Request<Signed>) -> Result<Response<ProbeReply>, Status> {
         let reply = transact!(self, request, SubmitProbe, Outcome::Probe(reply) => reply);
+        Ok(Response::new(reply))
+    }
+
+    async fn submit_rim(&self, request: Request<Signed>) -> Result<Response<RimReply>, Status> {
+        let reply = transact!(self, request, SubmitRim, Outcome::Rim(reply) => reply);
         Ok(Response::new(reply))
     }
 

@@ -17,7 +17,8 @@ use crate::wire::proto::{
     LeaseEndReply, LeaseEvent, LeaseStreamBody, ListOffersRequest, OfferBody, OfferView, OrderBody,
     OrderView, ParamChange, ParamsReply, ParamsRequest, ProbeBody, ProbeReply, ProbeStep,
     ProposalView, ProposeBody, PublishOfferReply, QueryBody, ReceiptsBody, ReceiptsReply,
-    RegisterBody, RegisterReply, Signed, StakeReply, UnbondBody, VoteBody, WithdrawBody,
+    RegisterBody, RegisterReply, RimBody, RimReply, Signed, StakeReply, UnbondBody, VoteBody,
+    WithdrawBody,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -260,6 +261,16 @@ impl NetworkClient {
         };
         let signed = self.seal(body);
         Ok(self.inner.clone().submit_probe(signed).await?.into_inner())
+    }
+
+    /// Submits one of NVIDIA's reference integrity manifests, as published.
+    pub async fn submit_rim(&self, manifest: Vec<u8>) -> Result<RimReply, Status> {
+        let body = RimBody {
+            header: None,
+            manifest,
+        };
+        let signed = self.seal(body);
+        Ok(self.inner.clone().submit_rim(signed).await?.into_inner())
     }
 
     pub async fn deposit(

@@ -11,8 +11,9 @@ use crate::wire::proto::{
     AccessTokenBody, AttachBody, BondBody, CancelBody, ChallengeBody, DepositBody, Evidence,
     EvidenceSubmitBody, HeartbeatBody, LeaseBody, LeaseDecisionBody, LeaseEndBody, LeaseStreamBody,
     OfferBody, OrderBody, ProbeBody, ProposeBody, QueryBody, Receipt, ReceiptsBody, RegisterBody,
-    RelayCallsBody, RequestHeader, SidecarAccessBody, SidecarChallengeBody, SidecarEvidenceBody,
-    SidecarProbeBody, SidecarReceiptsBody, Signed, UnbondBody, VoteBody, WithdrawBody,
+    RelayCallsBody, RequestHeader, RimBody, SidecarAccessBody, SidecarChallengeBody,
+    SidecarEvidenceBody, SidecarProbeBody, SidecarReceiptsBody, Signed, UnbondBody, VoteBody,
+    WithdrawBody,
 };
 
 /// Largest signed body accepted: an order with a long command and environment fits easily.
@@ -69,6 +70,8 @@ signable! {
     ChallengeBody => "gpubridge/v1/challenge";
     EvidenceSubmitBody => "gpubridge/v1/evidence-submit", MAX_BATCH_BODY_BYTES;
     ProbeBody => "gpubridge/v1/probe", MAX_BATCH_BODY_BYTES;
+    // Anyone → network: one of NVIDIA's manifests, up to 128 KiB.
+    RimBody => "gpubridge/v1/rim", MAX_BATCH_BODY_BYTES;
     // Sidecar → collector, signed by the lease key.
     SidecarReceiptsBody => "gpubridge/v1/sidecar-receipts", MAX_BATCH_BODY_BYTES;
     SidecarChallengeBody => "gpubridge/v1/sidecar-challenge";
@@ -115,6 +118,7 @@ has_header!(
     ChallengeBody,
     EvidenceSubmitBody,
     ProbeBody,
+    RimBody,
     SidecarReceiptsBody,
     SidecarChallengeBody,
     SidecarEvidenceBody,

@@ -98,6 +98,21 @@ pub(super) fn time_or_length(text: &str) -> Result<TimeOrLength, String> {
 }
 
 /// `NAME=VALUE` for `--env` and `--attribute`.
+/// A manifest file's bytes, refused before anything is sent when it cannot be one of NVIDIA's.
+pub(super) fn manifest(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use crate::attestation::rim::MAX_RIM_BYTES;
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("files: cannot read {}: {e}", path.display()))?;
+    if bytes.len() > MAX_RIM_BYTES {
+        return Err(format!(
+            "files: {} is {} bytes, over a manifest's limit of {MAX_RIM_BYTES}",
+            path.display(),
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
+}
+
 pub(super) fn pair(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -159,6 +159,14 @@ pub enum OrderCommand {
     Stake,
     /// The network's parameters, the rules that change them, the height, and the proposals.
     Params,
+    /// Hand the network NVIDIA's reference integrity manifests (the `.swidtag` files NVIDIA's
+    /// RIM service publishes for a driver or VBIOS version). Only NVIDIA's signature is trusted;
+    /// once held, every attested GPU of that chip and version has its measurements compared.
+    Rims {
+        /// Manifest files, each at most 128 KiB.
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
     /// Propose parameter changes, effective at a height after the vote; the deposit comes from
     /// the spendable balance and comes back when the vote reaches quorum.
     Propose {
@@ -426,6 +434,7 @@ enum Request {
     Unbond(Amount),
     Stake,
     Params,
+    Rims(Vec<(String, Vec<u8>)>),
     Propose(Vec<(String, String)>, u64, Amount),
     Vote(u64, bool),
 }
@@ -491,6 +500,16 @@ fn checked(command: OrderCommand) -> Result<Request, OrderError> {
         }
         OrderCommand::Stake => Request::Stake,
         OrderCommand::Params => Request::Params,
+        OrderCommand::Rims { files } => Request::Rims(
+            files
+                .iter()
+                .map(|path| {
+                    input::manifest(path)
+                        .map(|bytes| (path.display().to_string(), bytes))
+                        .map_err(OrderError::Usage)
+                })
+                .collect::<Result<_, _>>()?,
+        ),
         OrderCommand::Propose {
             changes,
             effective_height,
@@ -648,6 +667,16 @@ async fn command(args: OrderArgs) -> Result<(), OrderError> {
         Request::Stake => {
             let reply = client.stake().await.map_err(call)?;
             print(view::stake(&reply, output))
+        }
+        Request::Rims(files) => {
+            let mut held = Vec::with_capacity(files.len());
+            for (path, manifest) in files {
+                let reply = client.submit_rim(manifest).await.map_err(|status| {
+                    OrderError::Failed(format!("{path}: {}", status.message()))
+                })?;
+                held.push(reply);
+            }
+            print(view::manifests(&held, output))
         }
         Request::Propose(changes, effective_height, deposit) => {
             let proposal = client

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use crate::wire::amount::{self, in_units};
 use crate::wire::proto::{
-    BalanceReply, LeaseView, OfferView, OrderState, OrderView, ParamsReply, ProposalView,
+    BalanceReply, LeaseView, OfferView, OrderState, OrderView, ParamsReply, ProposalView, RimReply,
     StakeReply,
 };
 
@@ -446,6 +446,30 @@ pub(super) fn offers(offers: &[OfferView], output: Output) -> String {
         ],
         &rows,
     )
+}
+
+/// The manifests the network now holds.
+pub(super) fn manifests(held: &[RimReply], output: Output) -> String {
+    if output == Output::Json {
+        return pretty(&json!(
+            held.iter()
+                .map(|r| json!({
+                    "chip": r.chip, "version": r.version, "measurements": r.measurements,
+                }))
+                .collect::<Vec<_>>()
+        ));
+    }
+    let rows: Vec<Vec<String>> = held
+        .iter()
+        .map(|r| {
+            vec![
+                r.chip.clone(),
+                r.version.clone(),
+                r.measurements.to_string(),
+            ]
+        })
+        .collect();
+    table(&["CHIP", "VERSION", "MEASUREMENTS"], &rows)
 }
 
 pub(super) fn stake(reply: &StakeReply, output: Output) -> String {

@@ -12,8 +12,8 @@ use crate::wire::envelope::{open, reopen};
 use crate::wire::proto::{
     Ack, BondBody, CancelBody, DepositBody, EvidenceSubmitBody, HeartbeatBody, LeaseDecisionBody,
     LeaseEndBody, LeaseStreamBody, OfferBody, OrderBody, ProbeBody, ProposeBody, ReceiptsBody,
-    RegisterBody, Transaction, TxOutcome, UnbondBody, VoteBody, WaitingLeases, WithdrawBody,
-    transaction, tx_outcome,
+    RegisterBody, RimBody, Transaction, TxOutcome, UnbondBody, VoteBody, WaitingLeases,
+    WithdrawBody, transaction, tx_outcome,
 };
 use crate::wire::{MAX_MESSAGE_BYTES, Rejection};
 
@@ -72,6 +72,7 @@ transactions! {
     Propose => ProposeBody,
     Vote => VoteBody,
     SubmitProbe => ProbeBody,
+    SubmitRim => RimBody,
 }
 
 /// A transaction from a block's bytes; anything else is refused with the rule it breaks.
@@ -152,6 +153,7 @@ fn encode_outcome(outcome: &Outcome) -> Vec<u8> {
         Outcome::Stake(reply) => Kind::Stake(reply),
         Outcome::Proposal(view) => Kind::Proposal(view),
         Outcome::Probe(reply) => Kind::Probe(reply),
+        Outcome::Rim(reply) => Kind::Rim(reply),
     };
     TxOutcome { kind: Some(kind) }.encode_to_vec()
 }
@@ -178,6 +180,7 @@ fn decode_outcome(bytes: &[u8]) -> Result<Outcome, String> {
         Kind::Stake(reply) => Outcome::Stake(reply),
         Kind::Proposal(view) => Outcome::Proposal(view),
         Kind::Probe(reply) => Outcome::Probe(reply),
+        Kind::Rim(reply) => Outcome::Rim(reply),
     })
 }
 
@@ -217,7 +220,8 @@ mod tests {
             Tx::Unbond(s.clone()),
             Tx::Propose(s.clone()),
             Tx::Vote(s.clone()),
-            Tx::SubmitProbe(s),
+            Tx::SubmitProbe(s.clone()),
+            Tx::SubmitRim(s),
         ];
         let mut seen = std::collections::BTreeSet::new();
         for tx in &all {

@@ -2,7 +2,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::attestation::nvidia::DeviceRoot;
+use crate::attestation::nvidia::PinnedRoot;
 use crate::attestation::{EvidenceRejection, TrustTier, attest, verify_evidence};
 use crate::identity::{public_key_base58, public_key_from_base58, verify_lease_certificate};
 use crate::metering::chain::MAX_RECEIPTS_PER_BATCH;
@@ -21,7 +21,8 @@ use super::probe::probe_reply;
 use super::{Block, FORKS, LEASES, ORDERS, PROVIDERS, RECEIPTS, Result, State, StateError};
 
 /// The root every GPU's device certificate chain must end in, parsed once.
-static NVIDIA_ROOT: std::sync::LazyLock<DeviceRoot> = std::sync::LazyLock::new(DeviceRoot::nvidia);
+static NVIDIA_ROOT: std::sync::LazyLock<PinnedRoot> =
+    std::sync::LazyLock::new(PinnedRoot::nvidia_device);
 
 /// Evidence refusals as protocol errors; the kind leads the message so a forwarder can tell.
 fn evidence_rejection(e: EvidenceRejection) -> StateError {
@@ -318,8 +319,9 @@ impl State {
             return Err(evidence_rejection(EvidenceRejection::ReplayedNonce));
         }
         challenge.answered = true;
-        // The challenge answered: now the CC evidence, against NVIDIA's root, at block time.
-        let attestation = attest(&verified.evidence, &NVIDIA_ROOT, now);
+        // The challenge answered: now the CC evidence, against NVIDIA's root and the manifests
+        // held, at block time.
+        let attestation = attest(&verified.evidence, &NVIDIA_ROOT, &self.manifests()?, now);
         let record = AttestationRecord {
             trust_tier: attestation.tier.as_str().to_string(),
             detail: attestation.detail,

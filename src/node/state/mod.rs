@@ -11,6 +11,7 @@ pub mod kv;
 mod accounts;
 mod governance;
 mod leases;
+mod manifests;
 mod metering;
 mod offers;
 mod orders;
@@ -29,7 +30,7 @@ use crate::identity::public_key_base58;
 use crate::wire::amount;
 use crate::wire::proto::{
     BalanceReply, EvidenceReply, LeaseBody, LeaseEndReply, OrderView, ProbeReply, ProposalView,
-    PublishOfferReply, ReceiptsReply, Signed, StakeReply,
+    PublishOfferReply, ReceiptsReply, RimReply, Signed, StakeReply,
 };
 use crate::wire::{Opened, Rejection};
 
@@ -71,6 +72,8 @@ const WAITING: Table = Table("waiting/");
 const PROPOSALS: Table = Table("proposals/");
 /// `<proposal id, 20 digits>/<voter>` → yes.
 const VOTES: Table = Table("votes/");
+/// `<chip>/<version>` → a verified NVIDIA reference integrity manifest.
+const MANIFESTS: Table = Table("manifests/");
 /// `current` → the parameters in force.
 const PARAMS: Table = Table("params/");
 /// `height`, `time`: the last block that changed the state.
@@ -135,6 +138,7 @@ pub enum Tx {
     Propose(Signed),
     Vote(Signed),
     SubmitProbe(Signed),
+    SubmitRim(Signed),
 }
 
 /// The outcome of a submitted order: how it stands, and the lease to send its provider.
@@ -162,6 +166,7 @@ pub enum Outcome {
     Stake(StakeReply),
     Proposal(ProposalView),
     Probe(ProbeReply),
+    Rim(RimReply),
 }
 
 /// The network's state. Built empty by [`State::genesis`] or from persisted entries by
@@ -270,6 +275,7 @@ impl State {
             Tx::Propose(s) => Outcome::Proposal(self.propose(s, block)?),
             Tx::Vote(s) => Outcome::Proposal(self.vote(s, block)?),
             Tx::SubmitProbe(s) => Outcome::Probe(self.submit_probe(s, block)?),
+            Tx::SubmitRim(s) => Outcome::Rim(self.submit_rim(s, block)?),
         })
     }
 

@@ -23,8 +23,8 @@ use crate::wire::envelope::seal;
 use crate::wire::proto::{
     AccessUsage, Attribution, BondBody, CancelBody, DepositBody, GpuUsage, HeartbeatBody,
     LeaseDecisionBody, LeaseEndBody, OfferBody, OrderBody, ParamChange, ProbeBody, ProbeCommit,
-    ProbeReply, ProbeStep, ProposeBody, ReceiptsBody, ReceiptsReply, RegisterBody, StakeReply,
-    UnbondBody, VoteBody, WithdrawBody, probe_step,
+    ProbeReply, ProbeStep, ProposeBody, ReceiptsBody, ReceiptsReply, RegisterBody, RimBody,
+    StakeReply, UnbondBody, VoteBody, WithdrawBody, probe_step,
 };
 
 const UNIT: u128 = 1_000_000_000_000_000_000;
@@ -313,7 +313,8 @@ impl History {
                     | Tx::Unbond(s)
                     | Tx::Propose(s)
                     | Tx::Vote(s)
-                    | Tx::SubmitProbe(s) => s,
+                    | Tx::SubmitProbe(s)
+                    | Tx::SubmitRim(s) => s,
                 };
                 signed.signature[0] ^= 1;
                 tx
@@ -1867,4 +1868,69 @@ fn a_read_after_a_write_delete_or_rollback_sees_the_entries() {
     state.put(COUNTERS, "y", &7u64).unwrap();
     assert_eq!(state.get::<u64>(COUNTERS, "y").unwrap(), Some(7));
     assert_eq!(state.get::<i64>(COUNTERS, "y").unwrap(), Some(7));
+}
+
+#[test]
+fn nvidias_manifests_are_held_once_verified_and_bad_ones_leave_the_state_as_it_was() {
+    use crate::attestation::rim::tests::{DRIVER_RIM, SIGNED_AT};
+    let mut m = Market::new(history_params());
+    // Anyone may hand one over: only NVIDIA's signature is trusted.
+    let anyone = key(3, 0);
+    let submit = |manifest: Vec<u8>, now: i64| {
+        Tx::SubmitRim(seal(
+            &anyone,
+            RimBody {
+                header: None,
+                manifest,
+            },
+            now,
+        ))
+    };
+    let before = m.state.hash();
+    let altered = String::from_utf8(DRIVER_RIM.to_vec())
+        .unwrap()
+        .replacen("ns2:Hash0=\"0e0ee161", "ns2:Hash0=\"1e0ee161", 1)
+        .into_bytes();
+    for (manifest, time, reason) in [
+        (altered, SIGNED_AT, "manifest: RimSignature"),
+        (DRIVER_RIM.to_vec(), START, "RimCertificate"),
+        (b"<SoftwareIdentity/>".to_vec(), SIGNED_AT, "MalformedRim"),
+    ] {
+        let refused = m.apply(time, submit(manifest, time)).unwrap_err();
+        assert!(refused.to_string().contains(reason), "{reason}: {refused}");
+    }
+    assert_eq!(m.state.hash(), before, "refusals change nothing");
+    assert!(
+        m.state
+            .manifests()
+            .unwrap()
+            .get("GH100", "545.00")
+            .is_none()
+    );
+
+    let held = submit(DRIVER_RIM.to_vec(), SIGNED_AT);
+    let Outcome::Rim(reply) = m.apply(SIGNED_AT, held.clone()).unwrap() else {
+        panic!("a manifest's outcome is its reply")
+    };
+    assert_eq!(
+        (
+            reply.chip.as_str(),
+            reply.version.as_str(),
+            reply.measurements
+        ),
+        ("GH100", "545.00", 21)
+    );
+    let book = m.state.manifests().unwrap();
+    assert_eq!(book.get("GH100", "545.00").unwrap().golden.len(), 21);
+    // The same request again is a replay; the same manifest in a new request is held again.
+    let replay = m.apply(SIGNED_AT, held).unwrap_err();
+    assert!(replay.to_string().contains("replay"), "{replay}");
+    let hash = m.state.hash();
+    m.apply(SIGNED_AT + 1, submit(DRIVER_RIM.to_vec(), SIGNED_AT + 1))
+        .unwrap();
+    assert_ne!(m.state.hash(), hash, "the request's nonce is recorded");
+    assert_eq!(
+        m.state.manifests().unwrap().get("GH100", "545.00"),
+        book.get("GH100", "545.00")
+    );
 }
