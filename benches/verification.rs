@@ -26,6 +26,7 @@ fn cc_evidence(c: &mut Criterion) {
         nonce: &nonce,
         driver: "550.90.07",
         vbios: "96.00.9F.00.01",
+        ocsp: &[],
     };
     c.bench_function(
         "cc evidence: verify one H100 sample (chain + report)",
@@ -56,6 +57,7 @@ fn reference_manifest(c: &mut Criterion) {
         nonce: &nonce,
         driver: "545.00",
         vbios: "96.00.5e.00.01",
+        ocsp: &[],
     };
     let report = hex::decode(TEST_REPORT.trim()).unwrap();
     let gpu = verify_gpu(

@@ -12,7 +12,7 @@ use gpubridge::wire::amount::Amount;
 use gpubridge::wire::envelope::{header, seal, sign_body};
 use gpubridge::wire::proto::Attribution;
 use gpubridge::wire::proto::{
-    CancelBody, DepositBody, HeartbeatBody, InfoRequest, LeaseDecisionBody, LeaseEndBody,
+    CancelBody, DepositBody, GpuOcsp, HeartbeatBody, InfoRequest, LeaseDecisionBody, LeaseEndBody,
     OrderBody, OrderState, QueryBody, RegisterBody, Signed, lease_event,
 };
 use gpubridge::wire::{Signable, envelope::verifying_key};
@@ -1044,7 +1044,13 @@ async fn evidence_answers_the_outstanding_challenge_once() {
         sign_body(&meter.key, &e)
     };
     let wrong = provider
-        .submit_evidence(&lease_id, meter.certificate(), evidence(&[7; 32]), "")
+        .submit_evidence(
+            &lease_id,
+            meter.certificate(),
+            evidence(&[7; 32]),
+            "",
+            vec![],
+        )
         .await
         .unwrap_err();
     assert_eq!(wrong.code(), Code::FailedPrecondition, "{wrong:?}");
@@ -1053,7 +1059,13 @@ async fn evidence_answers_the_outstanding_challenge_once() {
     let good = evidence(&challenge.nonce);
     // The image digest the operator read from the pod: checked for shape, then recorded.
     let malformed = provider
-        .submit_evidence(&lease_id, meter.certificate(), good.clone(), "train:latest")
+        .submit_evidence(
+            &lease_id,
+            meter.certificate(),
+            good.clone(),
+            "train:latest",
+            vec![],
+        )
         .await
         .unwrap_err();
     assert_eq!(malformed.code(), Code::InvalidArgument, "{malformed:?}");
@@ -1061,9 +1073,31 @@ async fn evidence_answers_the_outstanding_challenge_once() {
         malformed.message().contains("evidence.imageDigest"),
         "{malformed:?}"
     );
+    // OCSP responses supplied for more GPUs than the evidence names: refused before anything.
+    let too_many = provider
+        .submit_evidence(
+            &lease_id,
+            meter.certificate(),
+            good.clone(),
+            "",
+            vec![GpuOcsp::default(); 2],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(too_many.code(), Code::InvalidArgument, "{too_many:?}");
+    assert!(
+        too_many.message().contains("ocsp: 2 lists for 1 GPUs"),
+        "{too_many:?}"
+    );
     let digest = format!("ghcr.io/acme/train@sha256:{}", "0f".repeat(32));
     let reply = provider
-        .submit_evidence(&lease_id, meter.certificate(), good.clone(), &digest)
+        .submit_evidence(
+            &lease_id,
+            meter.certificate(),
+            good.clone(),
+            &digest,
+            vec![],
+        )
         .await
         .unwrap();
     assert_eq!(reply.image_digest, digest);
@@ -1078,7 +1112,7 @@ async fn evidence_answers_the_outstanding_challenge_once() {
     // The same nonce again, even with freshly signed evidence: a replay.
     for again in [good, evidence(&challenge.nonce)] {
         let replayed = provider
-            .submit_evidence(&lease_id, meter.certificate(), again, "")
+            .submit_evidence(&lease_id, meter.certificate(), again, "", vec![])
             .await
             .unwrap_err();
         assert_eq!(replayed.code(), Code::AlreadyExists, "{replayed:?}");
@@ -1093,7 +1127,7 @@ async fn evidence_answers_the_outstanding_challenge_once() {
         &build_evidence(&lease_id, &challenge.nonce, &[], "n", "u", "i", now()),
     );
     let status = provider
-        .submit_evidence(&lease_id, meter.certificate(), forged, "")
+        .submit_evidence(&lease_id, meter.certificate(), forged, "", vec![])
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
@@ -1113,6 +1147,7 @@ async fn an_answered_challenge_is_renewed_by_the_sweep() {
             meter.certificate(),
             sign_body(&meter.key, &e),
             "",
+            vec![],
         )
         .await
         .unwrap();

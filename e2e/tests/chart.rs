@@ -83,9 +83,15 @@ async fn the_chart_lints_renders_the_committed_install_manifest_and_refuses_bad_
         "networkPolicy.network.cidrs={10.0.0.0/24}",
         "--set",
         "network.genesisConfigMap=network-genesis",
+        "--set",
+        "network.ocspResponder=http://ocsp.ndis.nvidia.com/",
+        "--set",
+        "networkPolicy.ocspResponder.cidrs={192.0.2.1/32}",
     ]);
     for expected in [
         "- --network-url=https://v0:7300,https://v1:7300",
+        "- --ocsp-responder=http://ocsp.ndis.nvidia.com/",
+        "cidr: 192.0.2.1/32\n    ports:\n    - port: 80",
         "- --network-genesis=/etc/gpubridge/network-genesis/genesis.json",
         "name: network-genesis\n          mountPath: /etc/gpubridge/network-genesis\n          readOnly: true",
         "configMap:\n          name: network-genesis",
@@ -167,6 +173,15 @@ async fn the_chart_lints_renders_the_committed_install_manifest_and_refuses_bad_
                 "network.genesisConfigMap=network-genesis",
             ],
             "network.key and network.genesisConfigMap: set one",
+        ),
+        (
+            vec![
+                "--set",
+                "networkPolicy.apiServer.cidrs={10.96.0.1/32}",
+                "--set",
+                "network.ocspResponder=http://ocsp.ndis.nvidia.com/",
+            ],
+            "networkPolicy.ocspResponder.cidrs: give the addresses of network.ocspResponder",
         ),
     ] {
         let mut args = vec!["template", "gpubridge", "charts/gpubridge"];

@@ -6,13 +6,14 @@ use prost::Message;
 
 use std::collections::BTreeSet;
 
-use super::nvidia::{AttestedGpu, Claimed, NOT_CHECKED, PinnedRoot, verify_gpu};
+use super::nvidia::{AttestedGpu, Claimed, PinnedRoot, verify_gpu};
+use super::ocsp::{MAX_RESPONSE_BYTES, MAX_RESPONSES};
 use super::rim::{ManifestBook, compare};
 use crate::gpu::{DeviceInfo, HardwareAttestation};
 use crate::identity;
 use crate::metering::digest;
 use crate::wire::envelope::{FRESHNESS_SECONDS, Signable};
-use crate::wire::proto::{Evidence, GpuIdentity, Signed};
+use crate::wire::proto::{Evidence, GpuIdentity, GpuOcsp, Signed};
 
 const MAX_GPUS: usize = 64;
 const MAX_TEXT_CHARS: usize = 256;
@@ -86,12 +87,15 @@ pub struct Attestation {
     pub detail: String,
 }
 
-/// Verifies each GPU's CC evidence against the evidence's nonce and `root` at `now`, and its
-/// measurements against the manifests held for its driver and VBIOS. Any GPU without verified
-/// evidence, with a measurement its manifests do not list, or two GPUs presenting one chip,
-/// make the whole lease self-reported: a lease is only as attested as its least attested GPU.
+/// Verifies each GPU's CC evidence against the evidence's nonce and `root` at `now`, its chain's
+/// revocation against the OCSP responses supplied for it (`ocsp`, by GPU, [`check_ocsp`]), and
+/// its measurements against the manifests held for its driver and VBIOS. Any GPU without
+/// verified evidence, with a revoked certificate or a measurement its manifests do not list, or
+/// two GPUs presenting one chip, make the whole lease self-reported: a lease is only as
+/// attested as its least attested GPU.
 pub fn attest(
     evidence: &Evidence,
+    ocsp: &[GpuOcsp],
     root: &PinnedRoot,
     manifests: &ManifestBook,
     now: i64,
@@ -118,6 +122,7 @@ pub fn attest(
             nonce: &evidence.nonce,
             driver: &gpu.driver,
             vbios: &gpu.vbios,
+            ocsp: ocsp.get(i).map_or(&[][..], |o| o.responses.as_slice()),
         };
         match verify_gpu(
             &gpu.attestation_report,
@@ -163,21 +168,63 @@ pub fn attest(
             }
         }
     }
-    let mut not_checked = NOT_CHECKED.to_string();
+    // What was not checked, said every time: revocation needs responses someone supplied, the
+    // measurements manifests someone handed the network.
+    let mut not_checked = Vec::new();
+    let unrevoked: Vec<String> = attested
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.revocation_checked.is_none())
+        .map(|(i, _)| i.to_string())
+        .collect();
+    if unrevoked.len() == attested.len() {
+        not_checked.push("certificate revocation (OCSP)".to_string());
+    } else if !unrevoked.is_empty() {
+        not_checked.push(format!(
+            "certificate revocation (OCSP) of gpus[{}]",
+            unrevoked.join(", ")
+        ));
+    }
     if !unchecked.is_empty() {
         let missing: Vec<String> = unchecked
             .iter()
             .map(|(chip, component, version)| format!("{chip} {component} {version}"))
             .collect();
-        not_checked.push_str(&format!(
-            ", measurements against NVIDIA's RIMs for {} (none held)",
+        not_checked.push(format!(
+            "measurements against NVIDIA's RIMs for {} (none held)",
             missing.join(", ")
         ));
     }
+    let mut detail = checked.join("; ");
+    if !not_checked.is_empty() {
+        detail.push_str(&format!("; not checked: {}", not_checked.join(", ")));
+    }
     Attestation {
         tier: TrustTier::HardwareAttested,
-        detail: format!("{}; {not_checked}", checked.join("; ")),
+        detail,
     }
+}
+
+/// The OCSP responses supplied with evidence, refused when they cannot be what they say: more
+/// lists than GPUs, or more or larger responses than a chain needs.
+pub fn check_ocsp(evidence: &Evidence, ocsp: &[GpuOcsp]) -> Result<(), EvidenceRejection> {
+    if ocsp.len() > evidence.gpus.len() {
+        return Err(EvidenceRejection::Malformed(format!(
+            "ocsp: {} lists for {} GPUs",
+            ocsp.len(),
+            evidence.gpus.len()
+        )));
+    }
+    for (i, gpu) in ocsp.iter().enumerate() {
+        if gpu.responses.len() > MAX_RESPONSES
+            || gpu.responses.iter().any(|r| r.len() > MAX_RESPONSE_BYTES)
+        {
+            return Err(EvidenceRejection::Malformed(format!(
+                "ocsp[{i}]: at most {MAX_RESPONSES} responses, each at most {MAX_RESPONSE_BYTES} bytes"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Evidence for `lease_id` answering `nonce`, from the GPUs seen and their attestations.
@@ -401,6 +448,7 @@ mod tests {
         let root = PinnedRoot::nvidia_device();
         let attested = attest(
             &sample_evidence(vec![sample_gpu("GPU-a")]),
+            &[],
             &root,
             &ManifestBook::default(),
             NOW,
@@ -448,7 +496,13 @@ mod tests {
             book
         };
         let root = PinnedRoot::nvidia_device();
-        let matched = attest(&evidence, &root, &book(&[DRIVER_RIM, VBIOS_RIM]), SIGNED_AT);
+        let matched = attest(
+            &evidence,
+            &[],
+            &root,
+            &book(&[DRIVER_RIM, VBIOS_RIM]),
+            SIGNED_AT,
+        );
         assert_eq!(matched.tier, TrustTier::HardwareAttested, "{matched:?}");
         assert!(
             matched.detail.ends_with(
@@ -460,6 +514,7 @@ mod tests {
         // A manifest its measurements contradict: not hardware-attested, and why.
         let contradicted = attest(
             &evidence,
+            &[],
             &root,
             &book(&[DRIVER_RIM, VBIOS_RIM_PROD]),
             SIGNED_AT,
@@ -477,7 +532,7 @@ mod tests {
             "{contradicted:?}"
         );
         // The driver's manifest only: the VBIOS is named as not checked.
-        let half = attest(&evidence, &root, &book(&[DRIVER_RIM]), SIGNED_AT);
+        let half = attest(&evidence, &[], &root, &book(&[DRIVER_RIM]), SIGNED_AT);
         assert_eq!(half.tier, TrustTier::HardwareAttested, "{half:?}");
         assert!(
             half.detail.ends_with(
@@ -493,7 +548,13 @@ mod tests {
     fn a_lease_is_only_as_attested_as_its_least_attested_gpu() {
         let root = PinnedRoot::nvidia_device();
         let tier = |gpus: Vec<GpuIdentity>| {
-            attest(&sample_evidence(gpus), &root, &ManifestBook::default(), NOW)
+            attest(
+                &sample_evidence(gpus),
+                &[],
+                &root,
+                &ManifestBook::default(),
+                NOW,
+            )
         };
         let refused = |gpus: Vec<GpuIdentity>, why: &str| {
             let a = tier(gpus);
@@ -506,6 +567,46 @@ mod tests {
             ..sample_gpu("GPU-a")
         };
         refused(vec![off], "no confidential-computing report");
+        // Revocation responses that are not what they claim refuse the GPU.
+        let junk = [GpuOcsp {
+            responses: vec![b"junk".to_vec()],
+        }];
+        let a = attest(
+            &sample_evidence(vec![sample_gpu("GPU-a")]),
+            &junk,
+            &root,
+            &ManifestBook::default(),
+            NOW,
+        );
+        assert_eq!(a.tier, TrustTier::SelfReported, "{a:?}");
+        assert!(
+            a.detail.contains(
+                "CC evidence refused (Revocation): ocspResponses[0]: is not an OCSPResponse"
+            ),
+            "{a:?}"
+        );
+        let evidence = sample_evidence(vec![sample_gpu("GPU-a")]);
+        assert!(check_ocsp(&evidence, &junk).is_ok());
+        let refused_shape = |ocsp: &[GpuOcsp], rule: &str| {
+            let error = check_ocsp(&evidence, ocsp).unwrap_err().to_string();
+            assert!(error.contains(rule), "{error}");
+        };
+        refused_shape(
+            &[GpuOcsp::default(), GpuOcsp::default()],
+            "ocsp: 2 lists for 1 GPUs",
+        );
+        refused_shape(
+            &[GpuOcsp {
+                responses: vec![vec![]; 9],
+            }],
+            "ocsp[0]: at most 8 responses",
+        );
+        refused_shape(
+            &[GpuOcsp {
+                responses: vec![vec![0; 8 * 1024 + 1]],
+            }],
+            "each at most 8192 bytes",
+        );
         // What the old tier accepted: any non-empty report and chain.
         let made_up = GpuIdentity {
             attestation_report: vec![1; 64],
@@ -531,7 +632,7 @@ mod tests {
         );
         let mut other_nonce = sample_evidence(vec![sample_gpu("GPU-a")]);
         other_nonce.nonce = vec![7; 32];
-        let a = attest(&other_nonce, &root, &ManifestBook::default(), NOW);
+        let a = attest(&other_nonce, &[], &root, &ManifestBook::default(), NOW);
         assert!(a.detail.contains("(WrongNonce)"), "{a:?}");
     }
 

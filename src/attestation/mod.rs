@@ -5,10 +5,11 @@
 mod c14n;
 pub mod evidence;
 pub mod nvidia;
+pub mod ocsp;
 pub mod rim;
 pub mod spdm;
 
 pub use evidence::{
     Attestation, EvidenceRejection, TrustTier, VerifiedEvidence, attest, build_evidence,
-    verify_evidence,
+    check_ocsp, verify_evidence,
 };

@@ -27,6 +27,7 @@ use x509_cert::der::oid::ObjectIdentifier;
 use x509_cert::der::{Decode, Reader, SliceReader};
 use x509_cert::ext::pkix::BasicConstraints;
 
+use super::ocsp::{OcspRejection, check_revocation};
 use super::spdm::{
     self, NVDEC_DISABLED, OPAQUE_DRIVER_VERSION, OPAQUE_FWID, OPAQUE_NVDEC0_STATUS,
     OPAQUE_VBIOS_VERSION,
@@ -108,6 +109,8 @@ pub struct Claimed<'a> {
     pub nonce: &'a [u8],
     pub driver: &'a str,
     pub vbios: &'a str,
+    /// OCSP responses for its chain, where someone supplied them ([`super::ocsp`]).
+    pub ocsp: &'a [Vec<u8>],
 }
 
 /// A GPU whose CC evidence verified, and what that established.
@@ -126,6 +129,9 @@ pub struct AttestedGpu {
     pub measurements: BTreeMap<u8, Vec<u8>>,
     /// Whether the report says NVDEC0 is disabled, which leaves one measurement undefined.
     pub nvdec_disabled: bool,
+    /// How many certificates of its chain supplied OCSP responses showed good; `None` when
+    /// none were supplied, so revocation was not checked.
+    pub revocation_checked: Option<usize>,
 }
 
 impl fmt::Display for AttestedGpu {
@@ -142,13 +148,12 @@ impl fmt::Display for AttestedGpu {
         if self.fwid.is_some() {
             write!(f, ", firmware ID matches its certificate")?;
         }
+        if let Some(good) = self.revocation_checked {
+            write!(f, ", none of its {good} certificates revoked (OCSP)")?;
+        }
         Ok(())
     }
 }
-
-/// What the verifier cannot check offline; every hardware-attested verdict lists it, and the
-/// manifests it was not given ([`super::rim`]).
-pub const NOT_CHECKED: &str = "not checked: certificate revocation (OCSP)";
 
 /// Why CC evidence was refused. `kind` is a stable word for metrics and conditions.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -167,6 +172,8 @@ pub enum CcRejection {
     ChainSignature { index: usize },
     #[error(transparent)]
     Report(#[from] spdm::ReportError),
+    #[error(transparent)]
+    Revocation(#[from] OcspRejection),
     #[error("attestationReport.request.nonce: is {found}, not the network's challenge")]
     WrongNonce { found: String },
     #[error(
@@ -189,6 +196,7 @@ impl CcRejection {
             CcRejection::Validity { .. } => "CertificateNotValid",
             CcRejection::ChainSignature { .. } => "ChainSignature",
             CcRejection::Report(_) => "MalformedReport",
+            CcRejection::Revocation(_) => "Revocation",
             CcRejection::WrongNonce { .. } => "WrongNonce",
             CcRejection::ReportSignature => "ReportSignature",
             CcRejection::Mismatch { .. } => "Mismatch",
@@ -205,7 +213,14 @@ pub fn verify_gpu(
     now: i64,
 ) -> Result<AttestedGpu, CcRejection> {
     let chain = verify_chain(pem_certificates(chain)?, root, now)?;
-    verify_report(&chain, report, claimed)
+    let revocation_checked = match claimed.ocsp {
+        [] => None,
+        responses => Some(check_revocation(&chain, responses, now)?),
+    };
+    Ok(AttestedGpu {
+        revocation_checked,
+        ..verify_report(&chain, report, claimed)?
+    })
 }
 
 /// The report's checks, against a chain [`verify_chain`] accepted.
@@ -275,11 +290,12 @@ fn verify_report(
             .map(|(&index, value)| (index, value.to_vec()))
             .collect(),
         nvdec_disabled: parsed.opaque.get(&OPAQUE_NVDEC0_STATUS) == Some(&&[NVDEC_DISABLED][..]),
+        revocation_checked: None,
     })
 }
 
 /// Each certificate of a PEM chain as DER, in order.
-fn pem_certificates(pem: &[u8]) -> Result<Vec<Vec<u8>>, CcRejection> {
+pub(super) fn pem_certificates(pem: &[u8]) -> Result<Vec<Vec<u8>>, CcRejection> {
     const END: &[u8] = b"-----END CERTIFICATE-----";
     let mut certificates = Vec::new();
     let mut rest = pem;
@@ -380,8 +396,8 @@ pub(super) fn verify_chain(
                 certificate.signature_algorithm.oid
             )));
         }
-        let tbs =
-            tbs_bytes(der).map_err(|e| CcRejection::Chain(format!("certificate {index}: {e}")))?;
+        let tbs = first_element(der)
+            .map_err(|e| CcRejection::Chain(format!("certificate {index}: {e}")))?;
         UnparsedPublicKey::new(&ECDSA_P384_SHA384_ASN1, public_key(issuer))
             .verify(tbs, certificate.signature.raw_bytes())
             .map_err(|_| CcRejection::ChainSignature { index })?;
@@ -398,15 +414,17 @@ pub(super) fn public_key(certificate: &Certificate) -> &[u8] {
         .raw_bytes()
 }
 
-/// The signed part of a certificate exactly as received (re-encoding a parsed one could differ).
-fn tbs_bytes(der: &[u8]) -> Result<&[u8], x509_cert::der::Error> {
+/// The first element of a DER sequence exactly as received, what its signature covers: a
+/// certificate's or an OCSP response's signed part (re-encoding a parsed one could differ).
+pub(super) fn first_element(der: &[u8]) -> Result<&[u8], x509_cert::der::Error> {
     let mut reader = SliceReader::new(der)?;
-    reader.sequence(|certificate| {
-        let tbs = certificate.tlv_bytes()?;
-        // signatureAlgorithm and signatureValue: read, as a sequence must be read whole.
-        certificate.tlv_bytes()?;
-        certificate.tlv_bytes()?;
-        Ok(tbs)
+    reader.sequence(|sequence| {
+        let first = sequence.tlv_bytes()?;
+        // The rest (signature algorithm, signature, …): read, as a sequence must be read whole.
+        while !sequence.is_finished() {
+            sequence.tlv_bytes()?;
+        }
+        Ok(first)
     })
 }
 
@@ -530,6 +548,7 @@ pub(crate) mod tests {
             nonce: &SAMPLE_NONCE,
             driver: SAMPLE_DRIVER,
             vbios: SAMPLE_VBIOS,
+            ocsp: &[],
         }
     }
 
@@ -570,6 +589,7 @@ pub(crate) mod tests {
                 vbios: SAMPLE_VBIOS.into(),
                 measurements: gpu.measurements.clone(),
                 nvdec_disabled: true,
+                revocation_checked: None,
             }
         );
     }
@@ -732,7 +752,7 @@ pub(crate) mod tests {
         assert_eq!(refused, CcRejection::ChainSignature { index: 0 });
     }
 
-    fn key() -> EcdsaKeyPair {
+    pub fn key() -> EcdsaKeyPair {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, &rng).unwrap();
         EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, pkcs8.as_ref(), &rng).unwrap()
@@ -741,6 +761,15 @@ pub(crate) mod tests {
     /// NVIDIA's sample chain with every key replaced by one of ours and every certificate
     /// re-signed by the next (the root by itself), after `tweak`: the chain and its root.
     fn forged_chain(tweak: impl Fn(usize, &mut TbsCertificate)) -> (Vec<u8>, PinnedRoot) {
+        let (ders, _) = forged_ders(tweak);
+        let root = PinnedRoot::from_pem("a test root", &pem_chain(ders.last())).unwrap();
+        (pem_chain(&ders), root)
+    }
+
+    /// [`forged_chain`]'s certificates as DER, with the key of each.
+    pub fn forged_ders(
+        tweak: impl Fn(usize, &mut TbsCertificate),
+    ) -> (Vec<Vec<u8>>, Vec<EcdsaKeyPair>) {
         let rng = SystemRandom::new();
         let certificates: Vec<Certificate> = pem_certificates(SAMPLE_CHAIN)
             .unwrap()
@@ -767,12 +796,11 @@ pub(crate) mod tests {
                 .unwrap()
             })
             .collect();
-        let root = PinnedRoot::from_pem("a test root", &pem_chain(ders.last())).unwrap();
-        (pem_chain(&ders), root)
+        (ders, keys)
     }
 
     /// Certificates as one PEM text, in order.
-    fn pem_chain<'a>(ders: impl IntoIterator<Item = &'a Vec<u8>>) -> Vec<u8> {
+    pub fn pem_chain<'a>(ders: impl IntoIterator<Item = &'a Vec<u8>>) -> Vec<u8> {
         ders.into_iter()
             .map(|der| {
                 x509_cert::der::pem::encode_string("CERTIFICATE", LineEnding::LF, der).unwrap()

@@ -488,6 +488,7 @@ pub(crate) mod tests {
             nonce: &nonce,
             driver: "545.00",
             vbios: "96.00.5e.00.01",
+            ocsp: &[],
         };
         verify_gpu(
             &report(),

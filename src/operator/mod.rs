@@ -53,7 +53,7 @@ use crate::process::shutdown::Shutdown;
 use crate::process::telemetry::LogFormat;
 use crate::wire::client::{self, NetworkClient, Target};
 use crate::workload::{CollectorEndpoint, LogReader};
-use collector::CollectorService;
+use collector::{CollectorService, OcspFetcher};
 use controller::{Context, Settings};
 use leader::ElectionSettings;
 use session::{NetworkTrust, SessionSettings};
@@ -132,6 +132,13 @@ pub struct OperatorArgs {
     /// holding more than 2/3 of that set's voting power committed it.
     #[arg(long, env = "GPUBRIDGE_NETWORK_GENESIS")]
     pub network_genesis: Option<std::path::PathBuf>,
+    /// An OCSP responder for the GPUs' certificate chains (NVIDIA's is
+    /// `http://ocsp.ndis.nvidia.com/`): the operator fetches a response for each certificate
+    /// and hands them to the network with the evidence, which then checks revocation. Unset,
+    /// revocation is not checked and every verdict says so. The NetworkPolicy must let the
+    /// operator reach it (`networkPolicy.ocspResponder` in the chart).
+    #[arg(long, env = "GPUBRIDGE_OCSP_RESPONDER")]
+    pub ocsp_responder: Option<hyper::Uri>,
     /// PEM CA bundle that signs the network's TLS certificate; the system roots when absent.
     #[arg(long, env = "GPUBRIDGE_NETWORK_CA_FILE")]
     pub network_ca_file: Option<std::path::PathBuf>,
@@ -293,6 +300,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
             network,
             metrics.clone(),
             Duration::from_secs(args.collector_status_seconds),
+            args.ocsp_responder.clone().map(OcspFetcher::new),
         );
         let addr = args.collector_addr;
         let stop = shutdown.signalled();

@@ -13,12 +13,12 @@ use crate::wire::proto::gateway_client::GatewayClient;
 use crate::wire::proto::relay_client::RelayClient;
 use crate::wire::proto::{
     BalanceReply, BondBody, CancelBody, ChallengeBody, ChallengeReply, DepositBody, EvidenceReply,
-    EvidenceSubmitBody, HeartbeatBody, InfoReply, InfoRequest, LeaseDecisionBody, LeaseEndBody,
-    LeaseEndReply, LeaseEvent, LeaseStreamBody, ListOffersRequest, OfferBody, OfferView, OrderBody,
-    OrderView, ParamChange, ParamsReply, ParamsRequest, ProbeBody, ProbeReply, ProbeStep,
-    ProposalView, ProposeBody, PublishOfferReply, QueryBody, ReceiptsBody, ReceiptsReply,
-    RegisterBody, RegisterReply, RimBody, RimReply, Signed, StakeReply, UnbondBody, VoteBody,
-    WithdrawBody,
+    EvidenceSubmitBody, GpuOcsp, HeartbeatBody, InfoReply, InfoRequest, LeaseDecisionBody,
+    LeaseEndBody, LeaseEndReply, LeaseEvent, LeaseStreamBody, ListOffersRequest, OfferBody,
+    OfferView, OrderBody, OrderView, ParamChange, ParamsReply, ParamsRequest, ProbeBody,
+    ProbeReply, ProbeStep, ProposalView, ProposeBody, PublishOfferReply, QueryBody, ReceiptsBody,
+    ReceiptsReply, RegisterBody, RegisterReply, RimBody, RimReply, Signed, StakeReply, UnbondBody,
+    VoteBody, WithdrawBody,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -222,13 +222,14 @@ impl NetworkClient {
     }
 
     /// Forwards a lease's evidence, with the digest of the image its pod runs (empty until
-    /// the workload container started).
+    /// the workload container started) and the OCSP responses fetched for its GPUs' chains.
     pub async fn submit_evidence(
         &self,
         lease_id: &str,
         certificate: Vec<u8>,
         evidence: Signed,
         image_digest: &str,
+        ocsp: Vec<GpuOcsp>,
     ) -> Result<EvidenceReply, Status> {
         let body = EvidenceSubmitBody {
             header: None,
@@ -236,6 +237,7 @@ impl NetworkClient {
             certificate,
             evidence: Some(evidence),
             image_digest: image_digest.into(),
+            ocsp,
         };
         let signed = self.seal(body);
         Ok(self

@@ -3,7 +3,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::attestation::nvidia::PinnedRoot;
-use crate::attestation::{EvidenceRejection, TrustTier, attest, verify_evidence};
+use crate::attestation::{EvidenceRejection, TrustTier, attest, check_ocsp, verify_evidence};
 use crate::identity::{public_key_base58, public_key_from_base58, verify_lease_certificate};
 use crate::metering::chain::MAX_RECEIPTS_PER_BATCH;
 use crate::metering::{LeaseTerms, ReceiptRejection, Step, check_next, metering_start};
@@ -305,6 +305,7 @@ impl State {
         let terms = lease_terms(&mut lease, &body.certificate, now)?;
         let verified = verify_evidence(&terms.lease_key, &lease.lease_id, evidence, now)
             .map_err(evidence_rejection)?;
+        check_ocsp(&verified.evidence, &body.ocsp).map_err(evidence_rejection)?;
         let challenge = lease
             .challenge
             .as_mut()
@@ -319,9 +320,15 @@ impl State {
             return Err(evidence_rejection(EvidenceRejection::ReplayedNonce));
         }
         challenge.answered = true;
-        // The challenge answered: now the CC evidence, against NVIDIA's root and the manifests
-        // held, at block time.
-        let attestation = attest(&verified.evidence, &NVIDIA_ROOT, &self.manifests()?, now);
+        // The challenge answered: now the CC evidence, against NVIDIA's root, the OCSP responses
+        // supplied and the manifests held, at block time.
+        let attestation = attest(
+            &verified.evidence,
+            &body.ocsp,
+            &NVIDIA_ROOT,
+            &self.manifests()?,
+            now,
+        );
         let record = AttestationRecord {
             trust_tier: attestation.tier.as_str().to_string(),
             detail: attestation.detail,

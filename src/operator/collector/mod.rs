@@ -9,6 +9,7 @@
 //! A refusal is written onto the lease only when the certificate verified: the lease id is then
 //! the provider's word, not the sender's, so a stranger cannot mark arbitrary leases.
 
+mod ocsp;
 pub mod summary;
 
 use std::collections::HashMap;
@@ -45,6 +46,7 @@ use crate::wire::proto::{
 };
 use crate::wire::{Rejection, Signable, open};
 use crate::workload::{POD_NAME, WORKLOAD_CONTAINER, namespace_for};
+pub use ocsp::OcspFetcher;
 use summary::{
     LeaseProgress, Served, access_count, metering_from_status, seconds, usage_from, with_probe,
 };
@@ -89,6 +91,8 @@ pub struct CollectorService {
     network: Option<NetworkClient>,
     metrics: Metrics,
     status_interval: Duration,
+    /// Where OCSP responses for the GPUs' chains come from; none leaves revocation unchecked.
+    ocsp: Option<OcspFetcher>,
     /// Per lease id; entries go when the lease's final receipt is in.
     leases: Mutex<HashMap<String, LeaseProgress>>,
 }
@@ -108,6 +112,7 @@ impl CollectorService {
         network: Option<NetworkClient>,
         metrics: Metrics,
         status_interval: Duration,
+        ocsp: Option<OcspFetcher>,
     ) -> CollectorService {
         CollectorService {
             provider,
@@ -115,6 +120,7 @@ impl CollectorService {
             network,
             metrics,
             status_interval,
+            ocsp,
             leases: Mutex::default(),
         }
     }
@@ -464,12 +470,21 @@ impl CollectorService {
             Ok(digest) => digest,
             Err(e) => return Err(self.evidence_refused(&auth.lease, e).await),
         };
+        let ocsp = match &self.ocsp {
+            Some(fetcher) => {
+                fetcher
+                    .for_evidence(&verified.evidence, now().as_second())
+                    .await
+            }
+            None => Vec::new(),
+        };
         let reply = match network
             .submit_evidence(
                 &lease_id,
                 auth.body.certificate.clone(),
                 evidence,
                 &image_digest,
+                ocsp,
             )
             .await
         {
