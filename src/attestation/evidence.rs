@@ -1,10 +1,10 @@
 //! Building, sealing and verifying evidence. Pure, shared by the attest sidecar, the collector
 //! and the network node.
 
+use std::collections::BTreeSet;
+
 use ed25519_dalek::VerifyingKey;
 use prost::Message;
-
-use std::collections::BTreeSet;
 
 use super::nvidia::{AttestedGpu, Claimed, PinnedRoot, verify_gpu};
 use super::ocsp::{MAX_RESPONSE_BYTES, MAX_RESPONSES};

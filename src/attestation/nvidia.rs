@@ -129,8 +129,9 @@ pub struct AttestedGpu {
     pub measurements: BTreeMap<u8, Vec<u8>>,
     /// Whether the report says NVDEC0 is disabled, which leaves one measurement undefined.
     pub nvdec_disabled: bool,
-    /// How many certificates of its chain supplied OCSP responses showed good; `None` when
-    /// none were supplied, so revocation was not checked.
+    /// How many certificates of its chain (its device certificate and the CAs above it) the
+    /// supplied OCSP responses showed good; `None` when none were supplied, so revocation was
+    /// not checked.
     pub revocation_checked: Option<usize>,
 }
 
@@ -149,7 +150,10 @@ impl fmt::Display for AttestedGpu {
             write!(f, ", firmware ID matches its certificate")?;
         }
         if let Some(good) = self.revocation_checked {
-            write!(f, ", none of its {good} certificates revoked (OCSP)")?;
+            write!(
+                f,
+                ", its device certificate and the CAs above it not revoked ({good} OCSP responses)"
+            )?;
         }
         Ok(())
     }

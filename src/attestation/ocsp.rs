@@ -1,11 +1,15 @@
 //! Certificate revocation of a GPU's certificate chain, from OCSP responses (RFC 6960) supplied
 //! with the evidence. Pure. Only the responder's signature is trusted, not whoever supplied the
-//! responses: each must be signed by the issuer of the certificate it speaks for, or by a
-//! responder the issuer certified for OCSP signing, and be current at the block's time.
+//! responses: each must be signed by a CA above the certificate it speaks for (its issuer or
+//! higher), or by a responder one of them certified for OCSP signing, and be current at the
+//! block's time.
+//!
+//! What is asked about, as NVIDIA's own verifier does: the device certificate and every CA up
+//! to the root, not the leaf, which the GPU's firmware makes at boot and no responder knows.
 //!
 //! Responses are an optional input (fetching them needs NVIDIA's responder on the internet):
 //! none supplied leaves revocation unchecked, and the verdict says so; any supplied must cover
-//! every certificate below the root and say each is good.
+//! every certificate asked about and say each is good.
 
 use ring::signature::{ECDSA_P384_SHA384_ASN1, UnparsedPublicKey};
 use sha2::{Digest, Sha384};
@@ -55,7 +59,7 @@ fn rule(index: usize, rule: impl Into<String>) -> OcspRejection {
 }
 
 /// Checks `responses` against a verified `chain` (leaf first, root last) at `now`. Returns how
-/// many certificates they showed good: all of them below the root, or a refusal.
+/// many certificates they showed good: every one [`asked_about`], or a refusal.
 pub fn check_revocation(
     chain: &[(Vec<u8>, Certificate)],
     responses: &[Vec<u8>],
@@ -67,17 +71,23 @@ pub fn check_revocation(
             format!("more than {MAX_RESPONSES} responses"),
         ));
     }
-    let below_root = chain.len().saturating_sub(1);
-    let mut good = vec![false; below_root];
+    let mut good = vec![false; chain.len()];
     for (index, der) in responses.iter().enumerate() {
         for certificate in check_response(index, der, chain, now)? {
             good[certificate] = true;
         }
     }
-    match good.iter().position(|g| !g) {
+    let asked = asked_about(chain.len());
+    match asked.clone().find(|&i| !good[i]) {
         Some(certificate) => Err(OcspRejection::Uncovered { certificate }),
-        None => Ok(below_root),
+        None => Ok(asked.len()),
     }
+}
+
+/// The certificates of a chain of `length` a responder is asked about: from the device
+/// certificate (index 1) to the last below the root.
+fn asked_about(length: usize) -> std::ops::Range<usize> {
+    1..length.saturating_sub(1)
 }
 
 /// One response: which certificates of `chain` it shows good.
@@ -134,9 +144,12 @@ fn check_response(
         else {
             continue;
         };
-        let issuer = &chain[certificate + 1].1;
-        let signers = std::iter::once(public_key(issuer).to_vec())
-            .chain(delegated_responders(&basic, issuer, now));
+        // Any CA above the certificate may answer for it, or a responder one of them certified.
+        let mut signers = Vec::new();
+        for (_, authority) in &chain[certificate + 1..] {
+            signers.push(public_key(authority).to_vec());
+            signers.extend(delegated_responders(&basic, authority, now));
+        }
         if !signers.into_iter().any(|key| {
             UnparsedPublicKey::new(&ECDSA_P384_SHA384_ASN1, key)
                 .verify(signed, signature)
@@ -145,9 +158,8 @@ fn check_response(
             return Err(rule(
                 index,
                 format!(
-                    "its signature is neither certificateChain[{}]'s nor a responder's it \
-                     certified for OCSP signing",
-                    certificate + 1
+                    "its signature is neither a CA's above certificateChain[{certificate}] nor \
+                     a responder's one of them certified for OCSP signing"
                 ),
             ));
         }
@@ -185,9 +197,9 @@ fn check_response(
     Ok(shown)
 }
 
-/// The OCSP requests (DER) to ask a responder about each certificate of a PEM chain below its
-/// root, in chain order. The chain is not verified here: the network verifies it, and the
-/// answers, again.
+/// The OCSP requests (DER) to ask a responder about each certificate of a PEM chain
+/// [`asked_about`], in chain order. The chain is not verified here: the network verifies it,
+/// and the answers, again.
 pub fn requests(chain_pem: &[u8]) -> Result<Vec<Vec<u8>>, CcRejection> {
     let certificates = pem_certificates(chain_pem)?
         .iter()
@@ -197,7 +209,8 @@ pub fn requests(chain_pem: &[u8]) -> Result<Vec<Vec<u8>>, CcRejection> {
                 .map_err(|e| CcRejection::Chain(format!("certificate {index} is not X.509: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    certificates
+    let asked = asked_about(certificates.len());
+    certificates[asked.start.min(certificates.len())..]
         .windows(2)
         .take(MAX_RESPONSES)
         .map(|pair| {
@@ -266,7 +279,7 @@ fn speaks_for(id: &CertId, certificate: &Certificate, issuer: &Certificate) -> b
         })
 }
 
-/// The keys of the response's certificates that `issuer` signed for OCSP signing, valid now.
+/// The keys of the response's certificates that `issuer` certified for OCSP signing, valid now.
 fn delegated_responders(basic: &BasicOcspResponse, issuer: &Certificate, now: i64) -> Vec<Vec<u8>> {
     let issuer_key = public_key(issuer);
     basic
@@ -419,8 +432,16 @@ pub(crate) mod tests {
         let (chain, keys) = chain();
         assert_eq!(
             check_revocation(&chain, &all_good(&chain, &keys), NOW),
-            Ok(4)
+            Ok(3)
         );
+        // The leaf need not be answered for (no responder knows it), only the device
+        // certificate and the CAs above it; answered for, it is checked like the rest.
+        let without_leaf = all_good(&chain, &keys).split_off(1);
+        assert_eq!(check_revocation(&chain, &without_leaf, NOW), Ok(3));
+        // A CA above the issuer may answer too.
+        let mut by_root = all_good(&chain, &keys);
+        by_root[1] = Answer::good(1).signed(&chain, &keys[4]);
+        assert_eq!(check_revocation(&chain, &by_root, NOW), Ok(3));
         // Without a next update, a response counts for a week after it was made.
         let mut responses = all_good(&chain, &keys);
         responses[2] = Answer {
@@ -428,7 +449,7 @@ pub(crate) mod tests {
             ..Answer::good(2)
         }
         .signed(&chain, &keys[3]);
-        assert_eq!(check_revocation(&chain, &responses, NOW), Ok(4));
+        assert_eq!(check_revocation(&chain, &responses, NOW), Ok(3));
     }
 
     #[test]
@@ -490,8 +511,8 @@ pub(crate) mod tests {
         assert!(check_revocation(&chain, &responses, NOW).is_err());
     }
 
-    /// A responder certificate for `issuer`'s OCSP, signed by `signer`, with or without the
-    /// OCSP-signing purpose, and its key.
+    /// A responder certificate naming `chain[issuer]` its issuer, signed by `signer`, with or
+    /// without the OCSP-signing purpose, and its key.
     fn responder(
         chain: &[(Vec<u8>, Certificate)],
         issuer: usize,
@@ -499,8 +520,9 @@ pub(crate) mod tests {
         for_ocsp: bool,
     ) -> (Certificate, EcdsaKeyPair) {
         let responder_key = key();
-        let template = &chain[issuer - 1].1;
+        let template = &chain[0].1;
         let mut tbs = template.tbs_certificate.clone();
+        tbs.issuer = chain[issuer].1.tbs_certificate.subject.clone();
         tbs.serial_number = SerialNumber::new(&[0x42]).unwrap();
         tbs.subject_public_key_info.subject_public_key =
             BitString::from_bytes(responder_key.public_key().as_ref()).unwrap();
@@ -526,7 +548,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_responder_counts_only_when_the_issuer_certified_it_for_ocsp_signing() {
+    fn a_responder_counts_only_when_a_ca_above_certified_it_for_ocsp_signing() {
         let (chain, keys) = chain();
         let mut responses = all_good(&chain, &keys);
         let answer_by = |certificate: Certificate, key: &EcdsaKeyPair| {
@@ -536,12 +558,18 @@ pub(crate) mod tests {
             }
             .signed(&chain, key)
         };
-        let (delegated, delegated_key) = responder(&chain, 2, &keys[2], true);
-        responses[1] = answer_by(delegated, &delegated_key);
-        assert_eq!(check_revocation(&chain, &responses, NOW), Ok(4));
+        // Certified by the certificate's issuer, or by a CA above it.
+        for issuer in [2, 3, 4] {
+            let (delegated, delegated_key) = responder(&chain, issuer, &keys[issuer], true);
+            responses[1] = answer_by(delegated, &delegated_key);
+            assert_eq!(check_revocation(&chain, &responses, NOW), Ok(3), "{issuer}");
+        }
         for (certificate, key) in [
+            // Without the purpose.
             responder(&chain, 2, &keys[2], false),
-            // Certified by another CA of the chain than the certificate's issuer.
+            // Certified by the certificate it answers for.
+            responder(&chain, 1, &keys[1], true),
+            // Naming the issuer, signed by another key.
             responder(&chain, 2, &keys[3], true),
         ] {
             responses[1] = answer_by(certificate, &key);
@@ -613,8 +641,12 @@ pub(crate) mod tests {
             .map(|d| Certificate::from_der(d).unwrap())
             .collect();
         let asked = requests(sample).unwrap();
-        assert_eq!(asked.len(), 4);
-        for (i, der) in asked.iter().enumerate() {
+        assert_eq!(
+            asked.len(),
+            3,
+            "the device certificate and the two CAs above it"
+        );
+        for (i, der) in (1..).zip(&asked) {
             let request = OcspRequest::from_der(der).unwrap();
             let [one] = request.tbs_request.request_list.as_slice() else {
                 panic!("one certificate per request")
