@@ -1,7 +1,9 @@
 //! Fetches OCSP responses for the GPUs' certificate chains from a responder (NVIDIA's is
 //! `http://ocsp.ndis.nvidia.com/`), so the network can check revocation. A shell: the requests
 //! and the responses' lifetimes come from [`crate::attestation::ocsp`]; the network verifies
-//! every response itself. A response is kept until it stops being current.
+//! every response itself. A response is kept until it stops being current. A responder that
+//! fails is left alone for a minute, and one evidence's fetching has a budget, so a responder
+//! that is down never holds evidence past its freshness: its GPUs go unchecked instead.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -17,9 +19,13 @@ use hyper_util::rt::TokioExecutor;
 use crate::attestation::ocsp::{MAX_RESPONSE_BYTES, current_until, requests};
 use crate::wire::proto::{Evidence, GpuOcsp};
 
-/// How long one responder call may take; a slow responder leaves revocation unchecked rather
-/// than holding the evidence past its freshness.
+/// How long one responder call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long fetching for one evidence may take in all: well inside the evidence's freshness
+/// (`FRESHNESS_SECONDS`, 60 s), whatever the number of GPUs.
+const FETCH_BUDGET: Duration = Duration::from_secs(10);
+/// How long a responder that failed is left alone, seconds.
+const BACK_OFF_SECONDS: i64 = 60;
 /// Responses kept at most: four per GPU of a few hundred leases.
 const KEPT: usize = 4096;
 
@@ -30,6 +36,8 @@ pub struct OcspFetcher {
     responder: Uri,
     client: Client<HttpConnector, Full<Bytes>>,
     kept: Mutex<Kept>,
+    /// Until when (seconds since the epoch) the responder is not asked, after a failure.
+    resting_until: Mutex<i64>,
 }
 
 impl OcspFetcher {
@@ -38,7 +46,12 @@ impl OcspFetcher {
             responder,
             client: Client::builder(TokioExecutor::new()).build_http(),
             kept: Mutex::default(),
+            resting_until: Mutex::new(i64::MIN),
         }
+    }
+
+    fn resting_until(&self) -> std::sync::MutexGuard<'_, i64> {
+        self.resting_until.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
@@ -49,17 +62,26 @@ impl OcspFetcher {
     /// any call failed gets none: partial responses would refuse it, none leaves its
     /// revocation unchecked, and the verdict says so.
     pub async fn for_evidence(&self, evidence: &Evidence, now: i64) -> Vec<GpuOcsp> {
+        let deadline = tokio::time::Instant::now() + FETCH_BUDGET;
         let mut all = Vec::with_capacity(evidence.gpus.len());
         for gpu in &evidence.gpus {
             let mut responses = Vec::new();
-            if !gpu.certificate_chain.is_empty() {
-                match self.chain(&gpu.certificate_chain, now).await {
+            if !gpu.certificate_chain.is_empty() && *self.resting_until() <= now {
+                let fetched =
+                    tokio::time::timeout_at(deadline, self.chain(&gpu.certificate_chain, now))
+                        .await
+                        .unwrap_or_else(|_| Err(format!("over the budget of {FETCH_BUDGET:?}")));
+                match fetched {
                     Ok(fetched) => responses = fetched,
-                    Err(reason) => tracing::warn!(
-                        gpu = %gpu.uuid,
-                        responder = %self.responder,
-                        "OCSP responses not fetched, revocation stays unchecked: {reason}"
-                    ),
+                    Err(reason) => {
+                        *self.resting_until() = now + BACK_OFF_SECONDS;
+                        tracing::warn!(
+                            gpu = %gpu.uuid,
+                            responder = %self.responder,
+                            "OCSP responses not fetched, revocation stays unchecked; the \
+                             responder rests {BACK_OFF_SECONDS} s: {reason}"
+                        );
+                    }
                 }
             }
             all.push(GpuOcsp { responses });
@@ -217,6 +239,35 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         fetcher.for_evidence(&evidence(), until + 1).await;
         assert_eq!(calls.load(Ordering::SeqCst), 6);
+    }
+
+    #[tokio::test]
+    async fn a_responder_that_hangs_costs_one_budget_then_rests() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url: Uri = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        // Accepts, reads, never answers.
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                open.push(stream);
+            }
+        });
+        let fetcher = OcspFetcher::new(url);
+        let mut many = evidence();
+        many.gpus = vec![many.gpus[0].clone(); 8];
+        let started = std::time::Instant::now();
+        let fetched = fetcher.for_evidence(&many, 0).await;
+        assert!(fetched.iter().all(|gpu| gpu.responses.is_empty()));
+        // One call timed out; the responder then rests, so the other seven GPUs ask nothing.
+        assert!(started.elapsed() < FETCH_BUDGET, "{:?}", started.elapsed());
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        fetcher.for_evidence(&many, BACK_OFF_SECONDS - 1).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "resting");
     }
 
     #[tokio::test]
