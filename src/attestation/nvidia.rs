@@ -13,9 +13,10 @@
 //! 4. the report's FWID is the leaf's, and its driver and VBIOS versions are those the GPU's
 //!    identity states.
 //!
-//! The report's measurements are compared with NVIDIA's reference integrity manifests where the
-//! network holds them ([`super::rim`]). Certificate revocation (OCSP) needs NVIDIA's service; it
-//! is not checked, and every verdict says so.
+//! Where OCSP responses were supplied for the chain, none of its certificates is revoked
+//! ([`super::ocsp`]). The report's measurements are compared with NVIDIA's reference integrity
+//! manifests where the network holds them ([`super::rim`]). Each verdict names what it could not
+//! check for want of either.
 
 use std::collections::BTreeMap;
 use std::fmt;

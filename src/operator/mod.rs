@@ -133,8 +133,9 @@ pub struct OperatorArgs {
     #[arg(long, env = "GPUBRIDGE_NETWORK_GENESIS")]
     pub network_genesis: Option<std::path::PathBuf>,
     /// An OCSP responder for the GPUs' certificate chains (NVIDIA's is
-    /// `http://ocsp.ndis.nvidia.com/`): the operator fetches a response for each certificate
-    /// and hands them to the network with the evidence, which then checks revocation. Unset,
+    /// `http://ocsp.ndis.nvidia.com/`): the operator fetches a response for each GPU's device
+    /// certificate and the CAs above it, and hands them to the network with the evidence, which
+    /// then checks revocation. Unset,
     /// revocation is not checked and every verdict says so. The NetworkPolicy must let the
     /// operator reach it (`networkPolicy.ocspResponder` in the chart).
     #[arg(long, env = "GPUBRIDGE_OCSP_RESPONDER")]
