@@ -403,11 +403,18 @@ pub(super) fn verify_chain(
         }
         let tbs = first_element(der)
             .map_err(|e| CcRejection::Chain(format!("certificate {index}: {e}")))?;
-        UnparsedPublicKey::new(&ECDSA_P384_SHA384_ASN1, public_key(issuer))
-            .verify(tbs, certificate.signature.raw_bytes())
-            .map_err(|_| CcRejection::ChainSignature { index })?;
+        if !signed_by(issuer, tbs, certificate.signature.raw_bytes()) {
+            return Err(CcRejection::ChainSignature { index });
+        }
     }
     Ok(certificates)
+}
+
+/// Whether `signature` (ECDSA P-384 with SHA-384, DER) over `signed` is `signer`'s.
+pub(super) fn signed_by(signer: &Certificate, signed: &[u8], signature: &[u8]) -> bool {
+    UnparsedPublicKey::new(&ECDSA_P384_SHA384_ASN1, public_key(signer))
+        .verify(signed, signature)
+        .is_ok()
 }
 
 /// The certificate's public key: an uncompressed P-384 point, as [`check_key`] required.
@@ -433,7 +440,11 @@ pub(super) fn first_element(der: &[u8]) -> Result<&[u8], x509_cert::der::Error> 
     })
 }
 
-fn check_validity(index: usize, certificate: &Certificate, now: i64) -> Result<(), CcRejection> {
+pub(super) fn check_validity(
+    index: usize,
+    certificate: &Certificate,
+    now: i64,
+) -> Result<(), CcRejection> {
     let validity = &certificate.tbs_certificate.validity;
     let seconds = |t: x509_cert::time::Time| {
         i64::try_from(t.to_unix_duration().as_secs()).unwrap_or(i64::MAX)

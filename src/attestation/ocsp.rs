@@ -11,7 +11,6 @@
 //! none supplied leaves revocation unchecked, and the verdict says so; any supplied must cover
 //! every certificate asked about and say each is good.
 
-use ring::signature::{ECDSA_P384_SHA384_ASN1, UnparsedPublicKey};
 use sha2::{Digest, Sha384};
 use x509_cert::Certificate;
 use x509_cert::der::asn1::OctetString;
@@ -24,7 +23,9 @@ use x509_ocsp::{
     TbsRequest, Version,
 };
 
-use super::nvidia::{CcRejection, first_element, pem_certificates, public_key};
+use super::nvidia::{
+    CcRejection, check_validity, first_element, pem_certificates, public_key, signed_by,
+};
 
 const ECDSA_WITH_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
 const SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
@@ -145,16 +146,12 @@ fn check_response(
             continue;
         };
         // Any CA above the certificate may answer for it, or a responder one of them certified.
-        let mut signers = Vec::new();
-        for (_, authority) in &chain[certificate + 1..] {
-            signers.push(public_key(authority).to_vec());
-            signers.extend(delegated_responders(&basic, authority, now));
-        }
-        if !signers.into_iter().any(|key| {
-            UnparsedPublicKey::new(&ECDSA_P384_SHA384_ASN1, key)
-                .verify(signed, signature)
-                .is_ok()
-        }) {
+        let answered_by_one = chain[certificate + 1..].iter().any(|(_, authority)| {
+            std::iter::once(authority)
+                .chain(delegated_responders(&basic, authority, now))
+                .any(|signer| signed_by(signer, signed, signature))
+        });
+        if !answered_by_one {
             return Err(rule(
                 index,
                 format!(
@@ -280,8 +277,11 @@ fn speaks_for(id: &CertId, certificate: &Certificate, issuer: &Certificate) -> b
 }
 
 /// The keys of the response's certificates that `issuer` certified for OCSP signing, valid now.
-fn delegated_responders(basic: &BasicOcspResponse, issuer: &Certificate, now: i64) -> Vec<Vec<u8>> {
-    let issuer_key = public_key(issuer);
+fn delegated_responders<'a>(
+    basic: &'a BasicOcspResponse,
+    issuer: &Certificate,
+    now: i64,
+) -> impl Iterator<Item = &'a Certificate> {
     basic
         .certs
         .iter()
@@ -295,25 +295,14 @@ fn delegated_responders(basic: &BasicOcspResponse, issuer: &Certificate, now: i6
                 .flatten()
                 .is_some_and(|(_, usage)| usage.0.contains(&OCSP_SIGNING))
         })
-        .filter(|responder| {
-            let validity = &responder.tbs_certificate.validity;
-            let at = |t: x509_cert::time::Time| {
-                i64::try_from(t.to_unix_duration().as_secs()).unwrap_or(i64::MAX)
-            };
-            at(validity.not_before) <= now && now <= at(validity.not_after)
-        })
+        .filter(move |responder| check_validity(0, responder, now).is_ok())
         .filter(|responder| {
             responder.signature_algorithm.oid == ECDSA_WITH_SHA384
                 && responder.to_der().is_ok_and(|der| {
-                    first_element(&der).is_ok_and(|tbs| {
-                        UnparsedPublicKey::new(&ECDSA_P384_SHA384_ASN1, issuer_key)
-                            .verify(tbs, responder.signature.raw_bytes())
-                            .is_ok()
-                    })
+                    first_element(&der)
+                        .is_ok_and(|tbs| signed_by(issuer, tbs, responder.signature.raw_bytes()))
                 })
         })
-        .map(|responder| public_key(responder).to_vec())
-        .collect()
 }
 
 fn seconds(time: &x509_ocsp::OcspGeneralizedTime) -> i64 {

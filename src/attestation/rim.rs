@@ -126,7 +126,7 @@ pub fn verify_rim(
             )));
         }
     };
-    let signed_info = only_child(sig, "SignedInfo")?;
+    let signed_info = signature_child(sig, "SignedInfo")?;
     let [method, algorithm, reference] = children::<3>(signed_info, "SignedInfo")?;
     expect_algorithm(method, "CanonicalizationMethod", &[C14N_11, C14N_10])?;
     expect_algorithm(algorithm, "SignatureMethod", &[ECDSA_SHA384])?;
@@ -149,7 +149,7 @@ pub fn verify_rim(
             "the document's SHA-384 is not the signed DigestValue (altered after signing)",
         ));
     }
-    let certificates: Vec<Vec<u8>> = only_child(only_child(sig, "KeyInfo")?, "X509Data")?
+    let certificates: Vec<Vec<u8>> = signature_child(signature_child(sig, "KeyInfo")?, "X509Data")?
         .children()
         .filter(|n| is(*n, DSIG, "X509Certificate"))
         .map(|n| base64_of(n, "X509Certificate"))
@@ -167,7 +167,7 @@ pub fn verify_rim(
             "the signing certificate's key usage does not include digitalSignature",
         ));
     }
-    let value = base64_of(only_child(sig, "SignatureValue")?, "SignatureValue")?;
+    let value = base64_of(signature_child(sig, "SignatureValue")?, "SignatureValue")?;
     UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, public_key(&chain[0].1))
         .verify(&c14n::canonicalize(text, signed_info, None), &value)
         .map_err(|_| signature("SignatureValue does not verify with the signing certificate"))?;
@@ -402,23 +402,25 @@ fn is(node: Node<'_, '_>, namespace: &str, name: &str) -> bool {
         && node.tag_name().name() == name
 }
 
-fn only_child<'a, 'i>(parent: Node<'a, 'i>, name: &str) -> Result<Node<'a, 'i>, RimRejection> {
-    let mut found = parent.children().filter(|n| is(*n, DSIG, name));
+/// The one child of `parent` named `name` in `namespace`, if there is exactly one.
+fn only_child<'a, 'i>(parent: Node<'a, 'i>, namespace: &str, name: &str) -> Option<Node<'a, 'i>> {
+    let mut found = parent.children().filter(|n| is(*n, namespace, name));
     match (found.next(), found.next()) {
-        (Some(one), None) => Ok(one),
-        _ => Err(signature(format!(
-            "{} holds one {name}",
-            parent.tag_name().name()
-        ))),
+        (Some(one), None) => Some(one),
+        _ => None,
     }
 }
 
+/// A signature's one child `name`.
+fn signature_child<'a, 'i>(parent: Node<'a, 'i>, name: &str) -> Result<Node<'a, 'i>, RimRejection> {
+    only_child(parent, DSIG, name)
+        .ok_or_else(|| signature(format!("{} holds one {name}", parent.tag_name().name())))
+}
+
+/// The manifest's one child `name`.
 fn swid_child<'a, 'i>(parent: Node<'a, 'i>, name: &str) -> Result<Node<'a, 'i>, RimRejection> {
-    let mut found = parent.children().filter(|n| is(*n, SWID, name));
-    match (found.next(), found.next()) {
-        (Some(one), None) => Ok(one),
-        _ => Err(malformed(format!("SoftwareIdentity holds one {name}"))),
-    }
+    only_child(parent, SWID, name)
+        .ok_or_else(|| malformed(format!("SoftwareIdentity holds one {name}")))
 }
 
 /// Exactly `N` element children, in order.

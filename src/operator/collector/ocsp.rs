@@ -153,12 +153,18 @@ mod tests {
     use crate::attestation::ocsp::tests::responses_for_forged_chain;
     use crate::wire::proto::GpuIdentity;
 
-    /// A responder on loopback answering every request with `status` and `body`; counts calls.
-    async fn responder(status: &'static str, body: Vec<u8>) -> (Uri, Arc<AtomicUsize>) {
+    /// A listener on a free loopback port, and its URL.
+    async fn loopback() -> (TcpListener, Uri) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url: Uri = format!("http://{}/", listener.local_addr().unwrap())
+        let url = format!("http://{}/", listener.local_addr().unwrap())
             .parse()
             .unwrap();
+        (listener, url)
+    }
+
+    /// A responder on loopback answering every request with `status` and `body`; counts calls.
+    async fn responder(status: &'static str, body: Vec<u8>) -> (Uri, Arc<AtomicUsize>) {
+        let (listener, url) = loopback().await;
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = calls.clone();
         tokio::spawn(async move {
@@ -243,10 +249,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_responder_that_hangs_costs_one_budget_then_rests() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url: Uri = format!("http://{}/", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
+        let (listener, url) = loopback().await;
         let accepted = Arc::new(AtomicUsize::new(0));
         let counted = accepted.clone();
         // Accepts, reads, never answers.
@@ -274,10 +277,7 @@ mod tests {
     async fn a_failing_or_absent_responder_leaves_the_gpu_without_responses() {
         let (refusing, _) = responder("500 Internal Server Error", Vec::new()).await;
         let (garbling, _) = responder("200 OK", b"not ocsp".to_vec()).await;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let closed: Uri = format!("http://{}/", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
+        let (listener, closed) = loopback().await;
         drop(listener);
         for url in [refusing, garbling, closed] {
             let fetched = OcspFetcher::new(url).for_evidence(&evidence(), 0).await;
