@@ -271,6 +271,7 @@ fn receipt_verification(c: &mut Criterion) {
         gpus: 1,
         lease_key: key.verifying_key(),
         metering_from_ms: Some(start),
+        metering_until_ms: None,
     };
     assert!(matches!(
         check_next(&terms, &ChainHead::default(), &first, start),

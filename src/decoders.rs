@@ -91,6 +91,7 @@ pub fn receipt_and_evidence(data: &[u8]) {
         gpus: 2,
         lease_key: key.verifying_key(),
         metering_from_ms: Some(0),
+        metering_until_ms: None,
     };
     let now = i64::MAX / 2;
     let receipt = sign(Receipt::DOMAIN);
@@ -301,6 +302,7 @@ mod tests {
             gpus: 2,
             lease_key: PROVIDER.verifying_key(),
             metering_from_ms: Some(0),
+            metering_until_ms: None,
         };
         assert!(matches!(
             check_next(&terms, &ChainHead::default(), &signed, i64::MAX / 2),

@@ -8,6 +8,7 @@ use ed25519_dalek::SigningKey;
 use gpubridge::identity::{generate_key, issue_lease_certificate, public_key_base58};
 use gpubridge::metering::{ChainHead, WindowReport, seal_receipt};
 use gpubridge::operator::intake::verify_lease;
+use gpubridge::sidecar::probe::Which;
 use gpubridge::wire::amount::Amount;
 use gpubridge::wire::envelope::{header, seal, sign_body};
 use gpubridge::wire::proto::Attribution;
@@ -17,7 +18,7 @@ use gpubridge::wire::proto::{
 };
 use gpubridge::wire::{Signable, envelope::verifying_key};
 use prost::Message;
-use support::network::{Node, UNIT, now, offer, order, pass_probe};
+use support::network::{Node, UNIT, now, offer, order, pass_probe, run_probe};
 use tonic::Code;
 
 /// A lease's meter as the tests play it: the lease key, the provider's certificate for it, and
@@ -1162,6 +1163,53 @@ async fn an_answered_challenge_is_renewed_by_the_sweep() {
     let renewed = provider.lease_challenge(&lease_id).await.unwrap();
     assert_ne!(renewed.nonce, first.nonce);
     assert!(!renewed.answered);
+}
+
+/// A lease of an offer that promises re-probes is probed again over the gateway once its last
+/// pass is `reprobe-seconds` old, its steps go to the re-probe, and the pass is the network's.
+#[tokio::test]
+async fn a_lease_of_an_offer_promising_reprobes_is_probed_again_through_the_gateway() {
+    let w = world().await;
+    let provider = w.node.client(w.provider.clone());
+    let (name, value) = gpubridge::wire::validate::REPROBED;
+    let reprobed = gpubridge::wire::proto::Attribute {
+        key: name.into(),
+        value: value.into(),
+    };
+    let mut promising = offer("h100-dra", &[8]);
+    promising.attributes.push(reprobed.clone());
+    provider.publish(promising).await.unwrap();
+    let mut wants = order(2);
+    wants.attributes = vec![reprobed];
+    let placed = w.node.client(w.buyer.clone()).submit(wants).await.unwrap();
+    provider.decide(&placed.lease_id, true, "").await.unwrap();
+    let id = placed.lease_id;
+    let meter = Meter::probed(&w.provider, &provider, &id, 2).await;
+    let no_reprobe_yet = provider.lease_challenge(&id).await.unwrap();
+    assert!(no_reprobe_yet.reprobe.is_none());
+    // It started: a first receipt, well before the start deadline.
+    let started = provider
+        .submit_receipts(&id, meter.certificate(), meter.receipts(&[1_000]))
+        .await
+        .unwrap();
+    assert_eq!((started.accepted_through, started.rejection), (1, None));
+    let interval = w.node.store.params().unwrap().reprobe_seconds;
+    w.node.store.sweep(now() + i64::from(interval) + 1).unwrap();
+    let challenge = provider.lease_challenge(&id).await.unwrap();
+    let issued = challenge.reprobe.clone().expect("a re-probe is due");
+    assert_eq!((issued.state.as_str(), issued.reprobe), ("issued", 1));
+    assert_ne!(issued.nonce, challenge.probe.unwrap().nonce);
+    let reply = run_probe(&provider, &id, meter.certificate(), Which::Latest).await;
+    assert_eq!(
+        (reply.state.as_str(), reply.reprobe),
+        ("passed", 1),
+        "{}",
+        reply.detail
+    );
+    // The first probe's record is unchanged.
+    let after = provider.lease_challenge(&id).await.unwrap();
+    assert_eq!(after.probe.unwrap().reprobe, 0);
+    assert_eq!(after.reprobe.unwrap().state, "passed");
 }
 
 /// A standing order waits in the running node (its own process, its own upkeep every second)

@@ -251,7 +251,8 @@ pub enum TerminationReason {
     OfferGone,
     /// The lease's terms are outside its offer's terms.
     TermsViolated,
-    /// The network cancelled the lease.
+    /// The network ended the lease on its own deadlines (a lapsed re-probe, for one) and
+    /// refuses its receipts as closed.
     CancelledByNetwork,
     /// The provider deleted the ComputeLease before it ended.
     DeletedByProvider,

@@ -14,7 +14,8 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::crd::{
-    ComputeLeaseSpec, ComputeLeaseStatus, LeasePhase, Termination, TerminationReason,
+    ComputeLeaseSpec, ComputeLeaseStatus, LeasePhase, METERED_CONDITION, Termination,
+    TerminationReason,
 };
 use crate::workload::WORKLOAD_CONTAINER;
 
@@ -131,6 +132,15 @@ pub fn decide(o: &Observation) -> Decision {
         };
     }
 
+    if let Some(message) = closed_by_network(&status) {
+        return end(
+            status,
+            TerminationReason::CancelledByNetwork,
+            message,
+            o.now,
+        );
+    }
+
     let Some(pod) = o.pod else {
         return match status.phase {
             LeasePhase::Pending => match &o.admissible {
@@ -240,6 +250,17 @@ pub fn decide(o: &Observation) -> Decision {
         delete_pod: false,
         requeue_after: Some(until(o.now, deadline)),
     }
+}
+
+/// Why the network closed the lease, when it refused a receipt as closed (the collector's
+/// `Metered` condition): it ended the lease on its own deadlines, a lapsed re-probe among them,
+/// and pays nothing more, so the pod stops.
+fn closed_by_network(status: &ComputeLeaseStatus) -> Option<String> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == METERED_CONDITION && c.status == "False" && c.reason == "LeaseClosed")
+        .map(|c| format!("the network closed the lease: {}", c.message))
 }
 
 /// The lease's end for a pod's DisruptionTarget reason.

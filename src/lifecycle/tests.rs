@@ -370,3 +370,43 @@ fn a_refused_box_fails_the_lease_at_once_as_the_providers_fault() {
     let d = box_refused(&ended, "late".into(), t(700));
     assert_eq!(d.status, ended);
 }
+
+#[test]
+fn a_lease_the_network_closed_stops_its_pod_and_a_refused_window_does_not() {
+    let metered = |ok: bool, reason: &str| {
+        crate::crd::conditions::condition(
+            &[],
+            METERED_CONDITION,
+            ok,
+            reason,
+            "receipt 9: the lease is ended and takes no more receipts",
+            None,
+            t(100),
+        )
+    };
+    let mut st = running_since(0);
+    st.conditions = vec![metered(false, "LeaseClosed")];
+    let d = decide_at(&st, Some(&pod("Running")), t(120));
+    assert_eq!(reason(&d), Some(TerminationReason::CancelledByNetwork));
+    assert_eq!(d.status.phase, LeasePhase::Terminated);
+    assert_eq!(d.status.termination.as_ref().unwrap().fault, Fault::Network);
+    assert!(
+        d.status
+            .termination
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("the network closed the lease: receipt 9"),
+        "{:?}",
+        d.status.termination
+    );
+    assert!(d.delete_pod);
+    // A receipt refused for another reason (waiting for a re-probe's pass) keeps it running,
+    // as does the condition once true again.
+    for other in [metered(false, "Unproven"), metered(true, "LeaseClosed")] {
+        st.conditions = vec![other];
+        let d = decide_at(&st, Some(&pod("Running")), t(120));
+        assert_eq!(d.status.phase, LeasePhase::Running);
+        assert!(!d.delete_pod);
+    }
+}

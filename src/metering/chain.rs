@@ -143,6 +143,9 @@ pub struct LeaseTerms {
     /// No window may start before this, Unix milliseconds ([`metering_start`]); none: the
     /// lease has not passed its challenge, and no window is metered.
     pub metering_from_ms: Option<i64>,
+    /// No window may end after this, Unix milliseconds ([`metering_until`]); none: no re-probe
+    /// bounds the lease.
+    pub metering_until_ms: Option<i64>,
 }
 
 /// When a lease's metering may begin (DESIGN §8), Unix milliseconds: the first moment the
@@ -158,6 +161,21 @@ pub fn metering_start(
         .flatten()
         .min()
         .map(|seconds| seconds.saturating_mul(1000))
+}
+
+/// How far a lease's metering may run, Unix milliseconds, when it is probed again every
+/// `reprobe_seconds` (DESIGN §8): its last pass vouches for the interval to the next re-probe and
+/// the time that re-probe has to commit and answer (`answer_seconds` each). Later windows wait
+/// for the next pass; a lease whose re-probe lapsed ends, and they are never paid.
+pub fn metering_until(
+    last_passed_at: Option<i64>,
+    reprobe_seconds: u32,
+    answer_seconds: u32,
+) -> Option<i64> {
+    let vouched = i64::from(reprobe_seconds) + 2 * i64::from(answer_seconds);
+    last_passed_at
+        .filter(|_| reprobe_seconds > 0)
+        .map(|at| at.saturating_add(vouched).saturating_mul(1000))
 }
 
 /// Why a receipt was refused. `kind` is a stable word for metrics and conditions.
@@ -185,6 +203,10 @@ pub enum ReceiptRejection {
         "receipt {sequence}: the lease has not passed its challenge; nothing is metered before it does"
     )]
     Unverified { sequence: u64 },
+    #[error(
+        "receipt {sequence}: the window ends past {until_ms}, as far as the lease's last passed probe vouches for; it is taken once the next re-probe passes"
+    )]
+    Unproven { sequence: u64, until_ms: i64 },
 }
 
 impl ReceiptRejection {
@@ -200,6 +222,7 @@ impl ReceiptRejection {
             ReceiptRejection::AfterFinal { .. } => "AfterFinal",
             ReceiptRejection::LeaseClosed { .. } => "LeaseClosed",
             ReceiptRejection::Unverified { .. } => "Unverified",
+            ReceiptRejection::Unproven { .. } => "Unproven",
         }
     }
 
@@ -212,7 +235,8 @@ impl ReceiptRejection {
             | ReceiptRejection::BadWindow { sequence, .. }
             | ReceiptRejection::AfterFinal { sequence }
             | ReceiptRejection::LeaseClosed { sequence, .. }
-            | ReceiptRejection::Unverified { sequence } => *sequence,
+            | ReceiptRejection::Unverified { sequence }
+            | ReceiptRejection::Unproven { sequence, .. } => *sequence,
             _ => 0,
         }
     }
@@ -329,6 +353,9 @@ fn check_window(
     }
     if end > now_ms + CLOCK_SKEW_MS {
         return Err(bad_window(sequence, "window must not end in the future"));
+    }
+    if let Some(until_ms) = terms.metering_until_ms.filter(|until| end > *until) {
+        return Err(ReceiptRejection::Unproven { sequence, until_ms });
     }
     let expected = u64::from(terms.gpus).checked_mul((end - start) as u64);
     if expected != Some(receipt.allocated_gpu_millis) {

@@ -7,5 +7,5 @@ pub mod window;
 
 pub use chain::{
     AccessTotals, ChainHead, LeaseTerms, ReceiptRejection, Step, Totals, WindowReport, check_next,
-    digest, metering_start, seal_receipt,
+    digest, metering_start, metering_until, seal_receipt,
 };

@@ -110,6 +110,13 @@ pub struct NetworkArgs {
     /// Seconds from the probe's commitment by which its checks must be answered.
     #[arg(long, default_value_t = 120)]
     pub probe_answer_seconds: u32,
+    /// Seconds after a running lease's last passed probe at which it is probed again, when
+    /// its sidecars share its GPUs (an offer of DRA devices); 0 probes no lease again.
+    #[arg(long, default_value_t = 3_600)]
+    pub reprobe_seconds: u32,
+    /// MiB of each GPU a re-probe fills (90 % of): room the workload leaves beside it.
+    #[arg(long, default_value_t = 512)]
+    pub reprobe_memory_mib: u32,
     /// A GPU model's calibration band, MODEL=MEMORY_MIB:LEAST_GOPS:MOST_GOPS; repeatable.
     #[arg(long)]
     pub probe_band: Vec<String>,
@@ -354,6 +361,8 @@ fn params(args: &NetworkArgs) -> Result<Params, NetworkError> {
         ("probe-rounds", args.probe_rounds),
         ("probe-rows", args.probe_rows),
         ("probe-answer-seconds", args.probe_answer_seconds),
+        ("reprobe-seconds", args.reprobe_seconds),
+        ("reprobe-memory-mib", args.reprobe_memory_mib),
     ]
     .into_iter()
     .map(|(name, value)| (name.to_string(), value.to_string()))

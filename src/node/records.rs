@@ -256,6 +256,19 @@ pub struct LeaseRecord {
     /// When evidence first verified the lease's GPUs as hardware-attested.
     #[serde(default)]
     pub hardware_attested_since: Option<i64>,
+    /// Whether the lease is probed again while it runs: its offer published
+    /// [`REPROBED`](crate::wire::validate::REPROBED), as the operator does for DRA devices,
+    /// whose one claim the sidecars share with the workload.
+    #[serde(default)]
+    pub reprobed: bool,
+    /// The latest probe after the first, while the lease runs (DESIGN §8).
+    #[serde(default)]
+    pub reprobe: Option<ProbeRecord>,
+    #[serde(default)]
+    pub reprobes_passed: u32,
+    /// When the lease's GPUs last passed a probe, the first or a re-probe.
+    #[serde(default)]
+    pub probe_proven_at: Option<i64>,
 }
 
 impl LeaseRecord {
@@ -266,7 +279,10 @@ impl LeaseRecord {
             .as_ref()
             .and_then(|a| TrustTier::parse(&a.trust_tier))
             .unwrap_or_default()
-            .with_probe(self.probe.as_ref().is_some_and(|p| p.passed_at.is_some()))
+            .with_probe(
+                self.probe.as_ref().is_some_and(|p| p.passed_at.is_some())
+                    && self.reprobe.as_ref().is_none_or(|p| p.failed_at.is_none()),
+            )
     }
 
     /// The buyer's view of the lease; `provider` is its provider's record, when it has one.
@@ -338,6 +354,9 @@ pub struct ProbeRecord {
     pub failed_at: Option<i64>,
     /// What passed (the band matched) or why it failed.
     pub detail: String,
+    /// 0 for the probe at acceptance, n for the lease's n-th re-probe.
+    #[serde(default)]
+    pub reprobe: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@ use crate::admission::{NodeBlock, free_after};
 use crate::capacity::OfferCapacity;
 use crate::crd::{EgressPolicy, GpuOffer, GpuOfferSpec, PodSecurityLevel};
 use crate::wire::proto::{Attribute, OfferBody};
+use crate::wire::validate;
 
 /// Why an offer is not put in the network's book although its spec is valid and it is not
 /// paused: its policy would refuse every lease. `None` when it may be published.
@@ -74,6 +75,11 @@ pub fn offer_body(
             Attribute {
                 key: "podSecurity".into(),
                 value: pod_security.into(),
+            },
+            // Only DRA devices can be probed again beside the workload (one shared claim).
+            Attribute {
+                key: validate::REPROBED.0.into(),
+                value: spec.dynamic_resources.is_some().to_string(),
             },
         ],
         expires_at: 0,

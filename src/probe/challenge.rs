@@ -76,6 +76,11 @@ impl Rules {
             .bands
             .get(model)
             .map_or(self.default_memory_mib, |c| c.memory_mib);
+        self.filling(mib)
+    }
+
+    /// What each GPU multiplies to fill 90 % of `mib` MiB: a re-probe's footprint.
+    pub fn filling(&self, mib: u32) -> Spec {
         Spec::filling(u64::from(mib) << 20, self.size.min(MAX_SIZE))
     }
 }

@@ -1,5 +1,6 @@
 //! `gpubridge-sidecar attest`: answers every attestation challenge of the network with evidence
-//! of where the lease runs, signed with the lease key.
+//! of where the lease runs, signed with the lease key, and runs every re-probe the network
+//! issues the lease beside its workload.
 
 use std::time::Duration;
 
@@ -12,7 +13,9 @@ use crate::identity::lease_files::{self, LeaseFilesError};
 use crate::process::shutdown::Shutdown;
 use crate::process::telemetry::LogFormat;
 use crate::sidecar::client::{LeaseArgs, SidecarClient};
+use crate::sidecar::probe::{Deadlines, EngineKind, Which, drive};
 use crate::wire::envelope::sign_body;
+use crate::wire::proto::ChallengeReply;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct AttestArgs {
@@ -33,7 +36,23 @@ pub struct AttestArgs {
     pub log_format: LogFormat,
     #[command(flatten)]
     pub gpu: GpuSourceArgs,
+    /// Where the lease's re-probes run (as `probe --engine`). The network issues them only to
+    /// a lease whose sidecars share its GPUs (an offer of DRA devices).
+    #[arg(
+        long,
+        env = "GPUBRIDGE_PROBE_ENGINE",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub probe_engine: EngineKind,
 }
+
+/// A re-probe has twice the network's `probe-answer-seconds` to commit and answer; the sidecar
+/// gives up on one well after that, when the network has already ended the lease.
+const REPROBE_DEADLINES: Deadlines = Deadlines {
+    give_up: Duration::from_secs(2 * 3_600),
+    retry: Duration::from_secs(2),
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttestError {
@@ -83,6 +102,30 @@ fn sealed_evidence(
     sign_body(key, &evidence)
 }
 
+/// Whether the network issued the lease a re-probe that has not passed or failed yet.
+fn reprobe_under_way(challenge: &ChallengeReply) -> bool {
+    challenge
+        .reprobe
+        .as_ref()
+        .is_some_and(|r| matches!(r.state.as_str(), "issued" | "committed"))
+}
+
+/// Runs the lease's re-probe under way beside the workload; its verdict is the network's, and a
+/// failure here is only logged: the network ends the lease on its own deadlines.
+async fn reprobe(client: &SidecarClient, engine: EngineKind) {
+    let engine = match engine.open() {
+        Ok(engine) => engine,
+        Err(e) => {
+            warn!(error = %e, "the re-probe cannot run");
+            return;
+        }
+    };
+    match drive(client, engine, Which::Latest, REPROBE_DEADLINES).await {
+        Ok(detail) => info!(%detail, "GPU re-probe passed"),
+        Err(e) => warn!(error = %e, "GPU re-probe did not pass"),
+    }
+}
+
 pub async fn run(args: AttestArgs) -> Result<(), AttestError> {
     let credentials = lease_files::load(
         &args.lease.identity_dir,
@@ -111,6 +154,9 @@ pub async fn run(args: AttestArgs) -> Result<(), AttestError> {
                 continue;
             }
         };
+        if reprobe_under_way(&challenge) {
+            reprobe(&client, args.probe_engine).await;
+        }
         if challenge.answered {
             continue;
         }
@@ -120,5 +166,32 @@ pub async fn run(args: AttestArgs) -> Result<(), AttestError> {
             Ok(reply) => info!(tier = %reply.trust_tier, "evidence accepted"),
             Err(s) => warn!(code = ?s.code(), message = %s.message(), "evidence refused"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::proto::ProbeReply;
+
+    #[test]
+    fn a_reprobe_is_run_while_issued_or_committed_and_left_once_over() {
+        let with = |state: &str| ChallengeReply {
+            reprobe: Some(ProbeReply {
+                state: state.into(),
+                reprobe: 1,
+                ..ProbeReply::default()
+            }),
+            ..ChallengeReply::default()
+        };
+        assert!(reprobe_under_way(&with("issued")));
+        assert!(reprobe_under_way(&with("committed")));
+        assert!(!reprobe_under_way(&with("passed")));
+        assert!(!reprobe_under_way(&with("failed")));
+        assert!(!reprobe_under_way(&ChallengeReply::default()));
+        // The run takes the re-probe, not the probe at acceptance.
+        let taken = Which::Latest.of(with("issued")).unwrap();
+        assert_eq!(taken.reprobe, 1);
+        assert_eq!(Which::First.of(with("issued")), None);
     }
 }

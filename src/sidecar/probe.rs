@@ -1,7 +1,8 @@
 //! `gpubridge-sidecar probe`: the network's GPU probe (DESIGN §8), run once in the lease pod
 //! before the sidecars and the workload: multiply what the challenge nonce seeds, commit the
 //! roots, answer the checks the commitment's block drew, and exit once the network recorded the
-//! pass. The arithmetic runs on the lease's GPUs through CUDA ([`CudaEngine`]), or on the CPU
+//! pass; the attestation sidecar runs the lease's re-probes the same way ([`drive`]). The
+//! arithmetic runs on the lease's GPUs through CUDA ([`CudaEngine`]), or on the CPU
 //! ([`CpuEngine`]) where there is no CUDA (the simulated GPUs of the tests).
 
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use crate::probe::run::{CpuEngine, Engine, Move, ProbeRun};
 use crate::process::telemetry::LogFormat;
 use crate::sidecar::client::{LeaseArgs, SidecarClient};
 use crate::sidecar::cuda::{self, CudaEngine};
-use crate::wire::proto::ProbeReply;
+use crate::wire::proto::{ChallengeReply, ProbeReply};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ProbeArgs {
@@ -49,7 +50,7 @@ pub enum EngineKind {
 }
 
 impl EngineKind {
-    fn open(self) -> Result<Box<dyn Engine>, ProbeError> {
+    pub fn open(self) -> Result<Box<dyn Engine>, ProbeError> {
         let cpu = || -> Box<dyn Engine> { Box::new(CpuEngine::default()) };
         Ok(match self {
             EngineKind::Cpu => cpu(),
@@ -154,20 +155,64 @@ pub async fn run(args: ProbeArgs) -> Result<(), ProbeError> {
     )?;
     let client = SidecarClient::new(&args.lease.collector_url, credentials)
         .map_err(ProbeError::Collector)?;
-    let give_up = Instant::now() + Duration::from_secs(args.give_up_seconds);
-    let retry = Duration::from_secs(args.retry_seconds);
-    let mut run = ProbeRun::new(args.engine.open()?);
+    let deadlines = Deadlines {
+        give_up: Duration::from_secs(args.give_up_seconds),
+        retry: Duration::from_secs(args.retry_seconds),
+    };
+    let detail = drive(&client, args.engine.open()?, Which::First, deadlines).await?;
+    info!(%detail, "GPU probe passed");
+    Ok(())
+}
+
+/// Which of a lease's probes a run takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Which {
+    /// The probe at acceptance, before the workload starts.
+    First,
+    /// The latest re-probe, beside the workload.
+    Latest,
+}
+
+impl Which {
+    /// This probe, from the network's challenge reply.
+    pub fn of(self, challenge: ChallengeReply) -> Option<ProbeReply> {
+        match self {
+            Which::First => challenge.probe,
+            Which::Latest => challenge.reprobe,
+        }
+    }
+}
+
+/// How long a run keeps trying, and how long it waits between two tries.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    pub give_up: Duration,
+    pub retry: Duration,
+}
+
+/// Runs `which` probe of the lease to its end on `engine`: multiply, commit, answer, until the
+/// network records a pass (its detail) or a failure.
+pub async fn drive(
+    client: &SidecarClient,
+    engine: Box<dyn Engine>,
+    which: Which,
+    deadlines: Deadlines,
+) -> Result<String, ProbeError> {
+    let give_up = Instant::now() + deadlines.give_up;
+    let mut run = ProbeRun::new(engine);
     let mut last: Option<ProbeReply> = None;
     while Instant::now() < give_up {
         let reply = match last.take() {
             Some(reply) => reply,
             None => match client.challenge().await {
-                Ok(challenge) => challenge.probe.ok_or_else(|| {
-                    ProbeError::Collector("the network issued this lease no probe".into())
+                Ok(challenge) => which.of(challenge).ok_or_else(|| {
+                    ProbeError::Collector(format!(
+                        "the network issued this lease no {which:?} probe"
+                    ))
                 })?,
                 Err(s) => {
                     warn!(code = ?s.code(), message = %s.message(), "cannot read the probe");
-                    tokio::time::sleep(retry).await;
+                    tokio::time::sleep(deadlines.retry).await;
                     continue;
                 }
             },
@@ -181,24 +226,22 @@ pub async fn run(args: ProbeArgs) -> Result<(), ProbeError> {
         .map_err(|e| ProbeError::Collector(format!("the probe's work: {e}")))?;
         run = back;
         let step = match next {
-            Move::Passed(detail) => {
-                info!(%detail, "GPU probe passed");
-                return Ok(());
-            }
+            Move::Passed(detail) => return Ok(detail),
             Move::Failed(detail) => return Err(ProbeError::Failed(detail)),
             Move::Broken(reason) => return Err(ProbeError::Engine(reason)),
             Move::Send(step) => step,
         };
         match client.submit_probe(step).await {
             Ok(reply) => {
-                info!(state = %reply.state, answered = ?reply.answered, "probe step taken");
+                info!(state = %reply.state, answered = ?reply.answered, reprobe = reply.reprobe,
+                    "probe step taken");
                 last = Some(reply);
             }
             Err(s) => {
                 warn!(code = ?s.code(), message = %s.message(), "probe step refused");
-                tokio::time::sleep(retry).await;
+                tokio::time::sleep(deadlines.retry).await;
             }
         }
     }
-    Err(ProbeError::GaveUp(args.give_up_seconds))
+    Err(ProbeError::GaveUp(deadlines.give_up.as_secs()))
 }

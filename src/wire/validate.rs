@@ -83,6 +83,16 @@ pub fn model(field: &str, text: &str) -> Result<(), Rejection> {
     )
 }
 
+/// The offer attribute that promises re-probes: the operator publishes `reprobed=true` for an
+/// offer of DRA devices, whose sidecars share the workload's GPUs and can probe them again while
+/// it runs, and `reprobed=false` otherwise. A buyer requires it as any attribute.
+pub const REPROBED: (&str, &str) = ("reprobed", "true");
+
+/// [`REPROBED`] as offers and orders carry attributes.
+pub fn reprobed_attribute() -> (String, String) {
+    (REPROBED.0.to_string(), REPROBED.1.to_string())
+}
+
 /// Whole GPUs are sold as this resource; MIG slices as `nvidia.com/mig-<profile>`.
 pub const WHOLE_GPU: &str = "nvidia.com/gpu";
 

@@ -9,6 +9,7 @@ use gpubridge::identity::generate_key;
 use gpubridge::node::relay::RelayService;
 use gpubridge::node::service::GatewayService;
 use gpubridge::node::{Params, Store};
+use gpubridge::sidecar::probe::Which;
 use gpubridge::wire::MAX_MESSAGE_BYTES;
 use gpubridge::wire::client::{NetworkClient, Target, channel};
 use gpubridge::wire::proto::gateway_client::GatewayClient;
@@ -26,32 +27,40 @@ pub struct Node {
     _dir: tempfile::TempDir,
 }
 
-/// The default parameters with a probe small enough for a debug build: 90 % of 1 MiB in
-/// tiles of 16², four rounds.
+/// The default parameters with probes small enough for a debug build: 90 % of 1 MiB in
+/// tiles of 16², four rounds, and re-probes of 1 MiB too.
 pub fn params() -> Params {
     Params {
         probe_size: 16,
         probe_memory_mib: 1,
         probe_rounds: 4,
+        reprobe_memory_mib: 1,
         ..Params::default()
     }
 }
 
-/// Runs the lease's GPU probe to its end as an honest probe does, through `provider`'s client
-/// with the lease `certificate`: the network's last word.
+/// Runs the lease's GPU probe at acceptance to its end as an honest probe does, through
+/// `provider`'s client with the lease `certificate`: the network's last word.
 pub async fn pass_probe(
     provider: &NetworkClient,
     lease_id: &str,
     certificate: Vec<u8>,
 ) -> gpubridge::wire::proto::ProbeReply {
+    run_probe(provider, lease_id, certificate, Which::First).await
+}
+
+/// The same for `which` of the lease's probes (its latest re-probe, as the attestation sidecar
+/// runs it).
+pub async fn run_probe(
+    provider: &NetworkClient,
+    lease_id: &str,
+    certificate: Vec<u8>,
+    which: Which,
+) -> gpubridge::wire::proto::ProbeReply {
     use gpubridge::probe::run::{CpuEngine, Move, ProbeRun};
     let mut run = ProbeRun::new(CpuEngine::default());
-    let mut reply = provider
-        .lease_challenge(lease_id)
-        .await
-        .unwrap()
-        .probe
-        .expect("an accepted lease has a probe");
+    let challenge = provider.lease_challenge(lease_id).await.unwrap();
+    let mut reply = which.of(challenge).expect("the lease has that probe");
     loop {
         match run.next(&reply) {
             Move::Send(step) => {

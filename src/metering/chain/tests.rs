@@ -23,6 +23,7 @@ fn terms(key: &SigningKey) -> LeaseTerms {
         gpus: 2,
         lease_key: key.verifying_key(),
         metering_from_ms: Some(START),
+        metering_until_ms: None,
     }
 }
 
@@ -307,4 +308,45 @@ fn an_oversized_receipt_is_refused_before_its_signature_is_checked() {
         rejection(&terms(&key), &ChainHead::default(), &huge).kind(),
         "Malformed"
     );
+}
+
+#[test]
+fn a_window_past_what_the_last_probe_vouches_for_waits_for_the_next_pass() {
+    let key = generate_key();
+    let (first, built) = next(&key, &ChainHead::default(), 10_000);
+    let (second, _) = next(&key, &built, 10_000);
+    // The last pass vouches through 15 s after the start: the first window fits, the second
+    // ends 5 s past it.
+    let vouched = LeaseTerms {
+        metering_until_ms: Some(START + 15_000),
+        ..terms(&key)
+    };
+    let head = accept(&vouched, &ChainHead::default(), &first);
+    let refused = rejection(&vouched, &head, &second);
+    assert_eq!(
+        refused,
+        ReceiptRejection::Unproven {
+            sequence: 2,
+            until_ms: START + 15_000
+        }
+    );
+    assert_eq!((refused.kind(), refused.sequence()), ("Unproven", 2));
+    // A re-probe passed: the same receipt, resent, is taken.
+    let renewed = LeaseTerms {
+        metering_until_ms: Some(START + 20_000),
+        ..vouched
+    };
+    accept(&renewed, &head, &second);
+}
+
+#[test]
+fn a_pass_vouches_for_the_interval_and_the_next_probes_two_deadlines() {
+    assert_eq!(
+        metering_until(Some(1_000), 3_600, 120),
+        Some((1_000 + 3_600 + 240) * 1000)
+    );
+    // Never passed, or no re-probes: nothing bounds the end.
+    assert_eq!(metering_until(None, 3_600, 120), None);
+    assert_eq!(metering_until(Some(1_000), 0, 120), None);
+    assert_eq!(metering_until(Some(i64::MAX), 3_600, 120), Some(i64::MAX));
 }

@@ -271,7 +271,8 @@ impl State {
 
     /// The upkeep every block begins with: leases not answered in time lapse (the buyer is
     /// refunded), accepted leases that never started or left their probe's checks unanswered
-    /// end and their provider is slashed,
+    /// end and their provider is slashed, running leases due a re-probe get one and those whose
+    /// re-probe lapsed end,
     /// unbonding stake due is paid back, proposals are tallied and applied, standing orders are
     /// matched or closed at their deadline, expired offers and those of silent providers are dropped, answered challenges
     /// that are due are renewed, nonces past the freshness window are forgotten.
@@ -285,6 +286,13 @@ impl State {
                 self.end_never_started(block, lease)?;
             } else if probe::unanswered(&lease, params.probe_answer_seconds, now) {
                 self.fail_unanswered(block, lease, params.probe_answer_seconds)?;
+            } else if let Some(why) =
+                probe::reprobe_lapsed(&lease, params.probe_answer_seconds, now)
+            {
+                self.end_unproven(block, lease, why)?;
+            } else if probe::reprobe_due(&lease, params.reprobe_seconds, now) {
+                lease.reprobe = Some(probe::issue_reprobe(&params, &lease, block));
+                self.put(LEASES, &lease.lease_id, &lease)?;
             } else if transitions::lapses(lease.state, lease.answer_by, now) {
                 let order = self.order_of(&lease)?;
                 let Step::Moves {

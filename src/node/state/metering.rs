@@ -17,7 +17,8 @@ use crate::wire::proto::{
 };
 use crate::wire::{Opened, Rejection, validate};
 
-use super::probe::probe_reply;
+use super::params::Params;
+use super::probe::{metered_until, probe_reply};
 use super::{Block, FORKS, LEASES, ORDERS, PROVIDERS, RECEIPTS, Result, State, StateError};
 
 /// The root every GPU's device certificate chain must end in, parsed once.
@@ -94,6 +95,7 @@ pub(super) fn lease_terms(
     lease: &mut LeaseRecord,
     certificate: &[u8],
     now: i64,
+    params: &Params,
 ) -> Result<LeaseTerms> {
     let provider = public_key_from_base58(&lease.provider)
         .map_err(|e| StateError::Inconsistent(format!("stored provider key: {e}")))?;
@@ -127,6 +129,7 @@ pub(super) fn lease_terms(
             lease.probe.as_ref().and_then(|p| p.passed_at),
             lease.hardware_attested_since,
         ),
+        metering_until_ms: metered_until(lease, params),
     })
 }
 
@@ -168,7 +171,7 @@ impl State {
         let provider = public_key_base58(&opened.signer);
         self.consume_nonce(&opened)?;
         let mut lease = self.owned_lease(&body.lease_id, &provider)?;
-        let terms = lease_terms(&mut lease, &body.certificate, now)?;
+        let terms = lease_terms(&mut lease, &body.certificate, now, &self.params()?)?;
         let mut order: OrderRecord = self.order_of(&lease)?;
         let (held, price) = (order.held, lease.price);
         let mut rejection = None;
@@ -274,6 +277,7 @@ impl State {
                 issued_at: c.issued_at,
                 answered: c.answered,
                 probe: lease.probe.as_ref().map(probe_reply),
+                reprobe: lease.reprobe.as_ref().map(probe_reply),
             }),
             _ => Err(Rejection::Precondition(format!(
                 "lease {} is {} and is not challenged",
@@ -302,7 +306,7 @@ impl State {
         let provider = public_key_base58(&opened.signer);
         self.consume_nonce(&opened)?;
         let mut lease = self.owned_lease(&body.lease_id, &provider)?;
-        let terms = lease_terms(&mut lease, &body.certificate, now)?;
+        let terms = lease_terms(&mut lease, &body.certificate, now, &self.params()?)?;
         let verified = verify_evidence(&terms.lease_key, &lease.lease_id, evidence, now)
             .map_err(evidence_rejection)?;
         check_ocsp(&verified.evidence, &body.ocsp).map_err(evidence_rejection)?;

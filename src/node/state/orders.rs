@@ -249,6 +249,10 @@ impl State {
             lease_key: None,
             probe: None,
             hardware_attested_since: None,
+            reprobed: offer.attributes.contains(&validate::reprobed_attribute()),
+            reprobe: None,
+            reprobes_passed: 0,
+            probe_proven_at: None,
         };
         self.put(LEASES, &lease_id, &record)?;
         order.state = OrderState::Matched;

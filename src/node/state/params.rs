@@ -44,6 +44,14 @@ pub struct Params {
     pub probe_rounds: u32,
     pub probe_rows: u32,
     pub probe_answer_seconds: u32,
+    /// How often a running lease whose sidecars share its GPUs (an offer of DRA devices) is
+    /// probed again, counted from its last pass; zero probes no lease again. A re-probe fills
+    /// 90 % of `reprobe_memory_mib` of each GPU, the room a workload leaves, and must be
+    /// committed, then answered, within `probe_answer_seconds` each.
+    #[serde(default = "default_reprobe_seconds")]
+    pub reprobe_seconds: u32,
+    #[serde(default = "default_reprobe_memory_mib")]
+    pub reprobe_memory_mib: u32,
     /// Calibration bands by GPU model as offers name it, `probe-band/<model>` to governance.
     pub probe_bands: BTreeMap<String, Calibration>,
     /// Governance's own rules, fixed at genesis: no proposal changes them.
@@ -77,6 +85,8 @@ impl Default for Params {
             probe_rounds: 16,
             probe_rows: 2,
             probe_answer_seconds: 120,
+            reprobe_seconds: default_reprobe_seconds(),
+            reprobe_memory_mib: default_reprobe_memory_mib(),
             probe_bands: BTreeMap::new(),
             voting_blocks: 100,
             min_deposit: Amount::from_atto(10 * 1_000_000_000_000_000_000),
@@ -84,6 +94,14 @@ impl Default for Params {
             threshold_basis_points: 5_000,
         }
     }
+}
+
+fn default_reprobe_seconds() -> u32 {
+    3_600
+}
+
+fn default_reprobe_memory_mib() -> u32 {
+    512
 }
 
 /// What governance may change, with its bounds: (name, least, most). Not the stake
@@ -106,6 +124,8 @@ const GOVERNED: &[(&str, u128, u128)] = &[
     ("probe-rounds", 1, 16),
     ("probe-rows", 0, 2),
     ("probe-answer-seconds", 5, 3_600),
+    ("reprobe-seconds", 0, 7 * 86_400),
+    ("reprobe-memory-mib", 1, 1 << 20),
 ];
 
 /// A model's calibration band is governed as `probe-band/<model>`.
@@ -158,6 +178,8 @@ impl Params {
             "probe-rounds" => next.probe_rounds = seconds()?,
             "probe-rows" => next.probe_rows = seconds()?,
             "probe-answer-seconds" => next.probe_answer_seconds = seconds()?,
+            "reprobe-seconds" => next.reprobe_seconds = seconds()?,
+            "reprobe-memory-mib" => next.reprobe_memory_mib = seconds()?,
             other => unreachable!("{other} is in GOVERNED but not set"),
         }
         Ok(next)
@@ -238,6 +260,8 @@ impl Params {
                 "probe-answer-seconds",
                 self.probe_answer_seconds.to_string(),
             ),
+            ("reprobe-seconds", self.reprobe_seconds.to_string()),
+            ("reprobe-memory-mib", self.reprobe_memory_mib.to_string()),
         ]
         .into_iter()
         .map(|(n, v)| (n.to_string(), v))

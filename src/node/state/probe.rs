@@ -1,8 +1,19 @@
 //! A lease's GPU probe as the network runs it (DESIGN §8): issued at acceptance with the
 //! rules in force, committed, checked with a nonce the commitment's block drew, then passed or
 //! failed. A failed probe is evidence: the lease ends as the provider's fault, the buyer gets
-//! the hold back and the provider is slashed to the buyer.
+//! back what was not charged and the provider is slashed to the buyer.
+//!
+//! A lease whose sidecars share its GPUs (an offer of DRA devices) is probed again every
+//! governed `reprobe-seconds` after its last pass, in the room its workload leaves
+//! (`reprobe-memory-mib`); its metering runs no further than the last pass vouches for
+//! ([`crate::metering::metering_until`]). A re-probe not committed and answered in time ends the
+//! lease with no one's fault: the workload may have taken the memory, or the provider may have
+//! stopped it, and the network cannot tell which, so nobody is slashed, and the windows the last
+//! pass did not vouch for are never paid.
 
+use sha2::{Digest, Sha256};
+
+use super::params::Params;
 use crate::attestation::TrustTier;
 use crate::commitment::merkle::Hash;
 use crate::identity::public_key_base58;
@@ -24,7 +35,33 @@ pub(super) fn issue(
     nonce: Vec<u8>,
     block: &Block,
 ) -> ProbeRecord {
-    let spec = rules.spec(&lease.model);
+    issue_spec(rules, rules.spec(&lease.model), lease, nonce, block)
+}
+
+/// The lease's next re-probe: the probe's rules in force, in `reprobe-memory-mib` of each GPU,
+/// seeded by a nonce nobody knew before `block`.
+pub(super) fn issue_reprobe(params: &Params, lease: &LeaseRecord, block: &Block) -> ProbeRecord {
+    let ordinal = lease.reprobes_passed + 1;
+    let mut hasher = Sha256::new();
+    hasher.update(b"gpubridge/v1/reprobe-nonce\0");
+    hasher.update(block.entropy);
+    hasher.update(lease.lease_id.as_bytes());
+    hasher.update(ordinal.to_be_bytes());
+    let rules = params.probe_rules();
+    let spec = rules.filling(params.reprobe_memory_mib);
+    ProbeRecord {
+        reprobe: ordinal,
+        ..issue_spec(&rules, spec, lease, hasher.finalize().to_vec(), block)
+    }
+}
+
+fn issue_spec(
+    rules: &Rules,
+    spec: Spec,
+    lease: &LeaseRecord,
+    nonce: Vec<u8>,
+    block: &Block,
+) -> ProbeRecord {
     ProbeRecord {
         model: lease.model.clone(),
         nonce,
@@ -41,7 +78,61 @@ pub(super) fn issue(
         passed_at: None,
         failed_at: None,
         detail: String::new(),
+        reprobe: 0,
     }
+}
+
+/// Whether a probe is still under way: neither passed nor failed.
+fn under_way(probe: &ProbeRecord) -> bool {
+    probe.passed_at.is_none() && probe.failed_at.is_none()
+}
+
+/// Whether a running lease is due its next re-probe: its sidecars share its GPUs, its last pass
+/// is `reprobe_seconds` old, and no re-probe is under way.
+pub(super) fn reprobe_due(lease: &LeaseRecord, reprobe_seconds: u32, now: i64) -> bool {
+    transitions::meters(lease.state)
+        && lease.reprobed
+        && reprobe_seconds > 0
+        && !lease.reprobe.as_ref().is_some_and(under_way)
+        && lease
+            .probe_proven_at
+            .is_some_and(|at| at + i64::from(reprobe_seconds) <= now)
+}
+
+/// Why a running lease's re-probe lapsed: not committed within `answer_seconds` of its issue,
+/// or not answered within `answer_seconds` of its commitment.
+pub(super) fn reprobe_lapsed(lease: &LeaseRecord, answer_seconds: u32, now: i64) -> Option<String> {
+    let probe = lease
+        .reprobe
+        .as_ref()
+        .filter(|p| transitions::meters(lease.state) && under_way(p))?;
+    let late = |at: i64| at + i64::from(answer_seconds) <= now;
+    match probe.committed_at {
+        None if late(probe.issued_at) => Some(format!(
+            "re-probe {} issued at {} was not committed within {answer_seconds} s",
+            probe.reprobe, probe.issued_at
+        )),
+        Some(at) if late(at) => Some(format!(
+            "re-probe {}'s checks were not answered within {answer_seconds} s of its commitment at {at}",
+            probe.reprobe
+        )),
+        _ => None,
+    }
+}
+
+/// Where a running lease's metering may run to, Unix milliseconds ([`metering_until`]): bounded
+/// only for a lease that is probed again.
+///
+/// [`metering_until`]: crate::metering::metering_until
+pub(super) fn metered_until(lease: &LeaseRecord, params: &Params) -> Option<i64> {
+    if !lease.reprobed {
+        return None;
+    }
+    crate::metering::metering_until(
+        lease.probe_proven_at,
+        params.reprobe_seconds,
+        params.probe_answer_seconds,
+    )
 }
 
 pub(super) fn probe_reply(probe: &ProbeRecord) -> ProbeReply {
@@ -68,6 +159,7 @@ pub(super) fn probe_reply(probe: &ProbeRecord) -> ProbeReply {
         answered: (0..probe.answered.len() as u32)
             .filter(|g| probe.answered[*g as usize])
             .collect(),
+        reprobe: probe.reprobe,
     }
 }
 
@@ -91,12 +183,15 @@ impl State {
         let provider = public_key_base58(&opened.signer);
         self.consume_nonce(&opened)?;
         let mut lease = self.owned_lease(&body.lease_id, &provider)?;
-        super::metering::lease_terms(&mut lease, &body.certificate, block.time)?;
-        let Some(mut probe) = lease
-            .probe
-            .clone()
-            .filter(|_| transitions::meters(lease.state))
-        else {
+        super::metering::lease_terms(&mut lease, &body.certificate, block.time, &self.params()?)?;
+        // A step is the re-probe's while one is under way, the first probe's otherwise.
+        let reprobing = lease.reprobe.as_ref().is_some_and(under_way);
+        let current = if reprobing {
+            &lease.reprobe
+        } else {
+            &lease.probe
+        };
+        let Some(mut probe) = current.clone().filter(|_| transitions::meters(lease.state)) else {
             return Err(Rejection::Precondition(format!(
                 "lease {} is {} and runs no probe",
                 lease.lease_id,
@@ -122,12 +217,18 @@ impl State {
                 self.answer(&mut probe, &lease, &rules, &spec, answers, block)?
             }
         };
-        lease.probe = Some(probe);
+        let reply = probe_reply(&probe);
+        if reprobing {
+            lease.reprobe = Some(probe);
+        } else {
+            lease.probe = Some(probe);
+        }
         if let Err(refusal) = verdict {
             return self.fail_probe(block, lease, &refusal.to_string(), refusal.kind());
         }
-        let reply = probe_reply(lease.probe.as_ref().expect("set above"));
         if reply.passed_at != 0 {
+            lease.probe_proven_at = Some(block.time);
+            lease.reprobes_passed += u32::from(reprobing);
             let mut registered = self.registered(&provider)?;
             registered.trust_tier = lease.tier();
             self.put(PROVIDERS, &provider, &registered)?;
@@ -176,6 +277,13 @@ impl State {
         probe.roots = roots;
         probe.kernel_ms = commit.kernel_ms;
         probe.committed_at = Some(block.time);
+        if probe.reprobe > 0 {
+            probe.detail = format!(
+                "re-probe {}: {} tiles of {}² a GPU verified beside the workload, whose load leaves its speed uncompared",
+                probe.reprobe, spec.tiles, spec.size
+            );
+            return Ok(Ok(()));
+        }
         Ok(
             check_band(rules, &probe.model, spec, commit.kernel_ms).map(|detail| {
                 probe.detail = detail;
@@ -238,7 +346,8 @@ impl State {
         Ok(Ok(()))
     }
 
-    /// Records the failure, ends the lease as the provider's fault and slashes it to the buyer.
+    /// Records the failure of the probe under way (the re-probe's, when one is), ends the
+    /// lease as the provider's fault and slashes it to the buyer.
     fn fail_probe(
         &mut self,
         block: &Block,
@@ -246,19 +355,40 @@ impl State {
         why: &str,
         kind: &str,
     ) -> Result<ProbeReply> {
-        let probe = lease.probe.as_mut().ok_or_else(|| {
-            StateError::Inconsistent("a failed probe that was never issued".into())
-        })?;
+        let probe = match lease.reprobe.as_mut().filter(|p| under_way(p)) {
+            Some(reprobe) => reprobe,
+            None => lease.probe.as_mut().ok_or_else(|| {
+                StateError::Inconsistent("a failed probe that was never issued".into())
+            })?,
+        };
         probe.failed_at = Some(block.time);
         probe.detail = format!("{kind}: {why}");
         let reply = probe_reply(probe);
-        let evidence = format!("GPU probe failed: {}", reply.detail);
+        let evidence = match reply.reprobe {
+            0 => format!("GPU probe failed: {}", reply.detail),
+            n => format!("GPU re-probe {n} failed: {}", reply.detail),
+        };
         self.put(LEASES, &lease.lease_id, &lease)?;
         let mut registered = self.registered(&lease.provider)?;
         registered.trust_tier = TrustTier::SelfReported;
         self.put(PROVIDERS, &lease.provider, &registered)?;
-        self.end_unstarted(block, lease, "ChallengeFailed", "challenge", evidence)?;
+        self.end_by_network(block, lease, "ChallengeFailed", evidence, Some("challenge"))?;
         Ok(reply)
+    }
+
+    /// Ends a running lease whose re-probe lapsed (`why`, from [`reprobe_lapsed`]): what its
+    /// receipts charged stands, the rest goes back to the buyer, and nobody is slashed.
+    pub(super) fn end_unproven(
+        &mut self,
+        block: &Block,
+        mut lease: LeaseRecord,
+        why: String,
+    ) -> Result<()> {
+        if let Some(reprobe) = lease.reprobe.as_mut() {
+            reprobe.failed_at = Some(block.time);
+            reprobe.detail = format!("Unanswered: {why}");
+        }
+        self.end_by_network(block, lease, "ReprobeLapsed", why, None)
     }
 
     /// Fails a probe committed but not answered in time (the upkeep's, see [`unanswered`]).

@@ -293,18 +293,26 @@ impl State {
             "accepted at {accepted_at}; no receipt by {} ({deadline} s later)",
             accepted_at + i64::from(deadline)
         );
-        self.end_unstarted(block, lease, "NeverStarted", "never-started", evidence)
+        self.end_by_network(
+            block,
+            lease,
+            "NeverStarted",
+            evidence,
+            Some("never-started"),
+        )
     }
 
-    /// Ends an accepted lease before anything was metered, as its provider's fault (`reason`):
-    /// the buyer gets the whole hold back and the slash (`kind`, with its `evidence`).
-    pub(super) fn end_unstarted(
+    /// Ends an accepted lease on the network's own word (`reason`, because of `evidence`): what
+    /// its receipts charged stands and the buyer gets the rest of the hold back. With a `slash`
+    /// kind the end is the provider's fault and the buyer also gets the slash; without, it is
+    /// nobody's.
+    pub(super) fn end_by_network(
         &mut self,
         block: &Block,
         mut lease: LeaseRecord,
         reason: &str,
-        kind: &str,
         evidence: String,
+        slash: Option<&str>,
     ) -> Result<()> {
         let mut order = self.order_of(&lease)?;
         let Step::Moves {
@@ -317,15 +325,18 @@ impl State {
         else {
             return Ok(());
         };
+        let charged = lease.charged;
         let end = LeaseEnd {
             phase: "Failed".into(),
             reason: reason.into(),
-            fault: "provider".into(),
+            fault: if slash.is_some() { "provider" } else { "none" }.into(),
             started_at: lease.accepted_at.unwrap_or(lease.matched_at),
             ended_at: block.time,
-            gpu_seconds: 0,
-            charged: Amount::ZERO,
-            refunded: order.held,
+            gpu_seconds: lease.totals.allocated_gpu_millis / 1000,
+            charged,
+            refunded: order
+                .held
+                .checked_sub(charged, "the refund (hold less what was charged)")?,
         };
         self.settle_end(
             block,
@@ -334,6 +345,10 @@ impl State {
             end,
             (order_state, lease_state),
         )?;
+        let Some(kind) = slash else {
+            order.reason = format!("{}: {evidence}", order.reason);
+            return self.put(super::ORDERS, &order.order_id, &order);
+        };
         let slashed = self.slash(block, &lease, kind, evidence.clone())?;
         order.reason = format!(
             "{}: {evidence}; the provider was slashed {} {}, paid to the buyer",

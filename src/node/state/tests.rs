@@ -21,10 +21,10 @@ use crate::probe::{Matrix, Prover, generate, multiply};
 use crate::wire::amount::Amount;
 use crate::wire::envelope::seal;
 use crate::wire::proto::{
-    AccessUsage, Attribution, BondBody, CancelBody, DepositBody, GpuUsage, HeartbeatBody,
-    LeaseDecisionBody, LeaseEndBody, OfferBody, OrderBody, ParamChange, ProbeBody, ProbeCommit,
-    ProbeReply, ProbeStep, ProposeBody, ReceiptsBody, ReceiptsReply, RegisterBody, RimBody,
-    StakeReply, UnbondBody, VoteBody, WithdrawBody, probe_step,
+    AccessUsage, Attribute, Attribution, BondBody, CancelBody, DepositBody, GpuUsage,
+    HeartbeatBody, LeaseDecisionBody, LeaseEndBody, OfferBody, OrderBody, ParamChange, ProbeBody,
+    ProbeCommit, ProbeReply, ProbeStep, ProposeBody, ReceiptsBody, ReceiptsReply, RegisterBody,
+    RimBody, StakeReply, UnbondBody, VoteBody, WithdrawBody, probe_step,
 };
 
 const UNIT: u128 = 1_000_000_000_000_000_000;
@@ -175,7 +175,16 @@ impl History {
                 Tx::Register(seal(&key(1, p), body, now))
             }
             Op::Publish(p, gpus) => {
-                Tx::PublishOffer(seal(&key(1, p), offer("h100", gpus, now), now))
+                // Provider 1's offer promises re-probes: its leases are probed again.
+                let mut body = offer("h100", gpus, now);
+                if p == 1 {
+                    let (name, value) = crate::wire::validate::REPROBED;
+                    body.attributes = vec![Attribute {
+                        key: name.into(),
+                        value: value.into(),
+                    }];
+                }
+                Tx::PublishOffer(seal(&key(1, p), body, now))
             }
             Op::Withdraw(p) => {
                 let body = WithdrawBody {
@@ -484,13 +493,17 @@ fn probe_provers(probe: &ProbeRecord, honest: bool) -> Vec<Prover> {
         .collect()
 }
 
-/// The next step of the lease's probe, by its provider with the lease's test key: the
-/// commitment, then the first GPU not answered yet; none once the probe is over.
+/// The next step of the lease's probe under way (its re-probe, when one is), by its provider
+/// with the lease's test key: the commitment, then the first GPU not answered yet; none once
+/// the probe is over.
 fn probe_tx(provider: &SigningKey, lease: &LeaseRecord, honest: bool, now: i64) -> Option<Tx> {
-    let probe = lease.probe.as_ref()?;
-    if probe.passed_at.is_some() || probe.failed_at.is_some() {
-        return None;
-    }
+    let under_way = |p: &&ProbeRecord| p.passed_at.is_none() && p.failed_at.is_none();
+    let probe = lease
+        .reprobe
+        .as_ref()
+        .filter(under_way)
+        .or(lease.probe.as_ref())
+        .filter(under_way)?;
     let provers = probe_provers(probe, honest);
     let kind = match probe.checks {
         None => probe_step::Kind::Commit(ProbeCommit {
@@ -540,14 +553,16 @@ fn small_probe(params: Params) -> Params {
     }
 }
 
-/// The parameters of the random histories: bonds matter, and a lease that sends no receipt
-/// within two minutes of acceptance is slashed.
+/// The parameters of the random histories: bonds matter, a lease that sends no receipt
+/// within two minutes of acceptance is slashed, and re-probes come a minute after each pass.
 fn history_params() -> Params {
     small_probe(Params {
         voting_blocks: 2,
         bond_per_gpu: Amount::from_atto(UNIT),
         unbonding_seconds: 300,
         start_deadline_seconds: 120,
+        reprobe_seconds: 60,
+        reprobe_memory_mib: 1,
         ..Params::default()
     })
 }
@@ -555,58 +570,90 @@ fn history_params() -> Params {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
-    /// The same blocks give the same state: applied again to a fresh state, through the
-    /// embedded driver to disk and opened again, and as the bytes of consensus blocks through
-    /// the ABCI application's driver. Refused transactions change nothing, and the books balance.
+    /// Random histories replay to the same state ([`replays_to_the_same_hash`]).
     #[test]
     fn the_same_blocks_give_the_same_hash_again_and_from_disk(ops in prop::collection::vec(op(), 1..80)) {
         let history = History::run(&ops);
-        let expected = history.state.hash();
-
-        let mut again = State::genesis(history_params()).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("network.redb");
-        let store = Store::open(&path, key(0, 0), history_params()).unwrap();
-        prop_assert_eq!(store.head().unwrap(), (0, again.hash()));
-        let chain_path = dir.path().join("chain.redb");
-        let open_chain = || {
-            let store = Store::open(&chain_path, key(0, 1), Params::default()).unwrap();
-            Chain::new(std::sync::Arc::new(store))
-        };
-        let chain = open_chain();
-        let app_state = serde_json::to_vec(&AppState { params: history_params() }).unwrap();
-        prop_assert_eq!(chain.init_chain(&app_state).unwrap(), again.hash());
-        for (block, txs) in &history.blocks {
-            let (_, outcomes) = again.finalize(block, true, txs).unwrap();
-            again.end_block(block).unwrap();
-            again.settle_block();
-            let (_, persisted) = store.finalize(block, true, txs).unwrap();
-            prop_assert_eq!(format!("{outcomes:?}"), format!("{persisted:?}"));
-            let decided = DecidedBlock {
-                height: block.height,
-                time: block.time,
-                hash: block.entropy.to_vec(),
-                txs: txs.iter().map(codec::encode_tx).collect(),
-            };
-            let finalized = chain.finalize_block(&decided).unwrap();
-            prop_assert_eq!(chain.commit().unwrap(), block.height);
-            let results: Vec<_> = outcomes.iter().map(codec::result_of).collect();
-            prop_assert_eq!(finalized.results, results);
-            prop_assert_eq!(finalized.app_hash, again.hash());
-        }
-        prop_assert_eq!(again.hash(), expected);
-        prop_assert_eq!(store.head().unwrap().1, expected);
-        drop(chain);
-        prop_assert_eq!(open_chain().info(), (history.blocks.len() as u64, expected));
-        history.state.audit().unwrap();
         // Something happened, and some of it was refused: the hash is not the genesis hash.
         prop_assume!(history.sent.len() > history.refused);
-        prop_assert_ne!(expected, State::genesis(history_params()).unwrap().hash());
-
-        drop(store);
-        let reopened = Store::open(&path, key(0, 0), history_params()).unwrap();
-        prop_assert_eq!(reopened.head().unwrap().1, expected);
+        replays_to_the_same_hash(&history)?;
     }
+}
+
+/// The history's blocks give its state's hash again: applied to a fresh state, through the
+/// embedded driver to disk and opened again, and as the bytes of consensus blocks through the
+/// ABCI application's driver. Refused transactions change nothing, and the books balance.
+fn replays_to_the_same_hash(history: &History) -> std::result::Result<(), TestCaseError> {
+    let expected = history.state.hash();
+
+    let mut again = State::genesis(history_params()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("network.redb");
+    let store = Store::open(&path, key(0, 0), history_params()).unwrap();
+    prop_assert_eq!(store.head().unwrap(), (0, again.hash()));
+    let chain_path = dir.path().join("chain.redb");
+    let open_chain = || {
+        let store = Store::open(&chain_path, key(0, 1), Params::default()).unwrap();
+        Chain::new(std::sync::Arc::new(store))
+    };
+    let chain = open_chain();
+    let app_state = serde_json::to_vec(&AppState {
+        params: history_params(),
+    })
+    .unwrap();
+    prop_assert_eq!(chain.init_chain(&app_state).unwrap(), again.hash());
+    for (block, txs) in &history.blocks {
+        let (_, outcomes) = again.finalize(block, true, txs).unwrap();
+        again.end_block(block).unwrap();
+        again.settle_block();
+        let (_, persisted) = store.finalize(block, true, txs).unwrap();
+        prop_assert_eq!(format!("{outcomes:?}"), format!("{persisted:?}"));
+        let decided = DecidedBlock {
+            height: block.height,
+            time: block.time,
+            hash: block.entropy.to_vec(),
+            txs: txs.iter().map(codec::encode_tx).collect(),
+        };
+        let finalized = chain.finalize_block(&decided).unwrap();
+        prop_assert_eq!(chain.commit().unwrap(), block.height);
+        let results: Vec<_> = outcomes.iter().map(codec::result_of).collect();
+        prop_assert_eq!(finalized.results, results);
+        prop_assert_eq!(finalized.app_hash, again.hash());
+    }
+    prop_assert_eq!(again.hash(), expected);
+    prop_assert_eq!(store.head().unwrap().1, expected);
+    drop(chain);
+    prop_assert_eq!(open_chain().info(), (history.blocks.len() as u64, expected));
+    history.state.audit().unwrap();
+    prop_assert_ne!(expected, State::genesis(history_params()).unwrap().hash());
+
+    drop(store);
+    let reopened = Store::open(&path, key(0, 0), history_params()).unwrap();
+    prop_assert_eq!(reopened.head().unwrap().1, expected);
+    Ok(())
+}
+
+/// Random histories seldom carry a lease through its probe (each step is one random op), so one
+/// history is written out: provider 1's lease passes its probe, is probed again a minute later and
+/// passes, is probed a third time and lapses, and its blocks replay to the same hash.
+#[test]
+fn a_history_with_reprobes_gives_the_same_hash_again_and_from_disk() {
+    let probe = [Op::Probe(0, true), Op::Probe(0, true), Op::Probe(0, true)];
+    let ops: Vec<Op> = [Op::Withdraw(0), Op::Order(0, 2, false), Op::Decide(0, true)]
+        .into_iter()
+        .chain(probe.clone())
+        .chain([Op::NextBlock(30), Op::Receipts(0, 30), Op::NextBlock(31)])
+        .chain(probe)
+        .chain([Op::Receipts(0, 31), Op::NextBlock(61), Op::NextBlock(130)])
+        .collect();
+    let history = History::run(&ops);
+    let lease = &history.state.leases().unwrap()[0];
+    assert!(lease.reprobed);
+    assert_eq!(lease.reprobes_passed, 1);
+    assert_eq!(lease.chain.sequence, 2);
+    assert_eq!(lease.reprobe.as_ref().unwrap().reprobe, 2);
+    assert_eq!(lease.end.as_ref().unwrap().reason, "ReprobeLapsed");
+    replays_to_the_same_hash(&history).unwrap();
 }
 
 /// A small market driven by hand: one state, blocks at chosen times.
@@ -1933,4 +1980,171 @@ fn nvidias_manifests_are_held_once_verified_and_bad_ones_leave_the_state_as_it_w
         m.state.manifests().unwrap().get("GH100", "545.00"),
         book.get("GH100", "545.00")
     );
+}
+
+/// A staked market re-probing every 600 s in 1 MiB, whose provider also offers GPUs it
+/// re-probes (DRA devices): a 2-GPU order requiring them accepted at START + 6, its probe
+/// passed at START + 7.
+fn dra_probed_lease() -> (Market, OrderView) {
+    let mut m = Market::opened(Params {
+        reprobe_seconds: 600,
+        reprobe_memory_mib: 1,
+        ..staked()
+    });
+    let t = START + 1;
+    let (key_, value) = crate::wire::validate::REPROBED;
+    let reprobed = Attribute {
+        key: key_.into(),
+        value: value.into(),
+    };
+    let offer = OfferBody {
+        attributes: vec![reprobed.clone()],
+        ..offer("h100-dra", 8, t)
+    };
+    m.apply(t, Tx::PublishOffer(seal(&key(1, 0), offer, t)))
+        .unwrap();
+    m.bond(t, 40, "available").unwrap();
+    let body = OrderBody {
+        attributes: vec![reprobed],
+        ..order(2)
+    };
+    let order = match m.apply(t, Tx::SubmitOrder(seal(&key(2, 0), body, t))) {
+        Ok(Outcome::Ordered(placed)) => placed.order,
+        other => panic!("order answered {other:?}"),
+    };
+    m.accept(t + 5, &order.lease_id);
+    let lease = m.lease(&order.lease_id);
+    assert!(lease.reprobed);
+    assert_eq!(m.probe(START + 7, &order.lease_id, true).state, "passed");
+    (m, order)
+}
+
+/// The lease's next receipt, ending at `end` (Unix seconds), sent at that time.
+fn next_window(m: &mut Market, lease_id: &str, end: i64) -> Option<(String, String)> {
+    let lease = m.lease(lease_id);
+    let tx = receipts_tx(&key(1, 0), &lease, &lease.chain, end * 1000, end);
+    refusal(m.apply(end, tx))
+}
+
+#[test]
+fn a_lease_sharing_its_gpus_is_probed_again_and_metered_only_as_far_as_its_last_pass_vouches() {
+    let (mut m, order) = dra_probed_lease();
+    let id = order.lease_id.clone();
+    let passed = START + 7;
+    // A lease of whole GPUs, whose sidecars cannot reach them, is never probed again.
+    let whole = m.order(START + 8, 1);
+    m.accept(START + 8, &whole.lease_id);
+    m.probe(START + 9, &whole.lease_id, true);
+    // Both started before the start deadline.
+    assert_eq!(next_window(&mut m, &id, passed + 200), None);
+    assert_eq!(next_window(&mut m, &whole.lease_id, passed + 200), None);
+    m.sweep(passed + 599);
+    assert!(m.lease(&id).reprobe.is_none());
+    m.sweep(passed + 600);
+    assert!(m.lease(&whole.lease_id).reprobe.is_none());
+    let lease = m.lease(&id);
+    let reprobe = lease.reprobe.as_ref().expect("due after 600 s");
+    assert_eq!((reprobe.reprobe, reprobe.issued_at), (1, passed + 600));
+    assert_ne!(reprobe.nonce, lease.probe.as_ref().unwrap().nonce);
+    // 90 % of the governed 1 MiB in tiles of 6 × 16² bytes.
+    assert_eq!((reprobe.size, reprobe.tiles), (16, 615));
+    // The pass vouches for 600 s and the re-probe's two deadlines of 120 s: through +840.
+    assert_eq!(next_window(&mut m, &id, passed + 840), None);
+    let (kind, message) = next_window(&mut m, &id, passed + 900).unwrap();
+    assert_eq!(kind, "Unproven");
+    assert!(
+        message.contains(&format!("ends past {}", (passed + 840) * 1000)),
+        "{message}"
+    );
+    // The sidecar runs the re-probe; the network does not hold it to the model's band.
+    let reply = m.probe(passed + 650, &id, true);
+    assert_eq!((reply.state.as_str(), reply.reprobe), ("passed", 1));
+    assert!(
+        reply.detail.contains("beside the workload"),
+        "{}",
+        reply.detail
+    );
+    let lease = m.lease(&id);
+    assert_eq!(
+        (lease.probe_proven_at, lease.reprobes_passed),
+        (Some(passed + 650), 1)
+    );
+    assert_eq!(
+        lease.tier(),
+        crate::attestation::TrustTier::ChallengeVerified
+    );
+    // The window refused before is taken now.
+    assert_eq!(next_window(&mut m, &id, passed + 900), None);
+    let charged = m.lease(&id).charged;
+    assert_eq!(m.lease(&id).totals.allocated_gpu_millis, 2 * 900_000);
+    // The second re-probe is issued and never committed: the lease ends at its deadline, what
+    // was charged stands, the rest goes back to the buyer, and nobody is slashed.
+    let buyer_before = m.available(&m.buyer());
+    m.sweep(passed + 1250);
+    assert_eq!(m.lease(&id).reprobe.as_ref().unwrap().reprobe, 2);
+    m.sweep(passed + 1369);
+    assert!(m.lease(&id).end.is_none());
+    m.sweep(passed + 1370);
+    let lease = m.lease(&id);
+    let end = lease.end.as_ref().expect("ended at the deadline");
+    assert_eq!(
+        (end.reason.as_str(), end.fault.as_str(), end.charged),
+        ("ReprobeLapsed", "none", charged)
+    );
+    let refund = order_held(&m, &order).checked_sub(charged, "").unwrap();
+    assert_eq!(end.refunded, refund);
+    assert_eq!(
+        m.available(&m.buyer()),
+        buyer_before.checked_add(refund, "").unwrap()
+    );
+    assert!(m.state.stake_of(&m.provider()).unwrap().slashes.is_empty());
+    let record: crate::node::records::OrderRecord =
+        m.state.get(ORDERS, &order.order_id).unwrap().unwrap();
+    assert!(
+        record.reason.contains(&format!(
+            "re-probe 2 issued at {} was not committed within 120 s",
+            passed + 1250
+        )),
+        "{}",
+        record.reason
+    );
+    // Its meter hears that the lease is closed; the operator stops the pod on that word.
+    let (kind, _) = next_window(&mut m, &id, passed + 1400).unwrap();
+    assert_eq!(kind, "LeaseClosed");
+    m.state.audit().unwrap();
+}
+
+#[test]
+fn a_reprobe_answered_from_wrong_products_ends_the_running_lease_and_slashes_to_the_buyer() {
+    let (mut m, order) = dra_probed_lease();
+    let id = order.lease_id.clone();
+    let passed = START + 7;
+    assert_eq!(next_window(&mut m, &id, passed + 300), None);
+    let charged = m.lease(&id).charged;
+    assert!(charged > Amount::ZERO);
+    m.sweep(passed + 600);
+    let reply = m.probe(passed + 610, &id, false);
+    assert_eq!((reply.state.as_str(), reply.reprobe), ("failed", 1));
+    let lease = m.lease(&id);
+    let end = lease.end.as_ref().expect("ended");
+    assert_eq!(
+        (end.reason.as_str(), end.fault.as_str(), end.charged),
+        ("ChallengeFailed", "provider", charged)
+    );
+    assert_eq!(
+        end.refunded,
+        order_held(&m, &order).checked_sub(charged, "").unwrap()
+    );
+    // The first probe passed, but the lease's GPUs no longer vouch for it.
+    assert_eq!(lease.tier(), crate::attestation::TrustTier::SelfReported);
+    let stake = m.state.stake_of(&m.provider()).unwrap();
+    assert_eq!(stake.slashes.len(), 1);
+    assert!(
+        stake.slashes[0]
+            .evidence
+            .starts_with("GPU re-probe 1 failed: Freivalds: "),
+        "{}",
+        stake.slashes[0].evidence
+    );
+    m.state.audit().unwrap();
 }

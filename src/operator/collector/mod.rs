@@ -285,6 +285,9 @@ impl CollectorService {
             gpus: auth.lease.spec.gpus,
             lease_key: auth.lease_key,
             metering_from_ms: self.metering_from(&auth.lease, network).await?,
+            // The end a re-probe's pass vouches for moves with every pass and with governance:
+            // the network, which records both, is the one to bound it.
+            metering_until_ms: None,
         };
         let (valid, local_rejection) = self.verify_batch(&terms, receipts);
         let certificate = auth.body.certificate.clone();

@@ -35,8 +35,9 @@ pub fn seconds(at: i64) -> Option<Time> {
         .map(Time)
 }
 
-/// The lease's attestation with the probe's verdict: its pass time and what it matched, and the
-/// tier it earned unless the evidence earned more.
+/// The lease's attestation with the probe's verdict: what it matched, and for the probe at
+/// acceptance its pass time and the tier it earned unless the evidence earned more. A re-probe
+/// moves neither: metering started at the first pass, and a failed re-probe ends the lease.
 pub fn with_probe(existing: Option<LeaseAttestation>, reply: &ProbeReply) -> LeaseAttestation {
     let passed = seconds(reply.passed_at);
     let mut attestation = existing.unwrap_or(LeaseAttestation {
@@ -48,12 +49,14 @@ pub fn with_probe(existing: Option<LeaseAttestation>, reply: &ProbeReply) -> Lea
         probe: None,
         hardware_attested_since: None,
     });
-    attestation.trust_tier = TrustTier::parse(&attestation.trust_tier)
-        .unwrap_or_default()
-        .with_probe(passed.is_some())
-        .as_str()
-        .into();
-    attestation.probe_passed_at = passed;
+    if reply.reprobe == 0 {
+        attestation.trust_tier = TrustTier::parse(&attestation.trust_tier)
+            .unwrap_or_default()
+            .with_probe(passed.is_some())
+            .as_str()
+            .into();
+        attestation.probe_passed_at = passed;
+    }
     attestation.probe = Some(format!("{}: {}", reply.state, reply.detail));
     attestation
 }
@@ -425,5 +428,16 @@ mod tests {
         assert_eq!(after.probe_passed_at, None);
         assert_eq!(metering_from_status(&after), None);
         assert_eq!(seconds(0), None);
+        // A re-probe's pass is recorded in words; metering still starts at the first pass.
+        let reprobed = ProbeReply {
+            passed_at: 1_800_003_600,
+            detail: "re-probe 1: 9 tiles".into(),
+            reprobe: 1,
+            ..passed.clone()
+        };
+        let later = with_probe(Some(fresh.clone()), &reprobed);
+        assert_eq!(later.probe.as_deref(), Some("passed: re-probe 1: 9 tiles"));
+        assert_eq!(metering_from_status(&later), Some(1_800_000_000_000));
+        assert_eq!(later.trust_tier, "challenge-verified");
     }
 }
