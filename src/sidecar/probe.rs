@@ -174,6 +174,13 @@ pub enum Which {
 }
 
 impl Which {
+    fn name(self) -> &'static str {
+        match self {
+            Which::First => "probe",
+            Which::Latest => "re-probe",
+        }
+    }
+
     /// This probe, from the network's challenge reply.
     pub fn of(self, challenge: ChallengeReply) -> Option<ProbeReply> {
         match self {
@@ -207,7 +214,8 @@ pub async fn drive(
             None => match client.challenge().await {
                 Ok(challenge) => which.of(challenge).ok_or_else(|| {
                     ProbeError::Collector(format!(
-                        "the network issued this lease no {which:?} probe"
+                        "the network issued this lease no {}",
+                        which.name()
                     ))
                 })?,
                 Err(s) => {

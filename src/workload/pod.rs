@@ -29,6 +29,19 @@ const SIDECAR_BINARY: &str = "/usr/local/bin/gpubridge-sidecar";
 /// The meter's requests and limits: the largest sidecar's, which the LimitRange must admit.
 pub(super) const METER_CPU: &str = "50m";
 pub(super) const METER_MEMORY: &str = "64Mi";
+/// The attest sidecar's requests and limits (cpu, memory). With DRA devices it also runs the
+/// lease's re-probes on the GPUs it shares: room for a CUDA context, NVRTC's compile of the
+/// kernels and the checked tiles it fetches. A size chosen, not measured: no GPU was in reach.
+const ATTEST_SIZE: (&str, &str) = ("20m", "32Mi");
+const REPROBING_ATTEST_SIZE: (&str, &str) = ("500m", "1Gi");
+
+/// The attest sidecar's size for the lease.
+pub(super) fn attest_size(b: &LeaseBox) -> (&'static str, &'static str) {
+    match claims(b) {
+        Some(_) => REPROBING_ATTEST_SIZE,
+        None => ATTEST_SIZE,
+    }
+}
 /// What the pod tells its sidecars about itself (the attest sidecar reads them).
 const POD_UID_ENV: &str = "GPUBRIDGE_POD_UID";
 const NODE_NAME_ENV: &str = "GPUBRIDGE_NODE_NAME";
@@ -116,8 +129,8 @@ pub fn pod(b: &LeaseBox) -> Pod {
                 sidecar(
                     b,
                     ATTEST_CONTAINER,
-                    "20m",
-                    "32Mi",
+                    attest_size(b).0,
+                    attest_size(b).1,
                     vec![format!("--image={}", b.spec.workload.image)],
                 ),
             ]),

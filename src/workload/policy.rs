@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::pod::{METER_CPU, METER_MEMORY};
+use super::pod::{METER_CPU, METER_MEMORY, attest_size};
 use super::{LeaseBox, OPERATOR_POD_LABELS, stamped};
 use crate::capacity::dra::device_class_of;
 use crate::capacity::quantity;
@@ -241,10 +241,13 @@ pub fn limit_range(b: &LeaseBox) -> LimitRange {
             ("memory".to_string(), q(memory)),
         ])
     };
-    // Every container fits under the max, the sidecars too (the largest, the meter, is at
-    // least as big as the attest sidecar), and the API refuses a default above the max.
-    let max_cpu = pick(&b.spec.workload.cpu, METER_CPU, Ordering::Greater);
-    let max_memory = pick(&b.spec.workload.memory, METER_MEMORY, Ordering::Greater);
+    // Every container fits under the max, the sidecars too, and the API refuses a default
+    // above the max.
+    let (attest_cpu, attest_memory) = attest_size(b);
+    let larger =
+        |a: &str, b: &str, c: &str| pick(&pick(a, b, Ordering::Greater), c, Ordering::Greater);
+    let max_cpu = larger(&b.spec.workload.cpu, METER_CPU, attest_cpu);
+    let max_memory = larger(&b.spec.workload.memory, METER_MEMORY, attest_memory);
     let defaults = cpu_memory(
         &pick("100m", &max_cpu, Ordering::Less),
         &pick("128Mi", &max_memory, Ordering::Less),

@@ -640,33 +640,38 @@ fn a_lease_smaller_than_its_sidecars_gets_a_limit_range_the_api_and_its_pod_pass
     use crate::capacity::quantity::compare;
     use std::cmp::Ordering::Greater;
     let o = offer();
-    let mut l = lease();
-    (l.workload.cpu, l.workload.memory) = ("10m".into(), "16Mi".into());
-    let item = with_box(&o, &l, limit_range).spec.unwrap().limits.remove(0);
-    let max = item.max.unwrap();
-    assert_eq!(
-        (max["cpu"].0.as_str(), max["memory"].0.as_str()),
-        ("50m", "64Mi")
-    );
-    for defaults in [item.default.unwrap(), item.default_request.unwrap()] {
-        for (resource, value) in &defaults {
-            assert_ne!(
-                compare(&value.0, &max[resource].0),
-                Some(Greater),
-                "{resource}"
-            );
-        }
-    }
-    let spec = with_box(&o, &l, pod).spec.unwrap();
-    for c in spec.init_containers.unwrap().iter().chain(&spec.containers) {
-        for (resource, value) in c.resources.as_ref().unwrap().limits.as_ref().unwrap() {
-            if let Some(most) = max.get(resource) {
+    let mut small = lease();
+    (small.workload.cpu, small.workload.memory) = ("10m".into(), "16Mi".into());
+    // The meter is the largest sidecar of a lease of whole GPUs; with DRA devices the attest
+    // sidecar, which runs the re-probes, is.
+    let dra = ComputeLeaseSpec {
+        resource_name: "gpu.example.com.deviceclass.resource.k8s.io/devices".into(),
+        ..small.clone()
+    };
+    for (l, largest) in [(small, ("50m", "64Mi")), (dra, ("500m", "1Gi"))] {
+        let item = with_box(&o, &l, limit_range).spec.unwrap().limits.remove(0);
+        let max = item.max.unwrap();
+        assert_eq!((max["cpu"].0.as_str(), max["memory"].0.as_str()), largest);
+        for defaults in [item.default.unwrap(), item.default_request.unwrap()] {
+            for (resource, value) in &defaults {
                 assert_ne!(
-                    compare(&value.0, &most.0),
+                    compare(&value.0, &max[resource].0),
                     Some(Greater),
-                    "{}: {resource}",
-                    c.name
+                    "{resource}"
                 );
+            }
+        }
+        let spec = with_box(&o, &l, pod).spec.unwrap();
+        for c in spec.init_containers.unwrap().iter().chain(&spec.containers) {
+            for (resource, value) in c.resources.as_ref().unwrap().limits.as_ref().unwrap() {
+                if let Some(most) = max.get(resource) {
+                    assert_ne!(
+                        compare(&value.0, &most.0),
+                        Some(Greater),
+                        "{}: {resource}",
+                        c.name
+                    );
+                }
             }
         }
     }
