@@ -37,7 +37,8 @@ pub struct AttestArgs {
     #[command(flatten)]
     pub gpu: GpuSourceArgs,
     /// Where the lease's re-probes run (as `probe --engine`). The network issues them only to
-    /// a lease whose sidecars share its GPUs (an offer of DRA devices).
+    /// a lease of an offer that promised them (`reprobed=true`: DRA devices, whose claim this
+    /// sidecar shares).
     #[arg(
         long,
         env = "GPUBRIDGE_PROBE_ENGINE",

@@ -3,13 +3,16 @@
 //! failed. A failed probe is evidence: the lease ends as the provider's fault, the buyer gets
 //! back what was not charged and the provider is slashed to the buyer.
 //!
-//! A lease whose sidecars share its GPUs (an offer of DRA devices) is probed again every
-//! governed `reprobe-seconds` after its last pass, in the room its workload leaves
+//! A lease of an offer that promises re-probes ([`REPROBED`], which the operator publishes for
+//! DRA devices, whose one claim the sidecars share) is probed again every governed
+//! `reprobe-seconds` after its last pass, in the room its workload leaves
 //! (`reprobe-memory-mib`); its metering runs no further than the last pass vouches for
 //! ([`crate::metering::metering_until`]). A re-probe not committed and answered in time ends the
 //! lease with no one's fault: the workload may have taken the memory, or the provider may have
 //! stopped it, and the network cannot tell which, so nobody is slashed, and the windows the last
 //! pass did not vouch for are never paid.
+//!
+//! [`REPROBED`]: crate::wire::validate::REPROBED
 
 use sha2::{Digest, Sha256};
 
@@ -87,8 +90,8 @@ fn under_way(probe: &ProbeRecord) -> bool {
     probe.passed_at.is_none() && probe.failed_at.is_none()
 }
 
-/// Whether a running lease is due its next re-probe: its sidecars share its GPUs, its last pass
-/// is `reprobe_seconds` old, and no re-probe is under way.
+/// Whether a running lease is due its next re-probe: its offer promised them, its last pass is
+/// `reprobe_seconds` old, and no re-probe is under way.
 pub(super) fn reprobe_due(lease: &LeaseRecord, reprobe_seconds: u32, now: i64) -> bool {
     transitions::meters(lease.state)
         && lease.reprobed
