@@ -345,9 +345,17 @@ async fn a_providers_bond_covers_its_leases_and_pays_the_buyer_when_it_never_sta
     let (code, out, _) = says(&order(buyer.path(), url, &["offers"]).await);
     assert_eq!(code, Some(0));
     let header = out.lines().next().unwrap();
-    for column in ["BONDED", "UPTIME", "TIER", "DONE/FAULTS", "PROVIDER KEY"] {
+    for column in [
+        "BONDED",
+        "UPTIME",
+        "TIER",
+        "DONE/FAULTS",
+        "ATTRIBUTES",
+        "PROVIDER KEY",
+    ] {
         assert!(header.contains(column), "{out}");
     }
+    assert!(out.contains(" egress=internet "), "{out}");
     let (_, out, _) = says(&order(buyer.path(), url, &["offers", "-o", "json"]).await);
     let book: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(book[0]["bonded"], "25", "{out}");
@@ -356,6 +364,12 @@ async fn a_providers_bond_covers_its_leases_and_pays_the_buyer_when_it_never_sta
         gpubridge::identity::public_key_base58(&provider.verifying_key()).as_str()
     );
     assert_eq!(book[0]["uptimeBasisPoints"], 10_000, "{out}");
+    // The terms an order's --attribute can ask for, as the provider published them.
+    assert_eq!(
+        book[0]["attributes"],
+        serde_json::json!({"egress": "internet"}),
+        "{out}"
+    );
     // No evidence verified yet: the provider's word only, and an order asking more waits in vain.
     assert_eq!(book[0]["trustTier"], "self-reported", "{out}");
     let (code, _, err) = says(

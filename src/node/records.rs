@@ -7,7 +7,9 @@ use crate::metering::{ChainHead, Totals};
 use crate::node::matching::BookOffer;
 use crate::node::uptime::Uptime;
 use crate::wire::amount::Amount;
-use crate::wire::proto::{LeaseView, OfferView, OrderState as WireOrderState, OrderView};
+use crate::wire::proto::{
+    Attribute, LeaseView, OfferView, OrderState as WireOrderState, OrderView,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProviderRecord {
@@ -101,6 +103,14 @@ impl OfferRecord {
             completed_leases: 0,
             provider_fault_ends: 0,
             trust_tier: String::new(),
+            attributes: self
+                .attributes
+                .iter()
+                .map(|(key, value)| Attribute {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
         }
     }
 }

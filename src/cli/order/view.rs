@@ -387,6 +387,9 @@ pub(super) fn offers(offers: &[OfferView], output: Output) -> String {
                     "trustTier": o.trust_tier,
                     "completedLeases": o.completed_leases,
                     "providerFaultEnds": o.provider_fault_ends,
+                    "attributes": o.attributes.iter()
+                        .map(|a| (a.key.clone(), json!(a.value)))
+                        .collect::<serde_json::Map<_, _>>(),
                 })
             })
             .collect();
@@ -424,6 +427,13 @@ pub(super) fn offers(offers: &[OfferView], output: Output) -> String {
                 ),
                 or_dash(&o.trust_tier),
                 format!("{} / {}", o.completed_leases, o.provider_fault_ends),
+                or_dash(
+                    &o.attributes
+                        .iter()
+                        .map(|a| format!("{}={}", a.key, a.value))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
                 o.provider.clone(),
             ]
         })
@@ -442,6 +452,7 @@ pub(super) fn offers(offers: &[OfferView], output: Output) -> String {
             "UPTIME",
             "TIER",
             "DONE/FAULTS",
+            "ATTRIBUTES",
             "PROVIDER KEY",
         ],
         &rows,
