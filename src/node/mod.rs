@@ -110,8 +110,8 @@ pub struct NetworkArgs {
     /// Seconds from the probe's commitment by which its checks must be answered.
     #[arg(long, default_value_t = 120)]
     pub probe_answer_seconds: u32,
-    /// Seconds after a running lease's last passed probe at which it is probed again, when
-    /// its sidecars share its GPUs (an offer of DRA devices); 0 probes no lease again.
+    /// Seconds after a running lease's last passed probe at which it is probed again, when its
+    /// offer promised re-probes (`reprobed=true`: DRA devices); 0 probes no lease again.
     #[arg(long, default_value_t = 3_600)]
     pub reprobe_seconds: u32,
     /// MiB of each GPU a re-probe fills (90 % of): room the workload leaves beside it.

@@ -26,7 +26,7 @@ pub const PROBE_CONTAINER: &str = "probe";
 const NONROOT_UID: i64 = 65532;
 /// Where the sidecar image keeps the sidecars' binary (the Dockerfile puts it there).
 const SIDECAR_BINARY: &str = "/usr/local/bin/gpubridge-sidecar";
-/// The meter's requests and limits: the largest sidecar's, which the LimitRange must admit.
+/// The meter's requests and limits.
 pub(super) const METER_CPU: &str = "50m";
 pub(super) const METER_MEMORY: &str = "64Mi";
 /// The attest sidecar's requests and limits (cpu, memory). With DRA devices it also runs the
@@ -42,6 +42,7 @@ pub(super) fn attest_size(b: &LeaseBox) -> (&'static str, &'static str) {
         None => ATTEST_SIZE,
     }
 }
+
 /// What the pod tells its sidecars about itself (the attest sidecar reads them).
 const POD_UID_ENV: &str = "GPUBRIDGE_POD_UID";
 const NODE_NAME_ENV: &str = "GPUBRIDGE_NODE_NAME";

@@ -245,7 +245,7 @@ pub fn limit_range(b: &LeaseBox) -> LimitRange {
     // above the max.
     let (attest_cpu, attest_memory) = attest_size(b);
     let larger =
-        |a: &str, b: &str, c: &str| pick(&pick(a, b, Ordering::Greater), c, Ordering::Greater);
+        |x: &str, y: &str, z: &str| pick(&pick(x, y, Ordering::Greater), z, Ordering::Greater);
     let max_cpu = larger(&b.spec.workload.cpu, METER_CPU, attest_cpu);
     let max_memory = larger(&b.spec.workload.memory, METER_MEMORY, attest_memory);
     let defaults = cpu_memory(

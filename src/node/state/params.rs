@@ -44,7 +44,7 @@ pub struct Params {
     pub probe_rounds: u32,
     pub probe_rows: u32,
     pub probe_answer_seconds: u32,
-    /// How often a running lease whose sidecars share its GPUs (an offer of DRA devices) is
+    /// How often a running lease of an offer that promised re-probes (`reprobed=true`) is
     /// probed again, counted from its last pass; zero probes no lease again. A re-probe fills
     /// 90 % of `reprobe_memory_mib` of each GPU, the room a workload leaves, and must be
     /// committed, then answered, within `probe_answer_seconds` each.
