@@ -274,8 +274,6 @@ pub struct LeaseRecord {
     /// The latest probe after the first, while the lease runs (DESIGN §8).
     #[serde(default)]
     pub reprobe: Option<ProbeRecord>,
-    #[serde(default)]
-    pub reprobes_passed: u32,
     /// When the lease's GPUs last passed a probe, the first or a re-probe.
     #[serde(default)]
     pub probe_proven_at: Option<i64>,
@@ -293,6 +291,15 @@ impl LeaseRecord {
                 self.probe.as_ref().is_some_and(|p| p.passed_at.is_some())
                     && self.reprobe.as_ref().is_none_or(|p| p.failed_at.is_none()),
             )
+    }
+
+    /// Re-probes passed so far: one is issued only once the one before it passed, and a failed
+    /// or lapsed one ends the lease.
+    pub fn reprobes_passed(&self) -> u32 {
+        self.reprobe.as_ref().map_or(0, |p| match p.passed_at {
+            Some(_) => p.reprobe,
+            None => p.reprobe - 1,
+        })
     }
 
     /// The buyer's view of the lease; `provider` is its provider's record, when it has one.

@@ -53,6 +53,7 @@ const RECEIPTS_DIR: &str = "/var/lib/gpubridge/receipts";
 const NODE_LOSS_TOLERATION_SECONDS: i64 = 60;
 
 pub fn pod(b: &LeaseBox) -> Pod {
+    let (attest_cpu, attest_memory) = attest_size(b);
     let restricted = b.policy.pod_security_level == PodSecurityLevel::Restricted;
     let mut tolerations: Vec<Toleration> = b.tolerations.to_vec();
     for key in [
@@ -130,8 +131,8 @@ pub fn pod(b: &LeaseBox) -> Pod {
                 sidecar(
                     b,
                     ATTEST_CONTAINER,
-                    attest_size(b).0,
-                    attest_size(b).1,
+                    attest_cpu,
+                    attest_memory,
                     vec![format!("--image={}", b.spec.workload.image)],
                 ),
             ]),

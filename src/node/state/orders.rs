@@ -251,7 +251,6 @@ impl State {
             hardware_attested_since: None,
             reprobed: offer.attributes.contains(&validate::reprobed_attribute()),
             reprobe: None,
-            reprobes_passed: 0,
             probe_proven_at: None,
         };
         self.put(LEASES, &lease_id, &record)?;

@@ -44,7 +44,7 @@ pub(super) fn issue(
 /// The lease's next re-probe: the probe's rules in force, in `reprobe-memory-mib` of each GPU,
 /// seeded by a nonce nobody knew before `block`.
 pub(super) fn issue_reprobe(params: &Params, lease: &LeaseRecord, block: &Block) -> ProbeRecord {
-    let ordinal = lease.reprobes_passed + 1;
+    let ordinal = lease.reprobes_passed() + 1;
     let mut hasher = Sha256::new();
     hasher.update(b"gpubridge/v1/reprobe-nonce\0");
     hasher.update(block.entropy);
@@ -231,7 +231,6 @@ impl State {
         }
         if reply.passed_at != 0 {
             lease.probe_proven_at = Some(block.time);
-            lease.reprobes_passed += u32::from(reprobing);
             let mut registered = self.registered(&provider)?;
             registered.trust_tier = lease.tier();
             self.put(PROVIDERS, &provider, &registered)?;

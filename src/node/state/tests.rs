@@ -649,7 +649,7 @@ fn a_history_with_reprobes_gives_the_same_hash_again_and_from_disk() {
     let history = History::run(&ops);
     let lease = &history.state.leases().unwrap()[0];
     assert!(lease.reprobed);
-    assert_eq!(lease.reprobes_passed, 1);
+    assert_eq!(lease.reprobes_passed(), 1);
     assert_eq!(lease.chain.sequence, 2);
     assert_eq!(lease.reprobe.as_ref().unwrap().reprobe, 2);
     assert_eq!(lease.end.as_ref().unwrap().reason, "ReprobeLapsed");
@@ -2066,7 +2066,7 @@ fn a_lease_sharing_its_gpus_is_probed_again_and_metered_only_as_far_as_its_last_
     );
     let lease = m.lease(&id);
     assert_eq!(
-        (lease.probe_proven_at, lease.reprobes_passed),
+        (lease.probe_proven_at, lease.reprobes_passed()),
         (Some(passed + 650), 1)
     );
     assert_eq!(
