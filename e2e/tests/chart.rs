@@ -595,10 +595,19 @@ async fn the_apiserver_keeps_lease_pods_in_their_box_whoever_asks() {
         )
         .await
         .unwrap();
-    assert!(
-        may_read_logs("lease-e2e-box").await,
-        "logs in the lease namespace"
-    );
+    // The apiserver's RBAC authorizer reads bindings from its informer cache, so a new
+    // binding takes effect moments after it is created, not at once.
+    crate::support::eventually(
+        "the binding to allow logs in the lease namespace",
+        30 * SECOND,
+        || async {
+            may_read_logs("lease-e2e-box")
+                .await
+                .then_some(())
+                .ok_or_else(|| "not allowed yet".to_string())
+        },
+    )
+    .await;
     assert!(!may_read_logs("not-a-lease").await, "no logs elsewhere");
     assert!(!may_read_logs("kube-system").await, "no logs elsewhere");
 
