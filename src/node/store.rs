@@ -23,7 +23,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHand
 
 use crate::node::records::LeaseRecord;
 use crate::node::state::{
-    self, Applied, Audit, AuditError, Block, Outcome, Params, State, StateError, Tx,
+    self, Applied, Audit, AuditError, Block, NonceUse, Outcome, Params, State, StateError, Tx,
 };
 use crate::wire::Rejection;
 use crate::wire::envelope::sign_body;
@@ -175,9 +175,9 @@ impl Store {
         Ok((state.height()?, state.hash()))
     }
 
-    /// Whether `signer` used `nonce` in a request applied before.
-    pub fn nonce_seen(&self, signer: &ed25519_dalek::VerifyingKey, nonce: &[u8]) -> Result<bool> {
-        Ok(self.lock().nonce_seen(signer, nonce)?)
+    /// Whether a request applied before used this nonce ([`State::nonce_seen`]).
+    pub fn nonce_seen(&self, used: &NonceUse) -> bool {
+        self.lock().nonce_seen(used)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -111,9 +111,9 @@ pub fn awaits_answer(state: LeaseState) -> bool {
     state == LeaseState::Offered
 }
 
-/// Whether a lease in `state` whose answer was due at `answer_by` lapses at `now`.
-pub fn lapses(state: LeaseState, answer_by: i64, now: i64) -> bool {
-    awaits_answer(state) && answer_by < now
+/// When a lease in `state` whose answer was due at `answer_by` lapses: the second after it.
+pub fn lapses_at(state: LeaseState, answer_by: i64) -> Option<i64> {
+    awaits_answer(state).then_some(answer_by + 1)
 }
 
 /// Whether an order in `state` still holds money in escrow.
@@ -425,12 +425,12 @@ mod tests {
             Refused::NotAccepted(L::Offered).to_string(),
             "is offered: only an accepted lease can end"
         );
-        assert!(lapses(L::Offered, 99, 100));
-        assert!(
-            !lapses(L::Offered, 100, 100),
-            "due at 100: answered in time"
+        assert_eq!(
+            lapses_at(L::Offered, 100),
+            Some(101),
+            "due at 100: an answer at 100 is in time"
         );
-        assert!(!lapses(L::Accepted, 99, 100));
+        assert_eq!(lapses_at(L::Accepted, 100), None);
         assert!(meters(L::Accepted));
         assert!(
             [L::Offered, L::Ended, L::Rejected, L::Lapsed, L::Cancelled]

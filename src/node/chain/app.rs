@@ -110,17 +110,12 @@ impl Chain {
                     codec::verify_envelope(&tx, now)
                 }
             })
-            .and_then(
-                |(signer, nonce)| match self.store.nonce_seen(&signer, &nonce) {
-                    Ok(false) => Ok(()),
-                    Ok(true) => Err(Rejection::Duplicate(
-                        "header.nonce: this request was already received (replay)".into(),
-                    )),
-                    Err(e) => Err(Rejection::Precondition(format!(
-                        "the state is unreadable: {e}"
-                    ))),
-                },
-            );
+            .and_then(|used| match self.store.nonce_seen(&used) {
+                false => Ok(()),
+                true => Err(Rejection::Duplicate(
+                    "header.nonce: this request was already received (replay)".into(),
+                )),
+            });
         match checked {
             Ok(()) => TxResult::default(),
             Err(rejection) => codec::refused(&rejection),

@@ -2,12 +2,11 @@
 //! bytes its result records. Prost encodes fields in number order and this protocol has no maps,
 //! so one value always gives the same bytes on every validator.
 
-use ed25519_dalek::VerifyingKey;
 use prost::Message;
 use tonic::Code;
 
 use crate::commitment::TxResult;
-use crate::node::state::{Outcome, Placed, StateError, Tx};
+use crate::node::state::{NonceUse, Outcome, Placed, StateError, Tx};
 use crate::wire::envelope::{open, reopen};
 use crate::wire::proto::{
     Ack, BondBody, CancelBody, DepositBody, EvidenceSubmitBody, HeartbeatBody, LeaseDecisionBody,
@@ -37,18 +36,18 @@ macro_rules! transactions {
         }
 
         /// The signed request `tx` carries, verified as its type's body over the received
-        /// bytes and fresh at `now`: its signer and nonce, whose use is the state's to judge.
-        pub fn verify_envelope(tx: &Tx, now: i64) -> Result<(VerifyingKey, Vec<u8>), Rejection> {
+        /// bytes and fresh at `now`: its nonce, whose use is the state's to judge.
+        pub fn verify_envelope(tx: &Tx, now: i64) -> Result<NonceUse, Rejection> {
             match tx {
-                $(Tx::$variant(signed) => open::<$body>(signed, now).map(|o| (o.signer, o.nonce)),)*
+                $(Tx::$variant(signed) => open::<$body>(signed, now).map(|o| NonceUse::of(&o)),)*
             }
         }
 
         /// [`verify_envelope`] without the signature, for a transaction this node's mempool
         /// admitted verified ([`reopen`]).
-        pub fn recheck_envelope(tx: &Tx, now: i64) -> Result<(VerifyingKey, Vec<u8>), Rejection> {
+        pub fn recheck_envelope(tx: &Tx, now: i64) -> Result<NonceUse, Rejection> {
             match tx {
-                $(Tx::$variant(signed) => reopen::<$body>(signed, now).map(|o| (o.signer, o.nonce)),)*
+                $(Tx::$variant(signed) => reopen::<$body>(signed, now).map(|o| NonceUse::of(&o)),)*
             }
         }
     };
@@ -254,14 +253,14 @@ mod tests {
     fn a_request_signed_as_another_kind_or_forged_fails_its_envelope_check() {
         let now = 1_000;
         let signed = deposit(now);
-        let (signer, nonce) = verify_envelope(&Tx::Deposit(signed.clone()), now).unwrap();
+        let used = verify_envelope(&Tx::Deposit(signed.clone()), now).unwrap();
         let header = DepositBody::decode(signed.body.as_slice())
             .unwrap()
             .header
             .unwrap();
         assert_eq!(
-            (signer.as_bytes().to_vec(), nonce),
-            (header.signer, header.nonce)
+            (used.signer.as_bytes().to_vec(), used.issued_at, used.nonce),
+            (header.signer, header.issued_at, header.nonce)
         );
         let error = verify_envelope(&Tx::Bond(signed.clone()), now).unwrap_err();
         assert!(

@@ -36,6 +36,11 @@ pub enum AuditError {
         holds: i128,
         expected: i128,
     },
+    #[error("the lease indexes differ from the leases: missing {missing:?}, not implied {extra:?}")]
+    LeaseIndexes {
+        missing: Vec<String>,
+        extra: Vec<String>,
+    },
     #[error(transparent)]
     Money(#[from] amount::Overflow),
 }
@@ -150,7 +155,8 @@ impl State {
     }
 
     /// Checks the books: every balance equals the sum of its postings, all balances sum to
-    /// zero, and each order's escrow holds exactly what the order says is held.
+    /// zero, and each order's escrow holds exactly what the order says is held; and that the
+    /// lease indexes say what the leases do.
     pub fn audit(&self) -> std::result::Result<Audit, AuditError> {
         let postings: Vec<Posting> = self.all(POSTINGS)?;
         let implied = ledger::balances_from(&postings)?;
@@ -190,6 +196,10 @@ impl State {
                     expected,
                 });
             }
+        }
+        let (missing, extra) = self.lease_index_differences()?;
+        if !missing.is_empty() || !extra.is_empty() {
+            return Err(AuditError::LeaseIndexes { missing, extra });
         }
         Ok(Audit {
             postings: postings.len() as u64,

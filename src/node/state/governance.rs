@@ -241,11 +241,13 @@ impl State {
                     self.put(PROPOSALS, &key, &proposal)?;
                 }
                 ProposalStatus::Passed if block.height >= proposal.effective_height => {
-                    let mut params = self.params()?;
+                    let before = self.params()?;
+                    let mut params = before.clone();
                     for (name, value) in &proposal.changes {
                         params = params.with_change(name, value)?;
                     }
                     self.put(PARAMS, "current", &params)?;
+                    self.reindex_leases(&before, &params)?;
                     proposal.status = ProposalStatus::Applied;
                     self.put(PROPOSALS, &key, &proposal)?;
                 }

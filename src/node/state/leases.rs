@@ -1,5 +1,7 @@
 //! Leases: the provider's stream and answers, end reports, lapses (the sweep).
 
+use std::collections::BTreeSet;
+
 use prost::Message;
 
 use crate::identity::public_key_base58;
@@ -12,8 +14,11 @@ use crate::wire::proto::{
 };
 use crate::wire::{Opened, Rejection, validate};
 
+use super::params::Params;
 use super::probe;
-use super::{Block, LEASES, NONCES, OFFERS, ORDERS, PROVIDERS, Result, State, StateError};
+use super::{
+    AWAITING, Block, LEASE_DUE, LEASES, OFFERS, ORDERS, PROVIDERS, Result, State, StateError, Table,
+};
 
 /// What a block's upkeep did that its driver tells others.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -87,15 +92,23 @@ impl State {
         Ok(provider)
     }
 
-    /// Every lease of `provider` still waiting for its answer.
+    /// Every lease of `provider` still waiting for its answer, in lease id order.
     pub(super) fn waiting_for(&self, provider: &str) -> Result<Vec<LeaseBody>> {
-        let mut waiting = Vec::new();
-        for lease in self.all::<LeaseRecord>(LEASES)? {
-            if lease.provider == provider && transitions::awaits_answer(lease.state) {
-                waiting.push(LeaseBody::decode(lease.body.as_slice())?);
-            }
-        }
-        Ok(waiting)
+        let prefix = format!("{}{provider}/", AWAITING.0);
+        let lease_ids: Vec<String> = self
+            .kv
+            .scan(&prefix)
+            .map(|(id, _)| id.to_string())
+            .collect();
+        lease_ids
+            .iter()
+            .map(|lease_id| {
+                let lease: LeaseRecord = self.get(LEASES, lease_id)?.ok_or_else(|| {
+                    StateError::Inconsistent(format!("lease {lease_id} awaits but does not exist"))
+                })?;
+                Ok(LeaseBody::decode(lease.body.as_slice())?)
+            })
+            .collect()
     }
 
     pub(super) fn decide_lease(&mut self, signed: &Signed, block: &Block) -> Result<()> {
@@ -141,7 +154,7 @@ impl State {
                 let rules = self.params()?.probe_rules();
                 lease.probe = Some(probe::issue(&rules, &lease, challenge.nonce.clone(), block));
                 lease.challenge = Some(challenge);
-                self.put(LEASES, &body.lease_id, &lease)?;
+                self.put_lease(&lease)?;
                 order.state = order_state;
                 order.updated_at = block.time;
                 self.put(ORDERS, &lease.order_id, &order)
@@ -265,7 +278,7 @@ impl State {
         order.updated_at = block.time;
         lease.state = lease_state;
         lease.end = Some(end);
-        self.put(LEASES, &lease.lease_id, lease)?;
+        self.put_lease(lease)?;
         self.put(ORDERS, &order.order_id, order)
     }
 
@@ -279,53 +292,52 @@ impl State {
     pub fn sweep(&mut self, block: &Block) -> Result<Swept> {
         let now = block.time;
         let params = self.params()?;
-        let challenge_seconds = i64::from(params.challenge_seconds);
         let mut lapsed = Vec::new();
-        for mut lease in self.all::<LeaseRecord>(LEASES)? {
-            if Self::never_started(&lease, params.start_deadline_seconds, now) {
-                self.end_never_started(block, lease)?;
-            } else if probe::unanswered(&lease, params.probe_answer_seconds, now) {
-                self.fail_unanswered(block, lease, params.probe_answer_seconds)?;
-            } else if let Some(why) =
-                probe::reprobe_lapsed(&lease, params.probe_answer_seconds, now)
-            {
-                self.end_unproven(block, lease, why)?;
-            } else if probe::reprobe_due(&lease, params.reprobe_seconds, now) {
-                lease.reprobe = Some(probe::issue_reprobe(&params, &lease, block));
-                self.put(LEASES, &lease.lease_id, &lease)?;
-            } else if transitions::lapses(lease.state, lease.answer_by, now) {
-                let order = self.order_of(&lease)?;
-                let Step::Moves {
-                    order: order_state,
-                    lease: lease_state,
-                    ..
-                } = step(&lease, &order, Event::Lapse)?
-                else {
-                    continue;
-                };
-                let reason = format!(
-                    "the provider did not answer by {}; the hold was refunded",
-                    lease.answer_by
-                );
-                self.refund_and_close(
-                    block,
-                    &mut lease,
-                    order,
-                    (order_state, lease_state),
-                    reason,
-                )?;
-                lapsed.push(lease.lease_id);
-            } else if transitions::meters(lease.state)
-                && lease
-                    .challenge
-                    .as_ref()
-                    .is_some_and(|c| c.answered && now - c.issued_at >= challenge_seconds)
-            {
-                lease.challenge = Some(Self::fresh_challenge(block, &lease.lease_id));
-                self.put(LEASES, &lease.lease_id, &lease)?;
+        for lease_id in self.leases_due(now) {
+            let mut lease: LeaseRecord = self.get(LEASES, &lease_id)?.ok_or_else(|| {
+                StateError::Inconsistent(format!("lease {lease_id} is due but does not exist"))
+            })?;
+            match upkeep(&lease, &params, now) {
+                None => {}
+                Some(Upkeep::NeverStarted) => self.end_never_started(block, lease)?,
+                Some(Upkeep::ProbeUnanswered) => {
+                    self.fail_unanswered(block, lease, params.probe_answer_seconds)?
+                }
+                Some(Upkeep::ReprobeLapsed(why)) => self.end_unproven(block, lease, why)?,
+                Some(Upkeep::Reprobe) => {
+                    lease.reprobe = Some(probe::issue_reprobe(&params, &lease, block));
+                    self.put_lease(&lease)?;
+                }
+                Some(Upkeep::Lapse) => {
+                    let order = self.order_of(&lease)?;
+                    let Step::Moves {
+                        order: order_state,
+                        lease: lease_state,
+                        ..
+                    } = step(&lease, &order, Event::Lapse)?
+                    else {
+                        continue;
+                    };
+                    let reason = format!(
+                        "the provider did not answer by {}; the hold was refunded",
+                        lease.answer_by
+                    );
+                    self.refund_and_close(
+                        block,
+                        &mut lease,
+                        order,
+                        (order_state, lease_state),
+                        reason,
+                    )?;
+                    lapsed.push(lease.lease_id);
+                }
+                Some(Upkeep::RenewChallenge) => {
+                    lease.challenge = Some(Self::fresh_challenge(block, &lease.lease_id));
+                    self.put_lease(&lease)?;
+                }
             }
         }
-        let live: std::collections::BTreeSet<String> = self
+        let live: BTreeSet<String> = self
             .live_offers(now)?
             .into_iter()
             .map(|(offer, _)| offer.offer_id)
@@ -336,17 +348,82 @@ impl State {
         for offer_id in self.keys(OFFERS).iter().filter(|id| !live.contains(*id)) {
             self.delete(OFFERS, offer_id);
         }
-        let horizon = now - 2 * envelope::FRESHNESS_SECONDS;
-        let stale: Vec<String> = self
-            .scan::<i64>(NONCES, "")?
-            .into_iter()
-            .filter(|(_, issued_at)| *issued_at < horizon)
-            .map(|(key, _)| key)
-            .collect();
-        for key in &stale {
-            self.delete(NONCES, key);
-        }
+        self.forget_nonces_before(now - 2 * envelope::FRESHNESS_SECONDS);
         Ok(Swept { lapsed, matched })
+    }
+
+    /// The leases the upkeep has something to do for at `now`, in lease id order (the order it
+    /// has always taken them in): read from [`LEASE_DUE`], so a block's upkeep costs what is
+    /// due, not every lease the network ever made.
+    fn leases_due(&self, now: i64) -> Vec<String> {
+        let mut due: Vec<String> = self
+            .kv
+            .scan(LEASE_DUE.0)
+            .map_while(|(key, _)| {
+                let (at, lease_id) = key.split_once('/')?;
+                (at.parse::<i64>().ok()? <= now).then(|| lease_id.to_string())
+            })
+            .collect();
+        due.sort_unstable();
+        due
+    }
+
+    /// Writes `lease` and keeps its indexes: when the upkeep is next due to look at it
+    /// ([`due_at`]), and whether it waits for its provider's answer. Every write of a lease
+    /// goes through here.
+    pub(super) fn put_lease(&mut self, lease: &LeaseRecord) -> Result<()> {
+        let params = self.params()?;
+        if let Some(old) = self.get::<LeaseRecord>(LEASES, &lease.lease_id)? {
+            for key in lease_index_keys(&old, &params) {
+                self.delete(key.0, &key.1);
+            }
+        }
+        self.put(LEASES, &lease.lease_id, lease)?;
+        for key in lease_index_keys(lease, &params) {
+            self.put(key.0, &key.1, &())?;
+        }
+        Ok(())
+    }
+
+    /// Moves every lease's due time from what `before` made it to what `after` does: a
+    /// governance change of the deadlines applies to the leases already running.
+    pub(super) fn reindex_leases(&mut self, before: &Params, after: &Params) -> Result<()> {
+        for lease in self.all::<LeaseRecord>(LEASES)? {
+            let (old, new) = (due_key(&lease, before), due_key(&lease, after));
+            if old != new {
+                if let Some(key) = old {
+                    self.delete(LEASE_DUE, &key);
+                }
+                if let Some(key) = new {
+                    self.put(LEASE_DUE, &key, &())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the lease indexes differ from what the leases imply: the keys missing, and those
+    /// no lease implies (the audit's check).
+    pub(super) fn lease_index_differences(&self) -> Result<(Vec<String>, Vec<String>)> {
+        let params = self.params()?;
+        let implied: BTreeSet<String> = self
+            .all::<LeaseRecord>(LEASES)?
+            .iter()
+            .flat_map(|lease| lease_index_keys(lease, &params))
+            .map(|(table, key)| format!("{}{key}", table.0))
+            .collect();
+        let present: BTreeSet<String> = [LEASE_DUE, AWAITING]
+            .iter()
+            .flat_map(|table| {
+                self.keys(*table)
+                    .into_iter()
+                    .map(|k| format!("{}{k}", table.0))
+            })
+            .collect();
+        Ok((
+            implied.difference(&present).cloned().collect(),
+            present.difference(&implied).cloned().collect(),
+        ))
     }
 
     /// Every lease, for tests and the crash check.
@@ -360,9 +437,90 @@ impl State {
     }
 }
 
+/// What the block upkeep does for one lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Upkeep {
+    /// Accepted, no receipt by the start deadline: it ends and its provider is slashed.
+    NeverStarted,
+    /// Its probe was committed and the checks were not answered in time: the probe fails.
+    ProbeUnanswered,
+    /// Its re-probe was not committed or answered in time: it ends, no one at fault.
+    ReprobeLapsed(String),
+    /// It is due a re-probe.
+    Reprobe,
+    /// Its provider did not answer in time: the buyer is refunded.
+    Lapse,
+    /// Its answered challenge is due a fresh one.
+    RenewChallenge,
+}
+
+/// What the upkeep does for `lease` at `now` under `params`: the first of its rules that
+/// applies, in this order, or nothing. Each rule applies from a moment on ([`due_at`]).
+pub(super) fn upkeep(lease: &LeaseRecord, params: &Params, now: i64) -> Option<Upkeep> {
+    let reached = |at: Option<i64>| at.is_some_and(|at| at <= now);
+    if reached(State::start_deadline(lease, params.start_deadline_seconds)) {
+        Some(Upkeep::NeverStarted)
+    } else if reached(probe::unanswered_at(lease, params.probe_answer_seconds)) {
+        Some(Upkeep::ProbeUnanswered)
+    } else if let Some(why) = probe::reprobe_lapsed(lease, params.probe_answer_seconds, now) {
+        Some(Upkeep::ReprobeLapsed(why))
+    } else if reached(probe::reprobe_due_at(lease, params.reprobe_seconds)) {
+        Some(Upkeep::Reprobe)
+    } else if reached(transitions::lapses_at(lease.state, lease.answer_by)) {
+        Some(Upkeep::Lapse)
+    } else if reached(challenge_renewal_at(lease, params.challenge_seconds)) {
+        Some(Upkeep::RenewChallenge)
+    } else {
+        None
+    }
+}
+
+/// When the upkeep is next due to look at `lease` under `params`: the earliest of the moments
+/// one of its rules applies from (each stays true until the lease changes); `None` when no
+/// rule can apply before the lease changes.
+pub(super) fn due_at(lease: &LeaseRecord, params: &Params) -> Option<i64> {
+    [
+        State::start_deadline(lease, params.start_deadline_seconds),
+        probe::unanswered_at(lease, params.probe_answer_seconds),
+        probe::reprobe_lapses_at(lease, params.probe_answer_seconds),
+        probe::reprobe_due_at(lease, params.reprobe_seconds),
+        transitions::lapses_at(lease.state, lease.answer_by),
+        challenge_renewal_at(lease, params.challenge_seconds),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+}
+
+/// When a running lease's answered challenge is renewed: `challenge_seconds` after its issue.
+fn challenge_renewal_at(lease: &LeaseRecord, challenge_seconds: u32) -> Option<i64> {
+    let challenge = lease
+        .challenge
+        .as_ref()
+        .filter(|c| transitions::meters(lease.state) && c.answered)?;
+    Some(challenge.issued_at + i64::from(challenge_seconds))
+}
+
+/// The lease's key in [`LEASE_DUE`]: its due time, 20 digits (block times are after the
+/// epoch), and its id.
+fn due_key(lease: &LeaseRecord, params: &Params) -> Option<String> {
+    due_at(lease, params).map(|at| format!("{:020}/{}", at.max(0), lease.lease_id))
+}
+
+/// The index entries `lease` has under `params`.
+fn lease_index_keys(lease: &LeaseRecord, params: &Params) -> Vec<(Table, String)> {
+    let due = due_key(lease, params).map(|key| (LEASE_DUE, key));
+    let awaiting = transitions::awaits_answer(lease.state)
+        .then(|| (AWAITING, format!("{}/{}", lease.provider, lease.lease_id)));
+    due.into_iter().chain(awaiting).collect()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::end_sentence;
+    use super::*;
+    use crate::metering::chain::ChainHead;
+    use crate::node::records::{ChallengeRecord, ProbeRecord};
+    use crate::wire::amount::Amount;
 
     #[test]
     fn a_lease_end_reads_as_a_sentence() {
@@ -379,5 +537,200 @@ mod tests {
             "Failed (BoxRejected); the provider's fault"
         );
         assert_eq!(end_sentence("Succeeded", "", "none"), "Succeeded; no fault");
+    }
+
+    fn lease(state: LeaseState) -> LeaseRecord {
+        LeaseRecord {
+            lease_id: "lease-a".into(),
+            order_id: "order-a".into(),
+            buyer: "buyer".into(),
+            provider: "provider".into(),
+            offer_id: "offer".into(),
+            offer_seq: 1,
+            block: 0,
+            model: "NVIDIA-H100-80GB-HBM3".into(),
+            gpus: 2,
+            price: Amount::ZERO,
+            denomination: "USDC".into(),
+            duration_seconds: 86_400,
+            state,
+            body: Vec::new(),
+            matched_at: 900,
+            answer_by: 1_000,
+            accepted_at: None,
+            end: None,
+            chain: ChainHead::default(),
+            totals: Default::default(),
+            charged: Amount::ZERO,
+            challenge: None,
+            attestation: None,
+            lease_key: None,
+            probe: None,
+            hardware_attested_since: None,
+            reprobed: false,
+            reprobe: None,
+            probe_proven_at: None,
+        }
+    }
+
+    fn probe(issued_at: i64, committed_at: Option<i64>, passed_at: Option<i64>) -> ProbeRecord {
+        ProbeRecord {
+            model: "NVIDIA-H100-80GB-HBM3".into(),
+            nonce: vec![7; 32],
+            size: 16,
+            tiles: 1,
+            rounds: 4,
+            rows: 2,
+            issued_at,
+            roots: Vec::new(),
+            kernel_ms: 0,
+            committed_at,
+            checks: None,
+            answered: vec![false; 2],
+            passed_at,
+            failed_at: None,
+            detail: String::new(),
+            reprobe: 1,
+        }
+    }
+
+    /// An accepted lease at 1,000 that started (a receipt) and whose first probe passed at 1,100.
+    fn running() -> LeaseRecord {
+        LeaseRecord {
+            accepted_at: Some(1_000),
+            chain: ChainHead {
+                sequence: 3,
+                ..ChainHead::default()
+            },
+            probe: Some(probe(1_000, Some(1_050), Some(1_100))),
+            probe_proven_at: Some(1_100),
+            ..lease(LeaseState::Accepted)
+        }
+    }
+
+    /// Each rule, on a lease it applies to: `due_at` is the first second the upkeep acts, and
+    /// it does nothing a second before; a lease no rule can reach is never due.
+    #[test]
+    fn a_lease_is_due_exactly_when_the_upkeep_first_acts_on_it() {
+        let params = Params {
+            start_deadline_seconds: 300,
+            probe_answer_seconds: 120,
+            reprobe_seconds: 3_600,
+            challenge_seconds: 600,
+            ..Params::default()
+        };
+        let unstarted = LeaseRecord {
+            chain: ChainHead::default(),
+            probe: Some(probe(1_000, None, None)),
+            probe_proven_at: None,
+            ..running()
+        };
+        let uncommitted_reprobe = LeaseRecord {
+            reprobed: true,
+            reprobe: Some(probe(4_700, None, None)),
+            ..running()
+        };
+        let cases = [
+            (
+                "offered, not answered",
+                lease(LeaseState::Offered),
+                1_001,
+                Upkeep::Lapse,
+            ),
+            (
+                "accepted, no receipt",
+                unstarted,
+                1_300,
+                Upkeep::NeverStarted,
+            ),
+            (
+                "probe committed, not answered",
+                LeaseRecord {
+                    probe: Some(probe(1_000, Some(1_050), None)),
+                    probe_proven_at: None,
+                    ..running()
+                },
+                1_170,
+                Upkeep::ProbeUnanswered,
+            ),
+            (
+                "re-probed offer, last pass at 1,100",
+                LeaseRecord {
+                    reprobed: true,
+                    ..running()
+                },
+                4_700,
+                Upkeep::Reprobe,
+            ),
+            (
+                "re-probe issued, not committed",
+                uncommitted_reprobe.clone(),
+                4_820,
+                Upkeep::ReprobeLapsed(
+                    "re-probe 1 issued at 4700 was not committed within 120 s".into(),
+                ),
+            ),
+            (
+                "re-probe committed, not answered",
+                LeaseRecord {
+                    reprobe: Some(probe(4_700, Some(4_750), None)),
+                    ..uncommitted_reprobe
+                },
+                4_870,
+                Upkeep::ReprobeLapsed(
+                    "re-probe 1's checks were not answered within 120 s of its commitment at 4750"
+                        .into(),
+                ),
+            ),
+            (
+                "challenge answered",
+                LeaseRecord {
+                    challenge: Some(ChallengeRecord {
+                        nonce: vec![1; 32],
+                        issued_at: 1_500,
+                        answered: true,
+                    }),
+                    ..running()
+                },
+                2_100,
+                Upkeep::RenewChallenge,
+            ),
+        ];
+        for (case, lease, due, upkeep_then) in cases {
+            assert_eq!(due_at(&lease, &params), Some(due), "{case}");
+            assert_eq!(upkeep(&lease, &params, due - 1), None, "{case}");
+            assert_eq!(upkeep(&lease, &params, due), Some(upkeep_then), "{case}");
+        }
+        let never = [
+            ("running, unchallenged, not re-probed", running()),
+            (
+                "running, challenge unanswered",
+                LeaseRecord {
+                    challenge: Some(ChallengeRecord {
+                        nonce: vec![1; 32],
+                        issued_at: 1_500,
+                        answered: false,
+                    }),
+                    ..running()
+                },
+            ),
+            ("ended", lease(LeaseState::Ended)),
+            ("lapsed", lease(LeaseState::Lapsed)),
+        ];
+        for (case, lease) in never {
+            assert_eq!(due_at(&lease, &params), None, "{case}");
+            assert_eq!(upkeep(&lease, &params, i64::MAX / 2), None, "{case}");
+        }
+        // Governance moving a deadline moves the due time with it.
+        let longer = Params {
+            start_deadline_seconds: 600,
+            ..params.clone()
+        };
+        let unstarted = LeaseRecord {
+            chain: ChainHead::default(),
+            ..running()
+        };
+        assert_eq!(due_at(&unstarted, &params), Some(1_300));
+        assert_eq!(due_at(&unstarted, &longer), Some(1_600));
     }
 }

@@ -224,7 +224,7 @@ impl State {
                 }
             }
         }
-        self.put(LEASES, &lease.lease_id, &lease)?;
+        self.put_lease(&lease)?;
         if order.charged != lease.charged && transitions::meters(lease.state) {
             order.charged = lease.charged;
             order.updated_at = now;
@@ -344,7 +344,7 @@ impl State {
         if attestation.tier == TrustTier::HardwareAttested {
             lease.hardware_attested_since.get_or_insert(now);
         }
-        self.put(LEASES, &lease.lease_id, &lease)?;
+        self.put_lease(&lease)?;
         // The offer book shows, and orders may ask for, the tier the provider's last lease
         // reached: earned again with every challenge, lost with the first that falls short.
         let mut registered = self.registered(&provider)?;

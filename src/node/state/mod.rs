@@ -49,7 +49,8 @@ const ORDERS: Table = Table("orders/");
 const LEASES: Table = Table("leases/");
 /// `<buyer>/<order id>` → created_at, for listing one buyer's orders.
 const BUYER_ORDERS: Table = Table("buyer-orders/");
-/// `<signer>/<nonce hex>` → issued_at.
+/// `<issued_at, 20 digits>/<signer>/<nonce hex>` → nothing: requests applied within the
+/// freshness window, oldest first, so that forgetting them reads only what is forgotten.
 const NONCES: Table = Table("nonces/");
 /// Posting sequence, 20 digits → the posting.
 const POSTINGS: Table = Table("postings/");
@@ -64,6 +65,11 @@ const UNBONDING: Table = Table("unbonding/");
 const FORKS: Table = Table("forks/");
 /// `<provider>/<sequence, 20 digits>` → a slash and its evidence.
 const SLASHES: Table = Table("slashes/");
+/// `<due, 20 digits>/<lease id>` → nothing: when the block upkeep is next due to look at a
+/// lease (`leases::due_at`); a lease no rule can apply to until it changes is not here.
+const LEASE_DUE: Table = Table("lease-due/");
+/// `<provider>/<lease id>` → nothing: the leases waiting for their provider's answer.
+const AWAITING: Table = Table("awaiting/");
 /// `<provider>` → GPUs in its matched and running leases.
 const COMMITTED: Table = Table("committed/");
 /// Order sequence, 20 digits → a standing order waiting for an offer.
@@ -398,26 +404,66 @@ impl State {
         Ok(value)
     }
 
-    /// Whether `signer` used `nonce` in a request applied before.
-    pub fn nonce_seen(&self, signer: &ed25519_dalek::VerifyingKey, nonce: &[u8]) -> Result<bool> {
-        let key = format!("{}/{}", public_key_base58(signer), hex::encode(nonce));
-        Ok(self.get::<i64>(NONCES, &key)?.is_some())
+    /// Whether a request applied before had `signer`'s `nonce` in a header issued at
+    /// `issued_at`: a replay carries its original's signed header, so all three are the same.
+    pub fn nonce_seen(&self, used: &NonceUse) -> bool {
+        self.kv.get(&Self::key(NONCES, &used.key())).is_some()
     }
 
-    /// Refuses a (signer, nonce) pair seen before; records it otherwise.
+    /// Refuses a request whose nonce was seen before; records it otherwise.
     fn consume_nonce<M>(&mut self, opened: &Opened<M>) -> Result<()> {
-        if self.nonce_seen(&opened.signer, &opened.nonce)? {
+        let used = NonceUse::of(opened);
+        if self.nonce_seen(&used) {
             return Err(Rejection::Duplicate(
                 "header.nonce: this request was already received (replay)".into(),
             )
             .into());
         }
-        let key = format!(
-            "{}/{}",
-            public_key_base58(&opened.signer),
-            hex::encode(&opened.nonce)
-        );
-        self.put(NONCES, &key, &opened.issued_at)
+        self.put(NONCES, &used.key(), &())
+    }
+
+    /// Forgets the nonces of requests issued before `horizon`: a replay of one is no longer
+    /// fresh, so it is refused for that.
+    fn forget_nonces_before(&mut self, horizon: i64) {
+        let stale: Vec<String> = self
+            .kv
+            .scan(NONCES.0)
+            .map_while(|(key, _)| {
+                let (issued_at, _) = key.split_once('/')?;
+                (issued_at.parse::<i64>().ok()? < horizon).then(|| key.to_string())
+            })
+            .collect();
+        for key in &stale {
+            self.delete(NONCES, key);
+        }
+    }
+}
+
+/// A request's signer, issue time and nonce: what makes it once-only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NonceUse {
+    pub signer: ed25519_dalek::VerifyingKey,
+    pub issued_at: i64,
+    pub nonce: Vec<u8>,
+}
+
+impl NonceUse {
+    pub fn of<M>(opened: &Opened<M>) -> NonceUse {
+        NonceUse {
+            signer: opened.signer,
+            issued_at: opened.issued_at,
+            nonce: opened.nonce.clone(),
+        }
+    }
+
+    /// Its key in [`NONCES`]: oldest first (fresh requests are issued after the epoch).
+    fn key(&self) -> String {
+        format!(
+            "{:020}/{}/{}",
+            self.issued_at.max(0),
+            public_key_base58(&self.signer),
+            hex::encode(&self.nonce)
+        )
     }
 }
 

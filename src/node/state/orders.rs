@@ -77,7 +77,7 @@ impl State {
         )?;
         self.release_capacity(lease)?;
         lease.state = lease_state;
-        self.put(LEASES, &lease.lease_id, lease)?;
+        self.put_lease(lease)?;
         order.state = order_state;
         order.reason = reason;
         order.refunded = held;
@@ -253,7 +253,7 @@ impl State {
             reprobe: None,
             probe_proven_at: None,
         };
-        self.put(LEASES, &lease_id, &record)?;
+        self.put_lease(&record)?;
         order.state = OrderState::Matched;
         order.reason = String::new();
         order.lease_id = Some(lease_id);

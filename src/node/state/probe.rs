@@ -29,7 +29,7 @@ use crate::wire::envelope::open;
 use crate::wire::proto::{ProbeAnswers, ProbeBody, ProbeCommit, ProbeReply, Signed, probe_step};
 use crate::wire::{Opened, Rejection, validate};
 
-use super::{Block, LEASES, PROVIDERS, Result, State, StateError};
+use super::{Block, PROVIDERS, Result, State, StateError};
 
 /// The probe every accepted lease runs, under the rules in force at `block`.
 pub(super) fn issue(
@@ -90,37 +90,48 @@ fn under_way(probe: &ProbeRecord) -> bool {
     probe.passed_at.is_none() && probe.failed_at.is_none()
 }
 
-/// Whether a running lease is due its next re-probe: its offer promised them, its last pass is
+/// When a running lease is due its next re-probe: its offer promised them, its last pass is
 /// `reprobe_seconds` old, and no re-probe is under way.
-pub(super) fn reprobe_due(lease: &LeaseRecord, reprobe_seconds: u32, now: i64) -> bool {
-    transitions::meters(lease.state)
-        && lease.reprobed
-        && reprobe_seconds > 0
-        && !lease.reprobe.as_ref().is_some_and(under_way)
-        && lease
-            .probe_proven_at
-            .is_some_and(|at| at + i64::from(reprobe_seconds) <= now)
+pub(super) fn reprobe_due_at(lease: &LeaseRecord, reprobe_seconds: u32) -> Option<i64> {
+    if !transitions::meters(lease.state)
+        || !lease.reprobed
+        || reprobe_seconds == 0
+        || lease.reprobe.as_ref().is_some_and(under_way)
+    {
+        return None;
+    }
+    Some(lease.probe_proven_at? + i64::from(reprobe_seconds))
 }
 
-/// Why a running lease's re-probe lapsed: not committed within `answer_seconds` of its issue,
-/// or not answered within `answer_seconds` of its commitment.
-pub(super) fn reprobe_lapsed(lease: &LeaseRecord, answer_seconds: u32, now: i64) -> Option<String> {
-    let probe = lease
+/// The re-probe under way of a running lease.
+fn reprobe_under_way(lease: &LeaseRecord) -> Option<&ProbeRecord> {
+    lease
         .reprobe
         .as_ref()
-        .filter(|p| transitions::meters(lease.state) && under_way(p))?;
-    let late = |at: i64| at + i64::from(answer_seconds) <= now;
-    match probe.committed_at {
-        None if late(probe.issued_at) => Some(format!(
+        .filter(|p| transitions::meters(lease.state) && under_way(p))
+}
+
+/// When a running lease's re-probe under way lapses: `answer_seconds` after its issue while it
+/// is not committed, after its commitment while its checks are not answered.
+pub(super) fn reprobe_lapses_at(lease: &LeaseRecord, answer_seconds: u32) -> Option<i64> {
+    let probe = reprobe_under_way(lease)?;
+    Some(probe.committed_at.unwrap_or(probe.issued_at) + i64::from(answer_seconds))
+}
+
+/// Why a running lease's re-probe lapsed at `now` ([`reprobe_lapses_at`]).
+pub(super) fn reprobe_lapsed(lease: &LeaseRecord, answer_seconds: u32, now: i64) -> Option<String> {
+    reprobe_lapses_at(lease, answer_seconds).filter(|&at| at <= now)?;
+    let probe = reprobe_under_way(lease)?;
+    Some(match probe.committed_at {
+        None => format!(
             "re-probe {} issued at {} was not committed within {answer_seconds} s",
             probe.reprobe, probe.issued_at
-        )),
-        Some(at) if late(at) => Some(format!(
+        ),
+        Some(at) => format!(
             "re-probe {}'s checks were not answered within {answer_seconds} s of its commitment at {at}",
             probe.reprobe
-        )),
-        _ => None,
-    }
+        ),
+    })
 }
 
 /// Where a running lease's metering may run to, Unix milliseconds ([`metering_until`]): bounded
@@ -235,7 +246,7 @@ impl State {
             registered.trust_tier = lease.tier();
             self.put(PROVIDERS, &provider, &registered)?;
         }
-        self.put(LEASES, &lease.lease_id, &lease)?;
+        self.put_lease(&lease)?;
         Ok(reply)
     }
 
@@ -370,7 +381,7 @@ impl State {
             0 => format!("GPU probe failed: {}", reply.detail),
             n => format!("GPU re-probe {n} failed: {}", reply.detail),
         };
-        self.put(LEASES, &lease.lease_id, &lease)?;
+        self.put_lease(&lease)?;
         let mut registered = self.registered(&lease.provider)?;
         registered.trust_tier = TrustTier::SelfReported;
         self.put(PROVIDERS, &lease.provider, &registered)?;
@@ -406,13 +417,12 @@ impl State {
     }
 }
 
-/// Whether a running lease's probe was committed and not answered within `answer_seconds`.
-pub(super) fn unanswered(lease: &LeaseRecord, answer_seconds: u32, now: i64) -> bool {
-    transitions::meters(lease.state)
-        && lease.probe.as_ref().is_some_and(|p| {
-            p.passed_at.is_none()
-                && p.failed_at.is_none()
-                && p.committed_at
-                    .is_some_and(|at| at + i64::from(answer_seconds) <= now)
-        })
+/// When a running lease's committed probe is left unanswered: `answer_seconds` after its
+/// commitment, while it is under way.
+pub(super) fn unanswered_at(lease: &LeaseRecord, answer_seconds: u32) -> Option<i64> {
+    let probe = lease
+        .probe
+        .as_ref()
+        .filter(|p| transitions::meters(lease.state) && under_way(p))?;
+    Some(probe.committed_at? + i64::from(answer_seconds))
 }

@@ -274,14 +274,12 @@ impl State {
         Ok(take)
     }
 
-    /// Whether `lease` was accepted and sent no receipt by the start deadline at `now`.
-    pub(super) fn never_started(lease: &LeaseRecord, deadline_seconds: u32, now: i64) -> bool {
-        deadline_seconds > 0
-            && transitions::meters(lease.state)
-            && lease.chain.sequence == 0
-            && lease
-                .accepted_at
-                .is_some_and(|at| at + i64::from(deadline_seconds) <= now)
+    /// When an accepted lease that has sent no receipt is past its start deadline.
+    pub(super) fn start_deadline(lease: &LeaseRecord, deadline_seconds: u32) -> Option<i64> {
+        if deadline_seconds == 0 || !transitions::meters(lease.state) || lease.chain.sequence != 0 {
+            return None;
+        }
+        Some(lease.accepted_at? + i64::from(deadline_seconds))
     }
 
     /// Ends an accepted lease that never started: the buyer gets the whole hold back and the

@@ -894,14 +894,16 @@ fn a_lease_never_started_ends_and_its_provider_is_slashed_to_the_buyer() {
     let spent = m.available(&m.buyer());
     m.accept(t + 5, &order.lease_id);
 
-    assert!(!State::never_started(
-        &m.state
-            .get::<LeaseRecord>(LEASES, &order.lease_id)
-            .unwrap()
-            .unwrap(),
-        300,
-        t + 5 + 299
-    ));
+    assert_eq!(
+        State::start_deadline(
+            &m.state
+                .get::<LeaseRecord>(LEASES, &order.lease_id)
+                .unwrap()
+                .unwrap(),
+            300,
+        ),
+        Some(t + 5 + 300)
+    );
     m.sweep(t + 5 + 299);
     let lease: LeaseRecord = m.state.get(LEASES, &order.lease_id).unwrap().unwrap();
     assert_eq!(lease.state, crate::node::records::LeaseState::Accepted);
@@ -1441,13 +1443,22 @@ fn a_proposal_passes_by_bonded_stake_and_takes_effect_at_its_height() {
         .starts_with("propose.deposit: must be at least")
     );
 
+    // An accepted lease that never starts, under the start deadline of 300 s this proposal
+    // shortens.
+    let unstarted = m.order(t, 1);
+    m.accept(t, &unstarted.lease_id);
+
     // The buyer proposes; only the bonded provider's vote counts.
     let before = m.available(&m.buyer());
     let at = m.height + 9;
     let Outcome::Proposal(p) = propose(
         &mut m,
         &buyer,
-        &[("answer-seconds", "60"), ("slash-basis-points", "500")],
+        &[
+            ("answer-seconds", "60"),
+            ("slash-basis-points", "500"),
+            ("start-deadline-seconds", "60"),
+        ],
         at,
         10,
     )
@@ -1486,11 +1497,32 @@ fn a_proposal_passes_by_bonded_stake_and_takes_effect_at_its_height() {
     );
     m.sweep(t);
     let now = m.state.params().unwrap();
-    assert_eq!((now.answer_seconds, now.slash_basis_points), (60, 500));
+    assert_eq!(
+        (
+            now.answer_seconds,
+            now.slash_basis_points,
+            now.start_deadline_seconds
+        ),
+        (60, 500, 60)
+    );
     assert_eq!(
         m.state.params_view().unwrap().proposals[0].status,
         "applied"
     );
+    // The lease running when the deadline changed is held to the new one.
+    m.state.audit().unwrap();
+    m.sweep(t + 59);
+    assert_eq!(
+        m.lease(&unstarted.lease_id).state,
+        crate::node::records::LeaseState::Accepted
+    );
+    m.sweep(t + 60);
+    let ended = m.lease(&unstarted.lease_id);
+    assert_eq!(
+        (ended.state, ended.end.unwrap().reason.as_str()),
+        (crate::node::records::LeaseState::Ended, "NeverStarted")
+    );
+    let before = m.available(&m.buyer());
 
     // Without quorum the proposal fails and the deposit stays with the network.
     let at = m.height + 9;
