@@ -340,7 +340,7 @@ impl State {
         let live: BTreeSet<String> = self
             .live_offers(now)?
             .into_iter()
-            .map(|(offer, _)| offer.offer_id)
+            .map(|(offer, _)| offer.offer_id.clone())
             .collect();
         self.release_unbonded(block)?;
         self.govern(block)?;

@@ -26,7 +26,6 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::identity::public_key_base58;
 use crate::wire::amount;
 use crate::wire::proto::{
     BalanceReply, EvidenceReply, LeaseBody, LeaseEndReply, OrderView, ProbeReply, ProposalView,
@@ -49,7 +48,7 @@ const ORDERS: Table = Table("orders/");
 const LEASES: Table = Table("leases/");
 /// `<buyer>/<order id>` → created_at, for listing one buyer's orders.
 const BUYER_ORDERS: Table = Table("buyer-orders/");
-/// `<issued_at, 20 digits>/<signer>/<nonce hex>` → nothing: requests applied within the
+/// `<issued_at, 20 digits>/<signer hex>/<nonce hex>` → nothing: requests applied within the
 /// freshness window, oldest first, so that forgetting them reads only what is forgotten.
 const NONCES: Table = Table("nonces/");
 /// Posting sequence, 20 digits → the posting.
@@ -312,26 +311,23 @@ impl State {
         self.decoded.get_mut().clear();
     }
 
-    /// The record under `key` holding `bytes`, decoded once.
-    fn decode<T: DeserializeOwned + Clone + Send + Sync + 'static>(
+    /// The record under `key` holding `bytes`, decoded once and shared: matching reads every
+    /// live offer and its provider for each order, and copies them only to change them.
+    fn decode<T: DeserializeOwned + Send + Sync + 'static>(
         &self,
         key: &str,
         bytes: &[u8],
-    ) -> Result<T> {
-        if let Some(value) = self
-            .decoded
-            .borrow()
-            .get(key)
-            .and_then(|v| v.downcast_ref::<T>())
-        {
-            return Ok(value.clone());
+    ) -> Result<Arc<T>> {
+        let kept = self.decoded.borrow().get(key).cloned();
+        if let Some(value) = kept.and_then(|v| v.downcast::<T>().ok()) {
+            return Ok(value);
         }
-        let value: T = serde_json::from_slice(bytes)?;
+        let value: Arc<T> = Arc::new(serde_json::from_slice(bytes)?);
         let mut decoded = self.decoded.borrow_mut();
         if decoded.len() >= DECODED_KEPT {
             decoded.clear();
         }
-        decoded.insert(key.to_string(), Arc::new(value.clone()));
+        decoded.insert(key.to_string(), value.clone());
         Ok(value)
     }
 
@@ -344,6 +340,14 @@ impl State {
         table: Table,
         key: &str,
     ) -> Result<Option<T>> {
+        Ok(self.get_shared(table, key)?.map(|v| T::clone(&v)))
+    }
+
+    fn get_shared<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        table: Table,
+        key: &str,
+    ) -> Result<Option<Arc<T>>> {
         let key = Self::key(table, key);
         match self.kv.get(&key) {
             Some(bytes) => Ok(Some(self.decode(&key, bytes)?)),
@@ -371,6 +375,18 @@ impl State {
         table: Table,
         prefix: &str,
     ) -> Result<Vec<(String, T)>> {
+        Ok(self
+            .scan_shared(table, prefix)?
+            .into_iter()
+            .map(|(key, v)| (key, T::clone(&v)))
+            .collect())
+    }
+
+    fn scan_shared<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        table: Table,
+        prefix: &str,
+    ) -> Result<Vec<(String, Arc<T>)>> {
         let full = Self::key(table, prefix);
         self.kv
             .scan(&full)
@@ -456,12 +472,13 @@ impl NonceUse {
         }
     }
 
-    /// Its key in [`NONCES`]: oldest first (fresh requests are issued after the epoch).
+    /// Its key in [`NONCES`]: oldest first (fresh requests are issued after the epoch); the
+    /// signer in hex, which costs a tenth of base58 in a check every transaction takes.
     fn key(&self) -> String {
         format!(
             "{:020}/{}/{}",
             self.issued_at.max(0),
-            public_key_base58(&self.signer),
+            hex::encode(self.signer.as_bytes()),
             hex::encode(&self.nonce)
         )
     }

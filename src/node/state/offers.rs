@@ -1,5 +1,7 @@
 //! Providers and their offers: registration, heartbeats, publication, withdrawal, the book.
 
+use std::sync::Arc;
+
 use crate::attestation::TrustTier;
 use crate::identity::public_key_base58;
 use crate::node::ledger::Account;
@@ -12,6 +14,9 @@ use crate::wire::proto::{
 use crate::wire::{Opened, Rejection, validate};
 
 use super::{Block, OFFER_SEQ, OFFERS, PROVIDERS, Result, State};
+
+/// A live offer and its provider, as decoded once and shared.
+pub(super) type LiveOffer = (Arc<OfferRecord>, Arc<ProviderRecord>);
 
 impl State {
     /// Gives a lease's GPUs back: to its provider's bond, and to its offer when the offer was
@@ -156,14 +161,14 @@ impl State {
 
     /// Offers that can be matched at `now`, each with its provider: unexpired, from a provider
     /// that heartbeat within the timeout. The one rule for matching, the book and the sweep.
-    pub(super) fn live_offers(&self, now: i64) -> Result<Vec<(OfferRecord, ProviderRecord)>> {
+    pub(super) fn live_offers(&self, now: i64) -> Result<Vec<LiveOffer>> {
         let timeout = i64::from(self.params()?.heartbeat_timeout_seconds);
         let mut live = Vec::new();
-        for offer in self.all::<OfferRecord>(OFFERS)? {
+        for (_, offer) in self.scan_shared::<OfferRecord>(OFFERS, "")? {
             if offer.expires_at <= now {
                 continue;
             }
-            if let Some(provider) = self.get::<ProviderRecord>(PROVIDERS, &offer.provider)?
+            if let Some(provider) = self.get_shared::<ProviderRecord>(PROVIDERS, &offer.provider)?
                 && now - provider.last_heartbeat <= timeout
             {
                 live.push((offer, provider));

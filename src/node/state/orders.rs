@@ -190,7 +190,7 @@ impl State {
             Ok(found) => found,
         };
         let order_id = order.order_id.clone();
-        let mut offer = offers[found.offer].clone();
+        let mut offer = (*offers[found.offer]).clone();
         let price = offer.price;
         let hold = ledger::hold_amount(price, body.gpus, body.duration_seconds)
             .map_err(|e| Rejection::invalid("order", &e.to_string()))?;

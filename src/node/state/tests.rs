@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::probe::probe_reply;
 use super::*;
-use crate::identity::issue_lease_certificate;
+use crate::identity::{issue_lease_certificate, public_key_base58};
 use crate::metering::ChainHead;
 use crate::metering::chain::{WindowReport, seal_receipt};
 use crate::node::chain::app::{AppState, Chain, DecidedBlock};
