@@ -500,6 +500,34 @@ mod tests {
     }
 
     #[test]
+    fn a_state_without_the_time_indexes_is_refused_not_swept_wrongly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("network.redb");
+        drop(Store::open(&path, generate_key(), Params::default()).unwrap());
+        {
+            // What an earlier gpubridge wrote: the same map, no format.
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            assert!(
+                txn.open_table(STATE)
+                    .unwrap()
+                    .remove("meta/format")
+                    .unwrap()
+                    .is_some()
+            );
+            txn.commit().unwrap();
+        }
+        let error = Store::open(&path, generate_key(), Params::default())
+            .err()
+            .expect("the earlier state is refused");
+        assert!(
+            matches!(error, HubError::State(StateError::Format { found: 1 })),
+            "{error}"
+        );
+        assert!(error.to_string().contains("new --data-dir"), "{error}");
+    }
+
+    #[test]
     fn a_block_that_panics_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("network.redb");

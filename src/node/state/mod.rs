@@ -81,7 +81,7 @@ const VOTES: Table = Table("votes/");
 const MANIFESTS: Table = Table("manifests/");
 /// `current` → the parameters in force.
 const PARAMS: Table = Table("params/");
-/// `height`, `time`: the last block that changed the state.
+/// `height`, `time`: the last block that changed the state; `format`: [`STATE_FORMAT`].
 const META: Table = Table("meta/");
 
 const POSTING_SEQ: &str = "posting_seq";
@@ -115,7 +115,17 @@ pub enum StateError {
     /// Money arithmetic left its 128 bits: a broken invariant, refused rather than guessed.
     #[error(transparent)]
     Money(#[from] amount::Overflow),
+    /// Persisted by a gpubridge whose state this one does not read.
+    #[error(
+        "the stored state is of format {found}; this gpubridge reads format {STATE_FORMAT}, \
+         whose leases and nonces are indexed by time. Start the node with a new --data-dir"
+    )]
+    Format { found: u32 },
 }
+
+/// The layout of the state's map: 2 added the time-ordered lease and nonce indexes (1, the
+/// first single-table state, has no `meta/format`).
+const STATE_FORMAT: u32 = 2;
 
 type Result<T> = std::result::Result<T, StateError>;
 
@@ -193,6 +203,7 @@ impl State {
     /// A new network with `params`.
     pub fn genesis(params: Params) -> Result<State> {
         let mut state = State::default();
+        state.put(META, "format", &STATE_FORMAT)?;
         state.put(PARAMS, "current", &params)?;
         state.kv.settle();
         Ok(state)
@@ -204,6 +215,10 @@ impl State {
             kv: Kv::restore(entries),
             ..State::default()
         };
+        let found = state.get::<u32>(META, "format")?.unwrap_or(1);
+        if found != STATE_FORMAT {
+            return Err(StateError::Format { found });
+        }
         state.params()?;
         Ok(state)
     }
