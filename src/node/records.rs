@@ -192,9 +192,11 @@ fn whole_gpu() -> String {
     crate::wire::validate::WHOLE_GPU.to_string()
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A new lease is offered to its provider.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LeaseState {
     /// Sent to the provider; waiting for its answer.
+    #[default]
     Offered,
     Accepted,
     Ended,
@@ -216,7 +218,9 @@ pub struct LeaseEnd {
     pub refunded: Amount,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Its `Default` is an offered lease with nothing yet: what matching fills in is named, the
+/// progress left as it starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRecord {
     pub lease_id: String,
     pub order_id: String,

@@ -520,7 +520,6 @@ mod tests {
     use super::*;
     use crate::metering::chain::ChainHead;
     use crate::node::records::{ChallengeRecord, ProbeRecord};
-    use crate::wire::amount::Amount;
 
     #[test]
     fn a_lease_end_reads_as_a_sentence() {
@@ -542,34 +541,11 @@ mod tests {
     fn lease(state: LeaseState) -> LeaseRecord {
         LeaseRecord {
             lease_id: "lease-a".into(),
-            order_id: "order-a".into(),
-            buyer: "buyer".into(),
-            provider: "provider".into(),
-            offer_id: "offer".into(),
-            offer_seq: 1,
-            block: 0,
-            model: "NVIDIA-H100-80GB-HBM3".into(),
             gpus: 2,
-            price: Amount::ZERO,
-            denomination: "USDC".into(),
-            duration_seconds: 86_400,
             state,
-            body: Vec::new(),
             matched_at: 900,
             answer_by: 1_000,
-            accepted_at: None,
-            end: None,
-            chain: ChainHead::default(),
-            totals: Default::default(),
-            charged: Amount::ZERO,
-            challenge: None,
-            attestation: None,
-            lease_key: None,
-            probe: None,
-            hardware_attested_since: None,
-            reprobed: false,
-            reprobe: None,
-            probe_proven_at: None,
+            ..LeaseRecord::default()
         }
     }
 

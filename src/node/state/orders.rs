@@ -5,7 +5,6 @@ use sha2::{Digest, Sha256};
 
 use crate::attestation::TrustTier;
 use crate::identity::public_key_base58;
-use crate::metering::{ChainHead, Totals};
 use crate::node::ledger::{self, Account};
 use crate::node::matching::{self, OrderTerms};
 use crate::node::records::{LeaseRecord, LeaseState, OrderRecord, OrderState, ProviderRecord};
@@ -239,19 +238,8 @@ impl State {
             body: prost::Message::encode_to_vec(&lease_body),
             matched_at: now,
             answer_by: lease_body.answer_by,
-            accepted_at: None,
-            end: None,
-            chain: ChainHead::default(),
-            totals: Totals::default(),
-            charged: Amount::ZERO,
-            challenge: None,
-            attestation: None,
-            lease_key: None,
-            probe: None,
-            hardware_attested_since: None,
             reprobed: offer.attributes.contains(&validate::reprobed_attribute()),
-            reprobe: None,
-            probe_proven_at: None,
+            ..LeaseRecord::default()
         };
         self.put_lease(&record)?;
         order.state = OrderState::Matched;
