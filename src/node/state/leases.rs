@@ -374,13 +374,13 @@ impl State {
     pub(super) fn put_lease(&mut self, lease: &LeaseRecord) -> Result<()> {
         let params = self.params()?;
         if let Some(old) = self.get::<LeaseRecord>(LEASES, &lease.lease_id)? {
-            for key in lease_index_keys(&old, &params) {
-                self.delete(key.0, &key.1);
+            for (table, key) in lease_index_keys(&old, &params) {
+                self.delete(table, &key);
             }
         }
         self.put(LEASES, &lease.lease_id, lease)?;
-        for key in lease_index_keys(lease, &params) {
-            self.put(key.0, &key.1, &())?;
+        for (table, key) in lease_index_keys(lease, &params) {
+            self.put(table, &key, &())?;
         }
         Ok(())
     }

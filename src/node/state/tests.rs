@@ -2180,3 +2180,30 @@ fn a_reprobe_answered_from_wrong_products_ends_the_running_lease_and_slashes_to_
     );
     m.state.audit().unwrap();
 }
+
+#[test]
+fn a_request_is_refused_again_until_its_freshness_has_passed_twice_then_forgotten() {
+    let mut m = Market::new(Params::default());
+    let t = START;
+    let body = |units: u128| DepositBody {
+        header: None,
+        amount: (units * UNIT).to_string(),
+        denomination: "USDC".into(),
+    };
+    let first = Tx::Deposit(seal(&key(2, 0), body(1), t));
+    m.apply(t, first.clone()).unwrap();
+    let later = Tx::Deposit(seal(&key(2, 0), body(2), t + 50));
+    m.apply(t + 50, later).unwrap();
+    let replay = m.apply(t + 10, first.clone()).unwrap_err();
+    assert!(replay.to_string().contains("replay"), "{replay}");
+    let horizon = 2 * crate::wire::envelope::FRESHNESS_SECONDS;
+    m.sweep(t + horizon);
+    assert_eq!(m.state.keys(NONCES).len(), 2, "issued at the horizon: kept");
+    m.sweep(t + horizon + 1);
+    let kept = m.state.keys(NONCES);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].starts_with(&format!("{:020}/", t + 50)), "{kept:?}");
+    // Forgotten, the first is refused for its age, not taken again.
+    let stale = m.apply(t + horizon + 1, first).unwrap_err();
+    assert!(stale.to_string().contains("issued_at"), "{stale}");
+}
