@@ -118,14 +118,16 @@ pub enum StateError {
     /// Persisted by a gpubridge whose state this one does not read.
     #[error(
         "the stored state is of format {found}; this gpubridge reads format {STATE_FORMAT}, \
-         whose leases and nonces are indexed by time. Start the node with a new --data-dir"
+         whose leases and nonces are indexed by time and whose hash is kept by chunks. Start \
+         the node with a new --data-dir"
     )]
     Format { found: u32 },
 }
 
 /// The layout of the state's map: 2 added the time-ordered lease and nonce indexes (1, the
-/// first single-table state, has no `meta/format`).
-const STATE_FORMAT: u32 = 2;
+/// first single-table state, has no `meta/format`); 3 hashes the state by chunks
+/// ([`kv`]), so a state of 2 would not hash to what its chain committed.
+const STATE_FORMAT: u32 = 3;
 
 type Result<T> = std::result::Result<T, StateError>;
 
