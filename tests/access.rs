@@ -768,8 +768,10 @@ impl Shared {
         String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
     }
 
+    /// Waits up to 30 s: after an operator restart the CLI resumes on its backoff (250 ms,
+    /// doubling), and the new operator first connects to the network.
     async fn wait_for_lines(&self, lines: usize) {
-        for _ in 0..200 {
+        for _ in 0..600 {
             if self.text().lines().count() >= lines {
                 return;
             }
