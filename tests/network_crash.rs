@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::time::timeout;
+
 use gpubridge::identity::{generate_key, keyfile, public_key_base58};
 use gpubridge::node::{Params, Store};
 use gpubridge::wire::amount::Amount;
@@ -17,6 +19,9 @@ use support::network::{UNIT, client, free_port, offer, order, spawn_node};
 
 const BUYERS: usize = 4;
 const ROUNDS: usize = 3;
+/// A call not answered within this is one the kill cut off: counted as unanswered, so that a
+/// connection the kill left hanging cannot hang the test.
+const UNANSWERED: Duration = Duration::from_secs(10);
 
 /// What the clients were told: order id → state in the reply; deposits acknowledged per buyer,
 /// and deposits whose reply never came (the kill), which may or may not have committed.
@@ -65,10 +70,8 @@ async fn kill_9_mid_traffic_loses_no_acknowledged_order_lease_or_entry() {
             let who = public_key_base58(&buyer.verifying_key());
             traffic.push(tokio::spawn(async move {
                 loop {
-                    if c.deposit(Amount::from_atto(10 * UNIT), "USDC")
-                        .await
-                        .is_err()
-                    {
+                    let deposit = c.deposit(Amount::from_atto(10 * UNIT), "USDC");
+                    if !matches!(timeout(UNANSWERED, deposit).await, Ok(Ok(_))) {
                         *acked
                             .lock()
                             .unwrap()
@@ -83,12 +86,12 @@ async fn kill_9_mid_traffic_loses_no_acknowledged_order_lease_or_entry() {
                         .deposits
                         .entry(who.clone())
                         .or_default() += 10 * UNIT;
-                    match c.submit(order(1)).await {
-                        Ok(view) => {
+                    match timeout(UNANSWERED, c.submit(order(1))).await {
+                        Ok(Ok(view)) => {
                             let state = view.state();
                             acked.lock().unwrap().orders.insert(view.order_id, state);
                         }
-                        Err(_) => return,
+                        _ => return,
                     }
                 }
             }));
