@@ -144,11 +144,11 @@ impl Kv {
 
     /// Sets or removes `key`, marking the chunks that changed; what was there.
     fn set(&mut self, key: &str, entry: Option<Entry>) -> Option<Entry> {
+        let now = entry.is_some();
         let old = match entry {
             Some(entry) => self.entries.insert(key.to_string(), entry),
             None => self.entries.remove(key),
         };
-        let now = self.entries.contains_key(key);
         let (gone, stale) = match (old.is_some(), now) {
             // Nothing was there and nothing is.
             (false, false) => return old,
