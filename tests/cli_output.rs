@@ -4,6 +4,9 @@
 use std::path::Path;
 use std::process::Command;
 
+use gpubridge::probe::challenge::gpu_seed;
+use gpubridge::probe::{Prover, Spec};
+
 #[test]
 fn a_closed_pipe_ends_the_output_quietly() {
     // The read end is closed before the command starts, so its first write meets a closed pipe
@@ -77,6 +80,18 @@ fn the_probe_engine_reports_where_a_probe_runs_and_calibrates() {
         .and_then(|l| l.rsplit(' ').next())
         .map(str::parse::<u64>);
     assert!(matches!(throughput, Some(Ok(_))), "{calibration}");
+    // The root is the reference's for the calibration's fixed nonce, and the product was
+    // checked before any figure was printed.
+    let spec = Spec::filling(1 << 20, 16);
+    let reference = Prover::remaking(spec, &gpu_seed(&[0x5a; 32], 0)).commitment();
+    let root = format!("root: {}", hex::encode(reference));
+    assert!(stdout.lines().any(|l| l == root), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == "checked: 16 rounds of 2 rows, as the network checks a lease's probe"),
+        "{stdout}"
+    );
 
     let missing = Command::new(env!("CARGO_BIN_EXE_gpubridge-sidecar"))
         .args(["probe-engine", "--require=cuda"])

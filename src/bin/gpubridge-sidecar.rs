@@ -4,7 +4,7 @@ use clap::Parser;
 use gpubridge::cli::{SidecarCli, SidecarCommand};
 use gpubridge::process::runtime::{block_on_one_thread, exit_code};
 use gpubridge::process::telemetry;
-use gpubridge::sidecar::{attest, meter, probe};
+use gpubridge::sidecar::{attest, gpu, meter, probe};
 
 fn main() -> ExitCode {
     let cli = SidecarCli::parse();
@@ -22,6 +22,7 @@ fn main() -> ExitCode {
             block_on_one_thread(probe::run(args)).map_err(Into::into)
         }
         SidecarCommand::ProbeEngine(args) => probe::check_engine(args).map_err(Into::into),
+        SidecarCommand::Gpus(args) => gpu::run_gpus(args).map_err(Into::into),
     };
     exit_code("gpubridge-sidecar", result)
 }

@@ -70,6 +70,9 @@ pub enum SidecarCommand {
     Probe(crate::sidecar::probe::ProbeArgs),
     /// Say where a probe would run here (CUDA or the CPU), and whether NVRTC compiles its kernels.
     ProbeEngine(crate::sidecar::probe::EngineCheckArgs),
+    /// Say which GPUs the meter and attestation sidecars see here, a reading of each, and
+    /// whether each attests.
+    Gpus(crate::sidecar::gpu::GpusArgs),
 }
 
 #[derive(Debug, thiserror::Error)]

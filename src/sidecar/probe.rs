@@ -9,9 +9,12 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use crate::commitment::merkle::Hash;
 use crate::identity::lease_files::{self, LeaseFilesError};
 use crate::probe::Spec;
-use crate::probe::challenge::throughput_gops;
+use crate::probe::challenge::{
+    Rules, check_gpu, checks_nonce, gpu_rounds, gpu_seed, throughput_gops,
+};
 use crate::probe::run::{CpuEngine, Engine, Move, ProbeRun};
 use crate::process::telemetry::LogFormat;
 use crate::sidecar::client::{LeaseArgs, SidecarClient};
@@ -71,15 +74,16 @@ impl EngineKind {
 
 /// `gpubridge-sidecar probe-engine`: where a probe would run on this machine, no lease needed
 /// (an image's check, or a provider's on a GPU node); with `--calibrate`, a probe's
-/// multiplication timed on GPU 0, the figure a governed band (`probe-band/<model>`) is set from.
+/// multiplication timed on GPU 0 and its product checked as the network checks a lease's: the
+/// figure a governed band (`probe-band/<model>`) is set from.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EngineCheckArgs {
     /// Fail unless this much works: `nvrtc` (the kernels compile; no GPU needed) or `cuda`
     /// (they load on every GPU the container sees).
     #[arg(long, value_enum)]
     pub require: Option<Requirement>,
-    /// Run one GPU's probe multiplication on the chosen engine and print its time and
-    /// throughput.
+    /// Run one GPU's probe multiplication on the chosen engine, check its product, and print
+    /// its time, throughput and root.
     #[arg(long)]
     pub calibrate: bool,
     /// The memory the calibration fills 90 % of: the model's, as its band will say.
@@ -88,6 +92,12 @@ pub struct EngineCheckArgs {
     /// Tiles are size × size, as the network's `probe-size`.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(16..=512))]
     pub size: u32,
+    /// Rounds of checks on the calibration's product, and rows opened a round, as the network's
+    /// `probe-rounds` and `probe-rows`.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub rounds: u32,
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=2))]
+    pub rows: u32,
     #[arg(long, value_enum, default_value = "auto")]
     pub engine: EngineKind,
 }
@@ -115,22 +125,76 @@ pub fn check_engine(args: EngineCheckArgs) -> Result<(), ProbeError> {
         None => {}
     }
     if args.calibrate {
-        let spec = Spec::filling(u64::from(args.memory_mib) << 20, args.size);
+        let rules = Rules {
+            size: args.size,
+            default_memory_mib: args.memory_mib,
+            rounds: args.rounds,
+            rows: args.rows,
+            bands: Default::default(),
+        };
         let mut engine = args.engine.open()?;
-        let committed = engine
-            .multiply(spec, &[[0x5a; 32]])
-            .map_err(ProbeError::Engine)?;
+        let calibrated = calibrate(&mut engine, &rules)?;
         println!(
             "calibration ({} engine): {} tiles of {}² ({} MiB) multiplied in {} ms: {} GOPS",
             engine.name(),
-            spec.tiles,
-            spec.size,
+            calibrated.spec.tiles,
+            calibrated.spec.size,
             args.memory_mib,
-            committed.kernel_ms,
-            throughput_gops(&spec, committed.kernel_ms)
+            calibrated.kernel_ms,
+            throughput_gops(&calibrated.spec, calibrated.kernel_ms),
+        );
+        println!("root: {}", hex::encode(calibrated.root));
+        println!(
+            "checked: {} rounds of {} rows, as the network checks a lease's probe",
+            rules.rounds, rules.rows
         );
     }
     Ok(())
+}
+
+/// The nonce a calibration multiplies from: fixed, so that two engines or two machines can
+/// compare their roots.
+const CALIBRATION_NONCE: [u8; 32] = [0x5a; 32];
+
+/// A calibration run whose product the network's checks passed.
+#[derive(Debug)]
+pub struct Calibrated {
+    pub spec: Spec,
+    pub root: Hash,
+    pub kernel_ms: u64,
+}
+
+/// GPU 0's probe under `rules` at their default memory, checked as the network checks a lease's
+/// (checks drawn from the root, after the commitment): a time is a figure for a band only when
+/// the product it timed is right.
+pub fn calibrate(engine: &mut dyn Engine, rules: &Rules) -> Result<Calibrated, ProbeError> {
+    let spec = rules.filling(rules.default_memory_mib);
+    let committed = engine
+        .multiply(spec, &[gpu_seed(&CALIBRATION_NONCE, 0)])
+        .map_err(ProbeError::Engine)?;
+    let root = *committed
+        .roots
+        .first()
+        .ok_or_else(|| ProbeError::Engine("the engine committed no root".into()))?;
+    let checks = checks_nonce(&[0; 32], "calibration", &[root]);
+    let answers = engine
+        .answer(0, &gpu_rounds(rules, &spec, &checks, 0))
+        .map_err(ProbeError::Engine)?;
+    check_gpu(
+        rules,
+        &spec,
+        &CALIBRATION_NONCE,
+        &checks,
+        0,
+        &root,
+        &answers,
+    )
+    .map_err(|refusal| ProbeError::Failed(refusal.to_string()))?;
+    Ok(Calibrated {
+        spec,
+        root,
+        kernel_ms: committed.kernel_ms,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -252,4 +316,57 @@ pub async fn drive(
         }
     }
     Err(ProbeError::GaveUp(deadlines.give_up.as_secs()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::run::Committed;
+    use crate::probe::{Answer, Prover, Round};
+
+    fn rules() -> Rules {
+        Rules {
+            size: 16,
+            default_memory_mib: 1,
+            rounds: 16,
+            rows: 2,
+            bands: Default::default(),
+        }
+    }
+
+    /// The CPU engine with every answer's C·r off by one in its first entry.
+    #[derive(Default)]
+    struct Wrong(CpuEngine);
+
+    impl Engine for Wrong {
+        fn name(&self) -> &'static str {
+            "wrong"
+        }
+
+        fn multiply(&mut self, spec: Spec, seeds: &[[u8; 32]]) -> Result<Committed, String> {
+            self.0.multiply(spec, seeds)
+        }
+
+        fn answer(&mut self, gpu: u32, rounds: &[Round]) -> Result<Vec<Answer>, String> {
+            let mut answers = self.0.answer(gpu, rounds)?;
+            answers[0].product[0] += 1;
+            Ok(answers)
+        }
+    }
+
+    #[test]
+    fn a_calibration_commits_the_references_root_and_passes_the_networks_checks() {
+        let calibrated = calibrate(&mut CpuEngine::default(), &rules()).unwrap();
+        let spec = rules().filling(1);
+        assert_eq!(calibrated.spec, spec);
+        let reference = Prover::remaking(spec, &gpu_seed(&CALIBRATION_NONCE, 0));
+        assert_eq!(calibrated.root, reference.commitment());
+    }
+
+    #[test]
+    fn a_calibration_whose_product_is_wrong_gives_no_figure() {
+        let err = calibrate(&mut Wrong::default(), &rules()).unwrap_err();
+        assert!(matches!(err, ProbeError::Failed(_)), "{err}");
+        assert!(err.to_string().contains("gpus[0].rounds[0]"), "{err}");
+    }
 }
