@@ -3,13 +3,15 @@
 //! the document twice, SHA-384, four certificates and the XML signature) and compared, and the GPU challenge on the CPU path — the
 //! probe's work for one tile (generate A and B, multiply) against the verifier's for one round on
 //! it (regenerate, Freivalds, one row opened); and the network's default probe of one GPU whole,
-//! the probe's work against the network's check of its answers. `make bench` prints them.
+//! the probe's work against the network's check of its answers; and the host's tree over a GPU
+//! probe's rows. `make bench` prints them.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use gpubridge::attestation::nvidia::{Claimed, PinnedRoot, verify_gpu};
 use gpubridge::attestation::rim::{compare, verify_rim};
+use gpubridge::commitment::merkle::{self, Hash, Tree};
 use gpubridge::node::Params;
 use gpubridge::probe::challenge::{check_gpu, gpu_rounds, gpu_seed};
 use gpubridge::probe::{Matrix, Prover, Spec, generate, multiply, rounds, verify_round};
@@ -148,11 +150,30 @@ fn default_probe(c: &mut Criterion) {
     group.finish();
 }
 
+/// The host's share of a GPU probe's commitment, now that the GPU hashes the rows: the tree
+/// over the rows' leaves, which answers every round's paths, beside the plain recursive root of
+/// the same leaves on one core. 2^22 leaves are a 21st of a full H200's 88 million (256² tiles).
+fn probe_tree(c: &mut Criterion) {
+    let leaves: Vec<Hash> = (0u32..1 << 22)
+        .map(|i| merkle::leaf(&i.to_le_bytes()))
+        .collect();
+    let mut group = c.benchmark_group("a GPU probe's tree on the host, 2^22 rows");
+    group.sample_size(10);
+    group.bench_function("Tree::new, blocks on every core", |b| {
+        b.iter(|| Tree::new(black_box(leaves.clone())).root())
+    });
+    group.bench_function("baseline: merkle::root on one core", |b| {
+        b.iter(|| merkle::root(black_box(&leaves)))
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     cc_evidence,
     reference_manifest,
     challenge,
-    default_probe
+    default_probe,
+    probe_tree
 );
 criterion_main!(benches);

@@ -105,12 +105,10 @@ pub struct Tree {
 impl Tree {
     pub const BLOCK_BITS: u32 = 8;
 
+    /// Hashes the blocks on every core: a GPU's probe commits to ~10⁸ rows.
     pub fn new(leaves: Vec<Hash>) -> Tree {
         let mut blocks = Vec::new();
-        let mut level: Vec<Hash> = leaves
-            .chunks_exact(1 << Tree::BLOCK_BITS)
-            .map(root)
-            .collect();
+        let mut level = block_roots(&leaves);
         while !level.is_empty() {
             let above = level
                 .chunks_exact(2)
@@ -144,6 +142,25 @@ impl Tree {
     pub fn aunts(&self, index: usize) -> Vec<Hash> {
         path(self.leaves.len(), index, |lo, hi| self.root_of(lo, hi))
     }
+}
+
+/// The root of every whole block of 2^[`Tree::BLOCK_BITS`] leaves, in order, shared out among
+/// the cores in runs of whole blocks.
+fn block_roots(leaves: &[Hash]) -> Vec<Hash> {
+    let block = 1 << Tree::BLOCK_BITS;
+    let blocks = leaves.len() / block;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let run = blocks.div_ceil(threads).max(1) * block;
+    std::thread::scope(|scope| {
+        let running: Vec<_> = leaves[..blocks * block]
+            .chunks(run)
+            .map(|part| scope.spawn(move || part.chunks_exact(block).map(root).collect::<Vec<_>>()))
+            .collect();
+        running
+            .into_iter()
+            .flat_map(|t| t.join().expect("a hashing thread panicked"))
+            .collect()
+    })
 }
 
 /// How many aunts the leaf at `index` of `total` has.
@@ -223,6 +240,7 @@ mod tests {
             4 * block + 7,
             8 * block,
             8 * block + 1,
+            37 * block + 5, // shared unevenly among the cores
         ]) {
             let leaves: Vec<Hash> = (0..n).map(|i| leaf(&i.to_le_bytes())).collect();
             let tree = Tree::new(leaves.clone());

@@ -123,6 +123,7 @@ pub fn multiply(a: &[i8], b: &[i8], size: u32) -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probe::verify::row_leaves;
 
     #[test]
     fn the_matrices_are_the_seeds_and_nothing_else() {
@@ -167,6 +168,7 @@ mod tests {
 #include <vector>
 #define __global__
 #define __device__ static
+#define __constant__ static const
 struct Index { unsigned x; };
 static Index blockIdx, threadIdx, blockDim, gridDim;
 #include "kernels.cu"
@@ -183,18 +185,21 @@ int main(int argc, char **argv) {
     size_t elements = (size_t)n * n * tiles;
     std::vector<signed char> a(elements), b(elements);
     std::vector<int> c(elements);
+    std::vector<unsigned char> leaves((size_t)n * tiles * 32);
     grid(3, 7, [&] { probe_generate(a.data(), key_a, 0, n, tiles); });
     grid(2, 5, [&] { probe_generate(b.data(), key_b, 1, n, tiles); });
     grid(3, 4, [&] { probe_multiply(a.data(), b.data(), c.data(), n, tiles); });
+    grid(2, 3, [&] { probe_row_leaves(c.data(), leaves.data(), n, (u64)n * tiles); });
     fwrite(a.data(), 1, elements, stdout);
     fwrite(b.data(), 1, elements, stdout);
     fwrite(c.data(), 4, elements, stdout);
+    fwrite(leaves.data(), 1, leaves.size(), stdout);
 }
 "#;
 
     /// The CUDA kernels, compiled for the CPU by the C++ compiler Rust links with, computed
-    /// with a grid smaller than the work (so every thread strides): the same matrices and
-    /// products as the Rust reference, element for element. (Compiling them with NVRTC is the
+    /// with a grid smaller than the work (so every thread strides): the same matrices,
+    /// products and row leaves as the Rust reference, element for element. (Compiling them with NVRTC is the
     /// sidecar's test; running them on a GPU needs one.)
     #[test]
     fn the_cuda_kernels_compute_what_the_reference_computes() {
@@ -221,7 +226,8 @@ int main(int argc, char **argv) {
             String::from_utf8_lossy(&built.stderr)
         );
         let seed = [0x5a; 32];
-        for (size, tiles) in [(11u32, 3u32), (16, 2)] {
+        // Rows of 45, 57 (the padding spills into a second block), 65 and 257 bytes hashed.
+        for (size, tiles) in [(11u32, 3u32), (14, 1), (16, 2), (64, 1)] {
             let out = std::process::Command::new(dir.path().join("grid"))
                 .args([
                     matrix_key(&seed, Matrix::A).to_string(),
@@ -234,9 +240,11 @@ int main(int argc, char **argv) {
             assert!(out.status.success());
             let per_tile = (size * size) as usize;
             let all = per_tile * tiles as usize;
-            assert_eq!(out.stdout.len(), 6 * all);
+            let rows = (size * tiles) as usize;
+            assert_eq!(out.stdout.len(), 6 * all + 32 * rows);
             let (a, rest) = out.stdout.split_at(all);
-            let (b, c) = rest.split_at(all);
+            let (b, rest) = rest.split_at(all);
+            let (c, leaves) = rest.split_at(4 * all);
             for t in 0..tiles {
                 let at = generate(&seed, size, t, Matrix::A);
                 let bt = generate(&seed, size, t, Matrix::B);
@@ -249,6 +257,15 @@ int main(int argc, char **argv) {
                     .map(|w| i32::from_le_bytes(w.try_into().unwrap()))
                     .collect();
                 assert_eq!(ct, multiply(&at, &bt, size), "C of tile {t}, size {size}");
+                let leaves_t = &leaves[t as usize * size as usize * 32..][..size as usize * 32];
+                assert_eq!(
+                    leaves_t.chunks(32).map(|l| l.to_vec()).collect::<Vec<_>>(),
+                    row_leaves(&ct, size)
+                        .iter()
+                        .map(|l| l.to_vec())
+                        .collect::<Vec<_>>(),
+                    "the row leaves of tile {t}, size {size}"
+                );
             }
         }
     }

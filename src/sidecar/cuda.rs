@@ -14,13 +14,11 @@ use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
 use crate::commitment::merkle::Hash;
 use crate::probe::matrices::{CUDA_SOURCE, Matrix, matrix_key};
 use crate::probe::run::{Committed, Engine};
-use crate::probe::{Answer, Round, Rows, Spec, row_leaves};
+use crate::probe::{Answer, Round, Rows, Spec};
 
 /// Threads a block; the kernels stride, so the grid need not cover the work.
 const BLOCK: u32 = 256;
 const MAX_BLOCKS: u64 = 1 << 16;
-/// Products fetched to the host at a time for hashing.
-const FETCH_BYTES: u64 = 64 << 20;
 
 /// The CUDA engine: one context and the compiled kernels for each GPU, and what each holds.
 pub struct CudaEngine {
@@ -31,6 +29,7 @@ struct Gpu {
     stream: Arc<CudaStream>,
     generate: CudaFunction,
     multiply: CudaFunction,
+    row_leaves: CudaFunction,
     held: Option<Held>,
 }
 
@@ -72,6 +71,7 @@ impl CudaEngine {
                     stream: context.default_stream(),
                     generate: function("probe_generate")?,
                     multiply: function("probe_multiply")?,
+                    row_leaves: function("probe_row_leaves")?,
                     held: None,
                 })
             })
@@ -159,32 +159,24 @@ impl Gpu {
         Ok(kernel_ms)
     }
 
-    /// Every row's leaf, in tile order: products fetched a slice of tiles at a time and hashed
-    /// on every core.
+    /// Every row's leaf, in tile order, hashed on the GPU: the host fetches 32 bytes a row.
     fn hash_rows(&self, spec: Spec, products: &CudaSlice<i32>) -> Result<Vec<Hash>, DriverError> {
-        let per_tile = spec.size as usize * spec.size as usize;
-        let tiles_a_fetch = (FETCH_BYTES as usize / (4 * per_tile).max(1)).max(1);
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let mut leaves = Vec::with_capacity(spec.rows() as usize);
-        for first in (0..spec.tiles as usize).step_by(tiles_a_fetch) {
-            let last = (first + tiles_a_fetch).min(spec.tiles as usize);
-            let fetched = self
-                .stream
-                .clone_dtoh(&products.slice(first * per_tile..last * per_tile))?;
-            let share = (last - first).div_ceil(threads) * per_tile;
-            let hashed: Vec<Vec<Hash>> = std::thread::scope(|scope| {
-                let running: Vec<_> = fetched
-                    .chunks(share)
-                    .map(|part| scope.spawn(move || row_leaves(part, spec.size)))
-                    .collect();
-                running
-                    .into_iter()
-                    .map(|t| t.join().expect("a hashing thread panicked"))
-                    .collect()
-            });
-            leaves.extend(hashed.into_iter().flatten());
-        }
-        Ok(leaves)
+        let rows = spec.rows();
+        // SAFETY: the kernel writes every leaf before it is fetched.
+        let mut leaves = unsafe { self.stream.alloc::<u8>(rows as usize * 32) }?;
+        let mut launch = self.stream.launch_builder(&self.row_leaves);
+        launch
+            .arg(products)
+            .arg(&mut leaves)
+            .arg(&spec.size)
+            .arg(&rows);
+        // SAFETY: the arguments are the kernel's, in order and of its types.
+        unsafe { launch.launch(launch_config(rows)) }?;
+        let bytes = self.stream.clone_dtoh(&leaves)?;
+        Ok(bytes
+            .chunks_exact(32)
+            .map(|leaf| leaf.try_into().expect("32 bytes"))
+            .collect())
     }
 
     fn answer(&self, rounds: &[Round]) -> Result<Vec<Answer>, String> {
@@ -283,7 +275,7 @@ mod tests {
             return;
         }
         let ptx = compile().unwrap();
-        for kernel in ["probe_generate", "probe_multiply"] {
+        for kernel in ["probe_generate", "probe_multiply", "probe_row_leaves"] {
             assert!(
                 ptx.contains(&format!(".entry {kernel}(")),
                 "{kernel} missing from the PTX"
