@@ -189,7 +189,11 @@ pub fn calibrate(engine: &mut dyn Engine, rules: &Rules) -> Result<Calibrated, P
         &root,
         &answers,
     )
-    .map_err(|refusal| ProbeError::Failed(refusal.to_string()))?;
+    .map_err(|refusal| {
+        ProbeError::Engine(format!(
+            "its product failed the network's checks: {refusal}"
+        ))
+    })?;
     Ok(Calibrated {
         spec,
         root,
@@ -366,7 +370,11 @@ mod tests {
     #[test]
     fn a_calibration_whose_product_is_wrong_gives_no_figure() {
         let err = calibrate(&mut Wrong::default(), &rules()).unwrap_err();
-        assert!(matches!(err, ProbeError::Failed(_)), "{err}");
-        assert!(err.to_string().contains("gpus[0].rounds[0]"), "{err}");
+        assert!(
+            err.to_string().starts_with(
+                "the probe's engine: its product failed the network's checks: gpus[0].rounds[0]:"
+            ),
+            "{err}"
+        );
     }
 }
