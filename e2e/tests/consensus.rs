@@ -13,7 +13,7 @@ use gpubridge::commitment::results as proof;
 use gpubridge::commitment::{LeaseProofError, PinnedNetwork, TxResult, verify_committed_lease};
 use gpubridge::crd::{ComputeLease, LeasePhase};
 use gpubridge::identity::generate_key;
-use gpubridge::node::chain::codec::{encode_tx, outcome_of};
+use gpubridge::node::chain::codec::{decode_carried, encode_tx, outcome_of};
 use gpubridge::node::state::{Outcome, Params, Tx};
 use gpubridge::node::store::Store;
 use gpubridge::sidecar::receipt_log::ReceiptLog;
@@ -160,17 +160,31 @@ impl Validator {
         hex::decode(hash).map_err(|e| e.to_string())
     }
 
-    /// When block `height` was made (its header's BFT time) and how many transactions it
-    /// carries.
-    async fn block_meta(&self, height: u64) -> Result<(jiff::Timestamp, usize), String> {
+    /// When block `height` was made (its header's BFT time), how many transactions it carries
+    /// and how many requests (a gateway's batch carries several in one transaction).
+    async fn block_meta(&self, height: u64) -> Result<(jiff::Timestamp, usize, usize), String> {
         let block = self.rpc(&format!("block?height={height}")).await?;
         let time: jiff::Timestamp = block["block"]["header"]["time"]
             .as_str()
             .ok_or("no time")?
             .parse()
             .map_err(|e: jiff::Error| e.to_string())?;
-        let txs = block["block"]["data"]["txs"].as_array().map_or(0, Vec::len);
-        Ok((time, txs))
+        let (mut txs, mut requests) = (0, 0);
+        for tx in block["block"]["data"]["txs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            txs += 1;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(tx.as_str().ok_or("a transaction is no string")?)
+                .map_err(|e| e.to_string())?;
+            requests += decode_carried(&bytes)
+                .map_err(|e| e.to_string())?
+                .requests()
+                .len();
+        }
+        Ok((time, txs, requests))
     }
 
     /// The results block `height` recorded, as CometBFT serves them.
@@ -1047,18 +1061,7 @@ async fn orders_on_four_validators(timeout_commit: &str) -> String {
     let gateways: Vec<NetworkClient> = (0..16)
         .map(|i| validators[i % 4].client(&generate_key()))
         .collect();
-    let cpu_before = validators
-        .iter()
-        .map(Validator::cpu_ticks)
-        .collect::<Vec<_>>();
     let saturated = submit_all(&validators, &gateways, orders, BENCH_IN_FLIGHT, None).await;
-    // Where the two cores went: CometBFT's four nodes against the four applications.
-    let (mut node_cpu, mut app_cpu) = (0, 0);
-    for (v, (app, node)) in validators.iter().zip(cpu_before) {
-        let (app_after, node_after) = v.cpu_ticks();
-        app_cpu += app_after - app;
-        node_cpu += node_after - node;
-    }
     // Then at the target rate, sent on a clock whatever is in flight (an open loop, as many
     // buyers order): whether the network keeps up, and how long a buyer waits when it does.
     // Signed now: a request is fresh for a minute.
@@ -1076,12 +1079,8 @@ async fn orders_on_four_validators(timeout_commit: &str) -> String {
     format!(
         "4 validators, timeout_commit {timeout_commit}:\n  \
          {BENCH_ORDERS} orders with {BENCH_IN_FLIGHT} in flight (saturated): {}\n  \
-         CPU over it: CometBFT nodes {:.1} s, applications {:.1} s (of {:.1} s on 2 cores)\n  \
          {PACED_ORDERS} orders sent at {PACED_RATE} a second: {}",
         saturated.summary(),
-        node_cpu as f64 / 100.0,
-        app_cpu as f64 / 100.0,
-        2.0 * saturated.elapsed.as_secs_f64(),
         at_rate.summary(),
     )
 }
@@ -1122,7 +1121,7 @@ struct OrderRun {
     elapsed: Duration,
     /// From the first order sent to the last.
     sent_over: Duration,
-    /// The chain's committed rate: the transactions of the blocks after the first that
+    /// The chain's committed rate: the requests of the blocks after the first that
     /// carried any, over the time from that first block to the last (their headers' times).
     /// Counted from blocks, not from the clients' answers, it holds whatever the commit
     /// latency: a run's last answers come a latency after its last order was sent.
@@ -1131,6 +1130,10 @@ struct OrderRun {
     /// Orders not committed, by the gateway's status code.
     refused: std::collections::BTreeMap<String, usize>,
     blocks: u64,
+    /// The CometBFT transactions that carried the orders (the gateways batch them).
+    transactions: usize,
+    /// Where the two cores went, in seconds: CometBFT's four nodes, the four applications.
+    cpu: (f64, f64),
 }
 
 impl OrderRun {
@@ -1140,7 +1143,9 @@ impl OrderRun {
         let in_blocks = |d: Duration| d.as_secs_f64() / block_time.as_secs_f64();
         format!(
             "{:.0} orders/s committed over {} blocks ({block_time:?} a block; sent over {:.1?}); \
-             commit latency p50 {:?} ({:.1} blocks), p99 {:?} ({:.1} blocks)",
+             commit latency p50 {:?} ({:.1} blocks), p99 {:?} ({:.1} blocks); \
+             {} transactions carried them; CPU: CometBFT nodes {:.1} s, applications {:.1} s \
+             (of {:.1} s on 2 cores)",
             self.committed_rate,
             self.blocks,
             self.sent_over,
@@ -1148,6 +1153,10 @@ impl OrderRun {
             in_blocks(p(50.0)),
             p(99.0),
             in_blocks(p(99.0)),
+            self.transactions,
+            self.cpu.0,
+            self.cpu.1,
+            2.0 * self.elapsed.as_secs_f64(),
         ) + &if self.refused.is_empty() {
             String::new()
         } else {
@@ -1168,6 +1177,7 @@ async fn submit_all(
     let gate = Arc::new(tokio::sync::Semaphore::new(in_flight));
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let first_height = validators[0].height().await.unwrap();
+    let cpu_before: Vec<_> = validators.iter().map(Validator::cpu_ticks).collect();
     let started = Instant::now();
     let mut sent = Vec::new();
     for (i, tx) in orders.into_iter().enumerate() {
@@ -1202,18 +1212,25 @@ async fn submit_all(
         }
     }
     let elapsed = started.elapsed();
+    let (mut node_ticks, mut app_ticks) = (0, 0);
+    for (v, (app, node)) in validators.iter().zip(cpu_before) {
+        let (app_after, node_after) = v.cpu_ticks();
+        app_ticks += app_after - app;
+        node_ticks += node_after - node;
+    }
     latencies.sort();
     let last_height = validators[0].height().await.unwrap();
-    let mut carrying = Vec::new();
+    let (mut carrying, mut transactions) = (Vec::new(), 0);
     for height in first_height + 1..=last_height {
-        let (time, txs) = validators[0].block_meta(height).await.unwrap();
-        if txs > 0 {
-            carrying.push((time, txs));
+        let (time, txs, requests) = validators[0].block_meta(height).await.unwrap();
+        transactions += txs;
+        if requests > 0 {
+            carrying.push((time, requests));
         }
     }
     let committed_rate = match (carrying.first(), carrying.last()) {
         (Some((first, _)), Some((last, _))) if last > first => {
-            let after_first: usize = carrying[1..].iter().map(|(_, txs)| txs).sum();
+            let after_first: usize = carrying[1..].iter().map(|(_, requests)| requests).sum();
             let span = last.duration_since(*first);
             after_first as f64 / span.as_secs_f64()
         }
@@ -1226,5 +1243,7 @@ async fn submit_all(
         latencies,
         refused,
         blocks: last_height - first_height,
+        transactions,
+        cpu: (node_ticks as f64 / 100.0, app_ticks as f64 / 100.0),
     }
 }

@@ -77,16 +77,30 @@ pub fn verify_committed_lease(
     results::verify(&root, &result, &place)?;
     let outcome = TxOutcome::decode(proof.outcome.as_slice())
         .map_err(|e| LeaseProofError::Outcome(e.to_string()))?;
-    let holds = |lease: &crate::wire::proto::LeaseBody| lease.encode_to_vec() == lease_body;
     let held = match outcome.kind {
-        Some(tx_outcome::Kind::Ordered(placed)) => placed.lease.as_ref().is_some_and(holds),
-        Some(tx_outcome::Kind::Waiting(waiting)) => waiting.waiting.iter().any(holds),
-        _ => false,
+        // A gateway's batch: the lease is in what one of its applied requests answered.
+        Some(tx_outcome::Kind::Batch(batch)) => batch.items.iter().any(|item| {
+            item.code == 0
+                && TxOutcome::decode(item.outcome.as_slice())
+                    .is_ok_and(|inner| holds(inner.kind, lease_body))
+        }),
+        kind => holds(kind, lease_body),
     };
     if held {
         Ok(proof.height)
     } else {
         Err(LeaseProofError::NotInOutcome)
+    }
+}
+
+/// Whether the outcome of one request holds the lease: the `ordered` outcome of its order, or
+/// the `waiting` list of its provider.
+fn holds(outcome: Option<tx_outcome::Kind>, lease_body: &[u8]) -> bool {
+    let holds = |lease: &crate::wire::proto::LeaseBody| lease.encode_to_vec() == lease_body;
+    match outcome {
+        Some(tx_outcome::Kind::Ordered(placed)) => placed.lease.as_ref().is_some_and(holds),
+        Some(tx_outcome::Kind::Waiting(waiting)) => waiting.waiting.iter().any(holds),
+        _ => false,
     }
 }
 
@@ -260,5 +274,52 @@ mod tests {
         let done = vec![outcome(tx_outcome::Kind::Done(crate::wire::proto::Ack {}))];
         let ack = proof_of(&chain, 41, &done, 0, &[0, 1, 2, 3]);
         assert_eq!(check(&body, &ack), Err(LeaseProofError::NotInOutcome));
+    }
+
+    #[test]
+    fn a_lease_in_what_a_batch_applied_is_proven_and_nowhere_else_in_it() {
+        use crate::wire::proto::{BatchItem, BatchOutcome};
+        let (chain, pinned, outcomes) = setting();
+        let item = |code: u32, outcome: &[u8]| BatchItem {
+            code,
+            outcome: outcome.to_vec(),
+            reason: String::new(),
+        };
+        // A refused request whose (forged) outcome names a lease, then the applied ones.
+        let batch = outcome(tx_outcome::Kind::Batch(BatchOutcome {
+            items: vec![
+                item(
+                    9,
+                    &outcome(tx_outcome::Kind::Ordered(Placed {
+                        order: None,
+                        provider: "p".into(),
+                        lease: Some(lease("refused")),
+                    })),
+                ),
+                item(0, &outcomes[0]),
+                item(0, &outcomes[1]),
+            ],
+        }));
+        let nested = outcome(tx_outcome::Kind::Batch(BatchOutcome {
+            items: vec![item(0, &batch)],
+        }));
+        let results = [batch, nested];
+        let check = |id: &str, index: usize| {
+            let proof = proof_of(&chain, 41, &results, index, &[0, 1, 2]);
+            verify_committed_lease(&pinned, &lease(id).encode_to_vec(), Some(&proof))
+        };
+        for id in ["ordered", "first", "second"] {
+            assert_eq!(check(id, 0), Ok(41), "{id}");
+        }
+        assert_eq!(
+            check("refused", 0),
+            Err(LeaseProofError::NotInOutcome),
+            "a refused request made no lease"
+        );
+        assert_eq!(
+            check("ordered", 1),
+            Err(LeaseProofError::NotInOutcome),
+            "a batch holds no batch"
+        );
     }
 }

@@ -38,6 +38,25 @@ impl Rejection {
         }
     }
 
+    /// The same refusal of a part of something larger, at `place` (for example
+    /// `transactions[3]`): its field or message prefixed with it.
+    pub fn within(self, place: &str) -> Rejection {
+        let at = |message: String| format!("{place}: {message}");
+        match self {
+            Rejection::Invalid { field, rule } => Rejection::Invalid {
+                field: format!("{place}.{field}"),
+                rule,
+            },
+            Rejection::Unauthenticated(m) => Rejection::Unauthenticated(at(m)),
+            Rejection::PermissionDenied(m) => Rejection::PermissionDenied(at(m)),
+            Rejection::NotFound(m) => Rejection::NotFound(at(m)),
+            Rejection::Duplicate(m) => Rejection::Duplicate(at(m)),
+            Rejection::Precondition(m) => Rejection::Precondition(at(m)),
+            Rejection::TooLarge(m) => Rejection::TooLarge(at(m)),
+            Rejection::Unavailable(m) => Rejection::Unavailable(at(m)),
+        }
+    }
+
     /// A bounded label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {

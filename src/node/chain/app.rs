@@ -7,17 +7,18 @@
 //! (persist it with its height). `Info` answers the height and hash persisted last, from which a
 //! restarted CometBFT replays the blocks the application has not seen.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::node::state::{Block, Outcome, Params, StateError, Tx};
+use crate::node::state::{Block, NonceUse, Outcome, Params, StateError, Tx};
 use crate::node::store::{HubError, Store};
 use crate::wire::Rejection;
 use crate::wire::proto::LeaseBody;
 
-use super::codec;
+use super::codec::{self, Carried};
 use crate::commitment::TxResult;
 
 /// The application's part of CometBFT's `genesis.json`: `app_state`.
@@ -52,16 +53,17 @@ pub struct DecidedBlock {
 /// What a decided block did.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Finalized {
-    /// One per transaction, in the block's order.
+    /// One per transaction, in the block's order: what the next header commits to.
     pub results: Vec<TxResult>,
-    /// The SHA-256 of each transaction's bytes (CometBFT's transaction hash), in the same order.
-    pub tx_hashes: Vec<[u8; 32]>,
+    /// What each request did, by its hash ([`codec::request_hash`]; a transaction that did not
+    /// decode by the SHA-256 of its bytes): one per request of a batch, in the block's order.
+    pub answers: Vec<([u8; 32], TxResult)>,
     /// The state's hash after the block: the app hash the next block's header commits to.
     pub app_hash: [u8; 32],
     /// The block's height.
     pub height: u64,
-    /// Each applied transaction's outcome with the index of its result, for the gateway to
-    /// deliver leases from and prove them by.
+    /// Each applied request's outcome with the index of its transaction's result, for the
+    /// gateway to deliver leases from and prove them by.
     pub applied: Vec<(usize, Outcome)>,
     /// Leases the block's upkeep made for standing orders, with their providers' keys.
     pub matched: Vec<(String, LeaseBody)>,
@@ -99,69 +101,110 @@ impl Chain {
     /// its signer over the received bytes and fresh at `now` (the node's clock: the mempool is
     /// not consensus), and its nonce was not used in a block applied before. CometBFT rechecks
     /// the mempool after each Commit (`recheck`), so a replay waiting there is dropped too; the
-    /// signature it verified when the bytes came in is not verified again.
+    /// signature it verified when the bytes came in is not verified again. A batch is admitted
+    /// only when every request in it would be, and no two use one nonce.
     /// What the state says of it otherwise is decided in its block.
     pub fn check_tx(&self, bytes: &[u8], now: i64, recheck: bool) -> TxResult {
-        let checked = codec::decode_tx(bytes)
-            .and_then(|tx| {
-                if recheck {
-                    codec::recheck_envelope(&tx, now)
-                } else {
-                    codec::verify_envelope(&tx, now)
-                }
-            })
-            .and_then(|used| match self.store.nonce_seen(&used) {
-                false => Ok(()),
-                true => Err(Rejection::Duplicate(
-                    "header.nonce: this request was already received (replay)".into(),
-                )),
-            });
+        let checked = codec::decode_carried(bytes).and_then(|carried| match carried {
+            Carried::One(tx) => self.check_request(&tx, now, recheck).map(drop),
+            Carried::Batch(txs) => {
+                let mut nonces = BTreeSet::new();
+                txs.iter().enumerate().try_for_each(|(i, tx)| {
+                    let used = self
+                        .check_request(tx, now, recheck)
+                        .map_err(|r| r.within(&format!("transactions[{i}]")))?;
+                    match nonces.insert((used.signer.to_bytes(), used.nonce)) {
+                        true => Ok(()),
+                        false => Err(Rejection::Duplicate(format!(
+                            "transactions[{i}]: header.nonce: an earlier request of the batch \
+                             has it (replay)"
+                        ))),
+                    }
+                })
+            }
+        });
         match checked {
             Ok(()) => TxResult::default(),
             Err(rejection) => codec::refused(&rejection),
         }
     }
 
-    /// FinalizeBlock: applies the block's upkeep and each of its transactions in order. A
-    /// transaction that does not decode is refused in its place; the others are applied.
+    /// One request's part of [`Chain::check_tx`]: its nonce once admitted.
+    fn check_request(&self, tx: &Tx, now: i64, recheck: bool) -> Result<NonceUse, Rejection> {
+        let used = if recheck {
+            codec::recheck_envelope(tx, now)
+        } else {
+            codec::verify_envelope(tx, now)
+        }?;
+        match self.store.nonce_seen(&used) {
+            false => Ok(used),
+            true => Err(Rejection::Duplicate(
+                "header.nonce: this request was already received (replay)".into(),
+            )),
+        }
+    }
+
+    /// FinalizeBlock: applies the block's upkeep and each of its requests in order, those of a
+    /// batch one after the other in its place. A transaction that does not decode is refused in
+    /// its place; the others are applied.
     pub fn finalize_block(&self, block: &DecidedBlock) -> Result<Finalized, ChainError> {
-        let decoded: Vec<_> = block.txs.iter().map(|b| codec::decode_tx(b)).collect();
-        let txs: Vec<Tx> = decoded.iter().filter_map(|d| d.clone().ok()).collect();
+        let decoded: Vec<_> = block.txs.iter().map(|b| codec::decode_carried(b)).collect();
+        let requests: Vec<Tx> = decoded
+            .iter()
+            .flatten()
+            .flat_map(|carried| carried.requests().iter().cloned())
+            .collect();
         let ((swept, outcomes), app_hash) = self.store.decide(
             &Block {
                 height: block.height,
                 time: block.time,
                 entropy: entropy(&block.hash),
             },
-            &txs,
+            &requests,
         )?;
         let mut outcomes = outcomes.into_iter();
         let mut results = Vec::with_capacity(block.txs.len());
+        let mut answers = Vec::with_capacity(requests.len());
         let mut applied = Vec::new();
-        for d in decoded {
-            match d {
-                Err(rejection) => results.push(codec::refused(&rejection)),
-                Ok(_) => {
-                    let outcome = outcomes.next().ok_or_else(|| {
-                        HubError::State(StateError::Inconsistent(
-                            "fewer outcomes than transactions".into(),
-                        ))
-                    })?;
-                    results.push(codec::result_of(&outcome));
-                    if let Ok(outcome) = outcome {
-                        applied.push((results.len() - 1, outcome));
-                    }
+        for (index, (carried, bytes)) in decoded.into_iter().zip(&block.txs).enumerate() {
+            let carried = match carried {
+                Err(rejection) => {
+                    let refused = codec::refused(&rejection);
+                    answers.push((Sha256::digest(bytes).into(), refused.clone()));
+                    results.push(refused);
+                    continue;
+                }
+                Ok(carried) => carried,
+            };
+            let mut items = Vec::with_capacity(carried.requests().len());
+            let alone = matches!(carried, Carried::One(_));
+            for tx in carried.requests() {
+                let outcome = outcomes.next().ok_or_else(|| {
+                    HubError::State(StateError::Inconsistent(
+                        "fewer outcomes than requests".into(),
+                    ))
+                })?;
+                let result = codec::result_of(&outcome);
+                // Alone, a request is known by CometBFT's hash of the bytes received.
+                let hash = match alone {
+                    true => Sha256::digest(bytes).into(),
+                    false => codec::request_hash(tx),
+                };
+                answers.push((hash, result.clone()));
+                items.push(result);
+                if let Ok(outcome) = outcome {
+                    applied.push((index, outcome));
                 }
             }
+            results.push(match carried {
+                Carried::One(_) => items.swap_remove(0),
+                Carried::Batch(_) => codec::batch_result(&items),
+            });
         }
         Ok(Finalized {
             height: block.height,
             results,
-            tx_hashes: block
-                .txs
-                .iter()
-                .map(|tx| Sha256::digest(tx).into())
-                .collect(),
+            answers,
             app_hash,
             applied,
             matched: swept.matched,
@@ -327,6 +370,128 @@ mod tests {
             error.to_string().contains("block 3 decided after 1"),
             "{error}"
         );
+    }
+
+    fn deposit_tx(key: &ed25519_dalek::SigningKey, now: i64) -> Tx {
+        codec::decode_tx(&deposit(key, now)).unwrap()
+    }
+
+    #[test]
+    fn a_batch_enters_the_mempool_only_when_each_of_its_requests_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = chain(&dir);
+        let now = 1_800_000_000;
+        let (a, b) = (
+            deposit_tx(&generate_key(), now),
+            deposit_tx(&generate_key(), now),
+        );
+        let batch = codec::encode_batch(&[a.clone(), b.clone()]);
+        assert_eq!(chain.check_tx(&batch, now, false).code, 0);
+        assert_eq!(chain.check_tx(&batch, now, true).code, 0);
+
+        let Tx::Deposit(mut forged) = b.clone() else {
+            unreachable!()
+        };
+        forged.signature[0] ^= 1;
+        let refused = chain.check_tx(
+            &codec::encode_batch(&[a.clone(), Tx::Deposit(forged)]),
+            now,
+            false,
+        );
+        assert_eq!(refused.code, tonic::Code::Unauthenticated as u32);
+        assert!(
+            refused.log.starts_with("transactions[1]: signature"),
+            "{}",
+            refused.log
+        );
+        let twice = chain.check_tx(&codec::encode_batch(&[a.clone(), a.clone()]), now, false);
+        assert_eq!(twice.code, tonic::Code::AlreadyExists as u32);
+        assert!(
+            twice.log.starts_with("transactions[1]: header.nonce"),
+            "{}",
+            twice.log
+        );
+        let stale = chain.check_tx(&batch, now + 3_600, true);
+        assert_eq!(stale.code, tonic::Code::FailedPrecondition as u32);
+        assert!(stale.log.starts_with("transactions[0]: "), "{}", stale.log);
+
+        // Once one of them is in a block, the batch is a replay.
+        chain.init_chain(b"").unwrap();
+        chain
+            .finalize_block(&block(1, now, vec![codec::encode_tx(&b)]))
+            .unwrap();
+        chain.commit().unwrap();
+        let replay = chain.check_tx(&batch, now, true);
+        assert_eq!(replay.code, tonic::Code::AlreadyExists as u32);
+        assert!(
+            replay.log.starts_with("transactions[1]: "),
+            "{}",
+            replay.log
+        );
+    }
+
+    #[test]
+    fn a_batch_in_a_block_does_what_its_requests_would_each_in_its_place() {
+        let now = 1_800_000_000;
+        let keys: Vec<_> = (0..3).map(|_| generate_key()).collect();
+        let a = deposit_tx(&keys[0], now);
+        let b = deposit_tx(&keys[1], now);
+        let c = deposit_tx(&keys[2], now);
+        let Tx::Deposit(mut forged) = deposit_tx(&keys[2], now) else {
+            unreachable!()
+        };
+        forged.signature[0] ^= 1;
+        let forged = Tx::Deposit(forged);
+        let (one, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (alone, batched) = (chain(&one), chain(&other));
+        let genesis = alone.init_chain(b"").unwrap();
+        assert_eq!(batched.init_chain(b"").unwrap(), genesis);
+
+        let requests = [a.clone(), forged.clone(), b.clone(), c.clone()];
+        let one_by_one = alone
+            .finalize_block(&block(
+                1,
+                now,
+                requests.iter().map(codec::encode_tx).collect(),
+            ))
+            .unwrap();
+        let in_batch = batched
+            .finalize_block(&block(
+                1,
+                now,
+                vec![
+                    codec::encode_batch(&[a, forged, b]),
+                    b"garbage".to_vec(),
+                    codec::encode_tx(&c),
+                ],
+            ))
+            .unwrap();
+        assert_eq!(in_batch.app_hash, one_by_one.app_hash, "the same state");
+        // One result per transaction of the block: the batch's lists its three.
+        assert_eq!(in_batch.results.len(), 3);
+        assert_eq!(
+            in_batch.results[0],
+            codec::batch_result(&one_by_one.results[..3])
+        );
+        assert_eq!(in_batch.results[2], one_by_one.results[3]);
+        // Each client's answer, by its request's hash, is the one it would have had alone.
+        let request_answers: Vec<_> = in_batch
+            .answers
+            .iter()
+            .filter(|(hash, _)| *hash != <[u8; 32]>::from(Sha256::digest(b"garbage")))
+            .cloned()
+            .collect();
+        assert_eq!(request_answers, one_by_one.answers);
+        assert_eq!(
+            in_batch.answers[3].1.code,
+            tonic::Code::InvalidArgument as u32
+        );
+        // The applied requests point at their transaction's result, for their leases' proofs.
+        let places: Vec<usize> = in_batch.applied.iter().map(|(i, _)| *i).collect();
+        assert_eq!(places, [0, 0, 2]);
+        alone.commit().unwrap();
+        batched.commit().unwrap();
+        assert_eq!(alone.info(), batched.info());
     }
 
     #[test]

@@ -21,18 +21,36 @@ use tendermint::block::signed_header::SignedHeader;
 use tendermint_proto::v0_38::types::SignedHeader as RawSignedHeader;
 use tokio::sync::oneshot;
 use tonic::Status;
+use tracing::debug;
 
 use super::app::Finalized;
-use super::codec::{encode_tx, outcome_of};
+use super::codec::{MAX_TX_BYTES, encode_batch, encode_tx, outcome_of};
 use crate::commitment::TxResult;
 use crate::node::state::{Outcome, Tx};
 
 pub struct Broadcaster {
     rpc: Uri,
     client: Client<HttpConnector, Full<Bytes>>,
-    /// Clients waiting for a transaction's block, by the transaction's hash.
+    /// Clients waiting for a request's block, by the request's hash.
     waiting: Mutex<HashMap<[u8; 32], Vec<oneshot::Sender<TxResult>>>>,
     timeout: Duration,
+    /// Requests to broadcast, oldest first. One broadcast is with the node at a time; the
+    /// requests that come meanwhile go together when it is done, as one batch: the chain's work
+    /// per transaction (mempool, gossip, the ABCI round trips) is then paid once for them.
+    queue: Mutex<Vec<Queued>>,
+    /// Held while a broadcast is with the node.
+    sending: tokio::sync::Mutex<()>,
+}
+/// Most requests a batch carries: a lease is proven by its batch's outcome, which carries what
+/// each of them did, so this bounds a lease's proof (some 50 KiB of orders' outcomes).
+const BATCH_REQUESTS: usize = 64;
+
+/// A request waiting in the queue, and where to say whether the node took it.
+struct Queued {
+    tx: Tx,
+    /// Its bytes as a transaction of its own.
+    bytes: Vec<u8>,
+    checked: oneshot::Sender<Result<TxResult, Status>>,
 }
 
 impl Broadcaster {
@@ -44,6 +62,8 @@ impl Broadcaster {
             client: Client::builder(TokioExecutor::new()).build_http(),
             waiting: Mutex::default(),
             timeout,
+            queue: Mutex::default(),
+            sending: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -60,7 +80,7 @@ impl Broadcaster {
         let (sender, receiver) = oneshot::channel();
         // Registered before the broadcast: the block may be committed before its answer comes.
         self.waiting().entry(hash).or_default().push(sender);
-        let checked = self.broadcast(&bytes).await;
+        let checked = self.broadcast_queued(tx.clone(), bytes).await;
         let result = match checked {
             Ok(check) if check.code == 0 => tokio::time::timeout(self.timeout, receiver).await,
             refused => {
@@ -86,11 +106,59 @@ impl Broadcaster {
     /// Answers the clients waiting for the transactions of a committed block.
     pub fn committed(&self, block: &Finalized) {
         let mut waiting = self.waiting();
-        for (hash, result) in block.tx_hashes.iter().zip(&block.results) {
+        for (hash, result) in &block.answers {
             for sender in waiting.remove(hash).unwrap_or_default() {
                 let _ = sender.send(result.clone());
             }
         }
+    }
+
+    /// Queues `tx` and, once a broadcast is free, sends what is queued: whether its node took
+    /// `tx` (CheckTx). Every request queued is followed by one turn at sending, so none is left
+    /// behind; a turn finds its own request already sent when an earlier turn took it along.
+    async fn broadcast_queued(&self, tx: Tx, bytes: Vec<u8>) -> Result<TxResult, Status> {
+        let (checked, answer) = oneshot::channel();
+        self.queue().push(Queued { tx, bytes, checked });
+        {
+            let _turn = self.sending.lock().await;
+            let batch = take_batch(&mut self.queue());
+            if !batch.is_empty() {
+                self.send(batch).await;
+            }
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(Status::unavailable("the gateway is stopping")))
+    }
+
+    /// Broadcasts `queued`: alone as itself, several as a batch. A batch the node does not take
+    /// whole (one of its requests is refused, or the node fails) is sent again one request at a
+    /// time, so that each is answered for itself.
+    async fn send(&self, mut queued: Vec<Queued>) {
+        if queued.len() > 1 {
+            let txs: Vec<Tx> = queued.iter().map(|q| q.tx.clone()).collect();
+            match self.broadcast(&encode_batch(&txs)).await {
+                Ok(check) if check.code == 0 => {
+                    for q in queued {
+                        let _ = q.checked.send(Ok(check.clone()));
+                    }
+                    return;
+                }
+                refused => debug!(
+                    requests = queued.len(),
+                    refusal = ?refused.map(|c| c.log),
+                    "a batch was refused: its requests go one at a time"
+                ),
+            }
+        }
+        let alone = queued.drain(..).map(|q| async move {
+            let _ = q.checked.send(self.broadcast(&q.bytes).await);
+        });
+        futures::future::join_all(alone).await;
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<Queued>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn broadcast(&self, tx: &[u8]) -> Result<TxResult, Status> {
@@ -141,6 +209,25 @@ impl Broadcaster {
             .map_err(|e| unreachable(&e))?
             .to_bytes())
     }
+}
+
+/// The oldest queued requests that fit one batch: at most [`BATCH_REQUESTS`], their bytes
+/// within the largest transaction; at least one, however large, when any is queued.
+fn take_batch(queue: &mut Vec<Queued>) -> Vec<Queued> {
+    // A batch is its requests' bytes, each with a tag and a length of at most 5 bytes, in a
+    // field of the same overhead.
+    let mut size = 6;
+    let taken = queue
+        .iter()
+        .take(BATCH_REQUESTS)
+        .take_while(|q| {
+            size += q.bytes.len() + 6;
+            size <= MAX_TX_BYTES
+        })
+        .count()
+        .max(1)
+        .min(queue.len());
+    queue.drain(..taken).collect()
 }
 
 /// CometBFT's answer to `commit` as a protobuf SignedHeader. Pure.
@@ -200,6 +287,7 @@ pub fn check_result(body: &[u8]) -> Result<TxResult, Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::chain::codec::{Carried, decode_carried, request_hash, result_of};
     use tonic::Code;
 
     #[test]
@@ -242,30 +330,193 @@ mod tests {
         assert!(broadcaster.waiting().is_empty());
     }
 
-    /// A node that takes every transaction (CheckTx code 0), on a loopback port.
-    async fn accepting_node() -> Uri {
+    /// A node on a loopback port that answers each `broadcast_tx_sync` after `delay`, with the
+    /// code `check` gives what it carries; and what it was sent, in order.
+    async fn recording_node(
+        check: fn(&Carried) -> u32,
+        delay: Duration,
+    ) -> (Uri, std::sync::Arc<Mutex<Vec<Carried>>>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let uri = format!("http://{}/", listener.local_addr().unwrap());
+        let sent = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let record = sent.clone();
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
-                let mut request = vec![0; 64 * 1024];
-                let _ = stream.read(&mut request).await;
-                let body = r#"{"jsonrpc":"2.0","id":1,"result":{"code":0,"data":"","log":""}}"#;
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut chunk = vec![0; 64 * 1024];
+                    loop {
+                        // One request per connection is enough: each waits for its answer.
+                        let text = String::from_utf8_lossy(&request).to_string();
+                        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                            let length: usize = head
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length: ")
+                                        .map(str::to_string)
+                                })
+                                .and_then(|l| l.trim().parse().ok())
+                                .unwrap_or(0);
+                            if body.len() >= length {
+                                let call: Value = serde_json::from_str(body).unwrap();
+                                let tx = STANDARD
+                                    .decode(call["params"]["tx"].as_str().unwrap())
+                                    .unwrap();
+                                let carried = decode_carried(&tx).unwrap();
+                                let code = check(&carried);
+                                record.lock().unwrap().push(carried);
+                                tokio::time::sleep(delay).await;
+                                let log = if code == 0 { "" } else { "refused" };
+                                let body = format!(
+                                    r#"{{"jsonrpc":"2.0","id":1,"result":{{"code":{code},"data":"","log":"{log}"}}}}"#
+                                );
+                                let response = format!(
+                                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                                    body.len()
+                                );
+                                let _ = stream.write_all(response.as_bytes()).await;
+                                request.clear();
+                                continue;
+                            }
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
             }
         });
-        uri.parse().unwrap()
+        (uri.parse().unwrap(), sent)
+    }
+
+    /// `n` requests submitted at once to `broadcaster`, each answered when committed as
+    /// `committed` says; their outcomes.
+    async fn submit_at_once(
+        broadcaster: &std::sync::Arc<Broadcaster>,
+        n: u8,
+        committed: TxResult,
+    ) -> Vec<Result<Outcome, Status>> {
+        let txs: Vec<Tx> = (0..n)
+            .map(|i| {
+                Tx::Deposit(crate::wire::proto::Signed {
+                    body: vec![i],
+                    signature: vec![2],
+                })
+            })
+            .collect();
+        let submitted: Vec<_> = txs
+            .iter()
+            .map(|tx| {
+                let (broadcaster, tx) = (broadcaster.clone(), tx.clone());
+                tokio::spawn(async move { broadcaster.submit(&tx).await })
+            })
+            .collect();
+        // Every request queued, then every one sent and told whether the node took it.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while !broadcaster.queue().is_empty() || broadcaster.sending.try_lock().is_err() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let hashes: Vec<[u8; 32]> = txs.iter().map(request_hash).collect();
+        broadcaster.committed(&Finalized {
+            height: 1,
+            results: Vec::new(),
+            answers: hashes.iter().map(|h| (*h, committed.clone())).collect(),
+            app_hash: [0; 32],
+            applied: Vec::new(),
+            matched: Vec::new(),
+        });
+        let mut outcomes = Vec::new();
+        for task in submitted {
+            outcomes.push(task.await.unwrap());
+        }
+        outcomes
+    }
+
+    #[tokio::test]
+    async fn requests_that_come_while_the_node_is_busy_go_together_as_a_batch() {
+        let (node, sent) = recording_node(|_| 0, Duration::from_millis(100)).await;
+        let broadcaster = std::sync::Arc::new(Broadcaster::new(node, Duration::from_secs(5)));
+        let outcomes = submit_at_once(&broadcaster, 20, result_of(&Ok(Outcome::Done))).await;
+        assert!(
+            outcomes.iter().all(|o| matches!(o, Ok(Outcome::Done))),
+            "{outcomes:?}"
+        );
+        let sent = sent.lock().unwrap();
+        let requests: usize = sent.iter().map(|c| c.requests().len()).sum();
+        assert_eq!(requests, 20, "each once: {sent:?}");
+        assert_eq!(
+            sent.iter().map(|c| c.requests().len()).collect::<Vec<_>>(),
+            [1, 19],
+            "the first alone, those that came while it was with the node together"
+        );
+        assert!(sent.iter().any(|c| matches!(c, Carried::Batch(_))));
+        assert!(broadcaster.waiting().is_empty() && broadcaster.queue().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_is_sent_again_one_request_at_a_time() {
+        let refuse_batches = |c: &Carried| match c {
+            Carried::Batch(_) => Code::Unauthenticated as u32,
+            Carried::One(_) => 0,
+        };
+        let (node, sent) = recording_node(refuse_batches, Duration::from_millis(100)).await;
+        let broadcaster = std::sync::Arc::new(Broadcaster::new(node, Duration::from_secs(5)));
+        let outcomes = submit_at_once(&broadcaster, 10, result_of(&Ok(Outcome::Done))).await;
+        assert!(
+            outcomes.iter().all(|o| matches!(o, Ok(Outcome::Done))),
+            "{outcomes:?}"
+        );
+        let sent: Vec<String> = sent
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| match c {
+                Carried::One(_) => "alone".to_string(),
+                Carried::Batch(txs) => format!("batch of {}", txs.len()),
+            })
+            .collect();
+        // The first alone; the nine that came meanwhile as a batch, refused, then each alone.
+        let mut expected = vec!["alone".to_string(), "batch of 9".to_string()];
+        expected.extend(vec!["alone".to_string(); 9]);
+        assert_eq!(sent, expected);
+
+        // A node that refuses each request: every client hears its own refusal.
+        let (node, _) = recording_node(|_| Code::Unauthenticated as u32, Duration::ZERO).await;
+        let broadcaster = std::sync::Arc::new(Broadcaster::new(node, Duration::from_secs(5)));
+        let outcomes = submit_at_once(&broadcaster, 10, result_of(&Ok(Outcome::Done))).await;
+        for outcome in outcomes {
+            assert_eq!(outcome.unwrap_err().code(), Code::Unauthenticated);
+        }
+        assert!(broadcaster.waiting().is_empty());
+    }
+
+    #[test]
+    fn a_batch_takes_the_oldest_requests_that_fit_one_transaction() {
+        let queued = |size: usize| Queued {
+            tx: Tx::Deposit(Default::default()),
+            bytes: vec![0; size],
+            checked: oneshot::channel().0,
+        };
+        let mut queue: Vec<Queued> = (0..100).map(|_| queued(100)).collect();
+        assert_eq!(take_batch(&mut queue).len(), BATCH_REQUESTS);
+        assert_eq!(queue.len(), 100 - BATCH_REQUESTS);
+        let mut queue: Vec<Queued> = (0..5).map(|_| queued(MAX_TX_BYTES / 3)).collect();
+        let batch = take_batch(&mut queue);
+        assert_eq!(batch.len(), 2, "within the largest transaction");
+        let mut queue = vec![queued(MAX_TX_BYTES), queued(1)];
+        assert_eq!(take_batch(&mut queue).len(), 1, "a large one goes alone");
+        assert_eq!(take_batch(&mut queue).len(), 1);
+        assert!(take_batch(&mut queue).is_empty());
     }
 
     #[tokio::test]
     async fn a_client_is_answered_when_its_block_is_committed_or_told_it_was_not() {
         let broadcaster = std::sync::Arc::new(Broadcaster::new(
-            accepting_node().await,
+            recording_node(|_| 0, Duration::ZERO).await.0,
             Duration::from_secs(5),
         ));
         let tx = Tx::Deposit(crate::wire::proto::Signed {
@@ -288,8 +539,8 @@ mod tests {
         };
         broadcaster.committed(&Finalized {
             height: 1,
-            results: vec![TxResult::default(), refused],
-            tx_hashes: vec![[0; 32], hash],
+            results: vec![TxResult::default(), refused.clone()],
+            answers: vec![([0; 32], TxResult::default()), (hash, refused)],
             app_hash: [0; 32],
             applied: Vec::new(),
             matched: Vec::new(),
@@ -301,7 +552,10 @@ mod tests {
         );
         assert!(broadcaster.waiting().is_empty());
 
-        let impatient = Broadcaster::new(accepting_node().await, Duration::from_millis(200));
+        let impatient = Broadcaster::new(
+            recording_node(|_| 0, Duration::ZERO).await.0,
+            Duration::from_millis(200),
+        );
         let status = impatient.submit(&tx).await.unwrap_err();
         assert_eq!(status.code(), Code::DeadlineExceeded);
         assert!(status.message().contains("may still be"), "{status}");

@@ -3,16 +3,17 @@
 //! so one value always gives the same bytes on every validator.
 
 use prost::Message;
+use sha2::{Digest, Sha256};
 use tonic::Code;
 
 use crate::commitment::TxResult;
 use crate::node::state::{NonceUse, Outcome, Placed, StateError, Tx};
 use crate::wire::envelope::{open, reopen};
 use crate::wire::proto::{
-    Ack, BondBody, CancelBody, DepositBody, EvidenceSubmitBody, HeartbeatBody, LeaseDecisionBody,
-    LeaseEndBody, LeaseStreamBody, OfferBody, OrderBody, ProbeBody, ProposeBody, ReceiptsBody,
-    RegisterBody, RimBody, Transaction, TxOutcome, UnbondBody, VoteBody, WaitingLeases,
-    WithdrawBody, transaction, tx_outcome,
+    Ack, Batch, BatchItem, BatchOutcome, BondBody, CancelBody, DepositBody, EvidenceSubmitBody,
+    HeartbeatBody, LeaseDecisionBody, LeaseEndBody, LeaseStreamBody, OfferBody, OrderBody,
+    ProbeBody, ProposeBody, ReceiptsBody, RegisterBody, RimBody, Transaction, TxOutcome,
+    UnbondBody, VoteBody, WaitingLeases, WithdrawBody, transaction, tx_outcome,
 };
 use crate::wire::{MAX_MESSAGE_BYTES, Rejection};
 
@@ -21,17 +22,19 @@ pub const MAX_TX_BYTES: usize = MAX_MESSAGE_BYTES;
 
 macro_rules! transactions {
     ($($variant:ident => $body:ty),* $(,)?) => {
-        /// The bytes of `tx` in a block.
-        pub fn encode_tx(tx: &Tx) -> Vec<u8> {
+        /// `tx` as the message a block carries.
+        fn transaction_of(tx: &Tx) -> Transaction {
             let kind = match tx {
                 $(Tx::$variant(signed) => transaction::Kind::$variant(signed.clone()),)*
             };
-            Transaction { kind: Some(kind) }.encode_to_vec()
+            Transaction { kind: Some(kind) }
         }
 
-        fn from_kind(kind: transaction::Kind) -> Tx {
+        /// The request `kind` carries, or the batch it is.
+        fn from_kind(kind: transaction::Kind) -> Result<Tx, Batch> {
             match kind {
-                $(transaction::Kind::$variant(signed) => Tx::$variant(signed),)*
+                $(transaction::Kind::$variant(signed) => Ok(Tx::$variant(signed)),)*
+                transaction::Kind::Batch(batch) => Err(batch),
             }
         }
 
@@ -74,8 +77,48 @@ transactions! {
     SubmitRim => RimBody,
 }
 
-/// A transaction from a block's bytes; anything else is refused with the rule it breaks.
-pub fn decode_tx(bytes: &[u8]) -> Result<Tx, Rejection> {
+/// Most requests one batch carries.
+pub const MAX_BATCH: usize = 256;
+
+/// What one of a block's transactions carries: a signed request, or a gateway's batch of them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Carried {
+    One(Tx),
+    Batch(Vec<Tx>),
+}
+
+impl Carried {
+    /// The requests, in the order they are applied.
+    pub fn requests(&self) -> &[Tx] {
+        match self {
+            Carried::One(tx) => std::slice::from_ref(tx),
+            Carried::Batch(txs) => txs,
+        }
+    }
+}
+
+/// The bytes of `tx` in a block.
+pub fn encode_tx(tx: &Tx) -> Vec<u8> {
+    transaction_of(tx).encode_to_vec()
+}
+
+/// The bytes of a batch of `txs` in a block.
+pub fn encode_batch(txs: &[Tx]) -> Vec<u8> {
+    let transactions = txs.iter().map(transaction_of).collect();
+    Transaction {
+        kind: Some(transaction::Kind::Batch(Batch { transactions })),
+    }
+    .encode_to_vec()
+}
+
+/// The hash a request is known by, carried alone or in a batch: the SHA-256 of its bytes as a
+/// transaction of its own (CometBFT's hash of that transaction).
+pub fn request_hash(tx: &Tx) -> [u8; 32] {
+    Sha256::digest(encode_tx(tx)).into()
+}
+
+/// What a transaction of a block carries; anything else is refused with the rule it breaks.
+pub fn decode_carried(bytes: &[u8]) -> Result<Carried, Rejection> {
     if bytes.len() > MAX_TX_BYTES {
         return Err(Rejection::TooLarge(format!(
             "transaction: {} bytes is over the limit of {MAX_TX_BYTES}",
@@ -88,7 +131,62 @@ pub fn decode_tx(bytes: &[u8]) -> Result<Tx, Rejection> {
     let kind = decoded
         .kind
         .ok_or_else(|| Rejection::invalid("transaction.kind", "is required"))?;
-    Ok(from_kind(kind))
+    let batch = match from_kind(kind) {
+        Ok(tx) => return Ok(Carried::One(tx)),
+        Err(batch) => batch.transactions,
+    };
+    if batch.is_empty() || batch.len() > MAX_BATCH {
+        return Err(Rejection::invalid(
+            "transaction.batch.transactions",
+            &format!("must hold 1 to {MAX_BATCH} requests, not {}", batch.len()),
+        ));
+    }
+    batch
+        .into_iter()
+        .enumerate()
+        .map(|(i, inner)| {
+            let field = format!("transaction.batch.transactions[{i}]");
+            let kind = inner
+                .kind
+                .ok_or_else(|| Rejection::invalid(&format!("{field}.kind"), "is required"))?;
+            from_kind(kind).map_err(|_| {
+                Rejection::invalid(&format!("{field}.batch"), "a batch holds no batch")
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map(Carried::Batch)
+}
+
+/// A transaction that carries one request; a batch is refused.
+pub fn decode_tx(bytes: &[u8]) -> Result<Tx, Rejection> {
+    match decode_carried(bytes)? {
+        Carried::One(tx) => Ok(tx),
+        Carried::Batch(_) => Err(Rejection::invalid(
+            "transaction.batch",
+            "carries several requests where one is expected",
+        )),
+    }
+}
+
+/// The result of a batch whose requests did what `items` say, in its order: applied (code 0),
+/// its data the batch's outcome.
+pub fn batch_result(items: &[TxResult]) -> TxResult {
+    let items = items
+        .iter()
+        .map(|r| BatchItem {
+            code: r.code,
+            outcome: r.data.clone(),
+            reason: r.log.clone(),
+        })
+        .collect();
+    TxResult {
+        code: 0,
+        data: TxOutcome {
+            kind: Some(tx_outcome::Kind::Batch(BatchOutcome { items })),
+        }
+        .encode_to_vec(),
+        log: String::new(),
+    }
 }
 
 /// The result a block records for one transaction.
@@ -180,6 +278,7 @@ fn decode_outcome(bytes: &[u8]) -> Result<Outcome, String> {
         Kind::Proposal(view) => Outcome::Proposal(view),
         Kind::Probe(reply) => Outcome::Probe(reply),
         Kind::Rim(reply) => Outcome::Rim(reply),
+        Kind::Batch(_) => return Err("a batch's outcome answers no one request".into()),
     })
 }
 
@@ -247,6 +346,88 @@ mod tests {
         assert_eq!(error.to_string(), "transaction.kind: is required");
         let error = decode_tx(&vec![0; MAX_TX_BYTES + 1]).unwrap_err();
         assert!(matches!(error, Rejection::TooLarge(_)), "{error}");
+    }
+
+    #[test]
+    fn a_batch_carries_its_requests_in_order_and_holds_no_batch() {
+        let requests = vec![
+            Tx::Deposit(deposit(1_000)),
+            Tx::SubmitOrder(deposit(1_001)),
+            Tx::Deposit(deposit(1_002)),
+        ];
+        let bytes = encode_batch(&requests);
+        let carried = decode_carried(&bytes).unwrap();
+        assert_eq!(carried.requests(), requests.as_slice());
+        assert_eq!(carried, Carried::Batch(requests.clone()));
+        // Each is known by the hash it would have alone.
+        let alone = encode_tx(&requests[1]);
+        assert_eq!(
+            request_hash(&requests[1]),
+            <[u8; 32]>::from(Sha256::digest(&alone))
+        );
+        assert_eq!(
+            decode_carried(&alone).unwrap(),
+            Carried::One(requests[1].clone())
+        );
+        let error = decode_tx(&bytes).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "transaction.batch: carries several requests where one is expected"
+        );
+
+        let batch_of = |transactions: Vec<Transaction>| {
+            Transaction {
+                kind: Some(transaction::Kind::Batch(Batch { transactions })),
+            }
+            .encode_to_vec()
+        };
+        let error = decode_carried(&batch_of(vec![])).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "transaction.batch.transactions: must hold 1 to 256 requests, not 0"
+        );
+        let one = Transaction::decode(alone.as_slice()).unwrap();
+        let error = decode_carried(&batch_of(vec![one.clone(); MAX_BATCH + 1])).unwrap_err();
+        assert!(error.to_string().ends_with("not 257"), "{error}");
+        assert!(decode_carried(&batch_of(vec![one.clone(); MAX_BATCH])).is_ok());
+        let nested = Transaction::decode(bytes.as_slice()).unwrap();
+        let error = decode_carried(&batch_of(vec![one.clone(), nested])).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "transaction.batch.transactions[1].batch: a batch holds no batch"
+        );
+        let error = decode_carried(&batch_of(vec![one, Transaction::default()])).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "transaction.batch.transactions[1].kind: is required"
+        );
+    }
+
+    #[test]
+    fn a_batchs_result_says_what_each_of_its_requests_did() {
+        let applied = result_of(&Ok(Outcome::Done));
+        let refused = refused(&Rejection::Precondition("insufficient funds".into()));
+        let result = batch_result(&[applied.clone(), refused.clone()]);
+        assert_eq!((result.code, result.log.as_str()), (0, ""));
+        let Some(tx_outcome::Kind::Batch(batch)) =
+            TxOutcome::decode(result.data.as_slice()).unwrap().kind
+        else {
+            panic!("a batch's outcome")
+        };
+        let items: Vec<TxResult> = batch
+            .items
+            .into_iter()
+            .map(|i| TxResult {
+                code: i.code,
+                data: i.outcome,
+                log: i.reason,
+            })
+            .collect();
+        assert_eq!(items, [applied, refused]);
+        assert!(
+            outcome_of(&result).is_err(),
+            "a batch answers no one client"
+        );
     }
 
     #[test]
