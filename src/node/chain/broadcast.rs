@@ -34,13 +34,17 @@ pub struct Broadcaster {
     /// Clients waiting for a request's block, by the request's hash.
     waiting: Mutex<HashMap<[u8; 32], Vec<oneshot::Sender<TxResult>>>>,
     timeout: Duration,
-    /// Requests to broadcast, oldest first. One broadcast is with the node at a time; the
-    /// requests that come meanwhile go together when it is done, as one batch: the chain's work
-    /// per transaction (mempool, gossip, the ABCI round trips) is then paid once for them.
+    /// Requests to broadcast, oldest first. At most [`SENDING_AT_ONCE`] broadcasts are with the
+    /// node; the requests that come meanwhile go together when one is done, as one batch: the
+    /// chain's work per transaction (mempool, gossip, the ABCI round trips) is then paid once
+    /// for them.
     queue: Mutex<Vec<Queued>>,
-    /// Held while a broadcast is with the node.
-    sending: tokio::sync::Mutex<()>,
+    sending: tokio::sync::Semaphore,
 }
+
+/// Broadcasts with the node at once: two, so that a batch goes while the node is still
+/// answering the last (its CheckTx waits while the application applies a block).
+const SENDING_AT_ONCE: usize = 2;
 /// Most requests a batch carries: a lease is proven by its batch's outcome, which carries what
 /// each of them did, so this bounds a lease's proof (some 50 KiB of orders' outcomes).
 const BATCH_REQUESTS: usize = 64;
@@ -63,7 +67,7 @@ impl Broadcaster {
             waiting: Mutex::default(),
             timeout,
             queue: Mutex::default(),
-            sending: tokio::sync::Mutex::new(()),
+            sending: tokio::sync::Semaphore::new(SENDING_AT_ONCE),
         }
     }
 
@@ -120,7 +124,11 @@ impl Broadcaster {
         let (checked, answer) = oneshot::channel();
         self.queue().push(Queued { tx, bytes, checked });
         {
-            let _turn = self.sending.lock().await;
+            let _turn = self
+                .sending
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
             let batch = take_batch(&mut self.queue());
             if !batch.is_empty() {
                 self.send(batch).await;
@@ -417,7 +425,9 @@ mod tests {
             .collect();
         // Every request queued, then every one sent and told whether the node took it.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        while !broadcaster.queue().is_empty() || broadcaster.sending.try_lock().is_err() {
+        while !broadcaster.queue().is_empty()
+            || broadcaster.sending.available_permits() < SENDING_AT_ONCE
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let hashes: Vec<[u8; 32]> = txs.iter().map(request_hash).collect();
@@ -450,8 +460,8 @@ mod tests {
         assert_eq!(requests, 20, "each once: {sent:?}");
         assert_eq!(
             sent.iter().map(|c| c.requests().len()).collect::<Vec<_>>(),
-            [1, 19],
-            "the first alone, those that came while it was with the node together"
+            [1, 1, 18],
+            "the first two alone, those that came while they were with the node together"
         );
         assert!(sent.iter().any(|c| matches!(c, Carried::Batch(_))));
         assert!(broadcaster.waiting().is_empty() && broadcaster.queue().is_empty());
@@ -479,9 +489,11 @@ mod tests {
                 Carried::Batch(txs) => format!("batch of {}", txs.len()),
             })
             .collect();
-        // The first alone; the nine that came meanwhile as a batch, refused, then each alone.
-        let mut expected = vec!["alone".to_string(), "batch of 9".to_string()];
-        expected.extend(vec!["alone".to_string(); 9]);
+        // The first two alone; the eight that came meanwhile as a batch, refused, then each
+        // alone.
+        let mut expected = vec!["alone".to_string(); 2];
+        expected.push("batch of 8".to_string());
+        expected.extend(vec!["alone".to_string(); 8]);
         assert_eq!(sent, expected);
 
         // A node that refuses each request: every client hears its own refusal.
