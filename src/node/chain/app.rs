@@ -242,13 +242,17 @@ mod tests {
         Chain::new(Arc::new(store))
     }
 
-    fn deposit(key: &ed25519_dalek::SigningKey, now: i64) -> Vec<u8> {
+    fn deposit_tx(key: &ed25519_dalek::SigningKey, now: i64) -> Tx {
         let body = DepositBody {
             header: None,
             amount: "5".into(),
             denomination: "USDC".into(),
         };
-        codec::encode_tx(&Tx::Deposit(seal(key, body, now)))
+        Tx::Deposit(seal(key, body, now))
+    }
+
+    fn deposit(key: &ed25519_dalek::SigningKey, now: i64) -> Vec<u8> {
+        codec::encode_tx(&deposit_tx(key, now))
     }
 
     fn block(height: u64, time: i64, txs: Vec<Vec<u8>>) -> DecidedBlock {
@@ -306,7 +310,7 @@ mod tests {
             Params::default(),
         )
         .unwrap();
-        let tx = codec::decode_tx(&deposit(&generate_key(), now)).unwrap();
+        let tx = deposit_tx(&generate_key(), now);
         store.apply(&tx, now).unwrap();
         let before = store.head().unwrap();
         let chain = Chain::new(Arc::new(store));
@@ -370,10 +374,6 @@ mod tests {
             error.to_string().contains("block 3 decided after 1"),
             "{error}"
         );
-    }
-
-    fn deposit_tx(key: &ed25519_dalek::SigningKey, now: i64) -> Tx {
-        codec::decode_tx(&deposit(key, now)).unwrap()
     }
 
     #[test]
