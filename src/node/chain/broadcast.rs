@@ -107,7 +107,7 @@ impl Broadcaster {
         }
     }
 
-    /// Answers the clients waiting for the transactions of a committed block.
+    /// Answers the clients waiting for the requests of a committed block.
     pub fn committed(&self, block: &Finalized) {
         let mut waiting = self.waiting();
         for (hash, result) in &block.answers {
@@ -119,7 +119,9 @@ impl Broadcaster {
 
     /// Queues `tx` and, once a broadcast is free, sends what is queued: whether its node took
     /// `tx` (CheckTx). Every request queued is followed by one turn at sending, so none is left
-    /// behind; a turn finds its own request already sent when an earlier turn took it along.
+    /// behind; a turn finds its own request already sent when an earlier turn took it along. (A
+    /// client that goes away before its turn leaves its request to the next one: it is still
+    /// the request the client signed and sent.)
     async fn broadcast_queued(&self, tx: Tx, bytes: Vec<u8>) -> Result<TxResult, Status> {
         let (checked, answer) = oneshot::channel();
         self.queue().push(Queued { tx, bytes, checked });
